@@ -1,0 +1,207 @@
+//! Line mode: one My Number a line in, one code a line out.
+//!
+//! Lines end in LF or CRLF; output lines end in LF. The reader never holds
+//! more than [`MAX_LINE`] bytes of a line that has not ended: a longer line
+//! is skipped unread and reported as `too long`, so a 1 GB file without a
+//! newline costs no more memory than a small one.
+
+use std::io::{self, Read};
+
+use zeroize::Zeroize;
+
+use super::pipeline::{self, Stages};
+use super::{BulkError, Parallelism, RowError, Sinks, Summary, write_rejects};
+use crate::batch::BatchDeriver;
+use crate::code::Coder;
+
+/// Longest line accepted, in bytes without its line ending. A number is 12.
+pub const MAX_LINE: usize = 256;
+
+/// Stands in for a line that was too long to keep: longer than `MAX_LINE`,
+/// so the worker rejects it like any other overlong line.
+const OVERLONG: [u8; MAX_LINE + 1] = [b'x'; MAX_LINE + 1];
+
+/// One chunk of whole lines on its way through the pipeline.
+struct LineSlot {
+    input: Vec<u8>,
+    output: Vec<u8>,
+    lines: u64,
+    rejects: Vec<(u64, RowError)>,
+}
+
+/// Splits a byte stream into chunks of whole lines.
+struct LineReader<R> {
+    source: R,
+    chunk: usize,
+    /// Start of a line that did not end in the previous chunk.
+    carry: Vec<u8>,
+    /// The carried line grew too long: skip to its end, then report it.
+    skipping: bool,
+    eof: bool,
+}
+
+impl<R: Read> LineReader<R> {
+    fn fill(&mut self, input: &mut Vec<u8>) -> io::Result<bool> {
+        input.clear();
+        if self.skipping {
+            self.skip_line()?;
+            input.extend_from_slice(&OVERLONG);
+            input.push(b'\n');
+        }
+        input.append(&mut self.carry);
+        while !self.eof && input.len() < self.chunk {
+            let start = input.len();
+            input.resize(self.chunk, 0);
+            let read = read_retrying(&mut self.source, &mut input[start..])?;
+            input.truncate(start + read);
+            self.eof = read == 0;
+        }
+        if self.eof {
+            return Ok(!input.is_empty());
+        }
+        let end = input.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1);
+        self.carry.extend_from_slice(&input[end..]);
+        input[end..].zeroize();
+        input.truncate(end);
+        if self.carry.len() > MAX_LINE {
+            self.carry.zeroize();
+            self.skipping = true;
+            if input.is_empty() {
+                // The whole chunk was the start of one overlong line.
+                self.skip_line()?;
+                self.skipping = false;
+                input.extend_from_slice(&OVERLONG);
+                input.push(b'\n');
+            }
+        }
+        Ok(true)
+    }
+
+    /// Reads and discards through the next newline (or the end of input).
+    fn skip_line(&mut self) -> io::Result<()> {
+        let mut scratch = [0u8; 64 << 10];
+        loop {
+            let read = read_retrying(&mut self.source, &mut scratch)?;
+            if read == 0 {
+                self.eof = true;
+                break;
+            }
+            if let Some(p) = scratch[..read].iter().position(|&b| b == b'\n') {
+                // Keep what follows the newline: it starts the next line.
+                self.carry.extend_from_slice(&scratch[p + 1..read]);
+                break;
+            }
+        }
+        scratch.zeroize();
+        self.skipping = false;
+        Ok(())
+    }
+}
+
+fn read_retrying(source: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        match source.read(buf) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            other => return other,
+        }
+    }
+}
+
+struct LineStages<'c> {
+    coder: &'c Coder,
+    chunk: usize,
+}
+
+impl<'c> Stages for LineStages<'c> {
+    type Slot = LineSlot;
+    type Worker = BatchDeriver<'c>;
+    type Error = BulkError;
+
+    fn new_slot(&self) -> LineSlot {
+        LineSlot {
+            input: Vec::with_capacity(self.chunk),
+            output: Vec::new(),
+            lines: 0,
+            rejects: Vec::new(),
+        }
+    }
+
+    fn new_worker(&self) -> BatchDeriver<'c> {
+        BatchDeriver::new(self.coder)
+    }
+}
+
+fn derive_chunk(deriver: &mut BatchDeriver<'_>, slot: &mut LineSlot) {
+    slot.output.clear();
+    slot.rejects.clear();
+    slot.lines = 0;
+    if slot.input.is_empty() {
+        return;
+    }
+    let body = slot.input.strip_suffix(b"\n").unwrap_or(&slot.input);
+    let lines = body.split(|&b| b == b'\n').map(|line| {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.len() > MAX_LINE {
+            Err(RowError::TooLong)
+        } else {
+            Ok(line)
+        }
+    });
+    let (output, rejects, count) = (&mut slot.output, &mut slot.rejects, &mut slot.lines);
+    deriver.derive(lines, |result| {
+        match result {
+            Ok(text) => output.extend_from_slice(text),
+            Err(error) => rejects.push((*count, error)),
+        }
+        output.push(b'\n');
+        *count += 1;
+    });
+    // The input held raw numbers.
+    slot.input.zeroize();
+}
+
+/// Derives one code per input line, in order, into `sinks`.
+pub fn derive_lines(
+    coder: &Coder,
+    input: impl Read + Send,
+    parallelism: Parallelism,
+    sinks: Sinks<'_>,
+) -> Result<Summary, BulkError> {
+    let stages = LineStages {
+        coder,
+        chunk: parallelism.chunk_bytes(),
+    };
+    let mut reader = LineReader {
+        source: input,
+        chunk: stages.chunk,
+        carry: Vec::new(),
+        skipping: false,
+        eof: false,
+    };
+    let mut summary = Summary::default();
+    let Sinks {
+        output,
+        rejects,
+        progress,
+    } = sinks;
+    pipeline::run(
+        &stages,
+        parallelism.threads,
+        parallelism.slots(),
+        |slot: &mut LineSlot| reader.fill(&mut slot.input).map_err(BulkError::Read),
+        derive_chunk,
+        |slot| {
+            output.write_all(&slot.output).map_err(BulkError::Write)?;
+            write_rejects(rejects, summary.rows + 1, "", &slot.rejects)?;
+            summary.rows += slot.lines;
+            summary.rejected += slot.rejects.len() as u64;
+            if let Some(bar) = progress {
+                bar.inc(slot.lines);
+            }
+            Ok(())
+        },
+    )?;
+    output.flush().map_err(BulkError::Write)?;
+    rejects.flush().map_err(BulkError::Rejects)?;
+    Ok(summary)
+}

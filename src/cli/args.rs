@@ -1,0 +1,109 @@
+//! Raw command-line flags, as clap parses them. [`super::settings`] turns
+//! them into validated settings; nothing else reads these types.
+
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::agency::{AgencyId, Epoch};
+use crate::keys::Fingerprint;
+
+/// fugo: agency-specific codes for My Number linkage.
+#[derive(Debug, Parser)]
+#[command(name = "fugo", version, about, long_about = None)]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Write a fresh random master key (mode 0600) and print its fingerprint.
+    Keygen {
+        /// Where to write the key; an existing file is never overwritten.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Inspect master key files.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Derive agency codes from My Numbers, in bulk, offline.
+    #[command(long_about = DERIVE_ABOUT)]
+    Derive(DeriveArgs),
+}
+
+const DERIVE_ABOUT: &str = "\
+Derive agency codes from My Numbers, in bulk, offline.
+
+Reads one My Number a line (or a CSV column with --csv) and writes one code a
+line in input order. A bad line is reported on stderr (or --rejects) as its
+line number and reason, never its value, and its output line is left empty.
+Exit status: 0 all good, 3 some lines rejected, 1 fatal error.
+
+This offline tool holds the whole master key and bypasses the server's
+controls (policy, identity). It is for test vectors, demos and an operator's
+controlled key ceremony, not for agencies. It does not yet write an audit
+record of what it derives, nor honour re-issued numbers; later versions will.";
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum KeysCommand {
+    /// Print a master key file's fingerprint (key check value).
+    Fingerprint {
+        /// The master key file.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// Refuse (exit 1) unless the key has this fingerprint.
+        #[arg(long, value_name = "HEX", value_parser = parse_fingerprint)]
+        expect_fingerprint: Option<Fingerprint>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DeriveArgs {
+    /// The master key file (64 hex characters).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) master_key: PathBuf,
+    /// Refuse to run unless the key has this fingerprint.
+    #[arg(long, value_name = "HEX", value_parser = parse_fingerprint)]
+    pub(crate) expect_fingerprint: Option<Fingerprint>,
+    /// The agency whose codes to derive.
+    #[arg(long, value_name = "ID", value_parser = parse_agency)]
+    pub(crate) agency: AgencyId,
+    /// The agency's key epoch, 1 to 31.
+    #[arg(long, value_name = "N", value_parser = parse_epoch)]
+    pub(crate) epoch: Epoch,
+    /// Input file; standard input when absent.
+    #[arg(value_name = "INPUT")]
+    pub(crate) input: Option<PathBuf>,
+    /// Output file; standard output when absent.
+    #[arg(short, long, value_name = "OUTPUT")]
+    pub(crate) output: Option<PathBuf>,
+    /// Read CSV with a header row instead of one number a line.
+    #[arg(long, requires = "column")]
+    pub(crate) csv: bool,
+    /// With --csv: the column holding My Numbers, replaced by codes.
+    #[arg(long, value_name = "NAME", requires = "csv")]
+    pub(crate) column: Option<String>,
+    /// With --csv: keep the number column and append the codes as NEW.
+    #[arg(long, value_name = "NEW", requires = "column")]
+    pub(crate) append_column: Option<String>,
+    /// Write rejected line numbers and reasons here instead of stderr.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) rejects: Option<PathBuf>,
+    /// Worker threads; every core by default.
+    #[arg(long, value_name = "N")]
+    pub(crate) threads: Option<NonZeroUsize>,
+}
+
+fn parse_fingerprint(text: &str) -> Result<Fingerprint, String> {
+    Fingerprint::parse(text).map_err(|e| e.to_string())
+}
+
+fn parse_agency(text: &str) -> Result<AgencyId, String> {
+    AgencyId::new(text).map_err(|e| e.to_string())
+}
+
+fn parse_epoch(text: &str) -> Result<Epoch, String> {
+    text.parse().map_err(|e: crate::agency::EpochError| e.to_string())
+}

@@ -1,0 +1,270 @@
+//! Version 1 agency codes: derive a code from a My Number, open a code back.
+//!
+//! ```text
+//! B = number as u64, big-endian (8 bytes) ‖ "fugo-pn1" (8 bytes)
+//! h = AES-256(K_person, B)          person handle, one block
+//! c = AES-256(K_agency(a, e), h)    agency code, one block
+//! ```
+//!
+//! Both layers are single-block encryptions, i.e. keyed permutations: two
+//! people never share a handle, and never share a code within one agency and
+//! epoch. Opening runs both layers backwards and accepts only a block that
+//! carries the `fugo-pn1` label and a valid 12-digit number; any other
+//! failure is the one opaque [`UnknownCode`].
+
+use std::fmt;
+
+use aes::Block;
+use aes::cipher::{BlockCipherDecrypt, BlockCipherEncrypt};
+use thiserror::Error;
+use zeroize::{Zeroize, ZeroizeOnDrop};
+
+use crate::agency::{AgencyId, Epoch};
+use crate::code_text::{self, CodeTextError, TEXT_LEN};
+use crate::keys::{AgencyKey, KeyHierarchy, PersonKey};
+use crate::mynumber::{LIMIT, MyNumber};
+
+/// Domain label in the low half of the person block.
+pub const PERSON_BLOCK_LABEL: &[u8; 8] = b"fugo-pn1";
+
+/// The code is not a code of this agency and epoch under this key. Opaque on
+/// purpose: it never says which check failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+#[error("unknown code")]
+pub struct UnknownCode;
+
+/// The person block B for a number below 10^12.
+pub fn person_block(value: u64) -> [u8; 16] {
+    let mut block = [0u8; 16];
+    block[..8].copy_from_slice(&value.to_be_bytes());
+    block[8..].copy_from_slice(PERSON_BLOCK_LABEL);
+    block
+}
+
+/// The person handle h: the same for one person across all agencies, so it
+/// links them. It never leaves fugo; `Debug` is redacted, wiped on drop.
+#[derive(Zeroize, ZeroizeOnDrop)]
+pub struct PersonHandle([u8; 16]);
+
+impl PersonHandle {
+    /// The 16 handle bytes. For test vectors and the next layer only.
+    pub fn expose_bytes(&self) -> &[u8; 16] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for PersonHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PersonHandle([REDACTED])")
+    }
+}
+
+/// An agency code: the epoch it was made in and its 16 bytes.
+///
+/// A code identifies a person within one agency, so it is personal data:
+/// `Debug` prints a redaction. [`AgencyCode::to_text`] is the way out.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct AgencyCode {
+    epoch: Epoch,
+    bytes: [u8; 16],
+}
+
+impl AgencyCode {
+    /// Builds a code from its parts (e.g. from a test vector).
+    pub fn from_parts(epoch: Epoch, bytes: [u8; 16]) -> Self {
+        AgencyCode { epoch, bytes }
+    }
+
+    /// Reads the 29-character text form.
+    pub fn parse(text: &[u8]) -> Result<Self, CodeTextError> {
+        let (epoch, bytes) = code_text::decode(text)?;
+        Ok(AgencyCode { epoch, bytes })
+    }
+
+    /// The 29-character text form.
+    pub fn to_text(&self) -> [u8; TEXT_LEN] {
+        code_text::encode(self.epoch, &self.bytes)
+    }
+
+    /// The epoch the code was made in.
+    pub fn epoch(&self) -> Epoch {
+        self.epoch
+    }
+
+    /// The 16 code bytes.
+    pub fn bytes(&self) -> &[u8; 16] {
+        &self.bytes
+    }
+}
+
+impl fmt::Debug for AgencyCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "AgencyCode(epoch {}, [REDACTED])", self.epoch)
+    }
+}
+
+impl PersonKey {
+    /// h = AES-256(K_person, B).
+    pub fn handle_of(&self, number: &MyNumber) -> PersonHandle {
+        let mut block = Block::from(person_block(number.expose_value()));
+        self.0.encrypt_block(&mut block);
+        let handle = PersonHandle(block.into());
+        block.as_mut_slice().zeroize();
+        handle
+    }
+
+    /// Inverts [`PersonKey::handle_of`], accepting only a well-formed block.
+    pub fn number_of(&self, handle: &PersonHandle) -> Result<MyNumber, UnknownCode> {
+        let mut block = Block::from(handle.0);
+        self.0.decrypt_block(&mut block);
+        let mut bytes: [u8; 16] = block.into();
+        block.as_mut_slice().zeroize();
+        let mut high = [0u8; 8];
+        high.copy_from_slice(&bytes[..8]);
+        let labelled = bytes[8..] == PERSON_BLOCK_LABEL[..];
+        let mut value = u64::from_be_bytes(high);
+        bytes.zeroize();
+        high.zeroize();
+        let result = if labelled && value < LIMIT {
+            MyNumber::from_value(value).map_err(|_| UnknownCode)
+        } else {
+            Err(UnknownCode)
+        };
+        value.zeroize();
+        result
+    }
+}
+
+impl AgencyKey {
+    /// c = AES-256(K_agency, h).
+    pub fn code_bytes_of(&self, handle: &PersonHandle) -> [u8; 16] {
+        let mut block = Block::from(handle.0);
+        self.0.encrypt_block(&mut block);
+        block.into()
+    }
+
+    /// h = AES-256⁻¹(K_agency, c), unchecked: only [`PersonKey::number_of`]
+    /// can tell whether it is a real handle.
+    fn unchecked_handle_of(&self, code: &[u8; 16]) -> PersonHandle {
+        let mut block = Block::from(*code);
+        self.0.decrypt_block(&mut block);
+        let handle = PersonHandle(block.into());
+        block.as_mut_slice().zeroize();
+        handle
+    }
+}
+
+/// Derives and opens the codes of one agency in one epoch. Build it once per
+/// (agency, epoch) and reuse it: it holds both AES key schedules.
+pub struct Coder {
+    agency: AgencyId,
+    epoch: Epoch,
+    person: PersonKey,
+    agency_key: AgencyKey,
+}
+
+impl Coder {
+    /// Expands K_person and K_agency(agency, epoch) from `keys`.
+    pub fn new(keys: &KeyHierarchy, agency: AgencyId, epoch: Epoch) -> Self {
+        Coder {
+            agency_key: keys.agency_key(&agency, epoch),
+            person: keys.person_key(),
+            agency,
+            epoch,
+        }
+    }
+
+    /// The agency whose codes this makes.
+    pub fn agency(&self) -> &AgencyId {
+        &self.agency
+    }
+
+    /// The epoch whose codes this makes.
+    pub fn epoch(&self) -> Epoch {
+        self.epoch
+    }
+
+    /// The person handle of `number`.
+    pub fn handle(&self, number: &MyNumber) -> PersonHandle {
+        self.person.handle_of(number)
+    }
+
+    /// The agency code of `number`.
+    pub fn derive(&self, number: &MyNumber) -> AgencyCode {
+        let handle = self.person.handle_of(number);
+        AgencyCode {
+            epoch: self.epoch,
+            bytes: self.agency_key.code_bytes_of(&handle),
+        }
+    }
+
+    /// Opens `code` to the person handle, or [`UnknownCode`] if it is not a
+    /// code of this agency and epoch (the block must decrypt to a labelled,
+    /// valid My Number).
+    pub fn open(&self, code: &AgencyCode) -> Result<PersonHandle, UnknownCode> {
+        self.reidentify(code)?;
+        Ok(self.agency_key.unchecked_handle_of(&code.bytes))
+    }
+
+    /// Opens `code` all the way back to the My Number.
+    pub fn reidentify(&self, code: &AgencyCode) -> Result<MyNumber, UnknownCode> {
+        if code.epoch != self.epoch {
+            return Err(UnknownCode);
+        }
+        let handle = self.agency_key.unchecked_handle_of(&code.bytes);
+        self.person.number_of(&handle)
+    }
+
+    /// Turns person blocks B into code blocks c in place, both layers batched
+    /// so the cipher can pipeline many blocks at once.
+    pub fn encrypt_person_blocks(&self, blocks: &mut [[u8; 16]]) {
+        let blocks = Block::cast_slice_from_core_mut(blocks);
+        self.person.0.encrypt_blocks(blocks);
+        self.agency_key.0.encrypt_blocks(blocks);
+    }
+}
+
+impl fmt::Debug for Coder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Coder({}, epoch {}, [REDACTED])", self.agency, self.epoch)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::MasterKey;
+
+    fn coder(agency: &str, epoch: u8) -> Coder {
+        let keys = KeyHierarchy::new(&MasterKey::from_bytes(std::array::from_fn(|i| i as u8)));
+        Coder::new(&keys, AgencyId::new(agency).unwrap(), Epoch::new(epoch).unwrap())
+    }
+
+    #[test]
+    fn known_answer() {
+        let number = MyNumber::parse(b"123456789018").unwrap();
+        let shinjuku = coder("city-shinjuku", 1);
+        assert_eq!(
+            crate::hex::encode(shinjuku.handle(&number).expose_bytes()),
+            "0d8e52e5bddadf52c3a087c3bf4bbe31"
+        );
+        let code = shinjuku.derive(&number);
+        assert_eq!(crate::hex::encode(code.bytes()), "3e6effb56bf081e59c07b1858687087c");
+        assert_eq!(&code.to_text(), b"117SQFZDBBY20YB707P62RD1R8FGJ");
+        assert_eq!(
+            shinjuku.reidentify(&code).unwrap().expose_value(),
+            123_456_789_018
+        );
+        assert_eq!(coder("city-shinjuku", 2).reidentify(&code).unwrap_err(), UnknownCode);
+        assert_eq!(coder("nta", 1).reidentify(&code).unwrap_err(), UnknownCode);
+    }
+
+    #[test]
+    fn batch_matches_single() {
+        let shinjuku = coder("city-shinjuku", 1);
+        let mut blocks = [person_block(123_456_789_018)];
+        shinjuku.encrypt_person_blocks(&mut blocks);
+        let single = shinjuku.derive(&MyNumber::parse(b"123456789018").unwrap());
+        assert_eq!(&blocks[0], single.bytes());
+    }
+}
