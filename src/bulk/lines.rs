@@ -205,3 +205,61 @@ pub fn derive_lines(
     rejects.flush().map_err(BulkError::Rejects)?;
     Ok(summary)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reassembles the lines a reader hands out, chunk by chunk.
+    fn lines_through(input: &[u8], chunk: usize) -> Vec<Vec<u8>> {
+        let mut reader = LineReader {
+            source: input,
+            chunk,
+            carry: Vec::new(),
+            skipping: false,
+            eof: false,
+        };
+        let mut lines = Vec::new();
+        let mut buffer = Vec::new();
+        while reader.fill(&mut buffer).unwrap() {
+            let body = buffer.strip_suffix(b"\n").unwrap_or(&buffer);
+            lines.extend(body.split(|&b| b == b'\n').map(<[u8]>::to_vec));
+            // Every chunk but the last ends on a line boundary.
+            if !reader.eof {
+                assert_eq!(buffer.last(), Some(&b'\n'));
+            }
+        }
+        lines
+    }
+
+    #[test]
+    fn every_chunk_size_yields_the_same_lines() {
+        let mut input = Vec::new();
+        let mut expected = Vec::new();
+        let mut state = 12345u32;
+        for _ in 0..3000 {
+            state = state.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            let length = match state % 10 {
+                0 => (state >> 8) as usize % 5000, // sometimes far too long
+                _ => (state >> 8) as usize % 40,
+            };
+            let line = vec![b'0' + (state % 10) as u8; length];
+            input.extend_from_slice(&line);
+            input.push(b'\n');
+            expected.push(line);
+        }
+        input.extend_from_slice(b"last-without-newline");
+        expected.push(b"last-without-newline".to_vec());
+        for chunk in [MAX_LINE + 1, 300, 1000, 4096, 1 << 20] {
+            let lines = lines_through(&input, chunk);
+            assert_eq!(lines.len(), expected.len(), "chunk {chunk}");
+            for (got, want) in lines.iter().zip(&expected) {
+                if want.len() > MAX_LINE {
+                    assert!(got.len() > MAX_LINE, "chunk {chunk}");
+                } else {
+                    assert_eq!(got, want, "chunk {chunk}");
+                }
+            }
+        }
+    }
+}

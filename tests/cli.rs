@@ -1,0 +1,302 @@
+//! The `fugo` binary end to end: stdout, stderr and exit status pinned.
+
+mod common;
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use common::{DEMO_FINGERPRINT, demo_key_path, valid_number};
+
+fn fugo(args: &[&str], stdin: &[u8]) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fugo"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut pipe = child.stdin.take().unwrap();
+    let input = stdin.to_vec();
+    let feeder = std::thread::spawn(move || {
+        // The child may exit before reading everything; that is its business.
+        let _ = pipe.write_all(&input);
+    });
+    let output = child.wait_with_output().unwrap();
+    feeder.join().unwrap();
+    output
+}
+
+fn text(bytes: &[u8]) -> &str {
+    std::str::from_utf8(bytes).unwrap()
+}
+
+fn derive_args<'a>(key: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["derive", "--master-key", key, "--agency", "city-shinjuku", "--epoch", "1"];
+    args.extend_from_slice(extra);
+    args
+}
+
+fn key() -> String {
+    demo_key_path().to_str().unwrap().to_owned()
+}
+
+#[test]
+fn line_mode_reports_bad_lines_and_keeps_alignment() {
+    let long = "7".repeat(300);
+    let input = format!(
+        "123456789018\n983205673214\r\n123456789012\n\n1234 5678 9018\n\u{ff11}23456789018\n{long}\n12345678901\n983205673214"
+    );
+    let key = key();
+    let out = fugo(&derive_args(&key, &[]), input.as_bytes());
+    assert_eq!(out.status.code(), Some(3));
+    let shinjuku_983205673214 = {
+        let ok = fugo(&derive_args(&key, &[]), b"983205673214\n");
+        assert_eq!(ok.status.code(), Some(0));
+        assert!(ok.stderr.is_empty());
+        text(&ok.stdout).trim_end().to_owned()
+    };
+    assert_eq!(
+        text(&out.stdout),
+        format!(
+            "117SQFZDBBY20YB707P62RD1R8FGJ\n{c}\n\n\n\n\n\n\n{c}\n",
+            c = shinjuku_983205673214
+        )
+    );
+    assert_eq!(
+        text(&out.stderr),
+        "line 3: check digit does not match\n\
+         line 4: empty: expected 12 digits\n\
+         line 5: not a digit at position 5: expected 12 ASCII digits\n\
+         line 6: not a digit at position 1: expected 12 ASCII digits\n\
+         line 7: too long\n\
+         line 8: wrong length: expected 12 digits, found 11\n\
+         fugo: 6 of 9 rows rejected\n"
+    );
+}
+
+#[test]
+fn rejects_file_output_file_and_input_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.txt");
+    let output = dir.path().join("out.txt");
+    let rejects = dir.path().join("rejects.txt");
+    fs::write(&input, "123456789018\nnope\n").unwrap();
+    let key = key();
+    let out = fugo(
+        &derive_args(
+            &key,
+            &[
+                input.to_str().unwrap(),
+                "-o",
+                output.to_str().unwrap(),
+                "--rejects",
+                rejects.to_str().unwrap(),
+            ],
+        ),
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(3));
+    assert!(out.stdout.is_empty());
+    assert_eq!(text(&out.stderr), "fugo: 1 of 2 rows rejected\n");
+    assert_eq!(fs::read_to_string(&output).unwrap(), "117SQFZDBBY20YB707P62RD1R8FGJ\n\n");
+    assert_eq!(
+        fs::read_to_string(&rejects).unwrap(),
+        "line 2: not a digit at position 1: expected 12 ASCII digits\n"
+    );
+}
+
+#[test]
+fn csv_mode_replaces_or_appends_the_column() {
+    let key = key();
+    let input = "id,mynumber,note\n1,123456789018,\"a, b\"\n2,123456789012,x\n3,983205673214\n";
+    let out = fugo(&derive_args(&key, &["--csv", "--column", "mynumber"]), input.as_bytes());
+    assert_eq!(out.status.code(), Some(3));
+    let lines: Vec<&str> = text(&out.stdout).lines().collect();
+    assert_eq!(lines[0], "id,mynumber,note");
+    assert_eq!(lines[1], "1,117SQFZDBBY20YB707P62RD1R8FGJ,\"a, b\"");
+    assert_eq!(lines[2], "2,,x");
+    assert_eq!(lines[3], ",,", "a row of the wrong width keeps none of its fields");
+    assert_eq!(
+        text(&out.stderr),
+        "line 3: column 'mynumber': check digit does not match\n\
+         line 4: has 2 fields, the header has 3\n\
+         fugo: 2 of 3 rows rejected\n"
+    );
+
+    let out = fugo(
+        &derive_args(&key, &["--csv", "--column", "mynumber", "--append-column", "code"]),
+        b"mynumber\n123456789018\r\n",
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        "mynumber,code\n123456789018,117SQFZDBBY20YB707P62RD1R8FGJ\n"
+    );
+}
+
+#[test]
+fn csv_header_problems_are_fatal_and_named() {
+    let key = key();
+    let cases: [(&[&str], &str, &str); 3] = [
+        (&["--csv", "--column", "number"], "id,mynumber\n", "no column named 'number'"),
+        (&["--csv", "--column", "n"], "n,n\n", "column 'n' appears 2 times"),
+        (
+            &["--csv", "--column", "n", "--append-column", "c"],
+            "n,c\n",
+            "column 'c' already exists",
+        ),
+    ];
+    for (flags, input, message) in cases {
+        let out = fugo(&derive_args(&key, flags), input.as_bytes());
+        assert_eq!(out.status.code(), Some(1));
+        assert!(text(&out.stderr).contains(message), "{}", text(&out.stderr));
+    }
+}
+
+#[test]
+fn a_huge_line_without_newline_is_one_reject() {
+    let key = key();
+    let input = vec![b'1'; 8 << 20];
+    let out = fugo(&derive_args(&key, &[]), &input);
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(text(&out.stdout), "\n");
+    assert_eq!(text(&out.stderr), "line 1: too long\nfugo: 1 of 1 rows rejected\n");
+}
+
+#[test]
+fn output_is_the_same_for_any_thread_count() {
+    // Lines of every kind, some far longer than a line may be, so that chunk
+    // boundaries fall inside lines of each kind.
+    let mut input = String::new();
+    let mut expected_rejects = 0;
+    for i in 0..120_000u64 {
+        match i % 97 {
+            13 => {
+                input.push_str(&"9".repeat(1000 + (i as usize % 5000)));
+                expected_rejects += 1;
+            }
+            29 => {
+                input.push_str("12345678901x");
+                expected_rejects += 1;
+            }
+            31 => expected_rejects += 1, // empty line
+            _ => input.push_str(&valid_number(i * 7919)),
+        }
+        input.push_str(if i % 3 == 0 { "\r\n" } else { "\n" });
+    }
+    let key = key();
+    let one = fugo(&derive_args(&key, &["--threads", "1"]), input.as_bytes());
+    let three = fugo(&derive_args(&key, &["--threads", "3"]), input.as_bytes());
+    assert_eq!(one.status.code(), Some(3));
+    assert_eq!(one.stdout, three.stdout);
+    assert_eq!(one.stderr, three.stderr);
+    assert_eq!(text(&one.stdout).lines().count(), 120_000);
+    assert!(text(&one.stderr).ends_with(&format!(
+        "fugo: {expected_rejects} of 120000 rows rejected\n"
+    )));
+}
+
+#[test]
+fn keygen_writes_a_private_key_and_never_overwrites() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("new.key");
+    let path_str = path.to_str().unwrap();
+    let out = fugo(&["keygen", "--out", path_str], b"");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let fingerprint = text(&out.stdout).trim_end().to_owned();
+    assert_eq!(fingerprint.len(), 32);
+    assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+    let contents = fs::read_to_string(&path).unwrap();
+    assert_eq!(contents.len(), 65);
+    assert!(!text(&out.stderr).contains(contents.trim_end()));
+    assert_ne!(fingerprint, DEMO_FINGERPRINT);
+
+    let again = fugo(&["keys", "fingerprint", path_str], b"");
+    assert_eq!(text(&again.stdout).trim_end(), fingerprint);
+
+    let refused = fugo(&["keygen", "--out", path_str], b"");
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(text(&refused.stderr).contains("already exists; refusing to overwrite"));
+    assert_eq!(fs::read_to_string(&path).unwrap(), contents);
+}
+
+#[test]
+fn fingerprints_are_checked_when_asked() {
+    let key = key();
+    let out = fugo(&["keys", "fingerprint", &key], b"");
+    assert_eq!(text(&out.stdout), format!("{DEMO_FINGERPRINT}\n"));
+    let good = fugo(&["keys", "fingerprint", &key, "--expect-fingerprint", DEMO_FINGERPRINT], b"");
+    assert_eq!(good.status.code(), Some(0));
+
+    let wrong = "00000000000000000000000000000000";
+    let out = fugo(&derive_args(&key, &["--expect-fingerprint", wrong]), b"123456789018\n");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    assert!(text(&out.stderr).contains(&format!(
+        "has fingerprint {DEMO_FINGERPRINT}, expected {wrong}; refusing to use it"
+    )));
+    let ok = fugo(&derive_args(&key, &["--expect-fingerprint", DEMO_FINGERPRINT]), b"123456789018\n");
+    assert_eq!(ok.status.code(), Some(0));
+}
+
+#[test]
+fn key_file_problems_are_fatal_and_never_echo_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let write_key = |name: &str, contents: &str, mode: u32| {
+        let path = dir.path().join(name);
+        fs::write(&path, contents).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let secret = "a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f90";
+    let mut bad = secret.to_owned();
+    bad.replace_range(20..21, "z");
+    let cases = [
+        (write_key("short.key", &secret[..40], 0o600), "expected 64 hex characters and an optional newline, found 40 characters"),
+        (write_key("bad.key", &bad, 0o600), "character 21 is not a hex digit"),
+        (dir.path().join("missing.key").to_str().unwrap().to_owned(), "cannot read key file"),
+    ];
+    for (path, message) in &cases {
+        let out = fugo(&derive_args(path, &[]), b"123456789018\n");
+        assert_eq!(out.status.code(), Some(1), "{path}");
+        let stderr = text(&out.stderr);
+        assert!(stderr.contains(message), "{stderr}");
+        assert!(!stderr.contains(&secret[..16]), "{stderr}");
+        assert!(!stderr.contains(&bad[..16]), "{stderr}");
+    }
+
+    let open = write_key("open.key", secret, 0o644);
+    let out = fugo(&derive_args(&open, &[]), b"123456789018\n");
+    assert_eq!(out.status.code(), Some(0));
+    assert!(text(&out.stderr).contains("can be read by group or others (mode 644)"));
+}
+
+#[test]
+fn unreadable_input_and_bad_flags() {
+    let key = key();
+    let out = fugo(&derive_args(&key, &["/nonexistent/numbers.txt"]), b"");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("cannot open input /nonexistent/numbers.txt"));
+
+    let out = fugo(&["derive", "--master-key", &key, "--agency", "City", "--epoch", "1"], b"");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("agency id must start with a-z or 0-9"));
+    let out = fugo(&["derive", "--master-key", &key, "--agency", "nta", "--epoch", "32"], b"");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("epoch must be a whole number from 1 to 31"));
+    let out = fugo(&derive_args(&key, &["--csv"]), b"");
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn help_says_what_the_offline_tool_bypasses() {
+    let out = fugo(&["derive", "--help"], b"");
+    let help = text(&out.stdout);
+    assert!(help.contains("bypasses the server's"));
+    assert!(help.contains("audit"));
+    assert!(help.contains("re-issued numbers"));
+    assert!(Path::new(&key()).exists());
+}

@@ -1,0 +1,95 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code, unreachable_pub)] // each test binary uses a different subset
+
+use std::path::{Path, PathBuf};
+
+use fugo::agency::{AgencyId, Epoch};
+use fugo::code::Coder;
+use fugo::keys::{KeyHierarchy, MasterKey};
+use serde::Deserialize;
+
+/// The demo master key shipped in keys-example/.
+pub fn demo_key_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("keys-example/master.key")
+}
+
+pub const DEMO_FINGERPRINT: &str = "34391a36deac07213d13a6753154bf16";
+
+pub fn hex(text: &str) -> Vec<u8> {
+    assert_eq!(text.len() % 2, 0);
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+pub fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Vectors {
+    pub keys: Vec<KeyVector>,
+    pub positive: Vec<Positive>,
+    pub negative: Vec<Negative>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct KeyVector {
+    pub name: String,
+    pub master_key: String,
+    pub fingerprint: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Positive {
+    pub key: String,
+    pub number: String,
+    pub agency: String,
+    pub epoch: u8,
+    pub handle: String,
+    pub code_bytes: String,
+    pub text: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Negative {
+    pub description: String,
+    pub key: String,
+    pub agency: String,
+    pub epoch: u8,
+    pub text: String,
+    pub error: String,
+}
+
+pub fn vectors() -> Vectors {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors/v1.json");
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+impl Vectors {
+    pub fn keys(&self, name: &str) -> KeyHierarchy {
+        let key = self.keys.iter().find(|k| k.name == name).unwrap();
+        KeyHierarchy::new(&MasterKey::from_file_contents(key.master_key.as_bytes()).unwrap())
+    }
+
+    pub fn coder(&self, key: &str, agency: &str, epoch: u8) -> Coder {
+        Coder::new(
+            &self.keys(key),
+            AgencyId::new(agency).unwrap(),
+            Epoch::new(epoch).unwrap(),
+        )
+    }
+}
+
+/// A valid 12-digit number from 11 digits of `seed`.
+pub fn valid_number(seed: u64) -> String {
+    let mut digits = [0u8; 12];
+    let mut rest = seed % 100_000_000_000;
+    for slot in digits[..11].iter_mut().rev() {
+        *slot = (rest % 10) as u8;
+        rest /= 10;
+    }
+    digits[11] = fugo::mynumber::check_digit(&digits);
+    digits.iter().map(|d| char::from(b'0' + d)).collect()
+}
