@@ -138,7 +138,7 @@ fn no_output_channel_carries_a_number_or_a_code() {
 
 #[test]
 fn the_search_finds_a_planted_leak() {
-    for planted in ["row 9832 0567 3214", "0x000000e4eb9ff8fe", "3938333230353637333231"] {
+    for planted in ["row 9832 0567 3214", "0x000000e4eb9ff8fe", "393833323035363733323134"] {
         let caught = std::panic::catch_unwind(|| assert_clean(planted, &forms("983205673214"), "x"));
         assert!(caught.is_err(), "{planted}");
     }
