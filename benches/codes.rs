@@ -4,6 +4,7 @@
 //! throughput; the closing table re-measures them back to back, interleaved,
 //! and prints each as a ratio to raw AES-256 block encryption measured in the
 //! same run, which is the figure that survives a noisy machine.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)] // test/bench code: a panic is a failure report; printing is the report
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -60,10 +61,15 @@ impl Fixture {
         let numbers = numbers();
         let mut texts = Vec::with_capacity(N);
         BatchDeriver::new(&coder).derive(
-            numbers.iter().map(|n| Ok::<_, mynumber::ParseError>(&n[..])),
+            numbers
+                .iter()
+                .map(|n| Ok::<_, mynumber::ParseError>(&n[..])),
             |r| texts.push(*r.unwrap()),
         );
-        let codes = texts.iter().map(|t| AgencyCode::parse(t).unwrap()).collect();
+        let codes = texts
+            .iter()
+            .map(|t| AgencyCode::parse(t).unwrap())
+            .collect();
         Fixture {
             raw: Aes256::new(&[7u8; 32].into()),
             coder,
@@ -80,7 +86,9 @@ impl Fixture {
 
     fn derive(&self, deriver: &mut BatchDeriver<'_>, sink: &mut u64) {
         deriver.derive(
-            self.numbers.iter().map(|n| Ok::<_, mynumber::ParseError>(&n[..])),
+            self.numbers
+                .iter()
+                .map(|n| Ok::<_, mynumber::ParseError>(&n[..])),
             |r| {
                 if let Ok(text) = r {
                     *sink = sink.wrapping_add(u64::from(text[28]));
@@ -101,7 +109,9 @@ impl Fixture {
     fn encode(&self) -> u64 {
         let mut sum = 0u64;
         for code in &self.codes {
-            sum = sum.wrapping_add(u64::from(code_text::encode(code.epoch(), black_box(code.bytes()))[28]));
+            sum = sum.wrapping_add(u64::from(
+                code_text::encode(code.epoch(), black_box(code.bytes()))[28],
+            ));
         }
         sum
     }
@@ -161,7 +171,10 @@ fn ratio_table(fx: &Fixture) {
     }
     black_box(sink);
     println!("\nper-core rates, best of 5 interleaved rounds (same run):");
-    println!("{:<28} {:>14} {:>16}", "path", "M items/s", "per raw AES blk");
+    println!(
+        "{:<28} {:>14} {:>16}",
+        "path", "M items/s", "per raw AES blk"
+    );
     for (name, value) in [
         ("raw AES-256 block", best[0]),
         ("derive ascii→text", best[1]),

@@ -7,6 +7,7 @@
 //! line without a newline. Short form (CI): `FUGO_BENCH_LINES=200000
 //! FUGO_BENCH_ONE_LINE_MB=16 cargo bench --bench derive_cli`.
 //! Peak RSS comes from `/usr/bin/time -f %M` (Debian package `time`).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)] // test/bench code: a panic is a failure report; printing is the report
 
 use std::fs::{self, File};
 use std::io::{BufWriter, Write};

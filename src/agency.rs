@@ -155,7 +155,10 @@ mod tests {
             AgencyId::new("city/shinjuku"),
             Err(AgencyIdError::BadCharacter { position: 5 })
         );
-        assert_eq!(AgencyId::new("nTa"), Err(AgencyIdError::BadCharacter { position: 2 }));
+        assert_eq!(
+            AgencyId::new("nTa"),
+            Err(AgencyIdError::BadCharacter { position: 2 })
+        );
         assert_eq!(
             AgencyId::new(&"a".repeat(64)),
             Err(AgencyIdError::TooLong { length: 64 })

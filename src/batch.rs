@@ -95,12 +95,18 @@ mod tests {
         let coder = Coder::new(&keys, AgencyId::new("nta").unwrap(), Epoch::new(3).unwrap());
         let mut inputs: Vec<&[u8]> = Vec::new();
         for i in 0..1500 {
-            inputs.push(if i % 7 == 3 { b"123456789012" } else { b"123456789018" });
+            inputs.push(if i % 7 == 3 {
+                b"123456789012"
+            } else {
+                b"123456789018"
+            });
         }
-        let expected = coder.derive(&MyNumber::parse(b"123456789018").unwrap()).to_text();
+        let expected = coder
+            .derive(&MyNumber::parse(b"123456789018").unwrap())
+            .to_text();
         let mut seen = Vec::new();
         BatchDeriver::new(&coder).derive(inputs.iter().map(|i| Ok::<_, ParseError>(*i)), |r| {
-            seen.push(r.map(|t| *t))
+            seen.push(r.copied())
         });
         assert_eq!(seen.len(), 1500);
         for (i, result) in seen.iter().enumerate() {

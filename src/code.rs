@@ -226,7 +226,11 @@ impl Coder {
 
 impl fmt::Debug for Coder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Coder({}, epoch {}, [REDACTED])", self.agency, self.epoch)
+        write!(
+            f,
+            "Coder({}, epoch {}, [REDACTED])",
+            self.agency, self.epoch
+        )
     }
 }
 
@@ -237,7 +241,11 @@ mod tests {
 
     fn coder(agency: &str, epoch: u8) -> Coder {
         let keys = KeyHierarchy::new(&MasterKey::from_bytes(std::array::from_fn(|i| i as u8)));
-        Coder::new(&keys, AgencyId::new(agency).unwrap(), Epoch::new(epoch).unwrap())
+        Coder::new(
+            &keys,
+            AgencyId::new(agency).unwrap(),
+            Epoch::new(epoch).unwrap(),
+        )
     }
 
     #[test]
@@ -249,13 +257,19 @@ mod tests {
             "0d8e52e5bddadf52c3a087c3bf4bbe31"
         );
         let code = shinjuku.derive(&number);
-        assert_eq!(crate::hex::encode(code.bytes()), "3e6effb56bf081e59c07b1858687087c");
+        assert_eq!(
+            crate::hex::encode(code.bytes()),
+            "3e6effb56bf081e59c07b1858687087c"
+        );
         assert_eq!(&code.to_text(), b"117SQFZDBBY20YB707P62RD1R8FGJ");
         assert_eq!(
             shinjuku.reidentify(&code).unwrap().expose_value(),
             123_456_789_018
         );
-        assert_eq!(coder("city-shinjuku", 2).reidentify(&code).unwrap_err(), UnknownCode);
+        assert_eq!(
+            coder("city-shinjuku", 2).reidentify(&code).unwrap_err(),
+            UnknownCode
+        );
         assert_eq!(coder("nta", 1).reidentify(&code).unwrap_err(), UnknownCode);
     }
 

@@ -189,6 +189,9 @@ mod tests {
             decode(b"U").unwrap_err(),
             CodeTextError::InvalidCharacter { position: 1 }
         );
-        assert_eq!(decode(b"12-3").unwrap_err(), CodeTextError::WrongLength { length: 3 });
+        assert_eq!(
+            decode(b"12-3").unwrap_err(),
+            CodeTextError::WrongLength { length: 3 }
+        );
     }
 }

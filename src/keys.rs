@@ -37,6 +37,9 @@ pub const INFO_AGENCY_PREFIX: &[u8] = b"fugo/v1/agency/";
 /// HKDF-Expand info of the key check value.
 pub const INFO_KCV: &[u8] = b"fugo/v1/kcv";
 
+/// Fingerprint of the public demo key `00 01 02 … 1f` (keys-example/).
+pub const DEMO_FINGERPRINT: &str = "34391a36deac07213d13a6753154bf16";
+
 /// Length of the master key and of every derived key, in bytes.
 pub const KEY_LEN: usize = 32;
 
@@ -126,6 +129,11 @@ impl Fingerprint {
     pub fn as_bytes(&self) -> &[u8; 16] {
         &self.0
     }
+
+    /// Whether this is the public demo key's fingerprint.
+    pub fn is_demo(&self) -> bool {
+        self.to_string() == DEMO_FINGERPRINT
+    }
 }
 
 impl fmt::Display for Fingerprint {
@@ -163,7 +171,8 @@ impl KeyHierarchy {
         #[allow(clippy::expect_used)]
         let hkdf = Hkdf::<Sha256>::from_prk(self.prk.as_slice()).expect("PRK is 32 bytes");
         #[allow(clippy::expect_used)]
-        hkdf.expand_multi_info(info, okm).expect("OKM length is at most 32 bytes");
+        hkdf.expand_multi_info(info, okm)
+            .expect("OKM length is at most 32 bytes");
     }
 
     /// The key check value (fingerprint) of this hierarchy's master key.
@@ -232,7 +241,10 @@ mod tests {
     #[test]
     fn demo_key_fingerprint_is_the_published_one() {
         let keys = KeyHierarchy::new(&demo());
-        assert_eq!(keys.fingerprint().to_string(), "34391a36deac07213d13a6753154bf16");
+        assert_eq!(
+            keys.fingerprint().to_string(),
+            "34391a36deac07213d13a6753154bf16"
+        );
     }
 
     #[test]

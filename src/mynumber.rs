@@ -133,7 +133,9 @@ pub(crate) fn parse_value(input: &[u8]) -> Result<u64, ParseError> {
         return Err(ParseError::Empty);
     }
     if let Some(index) = input.iter().position(|b| !b.is_ascii_digit()) {
-        return Err(ParseError::NotADigit { position: index + 1 });
+        return Err(ParseError::NotADigit {
+            position: index + 1,
+        });
     }
     let Ok(bytes) = <&[u8; DIGITS]>::try_from(input) else {
         return Err(ParseError::WrongLength {
@@ -162,14 +164,23 @@ mod tests {
 
     #[test]
     fn accepts_the_ordinance_examples() {
-        assert_eq!(MyNumber::parse(b"123456789018").unwrap().expose_value(), 123_456_789_018);
-        assert_eq!(MyNumber::parse(b"983205673214").unwrap().expose_value(), 983_205_673_214);
+        assert_eq!(
+            MyNumber::parse(b"123456789018").unwrap().expose_value(),
+            123_456_789_018
+        );
+        assert_eq!(
+            MyNumber::parse(b"983205673214").unwrap().expose_value(),
+            983_205_673_214
+        );
         assert!(MyNumber::parse(b"000000000000").is_ok());
     }
 
     #[test]
     fn names_the_rule_that_failed() {
-        assert_eq!(MyNumber::parse(b"123456789012").unwrap_err(), ParseError::CheckDigit);
+        assert_eq!(
+            MyNumber::parse(b"123456789012").unwrap_err(),
+            ParseError::CheckDigit
+        );
         assert_eq!(MyNumber::parse(b"").unwrap_err(), ParseError::Empty);
         assert_eq!(
             MyNumber::parse(b"12345678901").unwrap_err(),

@@ -1,4 +1,5 @@
 //! The `fugo` binary end to end: stdout, stderr and exit status pinned.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)] // test/bench code: a panic is a failure report; printing is the report
 
 mod common;
 
@@ -33,8 +34,27 @@ fn text(bytes: &[u8]) -> &str {
     std::str::from_utf8(bytes).unwrap()
 }
 
+const DEMO_NOTICE: &str = "is the PUBLIC demo key; codes made with it protect nothing";
+
+/// stderr without the notice every run with the demo key prints.
+fn errors(out: &Output) -> String {
+    text(&out.stderr)
+        .lines()
+        .filter(|line| !line.contains(DEMO_NOTICE))
+        .map(|line| format!("{line}\n"))
+        .collect()
+}
+
 fn derive_args<'a>(key: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut args = vec!["derive", "--master-key", key, "--agency", "city-shinjuku", "--epoch", "1"];
+    let mut args = vec![
+        "derive",
+        "--master-key",
+        key,
+        "--agency",
+        "city-shinjuku",
+        "--epoch",
+        "1",
+    ];
     args.extend_from_slice(extra);
     args
 }
@@ -55,7 +75,7 @@ fn line_mode_reports_bad_lines_and_keeps_alignment() {
     let shinjuku_983205673214 = {
         let ok = fugo(&derive_args(&key, &[]), b"983205673214\n");
         assert_eq!(ok.status.code(), Some(0));
-        assert!(ok.stderr.is_empty());
+        assert!(errors(&ok).is_empty());
         text(&ok.stdout).trim_end().to_owned()
     };
     assert_eq!(
@@ -66,7 +86,7 @@ fn line_mode_reports_bad_lines_and_keeps_alignment() {
         )
     );
     assert_eq!(
-        text(&out.stderr),
+        errors(&out),
         "line 3: check digit does not match\n\
          line 4: empty: expected 12 digits\n\
          line 5: not a digit at position 5: expected 12 ASCII digits\n\
@@ -100,8 +120,11 @@ fn rejects_file_output_file_and_input_file() {
     );
     assert_eq!(out.status.code(), Some(3));
     assert!(out.stdout.is_empty());
-    assert_eq!(text(&out.stderr), "fugo: 1 of 2 rows rejected\n");
-    assert_eq!(fs::read_to_string(&output).unwrap(), "117SQFZDBBY20YB707P62RD1R8FGJ\n\n");
+    assert_eq!(errors(&out), "fugo: 1 of 2 rows rejected\n");
+    assert_eq!(
+        fs::read_to_string(&output).unwrap(),
+        "117SQFZDBBY20YB707P62RD1R8FGJ\n\n"
+    );
     assert_eq!(
         fs::read_to_string(&rejects).unwrap(),
         "line 2: not a digit at position 1: expected 12 ASCII digits\n"
@@ -112,25 +135,34 @@ fn rejects_file_output_file_and_input_file() {
 fn csv_mode_replaces_or_appends_the_column() {
     let key = key();
     let input = "id,mynumber,note\n1,123456789018,\"a, b\"\n2,123456789012,x\n3,983205673214\n";
-    let out = fugo(&derive_args(&key, &["--csv", "--column", "mynumber"]), input.as_bytes());
+    let out = fugo(
+        &derive_args(&key, &["--csv", "--column", "mynumber"]),
+        input.as_bytes(),
+    );
     assert_eq!(out.status.code(), Some(3));
     let lines: Vec<&str> = text(&out.stdout).lines().collect();
     assert_eq!(lines[0], "id,mynumber,note");
     assert_eq!(lines[1], "1,117SQFZDBBY20YB707P62RD1R8FGJ,\"a, b\"");
     assert_eq!(lines[2], "2,,x");
-    assert_eq!(lines[3], ",,", "a row of the wrong width keeps none of its fields");
     assert_eq!(
-        text(&out.stderr),
+        lines[3], ",,",
+        "a row of the wrong width keeps none of its fields"
+    );
+    assert_eq!(
+        errors(&out),
         "line 3: column 'mynumber': check digit does not match\n\
          line 4: has 2 fields, the header has 3\n\
          fugo: 2 of 3 rows rejected\n"
     );
 
     let out = fugo(
-        &derive_args(&key, &["--csv", "--column", "mynumber", "--append-column", "code"]),
+        &derive_args(
+            &key,
+            &["--csv", "--column", "mynumber", "--append-column", "code"],
+        ),
         b"mynumber\n123456789018\r\n",
     );
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{}", errors(&out));
     assert_eq!(
         text(&out.stdout),
         "mynumber,code\n123456789018,117SQFZDBBY20YB707P62RD1R8FGJ\n"
@@ -141,8 +173,16 @@ fn csv_mode_replaces_or_appends_the_column() {
 fn csv_header_problems_are_fatal_and_named() {
     let key = key();
     let cases: [(&[&str], &str, &str); 3] = [
-        (&["--csv", "--column", "number"], "id,mynumber\n", "no column named 'number'"),
-        (&["--csv", "--column", "n"], "n,n\n", "column 'n' appears 2 times"),
+        (
+            &["--csv", "--column", "number"],
+            "id,mynumber\n",
+            "no column named 'number'",
+        ),
+        (
+            &["--csv", "--column", "n"],
+            "n,n\n",
+            "column 'n' appears 2 times",
+        ),
         (
             &["--csv", "--column", "n", "--append-column", "c"],
             "n,c\n",
@@ -152,7 +192,7 @@ fn csv_header_problems_are_fatal_and_named() {
     for (flags, input, message) in cases {
         let out = fugo(&derive_args(&key, flags), input.as_bytes());
         assert_eq!(out.status.code(), Some(1));
-        assert!(text(&out.stderr).contains(message), "{}", text(&out.stderr));
+        assert!(errors(&out).contains(message), "{}", errors(&out));
     }
 }
 
@@ -163,7 +203,10 @@ fn a_huge_line_without_newline_is_one_reject() {
     let out = fugo(&derive_args(&key, &[]), &input);
     assert_eq!(out.status.code(), Some(3));
     assert_eq!(text(&out.stdout), "\n");
-    assert_eq!(text(&out.stderr), "line 1: too long\nfugo: 1 of 1 rows rejected\n");
+    assert_eq!(
+        errors(&out),
+        "line 1: too long\nfugo: 1 of 1 rows rejected\n"
+    );
 }
 
 #[test]
@@ -194,7 +237,7 @@ fn output_is_the_same_for_any_thread_count() {
     assert_eq!(one.stdout, three.stdout);
     assert_eq!(one.stderr, three.stderr);
     assert_eq!(text(&one.stdout).lines().count(), 120_000);
-    assert!(text(&one.stderr).ends_with(&format!(
+    assert!(errors(&one).ends_with(&format!(
         "fugo: {expected_rejects} of 120000 rows rejected\n"
     )));
 }
@@ -205,13 +248,16 @@ fn keygen_writes_a_private_key_and_never_overwrites() {
     let path = dir.path().join("new.key");
     let path_str = path.to_str().unwrap();
     let out = fugo(&["keygen", "--out", path_str], b"");
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{}", errors(&out));
     let fingerprint = text(&out.stdout).trim_end().to_owned();
     assert_eq!(fingerprint.len(), 32);
-    assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
     let contents = fs::read_to_string(&path).unwrap();
     assert_eq!(contents.len(), 65);
-    assert!(!text(&out.stderr).contains(contents.trim_end()));
+    assert!(!errors(&out).contains(contents.trim_end()));
     assert_ne!(fingerprint, DEMO_FINGERPRINT);
 
     let again = fugo(&["keys", "fingerprint", path_str], b"");
@@ -219,7 +265,7 @@ fn keygen_writes_a_private_key_and_never_overwrites() {
 
     let refused = fugo(&["keygen", "--out", path_str], b"");
     assert_eq!(refused.status.code(), Some(1));
-    assert!(text(&refused.stderr).contains("already exists; refusing to overwrite"));
+    assert!(errors(&refused).contains("already exists; refusing to overwrite"));
     assert_eq!(fs::read_to_string(&path).unwrap(), contents);
 }
 
@@ -228,17 +274,32 @@ fn fingerprints_are_checked_when_asked() {
     let key = key();
     let out = fugo(&["keys", "fingerprint", &key], b"");
     assert_eq!(text(&out.stdout), format!("{DEMO_FINGERPRINT}\n"));
-    let good = fugo(&["keys", "fingerprint", &key, "--expect-fingerprint", DEMO_FINGERPRINT], b"");
+    let good = fugo(
+        &[
+            "keys",
+            "fingerprint",
+            &key,
+            "--expect-fingerprint",
+            DEMO_FINGERPRINT,
+        ],
+        b"",
+    );
     assert_eq!(good.status.code(), Some(0));
 
     let wrong = "00000000000000000000000000000000";
-    let out = fugo(&derive_args(&key, &["--expect-fingerprint", wrong]), b"123456789018\n");
+    let out = fugo(
+        &derive_args(&key, &["--expect-fingerprint", wrong]),
+        b"123456789018\n",
+    );
     assert_eq!(out.status.code(), Some(1));
     assert!(out.stdout.is_empty());
-    assert!(text(&out.stderr).contains(&format!(
+    assert!(errors(&out).contains(&format!(
         "has fingerprint {DEMO_FINGERPRINT}, expected {wrong}; refusing to use it"
     )));
-    let ok = fugo(&derive_args(&key, &["--expect-fingerprint", DEMO_FINGERPRINT]), b"123456789018\n");
+    let ok = fugo(
+        &derive_args(&key, &["--expect-fingerprint", DEMO_FINGERPRINT]),
+        b"123456789018\n",
+    );
     assert_eq!(ok.status.code(), Some(0));
 }
 
@@ -255,14 +316,23 @@ fn key_file_problems_are_fatal_and_never_echo_the_key() {
     let mut bad = secret.to_owned();
     bad.replace_range(20..21, "z");
     let cases = [
-        (write_key("short.key", &secret[..40], 0o600), "expected 64 hex characters and an optional newline, found 40 characters"),
-        (write_key("bad.key", &bad, 0o600), "character 21 is not a hex digit"),
-        (dir.path().join("missing.key").to_str().unwrap().to_owned(), "cannot read key file"),
+        (
+            write_key("short.key", &secret[..40], 0o600),
+            "expected 64 hex characters and an optional newline, found 40 characters",
+        ),
+        (
+            write_key("bad.key", &bad, 0o600),
+            "character 21 is not a hex digit",
+        ),
+        (
+            dir.path().join("missing.key").to_str().unwrap().to_owned(),
+            "cannot read key file",
+        ),
     ];
     for (path, message) in &cases {
         let out = fugo(&derive_args(path, &[]), b"123456789018\n");
         assert_eq!(out.status.code(), Some(1), "{path}");
-        let stderr = text(&out.stderr);
+        let stderr = errors(&out);
         assert!(stderr.contains(message), "{stderr}");
         assert!(!stderr.contains(&secret[..16]), "{stderr}");
         assert!(!stderr.contains(&bad[..16]), "{stderr}");
@@ -271,7 +341,7 @@ fn key_file_problems_are_fatal_and_never_echo_the_key() {
     let open = write_key("open.key", secret, 0o644);
     let out = fugo(&derive_args(&open, &[]), b"123456789018\n");
     assert_eq!(out.status.code(), Some(0));
-    assert!(text(&out.stderr).contains("can be read by group or others (mode 644)"));
+    assert!(errors(&out).contains("can be read by group or others (mode 644)"));
 }
 
 #[test]
@@ -279,16 +349,48 @@ fn unreadable_input_and_bad_flags() {
     let key = key();
     let out = fugo(&derive_args(&key, &["/nonexistent/numbers.txt"]), b"");
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("cannot open input /nonexistent/numbers.txt"));
+    assert!(errors(&out).contains("cannot open input /nonexistent/numbers.txt"));
 
-    let out = fugo(&["derive", "--master-key", &key, "--agency", "City", "--epoch", "1"], b"");
+    let out = fugo(
+        &[
+            "derive",
+            "--master-key",
+            &key,
+            "--agency",
+            "City",
+            "--epoch",
+            "1",
+        ],
+        b"",
+    );
     assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).contains("agency id must start with a-z or 0-9"));
-    let out = fugo(&["derive", "--master-key", &key, "--agency", "nta", "--epoch", "32"], b"");
+    assert!(errors(&out).contains("agency id must start with a-z or 0-9"));
+    let out = fugo(
+        &[
+            "derive",
+            "--master-key",
+            &key,
+            "--agency",
+            "nta",
+            "--epoch",
+            "32",
+        ],
+        b"",
+    );
     assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).contains("epoch must be a whole number from 1 to 31"));
+    assert!(errors(&out).contains("epoch must be a whole number from 1 to 31"));
     let out = fugo(&derive_args(&key, &["--csv"]), b"");
     assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn the_demo_key_is_labelled_loudly() {
+    let key = key();
+    let out = fugo(&derive_args(&key, &[]), b"123456789018\n");
+    assert_eq!(out.status.code(), Some(0));
+    let stderr = text(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains(DEMO_NOTICE), "{stderr}");
 }
 
 #[test]

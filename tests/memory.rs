@@ -2,6 +2,7 @@
 //! with `/usr/bin/time` (Debian package `time`, installed by .ci/run).
 //! The README's full-size figures (10 million lines, a 1 GB line) come from
 //! `cargo bench --bench derive_cli`; this is the short form for CI.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)] // test/bench code: a panic is a failure report; printing is the report
 
 mod common;
 

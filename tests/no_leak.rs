@@ -4,6 +4,7 @@
 //!
 //! fugo has no tracing yet (it arrives with the server); when it does, its
 //! log output joins the haystack here.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)] // test/bench code: a panic is a failure report; printing is the report
 
 mod common;
 
@@ -30,7 +31,13 @@ fn forms(number: &str) -> Vec<String> {
         forms.push(format!("{value:x}"));
         forms.push(format!("{value:016x}"));
         forms.push(format!("{value:X}"));
-        forms.push(value.to_be_bytes().iter().map(|b| format!("{b:02x}")).collect());
+        forms.push(
+            value
+                .to_be_bytes()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect(),
+        );
     }
     forms.into_iter().filter(|f| f.len() >= 8).collect()
 }
@@ -102,22 +109,47 @@ fn no_output_channel_carries_a_number_or_a_code() {
     fs::write(&csv, &csv_body).unwrap();
     let rejects = dir.path().join("rejects.txt");
     let derive = |extra: &[&str]| {
-        let mut args = vec!["derive", "--master-key", key, "--agency", "nta", "--epoch", "2"];
+        let mut args = vec![
+            "derive",
+            "--master-key",
+            key,
+            "--agency",
+            "nta",
+            "--epoch",
+            "2",
+        ];
         args.extend_from_slice(extra);
         fugo(&args)
     };
 
     let line_run = derive(&[lines.to_str().unwrap()]);
-    let reject_run = derive(&[lines.to_str().unwrap(), "--rejects", rejects.to_str().unwrap()]);
+    let reject_run = derive(&[
+        lines.to_str().unwrap(),
+        "--rejects",
+        rejects.to_str().unwrap(),
+    ]);
     let csv_run = derive(&["--csv", "--column", "mynumber", csv.to_str().unwrap()]);
-    let mismatch = derive(&["--expect-fingerprint", "ffffffffffffffffffffffffffffffff", lines.to_str().unwrap()]);
+    let mismatch = derive(&[
+        "--expect-fingerprint",
+        "ffffffffffffffffffffffffffffffff",
+        lines.to_str().unwrap(),
+    ]);
     assert!(line_run.stderr.contains("rows rejected"));
     assert!(csv_run.stderr.contains("rows rejected"));
     assert!(mismatch.stderr.contains("refusing"));
 
-    let codes: Vec<String> = line_run.stdout.lines().filter(|l| !l.is_empty()).map(str::to_owned).collect();
+    let codes: Vec<String> = line_run
+        .stdout
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect();
     assert_eq!(codes.len(), valid.len());
-    let mut needles: Vec<String> = valid.iter().chain(&invalid).flat_map(|n| forms(n)).collect();
+    let mut needles: Vec<String> = valid
+        .iter()
+        .chain(&invalid)
+        .flat_map(|n| forms(n))
+        .collect();
     let talk = [
         line_run.stderr.as_str(),
         reject_run.stderr.as_str(),
@@ -131,15 +163,24 @@ fn no_output_channel_carries_a_number_or_a_code() {
     assert_clean(&talk, &needles, "stderr or a reject file");
 
     // Output: codes only, never a number (the CSV was in replace mode).
-    let numbers: Vec<String> = valid.iter().chain(&invalid).flat_map(|n| forms(n)).collect();
+    let numbers: Vec<String> = valid
+        .iter()
+        .chain(&invalid)
+        .flat_map(|n| forms(n))
+        .collect();
     assert_clean(&line_run.stdout, &numbers, "line-mode output");
     assert_clean(&csv_run.stdout, &numbers, "CSV output");
 }
 
 #[test]
 fn the_search_finds_a_planted_leak() {
-    for planted in ["row 9832 0567 3214", "0x000000e4eb9ff8fe", "393833323035363733323134"] {
-        let caught = std::panic::catch_unwind(|| assert_clean(planted, &forms("983205673214"), "x"));
+    for planted in [
+        "row 9832 0567 3214",
+        "0x000000e4eb9ff8fe",
+        "393833323035363733323134",
+    ] {
+        let caught =
+            std::panic::catch_unwind(|| assert_clean(planted, &forms("983205673214"), "x"));
         assert!(caught.is_err(), "{planted}");
     }
 }
@@ -170,10 +211,15 @@ fn debug_and_error_messages_are_redacted() {
         let error = AgencyCode::parse(bad.as_bytes()).unwrap_err();
         printed.push(format!("{error} {error:?}"));
     }
-    let other = Coder::new(&keys, AgencyId::new("mhlw").unwrap(), Epoch::new(1).unwrap());
+    let other = Coder::new(
+        &keys,
+        AgencyId::new("mhlw").unwrap(),
+        Epoch::new(1).unwrap(),
+    );
     let error = other.reidentify(&code).unwrap_err();
     printed.push(format!("{error} {error:?}"));
-    let key_error = MasterKey::from_file_contents(b"0123456789abcdef0123456789abcdefXX").unwrap_err();
+    let key_error =
+        MasterKey::from_file_contents(b"0123456789abcdef0123456789abcdefXX").unwrap_err();
     printed.push(format!("{key_error} {key_error:?}"));
 
     let mut needles = forms("983205673214");

@@ -1,4 +1,5 @@
 //! Property tests: round trips and uniqueness over random inputs.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)] // test/bench code: a panic is a failure report; printing is the report
 
 mod common;
 
@@ -76,6 +77,11 @@ fn one_person_has_unrelated_codes_at_different_agencies() {
     let b = v.coder("demo", "nta", 1).derive(&number);
     assert_ne!(a.bytes(), b.bytes());
     // No byte position agrees more than chance would allow.
-    let equal = a.bytes().iter().zip(b.bytes()).filter(|(x, y)| x == y).count();
+    let equal = a
+        .bytes()
+        .iter()
+        .zip(b.bytes())
+        .filter(|(x, y)| x == y)
+        .count();
     assert!(equal <= 3, "{equal} equal bytes");
 }

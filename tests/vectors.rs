@@ -1,6 +1,7 @@
 //! The v1 construction against tests/vectors/v1.json, which
 //! tests/vectors/gen.py (an independent Python implementation written from
 //! docs/SPEC.md) generates.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)] // test/bench code: a panic is a failure report; printing is the report
 
 mod common;
 
@@ -16,8 +17,18 @@ fn the_file_holds_enough_vectors() {
     assert!(!v.negative.is_empty());
     let first = &v.positive[0];
     assert_eq!(
-        (first.number.as_str(), first.agency.as_str(), first.epoch, first.text.as_str()),
-        ("123456789018", "city-shinjuku", 1, "117SQFZDBBY20YB707P62RD1R8FGJ")
+        (
+            first.number.as_str(),
+            first.agency.as_str(),
+            first.epoch,
+            first.text.as_str()
+        ),
+        (
+            "123456789018",
+            "city-shinjuku",
+            1,
+            "117SQFZDBBY20YB707P62RD1R8FGJ"
+        )
     );
     for epoch in [1, 2, 31] {
         assert!(v.positive.iter().any(|p| p.epoch == epoch), "epoch {epoch}");
@@ -29,7 +40,12 @@ fn the_file_holds_enough_vectors() {
 fn fingerprints_match() {
     let v = vectors();
     for key in &v.keys {
-        assert_eq!(v.keys(&key.name).fingerprint().to_string(), key.fingerprint, "{}", key.name);
+        assert_eq!(
+            v.keys(&key.name).fingerprint().to_string(),
+            key.fingerprint,
+            "{}",
+            key.name
+        );
     }
 }
 
@@ -39,15 +55,26 @@ fn every_positive_vector_derives_and_opens() {
     for p in &v.positive {
         let coder = v.coder(&p.key, &p.agency, p.epoch);
         let number = MyNumber::parse(p.number.as_bytes()).unwrap();
-        assert_eq!(to_hex(coder.handle(&number).expose_bytes()), p.handle, "{p:?}");
+        assert_eq!(
+            to_hex(coder.handle(&number).expose_bytes()),
+            p.handle,
+            "{p:?}"
+        );
         let code = coder.derive(&number);
         assert_eq!(to_hex(code.bytes()), p.code_bytes, "{p:?}");
-        assert_eq!(std::str::from_utf8(&code.to_text()).unwrap(), p.text, "{p:?}");
+        assert_eq!(
+            std::str::from_utf8(&code.to_text()).unwrap(),
+            p.text,
+            "{p:?}"
+        );
         let parsed = AgencyCode::parse(p.text.as_bytes()).unwrap();
         assert_eq!(parsed.bytes()[..], hex(&p.code_bytes)[..]);
         let opened = coder.reidentify(&parsed).unwrap();
         assert_eq!(&*opened.expose_digits(), p.number.as_bytes());
-        assert_eq!(coder.open(&parsed).unwrap().expose_bytes()[..], hex(&p.handle)[..]);
+        assert_eq!(
+            coder.open(&parsed).unwrap().expose_bytes()[..],
+            hex(&p.handle)[..]
+        );
     }
 }
 
@@ -196,7 +223,11 @@ fn lowercase_aliases_and_hyphens_are_accepted() {
             .flat_map(|(i, c)| (i > 0 && i % 4 == 0).then_some('-').into_iter().chain([c]))
             .collect();
         for variant in [lower, aliased, grouped, format!("--{}-", p.text)] {
-            assert_eq!(AgencyCode::parse(variant.as_bytes()).unwrap(), expected, "{variant}");
+            assert_eq!(
+                AgencyCode::parse(variant.as_bytes()).unwrap(),
+                expected,
+                "{variant}"
+            );
         }
     }
 }
@@ -208,18 +239,46 @@ fn codes_do_not_open_under_another_agency_or_epoch() {
         let code = AgencyCode::parse(p.text.as_bytes()).unwrap();
         let other_agency = if p.agency == "nta" { "mhlw" } else { "nta" };
         assert_eq!(
-            v.coder(&p.key, other_agency, p.epoch).reidentify(&code).unwrap_err(),
+            v.coder(&p.key, other_agency, p.epoch)
+                .reidentify(&code)
+                .unwrap_err(),
             UnknownCode
         );
         let other_epoch = if p.epoch == 1 { 2 } else { 1 };
         assert_eq!(
-            v.coder(&p.key, &p.agency, other_epoch).reidentify(&code).unwrap_err(),
+            v.coder(&p.key, &p.agency, other_epoch)
+                .reidentify(&code)
+                .unwrap_err(),
             UnknownCode
         );
         let other_key = if p.key == "demo" { "second" } else { "demo" };
         assert_eq!(
-            v.coder(other_key, &p.agency, p.epoch).reidentify(&code).unwrap_err(),
+            v.coder(other_key, &p.agency, p.epoch)
+                .reidentify(&code)
+                .unwrap_err(),
             UnknownCode
         );
     }
+}
+
+/// The Python generator, run now, still produces the committed file: the
+/// vectors are the independent implementation's output, not ours.
+#[test]
+fn the_python_generator_reproduces_the_file() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let output = std::process::Command::new("python3")
+        .arg(root.join("tests/vectors/gen.py"))
+        .output()
+        .expect("python3 is needed to re-run tests/vectors/gen.py");
+    assert!(
+        output.status.success(),
+        "gen.py failed (is the `cryptography` package installed? .ci/run installs it):\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let committed = std::fs::read(root.join("tests/vectors/v1.json")).unwrap();
+    assert!(
+        output.stdout == committed,
+        "tests/vectors/v1.json differs from gen.py's output; regenerate with \
+         `python3 tests/vectors/gen.py > tests/vectors/v1.json` and review the diff"
+    );
 }

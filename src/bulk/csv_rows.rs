@@ -214,7 +214,12 @@ pub fn derive_csv(
         .collect();
     let column = match matches[..] {
         [only] => only,
-        [] => return Err(BulkError::Header(format!("no column named '{}'", options.column))),
+        [] => {
+            return Err(BulkError::Header(format!(
+                "no column named '{}'",
+                options.column
+            )));
+        }
         _ => {
             return Err(BulkError::Header(format!(
                 "column '{}' appears {} times",
@@ -241,10 +246,12 @@ pub fn derive_csv(
         let mut writer = WriterBuilder::new()
             .terminator(Terminator::Any(b'\n'))
             .from_writer(&mut *output);
-        writer.write_byte_record(&header_out).map_err(|e| match e.into_kind() {
-            csv::ErrorKind::Io(io) => BulkError::Write(io),
-            _ => BulkError::Header("cannot write header".to_owned()),
-        })?;
+        writer
+            .write_byte_record(&header_out)
+            .map_err(|e| match e.into_kind() {
+                csv::ErrorKind::Io(io) => BulkError::Write(io),
+                _ => BulkError::Header("cannot write header".to_owned()),
+            })?;
         writer.flush().map_err(BulkError::Write)?;
     }
 

@@ -105,5 +105,6 @@ fn parse_agency(text: &str) -> Result<AgencyId, String> {
 }
 
 fn parse_epoch(text: &str) -> Result<Epoch, String> {
-    text.parse().map_err(|e: crate::agency::EpochError| e.to_string())
+    text.parse()
+        .map_err(|e: crate::agency::EpochError| e.to_string())
 }

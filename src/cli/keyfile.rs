@@ -14,8 +14,8 @@ use super::CliError;
 use super::settings::KeySource;
 use crate::keys::{KEY_LEN, KeyHierarchy, MasterKey};
 
-/// Loads, checks and expands a master key. Warns on `warnings` when group
-/// or others may read the file.
+/// Loads, checks and expands a master key. Warns on `warnings` when it is
+/// the public demo key, or when group or others may read the file.
 pub(crate) fn load(source: &KeySource, warnings: &mut dyn Write) -> Result<KeyHierarchy, CliError> {
     let path = &source.path;
     let read_error = |source| CliError::KeyRead {
@@ -23,27 +23,21 @@ pub(crate) fn load(source: &KeySource, warnings: &mut dyn Write) -> Result<KeyHi
         source,
     };
     let contents = Zeroizing::new(fs::read(path).map_err(read_error)?);
-    #[cfg(unix)]
-    {
-        let mode = fs::metadata(path).map_err(read_error)?.permissions().mode();
-        if mode & 0o077 != 0 {
-            // A failed warning must not stop the run.
-            let _ = writeln!(
-                warnings,
-                "fugo: warning: key file {} can be read by group or others (mode {:o}); \
-                 run `chmod 600` on it",
-                path.display(),
-                mode & 0o777
-            );
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = warnings;
     let master = MasterKey::from_file_contents(&contents).map_err(|source| CliError::KeyFormat {
         path: path.display().to_string(),
         source,
     })?;
     let keys = KeyHierarchy::new(&master);
+    // Warnings must not stop the run, so their write errors are ignored.
+    if keys.fingerprint().is_demo() {
+        let _ = writeln!(
+            warnings,
+            "fugo: warning: {} is the PUBLIC demo key; codes made with it protect nothing",
+            path.display()
+        );
+    } else {
+        warn_if_readable_by_others(path, warnings).map_err(read_error)?;
+    }
     if let Some(expected) = source.expect {
         let actual = keys.fingerprint();
         if actual != expected {
@@ -55,6 +49,27 @@ pub(crate) fn load(source: &KeySource, warnings: &mut dyn Write) -> Result<KeyHi
         }
     }
     Ok(keys)
+}
+
+/// Warns when group or others may read the key file.
+#[cfg(unix)]
+fn warn_if_readable_by_others(path: &Path, warnings: &mut dyn Write) -> io::Result<()> {
+    let mode = fs::metadata(path)?.permissions().mode();
+    if mode & 0o077 != 0 {
+        let _ = writeln!(
+            warnings,
+            "fugo: warning: key file {} can be read by group or others (mode {:o}); \
+             run `chmod 600` on it",
+            path.display(),
+            mode & 0o777
+        );
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn warn_if_readable_by_others(_: &Path, _: &mut dyn Write) -> io::Result<()> {
+    Ok(())
 }
 
 /// Writes a fresh key from the operating system's CSPRNG to `path` with mode
