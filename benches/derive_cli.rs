@@ -84,6 +84,7 @@ fn timed(args: &[&str]) -> (f64, u64, i32) {
         .arg(&rss_file)
         .args(["-f", "%M"])
         .args(args)
+        .stderr(std::process::Stdio::null())
         .status()
         .expect("/usr/bin/time is needed (Debian package `time`)");
     let seconds = start.elapsed().as_secs_f64();

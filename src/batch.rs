@@ -3,8 +3,8 @@
 //!
 //! Numbers are parsed straight into person blocks (no per-row allocation),
 //! a whole batch goes through each AES layer at once so the cipher can
-//! pipeline, and the block buffer is wiped after every batch because it
-//! held numbers and handles.
+//! pipeline. Both layers encrypt in place, so numbers and handles live in
+//! the buffer only between parsing and encryption.
 
 use zeroize::Zeroize;
 
@@ -71,7 +71,9 @@ impl<'c> BatchDeriver<'c> {
                     Err(error) => emit(Err(error)),
                 }
             }
-            self.blocks.zeroize();
+            // No wipe needed here: encryption overwrote every number and
+            // handle in place, so the buffer now holds only the codes just
+            // emitted. Drop wipes it anyway.
         }
     }
 }

@@ -102,21 +102,54 @@ pub fn check_symbol(symbols: &[u8; TEXT_LEN - 1]) -> u8 {
     ((32 - luhn_sum(symbols, 2) % 32) % 32) as u8
 }
 
+/// `DOUBLED[v]` = the base-32 digit sum of 2·v: 2v below 16, 2v − 31 above.
+const DOUBLED: [u8; 32] = {
+    let mut table = [0u8; 32];
+    let mut v = 0;
+    while v < 32 {
+        table[v] = if v < 16 {
+            2 * v as u8
+        } else {
+            2 * v as u8 - 31
+        };
+        v += 1;
+    }
+    table
+};
+
 /// Writes the text form of a v1 code with epoch `epoch` and bytes `code`.
+///
+/// This is the hot path of bulk derivation, so it works in fixed 5-byte
+/// groups (5 bytes = 8 symbols exactly) and computes the Luhn sum with a
+/// table; `check_symbol` and `decode` are the plain reference.
 pub fn encode(epoch: Epoch, code: &[u8; 16]) -> [u8; TEXT_LEN] {
     let mut symbols = [0u8; TEXT_LEN];
     symbols[0] = VERSION_1;
     symbols[1] = epoch.get();
-    let value = u128::from_be_bytes(*code);
-    // Symbol i (0-based among the data symbols) holds bits 5i..5i+5 of the
-    // 130-bit string "code ‖ 00", counted from the most significant bit.
-    for (i, slot) in symbols[2..2 + DATA_SYMBOLS - 1].iter_mut().enumerate() {
-        *slot = ((value >> (123 - 5 * i)) & 31) as u8;
+    // Bytes 0..15 in three groups of five: 40 bits → 8 symbols each.
+    for group in 0..3 {
+        let mut bits = 0u64;
+        for &byte in &code[5 * group..5 * group + 5] {
+            bits = (bits << 8) | u64::from(byte);
+        }
+        for k in 0..8 {
+            symbols[2 + 8 * group + k] = ((bits >> (35 - 5 * k)) & 31) as u8;
+        }
     }
-    symbols[2 + DATA_SYMBOLS - 1] = ((value & 0b111) << 2) as u8;
-    let mut body = [0u8; TEXT_LEN - 1];
-    body.copy_from_slice(&symbols[..TEXT_LEN - 1]);
-    symbols[TEXT_LEN - 1] = check_symbol(&body);
+    // Byte 15 and the two zero padding bits: 10 bits → 2 symbols.
+    symbols[26] = code[15] >> 3;
+    symbols[27] = (code[15] & 0b111) << 2;
+    // Symbol 28 (index 27) is the rightmost of the body: factor 2 on odd
+    // indices, 1 on even ones.
+    let mut sum = 0u32;
+    for (index, &symbol) in symbols[..TEXT_LEN - 1].iter().enumerate() {
+        sum += u32::from(if index % 2 == 1 {
+            DOUBLED[usize::from(symbol)]
+        } else {
+            symbol
+        });
+    }
+    symbols[TEXT_LEN - 1] = ((32 - sum % 32) % 32) as u8;
     symbols.map(|symbol| ALPHABET[usize::from(symbol)])
 }
 
@@ -174,6 +207,27 @@ mod tests {
         for code in [[0u8; 16], [0xff; 16], [0x80; 16], [0x01; 16]] {
             let text = encode(epoch, &code);
             assert_eq!(decode(&text).unwrap(), (epoch, code));
+        }
+    }
+
+    #[test]
+    fn fast_encoding_agrees_with_the_reference_check() {
+        let mut state = 0x1234_5678_9abc_def0_u128;
+        for epoch in 1..=31 {
+            for _ in 0..200 {
+                state = state
+                    .wrapping_mul(0x2360_ed05_1fc6_5da4_4385_df64_9fcc_f645)
+                    .wrapping_add(1);
+                let code = state.to_be_bytes();
+                let text = encode(Epoch::new(epoch).unwrap(), &code);
+                let values: Vec<u8> = text
+                    .iter()
+                    .map(|c| ALPHABET.iter().position(|a| a == c).unwrap() as u8)
+                    .collect();
+                let body: [u8; TEXT_LEN - 1] = values[..TEXT_LEN - 1].try_into().unwrap();
+                assert_eq!(check_symbol(&body), values[TEXT_LEN - 1]);
+                assert_eq!(decode(&text).unwrap(), (Epoch::new(epoch).unwrap(), code));
+            }
         }
     }
 

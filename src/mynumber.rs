@@ -128,33 +128,50 @@ pub fn check_digit(digits: &[u8; DIGITS]) -> u8 {
 /// Parses and validates, returning the bare value. The hot path of bulk
 /// derivation uses this to avoid building a [`MyNumber`] per row; callers
 /// must treat the value as the secret it is.
+///
+/// One pass over the twelve bytes computes the value and the weighted sum
+/// together and keeps no copy of the digits; the rules are checked in the
+/// order [`ParseError`] lists them only once something is wrong.
 pub(crate) fn parse_value(input: &[u8]) -> Result<u64, ParseError> {
-    if input.is_empty() {
-        return Err(ParseError::Empty);
-    }
-    if let Some(index) = input.iter().position(|b| !b.is_ascii_digit()) {
-        return Err(ParseError::NotADigit {
-            position: index + 1,
-        });
-    }
     let Ok(bytes) = <&[u8; DIGITS]>::try_from(input) else {
-        return Err(ParseError::WrongLength {
-            length: input.len(),
-        });
+        return Err(explain(input));
     };
-    let mut digits = [0u8; DIGITS];
     let mut value = 0u64;
-    for (slot, byte) in digits.iter_mut().zip(bytes) {
-        *slot = byte - b'0';
-        value = value * 10 + u64::from(*slot);
+    let mut sum = 0u32;
+    let mut all_digits = true;
+    for (index, &byte) in bytes.iter().enumerate() {
+        let digit = byte.wrapping_sub(b'0');
+        all_digits &= digit <= 9;
+        value = value * 10 + u64::from(digit);
+        if let Some(weight) = WEIGHTS.get(index) {
+            sum += u32::from(digit) * weight;
+        }
     }
-    let ok = check_digit(&digits) == digits[DIGITS - 1];
-    digits.zeroize();
-    if ok {
+    if !all_digits {
+        return Err(explain(input));
+    }
+    let remainder = sum % 11;
+    let check = if remainder <= 1 { 0 } else { 11 - remainder };
+    if u32::from(bytes[DIGITS - 1] - b'0') == check {
         Ok(value)
     } else {
         value.zeroize();
         Err(ParseError::CheckDigit)
+    }
+}
+
+/// The error for input that is not twelve ASCII digits.
+fn explain(input: &[u8]) -> ParseError {
+    if input.is_empty() {
+        ParseError::Empty
+    } else if let Some(index) = input.iter().position(|b| !b.is_ascii_digit()) {
+        ParseError::NotADigit {
+            position: index + 1,
+        }
+    } else {
+        ParseError::WrongLength {
+            length: input.len(),
+        }
     }
 }
 

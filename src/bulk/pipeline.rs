@@ -12,7 +12,9 @@
 //!   reader ──┴─► jobs ─► worker × N ─► done ─► writer (reorders by sequence)
 //! ```
 
+use std::any::Any;
 use std::collections::BTreeMap;
+use std::panic::{self, AssertUnwindSafe};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -61,7 +63,7 @@ where
     let shared_jobs = Arc::new(Mutex::new(job_rx));
     let worker_jobs: Vec<_> = (0..threads).map(|_| Arc::clone(&shared_jobs)).collect();
     drop(shared_jobs);
-    let (done_tx, done_rx) = sync_channel::<(u64, S::Slot)>(slots);
+    let (done_tx, done_rx) = sync_channel::<(u64, Done<S::Slot>)>(slots);
 
     thread::scope(|scope| {
         let reader = scope.spawn(move || read_loop(&mut read, free_rx, job_tx));
@@ -71,8 +73,14 @@ where
             scope.spawn(move || {
                 let mut worker = stages.new_worker();
                 while let Some((seq, mut slot)) = next_job(&job_rx) {
-                    work(&mut worker, &mut slot);
-                    if done_tx.send((seq, slot)).is_err() {
+                    // A panic here is a bug; it must stop the whole run (not
+                    // leave the writer waiting for this chunk forever), so it
+                    // travels to the writer in the chunk's place.
+                    let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
+                        work(&mut worker, &mut slot);
+                    }));
+                    let panicked = outcome.is_err();
+                    if done_tx.send((seq, outcome.map(|()| slot))).is_err() || panicked {
                         break;
                     }
                 }
@@ -80,11 +88,27 @@ where
         }
         drop(done_tx);
         let written = write_loop(&mut write, done_rx, free_tx);
-        // If writing failed, the writer dropped its channels, so the reader
+        // If writing stopped, the writer dropped its channels, so the reader
         // and workers stop at their next send or receive.
-        let read = reader.join().unwrap_or(Ok(()));
-        written.and(read)
+        let read = match reader.join() {
+            Ok(read) => read,
+            Err(payload) => panic::resume_unwind(payload),
+        };
+        match written {
+            Ok(()) => read,
+            Err(Stop::Failed(error)) => Err(error),
+            Err(Stop::Panicked(payload)) => panic::resume_unwind(payload),
+        }
     })
+}
+
+/// A processed slot, or the panic that happened instead.
+type Done<T> = Result<T, Box<dyn Any + Send>>;
+
+/// Why the writer stopped early.
+enum Stop<E> {
+    Failed(E),
+    Panicked(Box<dyn Any + Send>),
 }
 
 fn next_job<T>(jobs: &Mutex<Receiver<T>>) -> Option<T> {
@@ -112,15 +136,15 @@ fn read_loop<T, E>(
 
 fn write_loop<T, E>(
     write: &mut impl FnMut(&mut T) -> Result<(), E>,
-    done: Receiver<(u64, T)>,
+    done: Receiver<(u64, Done<T>)>,
     free: SyncSender<T>,
-) -> Result<(), E> {
+) -> Result<(), Stop<E>> {
     let mut next = 0u64;
     let mut waiting = BTreeMap::new();
-    for (seq, slot) in done {
-        waiting.insert(seq, slot);
+    for (seq, outcome) in done {
+        waiting.insert(seq, outcome.map_err(Stop::Panicked)?);
         while let Some(mut slot) = waiting.remove(&next) {
-            write(&mut slot)?;
+            write(&mut slot).map_err(Stop::Failed)?;
             next += 1;
             // The reader may have finished; a closed pool is not an error.
             let _ = free.send(slot);
@@ -174,6 +198,29 @@ mod tests {
         .unwrap();
         let expected: Vec<u64> = (0..1000).map(|v| v * v).collect();
         assert_eq!(seen, expected);
+    }
+
+    #[test]
+    fn a_worker_panic_stops_the_run_instead_of_hanging() {
+        let outcome = panic::catch_unwind(|| {
+            run(
+                &Squares,
+                2,
+                2,
+                |slot: &mut Vec<u64>| {
+                    slot.clear();
+                    slot.push(1);
+                    Ok(true)
+                },
+                |_, slot| {
+                    if slot[0] == 1 {
+                        panic!("bug in a worker");
+                    }
+                },
+                |_| Ok::<(), String>(()),
+            )
+        });
+        assert!(outcome.is_err());
     }
 
     #[test]

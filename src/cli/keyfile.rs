@@ -23,10 +23,11 @@ pub(crate) fn load(source: &KeySource, warnings: &mut dyn Write) -> Result<KeyHi
         source,
     };
     let contents = Zeroizing::new(fs::read(path).map_err(read_error)?);
-    let master = MasterKey::from_file_contents(&contents).map_err(|source| CliError::KeyFormat {
-        path: path.display().to_string(),
-        source,
-    })?;
+    let master =
+        MasterKey::from_file_contents(&contents).map_err(|source| CliError::KeyFormat {
+            path: path.display().to_string(),
+            source,
+        })?;
     let keys = KeyHierarchy::new(&master);
     // Warnings must not stop the run, so their write errors are ignored.
     if keys.fingerprint().is_demo() {
