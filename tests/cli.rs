@@ -402,3 +402,77 @@ fn help_says_what_the_offline_tool_bypasses() {
     assert!(help.contains("re-issued numbers"));
     assert!(Path::new(&key()).exists());
 }
+
+#[test]
+fn csv_line_numbers_count_quoted_newlines_and_long_records_are_fatal() {
+    let key = key();
+    let input = "\u{feff}id,note,mynumber\n1,\"two\nlines\",123456789018\n2,x,bad\n";
+    let out = fugo(
+        &derive_args(&key, &["--csv", "--column", "mynumber"]),
+        input.as_bytes(),
+    );
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(
+        text(&out.stdout),
+        "id,note,mynumber\n1,\"two\nlines\",117SQFZDBBY20YB707P62RD1R8FGJ\n2,x,\n"
+    );
+    assert_eq!(
+        errors(&out),
+        "line 4: column 'mynumber': not a digit at position 1: expected 12 ASCII digits\n\
+         fugo: 1 of 2 rows rejected\n"
+    );
+
+    let mut huge = b"mynumber\n123456789018\n".to_vec();
+    huge.extend(std::iter::repeat_n(b'9', 3 << 20));
+    let out = fugo(
+        &derive_args(&key, &["--csv", "--column", "mynumber"]),
+        &huge,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        errors(&out),
+        "fugo: error: CSV input, line 3: record is longer than 1 MiB\n"
+    );
+
+    let out = fugo(&derive_args(&key, &["--csv", "--column", "mynumber"]), b"");
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        errors(&out),
+        "fugo: error: CSV header: the input is empty\n"
+    );
+}
+
+#[test]
+fn csv_output_is_the_same_for_any_thread_count() {
+    let mut input = String::from("n,mynumber,note\n");
+    for i in 0..50_000u64 {
+        let number = if i % 41 == 7 {
+            "12345".to_owned()
+        } else {
+            valid_number(i * 31)
+        };
+        let note = if i % 3 == 0 {
+            "\"multi\nline, quoted\""
+        } else {
+            "plain"
+        };
+        if i % 53 == 0 {
+            input.push_str(&format!("{i},{number}\n"));
+        } else {
+            input.push_str(&format!("{i},{number},{note}\n"));
+        }
+    }
+    let key = key();
+    let flags = |threads| vec!["--csv", "--column", "mynumber", "--threads", threads];
+    let one = fugo(&derive_args(&key, &flags("1")), input.as_bytes());
+    let three = fugo(&derive_args(&key, &flags("3")), input.as_bytes());
+    assert_eq!(one.status.code(), Some(3));
+    assert_eq!(one.stdout, three.stdout);
+    assert_eq!(one.stderr, three.stderr);
+    assert!(errors(&one).ends_with("rows rejected\n"));
+    assert!(
+        errors(&one).contains("fugo: 2141 of 50000 rows rejected"),
+        "{}",
+        errors(&one).lines().last().unwrap()
+    );
+}

@@ -1,23 +1,31 @@
 //! CSV mode: a CSV file with a header, one column of My Numbers replaced by
 //! codes (or kept, with the codes in a new column appended).
 //!
-//! Parsing runs on the reader thread (CSV cannot be split safely without
-//! parsing: quoted fields may hold newlines); derivation and writing run on
-//! the workers. Every other field keeps its value; quoting is normalised to
-//! what the `csv` crate writes (quotes only where needed).
+//! Parsing runs on the reader thread with `csv-core` straight into the
+//! chunk's own buffers (CSV cannot be split safely without parsing: quoted
+//! fields may hold newlines); derivation and writing run on the workers.
+//! Owning the buffers means they can be wiped once a chunk is done, since
+//! they held numbers. Every other field keeps its value; quoting is
+//! normalised to what the `csv` crate writes (quotes only where needed).
 
-use std::io::{self, Read};
+use std::io::Read;
 
-use csv::{ByteRecord, ReaderBuilder, Terminator, WriterBuilder};
+use csv::{Terminator, WriterBuilder};
+use csv_core::ReadRecordResult;
+use zeroize::Zeroize;
 
+use super::lines::read_retrying;
 use super::pipeline::{self, Stages};
 use super::{BulkError, Parallelism, RowError, Sinks, Summary, write_rejects};
 use crate::batch::BatchDeriver;
 use crate::code::Coder;
 
-/// Longest physical line of CSV input. A longer one stops the run: without
-/// parsing it there is no telling where its record ends.
-pub const MAX_CSV_LINE: usize = 1 << 20;
+/// Longest CSV record, in bytes of field data. A longer one stops the run:
+/// without parsing it there is no telling where its record ends.
+pub const MAX_CSV_RECORD: usize = 1 << 20;
+
+/// Most fields in one record.
+const MAX_FIELDS: usize = 4096;
 
 /// Records per chunk, at most.
 const RECORDS_PER_CHUNK: usize = 8192;
@@ -32,10 +40,155 @@ pub struct CsvOptions {
     pub append: Option<String>,
 }
 
-/// A chunk of parsed records.
+/// Where one record's fields sit in a [`Records`] buffer.
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    /// Start of the record's field data in `Records::data`.
+    data: usize,
+    /// Index of its first field end in `Records::ends`.
+    ends: usize,
+    /// Number of fields.
+    fields: usize,
+    /// 1-based line the record starts on.
+    line: u64,
+}
+
+/// Parsed records, all fields in one flat buffer.
+///
+/// `data` and `ends` are initialised buffers that only grow; the `_used`
+/// counts say how much of each holds records, so reading a record never
+/// re-initialises memory.
+#[derive(Default)]
+struct Records {
+    data: Vec<u8>,
+    data_used: usize,
+    /// Field ends, relative to the start of their record's data.
+    ends: Vec<usize>,
+    ends_used: usize,
+    spans: Vec<Span>,
+}
+
+impl Records {
+    fn clear(&mut self) {
+        // The data held numbers: wipe it, not just forget it.
+        self.data[..self.data_used].zeroize();
+        self.data_used = 0;
+        self.ends_used = 0;
+        self.spans.clear();
+    }
+
+    fn field(&self, span: &Span, index: usize) -> &[u8] {
+        let start = match index {
+            0 => 0,
+            _ => self.ends[span.ends + index - 1],
+        };
+        &self.data[span.data + start..span.data + self.ends[span.ends + index]]
+    }
+
+    fn fields<'a>(&'a self, span: &'a Span) -> impl Iterator<Item = &'a [u8]> + 'a {
+        (0..span.fields).map(move |index| self.field(span, index))
+    }
+}
+
+impl Drop for Records {
+    fn drop(&mut self) {
+        self.data.zeroize();
+    }
+}
+
+/// Reads CSV records from a byte stream into [`Records`].
+struct CsvSource<R> {
+    input: R,
+    core: csv_core::Reader,
+    buffer: Vec<u8>,
+    start: usize,
+    filled: usize,
+    eof: bool,
+}
+
+impl<R: Read> CsvSource<R> {
+    fn new(input: R) -> Self {
+        CsvSource {
+            input,
+            core: csv_core::Reader::new(),
+            buffer: vec![0; 64 << 10],
+            start: 0,
+            filled: 0,
+            eof: false,
+        }
+    }
+
+    /// Appends the next record to `records`; `false` at the end of input.
+    fn read_record(&mut self, records: &mut Records) -> Result<bool, BulkError> {
+        let line = self.core.line();
+        let (data, ends) = (records.data_used, records.ends_used);
+        let (mut data_len, mut ends_len) = (data, ends);
+        loop {
+            if self.start == self.filled && !self.eof {
+                self.start = 0;
+                self.filled =
+                    read_retrying(&mut self.input, &mut self.buffer).map_err(BulkError::Read)?;
+                self.eof = self.filled == 0;
+            }
+            if records.data.len() == data_len {
+                records.data.resize((data_len * 2).max(data_len + 4096), 0);
+            }
+            if records.ends.len() == ends_len {
+                records.ends.resize((ends_len * 2).max(ends_len + 64), 0);
+            }
+            let (result, read, wrote, ended) = self.core.read_record(
+                &self.buffer[self.start..self.filled],
+                &mut records.data[data_len..],
+                &mut records.ends[ends_len..],
+            );
+            self.start += read;
+            data_len += wrote;
+            ends_len += ended;
+            if data_len - data > MAX_CSV_RECORD {
+                return Err(csv_error(line, "record is longer than 1 MiB"));
+            }
+            if ends_len - ends > MAX_FIELDS {
+                return Err(csv_error(line, "record has more than 4096 fields"));
+            }
+            match result {
+                ReadRecordResult::InputEmpty
+                | ReadRecordResult::OutputFull
+                | ReadRecordResult::OutputEndsFull => continue,
+                ReadRecordResult::Record => {
+                    records.data_used = data_len;
+                    records.ends_used = ends_len;
+                    records.spans.push(Span {
+                        data,
+                        ends,
+                        fields: ends_len - ends,
+                        line,
+                    });
+                    return Ok(true);
+                }
+                ReadRecordResult::End => return Ok(false),
+            }
+        }
+    }
+}
+
+impl<R> Drop for CsvSource<R> {
+    fn drop(&mut self) {
+        self.buffer.zeroize();
+    }
+}
+
+fn csv_error(line: u64, reason: &str) -> BulkError {
+    BulkError::Csv {
+        line,
+        reason: reason.to_owned(),
+    }
+}
+
+/// A chunk of parsed records on its way through the pipeline.
+#[derive(Default)]
 struct CsvSlot {
-    records: Vec<ByteRecord>,
-    used: usize,
+    records: Records,
+    rows: u64,
     output: Vec<u8>,
     rejects: Vec<(u64, RowError)>,
 }
@@ -53,12 +206,7 @@ impl<'c> Stages for CsvStages<'c> {
     type Error = BulkError;
 
     fn new_slot(&self) -> CsvSlot {
-        CsvSlot {
-            records: Vec::new(),
-            used: 0,
-            output: Vec::new(),
-            rejects: Vec::new(),
-        }
+        CsvSlot::default()
     }
 
     fn new_worker(&self) -> BatchDeriver<'c> {
@@ -70,62 +218,54 @@ impl CsvStages<'_> {
     fn derive_chunk(&self, deriver: &mut BatchDeriver<'_>, slot: &mut CsvSlot) {
         let CsvSlot {
             records,
-            used,
+            rows,
             output,
             rejects,
         } = slot;
+        *rows = records.spans.len() as u64;
         output.clear();
         rejects.clear();
-        let records = &records[..*used];
         let mut writer = WriterBuilder::new()
             .flexible(true)
             .terminator(Terminator::Any(b'\n'))
-            .from_writer(output);
-        let inputs = records.iter().map(|record| {
-            if record.len() != self.width {
+            .from_writer(&mut *output);
+        let inputs = records.spans.iter().map(|span| {
+            if span.fields != self.width {
                 return Err(RowError::FieldCount {
-                    found: record.len(),
+                    found: span.fields,
                     expected: self.width,
                 });
             }
-            Ok(record.get(self.column).unwrap_or_default())
+            Ok(records.field(span, self.column))
         });
-        let mut index = 0;
-        let mut failure = None;
+        let mut spans = records.spans.iter();
         deriver.derive(inputs, |result| {
-            let record = &records[index];
-            index += 1;
-            let code: &[u8] = match &result {
-                Ok(text) => &text[..],
-                Err(_) => b"",
-            };
-            let written = match result {
+            let Some(span) = spans.next() else { return };
+            // Writing into a Vec cannot fail, so write errors are impossible.
+            let _ = match result {
+                Ok(code) => self.write_row(&mut writer, records.fields(span), code),
                 Err(error @ RowError::FieldCount { .. }) => {
-                    rejects.push((line_of(record), error));
+                    rejects.push((span.line, error));
                     self.write_blank(&mut writer)
                 }
                 Err(error) => {
-                    rejects.push((line_of(record), error));
-                    self.write_row(&mut writer, record, code)
+                    rejects.push((span.line, error));
+                    self.write_row(&mut writer, records.fields(span), b"")
                 }
-                Ok(_) => self.write_row(&mut writer, record, code),
             };
-            if let Err(error) = written {
-                failure.get_or_insert(error);
-            }
         });
-        // Writing into a Vec cannot fail; keep the first error just in case.
         let _ = writer.flush();
-        debug_assert!(failure.is_none());
+        drop(writer);
+        records.clear();
     }
 
-    fn write_row(
+    fn write_row<'f>(
         &self,
         writer: &mut csv::Writer<&mut Vec<u8>>,
-        record: &ByteRecord,
+        fields: impl Iterator<Item = &'f [u8]>,
         code: &[u8],
     ) -> csv::Result<()> {
-        for (i, field) in record.iter().enumerate() {
+        for (i, field) in fields.enumerate() {
             if i == self.column && !self.append {
                 writer.write_field(code)?;
             } else {
@@ -149,46 +289,31 @@ impl CsvStages<'_> {
     }
 }
 
-fn line_of(record: &ByteRecord) -> u64 {
-    record.position().map_or(0, |p| p.line())
-}
-
-/// Fails a read once a physical line exceeds [`MAX_CSV_LINE`] bytes.
-struct LineLimit<R> {
-    inner: R,
-    line: u64,
-    run: usize,
-}
-
-impl<R: Read> Read for LineLimit<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let read = self.inner.read(buf)?;
-        for &byte in &buf[..read] {
-            if byte == b'\n' {
-                self.line += 1;
-                self.run = 0;
-            } else {
-                self.run += 1;
-                if self.run > MAX_CSV_LINE {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!("line {} is longer than {} bytes", self.line, MAX_CSV_LINE),
-                    ));
-                }
-            }
+/// Finds the number column and checks the options against the header.
+fn find_column(header: &Records, options: &CsvOptions) -> Result<usize, BulkError> {
+    let Some(span) = header.spans.first() else {
+        return Err(BulkError::Header("the input is empty".to_owned()));
+    };
+    let names: Vec<&[u8]> = header.fields(span).collect();
+    let matches: Vec<usize> = (0..names.len())
+        .filter(|&i| names[i] == options.column.as_bytes())
+        .collect();
+    if let Some(new) = &options.append {
+        if names.contains(&new.as_bytes()) {
+            return Err(BulkError::Header(format!("column '{new}' already exists")));
         }
-        Ok(read)
     }
-}
-
-fn csv_error(error: csv::Error) -> BulkError {
-    let line = error.position().map_or(0, |p| p.line());
-    match error.into_kind() {
-        csv::ErrorKind::Io(io) => BulkError::Read(io),
-        _ => BulkError::Csv {
-            line,
-            reason: "malformed record".to_owned(),
-        },
+    match matches[..] {
+        [only] => Ok(only),
+        [] => Err(BulkError::Header(format!(
+            "no column named '{}'",
+            options.column
+        ))),
+        _ => Err(BulkError::Header(format!(
+            "column '{}' appears {} times",
+            options.column,
+            matches.len()
+        ))),
     }
 }
 
@@ -200,65 +325,35 @@ pub fn derive_csv(
     parallelism: Parallelism,
     sinks: Sinks<'_>,
 ) -> Result<Summary, BulkError> {
-    let mut reader = ReaderBuilder::new().flexible(true).from_reader(LineLimit {
-        inner: input,
-        line: 1,
-        run: 0,
-    });
-    let header = reader.byte_headers().map_err(csv_error)?.clone();
-    let matches: Vec<usize> = header
-        .iter()
-        .enumerate()
-        .filter(|(_, name)| *name == options.column.as_bytes())
-        .map(|(i, _)| i)
-        .collect();
-    let column = match matches[..] {
-        [only] => only,
-        [] => {
-            return Err(BulkError::Header(format!(
-                "no column named '{}'",
-                options.column
-            )));
-        }
-        _ => {
-            return Err(BulkError::Header(format!(
-                "column '{}' appears {} times",
-                options.column,
-                matches.len()
-            )));
-        }
-    };
-    if let Some(new) = &options.append {
-        if header.iter().any(|name| name == new.as_bytes()) {
-            return Err(BulkError::Header(format!("column '{new}' already exists")));
-        }
-    }
+    let mut source = CsvSource::new(input);
+    let mut header = Records::default();
+    source.read_record(&mut header)?;
+    let column = find_column(&header, options)?;
+    let width = header.spans[0].fields;
     let Sinks {
         output,
         rejects,
         progress,
     } = sinks;
     {
-        let mut header_out = header.clone();
-        if let Some(new) = &options.append {
-            header_out.push_field(new.as_bytes());
-        }
         let mut writer = WriterBuilder::new()
             .terminator(Terminator::Any(b'\n'))
             .from_writer(&mut *output);
+        let names = header.fields(&header.spans[0]);
+        let appended = options.append.iter().map(String::as_bytes);
         writer
-            .write_byte_record(&header_out)
-            .map_err(|e| match e.into_kind() {
+            .write_record(names.chain(appended))
+            .and_then(|()| writer.flush().map_err(csv::Error::from))
+            .map_err(|error| match error.into_kind() {
                 csv::ErrorKind::Io(io) => BulkError::Write(io),
-                _ => BulkError::Header("cannot write header".to_owned()),
+                _ => BulkError::Header("cannot write the header".to_owned()),
             })?;
-        writer.flush().map_err(BulkError::Write)?;
     }
 
     let stages = CsvStages {
         coder,
         column,
-        width: header.len(),
+        width,
         append: options.append.is_some(),
     };
     let chunk_bytes = parallelism.chunk_bytes();
@@ -268,29 +363,23 @@ pub fn derive_csv(
         parallelism.threads,
         parallelism.slots(),
         |slot: &mut CsvSlot| {
-            slot.used = 0;
-            let mut bytes = 0;
-            while slot.used < RECORDS_PER_CHUNK && bytes < chunk_bytes {
-                if slot.used == slot.records.len() {
-                    slot.records.push(ByteRecord::new());
-                }
-                let record = &mut slot.records[slot.used];
-                if !reader.read_byte_record(record).map_err(csv_error)? {
-                    break;
-                }
-                bytes += record.as_slice().len();
-                slot.used += 1;
-            }
-            Ok(slot.used > 0)
+            slot.records.clear();
+            while slot.records.spans.len() < RECORDS_PER_CHUNK
+                && slot.records.data_used < chunk_bytes
+                && source.read_record(&mut slot.records)?
+            {}
+            Ok(!slot.records.spans.is_empty())
         },
         |deriver, slot| stages.derive_chunk(deriver, slot),
         |slot| {
             output.write_all(&slot.output).map_err(BulkError::Write)?;
             write_rejects(rejects, 0, &options.column, &slot.rejects)?;
-            summary.rows += slot.used as u64;
+            summary.rows += slot.rows;
             summary.rejected += slot.rejects.len() as u64;
+            // With --append-column the output holds numbers too.
+            slot.output.zeroize();
             if let Some(bar) = progress {
-                bar.inc(slot.used as u64);
+                bar.inc(slot.rows);
             }
             Ok(())
         },

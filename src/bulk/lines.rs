@@ -98,7 +98,7 @@ impl<R: Read> LineReader<R> {
     }
 }
 
-fn read_retrying(source: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+pub(super) fn read_retrying(source: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     loop {
         match source.read(buf) {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,

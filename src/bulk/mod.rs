@@ -18,7 +18,7 @@ use thiserror::Error;
 
 use crate::mynumber::ParseError;
 
-pub use csv_rows::{CsvOptions, MAX_CSV_LINE, derive_csv};
+pub use csv_rows::{CsvOptions, MAX_CSV_RECORD, derive_csv};
 pub use lines::{MAX_LINE, derive_lines};
 
 /// Why one row produced no code. Never contains the row's value.
