@@ -45,9 +45,21 @@ fn peak_memory_is_bounded_on_many_lines_and_on_one_huge_line() {
         out.write_all(&[b'5'; 1 << 20]).unwrap();
     }
     out.flush().unwrap();
+    let huge_csv = dir.path().join("huge.csv");
+    let mut out = BufWriter::new(File::create(&huge_csv).unwrap());
+    out.write_all(b"mynumber\n").unwrap();
+    for _ in 0..128 {
+        out.write_all(&[b'5'; 1 << 20]).unwrap();
+    }
+    out.flush().unwrap();
     let output = dir.path().join("out.txt");
-    for (input, expected_exit) in [(&many, 0), (&huge, 3)] {
-        let (kib, code) = peak_rss_kib(&[
+    let runs: [(&std::path::Path, &[&str], i32); 3] = [
+        (&many, &[], 0),
+        (&huge, &[], 3),
+        (&huge_csv, &["--csv", "--column", "mynumber"], 1),
+    ];
+    for (input, extra, expected_exit) in runs {
+        let mut args = vec![
             "derive",
             "--master-key",
             key,
@@ -60,7 +72,9 @@ fn peak_memory_is_bounded_on_many_lines_and_on_one_huge_line() {
             output.to_str().unwrap(),
             "--rejects",
             "/dev/null",
-        ]);
+        ];
+        args.extend_from_slice(extra);
+        let (kib, code) = peak_rss_kib(&args);
         assert_eq!(code, expected_exit);
         assert!(kib <= LIMIT_KIB, "{} used {kib} KiB", input.display());
         println!("{}: peak RSS {kib} KiB", input.display());
