@@ -239,7 +239,7 @@ mod tests {
     #[test]
     fn debug_is_redacted_and_errors_do_not_echo() {
         let number = MyNumber::parse(b"123456789018").unwrap();
-        assert_eq!(format!("{number:?}"), "MyNumber([REDACTED])");
+        assert_eq!(format!("{:?}", number), "MyNumber([REDACTED])");
         let err = MyNumber::parse(b"123456789012").unwrap_err();
         assert!(!err.to_string().contains("1234"));
         assert_eq!(&*number.expose_digits(), b"123456789018");

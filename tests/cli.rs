@@ -476,3 +476,46 @@ fn csv_output_is_the_same_for_any_thread_count() {
         errors(&one).lines().last().unwrap()
     );
 }
+
+/// A progress line with a rate appears when stderr is a terminal (here the
+/// pseudo-terminal of util-linux `script`), and never otherwise.
+#[test]
+fn progress_shows_on_a_terminal_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.txt");
+    fs::write(&input, "123456789018\n".repeat(200_000)).unwrap();
+    let output = dir.path().join("out.txt");
+    let command = format!(
+        "{} derive --master-key {} --agency nta --epoch 1 {} -o {}",
+        env!("CARGO_BIN_EXE_fugo"),
+        key(),
+        input.display(),
+        output.display()
+    );
+    let typescript = dir.path().join("typescript");
+    let status = Command::new("script")
+        .args(["-qec", &command])
+        .arg(&typescript)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .status()
+        .expect("`script` (util-linux) runs the command on a pseudo-terminal");
+    assert!(status.success());
+    let screen = String::from_utf8_lossy(&fs::read(&typescript).unwrap()).into_owned();
+    assert!(screen.contains("200,000 rows"), "{screen}");
+    assert!(screen.contains("M rows/s"), "{screen}");
+
+    let quiet = fugo(
+        &[
+            "derive",
+            "--master-key",
+            &key(),
+            "--agency",
+            "nta",
+            "--epoch",
+            "1",
+        ],
+        b"123456789018\n",
+    );
+    assert!(!text(&quiet.stderr).contains("rows/s"));
+}
