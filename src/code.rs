@@ -51,6 +51,11 @@ impl PersonHandle {
     pub fn expose_bytes(&self) -> &[u8; 16] {
         &self.0
     }
+
+    /// A handle from its 16 bytes (out of an authenticated token).
+    pub fn from_bytes(bytes: [u8; 16]) -> Self {
+        PersonHandle(bytes)
+    }
 }
 
 impl fmt::Debug for PersonHandle {

@@ -6,6 +6,7 @@
 //!   └─ PRK = HKDF-Extract(salt = "fugo/v1", IKM = master)
 //!        ├─ K_person     = HKDF-Expand(PRK, "fugo/v1/person", 32)
 //!        ├─ K_agency(a,e)= HKDF-Expand(PRK, "fugo/v1/agency/" ‖ a ‖ "/" ‖ e, 32)
+//!        ├─ K_seal(b,w)  = HKDF-Expand(PRK, "fugo/v1/seal/" ‖ b ‖ "/" ‖ w, 32)  (crate::token)
 //!        └─ KCV          = HKDF-Expand(PRK, "fugo/v1/kcv", 16)   (the fingerprint)
 //! ```
 //!
@@ -199,9 +200,15 @@ impl KeyHierarchy {
     }
 
     fn aes_key(&self, info: &[&[u8]]) -> Aes256 {
+        Aes256::new((&*self.expand_key(info)).into())
+    }
+
+    /// A 32-byte key expanded under `info` (the parts are concatenated).
+    /// Every caller owns a distinct label starting `fugo/v1/`.
+    pub(crate) fn expand_key(&self, info: &[&[u8]]) -> Zeroizing<[u8; KEY_LEN]> {
         let mut key = Zeroizing::new([0u8; KEY_LEN]);
         self.expand(info, key.as_mut_slice());
-        Aes256::new((&*key).into())
+        key
     }
 }
 

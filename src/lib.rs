@@ -63,3 +63,4 @@ pub mod code_text;
 mod hex;
 pub mod keys;
 pub mod mynumber;
+pub mod token;

@@ -1,0 +1,544 @@
+//! Sealed linkage tokens: how agency A asks agency B about a person without
+//! either learning the other's code.
+//!
+//! fugo seals, for each person, the person handle and the request context
+//! (serial, requester, affair, data items, expiry, optional non-disclosure
+//! date) under a key that only the addressee's redemption can use. The
+//! requester carries the token to the addressee but cannot read it; a fresh
+//! random nonce makes every token unlinkable to every other.
+//!
+//! ```text
+//! token = format (1) ‖ window (u32 BE) ‖ len(b) (1) ‖ b ‖ nonce (12) ‖ AES-256-GCM(K_seal(b, w), nonce, claims, AAD) ‖ tag (16)
+//! AAD   = "fugo/v1/token" ‖ every header byte before the nonce
+//! K_seal(b, w) = HKDF-Expand(PRK, "fugo/v1/seal/" ‖ b ‖ "/" ‖ decimal(w), 32)
+//! ```
+//!
+//! **Why key windows.** With random 96-bit nonces, AES-GCM should see at most
+//! about 2^32 messages per key (at 2^32 messages the chance of any nonce
+//! repeating is about 2^-33). One busy addressee can receive billions of
+//! tokens over the years, so the key is per addressee *and* per day (window
+//! w = unix time div 86,400): the bound becomes 2^32 tokens per addressee per
+//! day, about 49,000 a second sustained. Windows older than the longest rule
+//! lifetime are refused at redemption, by the caller.
+//!
+//! Nonces, serials and the clock come from the caller: this module does no
+//! I/O and draws no randomness, so it is deterministic under test.
+
+use std::fmt;
+
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Nonce};
+use thiserror::Error;
+use zeroize::Zeroizing;
+
+use crate::agency::{AffairId, AgencyId, ItemId};
+use crate::code::PersonHandle;
+use crate::hex;
+use crate::keys::KeyHierarchy;
+
+/// The token format this module writes and reads.
+pub const TOKEN_FORMAT: u8 = 1;
+/// Length of a key window, in seconds (one UTC day).
+pub const WINDOW_SECONDS: u64 = 86_400;
+/// HKDF-Expand info prefix of sealing keys; followed by `addressee/window`.
+pub const INFO_SEAL_PREFIX: &[u8] = b"fugo/v1/seal/";
+/// Domain label at the start of the associated data.
+const AAD_LABEL: &[u8] = b"fugo/v1/token";
+/// Most data items one token may name.
+pub const MAX_ITEMS: usize = 64;
+
+const NONCE_LEN: usize = 12;
+const TAG_LEN: usize = 16;
+
+/// A key window: whole days since 1970-01-01 UTC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Window(u32);
+
+impl Window {
+    /// The window that contains `unix_seconds`.
+    pub fn containing(unix_seconds: u64) -> Self {
+        Window(u32::try_from(unix_seconds / WINDOW_SECONDS).unwrap_or(u32::MAX))
+    }
+
+    /// A window by number.
+    pub fn new(number: u32) -> Self {
+        Window(number)
+    }
+
+    /// The window number.
+    pub fn get(self) -> u32 {
+        self.0
+    }
+}
+
+/// A processing serial (処理通番): 128 random bits naming one exchange.
+/// Public: both agencies quote it, and it reveals neither volume nor order.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Serial([u8; 16]);
+
+impl Serial {
+    /// A serial from 16 random bytes.
+    pub fn from_bytes(bytes: [u8; 16]) -> Self {
+        Serial(bytes)
+    }
+
+    /// The 16 bytes.
+    pub fn as_bytes(&self) -> &[u8; 16] {
+        &self.0
+    }
+}
+
+impl fmt::Display for Serial {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(&self.0))
+    }
+}
+
+impl fmt::Debug for Serial {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Serial({self})")
+    }
+}
+
+/// What a token says. Only fugo ever sees it in the clear.
+pub struct Claims {
+    /// The person.
+    pub handle: PersonHandle,
+    /// The exchange's serial.
+    pub serial: Serial,
+    /// The agency that asked.
+    pub requester: AgencyId,
+    /// The affair it acts under.
+    pub affair: AffairId,
+    /// The data items it asks for.
+    pub items: Vec<ItemId>,
+    /// Unix time after which the token is void.
+    pub expires_at: u64,
+    /// Unix time until which the person may not be shown this exchange
+    /// (不開示), if the rule allows one.
+    pub non_disclosure_until: Option<u64>,
+}
+
+impl fmt::Debug for Claims {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Claims")
+            .field("handle", &self.handle)
+            .field("serial", &self.serial)
+            .field("requester", &self.requester)
+            .field("affair", &self.affair)
+            .field("items", &self.items)
+            .field("expires_at", &self.expires_at)
+            .field("non_disclosure_until", &self.non_disclosure_until)
+            .finish()
+    }
+}
+
+/// A sealed token: opaque bytes, safe to carry over any channel.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SealedToken(Vec<u8>);
+
+impl SealedToken {
+    /// Wraps bytes received from a caller; nothing is checked until opened.
+    pub fn from_bytes(bytes: Vec<u8>) -> Self {
+        SealedToken(bytes)
+    }
+
+    /// The token bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The clear header: format, window and addressee.
+    pub fn header(&self) -> Result<TokenHeader, TokenError> {
+        TokenHeader::read(&self.0).map(|(header, _)| header)
+    }
+}
+
+impl fmt::Debug for SealedToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SealedToken({} bytes)", self.0.len())
+    }
+}
+
+/// The part of a token anyone can read: which key opens it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenHeader {
+    /// Format version.
+    pub format: u8,
+    /// The key window it was sealed in.
+    pub window: Window,
+    /// The only agency that may redeem it.
+    pub addressee: AgencyId,
+}
+
+impl TokenHeader {
+    /// Reads the header; returns it and its length in bytes.
+    fn read(bytes: &[u8]) -> Result<(Self, usize), TokenError> {
+        let (&format, rest) = bytes.split_first().ok_or(TokenError::Malformed)?;
+        if format != TOKEN_FORMAT {
+            return Err(TokenError::UnknownFormat);
+        }
+        let window = rest.get(..4).ok_or(TokenError::Malformed)?;
+        let window = Window(u32::from_be_bytes([
+            window[0], window[1], window[2], window[3],
+        ]));
+        let length = usize::from(*rest.get(4).ok_or(TokenError::Malformed)?);
+        let name = rest.get(5..5 + length).ok_or(TokenError::Malformed)?;
+        let name = std::str::from_utf8(name).map_err(|_| TokenError::Malformed)?;
+        let addressee = AgencyId::new(name).map_err(|_| TokenError::Malformed)?;
+        Ok((
+            TokenHeader {
+                format,
+                window,
+                addressee,
+            },
+            1 + 4 + 1 + length,
+        ))
+    }
+
+    fn write(&self, out: &mut Vec<u8>) {
+        out.push(self.format);
+        out.extend_from_slice(&self.window.0.to_be_bytes());
+        push_short(out, self.addressee.as_str().as_bytes());
+    }
+}
+
+/// Why a token was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum TokenError {
+    /// Not a token: too short or a garbled header.
+    #[error("malformed token")]
+    Malformed,
+    /// A format version this build does not know.
+    #[error("unknown token format")]
+    UnknownFormat,
+    /// The token is addressed to another agency.
+    #[error("token is addressed to another agency")]
+    WrongAddressee,
+    /// The token was sealed in another key window than this key's.
+    #[error("token was sealed in another key window")]
+    WrongWindow,
+    /// Authentication failed: forged, altered, or sealed under another key.
+    /// Opaque on purpose.
+    #[error("token failed authentication")]
+    Forged,
+    /// More than [`MAX_ITEMS`] data items.
+    #[error("a token names at most 64 data items")]
+    TooManyItems,
+    /// The claims are beyond what AES-GCM can seal in one message.
+    #[error("token too large to seal")]
+    TooLarge,
+}
+
+/// The AES-256-GCM key that seals tokens to one addressee in one window.
+pub struct SealKey {
+    addressee: AgencyId,
+    window: Window,
+    cipher: Aes256Gcm,
+}
+
+impl fmt::Debug for SealKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "SealKey({}, window {}, [REDACTED])",
+            self.addressee, self.window.0
+        )
+    }
+}
+
+impl KeyHierarchy {
+    /// K_seal(addressee, window).
+    pub fn seal_key(&self, addressee: &AgencyId, window: Window) -> SealKey {
+        let window_text = window.0.to_string();
+        let key = self.expand_key(&[
+            INFO_SEAL_PREFIX,
+            addressee.as_str().as_bytes(),
+            b"/",
+            window_text.as_bytes(),
+        ]);
+        SealKey {
+            addressee: addressee.clone(),
+            window,
+            cipher: Aes256Gcm::new((&*key).into()),
+        }
+    }
+}
+
+impl SealKey {
+    /// Seals `claims` with a fresh random `nonce` (the caller draws it from
+    /// a CSPRNG; never reuse one).
+    pub fn seal(&self, claims: &Claims, nonce: [u8; NONCE_LEN]) -> Result<SealedToken, TokenError> {
+        if claims.items.len() > MAX_ITEMS {
+            return Err(TokenError::TooManyItems);
+        }
+        let mut out = Vec::with_capacity(96 + 8 * claims.items.len());
+        TokenHeader {
+            format: TOKEN_FORMAT,
+            window: self.window,
+            addressee: self.addressee.clone(),
+        }
+        .write(&mut out);
+        let aad = associated_data(&out);
+        let plaintext = encode_claims(claims);
+        let sealed = self
+            .cipher
+            .encrypt(
+                &Nonce::from(nonce),
+                Payload {
+                    msg: &plaintext,
+                    aad: &aad,
+                },
+            )
+            // Encryption fails only past GCM's 64 GiB message limit.
+            .map_err(|_| TokenError::TooLarge)?;
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&sealed);
+        Ok(SealedToken(out))
+    }
+
+    /// Opens a token sealed under this key.
+    pub fn open(&self, token: &SealedToken) -> Result<Claims, TokenError> {
+        let (header, header_len) = TokenHeader::read(&token.0)?;
+        if header.addressee != self.addressee {
+            return Err(TokenError::WrongAddressee);
+        }
+        if header.window != self.window {
+            return Err(TokenError::WrongWindow);
+        }
+        let rest = &token.0[header_len..];
+        if rest.len() < NONCE_LEN + TAG_LEN {
+            return Err(TokenError::Malformed);
+        }
+        let (nonce, sealed) = rest.split_at(NONCE_LEN);
+        let mut nonce_bytes = [0u8; NONCE_LEN];
+        nonce_bytes.copy_from_slice(nonce);
+        let aad = associated_data(&token.0[..header_len]);
+        let plaintext = Zeroizing::new(
+            self.cipher
+                .decrypt(
+                    &Nonce::from(nonce_bytes),
+                    Payload {
+                        msg: sealed,
+                        aad: &aad,
+                    },
+                )
+                .map_err(|_| TokenError::Forged)?,
+        );
+        // Authentic bytes that do not decode can only come from a bug or a
+        // stolen key; either way the token is refused the same way.
+        decode_claims(&plaintext).ok_or(TokenError::Forged)
+    }
+}
+
+fn associated_data(header: &[u8]) -> Vec<u8> {
+    [AAD_LABEL, header].concat()
+}
+
+/// A length-prefixed short string (ids are at most 63 bytes).
+fn push_short(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.push(bytes.len() as u8);
+    out.extend_from_slice(bytes);
+}
+
+/// handle (16) ‖ serial (16) ‖ expires_at (u64 BE) ‖ non_disclosure_until
+/// (u64 BE, 0 = none) ‖ requester ‖ affair ‖ item count (1) ‖ items, each
+/// string as one length byte and its bytes.
+fn encode_claims(claims: &Claims) -> Zeroizing<Vec<u8>> {
+    let mut out = Zeroizing::new(Vec::with_capacity(64 + 8 * claims.items.len()));
+    out.extend_from_slice(claims.handle.expose_bytes());
+    out.extend_from_slice(&claims.serial.0);
+    out.extend_from_slice(&claims.expires_at.to_be_bytes());
+    out.extend_from_slice(&claims.non_disclosure_until.unwrap_or(0).to_be_bytes());
+    push_short(&mut out, claims.requester.as_str().as_bytes());
+    push_short(&mut out, claims.affair.as_str().as_bytes());
+    out.push(claims.items.len() as u8);
+    for item in &claims.items {
+        push_short(&mut out, item.as_str().as_bytes());
+    }
+    out
+}
+
+/// Reads fields from the front of a byte slice.
+struct Fields<'a>(&'a [u8]);
+
+impl<'a> Fields<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (head, tail) = self.0.split_at(n);
+        self.0 = tail;
+        Some(head)
+    }
+
+    fn array<const N: usize>(&mut self) -> Option<[u8; N]> {
+        self.take(N)?.try_into().ok()
+    }
+
+    fn short(&mut self) -> Option<&'a str> {
+        let length = usize::from(self.take(1)?[0]);
+        std::str::from_utf8(self.take(length)?).ok()
+    }
+}
+
+fn decode_claims(bytes: &[u8]) -> Option<Claims> {
+    let mut fields = Fields(bytes);
+    let handle = PersonHandle::from_bytes(fields.array()?);
+    let serial = Serial(fields.array()?);
+    let expires_at = u64::from_be_bytes(fields.array()?);
+    let non_disclosure_until = match u64::from_be_bytes(fields.array()?) {
+        0 => None,
+        until => Some(until),
+    };
+    let requester = AgencyId::new(fields.short()?).ok()?;
+    let affair = AffairId::new(fields.short()?).ok()?;
+    let count = usize::from(fields.take(1)?[0]);
+    let mut items = Vec::with_capacity(count);
+    for _ in 0..count {
+        items.push(ItemId::new(fields.short()?).ok()?);
+    }
+    if !fields.0.is_empty() {
+        return None;
+    }
+    Some(Claims {
+        handle,
+        serial,
+        requester,
+        affair,
+        items,
+        expires_at,
+        non_disclosure_until,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agency::Epoch;
+    use crate::code::Coder;
+    use crate::keys::MasterKey;
+    use crate::mynumber::MyNumber;
+
+    fn keys() -> KeyHierarchy {
+        KeyHierarchy::new(&MasterKey::from_bytes(std::array::from_fn(|i| i as u8)))
+    }
+
+    fn claims(keys: &KeyHierarchy) -> Claims {
+        let coder = Coder::new(keys, AgencyId::new("mhlw").unwrap(), Epoch::new(1).unwrap());
+        Claims {
+            handle: coder.handle(&MyNumber::parse(b"123456789018").unwrap()),
+            serial: Serial::from_bytes([9; 16]),
+            requester: AgencyId::new("mhlw").unwrap(),
+            affair: AffairId::new("health-insurance-benefit").unwrap(),
+            items: vec![
+                ItemId::new("local-tax").unwrap(),
+                ItemId::new("resident").unwrap(),
+            ],
+            expires_at: 1_800_000_000,
+            non_disclosure_until: Some(1_900_000_000),
+        }
+    }
+
+    #[test]
+    fn seal_then_open_round_trips() {
+        let keys = keys();
+        let b = AgencyId::new("city-shinjuku").unwrap();
+        let window = Window::containing(1_790_000_000);
+        let key = keys.seal_key(&b, window);
+        let original = claims(&keys);
+        let token = key.seal(&original, [1; 12]).unwrap();
+        assert_eq!(
+            token.header().unwrap(),
+            TokenHeader {
+                format: 1,
+                window,
+                addressee: b.clone()
+            }
+        );
+        let opened = key.open(&token).unwrap();
+        assert_eq!(opened.handle.expose_bytes(), original.handle.expose_bytes());
+        assert_eq!(opened.serial, original.serial);
+        assert_eq!(opened.requester, original.requester);
+        assert_eq!(opened.affair, original.affair);
+        assert_eq!(opened.items, original.items);
+        assert_eq!(opened.expires_at, original.expires_at);
+        assert_eq!(opened.non_disclosure_until, original.non_disclosure_until);
+    }
+
+    #[test]
+    fn fresh_nonces_make_tokens_unlinkable() {
+        let keys = keys();
+        let key = keys.seal_key(&AgencyId::new("nta").unwrap(), Window::new(20_000));
+        let claims = claims(&keys);
+        let a = key.seal(&claims, [1; 12]).unwrap();
+        let b = key.seal(&claims, [2; 12]).unwrap();
+        let header = a.header().unwrap();
+        let body = 1 + 4 + 1 + header.addressee.as_str().len();
+        let same = a.as_bytes()[body..]
+            .iter()
+            .zip(&b.as_bytes()[body..])
+            .filter(|(x, y)| x == y)
+            .count();
+        assert!(same < 8, "{same} equal bytes after the header");
+        // Nothing of the claims shows in the clear.
+        assert!(!a.as_bytes().windows(8).any(|w| w == b"local-ta"));
+    }
+
+    #[test]
+    fn only_the_right_key_opens() {
+        let keys = keys();
+        let b = AgencyId::new("city-shinjuku").unwrap();
+        let c = AgencyId::new("nta").unwrap();
+        let window = Window::new(20_000);
+        let token = keys
+            .seal_key(&b, window)
+            .seal(&claims(&keys), [3; 12])
+            .unwrap();
+        assert_eq!(
+            keys.seal_key(&c, window).open(&token).unwrap_err(),
+            TokenError::WrongAddressee
+        );
+        assert_eq!(
+            keys.seal_key(&b, Window::new(20_001))
+                .open(&token)
+                .unwrap_err(),
+            TokenError::WrongWindow
+        );
+        let other = KeyHierarchy::new(&MasterKey::from_bytes([5; 32]));
+        assert_eq!(
+            other.seal_key(&b, window).open(&token).unwrap_err(),
+            TokenError::Forged
+        );
+    }
+
+    #[test]
+    fn any_altered_byte_is_refused() {
+        let keys = keys();
+        let b = AgencyId::new("city-shinjuku").unwrap();
+        let key = keys.seal_key(&b, Window::new(20_000));
+        let token = key.seal(&claims(&keys), [4; 12]).unwrap();
+        for index in 0..token.as_bytes().len() {
+            let mut bytes = token.as_bytes().to_vec();
+            bytes[index] ^= 0x01;
+            assert!(
+                key.open(&SealedToken::from_bytes(bytes)).is_err(),
+                "byte {index}"
+            );
+        }
+        for length in 0..token.as_bytes().len() {
+            let cut = SealedToken::from_bytes(token.as_bytes()[..length].to_vec());
+            assert!(key.open(&cut).is_err(), "length {length}");
+        }
+    }
+
+    #[test]
+    fn debug_output_hides_the_handle() {
+        let keys = keys();
+        let claims = claims(&keys);
+        let text = format!("{claims:?}");
+        assert!(text.contains("PersonHandle([REDACTED])"));
+        assert!(!text.contains(&hex::encode(claims.handle.expose_bytes())));
+    }
+}
