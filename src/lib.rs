@@ -63,4 +63,5 @@ pub mod code_text;
 mod hex;
 pub mod keys;
 pub mod mynumber;
+pub mod policy;
 pub mod token;

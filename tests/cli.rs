@@ -519,3 +519,30 @@ fn progress_shows_on_a_terminal_only() {
     );
     assert!(!text(&quiet.stderr).contains("rows/s"));
 }
+
+#[test]
+fn policy_check_accepts_the_example_and_names_every_problem() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("policy.example.toml");
+    let out = fugo(&["policy", "check", example.to_str().unwrap()], b"");
+    assert_eq!(out.status.code(), Some(0), "{}", errors(&out));
+    assert!(text(&out.stdout).contains("valid policy: 7 agencies, 4 affairs, 6 rules; version "));
+
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    let original = fs::read_to_string(&example).unwrap();
+    let broken = original
+        .replace("provider = \"jps\"", "provider = \"jsp\"")
+        .replace("epoch = 2\n", "epoch = 5\n");
+    fs::write(&bad, broken).unwrap();
+    let out = fugo(&["policy", "check", bad.to_str().unwrap()], b"");
+    assert_eq!(out.status.code(), Some(1));
+    let shown = bad.display().to_string();
+    assert_eq!(
+        errors(&out),
+        format!(
+            "{shown}:29: accepted_epochs must include the current epoch 5\n\
+             {shown}:117: rule names unknown agency jsp\n\
+             fugo: error: {shown}: 2 problem(s); the policy is not valid\n"
+        )
+    );
+}

@@ -31,6 +31,19 @@ pub(crate) enum Command {
     /// Derive agency codes from My Numbers, in bulk, offline.
     #[command(long_about = DERIVE_ABOUT)]
     Derive(DeriveArgs),
+    /// Work with exchange policy files (別表第二 as data).
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum PolicyCommand {
+    /// Check a policy file and name every problem with its line.
+    Check {
+        /// The policy file (TOML).
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
 }
 
 const DERIVE_ABOUT: &str = "\

@@ -17,7 +17,7 @@ use thiserror::Error;
 
 use crate::bulk::BulkError;
 use crate::keys::KeyFileError;
-use args::{Cli, Command, KeysCommand};
+use args::{Cli, Command, KeysCommand, PolicyCommand};
 use settings::KeySource;
 
 /// Exit status when some rows were rejected but the run finished.
@@ -97,6 +97,23 @@ pub enum CliError {
     /// The bulk run stopped.
     #[error(transparent)]
     Bulk(#[from] BulkError),
+    /// A file could not be read.
+    #[error("cannot read {path}: {source}")]
+    ReadFile {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// A policy file has problems; each is already printed with its line.
+    #[error("{path}: {count} problem(s); the policy is not valid")]
+    InvalidPolicy {
+        /// The policy file.
+        path: String,
+        /// How many problems were printed.
+        count: usize,
+    },
     /// Writing to standard output failed.
     #[error("writing to standard output: {0}")]
     Stdout(#[source] io::Error),
@@ -140,6 +157,10 @@ fn run(command: Command) -> Result<u8, CliError> {
             print_line(&keys.fingerprint().to_string())?;
             Ok(0)
         }
+        Command::Policy(PolicyCommand::Check { file }) => {
+            check_policy(&file)?;
+            Ok(0)
+        }
         Command::Derive(args) => {
             let summary = derive::run(args.into())?;
             if summary.rejected > 0 {
@@ -155,6 +176,45 @@ fn run(command: Command) -> Result<u8, CliError> {
             }
         }
     }
+}
+
+/// `fugo policy check`: every problem on stderr as `FILE:LINE: message`,
+/// a one-line summary on stdout when the file is valid.
+fn check_policy(path: &std::path::Path) -> Result<(), CliError> {
+    let shown = path.display().to_string();
+    let bytes = std::fs::read(path).map_err(|source| CliError::ReadFile {
+        path: shown.clone(),
+        source,
+    })?;
+    let problems = match std::str::from_utf8(&bytes) {
+        Err(error) => vec![crate::policy::Problem {
+            line: 1 + bytes[..error.valid_up_to()]
+                .iter()
+                .filter(|&&b| b == b'\n')
+                .count(),
+            message: "the file is not valid UTF-8".to_owned(),
+        }],
+        Ok(text) => match crate::policy::Policy::parse(text) {
+            Ok(policy) => {
+                return print_line(&format!(
+                    "{shown}: valid policy: {} agencies, {} affairs, {} rules; version {}",
+                    policy.agencies().count(),
+                    policy.affairs().count(),
+                    policy.rules().count(),
+                    policy.version()
+                ));
+            }
+            Err(error) => error.0,
+        },
+    };
+    let mut stderr = io::stderr().lock();
+    for problem in &problems {
+        let _ = writeln!(stderr, "{shown}:{}: {}", problem.line, problem.message);
+    }
+    Err(CliError::InvalidPolicy {
+        path: shown,
+        count: problems.len(),
+    })
 }
 
 /// The one place that prints a result line on standard output.

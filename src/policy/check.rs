@@ -1,0 +1,425 @@
+//! Turning a policy file's raw TOML into a checked [`Policy`]: every
+//! problem is collected with its line, so one run of `fugo policy check`
+//! names them all.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::{
+    Affair, Agency, Capability, MAX_TOKEN_LIFETIME, Policy, PolicyError, PolicyVersion, Problem,
+    Rule,
+};
+use crate::agency::{AffairId, AgencyId, Epoch, ItemId};
+
+/// 1-based line of byte offset `at` in `text`.
+pub(super) fn line_of(text: &str, at: usize) -> usize {
+    text.as_bytes()[..at.min(text.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPolicy {
+    #[serde(default)]
+    agency: Vec<Spanned<RawAgency>>,
+    #[serde(default)]
+    affair: Vec<Spanned<RawAffair>>,
+    #[serde(default)]
+    rule: Vec<Spanned<RawRule>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAgency {
+    id: Spanned<String>,
+    name: Spanned<String>,
+    #[serde(default)]
+    certificates: Vec<Spanned<String>>,
+    #[serde(default)]
+    capabilities: Vec<Spanned<String>>,
+    epoch: Spanned<i64>,
+    #[serde(default)]
+    accepted_epochs: Option<Vec<Spanned<i64>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAffair {
+    id: Spanned<String>,
+    name: Spanned<String>,
+    legal_basis: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    requester: Spanned<String>,
+    affair: Spanned<String>,
+    provider: Spanned<String>,
+    items: Spanned<Vec<Spanned<String>>>,
+    token_lifetime_seconds: Spanned<i64>,
+    #[serde(default)]
+    non_disclosure: bool,
+}
+
+/// Collects problems while turning raw entries into checked ones.
+pub(super) struct Checker<'t> {
+    text: &'t str,
+    problems: Vec<Problem>,
+}
+
+impl<'t> Checker<'t> {
+    pub(super) fn new(text: &'t str) -> Self {
+        Checker {
+            text,
+            problems: Vec::new(),
+        }
+    }
+
+    fn report<T>(&mut self, at: &Spanned<T>, message: impl Into<String>) {
+        self.problems.push(Problem {
+            line: line_of(self.text, at.span().start),
+            message: message.into(),
+        });
+    }
+
+    fn id<T, E: fmt::Display>(
+        &mut self,
+        at: &Spanned<String>,
+        parse: impl Fn(&str) -> Result<T, E>,
+    ) -> Option<T> {
+        match parse(at.get_ref()) {
+            Ok(id) => Some(id),
+            Err(error) => {
+                self.report(at, error.to_string());
+                None
+            }
+        }
+    }
+
+    fn text_field(&mut self, at: &Spanned<String>, what: &str) -> String {
+        if at.get_ref().trim().is_empty() {
+            self.report(at, format!("{what} is empty"));
+        }
+        at.get_ref().clone()
+    }
+
+    fn epoch(&mut self, at: &Spanned<i64>) -> Option<Epoch> {
+        let epoch = u8::try_from(*at.get_ref())
+            .ok()
+            .and_then(|e| Epoch::new(e).ok());
+        if epoch.is_none() {
+            self.report(at, format!("epoch {} is outside 1 to 31", at.get_ref()));
+        }
+        epoch
+    }
+
+    pub(super) fn check(
+        mut self,
+        raw: RawPolicy,
+        version: PolicyVersion,
+    ) -> Result<Policy, PolicyError> {
+        let agencies = self.agencies(&raw.agency);
+        let affairs = self.affairs(&raw.affair);
+        let rules = self.rules(&raw.rule, &agencies, &affairs);
+        let mut certificates = HashMap::new();
+        for raw_agency in &raw.agency {
+            for certificate in &raw_agency.get_ref().certificates {
+                let owner = raw_agency.get_ref().id.get_ref().clone();
+                if let Some(other) = certificates.insert(certificate.get_ref().clone(), owner) {
+                    self.report(
+                        certificate,
+                        format!(
+                            "certificate identity '{}' already belongs to agency {other}",
+                            certificate.get_ref()
+                        ),
+                    );
+                }
+            }
+        }
+        if agencies.is_empty() && self.problems.is_empty() {
+            self.problems.push(Problem {
+                line: 0,
+                message: "the policy lists no agency".to_owned(),
+            });
+        }
+        if !self.problems.is_empty() {
+            self.problems.sort_by_key(|problem| problem.line);
+            return Err(PolicyError(self.problems));
+        }
+        let certificates = certificates
+            .into_iter()
+            .filter_map(|(identity, owner)| Some((identity, AgencyId::new(&owner).ok()?)))
+            .collect();
+        Ok(Policy {
+            version,
+            agencies,
+            affairs,
+            rules,
+            certificates,
+        })
+    }
+
+    fn agencies(&mut self, raw: &[Spanned<RawAgency>]) -> BTreeMap<AgencyId, Agency> {
+        let mut agencies = BTreeMap::new();
+        for entry in raw {
+            let entry = entry.get_ref();
+            let id = self.id(&entry.id, AgencyId::new);
+            let name = self.text_field(&entry.name, "agency name");
+            let mut capabilities = BTreeSet::new();
+            for capability in &entry.capabilities {
+                match Capability::parse(capability.get_ref()) {
+                    Some(known) => {
+                        capabilities.insert(known);
+                    }
+                    None => self.report(
+                        capability,
+                        format!(
+                            "unknown capability '{}' (known: derive, reidentify, disclose)",
+                            capability.get_ref()
+                        ),
+                    ),
+                }
+            }
+            if entry.certificates.is_empty() {
+                self.report(&entry.id, "agency lists no certificate identity");
+            }
+            let epoch = self.epoch(&entry.epoch);
+            let accepted: Option<BTreeSet<Epoch>> = match &entry.accepted_epochs {
+                None => epoch.map(|e| BTreeSet::from([e])),
+                Some(list) => list.iter().map(|e| self.epoch(e)).collect(),
+            };
+            if let (Some(epoch), Some(accepted)) = (epoch, &accepted) {
+                if !accepted.contains(&epoch) {
+                    self.report(
+                        &entry.epoch,
+                        format!("accepted_epochs must include the current epoch {epoch}"),
+                    );
+                }
+            }
+            let (Some(id), Some(epoch), Some(accepted_epochs)) = (id, epoch, accepted) else {
+                continue;
+            };
+            if agencies.contains_key(&id) {
+                self.report(&entry.id, format!("agency {id} is defined twice"));
+                continue;
+            }
+            let certificates = entry
+                .certificates
+                .iter()
+                .map(|c| c.get_ref().clone())
+                .collect();
+            agencies.insert(
+                id.clone(),
+                Agency {
+                    id,
+                    name,
+                    certificates,
+                    capabilities,
+                    epoch,
+                    accepted_epochs,
+                },
+            );
+        }
+        agencies
+    }
+
+    fn affairs(&mut self, raw: &[Spanned<RawAffair>]) -> BTreeMap<AffairId, Affair> {
+        let mut affairs = BTreeMap::new();
+        for entry in raw {
+            let entry = entry.get_ref();
+            let id = self.id(&entry.id, AffairId::new);
+            let name = self.text_field(&entry.name, "affair name");
+            let legal_basis = self.text_field(&entry.legal_basis, "legal basis");
+            let Some(id) = id else { continue };
+            if affairs.contains_key(&id) {
+                self.report(&entry.id, format!("affair {id} is defined twice"));
+                continue;
+            }
+            affairs.insert(
+                id.clone(),
+                Affair {
+                    id,
+                    name,
+                    legal_basis,
+                },
+            );
+        }
+        affairs
+    }
+
+    fn known_agency(
+        &mut self,
+        at: &Spanned<String>,
+        agencies: &BTreeMap<AgencyId, Agency>,
+    ) -> Option<AgencyId> {
+        let id = self.id(at, AgencyId::new)?;
+        if agencies.contains_key(&id) {
+            Some(id)
+        } else {
+            self.report(at, format!("rule names unknown agency {id}"));
+            None
+        }
+    }
+
+    fn rules(
+        &mut self,
+        raw: &[Spanned<RawRule>],
+        agencies: &BTreeMap<AgencyId, Agency>,
+        affairs: &BTreeMap<AffairId, Affair>,
+    ) -> HashMap<(AgencyId, AffairId, AgencyId), Rule> {
+        let mut rules = HashMap::new();
+        for spanned in raw {
+            let entry = spanned.get_ref();
+            let requester = self.known_agency(&entry.requester, agencies);
+            let provider = self.known_agency(&entry.provider, agencies);
+            let affair = self.id(&entry.affair, AffairId::new).and_then(|id| {
+                if affairs.contains_key(&id) {
+                    Some(id)
+                } else {
+                    self.report(&entry.affair, format!("rule names unknown affair {id}"));
+                    None
+                }
+            });
+            let mut items = BTreeSet::new();
+            for item in entry.items.get_ref() {
+                if let Some(id) = self.id(item, ItemId::new) {
+                    if !items.insert(id.clone()) {
+                        self.report(item, format!("data item {id} is listed twice"));
+                    }
+                }
+            }
+            if entry.items.get_ref().is_empty() {
+                self.report(&entry.items, "rule lists no data item");
+            }
+            if entry.items.get_ref().len() > crate::token::MAX_ITEMS {
+                self.report(&entry.items, "a rule lists at most 64 data items");
+            }
+            let lifetime = *entry.token_lifetime_seconds.get_ref();
+            let lifetime = match u64::try_from(lifetime) {
+                Ok(seconds) if (1..=MAX_TOKEN_LIFETIME).contains(&seconds) => Some(seconds),
+                _ => {
+                    self.report(
+                        &entry.token_lifetime_seconds,
+                        format!(
+                            "token_lifetime_seconds {lifetime} is outside 1 to {MAX_TOKEN_LIFETIME} (30 days)"
+                        ),
+                    );
+                    None
+                }
+            };
+            let (Some(requester), Some(affair), Some(provider), Some(token_lifetime)) =
+                (requester, affair, provider, lifetime)
+            else {
+                continue;
+            };
+            if requester == provider {
+                self.report(
+                    &entry.provider,
+                    "requester and provider are the same agency",
+                );
+                continue;
+            }
+            let key = (requester.clone(), affair.clone(), provider.clone());
+            if rules.contains_key(&key) {
+                self.report(
+                    spanned,
+                    format!("a rule for {requester} → {provider} under {affair} is defined twice"),
+                );
+                continue;
+            }
+            rules.insert(
+                key,
+                Rule {
+                    requester,
+                    affair,
+                    provider,
+                    items,
+                    token_lifetime,
+                    non_disclosure: entry.non_disclosure,
+                },
+            );
+        }
+        rules
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::GOOD;
+    use super::*;
+
+    fn problems(text: &str) -> Vec<String> {
+        Policy::parse(text)
+            .unwrap_err()
+            .0
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn every_problem_is_named_with_its_line() {
+        let bad = GOOD
+            .replace("provider = \"city-shinjuku\"", "provider = \"city-minato\"")
+            .replace("epoch = 2\n", "epoch = 3\n")
+            .replace(
+                "capabilities = [\"derive\"]",
+                "capabilities = [\"derive\", \"fly\"]",
+            )
+            .replace(
+                "token_lifetime_seconds = 3600",
+                "token_lifetime_seconds = 0",
+            );
+        assert_eq!(
+            problems(&bad),
+            vec![
+                "line 6: unknown capability 'fly' (known: derive, reidentify, disclose)",
+                "line 7: accepted_epochs must include the current epoch 3",
+                "line 25: rule names unknown agency city-minato",
+                "line 27: token_lifetime_seconds 0 is outside 1 to 2592000 (30 days)",
+            ]
+        );
+    }
+
+    #[test]
+    fn duplicates_and_shared_certificates_are_refused() {
+        let twice = format!(
+            "{GOOD}\n[[agency]]\nid = \"mhlw\"\nname = \"again\"\ncertificates = [\"mhlw\"]\nepoch = 1\n"
+        );
+        assert_eq!(
+            problems(&twice),
+            vec![
+                "line 30: agency mhlw is defined twice",
+                "line 32: certificate identity 'mhlw' already belongs to agency mhlw",
+            ]
+        );
+        let rule_twice = format!(
+            "{GOOD}\n[[rule]]\nrequester = \"mhlw\"\naffair = \"health-insurance-benefit\"\nprovider = \"city-shinjuku\"\nitems = [\"x\"]\ntoken_lifetime_seconds = 60\n"
+        );
+        let found = problems(&rule_twice);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].ends_with("is defined twice"), "{found:?}");
+    }
+
+    #[test]
+    fn syntax_and_unknown_fields_are_located() {
+        let found = problems("[[agency]]\nid = \"a\"\nnmae = \"typo\"\n");
+        assert_eq!(found.len(), 1);
+        assert!(
+            found[0].starts_with("line 3: unknown field `nmae`"),
+            "{found:?}"
+        );
+        let found = problems("[[agency]\n");
+        assert!(found[0].starts_with("line 1:"), "{found:?}");
+        assert_eq!(problems(""), vec!["line 0: the policy lists no agency"]);
+        let bad_id = GOOD.replace("id = \"mhlw\"", "id = \"MHLW\"");
+        assert!(problems(&bad_id)[0].starts_with("line 3: agency id must start with a-z or 0-9"));
+    }
+}
