@@ -203,21 +203,35 @@ impl Coder {
         }
     }
 
+    /// The agency code of a person handle (conversion from another agency's
+    /// code goes code → handle → this).
+    pub fn code_of(&self, handle: &PersonHandle) -> AgencyCode {
+        AgencyCode {
+            epoch: self.epoch,
+            bytes: self.agency_key.code_bytes_of(handle),
+        }
+    }
+
     /// Opens `code` to the person handle, or [`UnknownCode`] if it is not a
     /// code of this agency and epoch (the block must decrypt to a labelled,
     /// valid My Number).
     pub fn open(&self, code: &AgencyCode) -> Result<PersonHandle, UnknownCode> {
-        self.reidentify(code)?;
-        Ok(self.agency_key.unchecked_handle_of(&code.bytes))
+        let handle = self.unchecked_handle(code)?;
+        self.person.number_of(&handle)?;
+        Ok(handle)
     }
 
     /// Opens `code` all the way back to the My Number.
     pub fn reidentify(&self, code: &AgencyCode) -> Result<MyNumber, UnknownCode> {
+        let handle = self.unchecked_handle(code)?;
+        self.person.number_of(&handle)
+    }
+
+    fn unchecked_handle(&self, code: &AgencyCode) -> Result<PersonHandle, UnknownCode> {
         if code.epoch != self.epoch {
             return Err(UnknownCode);
         }
-        let handle = self.agency_key.unchecked_handle_of(&code.bytes);
-        self.person.number_of(&handle)
+        Ok(self.agency_key.unchecked_handle_of(&code.bytes))
     }
 
     /// Turns person blocks B into code blocks c in place, both layers batched

@@ -60,6 +60,7 @@ pub mod bulk;
 pub mod cli;
 pub mod code;
 pub mod code_text;
+pub mod exchange;
 mod hex;
 pub mod keys;
 pub mod mynumber;
