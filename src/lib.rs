@@ -57,12 +57,16 @@
 pub mod agency;
 pub mod batch;
 pub mod bulk;
+pub mod certs;
 pub mod cli;
 pub mod code;
 pub mod code_text;
 pub mod exchange;
 mod hex;
+pub mod keyfile;
 pub mod keys;
 pub mod mynumber;
 pub mod policy;
+pub mod proto;
+pub mod service;
 pub mod token;

@@ -341,7 +341,7 @@ fn key_file_problems_are_fatal_and_never_echo_the_key() {
     let open = write_key("open.key", secret, 0o644);
     let out = fugo(&derive_args(&open, &[]), b"123456789018\n");
     assert_eq!(out.status.code(), Some(0));
-    assert!(errors(&out).contains("can be read by group or others (mode 644)"));
+    assert!(errors(&out).contains("can be read by group or others; run `chmod 600` on it"));
 }
 
 #[test]

@@ -31,6 +31,22 @@ pub(crate) enum Command {
     /// Derive agency codes from My Numbers, in bulk, offline.
     #[command(long_about = DERIVE_ABOUT)]
     Derive(DeriveArgs),
+    /// Run the gRPC service for agencies (mutual TLS, policy, tokens).
+    Serve {
+        /// The server configuration (see fugo.example.toml).
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Write a demo CA, a server certificate and one client certificate per
+    /// agency identity (for demos and tests, never production).
+    DevCerts {
+        /// Folder to write into (created if absent).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Agency certificate identities, comma-separated.
+        #[arg(long, value_name = "A,B,…", value_delimiter = ',', required = true)]
+        agencies: Vec<String>,
+    },
     /// Work with exchange policy files (別表第二 as data).
     #[command(subcommand)]
     Policy(PolicyCommand),

@@ -7,10 +7,11 @@ use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 
+use super::CliError;
 use super::settings::{DeriveSettings, InputShape};
-use super::{CliError, keyfile};
 use crate::bulk::{self, Parallelism, Sinks, Summary};
 use crate::code::Coder;
+use crate::keyfile;
 
 /// Runs `fugo derive`; returns the run's counts.
 pub(crate) fn run(settings: DeriveSettings) -> Result<Summary, CliError> {

@@ -6,7 +6,7 @@
 
 mod args;
 mod derive;
-mod keyfile;
+mod serve;
 mod settings;
 
 use std::io::{self, Write};
@@ -16,9 +16,8 @@ use clap::Parser;
 use thiserror::Error;
 
 use crate::bulk::BulkError;
-use crate::keys::KeyFileError;
+use crate::keyfile::{self, KeySource};
 use args::{Cli, Command, KeysCommand, PolicyCommand};
-use settings::KeySource;
 
 /// Exit status when some rows were rejected but the run finished.
 pub const EXIT_REJECTS: u8 = 3;
@@ -30,52 +29,9 @@ pub const EXIT_FATAL: u8 = 1;
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum CliError {
-    /// The key file could not be read.
-    #[error("cannot read key file {path}: {source}")]
-    KeyRead {
-        /// The key file.
-        path: String,
-        /// Why.
-        #[source]
-        source: io::Error,
-    },
-    /// The key file's contents are not a key.
-    #[error("key file {path}: {source}")]
-    KeyFormat {
-        /// The key file.
-        path: String,
-        /// What is wrong.
-        #[source]
-        source: KeyFileError,
-    },
-    /// The key is not the one the caller expected.
-    #[error("key file {path} has fingerprint {actual}, expected {expected}; refusing to use it")]
-    FingerprintMismatch {
-        /// The key file.
-        path: String,
-        /// The fingerprint asked for.
-        expected: String,
-        /// The key's fingerprint.
-        actual: String,
-    },
-    /// `fugo keygen` would overwrite a file.
-    #[error("{path} already exists; refusing to overwrite a key file")]
-    KeyExists {
-        /// The existing file.
-        path: String,
-    },
-    /// Writing a new key failed.
-    #[error("cannot write key file {path}: {source}")]
-    KeyWrite {
-        /// The key file.
-        path: String,
-        /// Why.
-        #[source]
-        source: io::Error,
-    },
-    /// The operating system's random generator failed.
-    #[error("the system random number generator failed")]
-    Random,
+    /// A key file could not be loaded or written.
+    #[error(transparent)]
+    Key(#[from] crate::keyfile::KeyLoadError),
     /// The input file could not be opened.
     #[error("cannot open input {path}: {source}")]
     OpenInput {
@@ -97,6 +53,15 @@ pub enum CliError {
     /// The bulk run stopped.
     #[error(transparent)]
     Bulk(#[from] BulkError),
+    /// The server could not start or stopped abnormally.
+    #[error(transparent)]
+    Serve(#[from] crate::service::ServeError),
+    /// Dev certificates could not be written.
+    #[error(transparent)]
+    Certs(#[from] crate::certs::CertError),
+    /// The async runtime could not start.
+    #[error("cannot start the runtime: {0}")]
+    Runtime(#[source] io::Error),
     /// A file could not be read.
     #[error("cannot read {path}: {source}")]
     ReadFile {
@@ -114,6 +79,9 @@ pub enum CliError {
         /// How many problems were printed.
         count: usize,
     },
+    /// A command-line value is unacceptable.
+    #[error("{0}")]
+    BadArgument(String),
     /// Writing to standard output failed.
     #[error("writing to standard output: {0}")]
     Stdout(#[source] io::Error),
@@ -155,6 +123,26 @@ fn run(command: Command) -> Result<u8, CliError> {
             };
             let keys = keyfile::load(&source, &mut io::stderr())?;
             print_line(&keys.fingerprint().to_string())?;
+            Ok(0)
+        }
+        Command::Serve { config } => {
+            serve::run(&config)?;
+            Ok(0)
+        }
+        Command::DevCerts { out, agencies } => {
+            let for_agencies = agencies
+                .iter()
+                .map(|name| crate::agency::AgencyId::new(name).map(|_| name.clone()))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|error| CliError::BadArgument(error.to_string()))?;
+            crate::certs::write_dev_certs(&out, &for_agencies)?;
+            let _ = writeln!(
+                io::stderr(),
+                "fugo: wrote a demo CA, a server certificate and {} client certificates to {} \
+                 (demo material: never for real data)",
+                for_agencies.len(),
+                out.display()
+            );
             Ok(0)
         }
         Command::Policy(PolicyCommand::Check { file }) => {

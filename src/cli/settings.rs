@@ -8,14 +8,7 @@ use std::thread;
 use super::args::DeriveArgs;
 use crate::agency::{AgencyId, Epoch};
 use crate::bulk::CsvOptions;
-use crate::keys::Fingerprint;
-
-/// Where a master key comes from and what it must be.
-#[derive(Debug, Clone)]
-pub(crate) struct KeySource {
-    pub(crate) path: PathBuf,
-    pub(crate) expect: Option<Fingerprint>,
-}
+use crate::keyfile::KeySource;
 
 /// Lines or CSV.
 #[derive(Debug, Clone)]

@@ -1,0 +1,20 @@
+//! Generates the gRPC code from `proto/` with protox (a Rust protobuf
+//! compiler), so no system `protoc` is needed, and writes the encoded file
+//! descriptor set that server reflection serves.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let out_dir = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    let mut compiler = protox::Compiler::new(["proto"])?;
+    compiler.include_imports(true).include_source_info(true);
+    compiler.open_files(["fugo/v1/codes.proto"])?;
+    std::fs::write(
+        out_dir.join("fugo_descriptor.bin"),
+        compiler.encode_file_descriptor_set(),
+    )?;
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        .compile_fds(compiler.file_descriptor_set())?;
+    println!("cargo:rerun-if-changed=proto");
+    Ok(())
+}

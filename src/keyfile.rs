@@ -1,0 +1,187 @@
+//! Master key files on disk: generating, loading, checking permissions and
+//! fingerprints. The parsing itself is [`crate::keys`]; this is the I/O,
+//! shared by the CLI and the server.
+
+use std::fs::{self, OpenOptions};
+use std::io::{self, Write};
+#[cfg(unix)]
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+use ring::rand::{SecureRandom, SystemRandom};
+use zeroize::Zeroizing;
+
+use thiserror::Error;
+
+use crate::keys::{Fingerprint, KEY_LEN, KeyFileError, KeyHierarchy, MasterKey};
+
+/// Where a master key comes from and what it must be.
+#[derive(Debug, Clone)]
+pub struct KeySource {
+    /// The key file.
+    pub path: std::path::PathBuf,
+    /// The fingerprint it must have, if pinned.
+    pub expect: Option<Fingerprint>,
+}
+
+/// Why a key file could not be loaded or written. Never holds key material.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum KeyLoadError {
+    /// The key file could not be read.
+    #[error("cannot read key file {path}: {source}")]
+    Read {
+        /// The key file.
+        path: String,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// The key file's contents are not a key.
+    #[error("key file {path}: {source}")]
+    Format {
+        /// The key file.
+        path: String,
+        /// What is wrong.
+        #[source]
+        source: KeyFileError,
+    },
+    /// The key is not the one the caller expected.
+    #[error("key file {path} has fingerprint {actual}, expected {expected}; refusing to use it")]
+    FingerprintMismatch {
+        /// The key file.
+        path: String,
+        /// The fingerprint asked for.
+        expected: String,
+        /// The key's fingerprint.
+        actual: String,
+    },
+    /// `fugo keygen` would overwrite a file.
+    #[error("{path} already exists; refusing to overwrite a key file")]
+    Exists {
+        /// The existing file.
+        path: String,
+    },
+    /// Writing a new key failed.
+    #[error("cannot write key file {path}: {source}")]
+    Write {
+        /// The key file.
+        path: String,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// The operating system's random generator failed.
+    #[error("the system random number generator failed")]
+    Random,
+}
+
+/// What loading found besides the key itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyFileState {
+    /// It is the public demo key.
+    pub demo: bool,
+    /// Group or others may read the file.
+    pub readable_by_others: bool,
+}
+
+/// Loads, checks and expands a master key. Warns on `warnings` when it is
+/// the public demo key, or when group or others may read the file.
+pub fn load(source: &KeySource, warnings: &mut dyn Write) -> Result<KeyHierarchy, KeyLoadError> {
+    load_with_state(source, warnings).map(|(keys, _)| keys)
+}
+
+/// Like [`load`], and also says whether the key is the demo key and whether
+/// its file is readable by others (the server refuses both outside dev mode).
+pub fn load_with_state(
+    source: &KeySource,
+    warnings: &mut dyn Write,
+) -> Result<(KeyHierarchy, KeyFileState), KeyLoadError> {
+    let path = &source.path;
+    let read_error = |source| KeyLoadError::Read {
+        path: path.display().to_string(),
+        source,
+    };
+    let contents = Zeroizing::new(fs::read(path).map_err(read_error)?);
+    let master =
+        MasterKey::from_file_contents(&contents).map_err(|source| KeyLoadError::Format {
+            path: path.display().to_string(),
+            source,
+        })?;
+    let keys = KeyHierarchy::new(&master);
+    // Warnings must not stop the run, so their write errors are ignored.
+    let demo = keys.fingerprint().is_demo();
+    let readable_by_others = readable_by_others(path).map_err(read_error)?;
+    if demo {
+        let _ = writeln!(
+            warnings,
+            "fugo: warning: {} is the PUBLIC demo key; codes made with it protect nothing",
+            path.display()
+        );
+    } else if readable_by_others {
+        let _ = writeln!(
+            warnings,
+            "fugo: warning: key file {} can be read by group or others; run `chmod 600` on it",
+            path.display()
+        );
+    }
+    if let Some(expected) = source.expect {
+        let actual = keys.fingerprint();
+        if actual != expected {
+            return Err(KeyLoadError::FingerprintMismatch {
+                path: path.display().to_string(),
+                expected: expected.to_string(),
+                actual: actual.to_string(),
+            });
+        }
+    }
+    Ok((
+        keys,
+        KeyFileState {
+            demo,
+            readable_by_others,
+        },
+    ))
+}
+
+/// Whether group or others may read the file.
+#[cfg(unix)]
+fn readable_by_others(path: &Path) -> io::Result<bool> {
+    Ok(fs::metadata(path)?.permissions().mode() & 0o077 != 0)
+}
+
+#[cfg(not(unix))]
+fn readable_by_others(_: &Path) -> io::Result<bool> {
+    Ok(false)
+}
+
+/// Writes a fresh key from the operating system's CSPRNG to `path` with mode
+/// 0600, refusing to overwrite. Returns the new key's hierarchy.
+pub fn generate(path: &Path) -> Result<KeyHierarchy, KeyLoadError> {
+    let mut bytes = Zeroizing::new([0u8; KEY_LEN]);
+    SystemRandom::new()
+        .fill(bytes.as_mut_slice())
+        .map_err(|_| KeyLoadError::Random)?;
+    let master = MasterKey::from_bytes(*bytes);
+    let write_error = |source: io::Error| {
+        if source.kind() == io::ErrorKind::AlreadyExists {
+            KeyLoadError::Exists {
+                path: path.display().to_string(),
+            }
+        } else {
+            KeyLoadError::Write {
+                path: path.display().to_string(),
+                source,
+            }
+        }
+    };
+    let mut options = OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    options.mode(0o600);
+    let mut file = options.open(path).map_err(write_error)?;
+    file.write_all(master.to_file_contents().as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(write_error)?;
+    Ok(KeyHierarchy::new(&master))
+}

@@ -1,0 +1,152 @@
+//! `fugo serve --config fugo.toml`: the server's configuration file, read
+//! and checked once at start. Relative paths are taken from the folder the
+//! configuration file is in, so the example works from any working folder.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use thiserror::Error;
+
+use crate::certs::CertFiles;
+use crate::keys::Fingerprint;
+
+/// Why a configuration file was refused.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read configuration {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has unknown or missing fields.
+    #[error("configuration {path}, line {line}: {message}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// 1-based line (0 if unknown).
+        line: usize,
+        /// What is wrong.
+        message: String,
+    },
+    /// A value is not acceptable.
+    #[error("configuration {path}: {message}")]
+    Invalid {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    listen: String,
+    data_dir: PathBuf,
+    policy: PathBuf,
+    master_key: PathBuf,
+    master_key_fingerprint: String,
+    #[serde(default = "default_grace")]
+    shutdown_grace_seconds: u64,
+    #[serde(default)]
+    dev_mode: bool,
+    tls: Option<RawTls>,
+}
+
+fn default_grace() -> u64 {
+    10
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+/// A checked configuration, every path absolute or relative to the working
+/// folder.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// Address to listen on (port 0: any free port).
+    pub listen: SocketAddr,
+    /// Where the server keeps its state (and, in dev mode, certificates).
+    pub data_dir: PathBuf,
+    /// The policy file; reloaded on SIGHUP.
+    pub policy: PathBuf,
+    /// The master key file.
+    pub master_key: PathBuf,
+    /// The master key's pinned fingerprint; a mismatch refuses to start.
+    pub fingerprint: Fingerprint,
+    /// How long in-flight calls may take to finish after a stop signal.
+    pub shutdown_grace: Duration,
+    /// Dev mode: the public demo key is allowed and missing certificates
+    /// are generated. Loudly labelled; never for production.
+    pub dev_mode: bool,
+    /// The CA that signs client certificates (trusted for mTLS).
+    pub client_ca: PathBuf,
+    /// The server's certificate.
+    pub server_cert: PathBuf,
+    /// The server's private key.
+    pub server_key: PathBuf,
+}
+
+impl ServeConfig {
+    /// Reads and checks `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        let raw: RawConfig = toml::from_str(&text).map_err(|error| ConfigError::Parse {
+            path: shown.clone(),
+            line: error.span().map_or(0, |span| {
+                1 + text[..span.start.min(text.len())].matches('\n').count()
+            }),
+            message: error.message().trim().to_owned(),
+        })?;
+        let invalid = |message: String| ConfigError::Invalid {
+            path: shown.clone(),
+            message,
+        };
+        let base = path.parent().unwrap_or(Path::new("."));
+        let resolve = |relative: &Path| base.join(relative);
+        let listen = raw.listen.parse().map_err(|_| {
+            invalid(format!(
+                "listen: '{}' is not an address like 127.0.0.1:7443",
+                raw.listen
+            ))
+        })?;
+        let fingerprint = Fingerprint::parse(&raw.master_key_fingerprint)
+            .map_err(|error| invalid(format!("master_key_fingerprint: {error}")))?;
+        let data_dir = resolve(&raw.data_dir);
+        let (client_ca, server_cert, server_key) = match raw.tls {
+            Some(tls) => (resolve(&tls.ca), resolve(&tls.cert), resolve(&tls.key)),
+            None => {
+                let files = CertFiles::in_dir(&data_dir.join("certs"));
+                (files.ca, files.server_cert, files.server_key)
+            }
+        };
+        Ok(ServeConfig {
+            listen,
+            policy: resolve(&raw.policy),
+            master_key: resolve(&raw.master_key),
+            data_dir,
+            fingerprint,
+            shutdown_grace: Duration::from_secs(raw.shutdown_grace_seconds),
+            dev_mode: raw.dev_mode,
+            client_ca,
+            server_cert,
+            server_key,
+        })
+    }
+}

@@ -1,0 +1,275 @@
+//! Starting, reloading and stopping the server.
+//!
+//! `start` checks everything before it listens — the key and its pinned
+//! fingerprint, the policy, the certificates — so a misconfigured server
+//! refuses to start with one clear message instead of failing calls later.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, PoisonError, RwLock};
+
+use thiserror::Error;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+
+use super::codes::{CodesService, State};
+use super::config::{ConfigError, ServeConfig};
+use super::identity::Identities;
+use crate::certs::{self, CertError};
+use crate::exchange::Exchange;
+use crate::keyfile::{self, KeyLoadError, KeySource};
+use crate::policy::{Policy, PolicyError, PolicyVersion};
+use crate::proto::FILE_DESCRIPTOR_SET;
+use crate::proto::fugo::v1::codes_server::CodesServer;
+
+/// Why the server could not start (or reload).
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    /// The configuration file is wrong.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The master key could not be loaded or is not the pinned one.
+    #[error(transparent)]
+    Key(#[from] KeyLoadError),
+    /// The public demo key outside dev mode.
+    #[error("{0} is the public demo key; it is refused outside dev mode")]
+    DemoKey(String),
+    /// A key file others can read, outside dev mode.
+    #[error("key file {0} can be read by group or others; run `chmod 600` on it")]
+    KeyFileOpen(String),
+    /// The policy file could not be read.
+    #[error("cannot read policy {path}: {source}")]
+    PolicyRead {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The policy file is invalid; every problem is listed.
+    #[error("policy {path}: {problems}")]
+    Policy {
+        /// The file.
+        path: String,
+        /// Every problem with its line.
+        problems: PolicyError,
+    },
+    /// A certificate file could not be read.
+    #[error("cannot read {path}: {source}")]
+    TlsFile {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Dev certificates could not be made.
+    #[error(transparent)]
+    Certs(#[from] CertError),
+    /// The listening address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The transport failed.
+    #[error("transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// The server task ended abnormally.
+    #[error("the server task failed")]
+    Task,
+}
+
+/// Reads and checks a policy file.
+pub fn load_policy(path: &Path) -> Result<Policy, ServeError> {
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| ServeError::PolicyRead {
+        path: shown.clone(),
+        source,
+    })?;
+    Policy::parse(&text).map_err(|problems| ServeError::Policy {
+        path: shown,
+        problems,
+    })
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, ServeError> {
+    std::fs::read(path).map_err(|source| ServeError::TlsFile {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// The TLS setup: the server's identity, and client certificates required
+/// and checked against the client CA.
+fn tls_config(config: &ServeConfig, policy: &Policy) -> Result<ServerTlsConfig, ServeError> {
+    let files = [&config.client_ca, &config.server_cert, &config.server_key];
+    if config.dev_mode && files.iter().any(|file| !file.exists()) {
+        let dir = config.data_dir.join("certs");
+        let identities: Vec<String> = policy
+            .agencies()
+            .flat_map(|agency| agency.certificates.iter().cloned())
+            .collect();
+        tracing::warn!(dir = %dir.display(), "DEV MODE: writing demo certificates");
+        certs::write_dev_certs(&dir, &identities)?;
+    }
+    Ok(ServerTlsConfig::new()
+        .identity(Identity::from_pem(
+            read(&config.server_cert)?,
+            read(&config.server_key)?,
+        ))
+        .client_ca_root(Certificate::from_pem(read(&config.client_ca)?)))
+}
+
+/// A running server.
+pub struct Running {
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    state: Arc<State>,
+    policy_path: PathBuf,
+    grace: std::time::Duration,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl Running {
+    /// Re-reads the policy file and swaps it in atomically; an invalid file
+    /// leaves the old policy in force and says why.
+    pub fn reload_policy(&self) -> Result<PolicyVersion, ServeError> {
+        reload(&self.state, &self.policy_path)
+    }
+
+    /// A handle that can reload the policy from another task.
+    pub fn reloader(&self) -> Reloader {
+        Reloader {
+            state: Arc::clone(&self.state),
+            path: self.policy_path.clone(),
+        }
+    }
+
+    /// Stops accepting, lets in-flight calls finish within the grace
+    /// period, then returns.
+    pub async fn stop(self) -> Result<(), ServeError> {
+        let _ = self.stop.send(());
+        let mut task = self.task;
+        match tokio::time::timeout(self.grace, &mut task).await {
+            Ok(Ok(result)) => result.map_err(ServeError::from),
+            Ok(Err(_)) => Err(ServeError::Task),
+            Err(_) => {
+                tracing::warn!("grace period over; closing the remaining calls");
+                task.abort();
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Reloads the policy of a running server (what SIGHUP does).
+#[derive(Clone)]
+pub struct Reloader {
+    state: Arc<State>,
+    path: PathBuf,
+}
+
+impl Reloader {
+    /// See [`Running::reload_policy`].
+    pub fn reload(&self) -> Result<PolicyVersion, ServeError> {
+        reload(&self.state, &self.path)
+    }
+}
+
+fn reload(state: &State, path: &Path) -> Result<PolicyVersion, ServeError> {
+    match load_policy(path) {
+        Ok(policy) => {
+            let version = policy.version().clone();
+            *state.policy.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(policy);
+            tracing::info!(version = %version, "policy reloaded");
+            Ok(version)
+        }
+        Err(error) => {
+            tracing::error!(error = %error, "policy reload refused; the old policy stays in force");
+            Err(error)
+        }
+    }
+}
+
+/// Checks everything, binds `config.listen`, and serves until stopped.
+/// `warnings` receives the key file warnings (dev mode, permissions).
+pub async fn start(
+    config: ServeConfig,
+    warnings: &mut (dyn Write + Send),
+) -> Result<Running, ServeError> {
+    let source = KeySource {
+        path: config.master_key.clone(),
+        expect: Some(config.fingerprint),
+    };
+    let (keys, key_state) = keyfile::load_with_state(&source, warnings)?;
+    let shown = config.master_key.display().to_string();
+    if !config.dev_mode && key_state.demo {
+        return Err(ServeError::DemoKey(shown));
+    }
+    if !config.dev_mode && key_state.readable_by_others {
+        return Err(ServeError::KeyFileOpen(shown));
+    }
+    let policy = load_policy(&config.policy)?;
+    let tls = tls_config(&config, &policy)?;
+    let version = policy.version().clone();
+    let state = Arc::new(State {
+        exchange: Exchange::new(keys),
+        policy: RwLock::new(Arc::new(policy)),
+        identities: Identities::default(),
+    });
+
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| ServeError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<CodesServer<CodesService>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|_| ServeError::Task)?;
+    let router = Server::builder()
+        .tls_config(tls)?
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(CodesServer::new(CodesService::new(Arc::clone(&state))));
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(router.serve_with_incoming_shutdown(
+        TcpListenerStream::new(listener),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    tracing::info!(
+        %addr,
+        policy = %version,
+        dev_mode = config.dev_mode,
+        "fugo serving"
+    );
+    Ok(Running {
+        addr,
+        state,
+        policy_path: config.policy,
+        grace: config.shutdown_grace,
+        stop,
+        task,
+    })
+}
