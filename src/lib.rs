@@ -59,6 +59,7 @@ pub mod batch;
 pub mod bulk;
 pub mod certs;
 pub mod cli;
+pub mod client;
 pub mod code;
 pub mod code_text;
 pub mod exchange;

@@ -47,6 +47,9 @@ pub(crate) enum Command {
         #[arg(long, value_name = "A,B,…", value_delimiter = ',', required = true)]
         agencies: Vec<String>,
     },
+    /// Call a running server in bulk: one streaming connection, line or CSV
+    /// input, per-line rejects (exit 3).
+    Client(ClientArgs),
     /// Work with exchange policy files (別表第二 as data).
     #[command(subcommand)]
     Policy(PolicyCommand),
@@ -136,4 +139,71 @@ fn parse_agency(text: &str) -> Result<AgencyId, String> {
 fn parse_epoch(text: &str) -> Result<Epoch, String> {
     text.parse()
         .map_err(|e: crate::agency::EpochError| e.to_string())
+}
+
+/// The four operations of the service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum ClientOperation {
+    /// My Numbers → this agency's codes.
+    Derive,
+    /// This agency's codes → tokens for a provider (`TOKEN SERIAL` a line).
+    Seal,
+    /// Tokens addressed to this agency → `CODE SERIAL REQUESTER AFFAIR ITEMS`.
+    Redeem,
+    /// This agency's codes → My Numbers.
+    Reidentify,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ClientArgs {
+    /// What to do with each input item.
+    #[arg(value_enum)]
+    pub(crate) operation: ClientOperation,
+    /// The server, e.g. https://127.0.0.1:7443.
+    #[arg(long, value_name = "URL")]
+    pub(crate) server: String,
+    /// The CA that signed the server's certificate.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) ca: PathBuf,
+    /// This agency's client certificate.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) cert: PathBuf,
+    /// Its private key.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) key: PathBuf,
+    /// Seal: the agency the tokens are for.
+    #[arg(long, value_name = "ID", required_if_eq("operation", "seal"))]
+    pub(crate) provider: Option<String>,
+    /// Seal: the affair this agency acts under.
+    #[arg(long, value_name = "ID", required_if_eq("operation", "seal"))]
+    pub(crate) affair: Option<String>,
+    /// Seal: the data items asked for, comma-separated.
+    #[arg(
+        long,
+        value_name = "A,B",
+        value_delimiter = ',',
+        required_if_eq("operation", "seal")
+    )]
+    pub(crate) items: Vec<String>,
+    /// Seal: unix seconds until which the person may not see the exchange.
+    #[arg(long, value_name = "UNIX_SECONDS", default_value_t = 0)]
+    pub(crate) non_disclosure_until: i64,
+    /// Input file; standard input when absent.
+    #[arg(value_name = "INPUT")]
+    pub(crate) input: Option<PathBuf>,
+    /// Output file; standard output when absent.
+    #[arg(short, long, value_name = "OUTPUT")]
+    pub(crate) output: Option<PathBuf>,
+    /// Read CSV with a header row instead of one item a line.
+    #[arg(long, requires = "column")]
+    pub(crate) csv: bool,
+    /// With --csv: the column holding the items.
+    #[arg(long, value_name = "NAME", requires = "csv")]
+    pub(crate) column: Option<String>,
+    /// With --csv: keep the column and append results as NEW.
+    #[arg(long, value_name = "NEW", requires = "column")]
+    pub(crate) append_column: Option<String>,
+    /// Write rejected line numbers and reasons here instead of stderr.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) rejects: Option<PathBuf>,
 }

@@ -64,7 +64,7 @@ pub(crate) fn run(settings: DeriveSettings) -> Result<Summary, CliError> {
 }
 
 /// A rows/s spinner on stderr, only when a person is watching.
-fn progress_bar() -> Option<ProgressBar> {
+pub(crate) fn progress_bar() -> Option<ProgressBar> {
     if !io::stderr().is_terminal() {
         return None;
     }
@@ -80,8 +80,8 @@ fn progress_bar() -> Option<ProgressBar> {
 }
 
 /// Writes to stderr without tearing the progress bar.
-struct AboveProgress {
-    bar: Option<ProgressBar>,
+pub(crate) struct AboveProgress {
+    pub(crate) bar: Option<ProgressBar>,
 }
 
 impl Write for AboveProgress {

@@ -5,6 +5,7 @@
 //! once by [`main`] and mapped to an exit status there.
 
 mod args;
+mod client;
 mod derive;
 mod serve;
 mod settings;
@@ -79,6 +80,9 @@ pub enum CliError {
         /// How many problems were printed.
         count: usize,
     },
+    /// A client run stopped.
+    #[error(transparent)]
+    Client(#[from] crate::client::ClientError),
     /// A command-line value is unacceptable.
     #[error("{0}")]
     BadArgument(String),
@@ -149,20 +153,23 @@ fn run(command: Command) -> Result<u8, CliError> {
             check_policy(&file)?;
             Ok(0)
         }
-        Command::Derive(args) => {
-            let summary = derive::run(args.into())?;
-            if summary.rejected > 0 {
-                let _ = writeln!(
-                    io::stderr(),
-                    "fugo: {} of {} rows rejected",
-                    summary.rejected,
-                    summary.rows
-                );
-                Ok(EXIT_REJECTS)
-            } else {
-                Ok(0)
-            }
-        }
+        Command::Client(args) => finish(client::run(args)?),
+        Command::Derive(args) => finish(derive::run(args.into())?),
+    }
+}
+
+/// Exit status of a bulk run: 3 if rows were rejected (and says how many).
+fn finish(summary: crate::bulk::Summary) -> Result<u8, CliError> {
+    if summary.rejected > 0 {
+        let _ = writeln!(
+            io::stderr(),
+            "fugo: {} of {} rows rejected",
+            summary.rejected,
+            summary.rows
+        );
+        Ok(EXIT_REJECTS)
+    } else {
+        Ok(0)
     }
 }
 

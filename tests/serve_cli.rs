@@ -1,0 +1,374 @@
+//! `fugo serve` and `fugo client` as an operator runs them: the real binary,
+//! signals, dev-mode certificates, and a CSV pushed through derive → seal →
+//! redeem → reidentify.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)] // test code: a panic is a failure report
+
+mod common;
+
+use std::fs;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const FUGO: &str = env!("CARGO_BIN_EXE_fugo");
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Writes a configuration into `dir` and returns its path.
+fn config(dir: &Path, dev_mode: bool, fingerprint: &str) -> PathBuf {
+    fs::copy(root().join("policy.example.toml"), dir.join("policy.toml")).unwrap();
+    let path = dir.join("fugo.toml");
+    fs::write(
+        &path,
+        format!(
+            "listen = \"127.0.0.1:0\"\ndata_dir = \"data\"\npolicy = \"policy.toml\"\n\
+             master_key = \"{}\"\nmaster_key_fingerprint = \"{fingerprint}\"\n\
+             shutdown_grace_seconds = 5\ndev_mode = {dev_mode}\n",
+            common::demo_key_path().display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+struct Server {
+    child: Child,
+    addr: String,
+    /// Collects stderr as it comes, so the server never blocks on a full pipe.
+    logs: std::thread::JoinHandle<String>,
+}
+
+impl Server {
+    fn start(config: &Path) -> Self {
+        let mut child = Command::new(FUGO)
+            .args(["serve", "--config", config.to_str().unwrap()])
+            // Full tracing, every crate: the logs are searched for secrets.
+            .env("RUST_LOG", "trace")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("fugo: listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_owned();
+        let mut stderr = child.stderr.take().unwrap();
+        let logs = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = stderr.read_to_string(&mut text);
+            text
+        });
+        Server { child, addr, logs }
+    }
+
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Sends SIGTERM and returns the exit code and everything on stderr.
+    fn stop(mut self) -> (i32, String) {
+        self.signal("TERM");
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return (status.code().unwrap_or(-1), self.logs.join().unwrap());
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "server did not stop"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+fn client(server: &Server, dir: &Path, agency: &str, args: &[&str]) -> Output {
+    let certs = dir.join("data/certs");
+    Command::new(FUGO)
+        .args(["client"])
+        .args(&args[..1])
+        .args(["--server", &format!("https://{}", server.addr)])
+        .args(["--ca", certs.join("ca.pem").to_str().unwrap()])
+        .args([
+            "--cert",
+            certs.join(format!("{agency}.pem")).to_str().unwrap(),
+        ])
+        .args([
+            "--key",
+            certs.join(format!("{agency}.key")).to_str().unwrap(),
+        ])
+        .args(&args[1..])
+        .output()
+        .unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn a_csv_goes_through_derive_seal_redeem_and_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&config(dir.path(), true, common::DEMO_FINGERPRINT));
+    assert!(
+        dir.path().join("data/certs/mhlw.pem").exists(),
+        "dev mode writes certificates"
+    );
+
+    let mut csv = String::from("id,mynumber,note\n");
+    let mut numbers = Vec::new();
+    for i in 0..2500u64 {
+        let number = common::valid_number(i * 48_271 + 11);
+        csv.push_str(&format!("{i},{number},\"note, {i}\"\n"));
+        numbers.push(number);
+    }
+    csv.push_str("2500,123456789012,bad\n");
+    let input = dir.path().join("people.csv");
+    fs::write(&input, &csv).unwrap();
+    let at = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+
+    let out = client(
+        &server,
+        dir.path(),
+        "mhlw",
+        &[
+            "derive",
+            "--csv",
+            "--column",
+            "mynumber",
+            &at("people.csv"),
+            "-o",
+            &at("mhlw.csv"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("line 2502: check digit does not match"),
+        "{}",
+        text(&out.stderr)
+    );
+    let mhlw_csv = fs::read_to_string(dir.path().join("mhlw.csv")).unwrap();
+    assert!(mhlw_csv.starts_with("id,mynumber,note\n0,"));
+    assert!(mhlw_csv.contains("\"note, 1\""));
+    for number in &numbers {
+        assert!(
+            !mhlw_csv.contains(number.as_str()),
+            "replace mode leaves no number"
+        );
+    }
+    let mhlw_codes: Vec<String> = mhlw_csv
+        .lines()
+        .skip(1)
+        .map(|line| line.split(',').nth(1).unwrap().to_owned())
+        .filter(|code| !code.is_empty())
+        .collect();
+    fs::write(dir.path().join("mhlw.codes"), mhlw_codes.join("\n") + "\n").unwrap();
+
+    let out = client(
+        &server,
+        dir.path(),
+        "mhlw",
+        &[
+            "seal",
+            "--provider",
+            "city-shinjuku",
+            "--affair",
+            "health-insurance-benefit",
+            "--items",
+            "local-tax,resident-register",
+            &at("mhlw.codes"),
+            "-o",
+            &at("tokens"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let out = client(
+        &server,
+        dir.path(),
+        "city-shinjuku",
+        &["redeem", &at("tokens"), "-o", &at("redeemed")],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let redeemed = fs::read_to_string(dir.path().join("redeemed")).unwrap();
+    let shinjuku_codes: Vec<&str> = redeemed
+        .lines()
+        .map(|l| l.split(' ').next().unwrap())
+        .collect();
+    assert!(
+        redeemed
+            .lines()
+            .all(|l| l.ends_with(" mhlw health-insurance-benefit local-tax,resident-register"))
+    );
+
+    // Shinjuku's own derive of the same numbers gives the same codes.
+    fs::write(dir.path().join("numbers"), numbers.join("\n") + "\n").unwrap();
+    let out = client(
+        &server,
+        dir.path(),
+        "city-shinjuku",
+        &["derive", &at("numbers")],
+    );
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        text(&out.stdout).lines().collect::<Vec<_>>(),
+        shinjuku_codes
+    );
+
+    // And Shinjuku, which may reidentify, gets the numbers back.
+    fs::write(
+        dir.path().join("shinjuku.codes"),
+        shinjuku_codes.join("\n") + "\n",
+    )
+    .unwrap();
+    let out = client(
+        &server,
+        dir.path(),
+        "city-shinjuku",
+        &["reidentify", &at("shinjuku.codes")],
+    );
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(text(&out.stdout).lines().collect::<Vec<_>>(), numbers);
+
+    // MHLW may not reidentify: the whole request is refused.
+    let out = client(
+        &server,
+        dir.path(),
+        "mhlw",
+        &["reidentify", &at("mhlw.codes")],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("does not have the reidentify capability"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let (code, stderr) = server.stop();
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("TRACE"), "full tracing was on");
+    for number in &numbers {
+        assert!(
+            !stderr.contains(number.as_str()),
+            "server logs hold no number"
+        );
+    }
+    for code in mhlw_codes.iter().chain(
+        shinjuku_codes
+            .iter()
+            .map(|c| c.to_string())
+            .collect::<Vec<_>>()
+            .iter(),
+    ) {
+        assert!(!stderr.contains(code.as_str()), "server logs hold no code");
+    }
+}
+
+#[test]
+fn sighup_reloads_the_policy_and_keeps_the_old_one_when_broken() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&config(dir.path(), true, common::DEMO_FINGERPRINT));
+    let policy = dir.path().join("policy.toml");
+    let original = fs::read_to_string(&policy).unwrap();
+    fs::write(&policy, "[[agency]]\nid = \"BROKEN\"\n").unwrap();
+    server.signal("HUP");
+    std::thread::sleep(Duration::from_millis(500));
+    let numbers = dir.path().join("n");
+    fs::write(&numbers, "123456789018\n").unwrap();
+    let out = client(
+        &server,
+        dir.path(),
+        "mhlw",
+        &["derive", numbers.to_str().unwrap()],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "still serving under the old policy"
+    );
+    // A valid change (mhlw loses derive) takes effect.
+    fs::write(
+        &policy,
+        original.replacen(
+            "capabilities = [\"derive\"]\nepoch = 1\n",
+            "capabilities = []\nepoch = 1\n",
+            1,
+        ),
+    )
+    .unwrap();
+    server.signal("HUP");
+    std::thread::sleep(Duration::from_millis(500));
+    let out = client(
+        &server,
+        dir.path(),
+        "mhlw",
+        &["derive", numbers.to_str().unwrap()],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let (code, stderr) = server.stop();
+    assert_eq!(code, 0);
+    assert!(stderr.contains("policy reload refused"), "{stderr}");
+    assert!(stderr.contains("policy reloaded"), "{stderr}");
+}
+
+#[test]
+fn production_mode_refuses_the_demo_key_and_a_wrong_fingerprint() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(FUGO)
+        .args([
+            "serve",
+            "--config",
+            config(dir.path(), false, common::DEMO_FINGERPRINT)
+                .to_str()
+                .unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("is the public demo key; it is refused outside dev mode"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let wrong = "0123456789abcdef0123456789abcdef";
+    let out = Command::new(FUGO)
+        .args([
+            "serve",
+            "--config",
+            config(dir.path(), true, wrong).to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("refusing to use it"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let broken_policy = dir.path().join("policy.toml");
+    let path = config(dir.path(), true, common::DEMO_FINGERPRINT);
+    fs::write(&broken_policy, "[[rule]]\nrequester = \"x\"\n").unwrap();
+    let out = Command::new(FUGO)
+        .args(["serve", "--config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("policy"),
+        "{}",
+        text(&out.stderr)
+    );
+}
