@@ -24,7 +24,7 @@ use crate::code::{AgencyCode, Coder};
 use crate::keys::KeyHierarchy;
 use crate::mynumber::ParseError;
 use crate::policy::{Agency, Capability, Denied, Policy};
-use crate::token::{Claims, SealKey, SealedToken, Serial, TokenError, Window};
+use crate::token::{SealKey, SealedToken, Serial, SharedClaims, TokenError, Window};
 
 /// Most items in one batch.
 pub const MAX_BATCH: usize = 10_000;
@@ -189,14 +189,6 @@ impl Exchange {
         cache.entry(key).or_insert(made).clone()
     }
 
-    fn random<const N: usize>(&self) -> Result<[u8; N], BatchError> {
-        let mut bytes = [0u8; N];
-        self.random
-            .fill(&mut bytes)
-            .map_err(|_| BatchError::Random)?;
-        Ok(bytes)
-    }
-
     /// The caller's codes for `numbers` (ASCII digits).
     pub fn derive(
         &self,
@@ -222,9 +214,12 @@ impl Exchange {
     }
 
     /// Opens one of the caller's codes to a handle, checking its epoch.
+    /// `coders` remembers the coders this batch has used, so a batch looks
+    /// each up once.
     fn open_own(
         &self,
         agency: &Agency,
+        coders: &mut Coders,
         index: usize,
         text: &[u8],
     ) -> Result<crate::code::PersonHandle, ItemFailure> {
@@ -240,7 +235,8 @@ impl Exchange {
                 ),
             ));
         }
-        self.coder(&agency.id, code.epoch())
+        coders
+            .get(self, &agency.id, code.epoch())
             .open(&code)
             .map_err(|error| failure(index, FailureKind::NotFound, error))
     }
@@ -266,31 +262,42 @@ impl Exchange {
         )?;
         let expires_at = now + rule.token_lifetime;
         let key = self.seal_key(&context.provider, Window::containing(now));
+        // One draw from the system's generator per batch, not two per token:
+        // 16 bytes of serial and 12 of nonce for each item.
+        let mut random = vec![0u8; 28 * codes.len()];
+        self.random
+            .fill(&mut random)
+            .map_err(|_| BatchError::Random)?;
+        let shared = SharedClaims::new(
+            caller,
+            &context.affair,
+            &context.items,
+            expires_at,
+            context.non_disclosure_until,
+        )
+        .map_err(|error| BatchError::BadField {
+            field: "items",
+            reason: error.to_string(),
+        })?;
+        let mut coders = Coders::default();
         let mut results = Vec::with_capacity(codes.len());
-        for (index, text) in codes.iter().enumerate() {
-            let handle = match self.open_own(agency, index, text) {
+        for ((index, text), fresh) in codes.iter().enumerate().zip(random.chunks_exact(28)) {
+            let handle = match self.open_own(agency, &mut coders, index, text) {
                 Ok(handle) => handle,
                 Err(item) => {
                     results.push(Err(item));
                     continue;
                 }
             };
-            let serial = Serial::from_bytes(self.random()?);
-            let claims = Claims {
-                handle,
-                serial,
-                requester: caller.clone(),
-                affair: context.affair.clone(),
-                items: context.items.clone(),
-                expires_at,
-                non_disclosure_until: context.non_disclosure_until,
-            };
-            let token =
-                key.seal(&claims, self.random()?)
-                    .map_err(|error| BatchError::BadField {
-                        field: "items",
-                        reason: error.to_string(),
-                    })?;
+            let (serial, nonce) = fresh.split_at(16);
+            let serial = Serial::from_bytes(serial.try_into().map_err(|_| BatchError::Random)?);
+            let nonce = nonce.try_into().map_err(|_| BatchError::Random)?;
+            let token = key
+                .seal_person(&handle, serial, &shared, nonce)
+                .map_err(|error| BatchError::BadField {
+                    field: "items",
+                    reason: error.to_string(),
+                })?;
             results.push(Ok(Sealed {
                 token,
                 serial,
@@ -314,6 +321,7 @@ impl Exchange {
         // Tokens from windows older than the longest lifetime cannot be valid.
         let oldest = Window::containing(now.saturating_sub(policy.longest_token_lifetime()));
         let current = Window::containing(now);
+        let mut last_key: Option<Arc<SealKey>> = None;
         let results = tokens
             .iter()
             .enumerate()
@@ -332,8 +340,15 @@ impl Exchange {
                         "token was sealed in a key window that is no longer accepted",
                     ));
                 }
-                let claims = self
-                    .seal_key(caller, header.window)
+                let key = match &last_key {
+                    Some(key) if key.window() == header.window => Arc::clone(key),
+                    _ => {
+                        let key = self.seal_key(caller, header.window);
+                        last_key = Some(Arc::clone(&key));
+                        key
+                    }
+                };
+                let claims = key
                     .open(&token)
                     .map_err(|error| token_failure(index, error))?;
                 if claims.expires_at <= now {
@@ -375,6 +390,7 @@ impl Exchange {
     ) -> Result<Results<zeroize::Zeroizing<String>>, BatchError> {
         check_size(codes.len())?;
         let agency = policy.require(caller, Capability::Reidentify)?;
+        let mut coders = Coders::default();
         let results = codes
             .iter()
             .enumerate()
@@ -391,8 +407,8 @@ impl Exchange {
                         ),
                     ));
                 }
-                let number = self
-                    .coder(caller, code.epoch())
+                let number = coders
+                    .get(self, caller, code.epoch())
                     .reidentify(&code)
                     .map_err(|error| failure(index, FailureKind::NotFound, error))?;
                 let digits = number.expose_digits();
@@ -402,6 +418,24 @@ impl Exchange {
             })
             .collect();
         Ok(results)
+    }
+}
+
+/// The coders one batch has used, by epoch (a batch rarely spans more than
+/// one or two epochs, so a short list beats a map).
+#[derive(Default)]
+struct Coders(Vec<(Epoch, Arc<Coder>)>);
+
+impl Coders {
+    fn get(&mut self, exchange: &Exchange, agency: &AgencyId, epoch: Epoch) -> &Coder {
+        let position = match self.0.iter().position(|(e, _)| *e == epoch) {
+            Some(position) => position,
+            None => {
+                self.0.push((epoch, exchange.coder(agency, epoch)));
+                self.0.len() - 1
+            }
+        };
+        &self.0[position].1
     }
 }
 

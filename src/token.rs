@@ -26,7 +26,7 @@
 
 use std::fmt;
 
-use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::aead::{Aead, AeadInOut, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
 use thiserror::Error;
 use zeroize::Zeroizing;
@@ -231,11 +231,44 @@ pub enum TokenError {
     TooLarge,
 }
 
-/// The AES-256-GCM key that seals tokens to one addressee in one window.
+/// The AES-256-GCM key that seals tokens to one addressee in one window,
+/// with that key's token header and associated data, which never change.
 pub struct SealKey {
     addressee: AgencyId,
     window: Window,
     cipher: Aes256Gcm,
+    header: Vec<u8>,
+    aad: Vec<u8>,
+}
+
+/// The part of the claims every token of one seal batch shares (expiry,
+/// non-disclosure date, requester, affair, items), encoded once per batch.
+#[derive(Debug, Clone)]
+pub struct SharedClaims(Vec<u8>);
+
+impl SharedClaims {
+    /// Encodes the shared part; refuses more than [`MAX_ITEMS`] items.
+    pub fn new(
+        requester: &AgencyId,
+        affair: &AffairId,
+        items: &[ItemId],
+        expires_at: u64,
+        non_disclosure_until: Option<u64>,
+    ) -> Result<Self, TokenError> {
+        if items.len() > MAX_ITEMS {
+            return Err(TokenError::TooManyItems);
+        }
+        let mut out = Vec::with_capacity(32 + 8 * items.len());
+        out.extend_from_slice(&expires_at.to_be_bytes());
+        out.extend_from_slice(&non_disclosure_until.unwrap_or(0).to_be_bytes());
+        push_short(&mut out, requester.as_str().as_bytes());
+        push_short(&mut out, affair.as_str().as_bytes());
+        out.push(items.len() as u8);
+        for item in items {
+            push_short(&mut out, item.as_str().as_bytes());
+        }
+        Ok(SharedClaims(out))
+    }
 }
 
 impl fmt::Debug for SealKey {
@@ -258,43 +291,67 @@ impl KeyHierarchy {
             b"/",
             window_text.as_bytes(),
         ]);
+        let mut header = Vec::with_capacity(6 + addressee.as_str().len());
+        TokenHeader {
+            format: TOKEN_FORMAT,
+            window,
+            addressee: addressee.clone(),
+        }
+        .write(&mut header);
         SealKey {
             addressee: addressee.clone(),
             window,
             cipher: Aes256Gcm::new((&*key).into()),
+            aad: associated_data(&header),
+            header,
         }
     }
 }
 
 impl SealKey {
+    /// The key window this key seals in.
+    pub fn window(&self) -> Window {
+        self.window
+    }
+
     /// Seals `claims` with a fresh random `nonce` (the caller draws it from
     /// a CSPRNG; never reuse one).
     pub fn seal(&self, claims: &Claims, nonce: [u8; NONCE_LEN]) -> Result<SealedToken, TokenError> {
-        if claims.items.len() > MAX_ITEMS {
-            return Err(TokenError::TooManyItems);
-        }
-        let mut out = Vec::with_capacity(96 + 8 * claims.items.len());
-        TokenHeader {
-            format: TOKEN_FORMAT,
-            window: self.window,
-            addressee: self.addressee.clone(),
-        }
-        .write(&mut out);
-        let aad = associated_data(&out);
-        let plaintext = encode_claims(claims);
-        let sealed = self
+        let shared = SharedClaims::new(
+            &claims.requester,
+            &claims.affair,
+            &claims.items,
+            claims.expires_at,
+            claims.non_disclosure_until,
+        )?;
+        self.seal_person(&claims.handle, claims.serial, &shared, nonce)
+    }
+
+    /// Seals one person's token of a batch: `handle` and `serial` are the
+    /// person's, `shared` the batch's (so it is encoded once, not per token).
+    pub fn seal_person(
+        &self,
+        handle: &PersonHandle,
+        serial: Serial,
+        shared: &SharedClaims,
+        nonce: [u8; NONCE_LEN],
+    ) -> Result<SealedToken, TokenError> {
+        let mut out =
+            Vec::with_capacity(self.header.len() + NONCE_LEN + 32 + shared.0.len() + TAG_LEN);
+        out.extend_from_slice(&self.header);
+        out.extend_from_slice(&nonce);
+        let start = out.len();
+        // The plaintext goes straight into the token buffer and is encrypted
+        // where it lies, so no clear copy of the handle outlives this call.
+        out.extend_from_slice(handle.expose_bytes());
+        out.extend_from_slice(&serial.0);
+        out.extend_from_slice(&shared.0);
+        let tag = self
             .cipher
-            .encrypt(
-                &Nonce::from(nonce),
-                Payload {
-                    msg: &plaintext,
-                    aad: &aad,
-                },
-            )
+            .encrypt_inout_detached(&Nonce::from(nonce), &self.aad, (&mut out[start..]).into())
             // Encryption fails only past GCM's 64 GiB message limit.
             .map_err(|_| TokenError::TooLarge)?;
-        out.extend_from_slice(&nonce);
-        out.extend_from_slice(&sealed);
+        out.extend_from_slice(&tag);
         Ok(SealedToken(out))
     }
 
@@ -314,16 +371,10 @@ impl SealKey {
         let (nonce, sealed) = rest.split_at(NONCE_LEN);
         let mut nonce_bytes = [0u8; NONCE_LEN];
         nonce_bytes.copy_from_slice(nonce);
-        let aad = associated_data(&token.0[..header_len]);
+        let aad = &self.aad;
         let plaintext = Zeroizing::new(
             self.cipher
-                .decrypt(
-                    &Nonce::from(nonce_bytes),
-                    Payload {
-                        msg: sealed,
-                        aad: &aad,
-                    },
-                )
+                .decrypt(&Nonce::from(nonce_bytes), Payload { msg: sealed, aad })
                 .map_err(|_| TokenError::Forged)?,
         );
         // Authentic bytes that do not decode can only come from a bug or a
@@ -342,23 +393,10 @@ fn push_short(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(bytes);
 }
 
-/// handle (16) ‖ serial (16) ‖ expires_at (u64 BE) ‖ non_disclosure_until
-/// (u64 BE, 0 = none) ‖ requester ‖ affair ‖ item count (1) ‖ items, each
-/// string as one length byte and its bytes.
-fn encode_claims(claims: &Claims) -> Zeroizing<Vec<u8>> {
-    let mut out = Zeroizing::new(Vec::with_capacity(64 + 8 * claims.items.len()));
-    out.extend_from_slice(claims.handle.expose_bytes());
-    out.extend_from_slice(&claims.serial.0);
-    out.extend_from_slice(&claims.expires_at.to_be_bytes());
-    out.extend_from_slice(&claims.non_disclosure_until.unwrap_or(0).to_be_bytes());
-    push_short(&mut out, claims.requester.as_str().as_bytes());
-    push_short(&mut out, claims.affair.as_str().as_bytes());
-    out.push(claims.items.len() as u8);
-    for item in &claims.items {
-        push_short(&mut out, item.as_str().as_bytes());
-    }
-    out
-}
+// Claims plaintext: handle (16) ‖ serial (16) ‖ expires_at (u64 BE) ‖
+// non_disclosure_until (u64 BE, 0 = none) ‖ requester ‖ affair ‖ item count
+// (1) ‖ items, each string as one length byte and its bytes. The part after
+// the serial is `SharedClaims`.
 
 /// Reads fields from the front of a byte slice.
 struct Fields<'a>(&'a [u8]);

@@ -3,14 +3,15 @@
 //!
 //! Each batch runs on tokio's blocking pool, so the cryptography never
 //! stalls the executor's I/O threads. Streams answer one response per
-//! request message, in order; a whole-batch failure ends the stream with
-//! that status.
+//! request message, in order, with up to four batches in progress at once;
+//! a whole-batch failure ends the stream with that status.
 
 use std::pin::Pin;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
@@ -51,6 +52,9 @@ impl CodesService {
         CodesService { state }
     }
 }
+
+/// Batches of one stream processed at once.
+const IN_FLIGHT: usize = 4;
 
 type Handler<Req, Resp> = fn(&State, &Policy, &AgencyId, Req) -> Result<Resp, Status>;
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -128,22 +132,32 @@ impl CodesService {
             .caller(&request, &self.state.policy())?;
         let mut incoming = request.into_inner();
         let state = Arc::clone(&self.state);
-        let (sender, receiver) = mpsc::channel(4);
+        let (sender, receiver) = mpsc::channel(IN_FLIGHT);
+        // Batches start as soon as they arrive (up to IN_FLIGHT at once, so
+        // decoding, crypto and encoding overlap) and are answered in order.
+        let (jobs, mut started) = mpsc::channel::<JoinHandle<Result<Resp, Status>>>(IN_FLIGHT);
         tokio::spawn(async move {
             while let Some(next) = incoming.next().await {
-                let result = match next {
-                    Ok(batch) => {
-                        run_batch(
-                            Arc::clone(&state),
-                            caller.clone(),
-                            operation,
-                            batch,
-                            handler,
-                        )
-                        .await
-                    }
-                    Err(status) => Err(status),
+                let job = match next {
+                    Ok(batch) => tokio::spawn(run_batch(
+                        Arc::clone(&state),
+                        caller.clone(),
+                        operation,
+                        batch,
+                        handler,
+                    )),
+                    Err(status) => tokio::spawn(async move { Err(status) }),
                 };
+                if jobs.send(job).await.is_err() {
+                    break;
+                }
+            }
+        });
+        tokio::spawn(async move {
+            while let Some(job) = started.recv().await {
+                let result = job
+                    .await
+                    .unwrap_or_else(|_| Err(Status::internal("a worker failed")));
                 let failed = result.is_err();
                 if sender.send(result).await.is_err() || failed {
                     break;

@@ -1,0 +1,381 @@
+//! The gRPC service over loopback with mutual TLS, each figure next to a
+//! baseline of the same shape measured in the same run: a bare tonic
+//! service with the same protobuf messages and the same TLS setup that does
+//! none of fugo's work (it echoes each item back).
+//!
+//! Full form (README figures): `cargo bench --bench service` — 10 million
+//! items per streaming run. Short form (CI): `FUGO_BENCH_ITEMS=200000
+//! FUGO_BENCH_CALLS=5000 cargo bench --bench service`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)] // bench code: a panic is a failure report
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fugo::certs::{DevCa, Pem};
+use fugo::keys::{KeyHierarchy, MasterKey};
+use fugo::mynumber;
+use fugo::proto::fugo::v1::codes_client::CodesClient;
+use fugo::proto::fugo::v1::codes_server::{Codes, CodesServer};
+use fugo::proto::fugo::v1::*;
+use fugo::service::{self, ServeConfig};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::{Stream, StreamExt};
+use tonic::transport::{
+    Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Server, ServerTlsConfig,
+};
+use tonic::{Request, Response, Status, Streaming};
+
+const POLICY: &str = r#"
+[[agency]]
+id = "a"
+name = "A"
+certificates = ["a"]
+capabilities = ["derive"]
+epoch = 1
+
+[[agency]]
+id = "b"
+name = "B"
+certificates = ["b"]
+capabilities = ["derive"]
+epoch = 1
+
+[[affair]]
+id = "bench"
+name = "bench"
+legal_basis = "bench"
+
+[[rule]]
+requester = "a"
+affair = "bench"
+provider = "b"
+items = ["x"]
+token_lifetime_seconds = 3600
+"#;
+
+const BATCH: usize = 1000;
+
+fn env_number(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn number(i: u64) -> String {
+    let mut digits = [0u8; 12];
+    let mut rest = (i.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 20) % 100_000_000_000;
+    for slot in digits[..11].iter_mut().rev() {
+        *slot = (rest % 10) as u8;
+        rest /= 10;
+    }
+    digits[11] = mynumber::check_digit(&digits);
+    digits.iter().map(|d| char::from(b'0' + d)).collect()
+}
+
+/// The baseline: the same service shape and message sizes, no crypto. It
+/// answers each number with a 29-character string (a code's size) and a
+/// 64-character policy version, as fugo does.
+struct Echo;
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+fn echo_derive(request: DeriveRequest) -> DeriveResponse {
+    DeriveResponse {
+        results: request
+            .numbers
+            .into_iter()
+            .map(|n| DeriveResult {
+                result: Some(derive_result::Result::Code(format!("{n:0>29}"))),
+            })
+            .collect(),
+        policy_version: "0".repeat(64),
+    }
+}
+
+#[tonic::async_trait]
+impl Codes for Echo {
+    async fn derive(
+        &self,
+        request: Request<DeriveRequest>,
+    ) -> Result<Response<DeriveResponse>, Status> {
+        Ok(Response::new(echo_derive(request.into_inner())))
+    }
+    type DeriveStreamStream = BoxStream<DeriveResponse>;
+    async fn derive_stream(
+        &self,
+        request: Request<Streaming<DeriveRequest>>,
+    ) -> Result<Response<Self::DeriveStreamStream>, Status> {
+        let stream = request.into_inner().map(|r| r.map(echo_derive));
+        Ok(Response::new(Box::pin(stream)))
+    }
+    async fn seal(&self, _: Request<SealRequest>) -> Result<Response<SealResponse>, Status> {
+        Err(Status::unimplemented("baseline"))
+    }
+    type SealStreamStream = BoxStream<SealResponse>;
+    async fn seal_stream(
+        &self,
+        _: Request<Streaming<SealRequest>>,
+    ) -> Result<Response<Self::SealStreamStream>, Status> {
+        Err(Status::unimplemented("baseline"))
+    }
+    async fn redeem(&self, _: Request<RedeemRequest>) -> Result<Response<RedeemResponse>, Status> {
+        Err(Status::unimplemented("baseline"))
+    }
+    type RedeemStreamStream = BoxStream<RedeemResponse>;
+    async fn redeem_stream(
+        &self,
+        _: Request<Streaming<RedeemRequest>>,
+    ) -> Result<Response<Self::RedeemStreamStream>, Status> {
+        Err(Status::unimplemented("baseline"))
+    }
+    async fn reidentify(
+        &self,
+        _: Request<ReidentifyRequest>,
+    ) -> Result<Response<ReidentifyResponse>, Status> {
+        Err(Status::unimplemented("baseline"))
+    }
+    type ReidentifyStreamStream = BoxStream<ReidentifyResponse>;
+    async fn reidentify_stream(
+        &self,
+        _: Request<Streaming<ReidentifyRequest>>,
+    ) -> Result<Response<Self::ReidentifyStreamStream>, Status> {
+        Err(Status::unimplemented("baseline"))
+    }
+}
+
+struct Pki {
+    ca: DevCa,
+    server: Pem,
+}
+
+async fn start_echo(pki: &Pki) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let tls = ServerTlsConfig::new()
+        .identity(Identity::from_pem(&pki.server.cert, &pki.server.key))
+        .client_ca_root(Certificate::from_pem(pki.ca.cert_pem()));
+    let router = Server::builder()
+        .tls_config(tls)
+        .unwrap()
+        .add_service(CodesServer::new(Echo));
+    tokio::spawn(router.serve_with_incoming(TcpListenerStream::new(listener)));
+    addr
+}
+
+async fn client(pki: &Pki, addr: SocketAddr, identity: &str) -> CodesClient<Channel> {
+    let pem = pki.ca.client(identity).unwrap();
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(pki.ca.cert_pem()))
+        .domain_name("localhost")
+        .identity(Identity::from_pem(pem.cert, pem.key));
+    let channel = Endpoint::from_shared(format!("https://{addr}"))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    CodesClient::new(channel)
+}
+
+/// Calls/s and p50/p99 latency of unary 1-item derive with `in_flight`
+/// concurrent callers on one connection.
+async fn unary(
+    client: CodesClient<Channel>,
+    calls: usize,
+    in_flight: usize,
+) -> (f64, Duration, Duration) {
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for worker in 0..in_flight {
+        let mut client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::with_capacity(calls / in_flight);
+            for i in 0..calls / in_flight {
+                let request = DeriveRequest {
+                    numbers: vec![number((worker * calls + i) as u64)],
+                };
+                let t = Instant::now();
+                client.derive(request).await.unwrap();
+                latencies.push(t.elapsed());
+            }
+            latencies
+        }));
+    }
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await.unwrap());
+    }
+    let rate = latencies.len() as f64 / started.elapsed().as_secs_f64();
+    latencies.sort();
+    let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
+    (rate, at(0.50), at(0.99))
+}
+
+fn derive_batches(items: usize) -> impl Stream<Item = DeriveRequest> {
+    tokio_stream::iter((0..items.div_ceil(BATCH)).map(move |b| {
+        DeriveRequest {
+            numbers: (b * BATCH..((b + 1) * BATCH).min(items))
+                .map(|i| number(i as u64))
+                .collect(),
+        }
+    }))
+}
+
+/// Items/s of streaming derive.
+async fn stream_derive(mut client: CodesClient<Channel>, items: usize) -> f64 {
+    let started = Instant::now();
+    let mut responses = client
+        .derive_stream(derive_batches(items))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut count = 0;
+    while let Some(response) = responses.message().await.unwrap() {
+        count += response.results.len();
+    }
+    assert_eq!(count, items);
+    items as f64 / started.elapsed().as_secs_f64()
+}
+
+/// derive (A) → seal (A→B) → redeem (B), chained stream to stream; returns
+/// the seconds of the whole run. Each stream has its own connection: streams
+/// that wait on each other must not share an HTTP/2 connection window.
+async fn full_chain(
+    mut a: CodesClient<Channel>,
+    mut a2: CodesClient<Channel>,
+    mut b: CodesClient<Channel>,
+    items: usize,
+) -> f64 {
+    let started = Instant::now();
+    let (seal_tx, seal_rx) = mpsc::channel::<SealRequest>(8);
+    let (redeem_tx, redeem_rx) = mpsc::channel::<RedeemRequest>(8);
+    let mut derived = a
+        .derive_stream(derive_batches(items))
+        .await
+        .unwrap()
+        .into_inner();
+    let sealer = tokio::spawn(async move {
+        let mut sealed = a2
+            .seal_stream(ReceiverStream::new(seal_rx))
+            .await
+            .unwrap()
+            .into_inner();
+        while let Some(response) = sealed.message().await.unwrap() {
+            let tokens = response
+                .results
+                .into_iter()
+                .map(|r| match r.result.unwrap() {
+                    seal_result::Result::Sealed(s) => s.token,
+                    seal_result::Result::Error(e) => panic!("{e:?}"),
+                })
+                .collect();
+            redeem_tx.send(RedeemRequest { tokens }).await.unwrap();
+        }
+    });
+    let redeemer = tokio::spawn(async move {
+        let mut redeemed = b
+            .redeem_stream(ReceiverStream::new(redeem_rx))
+            .await
+            .unwrap()
+            .into_inner();
+        let mut count = 0;
+        while let Some(response) = redeemed.message().await.unwrap() {
+            count += response
+                .results
+                .iter()
+                .filter(|r| matches!(r.result, Some(redeem_result::Result::Redeemed(_))))
+                .count();
+        }
+        count
+    });
+    while let Some(response) = derived.message().await.unwrap() {
+        let codes = response
+            .results
+            .into_iter()
+            .map(|r| match r.result.unwrap() {
+                derive_result::Result::Code(c) => c,
+                derive_result::Result::Error(e) => panic!("{e:?}"),
+            })
+            .collect();
+        seal_tx
+            .send(SealRequest {
+                provider: "b".into(),
+                affair: "bench".into(),
+                items: vec!["x".into()],
+                non_disclosure_until: 0,
+                codes,
+            })
+            .await
+            .unwrap();
+    }
+    drop(seal_tx);
+    sealer.await.unwrap();
+    assert_eq!(redeemer.await.unwrap(), items);
+    started.elapsed().as_secs_f64()
+}
+
+fn main() {
+    let items = env_number("FUGO_BENCH_ITEMS", 10_000_000);
+    let calls = env_number("FUGO_BENCH_CALLS", 100_000);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = DevCa::new("bench CA").unwrap();
+        let server = ca.server().unwrap();
+        let pki = Arc::new(Pki { ca, server });
+        std::fs::write(dir.path().join("ca.pem"), pki.ca.cert_pem()).unwrap();
+        std::fs::write(dir.path().join("server.pem"), &pki.server.cert).unwrap();
+        std::fs::write(dir.path().join("server.key"), &pki.server.key).unwrap();
+        std::fs::write(dir.path().join("policy.toml"), POLICY).unwrap();
+        let key = dir.path().join("master.key");
+        std::fs::write(&key, MasterKey::from_bytes([9; 32]).to_file_contents().as_bytes()).unwrap();
+        let config = ServeConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            data_dir: dir.path().to_owned(),
+            policy: dir.path().join("policy.toml"),
+            master_key: key,
+            fingerprint: KeyHierarchy::new(&MasterKey::from_bytes([9; 32])).fingerprint(),
+            shutdown_grace: Duration::from_secs(5),
+            dev_mode: true,
+            client_ca: dir.path().join("ca.pem"),
+            server_cert: dir.path().join("server.pem"),
+            server_key: dir.path().join("server.key"),
+        };
+        let fugo = service::start(config, &mut std::io::sink()).await.unwrap();
+        let echo = start_echo(&pki).await;
+
+        println!("gRPC over loopback with mutual TLS, server and client in one process on this machine");
+        let (base_rate, base_p50, base_p99) = unary(client(&pki, echo, "a").await, calls, 64).await;
+        let (rate, p50, p99) = unary(client(&pki, fugo.addr, "a").await, calls, 64).await;
+        println!("unary derive, 1 item, 64 in flight, {calls} calls:");
+        println!("  baseline (echo)  {base_rate:>10.0} calls/s   p50 {base_p50:>9.2?}   p99 {base_p99:>9.2?}");
+        println!("  fugo             {rate:>10.0} calls/s   p50 {p50:>9.2?}   p99 {p99:>9.2?}   = {:.0}% of baseline (target ≥ 70%)", 100.0 * rate / base_rate);
+
+        let base = stream_derive(client(&pki, echo, "a").await, items).await;
+        let derive = stream_derive(client(&pki, fugo.addr, "a").await, items).await;
+        println!("streaming derive, {items} items in batches of {BATCH}:");
+        println!("  baseline (echo)  {:>10.2} M items/s", base / 1e6);
+        println!("  fugo             {:>10.2} M items/s   = {:.0}% of baseline (target ≥ 70%)", derive / 1e6, 100.0 * derive / base);
+
+        let seconds = full_chain(
+            client(&pki, fugo.addr, "a").await,
+            client(&pki, fugo.addr, "a").await,
+            client(&pki, fugo.addr, "b").await,
+            items,
+        )
+        .await;
+        println!(
+            "derive → seal → redeem, chained streams, {items} items: {seconds:.2} s ({:.2} M items/s end to end; target: 10 M in < 15 s)",
+            items as f64 / seconds / 1e6
+        );
+        fugo.stop().await.unwrap();
+    });
+}
