@@ -242,6 +242,82 @@ async fn stream_derive(mut client: CodesClient<Channel>, items: usize) -> f64 {
     items as f64 / started.elapsed().as_secs_f64()
 }
 
+/// The codes of streaming derive, kept (for the seal and redeem stages).
+async fn derived_codes(mut client: CodesClient<Channel>, items: usize) -> Vec<Vec<String>> {
+    let mut responses = client
+        .derive_stream(derive_batches(items))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut batches = Vec::new();
+    while let Some(response) = responses.message().await.unwrap() {
+        batches.push(
+            response
+                .results
+                .into_iter()
+                .map(|r| match r.result.unwrap() {
+                    derive_result::Result::Code(c) => c,
+                    derive_result::Result::Error(e) => panic!("{e:?}"),
+                })
+                .collect(),
+        );
+    }
+    batches
+}
+
+/// Items/s of streaming seal alone, and the tokens it made.
+async fn stream_seal(
+    mut client: CodesClient<Channel>,
+    codes: Vec<Vec<String>>,
+) -> (f64, Vec<Vec<Vec<u8>>>) {
+    let items: usize = codes.iter().map(Vec::len).sum();
+    let requests = codes.into_iter().map(|codes| SealRequest {
+        provider: "b".into(),
+        affair: "bench".into(),
+        items: vec!["x".into()],
+        non_disclosure_until: 0,
+        codes,
+    });
+    let started = Instant::now();
+    let mut responses = client
+        .seal_stream(tokio_stream::iter(requests))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut tokens = Vec::new();
+    while let Some(response) = responses.message().await.unwrap() {
+        tokens.push(
+            response
+                .results
+                .into_iter()
+                .map(|r| match r.result.unwrap() {
+                    seal_result::Result::Sealed(s) => s.token,
+                    seal_result::Result::Error(e) => panic!("{e:?}"),
+                })
+                .collect(),
+        );
+    }
+    (items as f64 / started.elapsed().as_secs_f64(), tokens)
+}
+
+/// Items/s of streaming redeem alone.
+async fn stream_redeem(mut client: CodesClient<Channel>, tokens: Vec<Vec<Vec<u8>>>) -> f64 {
+    let items: usize = tokens.iter().map(Vec::len).sum();
+    let started = Instant::now();
+    let requests = tokens.into_iter().map(|tokens| RedeemRequest { tokens });
+    let mut responses = client
+        .redeem_stream(tokio_stream::iter(requests))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut count = 0;
+    while let Some(response) = responses.message().await.unwrap() {
+        count += response.results.len();
+    }
+    assert_eq!(count, items);
+    items as f64 / started.elapsed().as_secs_f64()
+}
+
 /// derive (A) → seal (A→B) → redeem (B), chained stream to stream; returns
 /// the seconds of the whole run. Each stream has its own connection: streams
 /// that wait on each other must not share an HTTP/2 connection window.
@@ -364,6 +440,14 @@ fn main() {
         println!("streaming derive, {items} items in batches of {BATCH}:");
         println!("  baseline (echo)  {:>10.2} M items/s", base / 1e6);
         println!("  fugo             {:>10.2} M items/s   = {:.0}% of baseline (target ≥ 70%)", derive / 1e6, 100.0 * derive / base);
+
+        let stage_items = (items / 5).max(BATCH);
+        let codes = derived_codes(client(&pki, fugo.addr, "a").await, stage_items).await;
+        let (seal_rate, tokens) = stream_seal(client(&pki, fugo.addr, "a").await, codes).await;
+        let redeem_rate = stream_redeem(client(&pki, fugo.addr, "b").await, tokens).await;
+        println!("streaming seal and redeem alone, {stage_items} items (kept in memory between stages):");
+        println!("  seal             {:>10.2} M items/s   = {:.0}% of the echo baseline", seal_rate / 1e6, 100.0 * seal_rate / base);
+        println!("  redeem           {:>10.2} M items/s   = {:.0}% of the echo baseline", redeem_rate / 1e6, 100.0 * redeem_rate / base);
 
         let seconds = full_chain(
             client(&pki, fugo.addr, "a").await,

@@ -24,7 +24,9 @@ use crate::code::{AgencyCode, Coder};
 use crate::keys::KeyHierarchy;
 use crate::mynumber::ParseError;
 use crate::policy::{Agency, Capability, Denied, Policy};
-use crate::token::{SealKey, SealedToken, Serial, SharedClaims, TokenError, Window};
+use crate::token::{
+    self, RequestContext, SealKey, SealedToken, Serial, SharedClaims, TokenError, Window,
+};
 
 /// Most items in one batch.
 pub const MAX_BATCH: usize = 10_000;
@@ -97,18 +99,11 @@ pub struct Sealed {
 pub struct Redeemed {
     /// The provider's own code for the person.
     pub code: AgencyCode,
-    /// Who asked.
-    pub requester: AgencyId,
-    /// Under which affair.
-    pub affair: AffairId,
-    /// For which items.
-    pub items: Vec<ItemId>,
     /// The serial to quote.
     pub serial: Serial,
-    /// When the token expires.
-    pub expires_at: u64,
-    /// Non-disclosure date, if any.
-    pub non_disclosure_until: Option<u64>,
+    /// Who asked, under which affair, for which items, until when (shared by
+    /// the tokens of one seal).
+    pub context: Arc<RequestContext>,
 }
 
 /// The context common to a seal batch.
@@ -322,18 +317,18 @@ impl Exchange {
         let oldest = Window::containing(now.saturating_sub(policy.longest_token_lifetime()));
         let current = Window::containing(now);
         let mut last_key: Option<Arc<SealKey>> = None;
+        type Verdict = Result<Arc<RequestContext>, (FailureKind, String)>;
+        let mut last_context: Option<(SharedClaims, Verdict)> = None;
         let results = tokens
             .iter()
             .enumerate()
             .map(|(index, bytes)| {
-                let token = SealedToken::from_bytes(bytes.to_vec());
-                let header = token
-                    .header()
-                    .map_err(|error| token_failure(index, error))?;
-                if &header.addressee != caller {
+                let (window, addressee) =
+                    token::peek(bytes).map_err(|error| token_failure(index, error))?;
+                if addressee != caller.as_str().as_bytes() {
                     return Err(token_failure(index, TokenError::WrongAddressee));
                 }
-                if header.window < oldest || header.window > current {
+                if window < oldest || window > current {
                     return Err(failure(
                         index,
                         FailureKind::FailedPrecondition,
@@ -341,40 +336,54 @@ impl Exchange {
                     ));
                 }
                 let key = match &last_key {
-                    Some(key) if key.window() == header.window => Arc::clone(key),
+                    Some(key) if key.window() == window => Arc::clone(key),
                     _ => {
-                        let key = self.seal_key(caller, header.window);
+                        let key = self.seal_key(caller, window);
                         last_key = Some(Arc::clone(&key));
                         key
                     }
                 };
-                let claims = key
-                    .open(&token)
+                let opened = key
+                    .open_parts(bytes)
                     .map_err(|error| token_failure(index, error))?;
-                if claims.expires_at <= now {
+                // Tokens of one seal share their context: decode and check
+                // it once, then reuse the verdict while it repeats.
+                if last_context
+                    .as_ref()
+                    .is_none_or(|(shared, _)| *shared != opened.shared)
+                {
+                    let verdict = match opened.shared.decode() {
+                        None => Err((FailureKind::InvalidArgument, TokenError::Forged.to_string())),
+                        Some(context) => policy
+                            .authorize(
+                                &context.requester,
+                                &context.affair,
+                                caller,
+                                &context.items,
+                                context.non_disclosure_until.is_some(),
+                            )
+                            .map(|_| Arc::new(context.clone()))
+                            .map_err(|denied| (FailureKind::PermissionDenied, denied.to_string())),
+                    };
+                    last_context = Some((opened.shared.clone(), verdict));
+                }
+                let verdict = last_context.as_ref().map(|(_, verdict)| verdict.clone());
+                let context = match verdict {
+                    Some(Ok(context)) => context,
+                    Some(Err((kind, reason))) => return Err(failure(index, kind, reason)),
+                    None => return Err(token_failure(index, TokenError::Forged)),
+                };
+                if context.expires_at <= now {
                     return Err(failure(
                         index,
                         FailureKind::FailedPrecondition,
                         "token has expired",
                     ));
                 }
-                policy
-                    .authorize(
-                        &claims.requester,
-                        &claims.affair,
-                        caller,
-                        &claims.items,
-                        claims.non_disclosure_until.is_some(),
-                    )
-                    .map_err(|denied| failure(index, FailureKind::PermissionDenied, denied))?;
                 Ok(Redeemed {
-                    code: coder.code_of(&claims.handle),
-                    requester: claims.requester.clone(),
-                    affair: claims.affair.clone(),
-                    items: claims.items.clone(),
-                    serial: claims.serial,
-                    expires_at: claims.expires_at,
-                    non_disclosure_until: claims.non_disclosure_until,
+                    code: coder.code_of(&opened.handle),
+                    serial: opened.serial,
+                    context,
                 })
             })
             .collect();
@@ -582,9 +591,9 @@ token_lifetime_seconds = 3600
                 String::from_utf8(r.code.to_text().to_vec()).unwrap(),
                 *expected
             );
-            assert_eq!(r.requester, id("mhlw"));
+            assert_eq!(r.context.requester, id("mhlw"));
             assert_eq!(r.serial, s.serial);
-            assert_eq!(r.expires_at, NOW + 3600);
+            assert_eq!(r.context.expires_at, NOW + 3600);
         }
         let serials: std::collections::HashSet<_> = sealed.iter().map(|s| s.serial).collect();
         assert_eq!(serials.len(), sealed.len());

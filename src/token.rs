@@ -243,8 +243,36 @@ pub struct SealKey {
 
 /// The part of the claims every token of one seal batch shares (expiry,
 /// non-disclosure date, requester, affair, items), encoded once per batch.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SharedClaims(Vec<u8>);
+
+/// The shared part of a token's claims, decoded: the request context the
+/// provider learns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestContext {
+    /// The agency that asked.
+    pub requester: AgencyId,
+    /// The affair it acts under.
+    pub affair: AffairId,
+    /// The data items it asks for.
+    pub items: Vec<ItemId>,
+    /// Unix time after which the token is void.
+    pub expires_at: u64,
+    /// Unix time until which the person may not see the exchange, if any.
+    pub non_disclosure_until: Option<u64>,
+}
+
+/// An opened token: the person's part, and the shared part still encoded
+/// (a batch of tokens from one seal shares it, so it is decoded once).
+#[derive(Debug)]
+pub struct OpenedToken {
+    /// The person.
+    pub handle: PersonHandle,
+    /// The exchange's serial.
+    pub serial: Serial,
+    /// The request context, encoded.
+    pub shared: SharedClaims,
+}
 
 impl SharedClaims {
     /// Encodes the shared part; refuses more than [`MAX_ITEMS`] items.
@@ -268,6 +296,33 @@ impl SharedClaims {
             push_short(&mut out, item.as_str().as_bytes());
         }
         Ok(SharedClaims(out))
+    }
+
+    /// Decodes the request context; `None` if the bytes are not one.
+    pub fn decode(&self) -> Option<RequestContext> {
+        let mut fields = Fields(&self.0);
+        let expires_at = u64::from_be_bytes(fields.array()?);
+        let non_disclosure_until = match u64::from_be_bytes(fields.array()?) {
+            0 => None,
+            until => Some(until),
+        };
+        let requester = AgencyId::new(fields.short()?).ok()?;
+        let affair = AffairId::new(fields.short()?).ok()?;
+        let count = usize::from(fields.take(1)?[0]);
+        let mut items = Vec::with_capacity(count);
+        for _ in 0..count {
+            items.push(ItemId::new(fields.short()?).ok()?);
+        }
+        if !fields.0.is_empty() {
+            return None;
+        }
+        Some(RequestContext {
+            requester,
+            affair,
+            items,
+            expires_at,
+            non_disclosure_until,
+        })
     }
 }
 
@@ -357,14 +412,37 @@ impl SealKey {
 
     /// Opens a token sealed under this key.
     pub fn open(&self, token: &SealedToken) -> Result<Claims, TokenError> {
-        let (header, header_len) = TokenHeader::read(&token.0)?;
-        if header.addressee != self.addressee {
-            return Err(TokenError::WrongAddressee);
-        }
-        if header.window != self.window {
-            return Err(TokenError::WrongWindow);
-        }
-        let rest = &token.0[header_len..];
+        self.open_bytes(&token.0)
+    }
+
+    /// Opens token bytes sealed under this key, without copying them.
+    pub fn open_bytes(&self, token: &[u8]) -> Result<Claims, TokenError> {
+        let opened = self.open_parts(token)?;
+        let context = opened.shared.decode().ok_or(TokenError::Forged)?;
+        Ok(Claims {
+            handle: opened.handle,
+            serial: opened.serial,
+            requester: context.requester,
+            affair: context.affair,
+            items: context.items,
+            expires_at: context.expires_at,
+            non_disclosure_until: context.non_disclosure_until,
+        })
+    }
+
+    /// Opens token bytes into the person's part and the still-encoded
+    /// shared part.
+    pub fn open_parts(&self, token: &[u8]) -> Result<OpenedToken, TokenError> {
+        // The header of every token this key opens is exactly `self.header`;
+        // anything else is parsed only to say what is wrong.
+        let Some(rest) = token.strip_prefix(self.header.as_slice()) else {
+            let (header, _) = TokenHeader::read(token)?;
+            return Err(if header.addressee != self.addressee {
+                TokenError::WrongAddressee
+            } else {
+                TokenError::WrongWindow
+            });
+        };
         if rest.len() < NONCE_LEN + TAG_LEN {
             return Err(TokenError::Malformed);
         }
@@ -377,10 +455,33 @@ impl SealKey {
                 .decrypt(&Nonce::from(nonce_bytes), Payload { msg: sealed, aad })
                 .map_err(|_| TokenError::Forged)?,
         );
-        // Authentic bytes that do not decode can only come from a bug or a
+        // Authentic bytes that do not split can only come from a bug or a
         // stolen key; either way the token is refused the same way.
-        decode_claims(&plaintext).ok_or(TokenError::Forged)
+        let mut fields = Fields(&plaintext);
+        let handle = PersonHandle::from_bytes(fields.array().ok_or(TokenError::Forged)?);
+        let serial = Serial(fields.array().ok_or(TokenError::Forged)?);
+        Ok(OpenedToken {
+            handle,
+            serial,
+            shared: SharedClaims(fields.0.to_vec()),
+        })
     }
+}
+
+/// The key window and addressee of token bytes, read without allocating:
+/// enough to pick the key and refuse a token addressed to someone else.
+pub fn peek(token: &[u8]) -> Result<(Window, &[u8]), TokenError> {
+    let (&format, rest) = token.split_first().ok_or(TokenError::Malformed)?;
+    if format != TOKEN_FORMAT {
+        return Err(TokenError::UnknownFormat);
+    }
+    let window = rest.get(..4).ok_or(TokenError::Malformed)?;
+    let window = Window(u32::from_be_bytes([
+        window[0], window[1], window[2], window[3],
+    ]));
+    let length = usize::from(*rest.get(4).ok_or(TokenError::Malformed)?);
+    let addressee = rest.get(5..5 + length).ok_or(TokenError::Malformed)?;
+    Ok((window, addressee))
 }
 
 fn associated_data(header: &[u8]) -> Vec<u8> {
@@ -419,36 +520,6 @@ impl<'a> Fields<'a> {
         let length = usize::from(self.take(1)?[0]);
         std::str::from_utf8(self.take(length)?).ok()
     }
-}
-
-fn decode_claims(bytes: &[u8]) -> Option<Claims> {
-    let mut fields = Fields(bytes);
-    let handle = PersonHandle::from_bytes(fields.array()?);
-    let serial = Serial(fields.array()?);
-    let expires_at = u64::from_be_bytes(fields.array()?);
-    let non_disclosure_until = match u64::from_be_bytes(fields.array()?) {
-        0 => None,
-        until => Some(until),
-    };
-    let requester = AgencyId::new(fields.short()?).ok()?;
-    let affair = AffairId::new(fields.short()?).ok()?;
-    let count = usize::from(fields.take(1)?[0]);
-    let mut items = Vec::with_capacity(count);
-    for _ in 0..count {
-        items.push(ItemId::new(fields.short()?).ok()?);
-    }
-    if !fields.0.is_empty() {
-        return None;
-    }
-    Some(Claims {
-        handle,
-        serial,
-        requester,
-        affair,
-        items,
-        expires_at,
-        non_disclosure_until,
-    })
 }
 
 #[cfg(test)]

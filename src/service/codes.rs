@@ -262,17 +262,20 @@ fn redeem(
         .into_iter()
         .map(|result| RedeemResult {
             result: Some(match result {
-                Ok(redeemed) => redeem_result::Result::Redeemed(Redeemed {
-                    code: String::from_utf8_lossy(&redeemed.code.to_text()).into_owned(),
-                    requester: redeemed.requester.to_string(),
-                    affair: redeemed.affair.to_string(),
-                    items: redeemed.items.iter().map(ToString::to_string).collect(),
-                    serial: redeemed.serial.as_bytes().to_vec(),
-                    expires_at: i64::try_from(redeemed.expires_at).unwrap_or(i64::MAX),
-                    non_disclosure_until: redeemed
-                        .non_disclosure_until
-                        .map_or(0, |until| i64::try_from(until).unwrap_or(i64::MAX)),
-                }),
+                Ok(redeemed) => {
+                    let context = &redeemed.context;
+                    redeem_result::Result::Redeemed(Redeemed {
+                        code: String::from_utf8_lossy(&redeemed.code.to_text()).into_owned(),
+                        requester: context.requester.to_string(),
+                        affair: context.affair.to_string(),
+                        items: context.items.iter().map(ToString::to_string).collect(),
+                        serial: redeemed.serial.as_bytes().to_vec(),
+                        expires_at: i64::try_from(context.expires_at).unwrap_or(i64::MAX),
+                        non_disclosure_until: context
+                            .non_disclosure_until
+                            .map_or(0, |until| i64::try_from(until).unwrap_or(i64::MAX)),
+                    })
+                }
                 Err(failure) => redeem_result::Result::Error(status::item(failure)),
             }),
         })
