@@ -295,7 +295,8 @@ fn sighup_reloads_the_policy_and_keeps_the_old_one_when_broken() {
     assert_eq!(
         out.status.code(),
         Some(0),
-        "still serving under the old policy"
+        "still serving under the old policy: {}",
+        text(&out.stderr)
     );
     // A valid change (mhlw loses derive) takes effect.
     fs::write(
@@ -308,14 +309,22 @@ fn sighup_reloads_the_policy_and_keeps_the_old_one_when_broken() {
     )
     .unwrap();
     server.signal("HUP");
-    std::thread::sleep(Duration::from_millis(500));
-    let out = client(
-        &server,
-        dir.path(),
-        "mhlw",
-        &["derive", numbers.to_str().unwrap()],
-    );
-    assert_eq!(out.status.code(), Some(1));
+    // The reload is asynchronous: poll until it shows (or give up).
+    let started = Instant::now();
+    let out = loop {
+        let out = client(
+            &server,
+            dir.path(),
+            "mhlw",
+            &["derive", numbers.to_str().unwrap()],
+        );
+        if out.status.code() == Some(1) || started.elapsed() > Duration::from_secs(15) {
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("does not have the derive capability"));
     let (code, stderr) = server.stop();
     assert_eq!(code, 0);
     assert!(stderr.contains("policy reload refused"), "{stderr}");

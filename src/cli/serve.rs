@@ -34,12 +34,14 @@ pub(crate) fn run(config_path: &Path) -> Result<(), CliError> {
         .build()
         .map_err(CliError::Runtime)?;
     runtime.block_on(async {
-        let running = service::start(config, &mut io::stderr()).await?;
-        // The one line on stdout: where to connect (tests start on port 0).
-        print_line(&format!("fugo: listening on {}", running.addr))?;
+        // Handlers first: a SIGHUP that arrives before its handler exists
+        // would kill the process (its default action).
         let mut hangup = signal(SignalKind::hangup()).map_err(CliError::Runtime)?;
         let mut terminate = signal(SignalKind::terminate()).map_err(CliError::Runtime)?;
         let mut interrupt = signal(SignalKind::interrupt()).map_err(CliError::Runtime)?;
+        let running = service::start(config, &mut io::stderr()).await?;
+        // The one line on stdout: where to connect (tests start on port 0).
+        print_line(&format!("fugo: listening on {}", running.addr))?;
         let reloader = running.reloader();
         tokio::spawn(async move {
             while hangup.recv().await.is_some() {
