@@ -390,17 +390,22 @@ async fn next_results(responses: &mut Responses) -> Result<Option<Vec<ItemResult
                 .collect()
         }),
         Responses::Redeem(stream) => stream.message().await?.map(|response| {
+            let contexts: Vec<String> = response
+                .contexts
+                .iter()
+                .map(|c| format!("{} {} {}", c.requester, c.affair, c.items.join(",")))
+                .collect();
             response
                 .results
                 .into_iter()
                 .map(|r| match r.result {
                     Some(redeem_result::Result::Redeemed(d)) => Ok(format!(
-                        "{} {} {} {} {}",
+                        "{} {} {}",
                         d.code,
                         hex::encode(&d.serial),
-                        d.requester,
-                        d.affair,
-                        d.items.join(",")
+                        contexts
+                            .get(d.context as usize)
+                            .map_or("(no context)", String::as_str)
                     )),
                     Some(redeem_result::Result::Error(e)) => Err(e),
                     None => Err(missing()),

@@ -24,8 +24,8 @@ use crate::policy::Policy;
 use crate::proto::fugo::v1::codes_server::Codes;
 use crate::proto::fugo::v1::{
     DeriveRequest, DeriveResponse, DeriveResult, RedeemRequest, RedeemResponse, RedeemResult,
-    Redeemed, ReidentifyRequest, ReidentifyResponse, ReidentifyResult, SealRequest, SealResponse,
-    SealResult, Sealed, derive_result, redeem_result, reidentify_result, seal_result,
+    Redeemed, ReidentifyRequest, ReidentifyResponse, ReidentifyResult, RequestContext, SealRequest,
+    SealResponse, SealResult, Sealed, derive_result, redeem_result, reidentify_result, seal_result,
 };
 
 /// Everything the service shares between calls.
@@ -255,27 +255,32 @@ fn redeem(
     request: RedeemRequest,
 ) -> Result<RedeemResponse, Status> {
     let tokens: Vec<&[u8]> = request.tokens.iter().map(Vec::as_slice).collect();
-    let results = state
+    let redeemed = state
         .exchange
         .redeem(policy, caller, &tokens, now())
-        .map_err(status::batch)?
+        .map_err(status::batch)?;
+    // Each distinct context goes into the response once; the exchange hands
+    // the tokens of one seal the same shared context.
+    let mut contexts: Vec<Arc<crate::token::RequestContext>> = Vec::new();
+    let mut context_index = |context: &Arc<crate::token::RequestContext>| -> u32 {
+        let found = contexts
+            .iter()
+            .rposition(|known| Arc::ptr_eq(known, context) || **known == **context);
+        let index = found.unwrap_or_else(|| {
+            contexts.push(Arc::clone(context));
+            contexts.len() - 1
+        });
+        u32::try_from(index).unwrap_or(u32::MAX)
+    };
+    let results = redeemed
         .into_iter()
         .map(|result| RedeemResult {
             result: Some(match result {
-                Ok(redeemed) => {
-                    let context = &redeemed.context;
-                    redeem_result::Result::Redeemed(Redeemed {
-                        code: String::from_utf8_lossy(&redeemed.code.to_text()).into_owned(),
-                        requester: context.requester.to_string(),
-                        affair: context.affair.to_string(),
-                        items: context.items.iter().map(ToString::to_string).collect(),
-                        serial: redeemed.serial.as_bytes().to_vec(),
-                        expires_at: i64::try_from(context.expires_at).unwrap_or(i64::MAX),
-                        non_disclosure_until: context
-                            .non_disclosure_until
-                            .map_or(0, |until| i64::try_from(until).unwrap_or(i64::MAX)),
-                    })
-                }
+                Ok(redeemed) => redeem_result::Result::Redeemed(Redeemed {
+                    code: String::from_utf8_lossy(&redeemed.code.to_text()).into_owned(),
+                    serial: redeemed.serial.as_bytes().to_vec(),
+                    context: context_index(&redeemed.context),
+                }),
                 Err(failure) => redeem_result::Result::Error(status::item(failure)),
             }),
         })
@@ -283,6 +288,18 @@ fn redeem(
     Ok(RedeemResponse {
         results,
         policy_version: policy.version().to_string(),
+        contexts: contexts
+            .iter()
+            .map(|context| RequestContext {
+                requester: context.requester.to_string(),
+                affair: context.affair.to_string(),
+                items: context.items.iter().map(ToString::to_string).collect(),
+                expires_at: i64::try_from(context.expires_at).unwrap_or(i64::MAX),
+                non_disclosure_until: context
+                    .non_disclosure_until
+                    .map_or(0, |until| i64::try_from(until).unwrap_or(i64::MAX)),
+            })
+            .collect(),
     })
 }
 
