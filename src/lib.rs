@@ -1,29 +1,31 @@
 //! fugo (符号, "code") turns a person's My Number into **agency-specific
 //! codes**, so that government agencies can link records about one person
-//! without ever exchanging the number itself.
-//!
-//! What this crate does today: validates numbers, derives every key from one
-//! master key, derives and opens version 1 agency codes (docs/SPEC.md), and
-//! converts files in bulk (`fugo derive`). What it does not do yet: serve
-//! agencies over gRPC, check policy, or keep an audit trail; those layers
-//! come next and sit on top of this core without changing it.
+//! without ever exchanging the number itself. Agencies call it over gRPC
+//! with mutual TLS; a policy (the law's table 別表第二 as data) decides who may
+//! ask whom for what; sealed tokens carry a person from one agency's codes to
+//! another's without either learning the other's code. The audit trail is
+//! not built yet.
 //!
 //! ```text
-//!                 ┌──────────────────────── cli (fugo keygen | keys | derive)
-//!                 │         ┌────────────── bulk: ordered parallel pipeline,
-//!                 │         │               lines and CSV, rejects, no leaks
-//!                 ▼         ▼
+//!  cli ─ fugo serve | client | derive | keygen | keys | policy | dev-certs
+//!   │
+//!   ├─ service: mTLS identity → fugo.v1.Codes → status (one error mapping)
+//!   │     └─ exchange: derive / seal / redeem / reidentify on batches
+//!   ├─ client: streaming batches over one connection
+//!   ├─ bulk: ordered parallel pipeline for files (fugo derive)
+//!   ├─ keyfile, certs: files on disk
+//!   │
 //!   core (no I/O, no threads, reviewable alone)
-//!     mynumber ─► batch ─► code ─► code_text
-//!     agency  ──►  keys ──┘
+//!     mynumber ─► batch ─► code ─► code_text        policy (TOML, located problems)
+//!     agency  ──►  keys ──┴─► token (AES-256-GCM per addressee and day)
 //!
 //!   number ──parse──► B = n ‖ "fugo-pn1" ──AES(K_person)──► handle h
 //!          ──AES(K_agency(a,e))──► code c ──base32+Luhn──► "1" e c… check
 //! ```
 //!
 //! A lower layer never imports a higher one: the core modules (`mynumber`,
-//! `agency`, `keys`, `code`, `code_text`, `batch`) know nothing of files,
-//! threads or the command line.
+//! `agency`, `keys`, `code`, `code_text`, `batch`, `token`, `policy`) know
+//! nothing of files, threads, the network or the command line.
 //!
 //! **Nothing here logs or prints a secret.** [`mynumber::MyNumber`], the key
 //! types and [`code::PersonHandle`] have no `Display`, print `[REDACTED]` in

@@ -1,6 +1,6 @@
 //! Bulk derivation of files for batch jobs: the engine behind `fugo derive`.
 //!
-//! Two input shapes share one [`pipeline`]: plain lines (one number a line)
+//! Two input shapes share one `pipeline`: plain lines (one number a line)
 //! and CSV with one column of numbers. Both stream in bounded chunks on
 //! every core, keep input order, and never stop on a bad row: each bad row
 //! becomes a [`Reject`] (line number and reason, never the value) and an

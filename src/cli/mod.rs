@@ -1,6 +1,6 @@
 //! The `fugo` command line: a thin shell around the library.
 //!
-//! Flags are parsed in two stages ([`args`] → [`settings`]); each command
+//! Flags are parsed in two stages (`args` → `settings`); each command
 //! lives in its own module; every fatal error is one [`CliError`], printed
 //! once by [`main`] and mapped to an exit status there.
 
