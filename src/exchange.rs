@@ -122,8 +122,8 @@ pub struct SealContext {
 /// Holds the keys and key caches; shared by every connection.
 pub struct Exchange {
     keys: KeyHierarchy,
-    coders: RwLock<HashMap<(AgencyId, Epoch), Arc<Coder>>>,
-    seal_keys: RwLock<HashMap<(AgencyId, Window), Arc<SealKey>>>,
+    coders: Cache<(AgencyId, Epoch), Coder>,
+    seal_keys: Cache<(AgencyId, Window), SealKey>,
     random: SystemRandom,
 }
 
@@ -132,8 +132,8 @@ impl Exchange {
     pub fn new(keys: KeyHierarchy) -> Self {
         Exchange {
             keys,
-            coders: RwLock::default(),
-            seal_keys: RwLock::default(),
+            coders: Cache::default(),
+            seal_keys: Cache::default(),
             random: SystemRandom::new(),
         }
     }
@@ -144,44 +144,18 @@ impl Exchange {
     }
 
     fn coder(&self, agency: &AgencyId, epoch: Epoch) -> Arc<Coder> {
-        let key = (agency.clone(), epoch);
-        // A poisoned cache holds nothing half-written (inserts are single
-        // calls), so it is safe to keep using.
-        if let Some(coder) = self
-            .coders
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&key)
-        {
-            return Arc::clone(coder);
-        }
-        let coder = Arc::new(Coder::new(&self.keys, agency.clone(), epoch));
-        self.coders
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .entry(key)
-            .or_insert(coder)
-            .clone()
+        self.coders.get_or_make((agency.clone(), epoch), || {
+            Coder::new(&self.keys, agency.clone(), epoch)
+        })
     }
 
     fn seal_key(&self, addressee: &AgencyId, window: Window) -> Arc<SealKey> {
-        let key = (addressee.clone(), window);
-        if let Some(found) = self
-            .seal_keys
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&key)
-        {
-            return Arc::clone(found);
-        }
-        let made = Arc::new(self.keys.seal_key(addressee, window));
-        let mut cache = self
-            .seal_keys
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
+        let key = self.seal_keys.get_or_make((addressee.clone(), window), || {
+            self.keys.seal_key(addressee, window)
+        });
         // Keep the cache small: keys of windows long past are not needed.
-        cache.retain(|(_, w), _| w.get() + 64 >= window.get());
-        cache.entry(key).or_insert(made).clone()
+        self.seal_keys.retain(|(_, w)| w.get() + 64 >= window.get());
+        key
     }
 
     /// The caller's codes for `numbers` (ASCII digits).
@@ -427,6 +401,39 @@ impl Exchange {
             })
             .collect();
         Ok(results)
+    }
+}
+
+/// A read-mostly cache of key schedules, built once and shared.
+struct Cache<K, V>(RwLock<HashMap<K, Arc<V>>>);
+
+impl<K, V> Default for Cache<K, V> {
+    fn default() -> Self {
+        Cache(RwLock::new(HashMap::new()))
+    }
+}
+
+impl<K: Eq + std::hash::Hash, V> Cache<K, V> {
+    /// The value for `key`, made by `make` on first use. A poisoned lock
+    /// holds nothing half-written (inserts are single calls), so it is used.
+    fn get_or_make(&self, key: K, make: impl FnOnce() -> V) -> Arc<V> {
+        if let Some(found) = self
+            .0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&key)
+        {
+            return Arc::clone(found);
+        }
+        let made = Arc::new(make());
+        let mut map = self.0.write().unwrap_or_else(PoisonError::into_inner);
+        Arc::clone(map.entry(key).or_insert(made))
+    }
+
+    /// Drops the entries whose keys fail `keep`.
+    fn retain(&self, keep: impl Fn(&K) -> bool) {
+        let mut map = self.0.write().unwrap_or_else(PoisonError::into_inner);
+        map.retain(|key, _| keep(key));
     }
 }
 

@@ -174,25 +174,16 @@ pub struct TokenHeader {
 impl TokenHeader {
     /// Reads the header; returns it and its length in bytes.
     fn read(bytes: &[u8]) -> Result<(Self, usize), TokenError> {
-        let (&format, rest) = bytes.split_first().ok_or(TokenError::Malformed)?;
-        if format != TOKEN_FORMAT {
-            return Err(TokenError::UnknownFormat);
-        }
-        let window = rest.get(..4).ok_or(TokenError::Malformed)?;
-        let window = Window(u32::from_be_bytes([
-            window[0], window[1], window[2], window[3],
-        ]));
-        let length = usize::from(*rest.get(4).ok_or(TokenError::Malformed)?);
-        let name = rest.get(5..5 + length).ok_or(TokenError::Malformed)?;
-        let name = std::str::from_utf8(name).map_err(|_| TokenError::Malformed)?;
-        let addressee = AgencyId::new(name).map_err(|_| TokenError::Malformed)?;
+        let (window, name) = peek(bytes)?;
+        let text = std::str::from_utf8(name).map_err(|_| TokenError::Malformed)?;
+        let addressee = AgencyId::new(text).map_err(|_| TokenError::Malformed)?;
         Ok((
             TokenHeader {
-                format,
+                format: TOKEN_FORMAT,
                 window,
                 addressee,
             },
-            1 + 4 + 1 + length,
+            1 + 4 + 1 + name.len(),
         ))
     }
 
