@@ -546,3 +546,51 @@ fn policy_check_accepts_the_example_and_names_every_problem() {
         )
     );
 }
+
+#[test]
+fn dev_certs_writes_a_ca_a_server_and_one_client_per_agency() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("pki");
+    let out = fugo(
+        &[
+            "dev-certs",
+            "--out",
+            out_dir.to_str().unwrap(),
+            "--agencies",
+            "mhlw,city-shinjuku",
+        ],
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", errors(&out));
+    assert!(errors(&out).contains("2 client certificates"));
+    for name in [
+        "ca.pem",
+        "ca.key",
+        "server.pem",
+        "server.key",
+        "mhlw.pem",
+        "mhlw.key",
+        "city-shinjuku.pem",
+        "city-shinjuku.key",
+    ] {
+        let text = fs::read_to_string(out_dir.join(name)).unwrap();
+        assert!(text.starts_with("-----BEGIN"), "{name}");
+    }
+    let mode = fs::metadata(out_dir.join("mhlw.key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let bad = fugo(
+        &[
+            "dev-certs",
+            "--out",
+            out_dir.to_str().unwrap(),
+            "--agencies",
+            "Bad Name",
+        ],
+        b"",
+    );
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(errors(&bad).contains("agency id must start with a-z or 0-9"));
+}

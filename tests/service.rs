@@ -615,3 +615,44 @@ async fn health_and_reflection_are_served() {
     );
     harness.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_lets_an_in_flight_stream_finish() {
+    let mut harness = Harness::start().await;
+    let mut mhlw = harness.client("mhlw").await;
+    let (sender, receiver) = tokio::sync::mpsc::channel::<DeriveRequest>(4);
+    let mut responses = mhlw
+        .derive_stream(tokio_stream::wrappers::ReceiverStream::new(receiver))
+        .await
+        .unwrap()
+        .into_inner();
+    sender
+        .send(DeriveRequest {
+            numbers: numbers(100, 1),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        responses.message().await.unwrap().unwrap().results.len(),
+        100
+    );
+    // Stop while the stream is open; keep sending for a while after.
+    let running = harness.running.take().unwrap();
+    let stopping = tokio::spawn(running.stop());
+    for batch in 0..5 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        sender
+            .send(DeriveRequest {
+                numbers: numbers(100, 10 + batch),
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            responses.message().await.unwrap().unwrap().results.len(),
+            100
+        );
+    }
+    drop(sender);
+    assert!(responses.message().await.unwrap().is_none());
+    stopping.await.unwrap().unwrap();
+}
