@@ -328,16 +328,16 @@ impl Exchange {
                 {
                     let verdict = match opened.shared.decode() {
                         None => Err((FailureKind::InvalidArgument, TokenError::Forged.to_string())),
-                        Some(context) => policy
-                            .authorize(
-                                &context.requester,
-                                &context.affair,
-                                caller,
-                                &context.items,
-                                context.non_disclosure_until.is_some(),
-                            )
-                            .map(|_| Arc::new(context.clone()))
-                            .map_err(|denied| (FailureKind::PermissionDenied, denied.to_string())),
+                        Some(context) => match policy.authorize(
+                            &context.requester,
+                            &context.affair,
+                            caller,
+                            &context.items,
+                            context.non_disclosure_until.is_some(),
+                        ) {
+                            Ok(_) => Ok(Arc::new(context)),
+                            Err(denied) => Err((FailureKind::PermissionDenied, denied.to_string())),
+                        },
                     };
                     last_context = Some((opened.shared.clone(), verdict));
                 }
