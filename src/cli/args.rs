@@ -105,24 +105,8 @@ pub(crate) struct DeriveArgs {
     /// The agency's key epoch, 1 to 31.
     #[arg(long, value_name = "N", value_parser = parse_epoch)]
     pub(crate) epoch: Epoch,
-    /// Input file; standard input when absent.
-    #[arg(value_name = "INPUT")]
-    pub(crate) input: Option<PathBuf>,
-    /// Output file; standard output when absent.
-    #[arg(short, long, value_name = "OUTPUT")]
-    pub(crate) output: Option<PathBuf>,
-    /// Read CSV with a header row instead of one number a line.
-    #[arg(long, requires = "column")]
-    pub(crate) csv: bool,
-    /// With --csv: the column holding My Numbers, replaced by codes.
-    #[arg(long, value_name = "NAME", requires = "csv")]
-    pub(crate) column: Option<String>,
-    /// With --csv: keep the number column and append the codes as NEW.
-    #[arg(long, value_name = "NEW", requires = "column")]
-    pub(crate) append_column: Option<String>,
-    /// Write rejected line numbers and reasons here instead of stderr.
-    #[arg(long, value_name = "FILE")]
-    pub(crate) rejects: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) files: FileArgs,
     /// Worker threads; every core by default.
     #[arg(long, value_name = "N")]
     pub(crate) threads: Option<NonZeroUsize>,
@@ -188,6 +172,14 @@ pub(crate) struct ClientArgs {
     /// Seal: unix seconds until which the person may not see the exchange.
     #[arg(long, value_name = "UNIX_SECONDS", default_value_t = 0)]
     pub(crate) non_disclosure_until: i64,
+    #[command(flatten)]
+    pub(crate) files: FileArgs,
+}
+
+/// Input, output and reject files, and the CSV options: the same for
+/// `fugo derive` and `fugo client`.
+#[derive(Debug, Args)]
+pub(crate) struct FileArgs {
     /// Input file; standard input when absent.
     #[arg(value_name = "INPUT")]
     pub(crate) input: Option<PathBuf>,
@@ -197,10 +189,10 @@ pub(crate) struct ClientArgs {
     /// Read CSV with a header row instead of one item a line.
     #[arg(long, requires = "column")]
     pub(crate) csv: bool,
-    /// With --csv: the column holding the items.
+    /// With --csv: the column holding the items, replaced by the results.
     #[arg(long, value_name = "NAME", requires = "csv")]
     pub(crate) column: Option<String>,
-    /// With --csv: keep the column and append results as NEW.
+    /// With --csv: keep the column and append the results as NEW.
     #[arg(long, value_name = "NEW", requires = "column")]
     pub(crate) append_column: Option<String>,
     /// Write rejected line numbers and reasons here instead of stderr.

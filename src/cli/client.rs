@@ -22,14 +22,14 @@ pub(crate) fn run(args: ClientArgs) -> Result<Summary, CliError> {
         ClientOperation::Redeem => Operation::Redeem,
         ClientOperation::Reidentify => Operation::Reidentify,
     };
-    let shape = match (args.csv, args.column) {
+    let shape = match (args.files.csv, args.files.column) {
         (true, Some(column)) => Shape::Csv {
             column,
-            append: args.append_column,
+            append: args.files.append_column,
         },
         _ => Shape::Lines,
     };
-    let input: Box<dyn Read + Send> = match &args.input {
+    let input: Box<dyn Read + Send> = match &args.files.input {
         Some(path) => Box::new(File::open(path).map_err(|source| CliError::OpenInput {
             path: path.display().to_string(),
             source,
@@ -42,12 +42,12 @@ pub(crate) fn run(args: ClientArgs) -> Result<Summary, CliError> {
             source,
         })
     };
-    let mut output: Box<dyn Write> = match &args.output {
+    let mut output: Box<dyn Write> = match &args.files.output {
         Some(path) => Box::new(BufWriter::new(create(path)?)),
         None => Box::new(BufWriter::new(io::stdout().lock())),
     };
     let progress = progress_bar();
-    let mut rejects: Box<dyn Write> = match &args.rejects {
+    let mut rejects: Box<dyn Write> = match &args.files.rejects {
         Some(path) => Box::new(BufWriter::new(create(path)?)),
         None => Box::new(BufWriter::new(AboveProgress {
             bar: progress.clone(),

@@ -32,10 +32,10 @@ pub(crate) struct DeriveSettings {
 
 impl From<DeriveArgs> for DeriveSettings {
     fn from(args: DeriveArgs) -> Self {
-        let shape = match (args.csv, args.column) {
+        let shape = match (args.files.csv, args.files.column) {
             (true, Some(column)) => InputShape::Csv(CsvOptions {
                 column,
-                append: args.append_column,
+                append: args.files.append_column,
             }),
             // clap's `requires` makes --csv and --column come together.
             _ => InputShape::Lines,
@@ -51,9 +51,9 @@ impl From<DeriveArgs> for DeriveSettings {
             },
             agency: args.agency,
             epoch: args.epoch,
-            input: args.input,
-            output: args.output,
-            rejects: args.rejects,
+            input: args.files.input,
+            output: args.files.output,
+            rejects: args.files.rejects,
             shape,
             threads,
         }
