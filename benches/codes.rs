@@ -30,14 +30,7 @@ fn numbers() -> Vec<[u8; DIGITS]> {
             state ^= state << 13;
             state ^= state >> 7;
             state ^= state << 17;
-            let mut digits = [0u8; DIGITS];
-            let mut rest = state % 100_000_000_000;
-            for slot in digits[..11].iter_mut().rev() {
-                *slot = (rest % 10) as u8;
-                rest /= 10;
-            }
-            digits[11] = mynumber::check_digit(&digits);
-            digits.map(|d| b'0' + d)
+            mynumber::with_check_digit(state)
         })
         .collect()
 }

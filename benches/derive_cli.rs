@@ -33,14 +33,7 @@ fn valid_numbers() -> impl Iterator<Item = [u8; 12]> {
         state ^= state << 13;
         state ^= state >> 7;
         state ^= state << 17;
-        let mut digits = [0u8; 12];
-        let mut rest = state % 100_000_000_000;
-        for slot in digits[..11].iter_mut().rev() {
-            *slot = (rest % 10) as u8;
-            rest /= 10;
-        }
-        digits[11] = mynumber::check_digit(&digits);
-        Some(digits.map(|d| b'0' + d))
+        Some(mynumber::with_check_digit(state))
     })
 }
 

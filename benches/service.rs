@@ -66,14 +66,8 @@ fn env_number(name: &str, default: usize) -> usize {
 }
 
 fn number(i: u64) -> String {
-    let mut digits = [0u8; 12];
-    let mut rest = (i.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 20) % 100_000_000_000;
-    for slot in digits[..11].iter_mut().rev() {
-        *slot = (rest % 10) as u8;
-        rest /= 10;
-    }
-    digits[11] = mynumber::check_digit(&digits);
-    digits.iter().map(|d| char::from(b'0' + d)).collect()
+    let digits = mynumber::with_check_digit(i.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 20);
+    String::from_utf8_lossy(&digits).into_owned()
 }
 
 /// The baseline: the same service shape and message sizes, no crypto. It

@@ -138,11 +138,6 @@ impl Exchange {
         }
     }
 
-    /// The fingerprint of the master key in use.
-    pub fn fingerprint(&self) -> crate::keys::Fingerprint {
-        self.keys.fingerprint()
-    }
-
     fn coder(&self, agency: &AgencyId, epoch: Epoch) -> Arc<Coder> {
         self.coders.get_or_make((agency.clone(), epoch), || {
             Coder::new(&self.keys, agency.clone(), epoch)
@@ -549,14 +544,8 @@ token_lifetime_seconds = 3600
     fn numbers(count: u64) -> Vec<String> {
         (0..count)
             .map(|i| {
-                let mut digits = [0u8; 12];
-                let mut rest = (i * 7_919_007 + 13) % 100_000_000_000;
-                for slot in digits[..11].iter_mut().rev() {
-                    *slot = (rest % 10) as u8;
-                    rest /= 10;
-                }
-                digits[11] = crate::mynumber::check_digit(&digits);
-                digits.iter().map(|d| char::from(b'0' + d)).collect()
+                let digits = crate::mynumber::with_check_digit(i * 7_919_007 + 13);
+                String::from_utf8_lossy(&digits).into_owned()
             })
             .collect()
     }

@@ -84,12 +84,5 @@ impl Vectors {
 
 /// A valid 12-digit number from 11 digits of `seed`.
 pub fn valid_number(seed: u64) -> String {
-    let mut digits = [0u8; 12];
-    let mut rest = seed % 100_000_000_000;
-    for slot in digits[..11].iter_mut().rev() {
-        *slot = (rest % 10) as u8;
-        rest /= 10;
-    }
-    digits[11] = fugo::mynumber::check_digit(&digits);
-    digits.iter().map(|d| char::from(b'0' + d)).collect()
+    String::from_utf8(fugo::mynumber::with_check_digit(seed).to_vec()).unwrap()
 }
