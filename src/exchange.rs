@@ -736,6 +736,33 @@ token_lifetime_seconds = 3600
     }
 
     #[test]
+    fn a_non_disclosure_date_travels_only_where_the_rule_allows_it() {
+        let (exchange, policy) = setup();
+        let code = ok(exchange
+            .derive(&policy, &id("mhlw"), &bytes(&numbers(1)))
+            .unwrap());
+        let mut hidden = context("moj", "family-register");
+        hidden.non_disclosure_until = Some(NOW + 86_400);
+        assert!(matches!(
+            exchange.seal(&policy, &id("mhlw"), &hidden, &bytes(&code), NOW),
+            Err(BatchError::Denied(Denied::NonDisclosureNotAllowed { .. }))
+        ));
+        let allowing = Policy::parse(&format!("{POLICY}non_disclosure = true\n")).unwrap();
+        let sealed = ok(exchange
+            .seal(&allowing, &id("mhlw"), &hidden, &bytes(&code), NOW)
+            .unwrap());
+        let token = [sealed[0].token.as_bytes()];
+        let redeemed = ok(exchange.redeem(&allowing, &id("moj"), &token, NOW).unwrap());
+        assert_eq!(redeemed[0].context.non_disclosure_until, Some(NOW + 86_400));
+        // Withdrawing the permission voids the token: the rule is checked again.
+        let result = exchange.redeem(&policy, &id("moj"), &token, NOW).unwrap();
+        assert_eq!(
+            result[0].as_ref().unwrap_err().kind,
+            FailureKind::PermissionDenied
+        );
+    }
+
+    #[test]
     fn batches_are_bounded() {
         let (exchange, policy) = setup();
         let many = vec![&b"123456789018"[..]; MAX_BATCH + 1];
