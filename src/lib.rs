@@ -7,25 +7,24 @@
 //! not built yet.
 //!
 //! ```text
-//!  cli ─ fugo serve | client | derive | keygen | keys | policy | dev-certs
-//!   │
-//!   ├─ service: mTLS identity → fugo.v1.Codes → status (one error mapping)
-//!   │     └─ exchange: derive / seal / redeem / reidentify on batches
-//!   ├─ client: streaming batches over one connection
-//!   ├─ bulk: ordered parallel pipeline for files (fugo derive)
-//!   ├─ keyfile, certs: files on disk
-//!   │
-//!   core (no I/O, no threads, reviewable alone)
-//!     mynumber ─► batch ─► code ─► code_text        policy (TOML, located problems)
-//!     agency  ──►  keys ──┴─► token (AES-256-GCM per addressee and day)
-//!
-//!   number ──parse──► B = n ‖ "fugo-pn1" ──AES(K_person)──► handle h
-//!          ──AES(K_agency(a,e))──► code c ──base32+Luhn──► "1" e c… check
+//!  fugo (this package: everything that touches a file, a socket, a clock)
+//!  ┌──────────────────────────────────────────────────────────────────────┐
+//!  │ cli ─ fugo serve | client | derive | keygen | keys | policy | dev-certs │
+//!  │  ├─ service: mTLS identity → fugo.v1.Codes → status (one error mapping) │
+//!  │  ├─ client: streaming batches over one connection                      │
+//!  │  ├─ bulk: ordered parallel pipeline for files                          │
+//!  │  └─ policy (TOML, located problems), keyfile, certs: files on disk      │
+//!  └───────────────────────────────┬──────────────────────────────────────┘
+//!                                  ▼
+//!  fugo-core (crates/core: no I/O, no clock, no OS randomness; reviewable alone)
+//!    exchange ─► policy model, token ─► batch ─► code ─► code_text
+//!                                   mynumber, keys, agency
 //! ```
 //!
-//! A lower layer never imports a higher one: the core modules (`mynumber`,
-//! `agency`, `keys`, `code`, `code_text`, `batch`, `token`, `policy`) know
-//! nothing of files, threads, the network or the command line.
+//! The arrow runs one way: `fugo-core` depends on cryptographic and error
+//! crates only, so the compiler keeps files, threads, the network and the
+//! command line out of it. Its modules are re-exported here under their own
+//! names (`fugo::keys`, `fugo::code`, …).
 //!
 //! **Nothing here logs or prints a secret.** [`mynumber::MyNumber`], the key
 //! types and [`code::PersonHandle`] have no `Display`, print `[REDACTED]` in
@@ -33,43 +32,16 @@
 //! messages name a rule, a position or a line number, never an input value,
 //! so logs and reject reports are safe to archive. `tests/no_leak.rs` proves
 //! it by searching every output channel for every test number and code.
-//!
-//! ```
-//! use fugo::agency::{AgencyId, Epoch};
-//! use fugo::code::{AgencyCode, Coder};
-//! use fugo::keys::{KeyHierarchy, MasterKey};
-//! use fugo::mynumber::MyNumber;
-//!
-//! // The public demo key 00 01 02 … 1f (keys-example/master.key).
-//! let master = MasterKey::from_bytes(std::array::from_fn(|i| i as u8));
-//! let keys = KeyHierarchy::new(&master);
-//! assert_eq!(keys.fingerprint().to_string(), "34391a36deac07213d13a6753154bf16");
-//!
-//! let shinjuku = Coder::new(&keys, AgencyId::new("city-shinjuku")?, Epoch::new(1)?);
-//! let number = MyNumber::parse(b"123456789018")?;
-//! let code = shinjuku.derive(&number);
-//! assert_eq!(&code.to_text(), b"117SQFZDBBY20YB707P62RD1R8FGJ");
-//!
-//! // Only fugo, holding the keys, can open a code again.
-//! let reread = AgencyCode::parse(b"117s-qfzd-bby2-0yb7-07p6-2rd1-r8fgj")?;
-//! assert_eq!(shinjuku.reidentify(&reread)?.expose_value(), 123_456_789_018);
-//! # Ok::<(), Box<dyn std::error::Error>>(())
-//! ```
 
-pub mod agency;
-pub mod batch;
+use fugo_core::hex;
+pub use fugo_core::{agency, batch, code, code_text, exchange, keys, mynumber, token};
+
 pub mod bulk;
 pub mod certs;
 pub mod cli;
 pub mod client;
-pub mod code;
-pub mod code_text;
-pub mod exchange;
-mod hex;
 pub mod keyfile;
-pub mod keys;
-pub mod mynumber;
 pub mod policy;
 pub mod proto;
+pub mod random;
 pub mod service;
-pub mod token;

@@ -189,7 +189,7 @@ fn check_policy(path: &std::path::Path) -> Result<(), CliError> {
                 .count(),
             message: "the file is not valid UTF-8".to_owned(),
         }],
-        Ok(text) => match crate::policy::Policy::parse(text) {
+        Ok(text) => match crate::policy::parse(text) {
             Ok(policy) => {
                 return print_line(&format!(
                     "{shown}: valid policy: {} agencies, {} affairs, {} rules; version {}",

@@ -153,16 +153,19 @@ impl<'t> Checker<'t> {
             self.problems.sort_by_key(|problem| problem.line);
             return Err(PolicyError(self.problems));
         }
-        let certificates = certificates
-            .into_iter()
-            .filter_map(|(identity, owner)| Some((identity, AgencyId::new(&owner).ok()?)))
-            .collect();
-        Ok(Policy {
+        // Every problem the model would refuse was located above; should the
+        // two ever disagree, the model's word stands, without a line.
+        Policy::new(
             version,
-            agencies,
-            affairs,
-            rules,
-            certificates,
+            agencies.into_values().collect(),
+            affairs.into_values().collect(),
+            rules.into_values().collect(),
+        )
+        .map_err(|inconsistent| {
+            PolicyError(vec![Problem {
+                line: 0,
+                message: inconsistent.to_string(),
+            }])
         })
     }
 
@@ -174,7 +177,7 @@ impl<'t> Checker<'t> {
             let name = self.text_field(&entry.name, "agency name");
             let mut capabilities = BTreeSet::new();
             for capability in &entry.capabilities {
-                match Capability::parse(capability.get_ref()) {
+                match Capability::from_name(capability.get_ref()) {
                     Some(known) => {
                         capabilities.insert(known);
                     }
@@ -352,11 +355,11 @@ impl<'t> Checker<'t> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::parse;
     use super::super::tests::GOOD;
-    use super::*;
 
     fn problems(text: &str) -> Vec<String> {
-        Policy::parse(text)
+        parse(text)
             .unwrap_err()
             .0
             .iter()

@@ -222,9 +222,6 @@ fn seal(
             })?),
         },
     };
-    if context.items.is_empty() {
-        return Err(status::bad_field("items", "name at least one data item"));
-    }
     let codes: Vec<&[u8]> = request.codes.iter().map(String::as_bytes).collect();
     let results = state
         .exchange

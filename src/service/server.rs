@@ -25,6 +25,7 @@ use crate::keyfile::{self, KeyLoadError, KeySource};
 use crate::policy::{Policy, PolicyError, PolicyVersion};
 use crate::proto::FILE_DESCRIPTOR_SET;
 use crate::proto::fugo::v1::codes_server::CodesServer;
+use crate::random::SystemRandomness;
 
 /// Why the server could not start (or reload).
 #[derive(Debug, Error)]
@@ -95,7 +96,7 @@ pub fn load_policy(path: &Path) -> Result<Policy, ServeError> {
         path: shown.clone(),
         source,
     })?;
-    Policy::parse(&text).map_err(|problems| ServeError::Policy {
+    crate::policy::parse(&text).map_err(|problems| ServeError::Policy {
         path: shown,
         problems,
     })
@@ -223,7 +224,7 @@ pub async fn start(
     let tls = tls_config(&config, &policy)?;
     let version = policy.version().clone();
     let state = Arc::new(State {
-        exchange: Exchange::new(keys),
+        exchange: Exchange::new(keys, Box::new(SystemRandomness::new())),
         policy: RwLock::new(Arc::new(policy)),
         identities: Identities::default(),
     });

@@ -1,27 +1,36 @@
-//! The one place where fugo's errors become gRPC statuses and item errors.
+//! The one place where fugo's outcomes become gRPC statuses and item errors.
 //!
 //! Whole-request failures become a `tonic::Status`; per-item failures become
-//! an `ItemError` with a `google.rpc.Code`. Every message here names a rule,
-//! a field or an index, never a number or a code.
+//! an `ItemError` with a `google.rpc.Code`. Both start from the core's typed
+//! outcomes ([`BatchError`], [`ItemError`]), so which code a client sees is
+//! decided here and nowhere else. Every message names a rule, a field or an
+//! index, never a number or a code.
 
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::exchange::{BatchError, FailureKind, ItemFailure};
+use crate::exchange::{BatchError, ItemError, ItemFailure};
 use crate::policy::Denied;
-use crate::proto::fugo::v1::ItemError;
+use crate::proto::fugo::v1::ItemError as WireItemError;
 use crate::proto::google::rpc::Code as RpcCode;
+use crate::token::TokenError;
 
 /// A whole batch refused.
 pub(crate) fn batch(error: BatchError) -> Status {
+    let message = error.to_string();
     match error {
-        BatchError::Denied(Denied::UnknownAgency(agency)) => {
-            Status::permission_denied(format!("agency {agency} is not in the policy"))
+        BatchError::Denied(Denied::UnknownAgency(_)) | BatchError::Denied(_) => {
+            Status::permission_denied(message)
         }
-        BatchError::Denied(denied) => Status::permission_denied(denied.to_string()),
-        BatchError::TooLarge(_) => Status::resource_exhausted(error.to_string()),
-        BatchError::BadField { field, reason } => bad_field(field, &reason),
-        BatchError::Random => Status::internal("the server could not draw random numbers"),
+        BatchError::TooLarge(_) => Status::resource_exhausted(message),
+        BatchError::NoItems | BatchError::DuplicateItem(_) | BatchError::Items(_) => {
+            bad_field("items", &message)
+        }
+        BatchError::NonDisclosurePast | BatchError::NonDisclosureTooFar { .. } => {
+            bad_field("non_disclosure_until", &message)
+        }
+        BatchError::Random(_) => Status::internal("the server could not draw random numbers"),
+        _ => Status::internal(message),
     }
 }
 
@@ -39,17 +48,95 @@ pub(crate) fn unauthenticated(reason: &str) -> Status {
     Status::unauthenticated(reason.to_owned())
 }
 
+/// The code a client sees for one item's failure.
+fn item_code(error: &ItemError) -> RpcCode {
+    match error {
+        ItemError::Number(_) | ItemError::CodeText(_) => RpcCode::InvalidArgument,
+        ItemError::UnknownCode => RpcCode::NotFound,
+        ItemError::RetiredEpoch(_) | ItemError::StaleWindow | ItemError::Expired => {
+            RpcCode::FailedPrecondition
+        }
+        ItemError::Token(TokenError::WrongAddressee | TokenError::WrongWindow) => {
+            RpcCode::FailedPrecondition
+        }
+        ItemError::Token(_) => RpcCode::InvalidArgument,
+        ItemError::Withdrawn(_) => RpcCode::PermissionDenied,
+        _ => RpcCode::Internal,
+    }
+}
+
 /// One item's failure, for the response.
-pub(crate) fn item(failure: ItemFailure) -> ItemError {
-    let code = match failure.kind {
-        FailureKind::InvalidArgument => RpcCode::InvalidArgument,
-        FailureKind::NotFound => RpcCode::NotFound,
-        FailureKind::FailedPrecondition => RpcCode::FailedPrecondition,
-        FailureKind::PermissionDenied => RpcCode::PermissionDenied,
-    };
-    ItemError {
+pub(crate) fn item(failure: ItemFailure) -> WireItemError {
+    WireItemError {
         index: u32::try_from(failure.index).unwrap_or(u32::MAX),
-        code: code as i32,
-        reason: failure.reason,
+        code: item_code(&failure.error) as i32,
+        reason: failure.error.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agency::{AffairId, AgencyId, Epoch};
+    use crate::code_text::CodeTextError;
+    use crate::mynumber::ParseError;
+
+    #[test]
+    fn every_item_outcome_has_its_documented_code() {
+        let agency = AgencyId::new("mhlw").unwrap();
+        let cases = [
+            (
+                ItemError::Number(ParseError::CheckDigit),
+                RpcCode::InvalidArgument,
+            ),
+            (
+                ItemError::CodeText(CodeTextError::WrongLength { length: 3 }),
+                RpcCode::InvalidArgument,
+            ),
+            (ItemError::UnknownCode, RpcCode::NotFound),
+            (
+                ItemError::RetiredEpoch(Epoch::new(1).unwrap()),
+                RpcCode::FailedPrecondition,
+            ),
+            (
+                ItemError::Token(TokenError::WrongAddressee),
+                RpcCode::FailedPrecondition,
+            ),
+            (
+                ItemError::Token(TokenError::Forged),
+                RpcCode::InvalidArgument,
+            ),
+            (ItemError::StaleWindow, RpcCode::FailedPrecondition),
+            (ItemError::Expired, RpcCode::FailedPrecondition),
+            (
+                ItemError::Withdrawn(Denied::NoRule {
+                    requester: agency.clone(),
+                    affair: AffairId::new("health").unwrap(),
+                    provider: agency,
+                }),
+                RpcCode::PermissionDenied,
+            ),
+        ];
+        for (error, code) in cases {
+            let shown = error.to_string();
+            let wire = item(ItemFailure { index: 7, error });
+            assert_eq!(
+                (wire.index, wire.code, wire.reason),
+                (7, code as i32, shown)
+            );
+        }
+    }
+
+    #[test]
+    fn seal_field_problems_name_their_field() {
+        let status = batch(BatchError::NonDisclosurePast);
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(status.message().starts_with("field non_disclosure_until:"));
+        let status = batch(BatchError::NoItems);
+        assert!(status.message().starts_with("field items:"));
+        assert_eq!(
+            batch(BatchError::TooLarge(10_001)).code(),
+            Code::ResourceExhausted
+        );
     }
 }

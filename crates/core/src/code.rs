@@ -14,8 +14,6 @@
 
 use std::fmt;
 
-use aes::Block;
-use aes::cipher::{BlockCipherDecrypt, BlockCipherEncrypt};
 use thiserror::Error;
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
@@ -43,17 +41,40 @@ pub fn person_block(value: u64) -> [u8; 16] {
 
 /// The person handle h: the same for one person across all agencies, so it
 /// links them. It never leaves fugo; `Debug` is redacted, wiped on drop.
-#[derive(Zeroize, ZeroizeOnDrop)]
+///
+/// Its bytes can be reached only inside this crate (tokens carry it sealed)
+/// or, with the `vectors` feature, by known-answer tests and benchmarks.
+/// Nothing outside the crate can make one:
+///
+/// ```compile_fail
+/// let forged = fugo_core::code::PersonHandle::from_bytes([0; 16]);
+/// ```
 pub struct PersonHandle([u8; 16]);
 
+impl Drop for PersonHandle {
+    fn drop(&mut self) {
+        self.0.zeroize();
+    }
+}
+
+impl ZeroizeOnDrop for PersonHandle {}
+
 impl PersonHandle {
-    /// The 16 handle bytes. For test vectors and the next layer only.
+    /// The 16 handle bytes (the next layer's input).
+    #[cfg(not(feature = "vectors"))]
+    pub(crate) fn expose_bytes(&self) -> &[u8; 16] {
+        &self.0
+    }
+
+    /// The 16 handle bytes. Only with the `vectors` feature: for test
+    /// vectors and benchmarks.
+    #[cfg(feature = "vectors")]
     pub fn expose_bytes(&self) -> &[u8; 16] {
         &self.0
     }
 
     /// A handle from its 16 bytes (out of an authenticated token).
-    pub fn from_bytes(bytes: [u8; 16]) -> Self {
+    pub(crate) fn from_bytes(bytes: [u8; 16]) -> Self {
         PersonHandle(bytes)
     }
 }
@@ -108,55 +129,50 @@ impl fmt::Debug for AgencyCode {
     }
 }
 
-impl PersonKey {
-    /// h = AES-256(K_person, B).
-    pub fn handle_of(&self, number: &MyNumber) -> PersonHandle {
-        let mut block = Block::from(person_block(number.expose_value()));
-        self.0.encrypt_block(&mut block);
-        let handle = PersonHandle(block.into());
-        block.as_mut_slice().zeroize();
-        handle
-    }
-
-    /// Inverts [`PersonKey::handle_of`], accepting only a well-formed block.
-    pub fn number_of(&self, handle: &PersonHandle) -> Result<MyNumber, UnknownCode> {
-        let mut block = Block::from(handle.0);
-        self.0.decrypt_block(&mut block);
-        let mut bytes: [u8; 16] = block.into();
-        block.as_mut_slice().zeroize();
-        let mut high = [0u8; 8];
-        high.copy_from_slice(&bytes[..8]);
-        let labelled = bytes[8..] == PERSON_BLOCK_LABEL[..];
-        let mut value = u64::from_be_bytes(high);
-        bytes.zeroize();
-        high.zeroize();
-        let result = if labelled && value < LIMIT {
-            MyNumber::from_value(value).map_err(|_| UnknownCode)
-        } else {
-            Err(UnknownCode)
-        };
-        value.zeroize();
-        result
-    }
+/// h = AES-256(K_person, B).
+fn handle_of(person: &PersonKey, number: &MyNumber) -> PersonHandle {
+    let mut blocks = [person_block(number.expose_value())];
+    person.encrypt_blocks(&mut blocks);
+    let handle = PersonHandle(blocks[0]);
+    blocks.zeroize();
+    handle
 }
 
-impl AgencyKey {
-    /// c = AES-256(K_agency, h).
-    pub fn code_bytes_of(&self, handle: &PersonHandle) -> [u8; 16] {
-        let mut block = Block::from(handle.0);
-        self.0.encrypt_block(&mut block);
-        block.into()
-    }
+/// Inverts [`handle_of`], accepting only a well-formed block: the
+/// `fugo-pn1` label and a valid 12-digit number.
+fn number_of(person: &PersonKey, handle: &PersonHandle) -> Result<MyNumber, UnknownCode> {
+    let mut blocks = [handle.0];
+    person.decrypt_blocks(&mut blocks);
+    let mut high = [0u8; 8];
+    high.copy_from_slice(&blocks[0][..8]);
+    let labelled = blocks[0][8..] == PERSON_BLOCK_LABEL[..];
+    let mut value = u64::from_be_bytes(high);
+    blocks.zeroize();
+    high.zeroize();
+    let result = if labelled && value < LIMIT {
+        MyNumber::from_value(value).map_err(|_| UnknownCode)
+    } else {
+        Err(UnknownCode)
+    };
+    value.zeroize();
+    result
+}
 
-    /// h = AES-256⁻¹(K_agency, c), unchecked: only [`PersonKey::number_of`]
-    /// can tell whether it is a real handle.
-    fn unchecked_handle_of(&self, code: &[u8; 16]) -> PersonHandle {
-        let mut block = Block::from(*code);
-        self.0.decrypt_block(&mut block);
-        let handle = PersonHandle(block.into());
-        block.as_mut_slice().zeroize();
-        handle
-    }
+/// c = AES-256(K_agency, h).
+fn code_bytes_of(agency: &AgencyKey, handle: &PersonHandle) -> [u8; 16] {
+    let mut blocks = [handle.0];
+    agency.encrypt_blocks(&mut blocks);
+    blocks[0]
+}
+
+/// h = AES-256⁻¹(K_agency, c), unchecked: only [`number_of`] can tell
+/// whether it is a real handle.
+fn unchecked_handle_of(agency: &AgencyKey, code: &[u8; 16]) -> PersonHandle {
+    let mut blocks = [*code];
+    agency.decrypt_blocks(&mut blocks);
+    let handle = PersonHandle(blocks[0]);
+    blocks.zeroize();
+    handle
 }
 
 /// Derives and opens the codes of one agency in one epoch. Build it once per
@@ -189,17 +205,25 @@ impl Coder {
         self.epoch
     }
 
-    /// The person handle of `number`.
+    /// The person handle of `number` (for this crate's tests).
+    #[cfg(all(test, not(feature = "vectors")))]
+    pub(crate) fn handle(&self, number: &MyNumber) -> PersonHandle {
+        handle_of(&self.person, number)
+    }
+
+    /// The person handle of `number`. Only with the `vectors` feature: for
+    /// test vectors and benchmarks.
+    #[cfg(feature = "vectors")]
     pub fn handle(&self, number: &MyNumber) -> PersonHandle {
-        self.person.handle_of(number)
+        handle_of(&self.person, number)
     }
 
     /// The agency code of `number`.
     pub fn derive(&self, number: &MyNumber) -> AgencyCode {
-        let handle = self.person.handle_of(number);
+        let handle = handle_of(&self.person, number);
         AgencyCode {
             epoch: self.epoch,
-            bytes: self.agency_key.code_bytes_of(&handle),
+            bytes: code_bytes_of(&self.agency_key, &handle),
         }
     }
 
@@ -208,7 +232,7 @@ impl Coder {
     pub fn code_of(&self, handle: &PersonHandle) -> AgencyCode {
         AgencyCode {
             epoch: self.epoch,
-            bytes: self.agency_key.code_bytes_of(handle),
+            bytes: code_bytes_of(&self.agency_key, handle),
         }
     }
 
@@ -217,29 +241,28 @@ impl Coder {
     /// valid My Number).
     pub fn open(&self, code: &AgencyCode) -> Result<PersonHandle, UnknownCode> {
         let handle = self.unchecked_handle(code)?;
-        self.person.number_of(&handle)?;
+        number_of(&self.person, &handle)?;
         Ok(handle)
     }
 
     /// Opens `code` all the way back to the My Number.
     pub fn reidentify(&self, code: &AgencyCode) -> Result<MyNumber, UnknownCode> {
         let handle = self.unchecked_handle(code)?;
-        self.person.number_of(&handle)
+        number_of(&self.person, &handle)
     }
 
     fn unchecked_handle(&self, code: &AgencyCode) -> Result<PersonHandle, UnknownCode> {
         if code.epoch != self.epoch {
             return Err(UnknownCode);
         }
-        Ok(self.agency_key.unchecked_handle_of(&code.bytes))
+        Ok(unchecked_handle_of(&self.agency_key, &code.bytes))
     }
 
     /// Turns person blocks B into code blocks c in place, both layers batched
     /// so the cipher can pipeline many blocks at once.
     pub fn encrypt_person_blocks(&self, blocks: &mut [[u8; 16]]) {
-        let blocks = Block::cast_slice_from_core_mut(blocks);
-        self.person.0.encrypt_blocks(blocks);
-        self.agency_key.0.encrypt_blocks(blocks);
+        self.person.encrypt_blocks(blocks);
+        self.agency_key.encrypt_blocks(blocks);
     }
 }
 

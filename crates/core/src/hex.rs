@@ -5,7 +5,7 @@
 //! input may be key material.
 
 /// Writes `bytes` as lowercase hex.
-pub(crate) fn encode(bytes: &[u8]) -> String {
+pub fn encode(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(bytes.len() * 2);
     for byte in bytes {
@@ -29,7 +29,7 @@ fn nibble(byte: u8) -> Option<u8> {
 ///
 /// On error returns the 1-based position of the first character that is
 /// not a hex digit; the caller checks the length first.
-pub(crate) fn decode_into(text: &[u8], out: &mut [u8]) -> Result<(), usize> {
+pub fn decode_into(text: &[u8], out: &mut [u8]) -> Result<(), usize> {
     debug_assert_eq!(text.len(), out.len() * 2);
     for (index, slot) in out.iter_mut().enumerate() {
         let high = nibble(text[2 * index]).ok_or(2 * index + 1)?;

@@ -6,7 +6,7 @@
 //!   └─ PRK = HKDF-Extract(salt = "fugo/v1", IKM = master)
 //!        ├─ K_person     = HKDF-Expand(PRK, "fugo/v1/person", 32)
 //!        ├─ K_agency(a,e)= HKDF-Expand(PRK, "fugo/v1/agency/" ‖ a ‖ "/" ‖ e, 32)
-//!        ├─ K_seal(b,w)  = HKDF-Expand(PRK, "fugo/v1/seal/" ‖ b ‖ "/" ‖ w, 32)  (crate::token)
+//!        ├─ K_seal(b,w)  = HKDF-Expand(PRK, "fugo/v1/seal/" ‖ b ‖ "/" ‖ w, 32)
 //!        └─ KCV          = HKDF-Expand(PRK, "fugo/v1/kcv", 16)   (the fingerprint)
 //! ```
 //!
@@ -19,8 +19,8 @@
 
 use std::fmt;
 
-use aes::Aes256;
-use aes::cipher::KeyInit;
+use aes::cipher::{BlockCipherDecrypt, BlockCipherEncrypt, KeyInit};
+use aes::{Aes256, Block};
 use hkdf::Hkdf;
 use sha2::Sha256;
 use thiserror::Error;
@@ -35,6 +35,8 @@ pub const SALT_V1: &[u8] = b"fugo/v1";
 pub const INFO_PERSON: &[u8] = b"fugo/v1/person";
 /// HKDF-Expand info prefix of agency keys; followed by `agency/epoch`.
 pub const INFO_AGENCY_PREFIX: &[u8] = b"fugo/v1/agency/";
+/// HKDF-Expand info prefix of sealing keys; followed by `addressee/window`.
+pub const INFO_SEAL_PREFIX: &[u8] = b"fugo/v1/seal/";
 /// HKDF-Expand info of the key check value.
 pub const INFO_KCV: &[u8] = b"fugo/v1/kcv";
 
@@ -199,13 +201,25 @@ impl KeyHierarchy {
         ]))
     }
 
+    /// K_seal(addressee, window): the AES-256-GCM key of tokens addressed to
+    /// `addressee` in key window `window` (see `token::Window`).
+    pub fn seal_key_bytes(&self, addressee: &AgencyId, window: u32) -> Zeroizing<[u8; KEY_LEN]> {
+        let window_text = window.to_string();
+        self.expand_key(&[
+            INFO_SEAL_PREFIX,
+            addressee.as_str().as_bytes(),
+            b"/",
+            window_text.as_bytes(),
+        ])
+    }
+
     fn aes_key(&self, info: &[&[u8]]) -> Aes256 {
         Aes256::new((&*self.expand_key(info)).into())
     }
 
     /// A 32-byte key expanded under `info` (the parts are concatenated).
     /// Every caller owns a distinct label starting `fugo/v1/`.
-    pub(crate) fn expand_key(&self, info: &[&[u8]]) -> Zeroizing<[u8; KEY_LEN]> {
+    fn expand_key(&self, info: &[&[u8]]) -> Zeroizing<[u8; KEY_LEN]> {
         let mut key = Zeroizing::new([0u8; KEY_LEN]);
         self.expand(info, key.as_mut_slice());
         key
@@ -219,11 +233,40 @@ impl fmt::Debug for KeyHierarchy {
 }
 
 /// The AES-256 key schedule of K_person (wiped on drop by the `aes` crate's
-/// `zeroize` feature).
-pub struct PersonKey(pub(crate) Aes256);
+/// `zeroize` feature). It turns person blocks into handles and back.
+pub struct PersonKey(Aes256);
 
-/// The AES-256 key schedule of one K_agency(a, e).
-pub struct AgencyKey(pub(crate) Aes256);
+impl PersonKey {
+    /// Encrypts person blocks B into handles h, in place.
+    pub fn encrypt_blocks(&self, blocks: &mut [[u8; 16]]) {
+        self.0
+            .encrypt_blocks(Block::cast_slice_from_core_mut(blocks));
+    }
+
+    /// Decrypts handles h back into person blocks B, in place.
+    pub fn decrypt_blocks(&self, blocks: &mut [[u8; 16]]) {
+        self.0
+            .decrypt_blocks(Block::cast_slice_from_core_mut(blocks));
+    }
+}
+
+/// The AES-256 key schedule of one K_agency(a, e). It turns handles into
+/// code blocks and back.
+pub struct AgencyKey(Aes256);
+
+impl AgencyKey {
+    /// Encrypts handles h into code blocks c, in place.
+    pub fn encrypt_blocks(&self, blocks: &mut [[u8; 16]]) {
+        self.0
+            .encrypt_blocks(Block::cast_slice_from_core_mut(blocks));
+    }
+
+    /// Decrypts code blocks c back into (unchecked) handles, in place.
+    pub fn decrypt_blocks(&self, blocks: &mut [[u8; 16]]) {
+        self.0
+            .decrypt_blocks(Block::cast_slice_from_core_mut(blocks));
+    }
+}
 
 impl fmt::Debug for PersonKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

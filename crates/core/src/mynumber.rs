@@ -51,8 +51,25 @@ pub enum ParseError {
 }
 
 /// A valid My Number. Holds the secret: redacted in `Debug`, wiped on drop.
-#[derive(Zeroize, ZeroizeOnDrop)]
+///
+/// There is no public `zeroize()`: a wiped value would be 000000000000,
+/// itself a valid number, so a wiped `MyNumber` must never be usable. The
+/// value is wiped only as it is dropped:
+///
+/// ```compile_fail
+/// use zeroize::Zeroize;
+/// let mut number = fugo_core::mynumber::MyNumber::parse(b"123456789018").unwrap();
+/// number.zeroize(); // no such method: a wiped number would be valid
+/// ```
 pub struct MyNumber(u64);
+
+impl Drop for MyNumber {
+    fn drop(&mut self) {
+        self.0.zeroize();
+    }
+}
+
+impl ZeroizeOnDrop for MyNumber {}
 
 impl MyNumber {
     /// Parses exactly 12 ASCII digits whose last digit is the check digit.

@@ -1,13 +1,15 @@
 //! The exchange policy: 別表第二 (the My Number Act's table of who may ask
 //! whom for what) as data.
 //!
-//! A policy file (TOML) lists agencies, affairs and rules. Deny by default:
-//! a seal is allowed only if a rule names that requester, affair and
-//! provider, and only for data items the rule lists. Parsing collects every
-//! problem with its line instead of stopping at the first, so an operator
-//! fixes a file in one pass; a policy that parses is internally consistent.
-//! The policy's version is the SHA-256 of the file, so every response and
-//! audit record can say which table it was decided under.
+//! A policy lists agencies, affairs and rules. Deny by default: a seal is
+//! allowed only if a rule names that requester, affair and provider, and
+//! only for data items the rule lists. [`Policy::new`] accepts only an
+//! internally consistent policy. The policy's version is the SHA-256 of the
+//! file it came from, so every response and audit record can say which
+//! table it was decided under.
+//!
+//! This module is the model. Its file form is TOML, read (with every
+//! problem located by line) in the `fugo` package's `policy` module:
 //!
 //! ```toml
 //! [[agency]]
@@ -31,8 +33,6 @@
 //! token_lifetime_seconds = 3600
 //! non_disclosure = false
 //! ```
-
-mod check;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
@@ -58,7 +58,8 @@ pub enum Capability {
 }
 
 impl Capability {
-    fn parse(text: &str) -> Option<Self> {
+    /// The capability named `text` in a policy file, if any.
+    pub fn from_name(text: &str) -> Option<Self> {
         match text {
             "derive" => Some(Capability::Derive),
             "reidentify" => Some(Capability::Reidentify),
@@ -135,6 +136,11 @@ pub struct Rule {
 pub struct PolicyVersion(String);
 
 impl PolicyVersion {
+    /// The version of a policy file with this text: its SHA-256.
+    pub fn of_text(text: &str) -> Self {
+        PolicyVersion(hex::encode(&Sha256::digest(text.as_bytes())))
+    }
+
     /// The version text.
     pub fn as_str(&self) -> &str {
         &self.0
@@ -147,32 +153,51 @@ impl fmt::Display for PolicyVersion {
     }
 }
 
-/// One problem in a policy file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    /// 1-based line (0 when the problem has no place, e.g. an empty file).
-    pub line: usize,
-    /// What is wrong.
-    pub message: String,
-}
-
-impl fmt::Display for Problem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "line {}: {}", self.line, self.message)
-    }
-}
-
-/// Every problem found in a policy file, in line order.
+/// Why a set of agencies, affairs and rules is not a consistent policy.
+/// The file reader reports the same problems with their lines first; this
+/// is the model's own guard.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
-#[error("policy has {} problem(s):\n{}", .0.len(), render(.0))]
-pub struct PolicyError(pub Vec<Problem>);
-
-fn render(problems: &[Problem]) -> String {
-    problems
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join("\n")
+#[non_exhaustive]
+pub enum Inconsistent {
+    /// The policy lists no agency.
+    #[error("the policy lists no agency")]
+    NoAgency,
+    /// Two agencies, affairs or rules share an id (or a rule's triple).
+    #[error("{what} {id} is listed twice")]
+    Duplicate {
+        /// "agency", "affair", "rule" or "certificate identity".
+        what: &'static str,
+        /// The repeated id.
+        id: String,
+    },
+    /// An agency's current epoch is not among its accepted epochs.
+    #[error("agency {0}: the current epoch must be among the accepted epochs")]
+    EpochNotAccepted(AgencyId),
+    /// A rule names an agency or affair the policy does not list.
+    #[error("rule {requester} → {provider} under {affair}: names an unknown {missing}")]
+    UnknownReference {
+        /// The rule's requester.
+        requester: AgencyId,
+        /// Its affair.
+        affair: AffairId,
+        /// Its provider.
+        provider: AgencyId,
+        /// What is missing: "requester", "provider" or "affair".
+        missing: &'static str,
+    },
+    /// A rule whose requester is its provider, with no item, or with a
+    /// token lifetime outside 1 s to [`MAX_TOKEN_LIFETIME`].
+    #[error("rule {requester} → {provider} under {affair}: {reason}")]
+    BadRule {
+        /// The rule's requester.
+        requester: AgencyId,
+        /// Its affair.
+        affair: AffairId,
+        /// Its provider.
+        provider: AgencyId,
+        /// What is wrong.
+        reason: &'static str,
+    },
 }
 
 /// Why an exchange is not allowed. The message names the missing rule or
@@ -240,19 +265,98 @@ pub struct Policy {
 }
 
 impl Policy {
-    /// Parses and checks a policy file's text.
-    pub fn parse(text: &str) -> Result<Self, PolicyError> {
-        let version = PolicyVersion(hex::encode(&Sha256::digest(text.as_bytes())));
-        let raw: check::RawPolicy = toml::from_str(text).map_err(|error| {
-            let line = error
-                .span()
-                .map_or(0, |span| check::line_of(text, span.start));
-            PolicyError(vec![Problem {
-                line,
-                message: error.message().trim().to_owned(),
-            }])
-        })?;
-        check::Checker::new(text).check(raw, version)
+    /// A policy from its parts, if they are consistent: unique ids and
+    /// certificate identities, current epochs accepted, rules that name
+    /// listed agencies and affairs, at least one item, a requester that is
+    /// not the provider, and a lifetime within [`MAX_TOKEN_LIFETIME`].
+    pub fn new(
+        version: PolicyVersion,
+        agencies: Vec<Agency>,
+        affairs: Vec<Affair>,
+        rules: Vec<Rule>,
+    ) -> Result<Self, Inconsistent> {
+        if agencies.is_empty() {
+            return Err(Inconsistent::NoAgency);
+        }
+        let duplicate = |what, id: &dyn fmt::Display| Inconsistent::Duplicate {
+            what,
+            id: id.to_string(),
+        };
+        let mut by_id = BTreeMap::new();
+        let mut certificates = HashMap::new();
+        for agency in agencies {
+            if !agency.accepted_epochs.contains(&agency.epoch) {
+                return Err(Inconsistent::EpochNotAccepted(agency.id));
+            }
+            for identity in &agency.certificates {
+                if certificates
+                    .insert(identity.clone(), agency.id.clone())
+                    .is_some()
+                {
+                    return Err(duplicate("certificate identity", identity));
+                }
+            }
+            if let Some(again) = by_id.insert(agency.id.clone(), agency) {
+                return Err(duplicate("agency", &again.id));
+            }
+        }
+        let mut affairs_by_id = BTreeMap::new();
+        for affair in affairs {
+            if let Some(again) = affairs_by_id.insert(affair.id.clone(), affair) {
+                return Err(duplicate("affair", &again.id));
+            }
+        }
+        let mut rules_by_key = HashMap::new();
+        for rule in rules {
+            let bad = |reason| Inconsistent::BadRule {
+                requester: rule.requester.clone(),
+                affair: rule.affair.clone(),
+                provider: rule.provider.clone(),
+                reason,
+            };
+            let unknown = |missing| Inconsistent::UnknownReference {
+                requester: rule.requester.clone(),
+                affair: rule.affair.clone(),
+                provider: rule.provider.clone(),
+                missing,
+            };
+            if !by_id.contains_key(&rule.requester) {
+                return Err(unknown("requester"));
+            }
+            if !by_id.contains_key(&rule.provider) {
+                return Err(unknown("provider"));
+            }
+            if !affairs_by_id.contains_key(&rule.affair) {
+                return Err(unknown("affair"));
+            }
+            if rule.requester == rule.provider {
+                return Err(bad("the requester cannot be the provider"));
+            }
+            if rule.items.is_empty() {
+                return Err(bad("lists no data item"));
+            }
+            if rule.token_lifetime == 0 || rule.token_lifetime > MAX_TOKEN_LIFETIME {
+                return Err(bad("token lifetime must be 1 second to 30 days"));
+            }
+            let key = (
+                rule.requester.clone(),
+                rule.affair.clone(),
+                rule.provider.clone(),
+            );
+            if rules_by_key.insert(key, rule).is_some() {
+                return Err(Inconsistent::Duplicate {
+                    what: "rule",
+                    id: "(requester, affair, provider)".to_owned(),
+                });
+            }
+        }
+        Ok(Policy {
+            version,
+            agencies: by_id,
+            affairs: affairs_by_id,
+            rules: rules_by_key,
+            certificates,
+        })
     }
 
     /// The version (SHA-256 of the file).
@@ -356,92 +460,85 @@ impl Policy {
 mod tests {
     use super::*;
 
-    pub(super) const GOOD: &str = r#"
-[[agency]]
-id = "mhlw"
-name = "Ministry of Health, Labour and Welfare"
-certificates = ["mhlw"]
-capabilities = ["derive"]
-epoch = 2
-accepted_epochs = [1, 2]
-
-[[agency]]
-id = "city-shinjuku"
-name = "Shinjuku City"
-certificates = ["city-shinjuku", "city-shinjuku-2027"]
-capabilities = ["derive", "reidentify"]
-epoch = 1
-
-[[affair]]
-id = "health-insurance-benefit"
-name = "健康保険法による保険給付の支給に関する事務"
-legal_basis = "番号法 別表第二 第二項"
-
-[[rule]]
-requester = "mhlw"
-affair = "health-insurance-benefit"
-provider = "city-shinjuku"
-items = ["local-tax", "resident-register"]
-token_lifetime_seconds = 3600
-"#;
-
     fn id(text: &str) -> AgencyId {
         AgencyId::new(text).unwrap()
     }
 
-    #[test]
-    fn a_good_policy_answers_questions() {
-        let policy = Policy::parse(GOOD).unwrap();
-        assert_eq!(policy.version().as_str().len(), 64);
-        let mhlw = id("mhlw");
-        let shinjuku = id("city-shinjuku");
-        let affair = AffairId::new("health-insurance-benefit").unwrap();
-        let tax = ItemId::new("local-tax").unwrap();
-        assert!(
-            policy
-                .authorize(&mhlw, &affair, &shinjuku, std::slice::from_ref(&tax), false)
-                .is_ok()
-        );
-        assert_eq!(
-            policy
-                .authorize(&shinjuku, &affair, &mhlw, std::slice::from_ref(&tax), false)
-                .unwrap_err()
-                .to_string(),
-            "no rule lets city-shinjuku ask mhlw under affair health-insurance-benefit"
-        );
-        let pension = ItemId::new("pension").unwrap();
-        assert!(matches!(
-            policy.authorize(&mhlw, &affair, &shinjuku, &[pension], false),
-            Err(Denied::ItemNotAllowed { .. })
-        ));
-        assert!(matches!(
-            policy.authorize(&mhlw, &affair, &shinjuku, &[tax], true),
-            Err(Denied::NonDisclosureNotAllowed { .. })
-        ));
-        assert_eq!(
-            policy
-                .agency_for_certificate("city-shinjuku-2027")
-                .unwrap()
-                .id,
-            shinjuku
-        );
-        assert!(policy.agency_for_certificate("nta").is_none());
-        assert!(policy.require(&shinjuku, Capability::Reidentify).is_ok());
-        assert_eq!(
-            policy
-                .require(&mhlw, Capability::Reidentify)
-                .unwrap_err()
-                .to_string(),
-            "agency mhlw does not have the reidentify capability"
-        );
-        assert_eq!(policy.agency(&mhlw).unwrap().accepted_epochs.len(), 2);
-        assert_eq!(policy.longest_token_lifetime(), 3600);
+    fn agency(name: &str, certificate: &str) -> Agency {
+        let epoch = Epoch::new(1).unwrap();
+        Agency {
+            id: id(name),
+            name: name.to_owned(),
+            certificates: vec![certificate.to_owned()],
+            capabilities: BTreeSet::new(),
+            epoch,
+            accepted_epochs: BTreeSet::from([epoch]),
+        }
+    }
+
+    fn rule(requester: &str, provider: &str, lifetime: u64) -> Rule {
+        Rule {
+            requester: id(requester),
+            affair: AffairId::new("health").unwrap(),
+            provider: id(provider),
+            items: BTreeSet::from([ItemId::new("local-tax").unwrap()]),
+            token_lifetime: lifetime,
+            non_disclosure: false,
+        }
+    }
+
+    fn affair() -> Affair {
+        Affair {
+            id: AffairId::new("health").unwrap(),
+            name: "health insurance".to_owned(),
+            legal_basis: "table 2".to_owned(),
+        }
+    }
+
+    fn build(agencies: Vec<Agency>, rules: Vec<Rule>) -> Result<Policy, Inconsistent> {
+        Policy::new(PolicyVersion::of_text(""), agencies, vec![affair()], rules)
     }
 
     #[test]
-    fn the_version_changes_with_the_file() {
-        let a = Policy::parse(GOOD).unwrap();
-        let b = Policy::parse(&format!("{GOOD}\n# comment\n")).unwrap();
-        assert_ne!(a.version(), b.version());
+    fn the_model_refuses_what_the_file_reader_would_have_located() {
+        let two = || vec![agency("mhlw", "mhlw"), agency("nta", "nta")];
+        assert!(build(two(), vec![rule("mhlw", "nta", 60)]).is_ok());
+        assert_eq!(build(vec![], vec![]).unwrap_err(), Inconsistent::NoAgency);
+        assert!(matches!(
+            build(vec![agency("mhlw", "x"), agency("nta", "x")], vec![]),
+            Err(Inconsistent::Duplicate {
+                what: "certificate identity",
+                ..
+            })
+        ));
+        assert!(matches!(
+            build(two(), vec![rule("mhlw", "moj", 60)]),
+            Err(Inconsistent::UnknownReference {
+                missing: "provider",
+                ..
+            })
+        ));
+        assert!(matches!(
+            build(two(), vec![rule("mhlw", "mhlw", 60)]),
+            Err(Inconsistent::BadRule { .. })
+        ));
+        assert!(matches!(
+            build(two(), vec![rule("mhlw", "nta", MAX_TOKEN_LIFETIME + 1)]),
+            Err(Inconsistent::BadRule { .. })
+        ));
+        let mut drifting = agency("mhlw", "mhlw");
+        drifting.accepted_epochs.clear();
+        assert!(matches!(
+            build(vec![drifting], vec![]),
+            Err(Inconsistent::EpochNotAccepted(_))
+        ));
+    }
+
+    #[test]
+    fn the_version_is_the_sha256_of_the_text() {
+        assert_eq!(
+            PolicyVersion::of_text("").as_str(),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
     }
 }

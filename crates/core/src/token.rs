@@ -40,14 +40,14 @@ use crate::keys::KeyHierarchy;
 pub const TOKEN_FORMAT: u8 = 1;
 /// Length of a key window, in seconds (one UTC day).
 pub const WINDOW_SECONDS: u64 = 86_400;
-/// HKDF-Expand info prefix of sealing keys; followed by `addressee/window`.
-pub const INFO_SEAL_PREFIX: &[u8] = b"fugo/v1/seal/";
+pub use crate::keys::INFO_SEAL_PREFIX;
 /// Domain label at the start of the associated data.
 const AAD_LABEL: &[u8] = b"fugo/v1/token";
 /// Most data items one token may name.
 pub const MAX_ITEMS: usize = 64;
 
-const NONCE_LEN: usize = 12;
+/// Length of a token nonce, in bytes (96-bit GCM nonce).
+pub const NONCE_LEN: usize = 12;
 const TAG_LEN: usize = 16;
 
 /// A key window: whole days since 1970-01-01 UTC.
@@ -327,16 +327,10 @@ impl fmt::Debug for SealKey {
     }
 }
 
-impl KeyHierarchy {
-    /// K_seal(addressee, window).
-    pub fn seal_key(&self, addressee: &AgencyId, window: Window) -> SealKey {
-        let window_text = window.0.to_string();
-        let key = self.expand_key(&[
-            INFO_SEAL_PREFIX,
-            addressee.as_str().as_bytes(),
-            b"/",
-            window_text.as_bytes(),
-        ]);
+impl SealKey {
+    /// K_seal(addressee, window), ready to seal and open.
+    pub fn new(keys: &KeyHierarchy, addressee: &AgencyId, window: Window) -> SealKey {
+        let key = keys.seal_key_bytes(addressee, window.0);
         let mut header = Vec::with_capacity(6 + addressee.as_str().len());
         TokenHeader {
             format: TOKEN_FORMAT,
@@ -546,7 +540,7 @@ mod tests {
         let keys = keys();
         let b = AgencyId::new("city-shinjuku").unwrap();
         let window = Window::containing(1_790_000_000);
-        let key = keys.seal_key(&b, window);
+        let key = SealKey::new(&keys, &b, window);
         let original = claims(&keys);
         let token = key.seal(&original, [1; 12]).unwrap();
         assert_eq!(
@@ -570,7 +564,7 @@ mod tests {
     #[test]
     fn fresh_nonces_make_tokens_unlinkable() {
         let keys = keys();
-        let key = keys.seal_key(&AgencyId::new("nta").unwrap(), Window::new(20_000));
+        let key = SealKey::new(&keys, &AgencyId::new("nta").unwrap(), Window::new(20_000));
         let claims = claims(&keys);
         let a = key.seal(&claims, [1; 12]).unwrap();
         let b = key.seal(&claims, [2; 12]).unwrap();
@@ -592,23 +586,22 @@ mod tests {
         let b = AgencyId::new("city-shinjuku").unwrap();
         let c = AgencyId::new("nta").unwrap();
         let window = Window::new(20_000);
-        let token = keys
-            .seal_key(&b, window)
+        let token = SealKey::new(&keys, &b, window)
             .seal(&claims(&keys), [3; 12])
             .unwrap();
         assert_eq!(
-            keys.seal_key(&c, window).open(&token).unwrap_err(),
+            SealKey::new(&keys, &c, window).open(&token).unwrap_err(),
             TokenError::WrongAddressee
         );
         assert_eq!(
-            keys.seal_key(&b, Window::new(20_001))
+            SealKey::new(&keys, &b, Window::new(20_001))
                 .open(&token)
                 .unwrap_err(),
             TokenError::WrongWindow
         );
         let other = KeyHierarchy::new(&MasterKey::from_bytes([5; 32]));
         assert_eq!(
-            other.seal_key(&b, window).open(&token).unwrap_err(),
+            SealKey::new(&other, &b, window).open(&token).unwrap_err(),
             TokenError::Forged
         );
     }
@@ -617,7 +610,7 @@ mod tests {
     fn any_altered_byte_is_refused() {
         let keys = keys();
         let b = AgencyId::new("city-shinjuku").unwrap();
-        let key = keys.seal_key(&b, Window::new(20_000));
+        let key = SealKey::new(&keys, &b, Window::new(20_000));
         let token = key.seal(&claims(&keys), [4; 12]).unwrap();
         for index in 0..token.as_bytes().len() {
             let mut bytes = token.as_bytes().to_vec();

@@ -1,0 +1,185 @@
+//! The four operations of the linkage model — derive, seal, redeem,
+//! reidentify — on batches, for one calling agency under one policy.
+//!
+//! ```text
+//!  derive      numbers ─► the caller's codes                   (derive.rs)
+//!  seal        the caller's codes ─► tokens for a provider      (seal.rs)
+//!  redeem      tokens addressed to the caller ─► its codes      (redeem.rs)
+//!  reidentify  the caller's codes ─► numbers                    (reidentify.rs)
+//!  outcome     what each item and batch can end in              (outcome.rs)
+//! ```
+//!
+//! This is everything the gRPC service does except transport: it checks the
+//! policy, opens and makes codes, seals and opens tokens, and answers one
+//! result per item in input order. A bad item becomes an [`ItemFailure`]
+//! (its index and a typed [`ItemError`], never the value) and never fails
+//! the batch; only a [`BatchError`] (no rule, no capability, a bad shared
+//! field) refuses a whole batch. The service edge maps both to gRPC codes
+//! in one place; the audit trail records the same types.
+//!
+//! Nothing here reads a clock or draws randomness of its own: `now` is an
+//! argument and the [`RandomSource`] is given to [`Exchange::new`], so every
+//! operation is reproducible under test. Key schedules are built once per
+//! (agency, epoch) and sealing keys once per (addressee, day) and kept, so
+//! a batch does no key derivation.
+
+mod derive;
+mod outcome;
+mod redeem;
+mod reidentify;
+mod seal;
+
+use std::collections::HashMap;
+use std::sync::{Arc, PoisonError, RwLock};
+
+use crate::agency::{AgencyId, Epoch};
+use crate::code::{AgencyCode, Coder, PersonHandle};
+use crate::keys::KeyHierarchy;
+use crate::policy::Agency;
+use crate::token::{SealKey, Window};
+
+pub use outcome::{BatchError, ItemError, ItemFailure, RandomFailed, Results};
+pub use redeem::Redeemed;
+pub use seal::{MAX_NON_DISCLOSURE, SealContext, Sealed};
+
+/// Most items in one batch.
+pub const MAX_BATCH: usize = 10_000;
+
+/// Where sealing draws its serials and nonces: the operating system's
+/// CSPRNG in the service, a fixed sequence in known-answer tests.
+pub trait RandomSource: Send + Sync {
+    /// Fills `out` with random bytes.
+    fn fill(&self, out: &mut [u8]) -> Result<(), RandomFailed>;
+}
+
+/// Holds the keys and key caches; shared by every connection.
+pub struct Exchange {
+    keys: KeyHierarchy,
+    coders: Cache<(AgencyId, Epoch), Coder>,
+    seal_keys: Cache<(AgencyId, Window), SealKey>,
+    random: Box<dyn RandomSource>,
+}
+
+impl Exchange {
+    /// An exchange over `keys`, sealing with randomness from `random`.
+    pub fn new(keys: KeyHierarchy, random: Box<dyn RandomSource>) -> Self {
+        Exchange {
+            keys,
+            coders: Cache::default(),
+            seal_keys: Cache::default(),
+            random,
+        }
+    }
+
+    fn coder(&self, agency: &AgencyId, epoch: Epoch) -> Arc<Coder> {
+        self.coders.get_or_make((agency.clone(), epoch), || {
+            Coder::new(&self.keys, agency.clone(), epoch)
+        })
+    }
+
+    fn seal_key(&self, addressee: &AgencyId, window: Window) -> Arc<SealKey> {
+        let key = self.seal_keys.get_or_make((addressee.clone(), window), || {
+            SealKey::new(&self.keys, addressee, window)
+        });
+        // Keep the cache small: keys of windows long past are not needed.
+        self.seal_keys.retain(|(_, w)| w.get() + 64 >= window.get());
+        key
+    }
+}
+
+/// The coders one batch has used, by epoch (a batch rarely spans more than
+/// one or two epochs, so a short list beats a map), and the one way a batch
+/// opens the caller's own codes.
+struct OwnCodes<'a> {
+    exchange: &'a Exchange,
+    agency: &'a Agency,
+    coders: Vec<(Epoch, Arc<Coder>)>,
+}
+
+impl<'a> OwnCodes<'a> {
+    fn new(exchange: &'a Exchange, agency: &'a Agency) -> Self {
+        OwnCodes {
+            exchange,
+            agency,
+            coders: Vec::new(),
+        }
+    }
+
+    /// Reads `text` as one of the agency's codes of an accepted epoch and
+    /// returns the code and the coder of its epoch.
+    fn read(&mut self, text: &[u8]) -> Result<(AgencyCode, &Coder), ItemError> {
+        let code = AgencyCode::parse(text)?;
+        let epoch = code.epoch();
+        if !self.agency.accepted_epochs.contains(&epoch) {
+            return Err(ItemError::RetiredEpoch(epoch));
+        }
+        let position = match self.coders.iter().position(|(e, _)| *e == epoch) {
+            Some(position) => position,
+            None => {
+                let coder = self.exchange.coder(&self.agency.id, epoch);
+                self.coders.push((epoch, coder));
+                self.coders.len() - 1
+            }
+        };
+        Ok((code, &self.coders[position].1))
+    }
+
+    /// Opens `text` to the person handle.
+    fn open(&mut self, text: &[u8]) -> Result<PersonHandle, ItemError> {
+        let (code, coder) = self.read(text)?;
+        coder.open(&code).map_err(|_| ItemError::UnknownCode)
+    }
+}
+
+/// A read-mostly cache of key schedules, built once and shared.
+struct Cache<K, V>(RwLock<HashMap<K, Arc<V>>>);
+
+impl<K, V> Default for Cache<K, V> {
+    fn default() -> Self {
+        Cache(RwLock::new(HashMap::new()))
+    }
+}
+
+impl<K: Eq + std::hash::Hash, V> Cache<K, V> {
+    /// The value for `key`, made by `make` on first use. A poisoned lock
+    /// holds nothing half-written (inserts are single calls), so it is used.
+    fn get_or_make(&self, key: K, make: impl FnOnce() -> V) -> Arc<V> {
+        if let Some(found) = self
+            .0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&key)
+        {
+            return Arc::clone(found);
+        }
+        let made = Arc::new(make());
+        let mut map = self.0.write().unwrap_or_else(PoisonError::into_inner);
+        Arc::clone(map.entry(key).or_insert(made))
+    }
+
+    /// Drops the entries whose keys fail `keep`.
+    fn retain(&self, keep: impl Fn(&K) -> bool) {
+        let mut map = self.0.write().unwrap_or_else(PoisonError::into_inner);
+        map.retain(|key, _| keep(key));
+    }
+}
+
+fn check_size(items: usize) -> Result<(), BatchError> {
+    if items > MAX_BATCH {
+        Err(BatchError::TooLarge(items))
+    } else {
+        Ok(())
+    }
+}
+
+/// Runs `each` over the items, numbering failures by their index.
+fn per_item<I, T>(
+    items: impl IntoIterator<Item = I>,
+    mut each: impl FnMut(I) -> Result<T, ItemError>,
+) -> Results<T> {
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(index, item)| each(item).map_err(|error| ItemFailure { index, error }))
+        .collect()
+}

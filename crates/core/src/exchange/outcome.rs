@@ -1,0 +1,95 @@
+//! What an item or a whole batch can end in, as types: the service maps
+//! them to gRPC codes (`service/status.rs` in the `fugo` package), the
+//! audit trail records them, the metrics count them. No variant holds a
+//! number, a code or a token: only rules, positions, epochs and ids.
+
+use thiserror::Error;
+
+use crate::agency::{Epoch, ItemId};
+use crate::code_text::CodeTextError;
+use crate::mynumber::ParseError;
+use crate::policy::Denied;
+use crate::token::TokenError;
+
+/// One result per item, in input order.
+pub type Results<T> = Vec<Result<T, ItemFailure>>;
+
+/// Why one item of a batch has no result.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum ItemError {
+    /// Not a valid My Number.
+    #[error(transparent)]
+    Number(#[from] ParseError),
+    /// Not a well-formed code.
+    #[error(transparent)]
+    CodeText(#[from] CodeTextError),
+    /// A well-formed code that is not the caller's (another agency's, or
+    /// made under another key). Opaque on purpose.
+    #[error("unknown code")]
+    UnknownCode,
+    /// A code of an epoch the caller's agency no longer accepts.
+    #[error("code of epoch {0}, which is no longer accepted")]
+    RetiredEpoch(Epoch),
+    /// A token that is malformed, forged, or addressed to someone else.
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    /// A token sealed in a key window too old to hold a valid token.
+    #[error("token was sealed in a key window that is no longer accepted")]
+    StaleWindow,
+    /// A token past its expiry.
+    #[error("token has expired")]
+    Expired,
+    /// The rule behind a token was withdrawn (or narrowed) since it was
+    /// sealed.
+    #[error("the rule behind this token no longer allows it: {0}")]
+    Withdrawn(Denied),
+}
+
+/// One item's failure: its position and why. Never holds the value.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("item {index}: {error}")]
+pub struct ItemFailure {
+    /// Position in the batch, from 0.
+    pub index: usize,
+    /// What is wrong.
+    pub error: ItemError,
+}
+
+/// The random number source failed; nothing was sealed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+#[error("the random number generator failed")]
+pub struct RandomFailed;
+
+/// Why a whole batch was refused.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum BatchError {
+    /// The policy refuses the exchange.
+    #[error(transparent)]
+    Denied(#[from] Denied),
+    /// More than [`super::MAX_BATCH`] items.
+    #[error("a batch holds at most {max} items; this one has {0}", max = super::MAX_BATCH)]
+    TooLarge(usize),
+    /// A seal that names no data item.
+    #[error("name at least one data item")]
+    NoItems,
+    /// A seal that names a data item twice.
+    #[error("data item {0} is named twice")]
+    DuplicateItem(ItemId),
+    /// The data items cannot be sealed (too many).
+    #[error(transparent)]
+    Items(TokenError),
+    /// A non-disclosure date that is not in the future.
+    #[error("the non-disclosure date must lie in the future")]
+    NonDisclosurePast,
+    /// A non-disclosure date further ahead than the rule allows.
+    #[error("the non-disclosure date lies more than {max_days} days ahead")]
+    NonDisclosureTooFar {
+        /// The longest period allowed, in days.
+        max_days: u64,
+    },
+    /// The random number source failed.
+    #[error(transparent)]
+    Random(#[from] RandomFailed),
+}

@@ -1,0 +1,33 @@
+//! Reidentify: the caller's own codes → My Numbers (needs the `reidentify`
+//! capability).
+
+use zeroize::Zeroizing;
+
+use super::{BatchError, Exchange, ItemError, OwnCodes, Results, check_size, per_item};
+use crate::agency::AgencyId;
+use crate::policy::{Capability, Policy};
+
+impl Exchange {
+    /// My Numbers (12 ASCII digits, wiped on drop) for the caller's codes of
+    /// any accepted epoch.
+    pub fn reidentify(
+        &self,
+        policy: &Policy,
+        caller: &AgencyId,
+        codes: &[&[u8]],
+    ) -> Result<Results<Zeroizing<String>>, BatchError> {
+        check_size(codes.len())?;
+        let agency = policy.require(caller, Capability::Reidentify)?;
+        let mut own = OwnCodes::new(self, agency);
+        Ok(per_item(codes, |text| {
+            let (code, coder) = own.read(text)?;
+            let number = coder
+                .reidentify(&code)
+                .map_err(|_| ItemError::UnknownCode)?;
+            let digits = number.expose_digits();
+            Ok(Zeroizing::new(
+                String::from_utf8_lossy(&digits[..]).into_owned(),
+            ))
+        }))
+    }
+}

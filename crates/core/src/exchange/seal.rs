@@ -1,0 +1,131 @@
+//! Seal: the caller's own codes → tokens addressed to a provider, under a
+//! rule of the policy. Each token carries the person's handle, a fresh
+//! serial and the request context, sealed with the provider's key of the
+//! day, so only the provider can open it and neither side learns the
+//! other's code.
+
+use std::collections::BTreeSet;
+
+use super::{BatchError, Exchange, OwnCodes, Results, check_size, per_item};
+use crate::agency::{AffairId, AgencyId, ItemId};
+use crate::policy::Policy;
+use crate::token::{NONCE_LEN, SealedToken, Serial, SharedClaims, Window};
+
+/// Longest non-disclosure period a seal may ask for, in seconds (one
+/// year): no exchange is hidden from the person for longer.
+pub const MAX_NON_DISCLOSURE: u64 = 365 * 86_400;
+
+/// Random bytes one token takes: its serial and its nonce.
+const FRESH: usize = 16 + NONCE_LEN;
+
+/// The context common to a seal batch.
+#[derive(Debug, Clone)]
+pub struct SealContext {
+    /// Addressee.
+    pub provider: AgencyId,
+    /// Affair the caller acts under.
+    pub affair: AffairId,
+    /// Items asked for: at least one, none twice.
+    pub items: Vec<ItemId>,
+    /// Non-disclosure date (unix seconds), if asked for: in the future and
+    /// at most [`MAX_NON_DISCLOSURE`] ahead.
+    pub non_disclosure_until: Option<u64>,
+}
+
+/// A token ready to hand to the requester.
+#[derive(Debug, Clone)]
+pub struct Sealed {
+    /// The token.
+    pub token: SealedToken,
+    /// Its serial.
+    pub serial: Serial,
+    /// Unix seconds after which it is void.
+    pub expires_at: u64,
+}
+
+impl SealContext {
+    /// Checks what the policy cannot: items present and distinct, a
+    /// non-disclosure date in the future and within a year of `now`.
+    fn check(&self, now: u64) -> Result<(), BatchError> {
+        if self.items.is_empty() {
+            return Err(BatchError::NoItems);
+        }
+        let mut seen = BTreeSet::new();
+        if let Some(again) = self.items.iter().find(|item| !seen.insert(*item)) {
+            return Err(BatchError::DuplicateItem(again.clone()));
+        }
+        if let Some(until) = self.non_disclosure_until {
+            if until <= now {
+                return Err(BatchError::NonDisclosurePast);
+            }
+            if until - now > MAX_NON_DISCLOSURE {
+                return Err(BatchError::NonDisclosureTooFar {
+                    max_days: MAX_NON_DISCLOSURE / 86_400,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Exchange {
+    /// Tokens addressed to `context.provider`, one per code of the caller's,
+    /// sealed at `now` (unix seconds).
+    pub fn seal(
+        &self,
+        policy: &Policy,
+        caller: &AgencyId,
+        context: &SealContext,
+        codes: &[&[u8]],
+        now: u64,
+    ) -> Result<Results<Sealed>, BatchError> {
+        check_size(codes.len())?;
+        let agency = policy.agency(caller)?;
+        policy.agency(&context.provider)?;
+        context.check(now)?;
+        let rule = policy.authorize(
+            caller,
+            &context.affair,
+            &context.provider,
+            &context.items,
+            context.non_disclosure_until.is_some(),
+        )?;
+        let expires_at = now + rule.token_lifetime;
+        let shared = SharedClaims::new(
+            caller,
+            &context.affair,
+            &context.items,
+            expires_at,
+            context.non_disclosure_until,
+        )
+        .map_err(BatchError::Items)?;
+        let key = self.seal_key(&context.provider, Window::containing(now));
+        // One draw from the source per batch, not two per token.
+        let mut random = vec![0u8; FRESH * codes.len()];
+        self.random.fill(&mut random)?;
+        let mut own = OwnCodes::new(self, agency);
+        // Every item has its share, sealed or not, so an item's serial and
+        // nonce depend only on its position in the batch.
+        let shares = codes.iter().zip(random.chunks_exact(FRESH));
+        Ok(per_item(shares, |(text, share)| {
+            let (serial, nonce) = split_share(share);
+            let handle = own.open(text)?;
+            let token = key.seal_person(&handle, serial, &shared, nonce)?;
+            Ok(Sealed {
+                token,
+                serial,
+                expires_at,
+            })
+        }))
+    }
+}
+
+/// A token's serial and nonce from its share of the batch's random bytes
+/// (exactly [`FRESH`] of them: `chunks_exact` hands out no other length).
+fn split_share(share: &[u8]) -> (Serial, [u8; NONCE_LEN]) {
+    let mut serial = [0u8; 16];
+    let mut nonce = [0u8; NONCE_LEN];
+    serial.copy_from_slice(&share[..16]);
+    nonce.copy_from_slice(&share[16..FRESH]);
+    (Serial::from_bytes(serial), nonce)
+}

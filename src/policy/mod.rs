@@ -1,0 +1,175 @@
+//! The policy file: 別表第二 (the My Number Act's table of who may ask whom
+//! for what) as TOML, read into the core's [`Policy`] model.
+//!
+//! Reading collects every problem with its line instead of stopping at the
+//! first, so an operator fixes a file in one pass; a file that reads is a
+//! consistent policy. Its version is the SHA-256 of the text.
+//!
+//! ```toml
+//! [[agency]]
+//! id = "city-shinjuku"
+//! name = "Shinjuku City"
+//! certificates = ["city-shinjuku"]     # client certificate identities
+//! capabilities = ["derive", "reidentify"]
+//! epoch = 1                            # current key epoch
+//! accepted_epochs = [1]                # epochs still accepted on input
+//!
+//! [[affair]]
+//! id = "health-insurance-benefit"
+//! name = "健康保険法による保険給付の支給に関する事務"
+//! legal_basis = "番号法 別表第二 第二項"
+//!
+//! [[rule]]
+//! requester = "mhlw"
+//! affair = "health-insurance-benefit"
+//! provider = "city-shinjuku"
+//! items = ["local-tax", "resident-register"]
+//! token_lifetime_seconds = 3600
+//! non_disclosure = false
+//! ```
+
+mod check;
+
+use std::fmt;
+
+use thiserror::Error;
+
+pub use fugo_core::policy::*;
+
+/// One problem in a policy file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// 1-based line (0 when the problem has no place, e.g. an empty file).
+    pub line: usize,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "line {}: {}", self.line, self.message)
+    }
+}
+
+/// Every problem found in a policy file, in line order.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("policy has {} problem(s):\n{}", .0.len(), render(.0))]
+pub struct PolicyError(pub Vec<Problem>);
+
+fn render(problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Reads and checks a policy file's text.
+pub fn parse(text: &str) -> Result<Policy, PolicyError> {
+    let version = PolicyVersion::of_text(text);
+    let raw: check::RawPolicy = toml::from_str(text).map_err(|error| {
+        let line = error
+            .span()
+            .map_or(0, |span| check::line_of(text, span.start));
+        PolicyError(vec![Problem {
+            line,
+            message: error.message().trim().to_owned(),
+        }])
+    })?;
+    check::Checker::new(text).check(raw, version)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agency::{AffairId, AgencyId, ItemId};
+
+    pub(super) const GOOD: &str = r#"
+[[agency]]
+id = "mhlw"
+name = "Ministry of Health, Labour and Welfare"
+certificates = ["mhlw"]
+capabilities = ["derive"]
+epoch = 2
+accepted_epochs = [1, 2]
+
+[[agency]]
+id = "city-shinjuku"
+name = "Shinjuku City"
+certificates = ["city-shinjuku", "city-shinjuku-2027"]
+capabilities = ["derive", "reidentify"]
+epoch = 1
+
+[[affair]]
+id = "health-insurance-benefit"
+name = "健康保険法による保険給付の支給に関する事務"
+legal_basis = "番号法 別表第二 第二項"
+
+[[rule]]
+requester = "mhlw"
+affair = "health-insurance-benefit"
+provider = "city-shinjuku"
+items = ["local-tax", "resident-register"]
+token_lifetime_seconds = 3600
+"#;
+
+    fn id(text: &str) -> AgencyId {
+        AgencyId::new(text).unwrap()
+    }
+
+    #[test]
+    fn a_good_policy_answers_questions() {
+        let policy = parse(GOOD).unwrap();
+        assert_eq!(policy.version().as_str().len(), 64);
+        let mhlw = id("mhlw");
+        let shinjuku = id("city-shinjuku");
+        let affair = AffairId::new("health-insurance-benefit").unwrap();
+        let tax = ItemId::new("local-tax").unwrap();
+        assert!(
+            policy
+                .authorize(&mhlw, &affair, &shinjuku, std::slice::from_ref(&tax), false)
+                .is_ok()
+        );
+        assert_eq!(
+            policy
+                .authorize(&shinjuku, &affair, &mhlw, std::slice::from_ref(&tax), false)
+                .unwrap_err()
+                .to_string(),
+            "no rule lets city-shinjuku ask mhlw under affair health-insurance-benefit"
+        );
+        let pension = ItemId::new("pension").unwrap();
+        assert!(matches!(
+            policy.authorize(&mhlw, &affair, &shinjuku, &[pension], false),
+            Err(Denied::ItemNotAllowed { .. })
+        ));
+        assert!(matches!(
+            policy.authorize(&mhlw, &affair, &shinjuku, &[tax], true),
+            Err(Denied::NonDisclosureNotAllowed { .. })
+        ));
+        assert_eq!(
+            policy
+                .agency_for_certificate("city-shinjuku-2027")
+                .unwrap()
+                .id,
+            shinjuku
+        );
+        assert!(policy.agency_for_certificate("nta").is_none());
+        assert!(policy.require(&shinjuku, Capability::Reidentify).is_ok());
+        assert_eq!(
+            policy
+                .require(&mhlw, Capability::Reidentify)
+                .unwrap_err()
+                .to_string(),
+            "agency mhlw does not have the reidentify capability"
+        );
+        assert_eq!(policy.agency(&mhlw).unwrap().accepted_epochs.len(), 2);
+        assert_eq!(policy.longest_token_lifetime(), 3600);
+    }
+
+    #[test]
+    fn the_version_changes_with_the_file() {
+        let a = parse(GOOD).unwrap();
+        let b = parse(&format!("{GOOD}\n# comment\n")).unwrap();
+        assert_ne!(a.version(), b.version());
+    }
+}

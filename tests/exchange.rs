@@ -1,0 +1,389 @@
+//! The exchange layer of fugo-core on its own: the four operations under
+//! a policy read from TOML, their typed outcomes, and sealing made
+//! reproducible by an injected random source.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use fugo::agency::{AffairId, AgencyId, Epoch, ItemId};
+use fugo::code::Coder;
+use fugo::exchange::{
+    BatchError, Exchange, ItemError, MAX_BATCH, RandomFailed, RandomSource, Results, SealContext,
+};
+use fugo::keys::{KeyHierarchy, MasterKey};
+use fugo::mynumber::MyNumber;
+use fugo::policy::{Denied, Policy};
+use fugo::token::TokenError;
+
+/// A random source that counts up, eight bytes at a time: deterministic, so
+/// a seal can be repeated exactly, and never repeats a serial.
+#[derive(Default)]
+struct Counter(AtomicU64);
+
+impl RandomSource for Counter {
+    fn fill(&self, out: &mut [u8]) -> Result<(), RandomFailed> {
+        for chunk in out.chunks_mut(8) {
+            let next = self.0.fetch_add(1, Ordering::Relaxed).to_be_bytes();
+            chunk.copy_from_slice(&next[..chunk.len()]);
+        }
+        Ok(())
+    }
+}
+
+const POLICY: &str = r#"
+[[agency]]
+id = "mhlw"
+name = "MHLW"
+certificates = ["mhlw"]
+capabilities = ["derive"]
+epoch = 1
+
+[[agency]]
+id = "city-shinjuku"
+name = "Shinjuku"
+certificates = ["city-shinjuku"]
+capabilities = ["derive", "reidentify"]
+epoch = 2
+accepted_epochs = [1, 2]
+
+[[agency]]
+id = "moj"
+name = "MOJ"
+certificates = ["moj"]
+epoch = 1
+
+[[affair]]
+id = "health"
+name = "health insurance"
+legal_basis = "table 2"
+
+[[rule]]
+requester = "mhlw"
+affair = "health"
+provider = "city-shinjuku"
+items = ["local-tax"]
+token_lifetime_seconds = 3600
+
+[[rule]]
+requester = "mhlw"
+affair = "health"
+provider = "moj"
+items = ["family-register"]
+token_lifetime_seconds = 3600
+"#;
+
+const NOW: u64 = 1_790_000_000;
+
+fn setup() -> (Exchange, Policy) {
+    let keys = KeyHierarchy::new(&MasterKey::from_bytes([3; 32]));
+    (
+        Exchange::new(keys, Box::new(Counter::default())),
+        fugo::policy::parse(POLICY).unwrap(),
+    )
+}
+
+fn id(text: &str) -> AgencyId {
+    AgencyId::new(text).unwrap()
+}
+
+fn context(provider: &str, item: &str) -> SealContext {
+    SealContext {
+        provider: id(provider),
+        affair: AffairId::new("health").unwrap(),
+        items: vec![ItemId::new(item).unwrap()],
+        non_disclosure_until: None,
+    }
+}
+
+fn numbers(count: u64) -> Vec<String> {
+    (0..count)
+        .map(|i| {
+            let digits = fugo::mynumber::with_check_digit(i * 7_919_007 + 13);
+            String::from_utf8_lossy(&digits).into_owned()
+        })
+        .collect()
+}
+
+fn ok<T: std::fmt::Debug>(results: Results<T>) -> Vec<T> {
+    results.into_iter().map(Result::unwrap).collect()
+}
+
+fn bytes(items: &[String]) -> Vec<&[u8]> {
+    items.iter().map(String::as_bytes).collect()
+}
+
+#[test]
+fn derive_seal_redeem_gives_the_providers_own_codes() {
+    let (exchange, policy) = setup();
+    let numbers = numbers(2000);
+    let mhlw = ok(exchange
+        .derive(&policy, &id("mhlw"), &bytes(&numbers))
+        .unwrap());
+    let shinjuku = ok(exchange
+        .derive(&policy, &id("city-shinjuku"), &bytes(&numbers))
+        .unwrap());
+    assert!(mhlw.iter().zip(&shinjuku).all(|(a, b)| a != b));
+    let sealed = ok(exchange
+        .seal(
+            &policy,
+            &id("mhlw"),
+            &context("city-shinjuku", "local-tax"),
+            &bytes(&mhlw),
+            NOW,
+        )
+        .unwrap());
+    let tokens: Vec<&[u8]> = sealed.iter().map(|s| s.token.as_bytes()).collect();
+    let redeemed = ok(exchange
+        .redeem(&policy, &id("city-shinjuku"), &tokens, NOW + 10)
+        .unwrap());
+    for ((r, expected), s) in redeemed.iter().zip(&shinjuku).zip(&sealed) {
+        assert_eq!(
+            String::from_utf8(r.code.to_text().to_vec()).unwrap(),
+            *expected
+        );
+        assert_eq!(r.context.requester, id("mhlw"));
+        assert_eq!(r.serial, s.serial);
+        assert_eq!(r.context.expires_at, NOW + 3600);
+    }
+    let serials: std::collections::HashSet<_> = sealed.iter().map(|s| s.serial).collect();
+    assert_eq!(serials.len(), sealed.len());
+}
+
+#[test]
+fn tokens_fail_for_the_wrong_agency_late_or_without_a_rule() {
+    let (exchange, policy) = setup();
+    let number = numbers(1);
+    let code = ok(exchange
+        .derive(&policy, &id("mhlw"), &bytes(&number))
+        .unwrap());
+    let sealed = ok(exchange
+        .seal(
+            &policy,
+            &id("mhlw"),
+            &context("moj", "family-register"),
+            &bytes(&code),
+            NOW,
+        )
+        .unwrap());
+    let token = [sealed[0].token.as_bytes()];
+    let error = |caller: &str, now: u64, policy: &Policy| {
+        exchange.redeem(policy, &id(caller), &token, now).unwrap()[0]
+            .as_ref()
+            .unwrap_err()
+            .error
+            .clone()
+    };
+    assert_eq!(
+        error("city-shinjuku", NOW, &policy),
+        ItemError::Token(TokenError::WrongAddressee)
+    );
+    assert_eq!(error("moj", NOW + 3600, &policy), ItemError::Expired);
+    // The rule mhlw → moj is the last one; without it the token is void.
+    let withdrawn = fugo::policy::parse(&POLICY[..POLICY.rfind("[[rule]]").unwrap()]).unwrap();
+    assert!(matches!(
+        error("moj", NOW, &withdrawn),
+        ItemError::Withdrawn(Denied::NoRule { .. })
+    ));
+    assert!(exchange.redeem(&policy, &id("moj"), &token, NOW).unwrap()[0].is_ok());
+    let mut forged = sealed[0].token.as_bytes().to_vec();
+    let last = forged.len() - 1;
+    forged[last] ^= 1;
+    let result = exchange
+        .redeem(&policy, &id("moj"), &[&forged], NOW)
+        .unwrap();
+    assert_eq!(
+        result[0].as_ref().unwrap_err().error,
+        ItemError::Token(TokenError::Forged)
+    );
+}
+
+#[test]
+fn seal_needs_a_rule_and_reidentify_a_capability() {
+    let (exchange, policy) = setup();
+    let number = numbers(1);
+    let code = ok(exchange
+        .derive(&policy, &id("mhlw"), &bytes(&number))
+        .unwrap());
+    let denied = exchange
+        .seal(
+            &policy,
+            &id("mhlw"),
+            &context("city-shinjuku", "pension"),
+            &bytes(&code),
+            NOW,
+        )
+        .unwrap_err();
+    assert!(
+        denied
+            .to_string()
+            .contains("does not include data item pension"),
+        "{denied}"
+    );
+    let reverse = exchange
+        .seal(
+            &policy,
+            &id("city-shinjuku"),
+            &context("mhlw", "local-tax"),
+            &bytes(&code),
+            NOW,
+        )
+        .unwrap_err();
+    assert_eq!(
+        reverse.to_string(),
+        "no rule lets city-shinjuku ask mhlw under affair health"
+    );
+    assert!(matches!(
+        exchange.reidentify(&policy, &id("mhlw"), &bytes(&code)),
+        Err(BatchError::Denied(Denied::MissingCapability { .. }))
+    ));
+    assert!(matches!(
+        exchange.derive(&policy, &id("moj"), &bytes(&number)),
+        Err(BatchError::Denied(Denied::MissingCapability { .. }))
+    ));
+}
+
+#[test]
+fn reidentify_per_item_and_epochs() {
+    let (exchange, policy) = setup();
+    let number = numbers(3);
+    let codes = ok(exchange
+        .derive(&policy, &id("city-shinjuku"), &bytes(&number))
+        .unwrap());
+    let mhlw_code = ok(exchange
+        .derive(&policy, &id("mhlw"), &bytes(&number))
+        .unwrap());
+    let inputs: Vec<&[u8]> = vec![
+        codes[0].as_bytes(),
+        b"not a code",
+        mhlw_code[1].as_bytes(),
+        codes[2].as_bytes(),
+    ];
+    let results = exchange
+        .reidentify(&policy, &id("city-shinjuku"), &inputs)
+        .unwrap();
+    assert_eq!(results[0].as_ref().unwrap().as_str(), number[0]);
+    assert!(matches!(
+        results[1].as_ref().unwrap_err().error,
+        ItemError::CodeText(_)
+    ));
+    assert_eq!(results[1].as_ref().unwrap_err().index, 1);
+    // The MHLW code has epoch 1, accepted by Shinjuku, but is not its code.
+    assert_eq!(
+        results[2].as_ref().unwrap_err().error,
+        ItemError::UnknownCode
+    );
+    assert_eq!(results[3].as_ref().unwrap().as_str(), number[2]);
+    let retired =
+        fugo::policy::parse(&POLICY.replace("accepted_epochs = [1, 2]", "accepted_epochs = [2]"))
+            .unwrap();
+    let keys = KeyHierarchy::new(&MasterKey::from_bytes([3; 32]));
+    let old = Coder::new(&keys, id("city-shinjuku"), Epoch::new(1).unwrap());
+    let old_code = old.derive(&MyNumber::parse(number[0].as_bytes()).unwrap());
+    let text = old_code.to_text();
+    let results = exchange
+        .reidentify(&retired, &id("city-shinjuku"), &[&text[..]])
+        .unwrap();
+    assert_eq!(
+        results[0].as_ref().unwrap_err().error,
+        ItemError::RetiredEpoch(Epoch::new(1).unwrap())
+    );
+    assert!(
+        results
+            .iter()
+            .all(|r| !format!("{r:?}").contains(&number[0]))
+    );
+}
+
+#[test]
+fn a_non_disclosure_date_travels_only_where_the_rule_allows_it() {
+    let (exchange, policy) = setup();
+    let code = ok(exchange
+        .derive(&policy, &id("mhlw"), &bytes(&numbers(1)))
+        .unwrap());
+    let mut hidden = context("moj", "family-register");
+    hidden.non_disclosure_until = Some(NOW + 86_400);
+    assert!(matches!(
+        exchange.seal(&policy, &id("mhlw"), &hidden, &bytes(&code), NOW),
+        Err(BatchError::Denied(Denied::NonDisclosureNotAllowed { .. }))
+    ));
+    let allowing = fugo::policy::parse(&format!("{POLICY}non_disclosure = true\n")).unwrap();
+    let sealed = ok(exchange
+        .seal(&allowing, &id("mhlw"), &hidden, &bytes(&code), NOW)
+        .unwrap());
+    let token = [sealed[0].token.as_bytes()];
+    let redeemed = ok(exchange.redeem(&allowing, &id("moj"), &token, NOW).unwrap());
+    assert_eq!(redeemed[0].context.non_disclosure_until, Some(NOW + 86_400));
+    // Withdrawing the permission voids the token: the rule is checked again.
+    let result = exchange.redeem(&policy, &id("moj"), &token, NOW).unwrap();
+    assert!(matches!(
+        result[0].as_ref().unwrap_err().error,
+        ItemError::Withdrawn(Denied::NonDisclosureNotAllowed { .. })
+    ));
+}
+
+#[test]
+fn batches_are_bounded() {
+    let (exchange, policy) = setup();
+    let many = vec![&b"123456789018"[..]; MAX_BATCH + 1];
+    assert_eq!(
+        exchange.derive(&policy, &id("mhlw"), &many).unwrap_err(),
+        BatchError::TooLarge(MAX_BATCH + 1)
+    );
+}
+
+#[test]
+fn sealing_is_reproducible_from_its_randomness() {
+    let (first, policy) = setup();
+    let (second, _) = setup();
+    let codes = ok(first
+        .derive(&policy, &id("mhlw"), &bytes(&numbers(3)))
+        .unwrap());
+    let seal = |exchange: &Exchange| {
+        ok(exchange
+            .seal(
+                &policy,
+                &id("mhlw"),
+                &context("city-shinjuku", "local-tax"),
+                &bytes(&codes),
+                NOW,
+            )
+            .unwrap())
+        .into_iter()
+        .map(|sealed| sealed.token.as_bytes().to_vec())
+        .collect::<Vec<_>>()
+    };
+    let tokens = seal(&first);
+    // The same randomness gives the same tokens; the next draw gives others.
+    assert_eq!(tokens, seal(&second));
+    assert_ne!(tokens, seal(&first));
+}
+
+#[test]
+fn seal_refuses_repeated_items_and_unbounded_secrecy() {
+    let (exchange, policy) = setup();
+    let allowing = fugo::policy::parse(&format!("{POLICY}non_disclosure = true\n")).unwrap();
+    let code = ok(exchange
+        .derive(&policy, &id("mhlw"), &bytes(&numbers(1)))
+        .unwrap());
+    let seal =
+        |context: &SealContext| exchange.seal(&allowing, &id("mhlw"), context, &bytes(&code), NOW);
+    let mut twice = context("moj", "family-register");
+    twice.items.push(ItemId::new("family-register").unwrap());
+    assert_eq!(
+        seal(&twice).unwrap_err(),
+        BatchError::DuplicateItem(ItemId::new("family-register").unwrap())
+    );
+    let mut none = context("moj", "family-register");
+    none.items.clear();
+    assert_eq!(seal(&none).unwrap_err(), BatchError::NoItems);
+    let mut hidden = context("moj", "family-register");
+    hidden.non_disclosure_until = Some(NOW);
+    assert_eq!(seal(&hidden).unwrap_err(), BatchError::NonDisclosurePast);
+    hidden.non_disclosure_until = Some(NOW + 366 * 86_400);
+    assert_eq!(
+        seal(&hidden).unwrap_err(),
+        BatchError::NonDisclosureTooFar { max_days: 365 }
+    );
+    hidden.non_disclosure_until = Some(NOW + 365 * 86_400);
+    assert!(seal(&hidden).is_ok());
+}
