@@ -6,9 +6,11 @@
 mod common;
 
 use common::{hex, to_hex, vectors};
+use fugo::agency::{AffairId, AgencyId, ItemId};
 use fugo::code::{AgencyCode, UnknownCode};
 use fugo::code_text::{ALPHABET, CodeTextError, TEXT_LEN};
 use fugo::mynumber::MyNumber;
+use fugo::token::{MAX_ITEMS, NONCE_LEN, SealKey, Serial, SharedClaims, Window, peek};
 
 #[test]
 fn the_file_holds_enough_vectors() {
@@ -258,6 +260,110 @@ fn codes_do_not_open_under_another_agency_or_epoch() {
                 .unwrap_err(),
             UnknownCode
         );
+    }
+}
+
+/// The seal key of a token vector's addressee and window.
+fn seal_key(v: &common::Vectors, key: &str, addressee: &str, window: u32) -> SealKey {
+    SealKey::new(
+        &v.keys(key),
+        &AgencyId::new(addressee).unwrap(),
+        Window::new(window),
+    )
+}
+
+#[test]
+fn the_file_holds_enough_token_vectors() {
+    let t = vectors().tokens;
+    assert!(t.positive.len() >= 8, "{}", t.positive.len());
+    assert!(t.negative.len() >= 50, "{}", t.negative.len());
+    let counts: Vec<usize> = t.positive.iter().map(|p| p.items.len()).collect();
+    assert!(
+        counts.contains(&1) && counts.contains(&MAX_ITEMS),
+        "{counts:?}"
+    );
+    assert!(t.positive.iter().any(|p| p.non_disclosure_until.is_some()));
+    assert!(t.positive.iter().any(|p| p.non_disclosure_until.is_none()));
+    for error in [
+        "Malformed",
+        "UnknownFormat",
+        "WrongAddressee",
+        "WrongWindow",
+        "Forged",
+    ] {
+        assert!(t.negative.iter().any(|n| n.error == error), "{error}");
+    }
+}
+
+#[test]
+fn every_token_vector_seals_to_its_bytes_and_opens_to_its_inputs() {
+    let v = vectors();
+    for p in &v.tokens.positive {
+        let keys = v.keys(&p.key);
+        let addressee = AgencyId::new(&p.addressee).unwrap();
+        assert_eq!(
+            to_hex(&*keys.seal_key_bytes(&addressee, p.window)),
+            p.k_seal,
+            "{}",
+            p.description
+        );
+        let number = MyNumber::parse(p.number.as_bytes()).unwrap();
+        let handle = v.coder(&p.key, "nta", 1).handle(&number);
+        assert_eq!(to_hex(handle.expose_bytes()), p.handle, "{}", p.description);
+        let requester = AgencyId::new(&p.requester).unwrap();
+        let affair = AffairId::new(&p.affair).unwrap();
+        let items: Vec<ItemId> = p.items.iter().map(|i| ItemId::new(i).unwrap()).collect();
+        let shared = SharedClaims::new(
+            &requester,
+            &affair,
+            &items,
+            p.expires_at,
+            p.non_disclosure_until,
+        )
+        .unwrap();
+        let serial = Serial::from_bytes(hex(&p.serial).try_into().unwrap());
+        let nonce: [u8; NONCE_LEN] = hex(&p.nonce).try_into().unwrap();
+        let key = seal_key(&v, &p.key, &p.addressee, p.window);
+        let token = key.seal_person(&handle, serial, &shared, nonce).unwrap();
+        assert_eq!(to_hex(token.as_bytes()), p.token, "{}", p.description);
+        assert!(p.token.starts_with(&format!("{}{}", p.header, p.nonce)));
+
+        let (window, name) = peek(token.as_bytes()).unwrap();
+        assert_eq!((window.get(), name), (p.window, p.addressee.as_bytes()));
+        let claims = key.open_bytes(&hex(&p.token)).unwrap();
+        assert_eq!(to_hex(claims.handle.expose_bytes()), p.handle);
+        assert_eq!(to_hex(claims.serial.as_bytes()), p.serial);
+        assert_eq!(
+            (
+                claims.requester,
+                claims.affair,
+                claims.items,
+                claims.expires_at,
+                claims.non_disclosure_until
+            ),
+            (
+                requester,
+                affair,
+                items,
+                p.expires_at,
+                p.non_disclosure_until
+            ),
+            "{}",
+            p.description
+        );
+    }
+}
+
+#[test]
+fn every_negative_token_vector_fails_as_expected() {
+    let v = vectors();
+    for n in &v.tokens.negative {
+        let key = seal_key(&v, &n.key, &n.addressee, n.window);
+        let outcome = match key.open_bytes(&hex(&n.token)) {
+            Ok(_) => "accepted".to_owned(),
+            Err(e) => format!("{e:?}"),
+        };
+        assert_eq!(outcome, n.error, "{}", n.description);
     }
 }
 

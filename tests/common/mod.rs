@@ -32,6 +32,7 @@ pub struct Vectors {
     pub keys: Vec<KeyVector>,
     pub positive: Vec<Positive>,
     pub negative: Vec<Negative>,
+    pub tokens: TokenVectors,
 }
 
 #[derive(Debug, Deserialize)]
@@ -59,6 +60,44 @@ pub struct Negative {
     pub agency: String,
     pub epoch: u8,
     pub text: String,
+    pub error: String,
+}
+
+/// The sealed-token vectors of SPEC §7.
+#[derive(Debug, Deserialize)]
+pub struct TokenVectors {
+    pub positive: Vec<TokenPositive>,
+    pub negative: Vec<TokenNegative>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct TokenPositive {
+    pub description: String,
+    pub key: String,
+    pub number: String,
+    pub handle: String,
+    pub addressee: String,
+    pub window: u32,
+    pub serial: String,
+    pub nonce: String,
+    pub requester: String,
+    pub affair: String,
+    pub items: Vec<String>,
+    pub expires_at: u64,
+    pub non_disclosure_until: Option<u64>,
+    pub k_seal: String,
+    pub header: String,
+    pub claims: String,
+    pub token: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct TokenNegative {
+    pub description: String,
+    pub key: String,
+    pub addressee: String,
+    pub window: u32,
+    pub token: String,
     pub error: String,
 }
 

@@ -21,6 +21,9 @@ The output is a JSON document that is identical byte for byte on every run
 and every Python version: no clocks, no `random`; every pseudo-random choice
 is taken from SHA-256 of a fixed ASCII seed.
 
+Besides the code vectors of §3 it writes the sealed-token vectors of §7
+(the "tokens" section): AES-256-GCM is the `cryptography` package's AESGCM.
+
 Before anything is written the script asserts the known answers of SPEC.md §6
 and the demo-key fingerprint; if they do not reproduce it fails loudly.
 """
@@ -31,9 +34,11 @@ import json
 import re
 import sys
 
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives import hmac as c_hmac
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF, HKDFExpand
 
 
@@ -414,6 +419,7 @@ SECOND_MASTER_KEY = hashlib.sha256(b"fugo-vectors/second-key").digest()
 KEYS = {"demo": Keys(DEMO_MASTER_KEY), "second": Keys(SECOND_MASTER_KEY)}
 
 DEMO_FINGERPRINT = "34391a36deac07213d13a6753154bf16"            # §2
+SEAL_KNOWN_ANSWER = "df3302b54de3cbf02cb8f11e4375664e9c861e95cab62b9236d7adb6bb70af16"  # §7.1, nta, 20000
 
 # §6 known answers: (number, agency, epoch, handle, code bytes, text).
 KNOWN_ANSWERS = [
@@ -469,6 +475,11 @@ def self_check() -> None:
         got = encode_text(epoch, c)
         require(got == text, f"§6 text of {number}/{agency}/{epoch}: {got} != {text}")
         require(open_code(KEYS["demo"], text, agency, epoch) == (n, h))
+
+    # §7.1: the K_seal and header known answer.
+    seal = k_seal(KEYS["demo"], "nta", 20000).hex()
+    require(seal == SEAL_KNOWN_ANSWER, f"§7.1 K_seal(nta, 20000) {seal} != {SEAL_KNOWN_ANSWER}")
+    require(token_header("nta", 20000).hex() == "0100004e20036e7461", "§7.1 header of nta, 20000")
 
     # §3.2: the two phrasings of the check symbol agree.
     for i in range(200):
@@ -696,9 +707,346 @@ def negative_vectors() -> list[dict]:
 
 
 # ---------------------------------------------------------------------------
+# §7 Sealed tokens
+# ---------------------------------------------------------------------------
+
+TOKEN_FORMAT = 0x01
+TOKEN_AAD_LABEL = b"fugo/v1/token"
+NONCE_LEN = 12
+TAG_LEN = 16
+MAX_ITEMS = 64
+WINDOW_MAX = 2**32 - 1                 # the window is a uint32 in the header
+ID_RE = AGENCY_ID_RE                    # §7: every id has the §1.2 syntax
+
+
+def check_id(name: str) -> bytes:
+    """§7 ids (addressee, requester, affair, items): the §1.2 syntax."""
+    raw = name.encode("ascii")
+    assert ID_RE.fullmatch(raw), f"invalid id {name!r}"
+    return raw
+
+
+def k_seal(keys: Keys, addressee: str, window: int) -> bytes:
+    """§7: K_seal(b, w) = HKDF-Expand(PRK, `fugo/v1/seal/` ‖ b ‖ `/` ‖ decimal(w), 32)."""
+    assert 0 <= window <= WINDOW_MAX
+    info = b"fugo/v1/seal/" + check_id(addressee) + b"/" + str(window).encode("ascii")
+    return hkdf_expand(keys.prk, info, 32)
+
+
+def short_string(raw: bytes) -> bytes:
+    """§7: str(x) = uint8(len(x)) ‖ x."""
+    assert len(raw) <= 255
+    return bytes([len(raw)]) + raw
+
+
+def token_header(addressee: str, window: int, fmt: int = TOKEN_FORMAT) -> bytes:
+    """§7: header = 0x01 ‖ uint32_be(w) ‖ uint8(len(b)) ‖ b."""
+    assert 0 <= window <= WINDOW_MAX
+    return bytes([fmt]) + window.to_bytes(4, "big") + short_string(check_id(addressee))
+
+
+def token_claims(h: bytes, serial: bytes, requester: str, affair: str, items: list[str],
+                 expires_at: int, non_disclosure_until: int | None) -> bytes:
+    """§7: claims = h ‖ serial ‖ uint64_be(expires_at) ‖ uint64_be(non_disclosure_until, 0 = none)
+    ‖ str(requester) ‖ str(affair) ‖ uint8(n) ‖ str(item_1) … str(item_n)."""
+    assert len(h) == 16 and len(serial) == 16 and 0 <= len(items) <= MAX_ITEMS
+    assert non_disclosure_until is None or 0 < non_disclosure_until < 2**64
+    out = h + serial + expires_at.to_bytes(8, "big") + (non_disclosure_until or 0).to_bytes(8, "big")
+    out += short_string(check_id(requester)) + short_string(check_id(affair))
+    out += bytes([len(items)]) + b"".join(short_string(check_id(item)) for item in items)
+    return out
+
+
+def seal_raw(key: bytes, header: bytes, nonce: bytes, claims: bytes) -> bytes:
+    """§7: token = header ‖ nonce ‖ AES-256-GCM(K_seal, nonce, claims, AAD), AAD = `fugo/v1/token` ‖ header.
+
+    `claims` is taken as bytes so that negative vectors can seal authentic
+    plaintexts that §7.2 refuses."""
+    assert len(nonce) == NONCE_LEN
+    sealed = AESGCM(key).encrypt(nonce, claims, TOKEN_AAD_LABEL + header)
+    assert len(sealed) == len(claims) + TAG_LEN
+    return header + nonce + sealed
+
+
+class TokenError(Exception):
+    """§7.2 refusals, named as in the Rust `TokenError`."""
+
+    KINDS = ("Malformed", "UnknownFormat", "WrongAddressee", "WrongWindow", "Forged")
+
+    def __init__(self, kind: str):
+        assert kind in self.KINDS
+        super().__init__(kind)
+        self.kind = kind
+
+
+def peek_header(token: bytes) -> tuple[int, bytes, int]:
+    """§7.2 steps 1-2: read a header: (window, addressee bytes, header length) or a refusal."""
+    if len(token) < 1:
+        raise TokenError("Malformed")
+    if token[0] != TOKEN_FORMAT:
+        raise TokenError("UnknownFormat")
+    if len(token) < 6:
+        raise TokenError("Malformed")
+    window = int.from_bytes(token[1:5], "big")
+    length = token[5]
+    if len(token) < 6 + length:
+        raise TokenError("Malformed")
+    return window, token[6:6 + length], 6 + length
+
+
+def parse_claims(plain: bytes) -> dict:
+    """§7.2 step 5: split authentic claims; any failure is `Forged`."""
+    pos = 0
+
+    def take(n: int) -> bytes:
+        nonlocal pos
+        if len(plain) - pos < n:
+            raise TokenError("Forged")
+        pos += n
+        return plain[pos - n:pos]
+
+    def ident() -> str:
+        raw = take(take(1)[0])
+        if not ID_RE.fullmatch(raw):
+            raise TokenError("Forged")
+        return raw.decode("ascii")
+
+    h, serial = take(16), take(16)
+    expires_at = int.from_bytes(take(8), "big")
+    until = int.from_bytes(take(8), "big")
+    requester, affair = ident(), ident()
+    n = take(1)[0]
+    if n > MAX_ITEMS:
+        raise TokenError("Forged")
+    items = [ident() for _ in range(n)]
+    if pos != len(plain):
+        raise TokenError("Forged")
+    return {"handle": h.hex(), "serial": serial.hex(), "requester": requester, "affair": affair,
+            "items": items, "expires_at": expires_at,
+            "non_disclosure_until": until if until != 0 else None}
+
+
+def open_token(keys: Keys, addressee: str, window: int, token: bytes) -> dict:
+    """§7.2: open `token` with K_seal(addressee, window); the claims or a TokenError."""
+    expected = token_header(addressee, window)
+    # Steps 1-2: the token must start with exactly the key's own header H.
+    if token[:len(expected)] != expected:
+        got_window, got_addressee, _ = peek_header(token)
+        if not ID_RE.fullmatch(got_addressee):
+            raise TokenError("Malformed")
+        if got_addressee != addressee.encode("ascii"):
+            raise TokenError("WrongAddressee")
+        assert got_window != window
+        raise TokenError("WrongWindow")
+    rest = token[len(expected):]
+    # Step 3: room for a nonce and a tag after H.
+    if len(rest) < NONCE_LEN + TAG_LEN:
+        raise TokenError("Malformed")
+    # Step 4: authenticate and decrypt (AAD = `fugo/v1/token` ‖ H).
+    try:
+        plain = AESGCM(k_seal(keys, addressee, window)).decrypt(
+            rest[:NONCE_LEN], rest[NONCE_LEN:], TOKEN_AAD_LABEL + expected)
+    except InvalidTag:
+        raise TokenError("Forged") from None
+    # Step 5: the plaintext splits exactly into the fields of `claims`.
+    return parse_claims(plain)
+
+
+def token_error_of(keys: Keys, addressee: str, window: int, token: bytes) -> str | None:
+    try:
+        open_token(keys, addressee, window, token)
+    except TokenError as e:
+        return e.kind
+    return None
+
+
+# The cases of the positive token vectors: (description, key, number,
+# addressee, window, requester, affair, items, expires_at, non_disclosure_until).
+DAY = 86400
+TOKEN_CASES = [
+    ("one item, no non-disclosure date", "demo", "123456789018", "nta", 20000,
+     "city-shinjuku", "local-tax.assessment", ["income"], 20000 * DAY + 3600, None),
+    ("three items, with a non-disclosure date", "demo", "983205673214", "city-shinjuku", 20001,
+     "mhlw", "health-insurance-benefit", ["local-tax", "resident", "household"],
+     20001 * DAY + 7 * DAY, 20001 * DAY + 180 * DAY),
+    ("one-byte ids everywhere, window 0 (1970-01-01)", "demo", "000000000000", "0", 0,
+     "1", "2", ["3"], 1, 2),
+    ("63-byte addressee, requester, affair and item; largest window", "demo", "000000000019",
+     "a" * 63, WINDOW_MAX, "z" * 63, "9" * 63, ["m" * 63, "x"], 2**64 - 1, 2**64 - 1),
+    ("64 items (the most a token names)", "demo", "123456789018", "jps.pension", 20500,
+     "moj_family-register", "family-register.check", [f"item-{i:02d}" for i in range(64)],
+     20500 * DAY + 86399, None),
+    ("second key, two items, non-disclosure date", "second", "123456789018", "nta", 20000,
+     "pref-13-welfare", "public-assistance", ["pension.amount", "income"],
+     20000 * DAY + 600, 20000 * DAY + 30 * DAY),
+    ("same inputs as the first vector but another nonce and serial", "demo", "123456789018", "nta", 20000,
+     "city-shinjuku", "local-tax.assessment", ["income"], 20000 * DAY + 3600, None),
+    ("ids with '.', '_' and '-', window one day later", "demo", "983205673214", "mhlw", 20001,
+     "a.b_c-d", "x-y.z_0", ["p_q", "r.s", "t-u", "v"], 20001 * DAY + 1, None),
+]
+
+
+def token_vector(i: int, case: tuple) -> dict:
+    (description, key, number, addressee, window, requester, affair, items,
+     expires_at, until) = case
+    keys = KEYS[key]
+    h = person_handle(keys, parse_my_number(number))
+    serial = seeded(f"token/serial/{i}")[:16]
+    nonce = seeded(f"token/nonce/{i}")[:NONCE_LEN]
+    key_bytes = k_seal(keys, addressee, window)
+    header = token_header(addressee, window)
+    claims = token_claims(h, serial, requester, affair, items, expires_at, until)
+    token = seal_raw(key_bytes, header, nonce, claims)
+    # Round trip (§7.2): the token opens back to its inputs.
+    opened = open_token(keys, addressee, window, token)
+    assert opened == {"handle": h.hex(), "serial": serial.hex(), "requester": requester,
+                      "affair": affair, "items": items, "expires_at": expires_at,
+                      "non_disclosure_until": until}, description
+    return {"description": description, "key": key, "number": number, "handle": h.hex(),
+            "addressee": addressee, "window": window, "serial": serial.hex(), "nonce": nonce.hex(),
+            "requester": requester, "affair": affair, "items": items,
+            "expires_at": expires_at, "non_disclosure_until": until,
+            "k_seal": key_bytes.hex(), "header": header.hex(), "claims": claims.hex(),
+            "token": token.hex()}
+
+
+def token_positive_vectors() -> list[dict]:
+    out = [token_vector(i, case) for i, case in enumerate(TOKEN_CASES)]
+    # Fresh nonces: the two tokens of the same claims share only the header.
+    a, b = bytes.fromhex(out[0]["token"]), bytes.fromhex(out[6]["token"])
+    header_len = len(bytes.fromhex(out[0]["header"]))
+    assert a[:header_len] == b[:header_len] and a[header_len:] != b[header_len:]
+    return out
+
+
+def token_negative_vectors(positive: list[dict]) -> list[dict]:
+    out = []
+    base = positive[0]                       # demo key, addressee nta, window 20000
+    T = bytes.fromhex(base["token"])
+    H = len(bytes.fromhex(base["header"]))   # header length
+    addressee, window = base["addressee"], base["window"]
+    demo = KEYS["demo"]
+
+    def neg(description: str, token: bytes, expected: str, key: str = "demo",
+            addressee: str = addressee, window: int = window) -> None:
+        got = token_error_of(KEYS[key], addressee, window, token)
+        assert got == expected, f"{description}: expected {expected}, got {got}"
+        out.append({"description": description, "key": key, "addressee": addressee,
+                    "window": window, "token": token.hex(), "error": got})
+
+    def flip(index: int, bit: int) -> bytes:
+        changed = bytearray(T)
+        changed[index] ^= 1 << bit
+        return bytes(changed)
+
+    def with_header(header: bytes) -> bytes:
+        return header + T[H:]
+
+    # --- §7.2 step 1: format byte ---------------------------------------------
+    neg("empty token", b"", "Malformed")
+    neg("format byte 0x00", bytes([0x00]) + T[1:], "UnknownFormat")
+    neg("format byte 0x02", bytes([0x02]) + T[1:], "UnknownFormat")
+    neg("format byte with its top bit flipped (0x81)", flip(0, 7), "UnknownFormat")
+    neg("a lone format byte 0x02: the format is checked before the length", bytes([0x02]), "UnknownFormat")
+
+    # --- §7.2 step 2: the rest of the header ---------------------------------
+    neg("truncated to the format byte", T[:1], "Malformed")
+    neg("truncated inside the window (3 of 4 bytes)", T[:4], "Malformed")
+    neg("truncated before the addressee length byte", T[:5], "Malformed")
+    neg("truncated inside the addressee (2 of 3 bytes)", T[:H - 1], "Malformed")
+    neg("lowest bit of the window flipped", flip(4, 0), "WrongWindow")
+    neg("highest bit of the window flipped", flip(1, 7), "WrongWindow")
+    neg("addressee length 3 -> 2 ('nt', then a nonce byte): another addressee",
+        flip(5, 0), "WrongAddressee")
+    neg("addressee length 0 (empty id)", T[:5] + b"\x00" + T[6:], "Malformed")
+    neg("addressee byte 'n' -> 'N' (uppercase is not an id)", flip(6, 5), "Malformed")
+    neg("addressee byte 'n' -> 'o' ('ota', a valid id of another agency)", flip(6, 0), "WrongAddressee")
+    neg("addressee byte 'a' -> 0xe1 (not ASCII)", flip(8, 7), "Malformed")
+    neg("opened by another addressee's key (mhlw)", T, "WrongAddressee", addressee="mhlw")
+    neg("opened by a longer addressee's key ('ntax')", T, "WrongAddressee", addressee="ntax")
+    neg("opened with the key of the next window", T, "WrongWindow", window=window + 1)
+    neg("opened with the key of the previous window", T, "WrongWindow", window=window - 1)
+    neg("opened with the key of window 0", T, "WrongWindow", window=0)
+
+    # --- §7.2 step 3: room for nonce and tag ------------------------------------
+    neg("header only", T[:H], "Malformed")
+    neg("header and nonce only", T[:H + NONCE_LEN], "Malformed")
+    neg("header, nonce and 15 bytes (one short of a tag)", T[:H + NONCE_LEN + TAG_LEN - 1], "Malformed")
+
+    # --- §7.2 step 4: authentication ------------------------------------------
+    neg("header, nonce and the first 16 sealed bytes (tag-sized, but not the tag)",
+        T[:H + NONCE_LEN + TAG_LEN], "Forged")
+    neg("last byte dropped", T[:-1], "Forged")
+    neg("extra trailing zero byte", T + b"\x00", "Forged")
+    neg("first nonce byte, lowest bit flipped", flip(H, 0), "Forged")
+    neg("last nonce byte, top bit flipped", flip(H + NONCE_LEN - 1, 7), "Forged")
+    neg("first ciphertext byte, lowest bit flipped", flip(H + NONCE_LEN, 0), "Forged")
+    neg("a ciphertext byte in the middle flipped", flip(H + NONCE_LEN + 40, 3), "Forged")
+    neg("last ciphertext byte flipped", flip(len(T) - TAG_LEN - 1, 6), "Forged")
+    neg("first tag byte flipped", flip(len(T) - TAG_LEN, 0), "Forged")
+    neg("last tag byte flipped", flip(len(T) - 1, 7), "Forged")
+    neg("nonce and sealed bytes all zero", T[:H] + bytes(len(T) - H), "Forged")
+    neg("the right addressee and window but sealed under the second master key",
+        bytes.fromhex(positive[5]["token"]), "Forged")
+    neg("header rewritten to addressee mhlw, opened by mhlw (the header is bound as AAD and selects the key)",
+        with_header(token_header("mhlw", window)), "Forged", addressee="mhlw")
+    neg("header rewritten to the next window, opened with that window's key",
+        with_header(token_header(addressee, window + 1)), "Forged", window=window + 1)
+    other = positive[1]                      # addressed to city-shinjuku
+    neg("the nonce and sealed part of a token to city-shinjuku under the nta header",
+        T[:H] + bytes.fromhex(other["token"])[len(bytes.fromhex(other["header"])):], "Forged")
+    neg("nonce of another token (same key and claims)",
+        T[:H] + bytes.fromhex(positive[6]["nonce"]) + T[H + NONCE_LEN:], "Forged")
+
+    # --- §7.2 step 5: authentic claims that do not split -------------------------
+    # Sealed correctly under K_seal(nta, 20000): only the claims are wrong.
+    key = k_seal(demo, addressee, window)
+    header = T[:H]
+    h = bytes.fromhex(base["handle"])
+    serial = bytes.fromhex(base["serial"])
+    head = h + serial + (20000 * DAY).to_bytes(8, "big") + bytes(8)
+    good_ids = short_string(b"city-shinjuku") + short_string(b"local-tax.assessment")
+
+    def sealed(i: int, claims: bytes) -> bytes:
+        return seal_raw(key, header, seeded(f"token/negative-nonce/{i}")[:NONCE_LEN], claims)
+
+    # A well-formed control: these claims open (so only the changes below fail).
+    assert open_token(demo, addressee, window, sealed(0, head + good_ids + b"\x01" + short_string(b"income")))
+    cases = [
+        ("65 items claimed (the most is 64)",
+         head + good_ids + bytes([65]) + b"".join(short_string(f"i{k}".encode()) for k in range(65))),
+        ("255 items claimed, 255 present",
+         head + good_ids + bytes([255]) + b"".join(short_string(f"i{k}".encode()) for k in range(255))),
+        ("3 items claimed, 2 present", head + good_ids + b"\x03" + short_string(b"income") + short_string(b"resident")),
+        ("1 item claimed, none present", head + good_ids + b"\x01"),
+        ("item count byte missing", head + good_ids),
+        ("a trailing byte after the items", head + good_ids + b"\x01" + short_string(b"income") + b"\x00"),
+        ("item length runs past the end", head + good_ids + b"\x01" + b"\x07income"),
+        ("empty item id", head + good_ids + b"\x01" + short_string(b"")),
+        ("64-byte item id (ids are at most 63 bytes)", head + good_ids + b"\x01" + short_string(b"a" * 64)),
+        ("uppercase requester", head + short_string(b"City-Shinjuku") + short_string(b"local-tax.assessment")
+         + b"\x01" + short_string(b"income")),
+        ("requester starting with '-'", head + short_string(b"-city") + short_string(b"local-tax.assessment")
+         + b"\x01" + short_string(b"income")),
+        ("affair with a non-ASCII byte", head + short_string(b"city-shinjuku") + short_string(b"tax\xe3")
+         + b"\x01" + short_string(b"income")),
+        ("affair with a '/'", head + short_string(b"city-shinjuku") + short_string(b"tax/x")
+         + b"\x01" + short_string(b"income")),
+        ("claims of 31 bytes (shorter than handle and serial)", (h + serial)[:31]),
+        ("handle and serial only", h + serial),
+        ("empty claims", b""),
+        ("non-disclosure date cut short", h + serial + bytes(12)),
+    ]
+    for i, (description, claims) in enumerate(cases, start=1):
+        neg(f"authentic claims that do not split: {description}", sealed(i, claims), "Forged")
+    return out
+
+
+# ---------------------------------------------------------------------------
 
 def main() -> None:
     self_check()
+    tokens = token_positive_vectors()
     keys = [{"name": name, "master_key": k.master_key.hex(), "fingerprint": k.fingerprint()}
             for name, k in KEYS.items()]
     doc = {
@@ -707,6 +1055,7 @@ def main() -> None:
         "keys": keys,
         "positive": positive_vectors(),
         "negative": negative_vectors(),
+        "tokens": {"positive": tokens, "negative": token_negative_vectors(tokens)},
     }
     sys.stdout.buffer.write((json.dumps(doc, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
 

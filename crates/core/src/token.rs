@@ -289,7 +289,8 @@ impl SharedClaims {
         Ok(SharedClaims(out))
     }
 
-    /// Decodes the request context; `None` if the bytes are not one.
+    /// Decodes the request context; `None` if the bytes are not one (this
+    /// includes more than [`MAX_ITEMS`] items, which `new` refuses to encode).
     pub fn decode(&self) -> Option<RequestContext> {
         let mut fields = Fields(&self.0);
         let expires_at = u64::from_be_bytes(fields.array()?);
@@ -300,6 +301,10 @@ impl SharedClaims {
         let requester = AgencyId::new(fields.short()?).ok()?;
         let affair = AffairId::new(fields.short()?).ok()?;
         let count = usize::from(fields.take(1)?[0]);
+        // What opens is exactly what `new` could have sealed.
+        if count > MAX_ITEMS {
+            return None;
+        }
         let mut items = Vec::with_capacity(count);
         for _ in 0..count {
             items.push(ItemId::new(fields.short()?).ok()?);
