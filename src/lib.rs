@@ -13,7 +13,7 @@
 //!   │     └─ exchange: derive / seal / redeem / reidentify on batches
 //!   ├─ client: streaming batches over one connection
 //!   ├─ bulk: ordered parallel pipeline for files (fugo derive)
-//!   ├─ keyfile, certs: files on disk
+//!   ├─ keyfile, certs, files: files on disk (regular, bounded)
 //!   │
 //!   core (no I/O, no threads, reviewable alone)
 //!     mynumber ─► batch ─► code ─► code_text        policy (TOML, located problems)
@@ -65,6 +65,7 @@ pub mod client;
 pub mod code;
 pub mod code_text;
 pub mod exchange;
+pub mod files;
 mod hex;
 pub mod keyfile;
 pub mod keys;
