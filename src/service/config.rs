@@ -10,6 +10,7 @@ use serde::Deserialize;
 use thiserror::Error;
 
 use crate::certs::CertFiles;
+use crate::files::{self, ReadError};
 use crate::keys::Fingerprint;
 
 /// Why a configuration file was refused.
@@ -23,7 +24,7 @@ pub enum ConfigError {
         path: String,
         /// Why.
         #[source]
-        source: std::io::Error,
+        source: ReadError,
     },
     /// The file is not valid TOML or has unknown or missing fields.
     #[error("configuration {path}, line {line}: {message}")]
@@ -44,6 +45,15 @@ pub enum ConfigError {
         message: String,
     },
 }
+
+/// Outside dev mode the certificates must be named: the demo CA that dev
+/// mode writes keeps its private key beside it, so anyone who can read the
+/// data folder could mint any agency's certificate.
+const NO_TLS: &str = "no [tls] section: outside dev mode, name the CA that signs the \
+agencies' client certificates, the server's certificate and its private key (mode 0600):\n\
+[tls]\nca = \"/etc/fugo/client-ca.pem\"\ncert = \"/etc/fugo/server.pem\"\n\
+key = \"/etc/fugo/server.key\"\n(demo certificates in data_dir/certs are used only with \
+dev_mode = true)";
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -103,10 +113,11 @@ impl ServeConfig {
     /// Reads and checks `path`.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: shown.clone(),
-            source,
-        })?;
+        let text =
+            files::read_text(path, files::MAX_CONFIG).map_err(|source| ConfigError::Read {
+                path: shown.clone(),
+                source,
+            })?;
         let raw: RawConfig = toml::from_str(&text).map_err(|error| ConfigError::Parse {
             path: shown.clone(),
             line: error.span().map_or(0, |span| {
@@ -131,6 +142,7 @@ impl ServeConfig {
         let data_dir = resolve(&raw.data_dir);
         let (client_ca, server_cert, server_key) = match raw.tls {
             Some(tls) => (resolve(&tls.ca), resolve(&tls.cert), resolve(&tls.key)),
+            None if !raw.dev_mode => return Err(invalid(NO_TLS.to_owned())),
             None => {
                 let files = CertFiles::in_dir(&data_dir.join("certs"));
                 (files.ca, files.server_cert, files.server_key)
