@@ -34,6 +34,8 @@
 
 mod check;
 
+pub use check::{IdentityError, MAX_IDENTITY_LEN, check_certificate_identity};
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 
