@@ -10,8 +10,8 @@ use thiserror::Error;
 use toml::Spanned;
 
 use super::{
-    Affair, Agency, Capability, MAX_TOKEN_LIFETIME, Policy, PolicyError, PolicyVersion, Problem,
-    Rule,
+    Affair, Agency, Capability, DEFAULT_NON_DISCLOSURE_MAX_DAYS, MAX_TOKEN_LIFETIME,
+    NON_DISCLOSURE_MAX_DAYS_LIMIT, Policy, PolicyError, PolicyVersion, Problem, Rule,
 };
 use crate::agency::{AffairId, AgencyId, Epoch, ItemId};
 
@@ -137,6 +137,8 @@ struct RawRule {
     token_lifetime_seconds: Spanned<i64>,
     #[serde(default)]
     non_disclosure: bool,
+    #[serde(default)]
+    non_disclosure_max_days: Option<Spanned<i64>>,
 }
 
 /// Collects problems while turning raw entries into checked ones.
@@ -351,6 +353,37 @@ impl<'t> Checker<'t> {
         }
     }
 
+    /// A rule's `non_disclosure_max_days`: `Some(None)` when the rule
+    /// allows no non-disclosure date, `None` (with a problem) when invalid.
+    fn non_disclosure_max_days(&mut self, entry: &RawRule) -> Option<Option<u32>> {
+        match (&entry.non_disclosure_max_days, entry.non_disclosure) {
+            (None, false) => Some(None),
+            (None, true) => Some(Some(DEFAULT_NON_DISCLOSURE_MAX_DAYS)),
+            (Some(days), false) => {
+                self.report(
+                    days,
+                    "non_disclosure_max_days needs non_disclosure = true in the same rule",
+                );
+                None
+            }
+            (Some(days), true) => match u32::try_from(*days.get_ref()) {
+                Ok(valid) if (1..=NON_DISCLOSURE_MAX_DAYS_LIMIT).contains(&valid) => {
+                    Some(Some(valid))
+                }
+                _ => {
+                    self.report(
+                        days,
+                        format!(
+                            "non_disclosure_max_days {} is outside 1 to {NON_DISCLOSURE_MAX_DAYS_LIMIT} (ten years)",
+                            days.get_ref()
+                        ),
+                    );
+                    None
+                }
+            },
+        }
+    }
+
     fn rules(
         &mut self,
         raw: &[Spanned<RawRule>],
@@ -397,8 +430,20 @@ impl<'t> Checker<'t> {
                     None
                 }
             };
-            let (Some(requester), Some(affair), Some(provider), Some(token_lifetime)) =
-                (requester, affair, provider, lifetime)
+            let non_disclosure_max_days = self.non_disclosure_max_days(entry);
+            let (
+                Some(requester),
+                Some(affair),
+                Some(provider),
+                Some(token_lifetime),
+                Some(non_disclosure_max_days),
+            ) = (
+                requester,
+                affair,
+                provider,
+                lifetime,
+                non_disclosure_max_days,
+            )
             else {
                 continue;
             };
@@ -426,6 +471,7 @@ impl<'t> Checker<'t> {
                     items,
                     token_lifetime,
                     non_disclosure: entry.non_disclosure,
+                    non_disclosure_max_days,
                 },
             );
         }
@@ -489,6 +535,41 @@ mod tests {
         let found = problems(&rule_twice);
         assert_eq!(found.len(), 1, "{found:?}");
         assert!(found[0].ends_with("is defined twice"), "{found:?}");
+    }
+
+    #[test]
+    fn non_disclosure_has_a_checked_maximum_period() {
+        let rule = |extra: &str| format!("{GOOD}{extra}");
+        let policy = Policy::parse(&rule("")).unwrap();
+        let only = policy.rules().next().unwrap();
+        assert_eq!(only.non_disclosure_max_days, None);
+        let policy = Policy::parse(&rule("non_disclosure = true\n")).unwrap();
+        assert_eq!(
+            policy.rules().next().unwrap().non_disclosure_max_days,
+            Some(DEFAULT_NON_DISCLOSURE_MAX_DAYS)
+        );
+        let policy = Policy::parse(&rule(
+            "non_disclosure = true\nnon_disclosure_max_days = 90\n",
+        ))
+        .unwrap();
+        assert_eq!(
+            policy.rules().next().unwrap().non_disclosure_max_days,
+            Some(90)
+        );
+        assert_eq!(
+            problems(&rule("non_disclosure_max_days = 90\n")),
+            vec!["line 28: non_disclosure_max_days needs non_disclosure = true in the same rule"]
+        );
+        for bad in ["0", "-1", "3654", "99999999999"] {
+            assert_eq!(
+                problems(&rule(&format!(
+                    "non_disclosure = true\nnon_disclosure_max_days = {bad}\n"
+                ))),
+                vec![format!(
+                    "line 29: non_disclosure_max_days {bad} is outside 1 to 3653 (ten years)"
+                )]
+            );
+        }
     }
 
     #[test]

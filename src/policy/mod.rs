@@ -29,7 +29,8 @@
 //! provider = "city-shinjuku"
 //! items = ["local-tax", "resident-register"]
 //! token_lifetime_seconds = 3600
-//! non_disclosure = false
+//! non_disclosure = false               # true: a seal may set a date
+//! # non_disclosure_max_days = 365      # how far ahead (with true only)
 //! ```
 
 mod check;
@@ -47,6 +48,14 @@ use crate::hex;
 
 /// Longest token lifetime a rule may set: 30 days.
 pub const MAX_TOKEN_LIFETIME: u64 = 30 * 86_400;
+
+/// How far ahead a non-disclosure date may lie when a rule allowing one
+/// does not say: 365 days.
+pub const DEFAULT_NON_DISCLOSURE_MAX_DAYS: u32 = 365;
+
+/// The most a rule may set for `non_disclosure_max_days`: 3,653 days (ten
+/// years).
+pub const NON_DISCLOSURE_MAX_DAYS_LIMIT: u32 = 3_653;
 
 /// What an agency may do besides sealing and redeeming under rules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -130,6 +139,10 @@ pub struct Rule {
     pub token_lifetime: u64,
     /// Whether a seal may carry a non-disclosure date.
     pub non_disclosure: bool,
+    /// How many days ahead of the seal a non-disclosure date may lie:
+    /// `Some` exactly when `non_disclosure` is true (default
+    /// [`DEFAULT_NON_DISCLOSURE_MAX_DAYS`]).
+    pub non_disclosure_max_days: Option<u32>,
 }
 
 /// The SHA-256 of the policy file, as 64 lowercase hex characters.
