@@ -580,6 +580,16 @@ fn an_oversized_policy_is_refused() {
         "{}",
         text(&out.stderr)
     );
+    let out = output_within(
+        Command::new(FUGO).args(["policy", "check", policy.to_str().unwrap()]),
+        Duration::from_secs(20),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("it is larger than 4194304 bytes"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[cfg(unix)]
