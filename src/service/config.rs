@@ -1,6 +1,9 @@
 //! `fugo serve --config fugo.toml`: the server's configuration file, read
 //! and checked once at start. Relative paths are taken from the folder the
 //! configuration file is in, so the example works from any working folder.
+//!
+//! Outside dev mode the `[tls]` section is required: production never falls
+//! back to the demo certificates in `data_dir/certs`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -98,8 +101,9 @@ pub struct ServeConfig {
     pub fingerprint: Fingerprint,
     /// How long in-flight calls may take to finish after a stop signal.
     pub shutdown_grace: Duration,
-    /// Dev mode: the public demo key is allowed and missing certificates
-    /// are generated. Loudly labelled; never for production.
+    /// Dev mode: the public demo key and key files others can read are
+    /// allowed, and without `[tls]` demo certificates in `data_dir/certs`
+    /// are generated and used. Loudly labelled; never for production.
     pub dev_mode: bool,
     /// The CA that signs client certificates (trusted for mTLS).
     pub client_ca: PathBuf,
@@ -160,5 +164,58 @@ impl ServeConfig {
             server_cert,
             server_key,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = "listen = \"127.0.0.1:0\"\ndata_dir = \"data\"\n\
+        policy = \"policy.toml\"\nmaster_key = \"master.key\"\n\
+        master_key_fingerprint = \"34391a36deac07213d13a6753154bf16\"\n";
+
+    fn load(text: &str) -> Result<ServeConfig, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fugo.toml");
+        std::fs::write(&path, text).unwrap();
+        ServeConfig::load(&path)
+    }
+
+    #[test]
+    fn production_needs_the_tls_section() {
+        let error = load(&format!("{BASE}dev_mode = false\n")).unwrap_err();
+        let message = error.to_string();
+        assert!(message.contains("no [tls] section"), "{message}");
+        assert!(message.contains("[tls]\nca = "), "{message}");
+        let error = load(BASE).unwrap_err();
+        assert!(
+            error.to_string().contains("no [tls] section"),
+            "the default is production"
+        );
+
+        let config = load(&format!(
+            "{BASE}[tls]\nca = \"/etc/fugo/ca.pem\"\ncert = \"s.pem\"\nkey = \"s.key\"\n"
+        ))
+        .unwrap();
+        assert_eq!(config.client_ca, Path::new("/etc/fugo/ca.pem"));
+        assert!(config.server_key.ends_with("s.key"));
+    }
+
+    #[test]
+    fn dev_mode_without_tls_uses_the_demo_certificates() {
+        let config = load(&format!("{BASE}dev_mode = true\n")).unwrap();
+        assert!(config.client_ca.ends_with("data/certs/ca.pem"));
+        assert!(config.server_key.ends_with("data/certs/server.key"));
+    }
+
+    #[test]
+    fn an_oversized_configuration_is_refused() {
+        let big = format!("{BASE}dev_mode = true\n{}", "#\n".repeat(1 << 19));
+        let message = load(&big).unwrap_err().to_string();
+        assert!(
+            message.ends_with("it is larger than 1048576 bytes, the limit for this file"),
+            "{message}"
+        );
     }
 }
