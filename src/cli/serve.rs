@@ -4,7 +4,6 @@
 
 use std::io::{self, IsTerminal, Write};
 use std::path::Path;
-
 use std::sync::mpsc::{self, SyncSender, TrySendError};
 
 use tokio::signal::unix::{SignalKind, signal};
@@ -66,8 +65,8 @@ pub(crate) fn run(config_path: &Path) -> Result<(), CliError> {
 }
 
 /// Reloads run on their own thread, never on the async runtime: reading a
-/// file can block (a slow disk, or a named pipe swapped in after the check),
-/// and a blocked runtime thread would stall calls and the stop signal. The
+/// file can still block (a slow disk, a hung network filesystem), and a
+/// blocked runtime thread would stall calls and the stop signal. The
 /// thread is not joined, so a reload that hangs cannot keep the process
 /// from exiting.
 fn reload_thread(reloader: Reloader) -> io::Result<SyncSender<()>> {
