@@ -3,8 +3,10 @@
 //! agency's certificate identity). For `fugo dev-certs`, the server's dev
 //! mode and the tests; production certificates come from a real CA.
 
-use std::fs;
-use std::io;
+use std::fs::{self, OpenOptions};
+use std::io::{self, Write};
+#[cfg(unix)]
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use rcgen::{
@@ -12,6 +14,8 @@ use rcgen::{
     ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose,
 };
 use thiserror::Error;
+
+use crate::policy::check_certificate_identity;
 
 /// Why certificates could not be made.
 #[derive(Debug, Error)]
@@ -25,6 +29,15 @@ pub enum CertError {
         /// Why.
         #[source]
         source: rcgen::Error,
+    },
+    /// An identity that cannot be a file name in the folder, or that would
+    /// overwrite the CA's or the server's files.
+    #[error("certificate identity '{identity}' {reason}")]
+    BadIdentity {
+        /// The identity, escaped.
+        identity: String,
+        /// What is wrong.
+        reason: String,
     },
     /// Writing a file failed.
     #[error("cannot write {path}: {source}")]
@@ -150,40 +163,165 @@ impl CertFiles {
     }
 }
 
-fn write(path: &Path, text: &str, private: bool) -> Result<(), CertError> {
+/// Writes `text` to `dir/name` through a new file created with its final
+/// mode (0600 for a private key: never readable by others, not even for a
+/// moment), then renamed over the old one. The rename replaces a symbolic
+/// link at the name instead of following it, so nothing is written outside
+/// `dir`.
+fn write(dir: &Path, name: &str, text: &str, private: bool) -> Result<(), CertError> {
+    let path = dir.join(name);
+    let temporary = dir.join(format!(".{name}.tmp"));
     let error = |source| CertError::Write {
         path: path.display().to_string(),
         source,
     };
-    fs::write(path, text).map_err(error)?;
+    let mut options = OpenOptions::new();
+    options.write(true).create_new(true);
     #[cfg(unix)]
-    if private {
-        use std::os::unix::fs::PermissionsExt;
-        fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(error)?;
-    }
+    options.mode(if private { 0o600 } else { 0o644 });
     #[cfg(not(unix))]
     let _ = private;
+    let mut file = match options.open(&temporary) {
+        Err(stale) if stale.kind() == io::ErrorKind::AlreadyExists => {
+            // Left by an interrupted run: remove it (a link, not its target).
+            fs::remove_file(&temporary).map_err(error)?;
+            options.open(&temporary)
+        }
+        other => other,
+    }
+    .map_err(error)?;
+    let written = file
+        .write_all(text.as_bytes())
+        .and_then(|()| file.sync_all())
+        .and_then(|()| fs::rename(&temporary, &path));
+    if let Err(source) = written {
+        let _ = fs::remove_file(&temporary);
+        return Err(error(source));
+    }
+    Ok(())
+}
+
+/// Names of the files the CA and the server certificate use; no client
+/// identity may take them.
+const RESERVED: [&str; 2] = ["ca", "server"];
+
+/// Checks that every identity is a safe file name, is not reserved, and is
+/// not another identity in a different case (one file on macOS and Windows).
+fn check_identities(identities: &[String]) -> Result<(), CertError> {
+    let mut seen = std::collections::HashSet::new();
+    for identity in identities {
+        let bad = |reason: String| CertError::BadIdentity {
+            identity: identity.escape_debug().collect(),
+            reason,
+        };
+        check_certificate_identity(identity).map_err(|error| bad(error.to_string()))?;
+        let folded = identity.to_ascii_lowercase();
+        if RESERVED.contains(&folded.as_str()) {
+            return Err(bad(
+                "would overwrite the files of the CA or the server".to_owned()
+            ));
+        }
+        if !seen.insert(folded) {
+            return Err(bad("is listed twice (letter case aside)".to_owned()));
+        }
+    }
     Ok(())
 }
 
 /// Writes a CA, a server certificate and one client certificate per
 /// identity (`<identity>.pem`, `<identity>.key`) into `dir`.
+/// Every file is written inside `dir` (an identity that is not a safe file
+/// name is refused before anything is written), and every private key is
+/// created with mode 0600. A folder created here gets mode 0700.
 pub fn write_dev_certs(dir: &Path, identities: &[String]) -> Result<CertFiles, CertError> {
-    fs::create_dir_all(dir).map_err(|source| CertError::Write {
+    check_identities(identities)?;
+    let mut folder = fs::DirBuilder::new();
+    folder.recursive(true);
+    #[cfg(unix)]
+    folder.mode(0o700);
+    folder.create(dir).map_err(|source| CertError::Write {
         path: dir.display().to_string(),
         source,
     })?;
     let ca = DevCa::new("fugo dev CA")?;
-    let files = CertFiles::in_dir(dir);
-    write(&files.ca, &ca.cert_pem(), false)?;
-    write(&dir.join("ca.key"), &ca.key_pem(), true)?;
+    write(dir, "ca.pem", &ca.cert_pem(), false)?;
+    write(dir, "ca.key", &ca.key_pem(), true)?;
     let server = ca.server()?;
-    write(&files.server_cert, &server.cert, false)?;
-    write(&files.server_key, &server.key, true)?;
+    write(dir, "server.pem", &server.cert, false)?;
+    write(dir, "server.key", &server.key, true)?;
     for identity in identities {
         let client = ca.client(identity)?;
-        write(&dir.join(format!("{identity}.pem")), &client.cert, false)?;
-        write(&dir.join(format!("{identity}.key")), &client.key, true)?;
+        write(dir, &format!("{identity}.pem"), &client.cert, false)?;
+        write(dir, &format!("{identity}.key"), &client.key, true)?;
     }
-    Ok(files)
+    Ok(CertFiles::in_dir(dir))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(list: &[&str]) -> Vec<String> {
+        list.iter().map(|name| (*name).to_owned()).collect()
+    }
+
+    #[test]
+    fn identities_that_would_escape_the_folder_are_refused_before_writing() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("certs");
+        for (identities, message) in [
+            (
+                names(&["mhlw", "../escaped"]),
+                "certificate identity '../escaped' contains a path separator",
+            ),
+            (names(&["..x"]), "certificate identity '..x' contains '..'"),
+            (
+                names(&["ca"]),
+                "certificate identity 'ca' would overwrite the files of the CA or the server",
+            ),
+            (
+                names(&["Server"]),
+                "certificate identity 'Server' would overwrite the files of the CA or the server",
+            ),
+            (
+                names(&["mhlw", "MHLW"]),
+                "certificate identity 'MHLW' is listed twice (letter case aside)",
+            ),
+        ] {
+            let error = write_dev_certs(&out, &identities).unwrap_err();
+            assert_eq!(error.to_string(), message);
+        }
+        assert!(!out.exists(), "nothing was written");
+        assert!(!dir.path().join("escaped.pem").exists());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn private_keys_replace_old_files_and_are_never_readable_by_others() {
+        use std::os::unix::fs::{PermissionsExt, symlink};
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("certs");
+        fs::create_dir(&out).unwrap();
+        fs::set_permissions(&out, fs::Permissions::from_mode(0o755)).unwrap();
+        // An old key left readable by everyone, and a link pointing outside.
+        fs::write(out.join("server.key"), "old").unwrap();
+        fs::set_permissions(out.join("server.key"), fs::Permissions::from_mode(0o644)).unwrap();
+        let outside = dir.path().join("outside");
+        fs::write(&outside, "untouched").unwrap();
+        symlink(&outside, out.join("mhlw.key")).unwrap();
+
+        write_dev_certs(&out, &names(&["mhlw"])).unwrap();
+        for key in ["ca.key", "server.key", "mhlw.key"] {
+            let metadata = fs::symlink_metadata(out.join(key)).unwrap();
+            assert!(metadata.is_file(), "{key} is a regular file");
+            assert_eq!(metadata.permissions().mode() & 0o777, 0o600, "{key}");
+        }
+        assert_eq!(fs::read_to_string(&outside).unwrap(), "untouched");
+        let folder = fs::metadata(&out).unwrap().permissions().mode();
+        assert_eq!(folder & 0o777, 0o755, "an existing folder keeps its mode");
+        let fresh = dir.path().join("fresh");
+        write_dev_certs(&fresh, &[]).unwrap();
+        let mode = fs::metadata(&fresh).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+    }
 }

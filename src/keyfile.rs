@@ -2,10 +2,10 @@
 //! fingerprints. The parsing itself is [`crate::keys`]; this is the I/O,
 //! shared by the CLI and the server.
 
-use std::fs::{self, OpenOptions};
+use std::fs::OpenOptions;
 use std::io::{self, Write};
 #[cfg(unix)]
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use ring::rand::{SecureRandom, SystemRandom};
@@ -13,6 +13,7 @@ use zeroize::Zeroizing;
 
 use thiserror::Error;
 
+use crate::files;
 use crate::keys::{Fingerprint, KEY_LEN, KeyFileError, KeyHierarchy, MasterKey};
 
 /// Where a master key comes from and what it must be.
@@ -28,14 +29,15 @@ pub struct KeySource {
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum KeyLoadError {
-    /// The key file could not be read.
+    /// The key file could not be read (missing, not a regular file, too
+    /// large to be a key).
     #[error("cannot read key file {path}: {source}")]
     Read {
         /// The key file.
         path: String,
         /// Why.
         #[source]
-        source: io::Error,
+        source: files::ReadError,
     },
     /// The key file's contents are not a key.
     #[error("key file {path}: {source}")]
@@ -102,16 +104,19 @@ pub fn load_with_state(
         path: path.display().to_string(),
         source,
     };
-    let contents = Zeroizing::new(fs::read(path).map_err(read_error)?);
+    // Bounded and regular-only: a key file that is /dev/urandom or a pipe
+    // is refused at once instead of read until memory runs out.
+    let contents = files::read(path, files::MAX_KEY_FILE).map_err(read_error)?;
     let master =
-        MasterKey::from_file_contents(&contents).map_err(|source| KeyLoadError::Format {
+        MasterKey::from_file_contents(&contents.bytes).map_err(|source| KeyLoadError::Format {
             path: path.display().to_string(),
             source,
         })?;
     let keys = KeyHierarchy::new(&master);
     // Warnings must not stop the run, so their write errors are ignored.
     let demo = keys.fingerprint().is_demo();
-    let readable_by_others = readable_by_others(path).map_err(read_error)?;
+    // The mode of the file just read, not of whatever the path names now.
+    let readable_by_others = files::readable_by_others(&contents.metadata);
     if demo {
         let _ = writeln!(
             warnings,
@@ -142,17 +147,6 @@ pub fn load_with_state(
             readable_by_others,
         },
     ))
-}
-
-/// Whether group or others may read the file.
-#[cfg(unix)]
-fn readable_by_others(path: &Path) -> io::Result<bool> {
-    Ok(fs::metadata(path)?.permissions().mode() & 0o077 != 0)
-}
-
-#[cfg(not(unix))]
-fn readable_by_others(_: &Path) -> io::Result<bool> {
-    Ok(false)
 }
 
 /// Writes a fresh key from the operating system's CSPRNG to `path` with mode

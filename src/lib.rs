@@ -13,7 +13,7 @@
 //!  │  ├─ service: mTLS identity → fugo.v1.Codes → status (one error mapping) │
 //!  │  ├─ client: streaming batches over one connection                      │
 //!  │  ├─ bulk: ordered parallel pipeline for files                          │
-//!  │  └─ policy (TOML, located problems), keyfile, certs: files on disk      │
+//!  │  └─ policy (TOML, located problems), keyfile, certs, files: on disk │
 //!  └───────────────────────────────┬──────────────────────────────────────┘
 //!                                  ▼
 //!  fugo-core (crates/core: no I/O, no clock, no OS randomness; reviewable alone)
@@ -40,6 +40,7 @@ pub mod bulk;
 pub mod certs;
 pub mod cli;
 pub mod client;
+pub mod files;
 pub mod keyfile;
 pub mod policy;
 pub mod proto;

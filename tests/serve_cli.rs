@@ -19,26 +19,113 @@ fn root() -> &'static Path {
 
 /// Writes a configuration into `dir` and returns its path.
 fn config(dir: &Path, dev_mode: bool, fingerprint: &str) -> PathBuf {
+    config_with(dir, dev_mode, &common::demo_key_path(), fingerprint, None)
+}
+
+/// Like [`config`], with a chosen master key and, if `tls` names a folder
+/// made by [`test_pki`], a `[tls]` section using it.
+fn config_with(
+    dir: &Path,
+    dev_mode: bool,
+    master_key: &Path,
+    fingerprint: &str,
+    tls: Option<&Path>,
+) -> PathBuf {
     fs::copy(root().join("policy.example.toml"), dir.join("policy.toml")).unwrap();
     let path = dir.join("fugo.toml");
-    fs::write(
-        &path,
-        format!(
-            "listen = \"127.0.0.1:0\"\ndata_dir = \"data\"\npolicy = \"policy.toml\"\n\
-             master_key = \"{}\"\nmaster_key_fingerprint = \"{fingerprint}\"\n\
-             shutdown_grace_seconds = 5\ndev_mode = {dev_mode}\n",
-            common::demo_key_path().display()
-        ),
-    )
-    .unwrap();
+    let mut text = format!(
+        "listen = \"127.0.0.1:0\"\ndata_dir = \"data\"\npolicy = \"policy.toml\"\n\
+         master_key = \"{}\"\nmaster_key_fingerprint = \"{fingerprint}\"\n\
+         shutdown_grace_seconds = 5\ndev_mode = {dev_mode}\n",
+        master_key.display()
+    );
+    if let Some(pki) = tls {
+        text.push_str(&format!(
+            "\n[tls]\nca = \"{0}/ca.pem\"\ncert = \"{0}/server.pem\"\nkey = \"{0}/server.key\"\n",
+            pki.display()
+        ));
+    }
+    fs::write(&path, text).unwrap();
     path
+}
+
+/// Certificates made for the test (a CA, the server, mhlw) in `dir/pki`.
+fn test_pki(dir: &Path) -> PathBuf {
+    let pki = dir.join("pki");
+    fugo::certs::write_dev_certs(&pki, &["mhlw".to_owned()]).unwrap();
+    pki
+}
+
+/// A fresh (non-demo) master key with mode 0600; returns its path and
+/// fingerprint.
+fn private_key(dir: &Path) -> (PathBuf, String) {
+    let path = dir.join("master.key");
+    let keys = fugo::keyfile::generate(&path).unwrap();
+    (path, keys.fingerprint().to_string())
+}
+
+/// Runs `command` to its end, or kills it after `limit` and fails. Its
+/// output is collected as it comes, so a full pipe never blocks it.
+fn output_within(command: &mut Command, limit: Duration) -> Output {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let collect = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = pipe.read_to_end(&mut bytes);
+            bytes
+        })
+    };
+    let stdout = collect(Box::new(child.stdout.take().unwrap()));
+    let stderr = collect(Box::new(child.stderr.take().unwrap()));
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > limit {
+            child.kill().unwrap();
+            let _ = child.wait();
+            let stderr = text(&stderr.join().unwrap());
+            panic!("still running after {limit:?}; stderr {stderr:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Output {
+        status,
+        stdout: stdout.join().unwrap(),
+        stderr: stderr.join().unwrap(),
+    }
+}
+
+/// `fugo serve` that must refuse to start: its output, within 20 s.
+fn serve_refused(config: &Path) -> Output {
+    let out = output_within(
+        Command::new(FUGO).args(["serve", "--config", config.to_str().unwrap()]),
+        Duration::from_secs(20),
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    out
 }
 
 struct Server {
     child: Child,
     addr: String,
     /// Collects stderr as it comes, so the server never blocks on a full pipe.
-    logs: std::thread::JoinHandle<String>,
+    logs: Option<std::thread::JoinHandle<String>>,
+}
+
+impl Drop for Server {
+    /// A test that fails before `stop` must not leave its server running.
+    fn drop(&mut self) {
+        if self.logs.is_some() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 }
 
 impl Server {
@@ -66,7 +153,11 @@ impl Server {
             let _ = stderr.read_to_string(&mut text);
             text
         });
-        Server { child, addr, logs }
+        Server {
+            child,
+            addr,
+            logs: Some(logs),
+        }
     }
 
     fn signal(&self, name: &str) {
@@ -83,7 +174,8 @@ impl Server {
         let started = Instant::now();
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
-                return (status.code().unwrap_or(-1), self.logs.join().unwrap());
+                let logs = self.logs.take().unwrap().join().unwrap();
+                return (status.code().unwrap_or(-1), logs);
             }
             assert!(
                 started.elapsed() < Duration::from_secs(20),
@@ -95,8 +187,13 @@ impl Server {
 }
 
 fn client(server: &Server, dir: &Path, agency: &str, args: &[&str]) -> Output {
-    let certs = dir.join("data/certs");
-    Command::new(FUGO)
+    client_with(server, &dir.join("data/certs"), agency, args)
+}
+
+/// `fugo client` with the certificates in `certs`; fails after 30 s.
+fn client_with(server: &Server, certs: &Path, agency: &str, args: &[&str]) -> Output {
+    let mut command = Command::new(FUGO);
+    command
         .args(["client"])
         .args(&args[..1])
         .args(["--server", &format!("https://{}", server.addr)])
@@ -109,9 +206,8 @@ fn client(server: &Server, dir: &Path, agency: &str, args: &[&str]) -> Output {
             "--key",
             certs.join(format!("{agency}.key")).to_str().unwrap(),
         ])
-        .args(&args[1..])
-        .output()
-        .unwrap()
+        .args(&args[1..]);
+    output_within(&mut command, Duration::from_secs(30))
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -334,13 +430,20 @@ fn sighup_reloads_the_policy_and_keeps_the_old_one_when_broken() {
 #[test]
 fn production_mode_refuses_the_demo_key_and_a_wrong_fingerprint() {
     let dir = tempfile::tempdir().unwrap();
+    let pki = test_pki(dir.path());
     let out = Command::new(FUGO)
         .args([
             "serve",
             "--config",
-            config(dir.path(), false, common::DEMO_FINGERPRINT)
-                .to_str()
-                .unwrap(),
+            config_with(
+                dir.path(),
+                false,
+                &common::demo_key_path(),
+                common::DEMO_FINGERPRINT,
+                Some(&pki),
+            )
+            .to_str()
+            .unwrap(),
         ])
         .output()
         .unwrap();
@@ -380,4 +483,159 @@ fn production_mode_refuses_the_demo_key_and_a_wrong_fingerprint() {
         "{}",
         text(&out.stderr)
     );
+}
+
+#[test]
+fn production_mode_needs_a_tls_section_and_does_not_use_the_demo_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key, fingerprint) = private_key(dir.path());
+    // Demo certificates lie ready in data/certs: production must not use them.
+    fugo::certs::write_dev_certs(&dir.path().join("data/certs"), &["mhlw".to_owned()]).unwrap();
+    let out = serve_refused(&config_with(dir.path(), false, &key, &fingerprint, None));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("no [tls] section"), "{stderr}");
+    assert!(
+        stderr.contains("[tls]\nca = "),
+        "says what to add: {stderr}"
+    );
+}
+
+#[cfg(unix)]
+#[test]
+fn production_mode_refuses_a_tls_key_others_can_read_and_serves_with_a_private_one() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (key, fingerprint) = private_key(dir.path());
+    let pki = test_pki(dir.path());
+    let server_key = pki.join("server.key");
+    assert_eq!(
+        fs::metadata(&server_key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    fs::set_permissions(&server_key, fs::Permissions::from_mode(0o640)).unwrap();
+    let config = config_with(dir.path(), false, &key, &fingerprint, Some(&pki));
+    let out = serve_refused(&config);
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "TLS private key {} can be read by group or others; run `chmod 600` on it",
+            server_key.display()
+        )),
+        "{stderr}"
+    );
+
+    fs::set_permissions(&server_key, fs::Permissions::from_mode(0o600)).unwrap();
+    let server = Server::start(&config);
+    let numbers = dir.path().join("n");
+    fs::write(&numbers, "123456789018\n").unwrap();
+    let out = client_with(
+        &server,
+        &pki,
+        "mhlw",
+        &["derive", numbers.to_str().unwrap()],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        !dir.path().join("data/certs").exists(),
+        "production writes no demo certificates"
+    );
+    let (code, stderr) = server.stop();
+    assert_eq!(code, 0, "{stderr}");
+}
+
+#[test]
+fn a_master_key_that_is_a_device_is_refused_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let urandom = Path::new("/dev/urandom");
+    let started = Instant::now();
+    let out = serve_refused(&config_with(
+        dir.path(),
+        true,
+        urandom,
+        common::DEMO_FINGERPRINT,
+        None,
+    ));
+    assert!(
+        text(&out.stderr).contains(
+            "cannot read key file /dev/urandom: it is a character device, not a regular file"
+        ),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = output_within(
+        Command::new(FUGO).args(["keys", "fingerprint", "/dev/urandom"]),
+        Duration::from_secs(20),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("it is a character device"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(started.elapsed() < Duration::from_secs(20));
+}
+
+#[test]
+fn an_oversized_policy_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path(), true, common::DEMO_FINGERPRINT);
+    let policy = dir.path().join("policy.toml");
+    let mut big = fs::read_to_string(&policy).unwrap();
+    let comment = format!("# {}\n", "x".repeat(1000));
+    while big.len() <= 4 << 20 {
+        big.push_str(&comment);
+    }
+    fs::write(&policy, &big).unwrap();
+    let out = serve_refused(&config);
+    assert!(
+        text(&out.stderr).contains(&format!(
+            "cannot read policy {}: it is larger than 4194304 bytes",
+            policy.display()
+        )),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = output_within(
+        Command::new(FUGO).args(["policy", "check", policy.to_str().unwrap()]),
+        Duration::from_secs(20),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("it is larger than 4194304 bytes"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[cfg(unix)]
+#[test]
+fn a_named_pipe_at_the_policy_path_is_refused_on_sighup_and_the_server_keeps_going() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&config(dir.path(), true, common::DEMO_FINGERPRINT));
+    let policy = dir.path().join("policy.toml");
+    fs::remove_file(&policy).unwrap();
+    let made = Command::new("mkfifo").arg(&policy).status().unwrap();
+    assert!(made.success());
+    server.signal("HUP");
+    std::thread::sleep(Duration::from_millis(500));
+    let numbers = dir.path().join("n");
+    fs::write(&numbers, "123456789018\n").unwrap();
+    let out = client(
+        &server,
+        dir.path(),
+        "mhlw",
+        &["derive", numbers.to_str().unwrap()],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    // A second SIGHUP is handled too: nothing is stuck.
+    server.signal("HUP");
+    std::thread::sleep(Duration::from_millis(300));
+    let (code, stderr) = server.stop();
+    assert_eq!(code, 0, "{stderr}");
+    let refusal = format!(
+        "cannot read policy {}: it is a named pipe (FIFO), not a regular file",
+        policy.display()
+    );
+    assert_eq!(stderr.matches(refusal.as_str()).count(), 2, "{stderr}");
+    assert!(stderr.contains("policy reload refused"), "{stderr}");
 }

@@ -103,6 +103,13 @@ impl Harness {
         fs::write(dir.path().join("ca.pem"), ca.cert_pem()).unwrap();
         fs::write(dir.path().join("server.pem"), &server.cert).unwrap();
         fs::write(dir.path().join("server.key"), &server.key).unwrap();
+        // Outside dev mode a TLS key others can read is refused.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::Permissions::from_mode(0o600);
+            fs::set_permissions(dir.path().join("server.key"), mode).unwrap();
+        }
         let config = ServeConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
             data_dir: dir.path().join("data"),

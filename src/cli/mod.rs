@@ -63,14 +63,14 @@ pub enum CliError {
     /// The async runtime could not start.
     #[error("cannot start the runtime: {0}")]
     Runtime(#[source] io::Error),
-    /// A file could not be read.
+    /// A file could not be read (missing, not a regular file, too large).
     #[error("cannot read {path}: {source}")]
     ReadFile {
         /// The file.
         path: String,
         /// Why.
         #[source]
-        source: io::Error,
+        source: crate::files::ReadError,
     },
     /// A policy file has problems; each is already printed with its line.
     #[error("{path}: {count} problem(s); the policy is not valid")]
@@ -177,11 +177,14 @@ fn finish(summary: crate::bulk::Summary) -> Result<u8, CliError> {
 /// a one-line summary on stdout when the file is valid.
 fn check_policy(path: &std::path::Path) -> Result<(), CliError> {
     let shown = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|source| CliError::ReadFile {
-        path: shown.clone(),
-        source,
+    let contents = crate::files::read(path, crate::files::MAX_POLICY).map_err(|source| {
+        CliError::ReadFile {
+            path: shown.clone(),
+            source,
+        }
     })?;
-    let problems = match std::str::from_utf8(&bytes) {
+    let bytes = contents.bytes.as_slice();
+    let problems = match std::str::from_utf8(bytes) {
         Err(error) => vec![crate::policy::Problem {
             line: 1 + bytes[..error.valid_up_to()]
                 .iter()

@@ -1,14 +1,16 @@
 //! `fugo serve`: loads the configuration, starts the server, reloads the
-//! policy on SIGHUP, stops gracefully on SIGTERM or SIGINT.
+//! policy on SIGHUP (on a thread of its own), stops gracefully on SIGTERM or
+//! SIGINT.
 
 use std::io::{self, IsTerminal, Write};
 use std::path::Path;
+use std::sync::mpsc::{self, SyncSender, TrySendError};
 
 use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::EnvFilter;
 
 use super::{CliError, print_line};
-use crate::service::{self, ServeConfig};
+use crate::service::{self, Reloader, ServeConfig};
 
 /// Runs the server until a stop signal; exit status 0 after a graceful stop.
 pub(crate) fn run(config_path: &Path) -> Result<(), CliError> {
@@ -42,11 +44,13 @@ pub(crate) fn run(config_path: &Path) -> Result<(), CliError> {
         let running = service::start(config, &mut io::stderr()).await?;
         // The one line on stdout: where to connect (tests start on port 0).
         print_line(&format!("fugo: listening on {}", running.addr))?;
-        let reloader = running.reloader();
+        let reload = reload_thread(running.reloader()).map_err(CliError::Runtime)?;
         tokio::spawn(async move {
             while hangup.recv().await.is_some() {
-                // Errors are logged by the reload itself; the old policy stays.
-                let _ = reloader.reload();
+                // One reload waits at most; SIGHUPs while it waits are one.
+                if let Err(TrySendError::Disconnected(())) = reload.try_send(()) {
+                    tracing::error!("the reload thread is gone; SIGHUP is ignored");
+                }
             }
         });
         tokio::select! {
@@ -58,4 +62,22 @@ pub(crate) fn run(config_path: &Path) -> Result<(), CliError> {
         tracing::info!("stopped");
         Ok(())
     })
+}
+
+/// Reloads run on their own thread, never on the async runtime: reading a
+/// file can still block (a slow disk, a hung network filesystem), and a
+/// blocked runtime thread would stall calls and the stop signal. The
+/// thread is not joined, so a reload that hangs cannot keep the process
+/// from exiting.
+fn reload_thread(reloader: Reloader) -> io::Result<SyncSender<()>> {
+    let (sender, requests) = mpsc::sync_channel::<()>(1);
+    std::thread::Builder::new()
+        .name("fugo-reload".to_owned())
+        .spawn(move || {
+            while requests.recv().is_ok() {
+                // Errors are logged by the reload itself; the old policy stays.
+                let _ = reloader.reload();
+            }
+        })?;
+    Ok(sender)
 }

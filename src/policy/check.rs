@@ -6,13 +6,84 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 
 use serde::Deserialize;
+use thiserror::Error;
 use toml::Spanned;
 
 use super::{
-    Affair, Agency, Capability, MAX_TOKEN_LIFETIME, Policy, PolicyError, PolicyVersion, Problem,
-    Rule,
+    Affair, Agency, Capability, DEFAULT_NON_DISCLOSURE_MAX_DAYS, MAX_TOKEN_LIFETIME,
+    NON_DISCLOSURE_MAX_DAYS_LIMIT, Policy, PolicyError, PolicyVersion, Problem, Rule,
 };
 use crate::agency::{AffairId, AgencyId, Epoch, ItemId};
+
+/// Longest certificate identity, in characters: 64, the X.520 upper bound
+/// for a Common Name.
+pub const MAX_IDENTITY_LEN: usize = 64;
+
+/// Why a certificate identity is refused. Identities name client
+/// certificates and, for `fugo dev-certs` and dev mode, files; so they are
+/// kept to a charset that is a safe file name everywhere.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum IdentityError {
+    /// Nothing at all.
+    #[error("is empty")]
+    Empty,
+    /// Over [`MAX_IDENTITY_LEN`] characters.
+    #[error("is longer than {MAX_IDENTITY_LEN} characters")]
+    TooLong,
+    /// A `/` or `\`.
+    #[error("contains a path separator")]
+    Separator,
+    /// `..` anywhere.
+    #[error("contains '..'")]
+    DotDot,
+    /// A control character (newline, NUL, escape, …).
+    #[error("contains a control character")]
+    Control,
+    /// A character outside the allowed set.
+    #[error("contains {0:?}; allowed are A-Z a-z 0-9 and . - _ @")]
+    Character(char),
+    /// Starts with something other than a letter or digit.
+    #[error("must start with a letter or a digit")]
+    Start,
+}
+
+/// Checks a certificate identity: 1 to 64 characters of `A-Z a-z 0-9 . - _
+/// @`, starting with a letter or digit, without `..`.
+pub fn check_certificate_identity(identity: &str) -> Result<(), IdentityError> {
+    if identity.is_empty() {
+        return Err(IdentityError::Empty);
+    }
+    if identity.chars().count() > MAX_IDENTITY_LEN {
+        return Err(IdentityError::TooLong);
+    }
+    if let Some(c) = identity
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '@')))
+    {
+        return Err(match c {
+            '/' | '\\' => IdentityError::Separator,
+            c if c.is_control() => IdentityError::Control,
+            c => IdentityError::Character(c),
+        });
+    }
+    if identity.contains("..") {
+        return Err(IdentityError::DotDot);
+    }
+    if !identity.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+        return Err(IdentityError::Start);
+    }
+    Ok(())
+}
+
+/// An identity for a message: escaped and cut short, since it is not valid.
+fn shown_identity(identity: &str) -> String {
+    let escaped: String = identity.escape_debug().collect();
+    match escaped.char_indices().nth(MAX_IDENTITY_LEN) {
+        Some((cut, _)) => format!("{}…", &escaped[..cut]),
+        None => escaped,
+    }
+}
 
 /// 1-based line of byte offset `at` in `text`.
 pub(super) fn line_of(text: &str, at: usize) -> usize {
@@ -66,6 +137,8 @@ struct RawRule {
     token_lifetime_seconds: Spanned<i64>,
     #[serde(default)]
     non_disclosure: bool,
+    #[serde(default)]
+    non_disclosure_max_days: Option<Spanned<i64>>,
 }
 
 /// Collects problems while turning raw entries into checked ones.
@@ -193,6 +266,18 @@ impl<'t> Checker<'t> {
             if entry.certificates.is_empty() {
                 self.report(&entry.id, "agency lists no certificate identity");
             }
+            for certificate in &entry.certificates {
+                if let Err(error) = check_certificate_identity(certificate.get_ref()) {
+                    self.report(
+                        certificate,
+                        format!(
+                            "agency {}: certificate identity '{}' {error}",
+                            shown_identity(entry.id.get_ref()),
+                            shown_identity(certificate.get_ref())
+                        ),
+                    );
+                }
+            }
             let epoch = self.epoch(&entry.epoch);
             let accepted: Option<BTreeSet<Epoch>> = match &entry.accepted_epochs {
                 None => epoch.map(|e| BTreeSet::from([e])),
@@ -271,6 +356,37 @@ impl<'t> Checker<'t> {
         }
     }
 
+    /// A rule's `non_disclosure_max_days`: `Some(None)` when the rule
+    /// allows no non-disclosure date, `None` (with a problem) when invalid.
+    fn non_disclosure_max_days(&mut self, entry: &RawRule) -> Option<Option<u32>> {
+        match (&entry.non_disclosure_max_days, entry.non_disclosure) {
+            (None, false) => Some(None),
+            (None, true) => Some(Some(DEFAULT_NON_DISCLOSURE_MAX_DAYS)),
+            (Some(days), false) => {
+                self.report(
+                    days,
+                    "non_disclosure_max_days needs non_disclosure = true in the same rule",
+                );
+                None
+            }
+            (Some(days), true) => match u32::try_from(*days.get_ref()) {
+                Ok(valid) if (1..=NON_DISCLOSURE_MAX_DAYS_LIMIT).contains(&valid) => {
+                    Some(Some(valid))
+                }
+                _ => {
+                    self.report(
+                        days,
+                        format!(
+                            "non_disclosure_max_days {} is outside 1 to {NON_DISCLOSURE_MAX_DAYS_LIMIT} (ten years)",
+                            days.get_ref()
+                        ),
+                    );
+                    None
+                }
+            },
+        }
+    }
+
     fn rules(
         &mut self,
         raw: &[Spanned<RawRule>],
@@ -317,8 +433,20 @@ impl<'t> Checker<'t> {
                     None
                 }
             };
-            let (Some(requester), Some(affair), Some(provider), Some(token_lifetime)) =
-                (requester, affair, provider, lifetime)
+            let non_disclosure_max_days = self.non_disclosure_max_days(entry);
+            let (
+                Some(requester),
+                Some(affair),
+                Some(provider),
+                Some(token_lifetime),
+                Some(non_disclosure_max_days),
+            ) = (
+                requester,
+                affair,
+                provider,
+                lifetime,
+                non_disclosure_max_days,
+            )
             else {
                 continue;
             };
@@ -346,6 +474,7 @@ impl<'t> Checker<'t> {
                     items,
                     token_lifetime,
                     non_disclosure: entry.non_disclosure,
+                    non_disclosure_max_days,
                 },
             );
         }
@@ -357,6 +486,7 @@ impl<'t> Checker<'t> {
 mod tests {
     use super::super::parse;
     use super::super::tests::GOOD;
+    use super::*;
 
     fn problems(text: &str) -> Vec<String> {
         parse(text)
@@ -409,6 +539,86 @@ mod tests {
         let found = problems(&rule_twice);
         assert_eq!(found.len(), 1, "{found:?}");
         assert!(found[0].ends_with("is defined twice"), "{found:?}");
+    }
+
+    #[test]
+    fn non_disclosure_has_a_checked_maximum_period() {
+        let rule = |extra: &str| format!("{GOOD}{extra}");
+        let policy = parse(&rule("")).unwrap();
+        let only = policy.rules().next().unwrap();
+        assert_eq!(only.non_disclosure_max_days, None);
+        let policy = parse(&rule("non_disclosure = true\n")).unwrap();
+        assert_eq!(
+            policy.rules().next().unwrap().non_disclosure_max_days,
+            Some(DEFAULT_NON_DISCLOSURE_MAX_DAYS)
+        );
+        let policy = parse(&rule(
+            "non_disclosure = true\nnon_disclosure_max_days = 90\n",
+        ))
+        .unwrap();
+        assert_eq!(
+            policy.rules().next().unwrap().non_disclosure_max_days,
+            Some(90)
+        );
+        assert_eq!(
+            problems(&rule("non_disclosure_max_days = 90\n")),
+            vec!["line 28: non_disclosure_max_days needs non_disclosure = true in the same rule"]
+        );
+        for bad in ["0", "-1", "3654", "99999999999"] {
+            assert_eq!(
+                problems(&rule(&format!(
+                    "non_disclosure = true\nnon_disclosure_max_days = {bad}\n"
+                ))),
+                vec![format!(
+                    "line 29: non_disclosure_max_days {bad} is outside 1 to 3653 (ten years)"
+                )]
+            );
+        }
+    }
+
+    #[test]
+    fn certificate_identities_must_be_safe_file_names() {
+        for bad in [
+            "../../etc/cron.d/x",
+            "a/b",
+            "a\\b",
+            "..",
+            "a..b",
+            ".hidden",
+            "-rf",
+            "",
+            "new\nline",
+            "nul\0",
+            "space name",
+            "新宿",
+        ] {
+            assert!(check_certificate_identity(bad).is_err(), "{bad:?}");
+        }
+        let long = "a".repeat(MAX_IDENTITY_LEN + 1);
+        assert_eq!(
+            check_certificate_identity(&long),
+            Err(IdentityError::TooLong)
+        );
+        for good in [
+            "mhlw",
+            "city-shinjuku-2027",
+            "fugo.mhlw.go.jp",
+            "ops@nta",
+            "A_1",
+        ] {
+            assert_eq!(check_certificate_identity(good), Ok(()), "{good}");
+        }
+        let bad = GOOD.replace(
+            "certificates = [\"city-shinjuku\", \"city-shinjuku-2027\"]",
+            "certificates = [\"city-shinjuku\", \"../../x\", \"tab\\there\"]",
+        );
+        assert_eq!(
+            problems(&bad),
+            vec![
+                "line 13: agency city-shinjuku: certificate identity '../../x' contains a path separator",
+                "line 13: agency city-shinjuku: certificate identity 'tab\\there' contains a control character",
+            ]
+        );
     }
 
     #[test]

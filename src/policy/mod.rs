@@ -25,10 +25,13 @@
 //! provider = "city-shinjuku"
 //! items = ["local-tax", "resident-register"]
 //! token_lifetime_seconds = 3600
-//! non_disclosure = false
+//! non_disclosure = false               # true: a seal may set a date
+//! # non_disclosure_max_days = 365      # how far ahead (with true only)
 //! ```
 
 mod check;
+
+pub use check::{IdentityError, MAX_IDENTITY_LEN, check_certificate_identity};
 
 use std::fmt;
 

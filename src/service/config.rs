@@ -1,6 +1,9 @@
 //! `fugo serve --config fugo.toml`: the server's configuration file, read
 //! and checked once at start. Relative paths are taken from the folder the
 //! configuration file is in, so the example works from any working folder.
+//!
+//! Outside dev mode the `[tls]` section is required: production never falls
+//! back to the demo certificates in `data_dir/certs`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -10,6 +13,7 @@ use serde::Deserialize;
 use thiserror::Error;
 
 use crate::certs::CertFiles;
+use crate::files::{self, ReadError};
 use crate::keys::Fingerprint;
 
 /// Why a configuration file was refused.
@@ -23,7 +27,7 @@ pub enum ConfigError {
         path: String,
         /// Why.
         #[source]
-        source: std::io::Error,
+        source: ReadError,
     },
     /// The file is not valid TOML or has unknown or missing fields.
     #[error("configuration {path}, line {line}: {message}")]
@@ -44,6 +48,15 @@ pub enum ConfigError {
         message: String,
     },
 }
+
+/// Outside dev mode the certificates must be named: the demo CA that dev
+/// mode writes keeps its private key beside it, so anyone who can read the
+/// data folder could mint any agency's certificate.
+const NO_TLS: &str = "no [tls] section: outside dev mode, name the CA that signs the \
+agencies' client certificates, the server's certificate and its private key (mode 0600):\n\
+[tls]\nca = \"/etc/fugo/client-ca.pem\"\ncert = \"/etc/fugo/server.pem\"\n\
+key = \"/etc/fugo/server.key\"\n(demo certificates in data_dir/certs are used only with \
+dev_mode = true)";
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -88,8 +101,9 @@ pub struct ServeConfig {
     pub fingerprint: Fingerprint,
     /// How long in-flight calls may take to finish after a stop signal.
     pub shutdown_grace: Duration,
-    /// Dev mode: the public demo key is allowed and missing certificates
-    /// are generated. Loudly labelled; never for production.
+    /// Dev mode: the public demo key and key files others can read are
+    /// allowed, and without `[tls]` demo certificates in `data_dir/certs`
+    /// are generated and used. Loudly labelled; never for production.
     pub dev_mode: bool,
     /// The CA that signs client certificates (trusted for mTLS).
     pub client_ca: PathBuf,
@@ -103,10 +117,11 @@ impl ServeConfig {
     /// Reads and checks `path`.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: shown.clone(),
-            source,
-        })?;
+        let text =
+            files::read_text(path, files::MAX_CONFIG).map_err(|source| ConfigError::Read {
+                path: shown.clone(),
+                source,
+            })?;
         let raw: RawConfig = toml::from_str(&text).map_err(|error| ConfigError::Parse {
             path: shown.clone(),
             line: error.span().map_or(0, |span| {
@@ -131,6 +146,7 @@ impl ServeConfig {
         let data_dir = resolve(&raw.data_dir);
         let (client_ca, server_cert, server_key) = match raw.tls {
             Some(tls) => (resolve(&tls.ca), resolve(&tls.cert), resolve(&tls.key)),
+            None if !raw.dev_mode => return Err(invalid(NO_TLS.to_owned())),
             None => {
                 let files = CertFiles::in_dir(&data_dir.join("certs"));
                 (files.ca, files.server_cert, files.server_key)
@@ -148,5 +164,58 @@ impl ServeConfig {
             server_cert,
             server_key,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = "listen = \"127.0.0.1:0\"\ndata_dir = \"data\"\n\
+        policy = \"policy.toml\"\nmaster_key = \"master.key\"\n\
+        master_key_fingerprint = \"34391a36deac07213d13a6753154bf16\"\n";
+
+    fn load(text: &str) -> Result<ServeConfig, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fugo.toml");
+        std::fs::write(&path, text).unwrap();
+        ServeConfig::load(&path)
+    }
+
+    #[test]
+    fn production_needs_the_tls_section() {
+        let error = load(&format!("{BASE}dev_mode = false\n")).unwrap_err();
+        let message = error.to_string();
+        assert!(message.contains("no [tls] section"), "{message}");
+        assert!(message.contains("[tls]\nca = "), "{message}");
+        let error = load(BASE).unwrap_err();
+        assert!(
+            error.to_string().contains("no [tls] section"),
+            "the default is production"
+        );
+
+        let config = load(&format!(
+            "{BASE}[tls]\nca = \"/etc/fugo/ca.pem\"\ncert = \"s.pem\"\nkey = \"s.key\"\n"
+        ))
+        .unwrap();
+        assert_eq!(config.client_ca, Path::new("/etc/fugo/ca.pem"));
+        assert!(config.server_key.ends_with("s.key"));
+    }
+
+    #[test]
+    fn dev_mode_without_tls_uses_the_demo_certificates() {
+        let config = load(&format!("{BASE}dev_mode = true\n")).unwrap();
+        assert!(config.client_ca.ends_with("data/certs/ca.pem"));
+        assert!(config.server_key.ends_with("data/certs/server.key"));
+    }
+
+    #[test]
+    fn an_oversized_configuration_is_refused() {
+        let big = format!("{BASE}dev_mode = true\n{}", "#\n".repeat(1 << 19));
+        let message = load(&big).unwrap_err().to_string();
+        assert!(
+            message.ends_with("it is larger than 1048576 bytes, the limit for this file"),
+            "{message}"
+        );
     }
 }

@@ -15,12 +15,14 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use zeroize::Zeroizing;
 
 use super::codes::{CodesService, State};
 use super::config::{ConfigError, ServeConfig};
 use super::identity::Identities;
 use crate::certs::{self, CertError};
 use crate::exchange::Exchange;
+use crate::files::{self, ReadError};
 use crate::keyfile::{self, KeyLoadError, KeySource};
 use crate::policy::{Policy, PolicyError, PolicyVersion};
 use crate::proto::FILE_DESCRIPTOR_SET;
@@ -43,6 +45,12 @@ pub enum ServeError {
     /// A key file others can read, outside dev mode.
     #[error("key file {0} can be read by group or others; run `chmod 600` on it")]
     KeyFileOpen(String),
+    /// A TLS private key others can read, outside dev mode.
+    #[error(
+        "TLS private key {0} can be read by group or others; run `chmod 600` on it \
+         (allowed only in dev mode)"
+    )]
+    TlsKeyOpen(String),
     /// The policy file could not be read.
     #[error("cannot read policy {path}: {source}")]
     PolicyRead {
@@ -50,7 +58,7 @@ pub enum ServeError {
         path: String,
         /// Why.
         #[source]
-        source: std::io::Error,
+        source: ReadError,
     },
     /// The policy file is invalid; every problem is listed.
     #[error("policy {path}: {problems}")]
@@ -60,14 +68,14 @@ pub enum ServeError {
         /// Every problem with its line.
         problems: PolicyError,
     },
-    /// A certificate file could not be read.
+    /// A certificate or TLS key file could not be read.
     #[error("cannot read {path}: {source}")]
     TlsFile {
         /// The file.
         path: String,
         /// Why.
         #[source]
-        source: std::io::Error,
+        source: ReadError,
     },
     /// Dev certificates could not be made.
     #[error(transparent)]
@@ -89,29 +97,47 @@ pub enum ServeError {
     Task,
 }
 
-/// Reads and checks a policy file.
+/// Reads and checks a policy file: a regular file of at most
+/// [`files::MAX_POLICY`] bytes (a named pipe or a device is refused at once,
+/// not waited on).
 pub fn load_policy(path: &Path) -> Result<Policy, ServeError> {
     let shown = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|source| ServeError::PolicyRead {
-        path: shown.clone(),
-        source,
-    })?;
+    let text =
+        files::read_text(path, files::MAX_POLICY).map_err(|source| ServeError::PolicyRead {
+            path: shown.clone(),
+            source,
+        })?;
     crate::policy::parse(&text).map_err(|problems| ServeError::Policy {
         path: shown,
         problems,
     })
 }
 
-fn read(path: &Path) -> Result<Vec<u8>, ServeError> {
-    std::fs::read(path).map_err(|source| ServeError::TlsFile {
+fn read_tls(path: &Path, limit: u64) -> Result<files::Contents, ServeError> {
+    files::read(path, limit).map_err(|source| ServeError::TlsFile {
         path: path.display().to_string(),
         source,
     })
 }
 
-/// The TLS setup: the server's identity, and client certificates required
-/// and checked against the client CA.
-fn tls_config(config: &ServeConfig, policy: &Policy) -> Result<ServerTlsConfig, ServeError> {
+/// The server's TLS files, read and checked (PEM text).
+pub(crate) struct TlsMaterial {
+    /// The CA(s) that sign client certificates.
+    pub(crate) client_ca: Vec<u8>,
+    /// The server's certificate chain.
+    pub(crate) server_cert: Vec<u8>,
+    /// The server's private key; wiped on drop.
+    pub(crate) server_key: Zeroizing<Vec<u8>>,
+}
+
+/// Reads the TLS files named by `config`: in dev mode, demo certificates
+/// for the policy's identities are written first if any file is missing;
+/// outside dev mode, a private key that group or others can read is
+/// refused (checked on the opened file).
+pub(crate) fn tls_material(
+    config: &ServeConfig,
+    policy: &Policy,
+) -> Result<TlsMaterial, ServeError> {
     let files = [&config.client_ca, &config.server_cert, &config.server_key];
     if config.dev_mode && files.iter().any(|file| !file.exists()) {
         let dir = config.data_dir.join("certs");
@@ -122,12 +148,33 @@ fn tls_config(config: &ServeConfig, policy: &Policy) -> Result<ServerTlsConfig, 
         tracing::warn!(dir = %dir.display(), "DEV MODE: writing demo certificates");
         certs::write_dev_certs(&dir, &identities)?;
     }
+    let key = read_tls(&config.server_key, files::MAX_TLS_KEY)?;
+    if !config.dev_mode && files::readable_by_others(&key.metadata) {
+        return Err(ServeError::TlsKeyOpen(
+            config.server_key.display().to_string(),
+        ));
+    }
+    Ok(TlsMaterial {
+        client_ca: read_tls(&config.client_ca, files::MAX_CERTIFICATES)?
+            .bytes
+            .to_vec(),
+        server_cert: read_tls(&config.server_cert, files::MAX_CERTIFICATES)?
+            .bytes
+            .to_vec(),
+        server_key: key.bytes,
+    })
+}
+
+/// The TLS setup: the server's identity, and client certificates required
+/// and checked against the client CA.
+fn tls_config(config: &ServeConfig, policy: &Policy) -> Result<ServerTlsConfig, ServeError> {
+    let material = tls_material(config, policy)?;
     Ok(ServerTlsConfig::new()
         .identity(Identity::from_pem(
-            read(&config.server_cert)?,
-            read(&config.server_key)?,
+            &material.server_cert,
+            material.server_key.as_slice(),
         ))
-        .client_ca_root(Certificate::from_pem(read(&config.client_ca)?)))
+        .client_ca_root(Certificate::from_pem(&material.client_ca)))
 }
 
 /// A running server.

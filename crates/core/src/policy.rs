@@ -31,7 +31,8 @@
 //! provider = "city-shinjuku"
 //! items = ["local-tax", "resident-register"]
 //! token_lifetime_seconds = 3600
-//! non_disclosure = false
+//! non_disclosure = false               # true: a seal may set a date
+//! # non_disclosure_max_days = 365      # how far ahead (with true only)
 //! ```
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -45,6 +46,14 @@ use crate::hex;
 
 /// Longest token lifetime a rule may set: 30 days.
 pub const MAX_TOKEN_LIFETIME: u64 = 30 * 86_400;
+
+/// How far ahead a non-disclosure date may lie when a rule allowing one
+/// does not say: 365 days.
+pub const DEFAULT_NON_DISCLOSURE_MAX_DAYS: u32 = 365;
+
+/// The most a rule may set for `non_disclosure_max_days`: 3,653 days (ten
+/// years).
+pub const NON_DISCLOSURE_MAX_DAYS_LIMIT: u32 = 3_653;
 
 /// What an agency may do besides sealing and redeeming under rules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -129,6 +138,10 @@ pub struct Rule {
     pub token_lifetime: u64,
     /// Whether a seal may carry a non-disclosure date.
     pub non_disclosure: bool,
+    /// How many days ahead of the seal a non-disclosure date may lie:
+    /// `Some` exactly when `non_disclosure` is true (default
+    /// [`DEFAULT_NON_DISCLOSURE_MAX_DAYS`]).
+    pub non_disclosure_max_days: Option<u32>,
 }
 
 /// The SHA-256 of the policy file, as 64 lowercase hex characters.
@@ -338,6 +351,15 @@ impl Policy {
             if rule.token_lifetime == 0 || rule.token_lifetime > MAX_TOKEN_LIFETIME {
                 return Err(bad("token lifetime must be 1 second to 30 days"));
             }
+            match (rule.non_disclosure, rule.non_disclosure_max_days) {
+                (true, Some(days)) if (1..=NON_DISCLOSURE_MAX_DAYS_LIMIT).contains(&days) => {}
+                (false, None) => {}
+                _ => {
+                    return Err(bad(
+                        "a non-disclosure period of 1 to 3,653 days goes with non_disclosure = true only",
+                    ));
+                }
+            }
             let key = (
                 rule.requester.clone(),
                 rule.affair.clone(),
@@ -484,6 +506,7 @@ mod tests {
             items: BTreeSet::from([ItemId::new("local-tax").unwrap()]),
             token_lifetime: lifetime,
             non_disclosure: false,
+            non_disclosure_max_days: None,
         }
     }
 
@@ -524,6 +547,19 @@ mod tests {
         ));
         assert!(matches!(
             build(two(), vec![rule("mhlw", "nta", MAX_TOKEN_LIFETIME + 1)]),
+            Err(Inconsistent::BadRule { .. })
+        ));
+        let mut secret = rule("mhlw", "nta", 60);
+        secret.non_disclosure_max_days = Some(30);
+        assert!(matches!(
+            build(two(), vec![secret.clone()]),
+            Err(Inconsistent::BadRule { .. })
+        ));
+        secret.non_disclosure = true;
+        assert!(build(two(), vec![secret.clone()]).is_ok());
+        secret.non_disclosure_max_days = Some(NON_DISCLOSURE_MAX_DAYS_LIMIT + 1);
+        assert!(matches!(
+            build(two(), vec![secret]),
             Err(Inconsistent::BadRule { .. })
         ));
         let mut drifting = agency("mhlw", "mhlw");

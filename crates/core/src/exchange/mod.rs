@@ -40,7 +40,7 @@ use crate::token::{SealKey, Window};
 
 pub use outcome::{BatchError, ItemError, ItemFailure, RandomFailed, Results};
 pub use redeem::Redeemed;
-pub use seal::{MAX_NON_DISCLOSURE, SealContext, Sealed};
+pub use seal::{SealContext, Sealed};
 
 /// Most items in one batch.
 pub const MAX_BATCH: usize = 10_000;

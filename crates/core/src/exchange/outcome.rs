@@ -84,10 +84,10 @@ pub enum BatchError {
     #[error("the non-disclosure date must lie in the future")]
     NonDisclosurePast,
     /// A non-disclosure date further ahead than the rule allows.
-    #[error("the non-disclosure date lies more than {max_days} days ahead")]
+    #[error("the non-disclosure date lies more than the rule's {max_days} days ahead")]
     NonDisclosureTooFar {
-        /// The longest period allowed, in days.
-        max_days: u64,
+        /// The longest period the rule allows, in days.
+        max_days: u32,
     },
     /// The random number source failed.
     #[error(transparent)]

@@ -11,10 +11,6 @@ use crate::agency::{AffairId, AgencyId, ItemId};
 use crate::policy::Policy;
 use crate::token::{NONCE_LEN, SealedToken, Serial, SharedClaims, Window};
 
-/// Longest non-disclosure period a seal may ask for, in seconds (one
-/// year): no exchange is hidden from the person for longer.
-pub const MAX_NON_DISCLOSURE: u64 = 365 * 86_400;
-
 /// Random bytes one token takes: its serial and its nonce.
 const FRESH: usize = 16 + NONCE_LEN;
 
@@ -28,7 +24,7 @@ pub struct SealContext {
     /// Items asked for: at least one, none twice.
     pub items: Vec<ItemId>,
     /// Non-disclosure date (unix seconds), if asked for: in the future and
-    /// at most [`MAX_NON_DISCLOSURE`] ahead.
+    /// at most the rule's `non_disclosure_max_days` ahead.
     pub non_disclosure_until: Option<u64>,
 }
 
@@ -44,9 +40,8 @@ pub struct Sealed {
 }
 
 impl SealContext {
-    /// Checks what the policy cannot: items present and distinct, a
-    /// non-disclosure date in the future and within a year of `now`.
-    fn check(&self, now: u64) -> Result<(), BatchError> {
+    /// Checks the items: present and distinct.
+    fn check_items(&self) -> Result<(), BatchError> {
         if self.items.is_empty() {
             return Err(BatchError::NoItems);
         }
@@ -54,15 +49,22 @@ impl SealContext {
         if let Some(again) = self.items.iter().find(|item| !seen.insert(*item)) {
             return Err(BatchError::DuplicateItem(again.clone()));
         }
-        if let Some(until) = self.non_disclosure_until {
-            if until <= now {
-                return Err(BatchError::NonDisclosurePast);
-            }
-            if until - now > MAX_NON_DISCLOSURE {
-                return Err(BatchError::NonDisclosureTooFar {
-                    max_days: MAX_NON_DISCLOSURE / 86_400,
-                });
-            }
+        Ok(())
+    }
+
+    /// Checks a non-disclosure date against `now` and the rule's longest
+    /// period (`None`: the rule allows no date, which `authorize` refused
+    /// already), so no exchange is hidden from the person for longer.
+    fn check_non_disclosure(&self, now: u64, max_days: Option<u32>) -> Result<(), BatchError> {
+        let Some(until) = self.non_disclosure_until else {
+            return Ok(());
+        };
+        if until <= now {
+            return Err(BatchError::NonDisclosurePast);
+        }
+        let max_days = max_days.unwrap_or(0);
+        if until - now > u64::from(max_days) * 86_400 {
+            return Err(BatchError::NonDisclosureTooFar { max_days });
         }
         Ok(())
     }
@@ -82,7 +84,7 @@ impl Exchange {
         check_size(codes.len())?;
         let agency = policy.agency(caller)?;
         policy.agency(&context.provider)?;
-        context.check(now)?;
+        context.check_items()?;
         let rule = policy.authorize(
             caller,
             &context.affair,
@@ -90,6 +92,7 @@ impl Exchange {
             &context.items,
             context.non_disclosure_until.is_some(),
         )?;
+        context.check_non_disclosure(now, rule.non_disclosure_max_days)?;
         let expires_at = now + rule.token_lifetime;
         let shared = SharedClaims::new(
             caller,
