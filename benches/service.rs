@@ -418,6 +418,7 @@ fn main() {
             client_ca: dir.path().join("ca.pem"),
             server_cert: dir.path().join("server.pem"),
             server_key: dir.path().join("server.key"),
+            limits: service::Limits::default(),
         };
         let fugo = service::start(config, &mut std::io::sink()).await.unwrap();
         let echo = start_echo(&pki).await;

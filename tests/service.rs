@@ -114,6 +114,7 @@ impl Harness {
             client_ca: dir.path().join("ca.pem"),
             server_cert: dir.path().join("server.pem"),
             server_key: dir.path().join("server.key"),
+            limits: service::Limits::default(),
         };
         let running = service::start(config, &mut std::io::sink()).await.unwrap();
         Harness {

@@ -11,11 +11,15 @@
 //! Logs name the agency, the operation, counts and timings; never a number,
 //! a code or a token.
 
+pub mod codec;
 mod codes;
 pub mod config;
+mod edge;
 mod identity;
+pub mod limits;
 pub mod server;
 mod status;
 
 pub use config::ServeConfig;
+pub use limits::Limits;
 pub use server::{Reloader, Running, ServeError, start};
