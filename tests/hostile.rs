@@ -230,6 +230,15 @@ impl Edge {
         &self,
         cert: &Cert,
     ) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+        self.tls_to(self.addr(), cert).await
+    }
+
+    /// The same to another server with the same CA.
+    async fn tls_to(
+        &self,
+        addr: std::net::SocketAddr,
+        cert: &Cert,
+    ) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
         let mut roots = RootCertStore::empty();
         roots
             .add(CertificateDer::from_pem_slice(self.pki.issuer.pem().as_bytes()).unwrap())
@@ -245,7 +254,7 @@ impl Edge {
             )
             .unwrap();
         config.alpn_protocols = vec![b"h2".to_vec()];
-        let tcp = TcpStream::connect(self.addr()).await?;
+        let tcp = TcpStream::connect(addr).await?;
         TlsConnector::from(Arc::new(config))
             .connect(ServerName::try_from("localhost").unwrap(), tcp)
             .await
@@ -785,5 +794,226 @@ async fn every_batch_is_logged_with_its_request_id_and_never_a_value() {
     for secret in sent.iter().chain(&codes) {
         assert!(!all.contains(secret.as_str()), "a value reached the log");
     }
+    edge.stop().await;
+}
+
+/// `fugo serve` as a child process, so its memory can be read alone.
+struct Child {
+    process: std::process::Child,
+    addr: std::net::SocketAddr,
+}
+
+impl Child {
+    /// Starts `fugo serve` with the files of `edge` (which keeps serving
+    /// too, on its own port) and `limits` as the `[limits]` section.
+    fn start(edge: &Edge, limits: &str) -> Self {
+        Self::start_with_files(edge, limits, None)
+    }
+
+    /// The same with at most `files` open file descriptors.
+    fn start_with_files(edge: &Edge, limits: &str, files: Option<u32>) -> Self {
+        use std::io::BufRead;
+        let dir = edge.dir.path();
+        let fingerprint = KeyHierarchy::new(&MasterKey::from_bytes([7; 32])).fingerprint();
+        let config = dir.join("fugo.toml");
+        fs::write(
+            &config,
+            format!(
+                "listen = \"127.0.0.1:0\"\ndata_dir = \"data\"\npolicy = \"policy.toml\"\n\
+                 master_key = \"master.key\"\nmaster_key_fingerprint = \"{fingerprint}\"\n\
+                 [tls]\nca = \"ca.pem\"\ncert = \"server.pem\"\nkey = \"server.key\"\n\
+                 [limits]\n{limits}\n"
+            ),
+        )
+        .unwrap();
+        let fugo = env!("CARGO_BIN_EXE_fugo");
+        let config = config.to_str().unwrap();
+        let mut command = match files {
+            None => {
+                let mut command = std::process::Command::new(fugo);
+                command.args(["serve", "--config", config]);
+                command
+            }
+            Some(files) => {
+                let mut command = std::process::Command::new("sh");
+                command.args([
+                    "-c",
+                    &format!("ulimit -n {files} && exec \"$0\" serve --config \"$1\""),
+                    fugo,
+                    config,
+                ]);
+                command
+            }
+        };
+        let mut process = command
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(process.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("fugo: listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .parse()
+            .unwrap();
+        Child { process, addr }
+    }
+
+    /// Peak resident memory so far (VmHWM), in bytes.
+    fn peak_rss(&self) -> u64 {
+        let status = fs::read_to_string(format!("/proc/{}/status", self.process.id())).unwrap();
+        let line = status
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))
+            .unwrap()
+            .to_owned();
+        let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+        kib * 1024
+    }
+
+    /// CPU time used so far (user + system), in clock ticks (1/100 s).
+    fn cpu_ticks(&self) -> u64 {
+        let stat = fs::read_to_string(format!("/proc/{}/stat", self.process.id())).unwrap();
+        let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..]
+            .split_whitespace()
+            .collect();
+        fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
+}
+
+/// Opens `streams` unary derive calls on each of `connections` connections
+/// to `addr`, each announcing a 4,000,000-byte message and sending all but
+/// its last byte; waits `hold`, then returns how many calls were answered.
+async fn unfinished_bodies(
+    edge: &Edge,
+    addr: std::net::SocketAddr,
+    cert: &Cert,
+    connections: usize,
+    streams: usize,
+    hold: Duration,
+) -> usize {
+    let mut message = vec![0u8];
+    message.extend_from_slice(&4_000_000u32.to_be_bytes());
+    message.resize(5 + 4_000_000 - 1, 0x0a);
+    let message = Bytes::from(message);
+    let mut answers = Vec::new();
+    let mut held = Vec::new();
+    let mut senders = Vec::new();
+    for _ in 0..connections {
+        let tls = edge.tls_to(addr, cert).await.unwrap();
+        let (mut send, connection) = h2::client::handshake(tls).await.unwrap();
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        for _ in 0..streams {
+            send = match tokio::time::timeout(Duration::from_secs(2), send.clone().ready()).await {
+                Ok(Ok(ready)) => ready,
+                _ => break, // at the server's stream limit
+            };
+            let (response, mut body) = send
+                .send_request(grpc_request("/fugo.v1.Codes/Derive"), false)
+                .unwrap();
+            let _ = body.send_data(message.clone(), false);
+            answers.push(tokio::spawn(response));
+            held.push(body);
+        }
+        senders.push(send);
+    }
+    tokio::time::sleep(hold).await;
+    let answered = answers.iter().filter(|a| a.is_finished()).count();
+    drop((held, senders));
+    answered
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unfinished_bodies_pin_bounded_memory() {
+    // Each phase has a fresh server process, so its peak is its own.
+    let edge = Edge::start(limits()).await;
+    let hold = Duration::from_secs(3);
+    let mib = |bytes: u64| bytes as f64 / f64::from(1 << 20);
+
+    // A certificate of the right CA that the policy does not know: 100
+    // calls on 4 connections, each announcing 4 MB and sending all but 1 byte.
+    let stranger = edge.pki.client("nta");
+    let child = Child::start(&edge, "");
+    let before = child.peak_rss();
+    let answered = unfinished_bodies(&edge, child.addr, &stranger, 4, 25, hold).await;
+    let stranger_growth = child.peak_rss().saturating_sub(before);
+    drop(child);
+    assert_eq!(answered, 100, "every stranger's call is refused at once");
+
+    // An agency in the policy doing the same on one connection: bounded by
+    // max_concurrent_streams × max_message_bytes (here 4 × 4 MiB).
+    let agency = edge.pki.client("mhlw");
+    let child = Child::start(&edge, "max_concurrent_streams = 4");
+    let before = child.peak_rss();
+    let answered = unfinished_bodies(&edge, child.addr, &agency, 1, 25, hold).await;
+    let agency_growth = child.peak_rss().saturating_sub(before);
+    drop(child);
+    assert_eq!(answered, 0, "unfinished calls are not answered");
+
+    println!(
+        "peak RSS growth: stranger, 100 unfinished 4 MB calls on 4 connections: {:.1} MiB; \
+         agency, 25 unfinished 4 MB calls on 1 connection (4 streams at once): {:.1} MiB",
+        mib(stranger_growth),
+        mib(agency_growth)
+    );
+    assert!(
+        stranger_growth < 32 << 20,
+        "a stranger pinned {:.1} MiB",
+        mib(stranger_growth)
+    );
+    assert!(
+        agency_growth < 4 * (4 << 20) + (24 << 20),
+        "an agency pinned {:.1} MiB past its bound",
+        mib(agency_growth)
+    );
+    edge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_file_descriptors_the_server_pauses_instead_of_spinning() {
+    let edge = Edge::start(limits()).await;
+    let child = Child::start_with_files(&edge, "", Some(48));
+    // More silent connections than the server has descriptors for: the
+    // rest wait in the listen backlog and every accept fails with EMFILE.
+    let mut silent = Vec::new();
+    for _ in 0..80 {
+        silent.push(TcpStream::connect(child.addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = child.cpu_ticks();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let used = child.cpu_ticks() - before;
+    println!("CPU used in 2 s out of file descriptors: {used} ticks of 1/100 s");
+    assert!(used < 40, "the server used {used}/200 ticks of CPU in 2 s");
+
+    // Once the silent connections go, the server serves again.
+    drop(silent);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let cert = edge.pki.client("mhlw");
+    loop {
+        if let Ok(Ok(tls)) =
+            tokio::time::timeout(Duration::from_secs(2), edge.tls_to(child.addr, &cert)).await
+        {
+            drop(tls);
+            break;
+        }
+        assert!(Instant::now() < deadline, "the server did not recover");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(child);
     edge.stop().await;
 }
