@@ -151,6 +151,25 @@ mod tests {
     }
 
     #[test]
+    fn the_example_configuration_writes_the_defaults() {
+        #[derive(Deserialize)]
+        struct Example {
+            limits: RawLimits,
+        }
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/fugo.example.toml");
+        let text = std::fs::read_to_string(path).unwrap();
+        // Only the [limits] table: the rest belongs to ServeConfig.
+        let table: toml::Table = toml::from_str(&text).unwrap();
+        let example: Example =
+            toml::Table::from_iter([("limits".to_owned(), table["limits"].clone())])
+                .try_into()
+                .unwrap();
+        assert_eq!(Limits::check(example.limits).unwrap(), Limits::default());
+        let unknown = toml::from_str::<Example>("[limits]\nmax_conections = 5\n");
+        assert!(unknown.is_err(), "a misspelt limit must be refused");
+    }
+
+    #[test]
     fn zero_and_out_of_range_values_name_their_field() {
         let zero = RawLimits {
             max_connections: 0,
