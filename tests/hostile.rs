@@ -426,6 +426,15 @@ async fn an_idle_connection_is_closed_and_a_busy_one_is_not() {
         "closed after {closed:?}, the idle timeout is 1 s"
     );
 
+    // An HTTP/2 connection with no calls is idle too.
+    let tls = edge.tls(&cert).await.unwrap();
+    let (send, connection) = h2::client::handshake(tls).await.unwrap();
+    let started = Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(5), connection).await;
+    assert!(ended.is_ok(), "an idle HTTP/2 connection stayed open 5 s");
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    drop(send);
+
     // A connection that keeps calling, every 300 ms for 2.4 s, stays up.
     let mut send = edge.h2(&cert).await;
     let mut request = DeriveRequest::default();

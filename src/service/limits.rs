@@ -35,7 +35,10 @@ pub struct RawLimits {
     pub connection_window_bytes: u32,
     /// Largest HTTP/2 header block, in bytes.
     pub max_header_bytes: u32,
-    /// Seconds between HTTP/2 pings to a quiet client (0: none).
+    /// Seconds between HTTP/2 pings to a quiet client (0: none, the
+    /// default). A client's answer to a ping is activity, so pings must not
+    /// come more often than the idle timeout, or no connection would ever
+    /// be idle; dead clients are found by the idle timeout.
     pub keepalive_interval_seconds: u64,
     /// Seconds a client gets to answer a ping before it is dropped.
     pub keepalive_timeout_seconds: u64,
@@ -52,7 +55,7 @@ impl Default for RawLimits {
             stream_window_bytes: 1 << 20,
             connection_window_bytes: 2 << 20,
             max_header_bytes: 16 << 10,
-            keepalive_interval_seconds: 60,
+            keepalive_interval_seconds: 0,
             keepalive_timeout_seconds: 20,
         }
     }
@@ -116,6 +119,16 @@ impl Limits {
                     "limits.{field} must be between 65535 and {MAX_WINDOW} (HTTP/2 window bounds)"
                 ));
             }
+        }
+        if raw.keepalive_interval_seconds != 0
+            && raw.keepalive_interval_seconds < raw.idle_timeout_seconds
+        {
+            return Err(format!(
+                "limits.keepalive_interval_seconds must be 0 or at least idle_timeout_seconds ({}): \
+                 a client's answer to a ping counts as activity, so shorter pings keep idle \
+                 connections open forever",
+                raw.idle_timeout_seconds
+            ));
         }
         Ok(Limits::from_raw(raw))
     }
@@ -187,6 +200,15 @@ mod tests {
             Limits::check(tiny)
                 .unwrap_err()
                 .starts_with("limits.stream_window_bytes must be between")
+        );
+        let pings = RawLimits {
+            keepalive_interval_seconds: 60,
+            ..RawLimits::default()
+        };
+        assert!(
+            Limits::check(pings)
+                .unwrap_err()
+                .starts_with("limits.keepalive_interval_seconds must be 0 or at least")
         );
     }
 }
