@@ -904,7 +904,8 @@ impl Drop for Child {
 
 /// Opens `streams` unary derive calls on each of `connections` connections
 /// to `addr`, each announcing a 4,000,000-byte message and sending all but
-/// its last byte; waits `hold`, then returns how many calls were answered.
+/// its last byte; waits `hold`, then returns how many calls were answered
+/// (with any status) while their bodies were unfinished.
 async fn unfinished_bodies(
     edge: &Edge,
     addr: std::net::SocketAddr,
@@ -941,7 +942,14 @@ async fn unfinished_bodies(
         senders.push(send);
     }
     tokio::time::sleep(hold).await;
-    let answered = answers.iter().filter(|a| a.is_finished()).count();
+    // Answered: a response came. (A stream the client opened before it
+    // read the server's stream limit is reset instead: not an answer.)
+    let mut answered = 0;
+    for answer in answers {
+        if answer.is_finished() && matches!(answer.await, Ok(Ok(_))) {
+            answered += 1;
+        }
+    }
     drop((held, senders));
     answered
 }
