@@ -1,8 +1,10 @@
 //! The `fugo.v1.Codes` service: decodes requests, runs the [`Exchange`]
 //! operation for the caller off the async executor, encodes results.
 //!
-//! Each batch runs on tokio's blocking pool, so the cryptography never
-//! stalls the executor's I/O threads. Streams answer one response per
+//! Each batch of more than a few items runs on tokio's blocking pool, so
+//! the cryptography never stalls the executor's I/O threads; a batch of a
+//! few items runs in place (microseconds), which spares the hand-off to
+//! another thread that would cost more than the work. Streams answer one response per
 //! request message, in order, with up to four batches in progress at once;
 //! a whole-batch failure ends the stream with that status.
 
@@ -150,6 +152,40 @@ fn now() -> u64 {
         .map_or(0, |elapsed| elapsed.as_secs())
 }
 
+/// Batches of at most this many items run in place, not on the blocking
+/// pool: 16 seals, the dearest operation (about 1.5 M/s in the service
+/// benchmark), take about 10 µs.
+const IN_PLACE: usize = 16;
+
+/// A request that can say how many items it holds.
+trait Items {
+    fn items(&self) -> usize;
+}
+
+impl Items for DeriveRequest {
+    fn items(&self) -> usize {
+        self.numbers.len()
+    }
+}
+
+impl Items for SealRequest {
+    fn items(&self) -> usize {
+        self.codes.len()
+    }
+}
+
+impl Items for RedeemRequest {
+    fn items(&self) -> usize {
+        self.tokens.len()
+    }
+}
+
+impl Items for ReidentifyRequest {
+    fn items(&self) -> usize {
+        self.codes.len()
+    }
+}
+
 /// A response that can say how many of its items succeeded and failed.
 trait Tally {
     /// (succeeded, failed)
@@ -206,7 +242,7 @@ struct Batch {
 /// was in it). The caller's agency is decided here, per batch, under the
 /// policy in force: a reload that removes a certificate stops its open
 /// streams at their next batch.
-async fn run_batch<Req: Send + 'static, Resp: Tally + Send + 'static>(
+async fn run_batch<Req: Items + Send + 'static, Resp: Tally + Send + 'static>(
     state: Arc<State>,
     batch: Batch,
     request: Req,
@@ -222,9 +258,13 @@ async fn run_batch<Req: Send + 'static, Resp: Tally + Send + 'static>(
         }
     };
     let agency = caller.clone();
-    let outcome = tokio::task::spawn_blocking(move || handler(&state, &policy, &caller, request))
-        .await
-        .unwrap_or_else(|_| Err(Status::internal("a worker failed")));
+    let outcome = if request.items() <= IN_PLACE {
+        handler(&state, &policy, &caller, request)
+    } else {
+        tokio::task::spawn_blocking(move || handler(&state, &policy, &caller, request))
+            .await
+            .unwrap_or_else(|_| Err(Status::internal("a worker failed")))
+    };
     let micros = started.elapsed().as_micros() as u64;
     match &outcome {
         Ok(response) => {
@@ -256,7 +296,7 @@ async fn run_batch<Req: Send + 'static, Resp: Tally + Send + 'static>(
 }
 
 impl CodesService {
-    async fn unary<Req: Send + 'static, Resp: Tally + Send + 'static>(
+    async fn unary<Req: Items + Send + 'static, Resp: Tally + Send + 'static>(
         &self,
         request: Request<Req>,
         operation: &'static str,
@@ -283,7 +323,7 @@ impl CodesService {
         Ok(response)
     }
 
-    fn stream<Req: Send + 'static, Resp: Tally + Send + 'static>(
+    fn stream<Req: Items + Send + 'static, Resp: Tally + Send + 'static>(
         &self,
         request: Request<Streaming<Req>>,
         operation: &'static str,
