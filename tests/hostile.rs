@@ -1034,3 +1034,42 @@ async fn out_of_file_descriptors_the_server_pauses_instead_of_spinning() {
     drop(child);
     edge.stop().await;
 }
+
+#[test]
+fn a_bad_limit_stops_the_server_with_its_name() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let edge = runtime.block_on(Edge::start(limits()));
+    let dir = edge.dir.path();
+    let fingerprint = KeyHierarchy::new(&MasterKey::from_bytes([7; 32])).fingerprint();
+    for (limits, expected) in [
+        (
+            "max_connections = 0",
+            "limits.max_connections must be at least 1",
+        ),
+        ("idle_timeout_secs = 5", "unknown field `idle_timeout_secs`"),
+        (
+            "keepalive_interval_seconds = 10",
+            "limits.keepalive_interval_seconds must be 0 or at least idle_timeout_seconds",
+        ),
+    ] {
+        let config = dir.join("bad.toml");
+        fs::write(
+            &config,
+            format!(
+                "listen = \"127.0.0.1:0\"\ndata_dir = \"data\"\npolicy = \"policy.toml\"\n\
+                 master_key = \"master.key\"\nmaster_key_fingerprint = \"{fingerprint}\"\n\
+                 [tls]\nca = \"ca.pem\"\ncert = \"server.pem\"\nkey = \"server.key\"\n\
+                 [limits]\n{limits}\n"
+            ),
+        )
+        .unwrap();
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_fugo"))
+            .args(["serve", "--config", config.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{limits}: the server started");
+        assert!(stderr.contains(expected), "{limits}: {stderr}");
+    }
+    runtime.block_on(edge.stop());
+}

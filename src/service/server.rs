@@ -278,6 +278,11 @@ pub async fn start(
         %addr,
         policy = %version,
         dev_mode = config.dev_mode,
+        max_connections = limits.max_connections,
+        max_concurrent_streams = limits.max_concurrent_streams,
+        max_message_bytes = limits.max_message_bytes,
+        handshake_timeout_s = limits.handshake_timeout.as_secs(),
+        idle_timeout_s = limits.idle_timeout.as_secs(),
         "fugo serving"
     );
     Ok(Running {
