@@ -1073,3 +1073,47 @@ fn a_bad_limit_stops_the_server_with_its_name() {
     }
     runtime.block_on(edge.stop());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_over_the_size_limit_is_resource_exhausted() {
+    let edge = Edge::start(Limits {
+        max_message_bytes: 64 << 10,
+        ..limits()
+    })
+    .await;
+    let mut mhlw = edge.codes(&edge.pki.client("mhlw")).await;
+    // 10,000 numbers: a batch the exchange accepts, a message over 64 KiB.
+    let big = DeriveRequest {
+        numbers: vec!["123456789018".to_owned(); 10_000],
+    };
+    let unary = mhlw.derive(big.clone()).await.unwrap_err();
+    assert_eq!(unary.code(), Code::ResourceExhausted, "{unary:?}");
+    assert!(unary.message().contains("too large"), "{}", unary.message());
+
+    let (sender, receiver) = tokio::sync::mpsc::channel::<DeriveRequest>(2);
+    let mut responses = mhlw
+        .derive_stream(tokio_stream::wrappers::ReceiverStream::new(receiver))
+        .await
+        .unwrap()
+        .into_inner();
+    sender
+        .send(DeriveRequest {
+            numbers: numbers(1, 12),
+        })
+        .await
+        .unwrap();
+    assert_eq!(responses.message().await.unwrap().unwrap().results.len(), 1);
+    sender.send(big).await.unwrap();
+    let streamed = responses.message().await.unwrap_err();
+    assert_eq!(streamed.code(), Code::ResourceExhausted, "{streamed:?}");
+
+    // Within the limit all is well.
+    let fits = mhlw
+        .derive(DeriveRequest {
+            numbers: numbers(100, 13),
+        })
+        .await
+        .unwrap();
+    assert_eq!(fits.into_inner().results.len(), 100);
+    edge.stop().await;
+}

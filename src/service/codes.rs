@@ -355,7 +355,7 @@ impl CodesService {
                         tokio::spawn(run_batch(Arc::clone(&state), batch, request, handler))
                     }
                     Err(status) => {
-                        let status = stream_id.tag_status(status);
+                        let status = stream_id.tag_status(status::incoming(status));
                         tokio::spawn(async move { Err(status) })
                     }
                 };

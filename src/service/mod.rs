@@ -17,6 +17,7 @@ pub mod config;
 mod edge;
 mod identity;
 pub mod limits;
+mod oversize;
 pub mod server;
 mod status;
 

@@ -34,6 +34,17 @@ pub(crate) fn bad_field(field: &str, reason: &str) -> Status {
     )
 }
 
+/// A stream's next message could not be read: one over the size limit is
+/// RESOURCE_EXHAUSTED (tonic says OUT_OF_RANGE; see `oversize`), anything
+/// else stays as tonic said.
+pub(crate) fn incoming(status: Status) -> Status {
+    if status.code() == Code::OutOfRange {
+        Status::resource_exhausted(status.message().to_owned())
+    } else {
+        status
+    }
+}
+
 /// The caller has no usable identity.
 pub(crate) fn unauthenticated(reason: &str) -> Status {
     Status::unauthenticated(reason.to_owned())
