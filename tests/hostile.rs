@@ -677,6 +677,20 @@ async fn undecodable_messages_are_invalid_argument() {
             assert!(message.contains("cannot be decoded"), "{message}");
             send = send.ready().await.unwrap();
         }
+        // A gRPC frame announcing 10 bytes, the request ending after 3.
+        let (response, mut body) = send.send_request(grpc_request(path), false).unwrap();
+        body.send_data(
+            Bytes::from_static(&[0, 0, 0, 0, 10, 0x0a, 0x01, 0x31]),
+            true,
+        )
+        .unwrap();
+        let (code, message) = grpc_status(response).await;
+        assert_eq!(
+            code,
+            Code::InvalidArgument as i32,
+            "{path} cut short: {message}"
+        );
+        send = send.ready().await.unwrap();
     }
     edge.stop().await;
 }

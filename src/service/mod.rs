@@ -15,9 +15,9 @@ pub mod codec;
 mod codes;
 pub mod config;
 mod edge;
+mod framing;
 mod identity;
 pub mod limits;
-mod oversize;
 pub mod server;
 mod status;
 

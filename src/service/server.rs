@@ -20,7 +20,7 @@ use tonic::transport::Server;
 use super::codes::{self, CodesService, State};
 use super::config::{ConfigError, ServeConfig};
 use super::edge;
-use super::oversize::Oversize;
+use super::framing::FramingStatus;
 use crate::certs::{self, CertError};
 use crate::exchange::Exchange;
 use crate::keyfile::{self, KeyLoadError, KeySource};
@@ -259,8 +259,8 @@ pub async fn start(
     // The caller's identity is checked before the request body is read.
     let admit_state = Arc::clone(&state);
     let codes = InterceptedService::new(codes, move |request| codes::admit(&admit_state, request));
-    // An oversized request message is RESOURCE_EXHAUSTED (see `oversize`).
-    let codes = Oversize::new(codes);
+    // Oversized and cut-short requests get the promised codes (`framing`).
+    let codes = FramingStatus::new(codes);
     let router = Server::builder()
         .max_concurrent_streams(limits.max_concurrent_streams)
         .initial_stream_window_size(limits.stream_window_bytes)
