@@ -1,12 +1,13 @@
-//! The `fugo.v1.Codes` service: decodes requests, runs the [`Exchange`]
-//! operation for the caller off the async executor, encodes results.
+//! The `fugo.v1.Codes` service: decodes requests, decides the caller's
+//! agency per batch under the policy in force, runs the [`Exchange`]
+//! operation, encodes results, and logs every batch with its request id.
 //!
-//! Each batch of more than a few items runs on tokio's blocking pool, so
-//! the cryptography never stalls the executor's I/O threads; a batch of a
-//! few items runs in place (microseconds), which spares the hand-off to
-//! another thread that would cost more than the work. Streams answer one response per
-//! request message, in order, with up to four batches in progress at once;
-//! a whole-batch failure ends the stream with that status.
+//! A batch of more than 16 items runs on tokio's blocking pool, so the
+//! cryptography never stalls the executor's I/O threads; a smaller one runs
+//! in place (microseconds), sparing a hand-off to another thread that would
+//! cost more than the work. Streams answer one response per request
+//! message, in order, with up to four batches in progress at once; a
+//! whole-batch failure ends the stream with that status.
 
 use std::pin::Pin;
 use std::sync::{Arc, PoisonError, RwLock};
