@@ -1131,3 +1131,41 @@ async fn a_message_over_the_size_limit_is_resource_exhausted() {
     assert_eq!(fits.into_inner().results.len(), 100);
     edge.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unusable_tls_files_stop_the_server_naming_the_file() {
+    let edge = Edge::start(limits()).await;
+    let dir = edge.dir.path();
+    let fingerprint = KeyHierarchy::new(&MasterKey::from_bytes([7; 32])).fingerprint();
+    let config = |key: &str, ca: &str| ServeConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.join("data"),
+        policy: dir.join("policy.toml"),
+        master_key: dir.join("master.key"),
+        fingerprint,
+        shutdown_grace: Duration::from_secs(1),
+        dev_mode: false,
+        client_ca: dir.join(ca),
+        server_cert: dir.join("server.pem"),
+        server_key: dir.join(key),
+        limits: limits(),
+    };
+    fs::write(dir.join("garbage.key"), "not a key\n").unwrap();
+    let error = service::start(config("garbage.key", "ca.pem"), &mut std::io::sink())
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        error.contains("garbage.key") && error.contains("no private key"),
+        "{error}"
+    );
+    fs::write(dir.join("empty-ca.pem"), "").unwrap();
+    let error = service::start(config("server.key", "empty-ca.pem"), &mut std::io::sink())
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(error.contains("empty-ca.pem"), "{error}");
+    edge.stop().await;
+}
