@@ -179,6 +179,12 @@ impl Edge {
         fs::write(dir.path().join("ca.pem"), pki.issuer.pem()).unwrap();
         fs::write(dir.path().join("server.pem"), &server.pem).unwrap();
         fs::write(dir.path().join("server.key"), &server.key).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let private = fs::Permissions::from_mode(0o600);
+            fs::set_permissions(dir.path().join("server.key"), private).unwrap();
+        }
         let config = ServeConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
             data_dir: dir.path().join("data"),
@@ -1151,6 +1157,12 @@ async fn unusable_tls_files_stop_the_server_naming_the_file() {
         limits: limits(),
     };
     fs::write(dir.join("garbage.key"), "not a key\n").unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let private = fs::Permissions::from_mode(0o600);
+        fs::set_permissions(dir.join("garbage.key"), private).unwrap();
+    }
     let error = service::start(config("garbage.key", "ca.pem"), &mut std::io::sink())
         .await
         .err()
