@@ -245,6 +245,16 @@ impl Edge {
         addr: std::net::SocketAddr,
         cert: &Cert,
     ) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+        let tcp = TcpStream::connect(addr).await?;
+        self.handshake(tcp, cert).await
+    }
+
+    /// A TLS handshake on `tcp` presenting `cert`, offering HTTP/2.
+    async fn handshake(
+        &self,
+        tcp: TcpStream,
+        cert: &Cert,
+    ) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
         let mut roots = RootCertStore::empty();
         roots
             .add(CertificateDer::from_pem_slice(self.pki.issuer.pem().as_bytes()).unwrap())
@@ -260,7 +270,6 @@ impl Edge {
             )
             .unwrap();
         config.alpn_protocols = vec![b"h2".to_vec()];
-        let tcp = TcpStream::connect(addr).await?;
         TlsConnector::from(Arc::new(config))
             .connect(ServerName::try_from("localhost").unwrap(), tcp)
             .await
@@ -1179,5 +1188,40 @@ async fn unusable_tls_files_stop_the_server_naming_the_file() {
         .unwrap()
         .to_string();
     assert!(error.contains("empty-ca.pem"), "{error}");
+    edge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_handshake_is_logged_once_per_ten_seconds() {
+    let edge = Edge::start(limits()).await;
+    let foreign = Pki::new().client("mhlw");
+    let mut ports = Vec::new();
+    for _ in 0..3 {
+        let tcp = TcpStream::connect(edge.addr()).await.unwrap();
+        ports.push(tcp.local_addr().unwrap().port());
+        // TLS 1.3: the client may finish first; the server refuses after.
+        if let Ok(mut tls) = edge.handshake(tcp, &foreign).await {
+            let _ = time_to_close(&mut tls, Duration::from_secs(5)).await;
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let logged = |port: u16| log_lines_with(&format!("addr=127.0.0.1:{port} "));
+    while logged(ports[0]).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the first refusal was not logged"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let first = logged(ports[0]);
+    assert!(
+        first
+            .iter()
+            .any(|l| l.contains(" INFO ") && l.contains("TLS handshake failed")),
+        "{first:?}"
+    );
+    println!("{}", first[0]);
+    // The next two, within 10 s, are counted, not logged at info.
+    assert!(logged(ports[1]).is_empty() && logged(ports[2]).is_empty());
     edge.stop().await;
 }

@@ -20,7 +20,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -197,6 +197,7 @@ async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, limits: Limit
     let mut pause = Duration::ZERO;
     let mut full = Throttle::default();
     let mut failing = Throttle::default();
+    let refused = Arc::new(Mutex::new(Throttle::default()));
     loop {
         let accepted = tokio::select! {
             () = sender.closed() => return,
@@ -237,6 +238,7 @@ async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, limits: Limit
             limits.clone(),
             permit,
             sender.clone(),
+            Arc::clone(&refused),
         ));
     }
 }
@@ -248,18 +250,32 @@ async fn handshake(
     limits: Limits,
     permit: OwnedSemaphorePermit,
     sender: Sender,
+    refused: Arc<Mutex<Throttle>>,
 ) {
-    let tls = match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await {
-        Ok(Ok(tls)) => tls,
-        Ok(Err(error)) => {
-            tracing::debug!(%addr, %error, "TLS handshake failed");
-            return;
-        }
-        Err(_) => {
-            tracing::debug!(%addr, "TLS handshake timed out");
-            return;
-        }
+    let error = match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => return connected(tls, addr, &limits, permit, sender).await,
+        Ok(Err(error)) => error.to_string(),
+        Err(_) => "timed out".to_owned(),
     };
+    // An agency whose certificate the CA did not sign needs to be seen in
+    // the log; a scanner must not flood it.
+    let times = refused
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .tick();
+    match times {
+        Some(times) => tracing::info!(%addr, error, times, "TLS handshake failed"),
+        None => tracing::debug!(%addr, error, "TLS handshake failed"),
+    }
+}
+
+async fn connected(
+    tls: TlsStream<TcpStream>,
+    addr: SocketAddr,
+    limits: &Limits,
+    permit: OwnedSemaphorePermit,
+    sender: Sender,
+) {
     // The verifier requires a client certificate, so there is one.
     let Some(leaf) = tls.get_ref().1.peer_certificates().and_then(|c| c.first()) else {
         return;
@@ -279,7 +295,7 @@ async fn handshake(
 }
 
 /// Lets a repeated event be logged at most once per [`WARN_EVERY`], with
-/// how many times it happened since.
+/// how many times it happened since (this one included).
 #[derive(Default)]
 struct Throttle {
     last: Option<Instant>,
