@@ -14,6 +14,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
+        // Undecodable requests are INVALID_ARGUMENT (src/service/codec.rs).
+        .codec_path("crate::service::codec::StrictCodec")
         .compile_fds(compiler.file_descriptor_set())?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())

@@ -1,7 +1,10 @@
 //! The gRPC service over loopback with mutual TLS, each figure next to a
 //! baseline of the same shape measured in the same run: a bare tonic
 //! service with the same protobuf messages and the same TLS setup that does
-//! none of fugo's work (it echoes each item back).
+//! none of fugo's work (it echoes each item back). Unary calls are measured
+//! twice: throughput with as many calls in flight as one connection may
+//! hold (the default `max_concurrent_streams`, 32), and latency (p50/p99) one call at a
+//! time with 1, 10 and 1,000 items.
 //!
 //! Full form (README figures): `cargo bench --bench service` — 10 million
 //! items per streaming run. Short form (CI): `FUGO_BENCH_ITEMS=200000
@@ -21,8 +24,9 @@ use fugo::proto::fugo::v1::codes_server::{Codes, CodesServer};
 use fugo::proto::fugo::v1::*;
 use fugo::service::{self, ServeConfig};
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
+use tonic::transport::server::TcpIncoming;
 use tonic::transport::{
     Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Server, ServerTlsConfig,
 };
@@ -146,17 +150,26 @@ struct Pki {
     server: Pem,
 }
 
+/// The echo server, with what fugo's edge does that costs or saves time:
+/// TCP_NODELAY (without it small responses wait ~40 ms for a delayed ACK)
+/// and the same HTTP/2 windows and stream limit.
 async fn start_echo(pki: &Pki) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
+    let incoming = TcpIncoming::bind("127.0.0.1:0".parse().unwrap())
+        .unwrap()
+        .with_nodelay(Some(true));
+    let addr = incoming.local_addr().unwrap();
     let tls = ServerTlsConfig::new()
         .identity(Identity::from_pem(&pki.server.cert, &pki.server.key))
         .client_ca_root(Certificate::from_pem(pki.ca.cert_pem()));
+    let limits = service::Limits::default();
     let router = Server::builder()
         .tls_config(tls)
         .unwrap()
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .initial_stream_window_size(limits.stream_window_bytes)
+        .initial_connection_window_size(limits.connection_window_bytes)
         .add_service(CodesServer::new(Echo));
-    tokio::spawn(router.serve_with_incoming(TcpListenerStream::new(listener)));
+    tokio::spawn(router.serve_with_incoming(incoming));
     addr
 }
 
@@ -208,6 +221,27 @@ async fn unary(
     latencies.sort();
     let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
     (rate, at(0.50), at(0.99))
+}
+
+/// p50 and p99 latency of unary derive of `items` numbers, one call at a
+/// time.
+async fn latency(
+    mut client: CodesClient<Channel>,
+    items: usize,
+    calls: usize,
+) -> (Duration, Duration) {
+    let request = DeriveRequest {
+        numbers: (0..items).map(|i| number(i as u64)).collect(),
+    };
+    let mut latencies = Vec::with_capacity(calls);
+    for _ in 0..calls {
+        let t = Instant::now();
+        client.derive(request.clone()).await.unwrap();
+        latencies.push(t.elapsed());
+    }
+    latencies.sort();
+    let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
+    (at(0.50), at(0.99))
 }
 
 fn derive_batches(items: usize) -> impl Stream<Item = DeriveRequest> {
@@ -418,16 +452,27 @@ fn main() {
             client_ca: dir.path().join("ca.pem"),
             server_cert: dir.path().join("server.pem"),
             server_key: dir.path().join("server.key"),
+            limits: service::Limits::default(),
         };
         let fugo = service::start(config, &mut std::io::sink()).await.unwrap();
         let echo = start_echo(&pki).await;
 
         println!("gRPC over loopback with mutual TLS, server and client in one process on this machine");
-        let (base_rate, base_p50, base_p99) = unary(client(&pki, echo, "a").await, calls, 64).await;
-        let (rate, p50, p99) = unary(client(&pki, fugo.addr, "a").await, calls, 64).await;
-        println!("unary derive, 1 item, 64 in flight, {calls} calls:");
+        // More in flight than the stream limit would only queue in the client.
+        let in_flight = service::Limits::default().max_concurrent_streams as usize;
+        let (base_rate, base_p50, base_p99) = unary(client(&pki, echo, "a").await, calls, in_flight).await;
+        let (rate, p50, p99) = unary(client(&pki, fugo.addr, "a").await, calls, in_flight).await;
+        println!("unary derive, 1 item, {in_flight} in flight, {calls} calls:");
         println!("  baseline (echo)  {base_rate:>10.0} calls/s   p50 {base_p50:>9.2?}   p99 {base_p99:>9.2?}");
         println!("  fugo             {rate:>10.0} calls/s   p50 {p50:>9.2?}   p99 {p99:>9.2?}   = {:.0}% of baseline (target ≥ 70%)", 100.0 * rate / base_rate);
+
+        println!("unary derive latency, one call at a time:");
+        for (items, calls) in [(1, calls / 4), (10, calls / 4), (1000, calls / 40)] {
+            let calls = calls.max(20);
+            let (base_p50, base_p99) = latency(client(&pki, echo, "a").await, items, calls).await;
+            let (p50, p99) = latency(client(&pki, fugo.addr, "a").await, items, calls).await;
+            println!("  {items:>5} items, {calls} calls: baseline (echo) p50 {base_p50:>9.2?}  p99 {base_p99:>9.2?}   fugo p50 {p50:>9.2?}  p99 {p99:>9.2?}");
+        }
 
         let base = stream_derive(client(&pki, echo, "a").await, items).await;
         let derive = stream_derive(client(&pki, fugo.addr, "a").await, items).await;

@@ -50,6 +50,7 @@ async fn start(dir: &std::path::Path) -> (Running, DevCa) {
         client_ca: dir.join("ca.pem"),
         server_cert: dir.join("server.pem"),
         server_key: dir.join("server.key"),
+        limits: service::Limits::default(),
     };
     let running = service::start(config, &mut std::io::sink()).await.unwrap();
     (running, ca)

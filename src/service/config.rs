@@ -71,6 +71,8 @@ struct RawConfig {
     #[serde(default)]
     dev_mode: bool,
     tls: Option<RawTls>,
+    #[serde(default)]
+    limits: super::limits::RawLimits,
 }
 
 fn default_grace() -> u64 {
@@ -111,6 +113,8 @@ pub struct ServeConfig {
     pub server_cert: PathBuf,
     /// The server's private key.
     pub server_key: PathBuf,
+    /// Connection, stream, size and time limits (`[limits]`).
+    pub limits: super::limits::Limits,
 }
 
 impl ServeConfig {
@@ -163,6 +167,7 @@ impl ServeConfig {
             client_ca,
             server_cert,
             server_key,
+            limits: super::limits::Limits::check(raw.limits).map_err(invalid)?,
         })
     }
 }

@@ -1,46 +1,60 @@
 //! Who is calling: the client certificate, and only the client certificate.
 //!
-//! The identity is the certificate's Subject Common Name (or, failing that,
-//! its first DNS subject alternative name). The policy maps identities to
-//! agencies, so a certificate can be rotated by listing both identities.
-//! Parsed identities are remembered per certificate, so a connection's
-//! certificate is parsed once, not on every call.
+//! The identity is the certificate's Subject Common Name, from exactly one
+//! place: the subject must hold exactly one Common Name, and it must be a
+//! UTF8String or a PrintableString. Anything else (no Common Name, two of
+//! them, a BMPString or another string type) is refused, never replaced by
+//! another field such as a DNS name: a second source of identity is a
+//! second way to be someone else. The certificate is parsed once per
+//! connection, after the TLS handshake; which agency the identity is, is
+//! decided per call and per batch against the policy in force.
 
-use std::collections::HashMap;
-use std::sync::{Mutex, PoisonError};
-
-use tonic::{Request, Status};
-use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+use sha2::{Digest, Sha256};
+use tonic::Status;
+use x509_parser::asn1_rs::Tag;
+use x509_parser::prelude::{FromDer, X509Certificate};
 
 use super::status;
 use crate::agency::AgencyId;
 use crate::policy::Policy;
 
-/// Certificates remembered at most; past this the memory starts afresh.
-const REMEMBERED: usize = 4096;
-
-/// Maps client certificates to identities.
-#[derive(Default)]
-pub(crate) struct Identities {
-    known: Mutex<HashMap<Vec<u8>, String>>,
+/// The client certificate of one connection, parsed once.
+#[derive(Debug)]
+pub(crate) struct PeerCertificate {
+    /// SHA-256 of the certificate (DER), in hex: names it in logs.
+    pub(crate) fingerprint: String,
+    /// The subject as text, for logs.
+    pub(crate) subject: String,
+    /// The identity, or why the certificate has no usable one.
+    pub(crate) identity: Result<String, String>,
 }
 
-impl Identities {
-    /// The agency behind the request's client certificate under `policy`.
-    pub(crate) fn caller<T>(
-        &self,
-        request: &Request<T>,
-        policy: &Policy,
-    ) -> Result<AgencyId, Status> {
-        let certificates = request
-            .peer_certs()
-            .ok_or_else(|| status::unauthenticated("no client certificate"))?;
-        let leaf = certificates
-            .first()
-            .ok_or_else(|| status::unauthenticated("no client certificate"))?;
-        let identity = self.identity(leaf.as_ref())?;
+impl PeerCertificate {
+    /// Parses the leaf certificate `der`.
+    pub(crate) fn from_der(der: &[u8]) -> Self {
+        let fingerprint = crate::hex::encode(&Sha256::digest(der));
+        match X509Certificate::from_der(der) {
+            Ok((_, certificate)) => PeerCertificate {
+                fingerprint,
+                subject: certificate.subject().to_string(),
+                identity: common_name(&certificate),
+            },
+            Err(_) => PeerCertificate {
+                fingerprint,
+                subject: String::new(),
+                identity: Err("the client certificate cannot be parsed".to_owned()),
+            },
+        }
+    }
+
+    /// The agency this certificate acts as under `policy`.
+    pub(crate) fn caller(&self, policy: &Policy) -> Result<AgencyId, Status> {
+        let identity = self
+            .identity
+            .as_ref()
+            .map_err(|reason| status::unauthenticated(reason))?;
         policy
-            .agency_for_certificate(&identity)
+            .agency_for_certificate(identity)
             .map(|agency| agency.id.clone())
             .ok_or_else(|| {
                 status::unauthenticated(&format!(
@@ -48,40 +62,24 @@ impl Identities {
                 ))
             })
     }
-
-    fn identity(&self, der: &[u8]) -> Result<String, Status> {
-        let mut known = self.known.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(identity) = known.get(der) {
-            return Ok(identity.clone());
-        }
-        let identity = parse_identity(der)?;
-        if known.len() >= REMEMBERED {
-            known.clear();
-        }
-        known.insert(der.to_vec(), identity.clone());
-        Ok(identity)
-    }
 }
 
-fn parse_identity(der: &[u8]) -> Result<String, Status> {
-    let (_, certificate) = X509Certificate::from_der(der)
-        .map_err(|_| status::unauthenticated("the client certificate cannot be parsed"))?;
-    if let Some(name) = certificate
-        .subject()
-        .iter_common_name()
+/// The one Common Name of the subject, if it is a plain string.
+fn common_name(certificate: &X509Certificate<'_>) -> Result<String, String> {
+    let mut names = certificate.subject().iter_common_name();
+    let name = names
         .next()
-        .and_then(|cn| cn.as_str().ok())
-    {
-        return Ok(name.to_owned());
+        .ok_or_else(|| "the client certificate has no Common Name".to_owned())?;
+    if names.next().is_some() {
+        return Err("the client certificate has more than one Common Name".to_owned());
     }
-    if let Ok(Some(names)) = certificate.subject_alternative_name() {
-        for name in &names.value.general_names {
-            if let GeneralName::DNSName(dns) = name {
-                return Ok((*dns).to_owned());
-            }
-        }
+    let tag = name.attr_value().tag();
+    if tag != Tag::Utf8String && tag != Tag::PrintableString {
+        return Err(format!(
+            "the client certificate's Common Name is a {tag}, not a UTF8String or PrintableString"
+        ));
     }
-    Err(status::unauthenticated(
-        "the client certificate names no Common Name and no DNS name",
-    ))
+    name.as_str()
+        .map(str::to_owned)
+        .map_err(|_| "the client certificate's Common Name is not valid UTF-8".to_owned())
 }

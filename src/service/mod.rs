@@ -1,21 +1,30 @@
 //! The gRPC service agencies call (`fugo serve`).
 //!
 //! ```text
-//!  agency ──mTLS──► identity (certificate → agency, via policy)
-//!                     └─► codes (fugo.v1.Codes: decode, run on the blocking pool, encode)
-//!                           └─► exchange (derive / seal / redeem / reidentify under policy)
-//!  status: the one place errors become gRPC codes
+//!  agency ──TCP──► edge (connection cap, TLS handshake under a timeout,
+//!                  │     idle timeout; limits from [limits])
+//!                  └─► identity (the one Common Name, parsed once per connection)
+//!                        └─► codes::admit (unknown caller refused before the body)
+//!                              └─► codes (fugo.v1.Codes: decode with codec, agency
+//!                                    decided per batch, run, encode, log)
+//!                                    └─► exchange (derive / seal / redeem / reidentify)
+//!  status: the one place errors become gRPC codes (framing: tonic's own answers)
 //!  server: checks key, policy and certificates, then serves; reload; graceful stop
 //! ```
 //!
-//! Logs name the agency, the operation, counts and timings; never a number,
-//! a code or a token.
+//! Logs name the request id, the agency, the operation, counts and timings;
+//! never a number, a code or a token.
 
+pub mod codec;
 mod codes;
 pub mod config;
+mod edge;
+mod framing;
 mod identity;
+pub mod limits;
 pub mod server;
 mod status;
 
 pub use config::ServeConfig;
+pub use limits::Limits;
 pub use server::{Reloader, Running, ServeError, start};

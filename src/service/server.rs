@@ -13,13 +13,15 @@ use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tokio_rustls::TlsAcceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Server;
 use zeroize::Zeroizing;
 
-use super::codes::{CodesService, State};
+use super::codes::{self, CodesService, State};
 use super::config::{ConfigError, ServeConfig};
-use super::identity::Identities;
+use super::edge;
+use super::framing::FramingStatus;
 use crate::certs::{self, CertError};
 use crate::exchange::Exchange;
 use crate::files::{self, ReadError};
@@ -77,6 +79,9 @@ pub enum ServeError {
         #[source]
         source: ReadError,
     },
+    /// The TLS files are not a usable certificate, key or CA.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// Dev certificates could not be made.
     #[error(transparent)]
     Certs(#[from] CertError),
@@ -166,15 +171,15 @@ pub(crate) fn tls_material(
 }
 
 /// The TLS setup: the server's identity, and client certificates required
-/// and checked against the client CA.
-fn tls_config(config: &ServeConfig, policy: &Policy) -> Result<ServerTlsConfig, ServeError> {
+/// and checked against the client CA (see `edge`).
+fn tls_config(config: &ServeConfig, policy: &Policy) -> Result<TlsAcceptor, ServeError> {
     let material = tls_material(config, policy)?;
-    Ok(ServerTlsConfig::new()
-        .identity(Identity::from_pem(
-            &material.server_cert,
-            material.server_key.as_slice(),
-        ))
-        .client_ca_root(Certificate::from_pem(&material.client_ca)))
+    edge::tls_acceptor(
+        (&config.client_ca, &material.client_ca),
+        (&config.server_cert, &material.server_cert),
+        (&config.server_key, material.server_key.as_slice()),
+    )
+    .map_err(ServeError::Tls)
 }
 
 /// A running server.
@@ -273,7 +278,6 @@ pub async fn start(
     let state = Arc::new(State {
         exchange: Exchange::new(keys, Box::new(SystemRandomness::new())),
         policy: RwLock::new(Arc::new(policy)),
-        identities: Identities::default(),
     });
 
     let listener = TcpListener::bind(config.listen)
@@ -289,27 +293,47 @@ pub async fn start(
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<CodesServer<CodesService>>().await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|_| ServeError::Task)?;
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    // v1alpha too: grpcio's and older grpcurl's reflection clients speak only it.
+    let reflection_v1alpha = reflection().build_v1alpha().map_err(|_| ServeError::Task)?;
+    let reflection = reflection().build_v1().map_err(|_| ServeError::Task)?;
+    let limits = &config.limits;
+    let codes = CodesServer::new(CodesService::new(Arc::clone(&state)))
+        .max_decoding_message_size(limits.max_message_bytes);
+    // The caller's identity is checked before the request body is read.
+    let admit_state = Arc::clone(&state);
+    let codes = InterceptedService::new(codes, move |request| codes::admit(&admit_state, request));
+    // Oversized and cut-short requests get the promised codes (`framing`).
+    let codes = FramingStatus::new(codes);
     let router = Server::builder()
-        .tls_config(tls)?
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .initial_stream_window_size(limits.stream_window_bytes)
+        .initial_connection_window_size(limits.connection_window_bytes)
+        .http2_max_header_list_size(limits.max_header_bytes)
+        .http2_keepalive_interval(limits.keepalive_interval)
+        .http2_keepalive_timeout(Some(limits.keepalive_timeout))
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(CodesServer::new(CodesService::new(Arc::clone(&state))));
+        .add_service(reflection_v1alpha)
+        .add_service(codes);
+    let incoming = edge::incoming(listener, tls, limits);
     let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(router.serve_with_incoming_shutdown(
-        TcpListenerStream::new(listener),
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    let task = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
+        let _ = stopped.await;
+    }));
     tracing::info!(
         %addr,
         policy = %version,
         dev_mode = config.dev_mode,
+        max_connections = limits.max_connections,
+        max_concurrent_streams = limits.max_concurrent_streams,
+        max_message_bytes = limits.max_message_bytes,
+        handshake_timeout_s = limits.handshake_timeout.as_secs(),
+        idle_timeout_s = limits.idle_timeout.as_secs(),
         "fugo serving"
     );
     Ok(Running {

@@ -43,6 +43,19 @@ pub(crate) fn bad_field(field: &str, reason: &str) -> Status {
     )
 }
 
+/// A stream's next message could not be read: one over the size limit is
+/// RESOURCE_EXHAUSTED (tonic says OUT_OF_RANGE), one cut short is
+/// INVALID_ARGUMENT (tonic says INTERNAL); see `framing`. Anything else
+/// stays as tonic said.
+pub(crate) fn incoming(status: Status) -> Status {
+    match status.code() {
+        Code::Internal if status.message() == "Unexpected EOF decoding stream." => {
+            Status::invalid_argument("the last message is cut short (Unexpected EOF)")
+        }
+        _ => status,
+    }
+}
+
 /// The caller has no usable identity.
 pub(crate) fn unauthenticated(reason: &str) -> Status {
     Status::unauthenticated(reason.to_owned())

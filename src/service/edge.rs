@@ -1,0 +1,315 @@
+//! The network edge: accepting TCP, the TLS handshake, and what a client
+//! may hold of the server before and after it has proved who it is.
+//!
+//! ```text
+//!  accept ─► connection cap (a permit per connection, or close at once)
+//!         ─► TCP_NODELAY
+//!         ─► TLS handshake under a timeout (its own task; client
+//!            certificate required, signed by the client CA)
+//!         ─► client certificate parsed once (identity::PeerCertificate)
+//!         ─► tonic, which sees a `Connection` with its `Peer`; a
+//!            connection that sends nothing for the idle timeout is closed
+//! ```
+//!
+//! Accept errors (out of file descriptors, most likely) pause the accept
+//! loop, doubling up to a second, instead of spinning.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::time::{Instant, Sleep};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::rustls::server::WebPkiClientVerifier;
+use tokio_rustls::rustls::{RootCertStore, ServerConfig};
+use tokio_rustls::server::TlsStream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::server::Connected;
+
+use super::identity::PeerCertificate;
+use super::limits::Limits;
+
+/// The shortest and longest pause after an accept error.
+const BACKOFF: (Duration, Duration) = (Duration::from_millis(5), Duration::from_secs(1));
+
+/// At most one warning per this long for a repeated edge event.
+const WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// Connections handed to tonic but not yet taken.
+const QUEUE: usize = 64;
+
+/// The TLS server setup: `server_cert` and `server_key` identify the
+/// server; every client must present a certificate signed by `client_ca`.
+/// Only HTTP/2 is offered (ALPN `h2`).
+pub(crate) fn tls_acceptor(
+    client_ca: (&Path, &[u8]),
+    server_cert: (&Path, &[u8]),
+    server_key: (&Path, &[u8]),
+) -> Result<TlsAcceptor, String> {
+    let shown = |path: &Path, what: &str| format!("{}: {what}", path.display());
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let mut roots = RootCertStore::empty();
+    for certificate in CertificateDer::pem_slice_iter(client_ca.1) {
+        let certificate =
+            certificate.map_err(|error| shown(client_ca.0, &format!("not PEM: {error}")))?;
+        roots
+            .add(certificate)
+            .map_err(|error| shown(client_ca.0, &format!("not a CA certificate: {error}")))?;
+    }
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(|error| shown(client_ca.0, &format!("unusable client CA: {error}")))?;
+    let chain = CertificateDer::pem_slice_iter(server_cert.1)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|error| shown(server_cert.0, &format!("not PEM: {error}")))?;
+    let key = PrivateKeyDer::from_pem_slice(server_key.1)
+        .map_err(|error| shown(server_key.0, &format!("no private key: {error}")))?;
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|error| format!("TLS versions: {error}"))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .map_err(|error| shown(server_cert.0, &format!("unusable with its key: {error}")))?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// What the service knows about the other end of a connection; tonic puts
+/// it in every request's extensions.
+#[derive(Debug, Clone)]
+pub(crate) struct Peer {
+    /// The client's address.
+    pub(crate) addr: SocketAddr,
+    /// The client certificate, parsed once.
+    pub(crate) certificate: Arc<PeerCertificate>,
+}
+
+/// One client connection after its TLS handshake. Reading fails once the
+/// client has sent nothing for the idle timeout, which ends the connection.
+pub(crate) struct Connection {
+    tls: TlsStream<TcpStream>,
+    peer: Peer,
+    idle: Duration,
+    last_read: Instant,
+    deadline: Pin<Box<Sleep>>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Connected for Connection {
+    type ConnectInfo = Peer;
+
+    fn connect_info(&self) -> Peer {
+        self.peer.clone()
+    }
+}
+
+impl AsyncRead for Connection {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        let before = buf.filled().len();
+        match Pin::new(&mut this.tls).poll_read(cx, buf) {
+            Poll::Ready(result) => {
+                if buf.filled().len() > before {
+                    this.last_read = Instant::now();
+                }
+                Poll::Ready(result)
+            }
+            Poll::Pending => {
+                // The timer is moved only when it fires, not on every read.
+                while this.deadline.as_mut().poll(cx).is_ready() {
+                    let due = this.last_read + this.idle;
+                    if Instant::now() >= due {
+                        tracing::debug!(addr = %this.peer.addr, "idle connection closed");
+                        return Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "the client sent nothing for the idle timeout",
+                        )));
+                    }
+                    this.deadline.as_mut().reset(due);
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl AsyncWrite for Connection {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.tls).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.tls).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.tls.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.tls).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.tls).poll_shutdown(cx)
+    }
+}
+
+/// Accepts on `listener` until the returned stream is dropped (tonic drops
+/// it on shutdown, which closes the listener).
+pub(crate) fn incoming(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    limits: &Limits,
+) -> ReceiverStream<Result<Connection, Infallible>> {
+    let (sender, receiver) = mpsc::channel(QUEUE);
+    tokio::spawn(accept_loop(listener, acceptor, limits.clone(), sender));
+    ReceiverStream::new(receiver)
+}
+
+type Sender = mpsc::Sender<Result<Connection, Infallible>>;
+
+async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, limits: Limits, sender: Sender) {
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let mut pause = Duration::ZERO;
+    let mut full = Throttle::default();
+    let mut failing = Throttle::default();
+    let refused = Arc::new(Mutex::new(Throttle::default()));
+    loop {
+        let accepted = tokio::select! {
+            () = sender.closed() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let (tcp, addr) = match accepted {
+            Ok(accepted) => {
+                pause = Duration::ZERO;
+                accepted
+            }
+            Err(error) => {
+                pause = (pause * 2).clamp(BACKOFF.0, BACKOFF.1);
+                if let Some(times) = failing.tick() {
+                    tracing::warn!(%error, times, pause_ms = pause.as_millis() as u64,
+                        "cannot accept connections; pausing");
+                }
+                tokio::select! {
+                    () = sender.closed() => return,
+                    () = tokio::time::sleep(pause) => continue,
+                }
+            }
+        };
+        let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+            if let Some(times) = full.tick() {
+                tracing::warn!(%addr, times, max_connections = limits.max_connections,
+                    "connection limit reached; closing new connections");
+            }
+            drop(tcp);
+            continue;
+        };
+        if let Err(error) = tcp.set_nodelay(true) {
+            tracing::debug!(%addr, %error, "cannot set TCP_NODELAY");
+        }
+        tokio::spawn(handshake(
+            tcp,
+            addr,
+            acceptor.clone(),
+            limits.clone(),
+            permit,
+            sender.clone(),
+            Arc::clone(&refused),
+        ));
+    }
+}
+
+async fn handshake(
+    tcp: TcpStream,
+    addr: SocketAddr,
+    acceptor: TlsAcceptor,
+    limits: Limits,
+    permit: OwnedSemaphorePermit,
+    sender: Sender,
+    refused: Arc<Mutex<Throttle>>,
+) {
+    let error = match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => return connected(tls, addr, &limits, permit, sender).await,
+        Ok(Err(error)) => error.to_string(),
+        Err(_) => "timed out".to_owned(),
+    };
+    // An agency whose certificate the CA did not sign needs to be seen in
+    // the log; a scanner must not flood it.
+    let times = refused
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .tick();
+    match times {
+        Some(times) => tracing::info!(%addr, error, times, "TLS handshake failed"),
+        None => tracing::debug!(%addr, error, "TLS handshake failed"),
+    }
+}
+
+async fn connected(
+    tls: TlsStream<TcpStream>,
+    addr: SocketAddr,
+    limits: &Limits,
+    permit: OwnedSemaphorePermit,
+    sender: Sender,
+) {
+    // The verifier requires a client certificate, so there is one.
+    let Some(leaf) = tls.get_ref().1.peer_certificates().and_then(|c| c.first()) else {
+        return;
+    };
+    let certificate = Arc::new(PeerCertificate::from_der(leaf.as_ref()));
+    let now = Instant::now();
+    let connection = Connection {
+        tls,
+        peer: Peer { addr, certificate },
+        idle: limits.idle_timeout,
+        last_read: now,
+        deadline: Box::pin(tokio::time::sleep_until(now + limits.idle_timeout)),
+        _permit: permit,
+    };
+    // Fails only when the server is stopping: the connection is dropped.
+    let _ = sender.send(Ok(connection)).await;
+}
+
+/// Lets a repeated event be logged at most once per [`WARN_EVERY`], with
+/// how many times it happened since (this one included).
+#[derive(Default)]
+struct Throttle {
+    last: Option<Instant>,
+    times: u64,
+}
+
+impl Throttle {
+    fn tick(&mut self) -> Option<u64> {
+        self.times += 1;
+        let now = Instant::now();
+        if self.last.is_some_and(|last| now < last + WARN_EVERY) {
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.times))
+    }
+}
