@@ -431,7 +431,8 @@ fn csv_line_numbers_count_quoted_newlines_and_long_records_are_fatal() {
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(
         errors(&out),
-        "fugo: error: CSV input, line 3: record is longer than 1 MiB\n"
+        "fugo: error: CSV input, line 3: record is longer than 1 MiB\n\
+         fugo: stopped after 0 rows; the output is incomplete\n"
     );
 
     let out = fugo(&derive_args(&key, &["--csv", "--column", "mynumber"]), b"");

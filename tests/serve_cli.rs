@@ -114,6 +114,19 @@ fn client(server: &Server, dir: &Path, agency: &str, args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// `YYYY-MM-DDTHH:MM:SSZ`.
+fn is_utc_time(text: &str) -> bool {
+    let b = text.as_bytes();
+    b.len() == 20
+        && b.iter().enumerate().all(|(i, c)| match i {
+            4 | 7 => *c == b'-',
+            10 => *c == b'T',
+            13 | 16 => *c == b':',
+            19 => *c == b'Z',
+            _ => c.is_ascii_digit(),
+        })
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -155,7 +168,7 @@ fn a_csv_goes_through_derive_seal_redeem_and_back() {
     );
     assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
     assert!(
-        text(&out.stderr).contains("line 2502: check digit does not match"),
+        text(&out.stderr).contains("line 2502: column 'mynumber': check digit does not match"),
         "{}",
         text(&out.stderr)
     );
@@ -206,11 +219,21 @@ fn a_csv_goes_through_derive_seal_redeem_and_back() {
         .lines()
         .map(|l| l.split(' ').next().unwrap())
         .collect();
-    assert!(
-        redeemed
-            .lines()
-            .all(|l| l.ends_with(" mhlw health-insurance-benefit local-tax,resident-register"))
-    );
+    // CODE SERIAL REQUESTER AFFAIR ITEMS EXPIRES NON_DISCLOSURE
+    for line in redeemed.lines() {
+        let fields: Vec<&str> = line.split(' ').collect();
+        assert_eq!(fields.len(), 7, "{line}");
+        assert_eq!(
+            fields[2..5],
+            [
+                "mhlw",
+                "health-insurance-benefit",
+                "local-tax,resident-register"
+            ]
+        );
+        assert!(is_utc_time(fields[5]), "{line}");
+        assert_eq!(fields[6], "-", "no non-disclosure date was asked for");
+    }
 
     // Shinjuku's own derive of the same numbers gives the same codes.
     fs::write(dir.path().join("numbers"), numbers.join("\n") + "\n").unwrap();
