@@ -95,8 +95,14 @@ impl Server {
 }
 
 fn client(server: &Server, dir: &Path, agency: &str, args: &[&str]) -> Output {
+    client_command(server, dir, agency, args).output().unwrap()
+}
+
+/// `fugo client OPERATION --server … --ca … --cert … --key … REST…`.
+fn client_command(server: &Server, dir: &Path, agency: &str, args: &[&str]) -> Command {
     let certs = dir.join("data/certs");
-    Command::new(FUGO)
+    let mut command = Command::new(FUGO);
+    command
         .args(["client"])
         .args(&args[..1])
         .args(["--server", &format!("https://{}", server.addr)])
@@ -109,9 +115,38 @@ fn client(server: &Server, dir: &Path, agency: &str, args: &[&str]) -> Output {
             "--key",
             certs.join(format!("{agency}.key")).to_str().unwrap(),
         ])
-        .args(&args[1..])
+        .args(&args[1..]);
+    command
+}
+
+/// `fugo derive` offline with the demo key, as the server derives for
+/// `agency` at `epoch`.
+fn offline_derive(agency: &str, epoch: &str, args: &[&str]) -> Output {
+    Command::new(FUGO)
+        .args(["derive", "--master-key"])
+        .arg(common::demo_key_path())
+        .args(["--agency", agency, "--epoch", epoch])
+        .args(args)
         .output()
         .unwrap()
+}
+
+/// Forms a number might leak in: as is, and grouped by spaces or dashes.
+fn leak_forms(number: &str) -> Vec<String> {
+    vec![
+        number.to_owned(),
+        format!("{} {} {}", &number[..4], &number[4..8], &number[8..]),
+        format!("{}-{}-{}", &number[..4], &number[4..8], &number[8..]),
+    ]
+}
+
+/// The reject lines' `line N` parts.
+fn reject_lines(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|l| l.split(':').next())
+        .filter(|l| l.starts_with("line "))
+        .map(str::to_owned)
+        .collect()
 }
 
 /// `YYYY-MM-DDTHH:MM:SSZ`.
@@ -403,4 +438,306 @@ fn production_mode_refuses_the_demo_key_and_a_wrong_fingerprint() {
         "{}",
         text(&out.stderr)
     );
+}
+
+#[test]
+fn the_client_keeps_every_file_rule_of_derive_and_leaks_no_number() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&config(dir.path(), true, common::DEMO_FINGERPRINT));
+    let at = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    let n: Vec<String> = (0..8u64)
+        .map(|i| common::valid_number(i * 7_919 + 3))
+        .collect();
+
+    // CSV: a BOM, a blank line, a record with too few fields and one with
+    // too many (each holding a whole number), a bad number, a quoted newline.
+    let csv = format!(
+        "\u{feff}id,mynumber,note\n1,{},a\n\n2,{}\n3,{},b,{}\n4,bad,c\n5,{},\"two\nlines\"\n6,{},z\n",
+        n[0], n[1], n[2], n[3], n[4], n[5]
+    );
+    fs::write(at("in.csv"), &csv).unwrap();
+    let out = client(
+        &server,
+        dir.path(),
+        "mhlw",
+        &[
+            "derive",
+            "--csv",
+            "--column",
+            "mynumber",
+            &at("in.csv"),
+            "-o",
+            &at("client.csv"),
+            "--rejects",
+            &at("client.rejects"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    let local = offline_derive(
+        "mhlw",
+        "1",
+        &[
+            "--csv",
+            "--column",
+            "mynumber",
+            &at("in.csv"),
+            "-o",
+            &at("local.csv"),
+            "--rejects",
+            &at("local.rejects"),
+        ],
+    );
+    assert_eq!(local.status.code(), Some(3));
+    let client_csv = fs::read_to_string(at("client.csv")).unwrap();
+    assert_eq!(client_csv, fs::read_to_string(at("local.csv")).unwrap());
+    assert!(client_csv.contains("\n,,\n,,\n4,,c\n"), "{client_csv}");
+    let client_rejects = fs::read_to_string(at("client.rejects")).unwrap();
+    assert_eq!(
+        reject_lines(&client_rejects),
+        ["line 4", "line 5", "line 6"],
+        "line numbers as in the file: {client_rejects}"
+    );
+    assert_eq!(
+        reject_lines(&client_rejects),
+        reject_lines(&fs::read_to_string(at("local.rejects")).unwrap())
+    );
+
+    // Lines: a blank line, an overlong line holding a number, CRLF, a BOM.
+    let overlong = format!("{}{}", "0".repeat(300), n[6]);
+    let lines = format!("\u{feff}{}\n\n{}\n{overlong}\n{}\r\n", n[0], n[1], n[7]);
+    fs::write(at("in.txt"), &lines).unwrap();
+    let out = client(
+        &server,
+        dir.path(),
+        "mhlw",
+        &["derive", &at("in.txt"), "-o", &at("client.txt")],
+    );
+    assert_eq!(out.status.code(), Some(3));
+    let client_errors = text(&out.stderr);
+    assert_eq!(
+        reject_lines(&client_errors),
+        ["line 2", "line 4"],
+        "{client_errors}"
+    );
+    assert!(
+        client_errors.contains("line 4: too long"),
+        "{client_errors}"
+    );
+    let local = offline_derive("mhlw", "1", &[&at("in.txt"), "-o", &at("local.txt")]);
+    assert_eq!(local.status.code(), Some(3));
+    let client_txt = fs::read_to_string(at("client.txt")).unwrap();
+    assert_eq!(client_txt, fs::read_to_string(at("local.txt")).unwrap());
+    assert_eq!(client_txt.lines().count(), 5);
+
+    // No input number anywhere: output files, reject files, stderr.
+    let mut haystack = String::new();
+    for file in ["client.csv", "client.rejects", "client.txt"] {
+        haystack.push_str(&fs::read_to_string(at(file)).unwrap());
+    }
+    haystack.push_str(&client_errors);
+    for number in &n {
+        for form in leak_forms(number) {
+            assert!(!haystack.contains(&form), "an output holds {form}");
+        }
+    }
+    let (code, logs) = server.stop();
+    assert_eq!(code, 0);
+    for number in &n {
+        assert!(!logs.contains(number.as_str()), "server logs hold a number");
+    }
+}
+
+#[test]
+fn a_client_reads_and_writes_shift_jis() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&config(dir.path(), true, common::DEMO_FINGERPRINT));
+    let at = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    let n: Vec<String> = (0..3u64).map(common::valid_number).collect();
+    let csv = format!(
+        "番号,個人番号,氏名\r\n1,{},山田 太郎\r\n2,{}\r\n3,{},鈴木\r\n",
+        n[0], n[1], n[2]
+    );
+    let (sjis, _, unmappable) = encoding_rs::SHIFT_JIS.encode(&csv);
+    assert!(!unmappable);
+    fs::write(at("sjis.csv"), &sjis).unwrap();
+    let out = client(
+        &server,
+        dir.path(),
+        "mhlw",
+        &[
+            "derive",
+            "--csv",
+            "--column",
+            "個人番号",
+            "--encoding",
+            "cp932",
+            &at("sjis.csv"),
+            "-o",
+            &at("out.csv"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("line 3: has 2 fields, the header has 3"),
+        "{}",
+        text(&out.stderr)
+    );
+    let written = fs::read(at("out.csv")).unwrap();
+    let (decoded, had_errors) = encoding_rs::SHIFT_JIS.decode_without_bom_handling(&written);
+    assert!(!had_errors, "the output is cp932 as the input");
+    let rows: Vec<&str> = decoded.lines().collect();
+    assert_eq!(rows[0], "番号,個人番号,氏名");
+    assert!(rows[1].starts_with("1,") && rows[1].ends_with(",山田 太郎"));
+    assert_eq!(rows[1].split(',').nth(1).unwrap().len(), 29);
+    assert_eq!(rows[2], ",,");
+    assert!(rows[3].starts_with("3,") && rows[3].ends_with(",鈴木"));
+
+    // Read as UTF-8, the same file is refused with its line and a hint.
+    let out = client(
+        &server,
+        dir.path(),
+        "mhlw",
+        &[
+            "derive",
+            "--csv",
+            "--column",
+            "個人番号",
+            &at("sjis.csv"),
+            "-o",
+            &at("wrong.csv"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr)
+            .contains("line 1 is not valid UTF-8; if the file is Shift_JIS, use --encoding cp932"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!dir.path().join("wrong.csv").exists());
+    server.stop();
+}
+
+#[test]
+fn seal_and_redeem_write_every_field_as_csv_columns() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&config(dir.path(), true, common::DEMO_FINGERPRINT));
+    let at = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    let numbers: Vec<String> = (0..5u64).map(|i| common::valid_number(i + 40)).collect();
+    fs::write(at("numbers"), numbers.join("\n") + "\n").unwrap();
+    let out = client(&server, dir.path(), "nta", &["derive", &at("numbers")]);
+    assert_eq!(out.status.code(), Some(0));
+    let mut csv = String::from("case,code\n");
+    for (i, code) in text(&out.stdout).lines().enumerate() {
+        csv.push_str(&format!("c{i},{code}\n"));
+    }
+    fs::write(at("codes.csv"), csv).unwrap();
+    let until = "1893456000"; // 2030-01-01T00:00:00Z
+    let out = client(
+        &server,
+        dir.path(),
+        "nta",
+        &[
+            "seal",
+            "--provider",
+            "city-shinjuku",
+            "--affair",
+            "national-tax-investigation",
+            "--items",
+            "local-tax",
+            "--non-disclosure-until",
+            until,
+            "--csv",
+            "--column",
+            "code",
+            &at("codes.csv"),
+            "-o",
+            &at("tokens.csv"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let tokens = fs::read_to_string(at("tokens.csv")).unwrap();
+    assert!(tokens.starts_with("case,code,serial\nc0,"), "{tokens}");
+    let out = client(
+        &server,
+        dir.path(),
+        "city-shinjuku",
+        &[
+            "redeem",
+            "--csv",
+            "--column",
+            "code",
+            "--append-column",
+            "shinjuku_code",
+            &at("tokens.csv"),
+        ],
+    );
+    // The input already has a `serial` column, which redeem adds too.
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("column 'serial' already exists"),
+        "{}",
+        text(&out.stderr)
+    );
+    let only_tokens: String = tokens
+        .lines()
+        .map(|l| l.rsplit_once(',').unwrap().0.to_owned() + "\n")
+        .collect();
+    fs::write(at("only-tokens.csv"), only_tokens).unwrap();
+    let out = client(
+        &server,
+        dir.path(),
+        "city-shinjuku",
+        &[
+            "redeem",
+            "--csv",
+            "--column",
+            "code",
+            &at("only-tokens.csv"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let redeemed = text(&out.stdout);
+    let mut rows = redeemed.lines();
+    assert_eq!(
+        rows.next(),
+        Some("case,code,serial,requester,affair,items,expires_at,non_disclosure_until")
+    );
+    for (i, row) in rows.enumerate() {
+        let fields: Vec<&str> = row.split(',').collect();
+        assert_eq!(fields.len(), 8, "{row}");
+        assert_eq!(fields[0], format!("c{i}"));
+        assert_eq!(fields[1].len(), 29);
+        assert_eq!(
+            fields[3..6],
+            ["nta", "national-tax-investigation", "local-tax"]
+        );
+        assert!(is_utc_time(fields[6]), "{row}");
+        assert_eq!(fields[7], "2030-01-01T00:00:00Z");
+    }
+    // The line form carries the same fields.
+    let token_lines: String = tokens
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').nth(1).unwrap().to_owned() + "\n")
+        .collect();
+    fs::write(at("tokens.txt"), token_lines).unwrap();
+    let out = client(
+        &server,
+        dir.path(),
+        "city-shinjuku",
+        &["redeem", &at("tokens.txt")],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    for line in text(&out.stdout).lines() {
+        let fields: Vec<&str> = line.split(' ').collect();
+        assert_eq!(fields.len(), 7, "{line}");
+        assert_eq!(
+            fields[2..5],
+            ["nta", "national-tax-investigation", "local-tax"]
+        );
+        assert!(is_utc_time(fields[5]), "{line}");
+        assert_eq!(fields[6], "2030-01-01T00:00:00Z");
+    }
+    server.stop();
 }

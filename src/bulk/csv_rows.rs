@@ -120,7 +120,11 @@ impl<R: Read> CsvSource<R> {
 
     /// Appends the next record to `records`; `false` at the end of input.
     fn read_record(&mut self, records: &mut Records) -> Result<bool, BulkError> {
-        let line = self.core.line();
+        // The record's line is the line of its first byte: csv-core's count
+        // plus the newlines it skips first (the previous record's LF of a
+        // CRLF, blank lines).
+        let mut line = self.core.line();
+        let mut started = false;
         let (data, ends) = (records.data_used, records.ends_used);
         let (mut data_len, mut ends_len) = (data, ends);
         loop {
@@ -141,6 +145,18 @@ impl<R: Read> CsvSource<R> {
                 &mut records.data[data_len..],
                 &mut records.ends[ends_len..],
             );
+            if !started {
+                for &byte in &self.buffer[self.start..self.start + read] {
+                    match byte {
+                        b'\n' => line += 1,
+                        b'\r' => {}
+                        _ => {
+                            started = true;
+                            break;
+                        }
+                    }
+                }
+            }
             self.start += read;
             data_len += wrote;
             ends_len += ended;
