@@ -84,6 +84,15 @@ pub enum ClientError {
         #[source]
         source: tonic::transport::Error,
     },
+    /// The TLS handshake failed after connecting (the server refused this
+    /// client's certificate).
+    #[error("cannot connect to {server}: {cause}")]
+    Handshake {
+        /// The server as given.
+        server: String,
+        /// The cause, explained.
+        cause: String,
+    },
     /// The server refused the whole request.
     #[error("the server refused: {} ({:?})", .0.message(), .0.code())]
     Refused(tonic::Status),
@@ -108,7 +117,7 @@ impl ClientError {
             Code::Unavailable | Code::Unknown | Code::Cancelled | Code::Internal
                 if status.metadata().is_empty() || status.message().contains("transport") =>
             {
-                ClientError::Lost(status.message().to_owned())
+                ClientError::Lost(chain_text(&status))
             }
             _ => ClientError::Refused(status),
         }
@@ -192,47 +201,74 @@ pub async fn connect(connection: &Connection) -> Result<CodesClient<Channel>, Cl
 /// chain (the TLS or socket error inside the transport error), and what to
 /// do about it.
 fn explain(error: tonic::transport::Error, connection: &Connection, name: &str) -> ClientError {
+    let cause = find_cause(&error, connection, name).unwrap_or_else(|| chain_text(&error));
+    ClientError::Connect {
+        server: connection.server.clone(),
+        cause,
+        source: error,
+    }
+}
+
+/// The explained cause of a connection failure, if the chain holds one
+/// fugo knows.
+fn find_cause(
+    error: &(dyn StdError + 'static),
+    connection: &Connection,
+    name: &str,
+) -> Option<String> {
     let mut cause = None;
-    let mut details = Vec::new();
-    let mut next: Option<&(dyn StdError + 'static)> = Some(&error);
+    let mut next = Some(error);
     while let Some(current) = next {
-        details.push(current.to_string());
         let mut tls = current.downcast_ref::<rustls::Error>();
         if let Some(io_error) = current.downcast_ref::<io::Error>() {
             match io_error.kind() {
                 io::ErrorKind::ConnectionRefused => cause = Some(refused()),
-                io::ErrorKind::TimedOut => {
-                    cause = Some(format!(
-                        "no answer within {} s; check the address and any firewall",
-                        CONNECT_TIMEOUT.as_secs()
-                    ))
-                }
+                io::ErrorKind::TimedOut => cause = Some(timed_out()),
                 _ => {}
             }
             // io::Error's source() skips the error it wraps: look inside.
             if let Some(inner) = io_error.get_ref() {
-                details.push(inner.to_string());
                 tls = tls.or_else(|| inner.downcast_ref::<rustls::Error>());
             }
         }
         if let Some(tls) = tls {
             cause = Some(tls_cause(tls, connection, name));
         }
-        if current.to_string().contains("timed out") && cause.is_none() {
-            cause = Some(format!(
-                "no answer within {} s; check the address and any firewall",
-                CONNECT_TIMEOUT.as_secs()
-            ));
+        if cause.is_none() && current.to_string().contains("timed out") {
+            cause = Some(timed_out());
         }
         next = current.source();
     }
-    details.dedup();
-    let cause = cause.unwrap_or_else(|| details.join(": "));
-    ClientError::Connect {
-        server: connection.server.clone(),
-        cause,
-        source: error,
+    cause
+}
+
+/// Every message of an error's source chain, once each.
+fn chain_text(error: &(dyn StdError + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = Some(error);
+    while let Some(current) = next {
+        let mut add = |text: String| {
+            if !parts.iter().any(|p| p.contains(&text)) {
+                parts.push(text);
+            }
+        };
+        add(current.to_string());
+        if let Some(inner) = current
+            .downcast_ref::<io::Error>()
+            .and_then(io::Error::get_ref)
+        {
+            add(inner.to_string());
+        }
+        next = current.source();
     }
+    parts.join(": ")
+}
+
+fn timed_out() -> String {
+    format!(
+        "no answer within {} s; check the address and any firewall",
+        CONNECT_TIMEOUT.as_secs()
+    )
 }
 
 fn refused() -> String {
@@ -244,7 +280,11 @@ fn refused() -> String {
 fn tls_cause(error: &rustls::Error, connection: &Connection, name: &str) -> String {
     use rustls::{AlertDescription, CertificateError, Error};
     match error {
-        Error::InvalidCertificate(CertificateError::UnknownIssuer) => format!(
+        // BadSignature: a CA of the same name but another key (every
+        // `fugo dev-certs` CA has the same name).
+        Error::InvalidCertificate(
+            CertificateError::UnknownIssuer | CertificateError::BadSignature,
+        ) => format!(
             "the server's certificate is not signed by the CA in {} (an unknown CA). Give the \
              CA that signed the server's certificate with --ca (or FUGO_CA); in dev mode it is \
              DATA_DIR/certs/ca.pem",
@@ -332,7 +372,40 @@ impl Remote {
     ) -> Result<Self, ClientError> {
         let mut client = connect(connection).await?;
         let (requests, items) = mpsc::channel(IN_FLIGHT);
-        let responses = open_stream(&mut client, &operation, items).await?;
+        let name = match &connection.server_name {
+            Some(name) => name.clone(),
+            None => host_of(&connection.server)?,
+        };
+        // With TLS 1.3 the server checks the client's certificate after the
+        // client considers the handshake done: its refusal shows here.
+        let responses = open_stream(&mut client, &operation, items)
+            .await
+            .map_err(|status| match find_cause(&status, connection, &name) {
+                Some(cause) => ClientError::Handshake {
+                    server: connection.server.clone(),
+                    cause,
+                },
+                // The alert itself stays inside the connection task; what
+                // reaches the call is the closed connection.
+                None if matches!(
+                    ClientError::from_status(status.clone()),
+                    ClientError::Lost(_)
+                ) =>
+                {
+                    ClientError::Handshake {
+                        server: connection.server.clone(),
+                        cause: format!(
+                            "the server closed the connection right after the TLS handshake; it \
+                             most likely refused this client's certificate. Check that {} and {} \
+                             are this agency's pair, signed by a CA the server trusts ({})",
+                            connection.cert.display(),
+                            connection.key.display(),
+                            chain_text(&status)
+                        ),
+                    }
+                }
+                None => ClientError::from_status(status),
+            })?;
         Ok(Remote {
             runtime: runtime.clone(),
             operation,
@@ -529,15 +602,14 @@ async fn open_stream(
     client: &mut CodesClient<Channel>,
     operation: &Operation,
     items: mpsc::Receiver<Vec<String>>,
-) -> Result<Responses, ClientError> {
+) -> Result<Responses, tonic::Status> {
     let items = ReceiverStream::new(items);
     use tokio_stream::StreamExt;
     Ok(match operation.clone() {
         Operation::Derive => Responses::Derive(
             client
                 .derive_stream(items.map(|numbers| DeriveRequest { numbers }))
-                .await
-                .map_err(ClientError::from_status)?
+                .await?
                 .into_inner(),
         ),
         Operation::Seal {
@@ -554,8 +626,7 @@ async fn open_stream(
                     non_disclosure_until,
                     codes,
                 }))
-                .await
-                .map_err(ClientError::from_status)?
+                .await?
                 .into_inner(),
         ),
         Operation::Redeem => Responses::Redeem(
@@ -573,15 +644,13 @@ async fn open_stream(
                             .collect(),
                     }
                 }))
-                .await
-                .map_err(ClientError::from_status)?
+                .await?
                 .into_inner(),
         ),
         Operation::Reidentify => Responses::Reidentify(
             client
                 .reidentify_stream(items.map(|codes| ReidentifyRequest { codes }))
-                .await
-                .map_err(ClientError::from_status)?
+                .await?
                 .into_inner(),
         ),
     })

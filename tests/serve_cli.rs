@@ -741,3 +741,145 @@ fn seal_and_redeem_write_every_field_as_csv_columns() {
     }
     server.stop();
 }
+
+/// `fugo client derive` on one number with explicit connection flags.
+fn connect_with(
+    dir: &Path,
+    server: &str,
+    ca: &Path,
+    cert: &Path,
+    key: &Path,
+    extra: &[&str],
+) -> Output {
+    let input = dir.join("one-number");
+    fs::write(&input, "123456789018\n").unwrap();
+    Command::new(FUGO)
+        .args(["client", "derive", "--server", server])
+        .arg("--ca")
+        .arg(ca)
+        .arg("--cert")
+        .arg(cert)
+        .arg("--key")
+        .arg(key)
+        .args(extra)
+        .arg(&input)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn connection_failures_name_the_cause_and_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&config(dir.path(), true, common::DEMO_FINGERPRINT));
+    let certs = dir.path().join("data/certs");
+    let other = dir.path().join("other-pki");
+    let made = Command::new(FUGO)
+        .args([
+            "dev-certs",
+            "--out",
+            other.to_str().unwrap(),
+            "--agencies",
+            "mhlw",
+        ])
+        .output()
+        .unwrap();
+    assert!(made.status.success());
+    let url = format!("https://{}", server.addr);
+    let (ca, cert, key) = (
+        certs.join("ca.pem"),
+        certs.join("mhlw.pem"),
+        certs.join("mhlw.key"),
+    );
+    let port_without_server = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let cases: Vec<(&str, Output, &str)> = vec![
+        (
+            "refused",
+            connect_with(
+                dir.path(),
+                &format!("https://127.0.0.1:{port_without_server}"),
+                &ca,
+                &cert,
+                &key,
+                &[],
+            ),
+            "connection refused: nothing listens there",
+        ),
+        (
+            "unknown CA",
+            connect_with(dir.path(), &url, &other.join("ca.pem"), &cert, &key, &[]),
+            "not signed by the CA in",
+        ),
+        (
+            "certificate and key do not match",
+            connect_with(
+                dir.path(),
+                &url,
+                &ca,
+                &cert,
+                &certs.join("city-shinjuku.key"),
+                &[],
+            ),
+            "do not match",
+        ),
+        (
+            "name mismatch",
+            connect_with(
+                dir.path(),
+                &url,
+                &ca,
+                &cert,
+                &key,
+                &["--server-name", "fugo.example"],
+            ),
+            "not valid for the name 'fugo.example' (a server name mismatch)",
+        ),
+        (
+            "client certificate from another CA",
+            connect_with(
+                dir.path(),
+                &url,
+                &ca,
+                &other.join("mhlw.pem"),
+                &other.join("mhlw.key"),
+                &[],
+            ),
+            "refused this client's certificate",
+        ),
+        (
+            "plain http",
+            connect_with(
+                dir.path(),
+                &format!("http://{}", server.addr),
+                &ca,
+                &cert,
+                &key,
+                &[],
+            ),
+            "fugo servers speak TLS only: use https://",
+        ),
+    ];
+    for (case, out, expected) in cases {
+        let message = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{case}: {message}");
+        assert!(message.contains(expected), "{case}: {message}");
+        assert!(!message.contains("transport error\n"), "{case}: {message}");
+    }
+
+    // The name as given (127.0.0.1, an IP name in the dev certificate), or
+    // the one --server-name gives.
+    let out = connect_with(dir.path(), &url, &ca, &cert, &key, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let out = connect_with(
+        dir.path(),
+        &url,
+        &ca,
+        &cert,
+        &key,
+        &["--server-name", "localhost"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    server.stop();
+}
