@@ -582,6 +582,27 @@ fn dev_certs_writes_a_ca_a_server_and_one_client_per_agency() {
         .permissions()
         .mode();
     assert_eq!(mode & 0o777, 0o600);
+    // The server certificate holds the names a client uses as given.
+    let pem = fs::read(out_dir.join("server.pem")).unwrap();
+    let (_, pem) = x509_parser::pem::parse_x509_pem(&pem).unwrap();
+    let cert = pem.parse_x509().unwrap();
+    let names: Vec<String> = cert
+        .subject_alternative_name()
+        .unwrap()
+        .unwrap()
+        .value
+        .general_names
+        .iter()
+        .map(|name| match name {
+            x509_parser::extensions::GeneralName::DNSName(dns) => (*dns).to_owned(),
+            x509_parser::extensions::GeneralName::IPAddress(ip) => match ip.len() {
+                4 => std::net::IpAddr::from(<[u8; 4]>::try_from(*ip).unwrap()).to_string(),
+                _ => std::net::IpAddr::from(<[u8; 16]>::try_from(*ip).unwrap()).to_string(),
+            },
+            other => format!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(names, ["localhost", "127.0.0.1", "::1"]);
     let bad = fugo(
         &[
             "dev-certs",
