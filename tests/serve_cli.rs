@@ -883,3 +883,117 @@ fn connection_failures_name_the_cause_and_what_to_do() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     server.stop();
 }
+
+#[test]
+fn flags_from_the_environment_bounded_memory_and_a_lost_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&config(dir.path(), true, common::DEMO_FINGERPRINT));
+    let certs = dir.path().join("data/certs");
+    let at = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    let env = [
+        ("FUGO_SERVER", format!("https://{}", server.addr)),
+        ("FUGO_CA", certs.join("ca.pem").to_str().unwrap().to_owned()),
+        (
+            "FUGO_CERT",
+            certs.join("mhlw.pem").to_str().unwrap().to_owned(),
+        ),
+        (
+            "FUGO_KEY",
+            certs.join("mhlw.key").to_str().unwrap().to_owned(),
+        ),
+    ];
+
+    // The four connection flags come from the environment.
+    fs::write(at("one"), "123456789018\n").unwrap();
+    let out = Command::new(FUGO)
+        .args(["client", "derive", &at("one")])
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim_end().len(), 29);
+
+    // A 128 MiB line costs the client no more than a small file.
+    let mut huge = vec![b'5'; 128 << 20];
+    huge.extend_from_slice(b"\n123456789018\n");
+    fs::write(at("huge"), &huge).unwrap();
+    drop(huge);
+    let report = dir.path().join("rss");
+    let out = Command::new("/usr/bin/time")
+        .arg("-o")
+        .arg(&report)
+        .args([
+            "-f",
+            "%M",
+            FUGO,
+            "client",
+            "derive",
+            &at("huge"),
+            "-o",
+            &at("huge.out"),
+        ])
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .output()
+        .expect("/usr/bin/time is missing: install Debian's `time` package");
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("line 1: too long"));
+    let kib: u64 = fs::read_to_string(&report)
+        .unwrap()
+        .lines()
+        .last()
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        kib < 64 * 1024,
+        "the client used {kib} KiB on one huge line"
+    );
+    fs::remove_file(at("huge")).unwrap();
+
+    // The server dies mid-run: no output file, and how far it got.
+    let mut child = Command::new(FUGO)
+        .args(["client", "derive", "-o", &at("codes")])
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut lines = String::new();
+    for i in 0..200_000u64 {
+        lines.push_str(&common::valid_number(i));
+        lines.push('\n');
+    }
+    std::io::Write::write_all(&mut stdin, lines.as_bytes()).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    server.signal("KILL");
+    // The client's next chunk meets the dead server.
+    let _ = std::io::Write::write_all(&mut stdin, lines.as_bytes());
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    let message = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{message}");
+    assert!(
+        message.contains("the connection to the server was lost"),
+        "{message}"
+    );
+    let rows: u64 = message
+        .split("stopped after ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no row count: {message}"));
+    assert!(rows > 0 && rows < 400_000, "{message}");
+    assert!(
+        message.contains(&format!("{} was not written", at("codes"))),
+        "{message}"
+    );
+    let left: Vec<String> = fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.contains("codes"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
