@@ -222,7 +222,14 @@ struct CsvStages<'w, W> {
     column: usize,
     width: usize,
     append: bool,
+    /// Where each extra result field goes: the header column of its name
+    /// (seal output's `serial` column fed to redeem is rewritten in place),
+    /// or `None`: appended.
+    placed: Vec<Option<usize>>,
 }
+
+/// Most extra result fields a work may name.
+const MAX_EXTRAS: usize = 8;
 
 impl<W: Work> Stages for CsvStages<'_, W> {
     type Slot = CsvSlot;
@@ -288,19 +295,26 @@ impl<W: Work> CsvStages<'_, W> {
     }
 
     /// Writes a record with `result` (fields separated by spaces, `-` for
-    /// an empty one) in the item column or appended, the rest appended.
+    /// an empty one): its first field in the item column or appended, the
+    /// others in the columns of their names (see [`CsvStages::placed`]).
     fn write_row<'f>(
         &self,
         writer: &mut Out<'_>,
         fields: impl Iterator<Item = &'f [u8]>,
         result: &[u8],
     ) -> csv::Result<()> {
-        let extras = self.work.extra_columns().len();
-        let mut parts = result.splitn(extras + 1, |&b| b == b' ');
-        let first = parts.next().unwrap_or_default();
+        let count = self.placed.len();
+        let mut parts: [&[u8]; MAX_EXTRAS] = [b""; MAX_EXTRAS];
+        let mut split = result.splitn(count + 1, |&b| b == b' ');
+        let first = split.next().unwrap_or_default();
+        for (slot, part) in parts.iter_mut().zip(split) {
+            *slot = if part == b"-" { b"" } else { part };
+        }
         for (i, field) in fields.enumerate() {
             if i == self.column && !self.append {
                 writer.write_field(first)?;
+            } else if let Some(extra) = self.placed.iter().position(|&at| at == Some(i)) {
+                writer.write_field(parts[extra])?;
             } else {
                 writer.write_field(field)?;
             }
@@ -308,10 +322,9 @@ impl<W: Work> CsvStages<'_, W> {
         if self.append {
             writer.write_field(first)?;
         }
-        for _ in 0..extras {
-            match parts.next() {
-                Some(b"-") | None => writer.write_field(b"")?,
-                Some(part) => writer.write_field(part)?,
+        for (extra, at) in self.placed.iter().enumerate() {
+            if at.is_none() {
+                writer.write_field(parts[extra])?;
             }
         }
         writer.write_record(None::<&[u8]>)
@@ -320,7 +333,8 @@ impl<W: Work> CsvStages<'_, W> {
     /// A record of the wrong width: its fields cannot be trusted to be where
     /// the header says (the number may sit in any of them), so none is kept.
     fn write_blank(&self, writer: &mut Out<'_>) -> csv::Result<()> {
-        let width = self.width + usize::from(self.append) + self.work.extra_columns().len();
+        let added = self.placed.iter().filter(|at| at.is_none()).count();
+        let width = self.width + usize::from(self.append) + added;
         for _ in 0..width {
             writer.write_field(b"")?;
         }
@@ -341,12 +355,39 @@ fn shown(name: &[u8]) -> String {
     }
 }
 
-/// Finds the item column and checks the options against the header.
-fn find_column(
+/// Where each extra result column goes: the header column of that name, or
+/// appended. Refuses a name that is the item column or `--append-column`.
+fn place_extras(
     header: &Records,
     options: &CsvOptions,
+    column: usize,
     extras: &[&str],
-) -> Result<usize, BulkError> {
+) -> Result<Vec<Option<usize>>, BulkError> {
+    if extras.len() > MAX_EXTRAS {
+        return Err(BulkError::Header("too many result columns".to_owned()));
+    }
+    let names: Vec<&[u8]> = header
+        .spans
+        .first()
+        .map_or(Vec::new(), |span| header.fields(span).collect());
+    extras
+        .iter()
+        .map(|&extra| {
+            let at = names.iter().position(|&name| name == extra.as_bytes());
+            if options.append.as_deref() == Some(extra)
+                || (at == Some(column) && options.append.is_none())
+            {
+                return Err(BulkError::Header(format!(
+                    "column '{extra}' would hold both the items' results and the {extra} field"
+                )));
+            }
+            Ok(at)
+        })
+        .collect()
+}
+
+/// Finds the item column and checks the options against the header.
+fn find_column(header: &Records, options: &CsvOptions) -> Result<usize, BulkError> {
     let Some(span) = header.spans.first() else {
         return Err(BulkError::Header("the input is empty".to_owned()));
     };
@@ -354,12 +395,7 @@ fn find_column(
     let matches: Vec<usize> = (0..names.len())
         .filter(|&i| names[i] == options.column.as_bytes())
         .collect();
-    let added = options
-        .append
-        .iter()
-        .map(String::as_str)
-        .chain(extras.iter().copied());
-    for new in added {
+    if let Some(new) = &options.append {
         if names.contains(&new.as_bytes()) {
             return Err(BulkError::Header(format!("column '{new}' already exists")));
         }
@@ -397,7 +433,8 @@ pub(super) fn run<W: Work>(
     let mut header = Records::default();
     source.read_record(&mut header).map_err(stopped)?;
     let extras = work.extra_columns();
-    let column = find_column(&header, options, extras).map_err(stopped)?;
+    let column = find_column(&header, options).map_err(stopped)?;
+    let placed = place_extras(&header, options, column, extras).map_err(stopped)?;
     let width = header.spans[0].fields;
     let Sinks {
         output,
@@ -410,7 +447,11 @@ pub(super) fn run<W: Work>(
             .from_writer(&mut *output);
         let names = header.fields(&header.spans[0]);
         let appended = options.append.iter().map(String::as_bytes);
-        let extra_names = extras.iter().map(|name| name.as_bytes());
+        let extra_names = extras
+            .iter()
+            .zip(&placed)
+            .filter(|(_, at)| at.is_none())
+            .map(|(name, _)| name.as_bytes());
         writer
             .write_record(names.chain(appended).chain(extra_names))
             .and_then(|()| writer.flush().map_err(csv::Error::from))
@@ -426,6 +467,7 @@ pub(super) fn run<W: Work>(
         column,
         width,
         append: options.append.is_some(),
+        placed,
     };
     let chunk_bytes = parallelism.chunk_bytes();
     let mut summary = Summary::default();
