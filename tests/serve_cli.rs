@@ -927,6 +927,27 @@ fn flags_from_the_environment_bounded_memory_and_a_lost_server() {
     );
     fs::remove_file(at("huge")).unwrap();
 
+    // `fugo client … | head -1`: a quiet end, no panic, no message.
+    let mut lines = String::new();
+    for i in 0..300_000u64 {
+        lines.push_str(&common::valid_number(i));
+        lines.push('\n');
+    }
+    fs::write(at("many"), &lines).unwrap();
+    let mut child = Command::new(FUGO)
+        .args(["client", "derive", &at("many")])
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 30];
+    std::io::Read::read_exact(child.stdout.as_mut().unwrap(), &mut first).unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(141), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stderr), "");
+
     // The server dies mid-run: no output file, and how far it got.
     let mut child = Command::new(FUGO)
         .args(["client", "derive", "-o", &at("codes")])
