@@ -766,6 +766,12 @@ fn connection_failures_name_the_cause_and_what_to_do() {
         certs.join("mhlw.pem"),
         certs.join("mhlw.key"),
     );
+    let stranger_ca = dir.path().join("stranger-ca.pem");
+    fs::write(
+        &stranger_ca,
+        fugo::certs::DevCa::new("another CA").unwrap().cert_pem(),
+    )
+    .unwrap();
     let port_without_server = {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.local_addr().unwrap().port()
@@ -787,6 +793,11 @@ fn connection_failures_name_the_cause_and_what_to_do() {
             "unknown CA",
             connect_with(dir.path(), &url, &other.join("ca.pem"), &cert, &key, &[]),
             "not signed by the CA in",
+        ),
+        (
+            "a CA of another name",
+            connect_with(dir.path(), &url, &stranger_ca, &cert, &key, &[]),
+            "(an unknown CA)",
         ),
         (
             "certificate and key do not match",
