@@ -93,21 +93,24 @@ impl Drop for Pending {
 /// Where the results go.
 enum Output {
     Stdout(io::StdoutLock<'static>),
-    File(Pending),
+    /// `None` once committed.
+    File(Option<Pending>),
 }
 
 impl Write for Output {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
             Output::Stdout(out) => out.write(buf),
-            Output::File(file) => file.write(buf),
+            Output::File(Some(file)) => file.write(buf),
+            Output::File(None) => Err(io::Error::other("the output is closed")),
         }
     }
 
     fn flush(&mut self) -> io::Result<()> {
         match self {
             Output::Stdout(out) => out.flush(),
-            Output::File(file) => file.flush(),
+            Output::File(Some(file)) => file.flush(),
+            Output::File(None) => Ok(()),
         }
     }
 }
@@ -127,7 +130,7 @@ fn open_input(path: Option<&Path>) -> Result<Box<dyn Read + Send>, CliError> {
 pub(crate) fn run<W: Work>(work: &W, files: &FileSettings) -> Result<Summary, CliError> {
     let input = open_input(files.input.as_deref())?;
     let output = match &files.output {
-        Some(path) => Output::File(Pending::create(path)?),
+        Some(path) => Output::File(Some(Pending::create(path)?)),
         None => Output::Stdout(io::stdout().lock()),
     };
     let mut output = EncodeWriter::new(output, files.encoding);
@@ -169,11 +172,10 @@ pub(crate) fn run<W: Work>(work: &W, files: &FileSettings) -> Result<Summary, Cl
         }
     };
     drop(rejects);
-    let Output::File(pending) =
-        std::mem::replace(output.get_mut(), Output::Stdout(io::stdout().lock()))
-    else {
-        return Ok(summary);
-    };
-    pending.commit()?;
+    if let Output::File(pending) = output.get_mut() {
+        if let Some(pending) = pending.take() {
+            pending.commit()?;
+        }
+    }
     Ok(summary)
 }
