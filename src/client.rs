@@ -114,7 +114,8 @@ impl ClientError {
     fn from_status(status: tonic::Status) -> Self {
         use tonic::Code;
         match status.code() {
-            Code::Unavailable | Code::Unknown | Code::Cancelled | Code::Internal
+            // A status tonic made itself (no headers from the server).
+            Code::Unavailable | Code::Unknown | Code::Cancelled
                 if status.metadata().is_empty() || status.message().contains("transport") =>
             {
                 ClientError::Lost(chain_text(&status))
@@ -171,13 +172,18 @@ fn host_of(server: &str) -> Result<String, ClientError> {
     Ok(host.to_owned())
 }
 
+impl Connection {
+    /// The name the server's certificate must hold.
+    fn name(&self) -> Result<String, ClientError> {
+        // Checks the address even when a name is given.
+        let host = host_of(&self.server)?;
+        Ok(self.server_name.clone().unwrap_or(host))
+    }
+}
+
 /// Opens one mutual-TLS connection.
 pub async fn connect(connection: &Connection) -> Result<CodesClient<Channel>, ClientError> {
-    let name = match &connection.server_name {
-        Some(name) => name.clone(),
-        None => host_of(&connection.server)?,
-    };
-    host_of(&connection.server)?;
+    let name = connection.name()?;
     let tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(read_file(&connection.ca)?))
         .identity(Identity::from_pem(
@@ -372,10 +378,7 @@ impl Remote {
     ) -> Result<Self, ClientError> {
         let mut client = connect(connection).await?;
         let (requests, items) = mpsc::channel(IN_FLIGHT);
-        let name = match &connection.server_name {
-            Some(name) => name.clone(),
-            None => host_of(&connection.server)?,
-        };
+        let name = connection.name()?;
         // With TLS 1.3 the server checks the client's certificate after the
         // client considers the handshake done: its refusal shows here.
         let responses = open_stream(&mut client, &operation, items)
