@@ -195,6 +195,7 @@ pub(super) fn run<W: Work>(
         eof: false,
     };
     let mut summary = Summary::default();
+    let secret = work.results_are_secret();
     let Sinks {
         output,
         rejects,
@@ -211,8 +212,10 @@ pub(super) fn run<W: Work>(
                 return Err(error);
             }
             let written = output.write_all(&slot.output).map_err(BulkError::Write);
-            // The output may hold numbers (reidentify).
-            slot.output.zeroize();
+            if secret {
+                // The results hold numbers (reidentify).
+                slot.output.zeroize();
+            }
             written?;
             write_rejects(rejects, summary.rows + 1, "", &slot.rejects)?;
             summary.rows += slot.lines;

@@ -140,6 +140,13 @@ pub trait Work: Sync {
         &[]
     }
 
+    /// Whether results may hold numbers (reidentify does), so output
+    /// buffers must be wiped once written. CSV output is always wiped: its
+    /// other columns are the input's.
+    fn results_are_secret(&self) -> bool {
+        true
+    }
+
     /// Worker threads to run.
     fn threads(&self) -> usize;
 
