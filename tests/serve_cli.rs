@@ -938,13 +938,33 @@ fn flags_from_the_environment_bounded_memory_and_a_lost_server() {
     );
     fs::remove_file(at("huge")).unwrap();
 
-    // `fugo client … | head -1`: a quiet end, no panic, no message.
+    // Many chunks through two workers sharing the stream: the same output
+    // and rejects as `fugo derive`, in order.
     let mut lines = String::new();
     for i in 0..300_000u64 {
+        if i % 9_999 == 0 {
+            lines.push_str("bad\n");
+        }
         lines.push_str(&common::valid_number(i));
         lines.push('\n');
     }
     fs::write(at("many"), &lines).unwrap();
+    let out = Command::new(FUGO)
+        .args(["client", "derive", &at("many"), "-o", &at("many.client")])
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    let local = offline_derive("mhlw", "1", &[&at("many"), "-o", &at("many.local")]);
+    assert_eq!(local.status.code(), Some(3));
+    assert!(fs::read(at("many.client")).unwrap() == fs::read(at("many.local")).unwrap());
+    assert_eq!(
+        reject_lines(&text(&out.stderr)),
+        reject_lines(&text(&local.stderr))
+    );
+    assert_eq!(reject_lines(&text(&out.stderr)).len(), 31);
+
+    // `fugo client … | head -1`: a quiet end, no panic, no message.
     let mut child = Command::new(FUGO)
         .args(["client", "derive", &at("many")])
         .envs(env.iter().map(|(k, v)| (k, v)))

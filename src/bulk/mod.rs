@@ -150,6 +150,12 @@ pub trait Work: Sync {
     /// Worker threads to run.
     fn threads(&self) -> usize;
 
+    /// Input bytes per chunk, if the work wants other than the default
+    /// (about 1 MiB, sized so all chunks in flight stay near 32 MiB).
+    fn chunk_bytes(&self) -> Option<usize> {
+        None
+    }
+
     /// A worker's state, made on its own thread.
     fn new_worker(&self) -> Self::Worker;
 
@@ -198,6 +204,8 @@ pub struct Summary {
 struct Parallelism {
     /// Worker threads (reader and writer run besides them).
     threads: usize,
+    /// The work's own chunk size, if any.
+    chunk: Option<usize>,
 }
 
 impl Parallelism {
@@ -211,7 +219,9 @@ impl Parallelism {
     /// their output (about 2.5× the input for line mode) stay near 32 MiB.
     fn chunk_bytes(self) -> usize {
         const BUDGET: usize = 32 << 20;
-        (BUDGET / (self.slots() * 7 / 2)).clamp(64 << 10, 1 << 20)
+        let default = (BUDGET / (self.slots() * 7 / 2)).clamp(64 << 10, 1 << 20);
+        self.chunk
+            .map_or(default, |chunk| chunk.clamp(MAX_LINE + 1, default))
     }
 }
 
@@ -228,6 +238,7 @@ pub fn run<W: Work>(
     let input = text::DecodeReader::new(input, encoding);
     let parallelism = Parallelism {
         threads: work.threads(),
+        chunk: work.chunk_bytes(),
     };
     match shape {
         Shape::Lines => lines::run(work, input, parallelism, sinks),
