@@ -99,6 +99,9 @@ pub enum ClientError {
     /// The connection broke or the server stopped mid-run.
     #[error("the connection to the server was lost ({0}); is the server still running?")]
     Lost(String),
+    /// The run stopped on another chunk's error (its message).
+    #[error("{0}")]
+    Stopped(String),
     /// The server answered with the wrong number of results.
     #[error("the server answered {got} results for a batch of {sent}")]
     Mismatch {
@@ -376,6 +379,9 @@ pub struct Remote {
     /// The ticket whose answers are being read; `u64::MAX` after a failure.
     turn: watch::Sender<u64>,
     unanswered: Semaphore,
+    /// What stopped the run first, for the other worker to report: the
+    /// chunk the writer fails on may be the one that only saw it stop.
+    first_failure: std::sync::Mutex<Option<String>>,
     /// Kept so the connection lives as long as the run.
     _client: CodesClient<Channel>,
 }
@@ -431,6 +437,7 @@ impl Remote {
             responses: tokio::sync::Mutex::new(responses),
             turn: watch::Sender::new(0),
             unanswered: Semaphore::new(IN_FLIGHT),
+            first_failure: std::sync::Mutex::new(None),
             _client: client,
         })
     }
@@ -468,7 +475,7 @@ impl Remote {
                 // Closed after a failure elsewhere: stop.
                 match self.unanswered.acquire().await {
                     Ok(permit) => permit.forget(),
-                    Err(_) => return Err(earlier_failure()),
+                    Err(_) => return Err(self.earlier_failure()),
                 }
                 let batch: Vec<String> = items.by_ref().take(size).collect();
                 if sending.requests.send(batch).await.is_err() {
@@ -481,7 +488,7 @@ impl Remote {
             let mut turn = self.turn.subscribe();
             match turn.wait_for(|&now| now >= ticket).await {
                 Ok(now) if *now == ticket => {}
-                _ => return Err(earlier_failure()),
+                _ => return Err(self.earlier_failure()),
             }
             let mut responses = self.responses.lock().await;
             let mut results = Vec::with_capacity(total);
@@ -509,12 +516,25 @@ impl Remote {
         match outcome {
             Ok(((), results)) => Ok(results),
             Err(error) => {
+                if let Ok(mut first) = self.first_failure.lock() {
+                    first.get_or_insert_with(|| error.to_string());
+                }
                 // Wake and stop the other worker.
                 self.unanswered.close();
                 self.turn.send_replace(u64::MAX);
                 Err(error)
             }
         }
+    }
+
+    /// The error of a chunk stopped by another chunk's failure: that one.
+    fn earlier_failure(&self) -> ClientError {
+        let first = self
+            .first_failure
+            .lock()
+            .ok()
+            .and_then(|first| first.clone());
+        ClientError::Stopped(first.unwrap_or_else(|| "another batch failed".to_owned()))
     }
 }
 
@@ -524,10 +544,6 @@ fn sizes_of(total: usize) -> Vec<usize> {
         .step_by(BATCH)
         .map(|start| (total - start).min(BATCH))
         .collect()
-}
-
-fn earlier_failure() -> ClientError {
-    ClientError::Lost("an earlier batch failed".to_owned())
 }
 
 impl Work for Remote {
