@@ -820,3 +820,37 @@ fn a_closed_stdout_is_a_quiet_end() {
     assert_eq!(out.status.code(), Some(141));
     assert_eq!(errors(&out), "", "no panic, no error message");
 }
+
+#[test]
+fn output_to_a_device_or_through_a_link_is_written_in_place() {
+    use std::os::unix::fs::FileTypeExt;
+    let key = key();
+    let out = fugo(&derive_args(&key, &["-o", "/dev/null"]), b"123456789018\n");
+    assert_eq!(out.status.code(), Some(0), "{}", errors(&out));
+    let null = fs::metadata("/dev/null").unwrap();
+    assert!(
+        null.file_type().is_char_device(),
+        "/dev/null is still a device"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let real = dir.path().join("real.txt");
+    let link = dir.path().join("link.txt");
+    fs::write(&real, "old\n").unwrap();
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let out = fugo(
+        &derive_args(&key, &["-o", link.to_str().unwrap()]),
+        b"123456789018\n",
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", errors(&out));
+    assert!(
+        fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert_eq!(
+        fs::read_to_string(&real).unwrap(),
+        "117SQFZDBBY20YB707P62RD1R8FGJ\n"
+    );
+}

@@ -93,6 +93,9 @@ impl Drop for Pending {
 /// Where the results go.
 enum Output {
     Stdout(io::StdoutLock<'static>),
+    /// Not a regular file (`/dev/null`, a named pipe): written directly,
+    /// since it cannot be replaced by a rename (and must not be).
+    Special(BufWriter<File>),
     /// `None` once committed.
     File(Option<Pending>),
 }
@@ -101,6 +104,7 @@ impl Write for Output {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
             Output::Stdout(out) => out.write(buf),
+            Output::Special(out) => out.write(buf),
             Output::File(Some(file)) => file.write(buf),
             Output::File(None) => Err(io::Error::other("the output is closed")),
         }
@@ -109,9 +113,33 @@ impl Write for Output {
     fn flush(&mut self) -> io::Result<()> {
         match self {
             Output::Stdout(out) => out.flush(),
+            Output::Special(out) => out.flush(),
             Output::File(Some(file)) => file.flush(),
             Output::File(None) => Ok(()),
         }
+    }
+}
+
+/// A regular file (new or not) is written beside and renamed into place;
+/// a symbolic link is followed to its file; anything else is written as is.
+fn open_output(path: &Path) -> Result<Output, CliError> {
+    let failed = |source| CliError::CreateOutput {
+        path: path.display().to_string(),
+        source,
+    };
+    match fs::metadata(path) {
+        Ok(meta) if !meta.is_file() => {
+            let file = OpenOptions::new().write(true).open(path).map_err(failed)?;
+            Ok(Output::Special(BufWriter::with_capacity(1 << 20, file)))
+        }
+        Ok(_) => {
+            let real = fs::canonicalize(path).map_err(failed)?;
+            Ok(Output::File(Some(Pending::create(&real)?)))
+        }
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {
+            Ok(Output::File(Some(Pending::create(path)?)))
+        }
+        Err(error) => Err(failed(error)),
     }
 }
 
@@ -130,7 +158,7 @@ fn open_input(path: Option<&Path>) -> Result<Box<dyn Read + Send>, CliError> {
 pub(crate) fn run<W: Work>(work: &W, files: &FileSettings) -> Result<Summary, CliError> {
     let input = open_input(files.input.as_deref())?;
     let output = match &files.output {
-        Some(path) => Output::File(Some(Pending::create(path)?)),
+        Some(path) => open_output(path)?,
         None => Output::Stdout(io::stdout().lock()),
     };
     let mut output = EncodeWriter::new(output, files.encoding);
