@@ -397,36 +397,9 @@ impl Remote {
         let mut client = connect(connection).await?;
         let (requests, items) = mpsc::channel(IN_FLIGHT);
         let name = connection.name()?;
-        // With TLS 1.3 the server checks the client's certificate after the
-        // client considers the handshake done: its refusal shows here.
         let responses = open_stream(&mut client, &operation, items)
             .await
-            .map_err(|status| match find_cause(&status, connection, &name) {
-                Some(cause) => ClientError::Handshake {
-                    server: connection.server.clone(),
-                    cause,
-                },
-                // The alert itself stays inside the connection task; what
-                // reaches the call is the closed connection.
-                None if matches!(
-                    ClientError::from_status(status.clone()),
-                    ClientError::Lost(_)
-                ) =>
-                {
-                    ClientError::Handshake {
-                        server: connection.server.clone(),
-                        cause: format!(
-                            "the server closed the connection right after the TLS handshake; it \
-                             most likely refused this client's certificate. Check that {} and {} \
-                             are this agency's pair, signed by a CA the server trusts ({})",
-                            connection.cert.display(),
-                            connection.key.display(),
-                            chain_text(&status)
-                        ),
-                    }
-                }
-                None => ClientError::from_status(status),
-            })?;
+            .map_err(|status| stream_refused(status, connection, &name))?;
         Ok(Remote {
             runtime: runtime.clone(),
             operation,
@@ -450,9 +423,7 @@ impl Remote {
             _ => item.to_owned(),
         }
     }
-}
 
-impl Remote {
     /// Sends `items` in batches and collects the results in order. Sending
     /// and reading run side by side, so a full send window never keeps
     /// answers from being read.
@@ -535,6 +506,33 @@ impl Remote {
             .ok()
             .and_then(|first| first.clone());
         ClientError::Stopped(first.unwrap_or_else(|| "another batch failed".to_owned()))
+    }
+}
+
+/// Why opening the stream failed. With TLS 1.3 the server checks the
+/// client's certificate after the client considers the handshake done, so
+/// its refusal shows here, not when connecting.
+fn stream_refused(status: tonic::Status, connection: &Connection, name: &str) -> ClientError {
+    if let Some(cause) = find_cause(&status, connection, name) {
+        return ClientError::Handshake {
+            server: connection.server.clone(),
+            cause,
+        };
+    }
+    match ClientError::from_status(status) {
+        // The alert itself stays inside the connection task; what reaches
+        // the call is the closed connection.
+        ClientError::Lost(detail) => ClientError::Handshake {
+            server: connection.server.clone(),
+            cause: format!(
+                "the server closed the connection right after the TLS handshake; it most \
+                 likely refused this client's certificate. Check that {} and {} are this \
+                 agency's pair, signed by a CA the server trusts ({detail})",
+                connection.cert.display(),
+                connection.key.display(),
+            ),
+        },
+        other => other,
     }
 }
 
