@@ -38,7 +38,7 @@ struct Server {
     child: Child,
     addr: String,
     /// Collects stderr as it comes, so the server never blocks on a full pipe.
-    logs: std::thread::JoinHandle<String>,
+    logs: Option<std::thread::JoinHandle<String>>,
 }
 
 impl Server {
@@ -66,7 +66,11 @@ impl Server {
             let _ = stderr.read_to_string(&mut text);
             text
         });
-        Server { child, addr, logs }
+        Server {
+            child,
+            addr,
+            logs: Some(logs),
+        }
     }
 
     fn signal(&self, name: &str) {
@@ -83,13 +87,24 @@ impl Server {
         let started = Instant::now();
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
-                return (status.code().unwrap_or(-1), self.logs.join().unwrap());
+                let logs = self.logs.take().unwrap().join().unwrap();
+                return (status.code().unwrap_or(-1), logs);
             }
             assert!(
                 started.elapsed() < Duration::from_secs(20),
                 "server did not stop"
             );
             std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Server {
+    /// A test that failed before `stop` leaves no server running.
+    fn drop(&mut self) {
+        if self.logs.is_some() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
         }
     }
 }
