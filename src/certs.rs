@@ -100,11 +100,15 @@ impl DevCa {
         self.issuer.key().serialize_pem()
     }
 
-    /// A server certificate for `localhost` and 127.0.0.1.
+    /// A server certificate for `localhost`, 127.0.0.1 and ::1.
     pub fn server(&self) -> Result<Pem, CertError> {
         self.leaf(
             "localhost",
-            vec!["localhost".to_owned(), "127.0.0.1".to_owned()],
+            vec![
+                "localhost".to_owned(),
+                "127.0.0.1".to_owned(),
+                "::1".to_owned(),
+            ],
             ExtendedKeyUsagePurpose::ServerAuth,
         )
     }

@@ -1,46 +1,63 @@
-//! The batch-job side of the service: streams a file of items through one
-//! of the four operations over one mutual-TLS connection, with bounded
-//! memory, writing one output line (or CSV field) per input item, in order.
+//! The batch-job side of the service: a [`Work`] that sends each chunk of
+//! a file's items over one streaming call on one mutual-TLS connection and
+//! hands back one result per item, in order. Files, chunks, rejects and
+//! encodings are the file engine's ([`crate::bulk`]), the same as for
+//! `fugo derive`.
 //!
 //! ```text
-//! reader (blocking thread) ──items──► gRPC stream ──responses──► writer
-//!          └──────── batch context (line numbers, CSV records) ─────┘
+//! bulk reader ─chunk─► Remote::process ─batches of 1000─► gRPC stream
+//!                              ◄──────── results, in order ────┘
 //! ```
 //!
-//! Both channels are bounded, so at most a few batches are in flight. A bad
-//! item becomes a reject (line number and reason) and an empty output, as in
-//! `fugo derive`. Text forms: numbers and codes as themselves; a sealed
-//! token as `TOKEN SERIAL` (URL-safe base64 without padding, serial in
-//! hex); a redeemed token as `CODE SERIAL REQUESTER AFFAIR ITEM,ITEM…`. A
-//! redeem input line is read up to its first space, so seal output feeds
+//! At most 32 batches are unanswered; two workers share the stream so that
+//! it never idles between chunks (see [`Remote`]). Text forms of the results (fields
+//! separated by one space; CSV mode puts the first field in the item column
+//! and appends the rest as the columns named in brackets):
+//!
+//! - derive: `CODE`
+//! - seal: `TOKEN SERIAL` (token in URL-safe base64 without padding, serial
+//!   in hex) `[serial]`
+//! - redeem: `CODE SERIAL REQUESTER AFFAIR ITEMS EXPIRES NON_DISCLOSURE`,
+//!   ITEMS comma-separated, EXPIRES and NON_DISCLOSURE as RFC 3339 UTC times
+//!   (`2026-11-28T00:00:00Z`), NON_DISCLOSURE `-` when there is none (an
+//!   empty field in CSV) `[serial, requester, affair, items, expires_at,
+//!   non_disclosure_until]`
+//! - reidentify: `NUMBER`
+//!
+//! A redeem input item is read up to its first space, so seal output feeds
 //! redeem directly.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::error::Error as StdError;
+use std::io;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use indicatif::ProgressBar;
 use thiserror::Error;
-use tokio::sync::mpsc;
+use tokio::runtime::Handle;
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use zeroize::Zeroize;
 
-use crate::bulk::Summary;
+use crate::bulk::{BulkError, RowError, Work};
 use crate::hex;
 use crate::proto::fugo::v1::codes_client::CodesClient;
 use crate::proto::fugo::v1::{
-    DeriveRequest, ItemError, RedeemRequest, ReidentifyRequest, SealRequest, derive_result,
-    redeem_result, reidentify_result, seal_result,
+    DeriveRequest, ItemError, RedeemRequest, ReidentifyRequest, RequestContext, SealRequest,
+    derive_result, redeem_result, reidentify_result, seal_result,
 };
 
 /// Items per request message.
 pub const BATCH: usize = 1000;
-/// Request messages in flight.
-const IN_FLIGHT: usize = 8;
+/// Request messages unanswered at most: 32 keeps a loopback stream full
+/// (8 left it idle a third of the time), about 1 MB of numbers.
+const IN_FLIGHT: usize = 32;
+/// How long connecting may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Why a client run stopped.
+/// Why a client run could not start or stopped.
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum ClientError {
@@ -51,26 +68,40 @@ pub enum ClientError {
         path: String,
         /// Why.
         #[source]
-        source: std::io::Error,
+        source: io::Error,
     },
-    /// The server address is not a URL.
+    /// The server address is unusable.
     #[error("server address: {0}")]
     Address(String),
-    /// Connecting failed.
-    #[error("cannot connect: {0}")]
-    Connect(#[from] tonic::transport::Error),
+    /// Connecting failed; the message names the cause and what to do.
+    #[error("cannot connect to {server}: {cause}")]
+    Connect {
+        /// The server as given.
+        server: String,
+        /// The cause, explained.
+        cause: String,
+        /// The transport error it was found in.
+        #[source]
+        source: tonic::transport::Error,
+    },
+    /// The TLS handshake failed after connecting (the server refused this
+    /// client's certificate).
+    #[error("cannot connect to {server}: {cause}")]
+    Handshake {
+        /// The server as given.
+        server: String,
+        /// The cause, explained.
+        cause: String,
+    },
     /// The server refused the whole request.
     #[error("the server refused: {} ({:?})", .0.message(), .0.code())]
-    Refused(#[from] tonic::Status),
-    /// Reading input failed.
-    #[error("reading input: {0}")]
-    Read(#[source] std::io::Error),
-    /// Writing output failed.
-    #[error("writing output: {0}")]
-    Write(#[source] std::io::Error),
-    /// The CSV input is unusable.
-    #[error("CSV input: {0}")]
-    Csv(String),
+    Refused(tonic::Status),
+    /// The connection broke or the server stopped mid-run.
+    #[error("the connection to the server was lost ({0}); is the server still running?")]
+    Lost(String),
+    /// The run stopped on another chunk's error (its message).
+    #[error("{0}")]
+    Stopped(String),
     /// The server answered with the wrong number of results.
     #[error("the server answered {got} results for a batch of {sent}")]
     Mismatch {
@@ -81,11 +112,30 @@ pub enum ClientError {
     },
 }
 
+impl ClientError {
+    /// A status that ended a call: the server's refusal, or a lost link.
+    fn from_status(status: tonic::Status) -> Self {
+        use tonic::Code;
+        match status.code() {
+            // A status tonic made itself (no headers from the server).
+            Code::Unavailable | Code::Unknown | Code::Cancelled
+                if status.metadata().is_empty() || status.message().contains("transport") =>
+            {
+                ClientError::Lost(chain_text(&status))
+            }
+            _ => ClientError::Refused(status),
+        }
+    }
+}
+
 /// Where and as whom to connect.
 #[derive(Debug, Clone)]
 pub struct Connection {
     /// `https://host:port`.
     pub server: String,
+    /// The name the server's certificate must hold; by default the host of
+    /// `server`, as given.
+    pub server_name: Option<String>,
     /// The CA that signed the server's certificate.
     pub ca: PathBuf,
     /// This agency's client certificate.
@@ -101,38 +151,185 @@ fn read_file(path: &PathBuf) -> Result<Vec<u8>, ClientError> {
     })
 }
 
+/// The host of `https://host:port` (brackets of an IPv6 address removed).
+fn host_of(server: &str) -> Result<String, ClientError> {
+    let Some(rest) = server.strip_prefix("https://") else {
+        return Err(ClientError::Address(match server.split_once("://") {
+            Some(("http", _)) => {
+                format!("'{server}' is plain http; fugo servers speak TLS only: use https://")
+            }
+            _ => format!("'{server}' is not like https://host:port"),
+        }));
+    };
+    let authority = rest.split('/').next().unwrap_or_default();
+    let host = match authority.rsplit_once(':') {
+        Some((host, port)) if !port.contains(']') => host,
+        _ => authority,
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(ClientError::Address(format!(
+            "'{server}' is not like https://host:port"
+        )));
+    }
+    Ok(host.to_owned())
+}
+
+impl Connection {
+    /// The name the server's certificate must hold.
+    fn name(&self) -> Result<String, ClientError> {
+        // Checks the address even when a name is given.
+        let host = host_of(&self.server)?;
+        Ok(self.server_name.clone().unwrap_or(host))
+    }
+}
+
 /// Opens one mutual-TLS connection.
 pub async fn connect(connection: &Connection) -> Result<CodesClient<Channel>, ClientError> {
-    let host = connection
-        .server
-        .split("://")
-        .nth(1)
-        .and_then(|rest| rest.rsplit_once(':'))
-        .map(|(host, _)| host.trim_matches(['[', ']']).to_owned())
-        .ok_or_else(|| {
-            ClientError::Address(format!(
-                "'{}' is not like https://host:port",
-                connection.server
-            ))
-        })?;
+    let name = connection.name()?;
     let tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(read_file(&connection.ca)?))
         .identity(Identity::from_pem(
             read_file(&connection.cert)?,
             read_file(&connection.key)?,
         ))
-        .domain_name(if host == "127.0.0.1" {
-            "localhost".to_owned()
-        } else {
-            host
-        });
+        .domain_name(name.clone());
+    let failed = |source| explain(source, connection, &name);
     let channel = Endpoint::from_shared(connection.server.clone())
         .map_err(|error| ClientError::Address(error.to_string()))?
-        .tls_config(tls)?
-        .connect_timeout(Duration::from_secs(10))
+        .tls_config(tls)
+        .map_err(failed)?
+        .connect_timeout(CONNECT_TIMEOUT)
         .connect()
-        .await?;
+        .await
+        .map_err(failed)?;
     Ok(CodesClient::new(channel))
+}
+
+/// Names the cause of a failed connection, found in the error's source
+/// chain (the TLS or socket error inside the transport error), and what to
+/// do about it.
+fn explain(error: tonic::transport::Error, connection: &Connection, name: &str) -> ClientError {
+    let cause = find_cause(&error, connection, name).unwrap_or_else(|| chain_text(&error));
+    ClientError::Connect {
+        server: connection.server.clone(),
+        cause,
+        source: error,
+    }
+}
+
+/// The explained cause of a connection failure, if the chain holds one
+/// fugo knows.
+fn find_cause(
+    error: &(dyn StdError + 'static),
+    connection: &Connection,
+    name: &str,
+) -> Option<String> {
+    let mut cause = None;
+    let mut next = Some(error);
+    while let Some(current) = next {
+        let mut tls = current.downcast_ref::<rustls::Error>();
+        if let Some(io_error) = current.downcast_ref::<io::Error>() {
+            match io_error.kind() {
+                io::ErrorKind::ConnectionRefused => cause = Some(refused()),
+                io::ErrorKind::TimedOut => cause = Some(timed_out()),
+                _ => {}
+            }
+            // io::Error's source() skips the error it wraps: look inside.
+            if let Some(inner) = io_error.get_ref() {
+                tls = tls.or_else(|| inner.downcast_ref::<rustls::Error>());
+            }
+        }
+        if let Some(tls) = tls {
+            cause = Some(tls_cause(tls, connection, name));
+        }
+        if cause.is_none() && current.to_string().contains("timed out") {
+            cause = Some(timed_out());
+        }
+        next = current.source();
+    }
+    cause
+}
+
+/// Every message of an error's source chain, once each.
+fn chain_text(error: &(dyn StdError + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = Some(error);
+    while let Some(current) = next {
+        let mut add = |text: String| {
+            if !parts.iter().any(|p| p.contains(&text)) {
+                parts.push(text);
+            }
+        };
+        add(current.to_string());
+        if let Some(inner) = current
+            .downcast_ref::<io::Error>()
+            .and_then(io::Error::get_ref)
+        {
+            add(inner.to_string());
+        }
+        next = current.source();
+    }
+    parts.join(": ")
+}
+
+fn timed_out() -> String {
+    format!(
+        "no answer within {} s; check the address and any firewall",
+        CONNECT_TIMEOUT.as_secs()
+    )
+}
+
+fn refused() -> String {
+    "connection refused: nothing listens there. Check that `fugo serve` is running and that \
+     --server (or FUGO_SERVER) has its address and port (the `listen` line of fugo.toml)"
+        .to_owned()
+}
+
+fn tls_cause(error: &rustls::Error, connection: &Connection, name: &str) -> String {
+    use rustls::{AlertDescription, CertificateError, Error};
+    match error {
+        // BadSignature: a CA of the same name but another key (every
+        // `fugo dev-certs` CA has the same name).
+        Error::InvalidCertificate(
+            CertificateError::UnknownIssuer | CertificateError::BadSignature,
+        ) => format!(
+            "the server's certificate is not signed by the CA in {} (an unknown CA). Give the \
+             CA that signed the server's certificate with --ca (or FUGO_CA); in dev mode it is \
+             DATA_DIR/certs/ca.pem",
+            connection.ca.display()
+        ),
+        Error::InvalidCertificate(
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+        ) => format!(
+            "the server's certificate is not valid for the name '{name}' (a server name \
+             mismatch). Connect by a name the certificate holds, or name it with --server-name"
+        ),
+        Error::InvalidCertificate(
+            CertificateError::Expired | CertificateError::ExpiredContext { .. },
+        ) => "the server's certificate has expired".to_owned(),
+        Error::InconsistentKeys(_) => format!(
+            "the certificate {} and the key {} do not match (the key is not the \
+             certificate's). Give this agency's certificate and its own key",
+            connection.cert.display(),
+            connection.key.display()
+        ),
+        Error::AlertReceived(
+            alert @ (AlertDescription::BadCertificate
+            | AlertDescription::UnknownCA
+            | AlertDescription::CertificateUnknown
+            | AlertDescription::CertificateRequired
+            | AlertDescription::DecryptError
+            | AlertDescription::AccessDenied),
+        ) => format!(
+            "the server refused this client's certificate ({alert:?}). Check that --cert and \
+             --key are this agency's pair, signed by a CA the server trusts"
+        ),
+        Error::InvalidMessage(_) => {
+            "the server did not answer with TLS; is this the address of a fugo server?".to_owned()
+        }
+        other => format!("TLS: {other}"),
+    }
 }
 
 /// Which operation, with the context a seal needs.
@@ -157,142 +354,316 @@ pub enum Operation {
     Reidentify,
 }
 
-/// Lines or CSV.
-#[derive(Debug, Clone)]
-pub enum Shape {
-    /// One item a line.
-    Lines,
-    /// A CSV column; codes replace it, or go into a new column.
-    Csv {
-        /// Column holding the items.
-        column: String,
-        /// Name of a new column for the results (keeps the input column).
-        append: Option<String>,
-    },
+/// The send side of the stream, taken by one chunk at a time.
+struct Sending {
+    requests: mpsc::Sender<Vec<String>>,
+    /// Ticket of the next chunk to send: chunks read their answers in the
+    /// order they were sent.
+    next_ticket: u64,
 }
 
-/// One batch's place in the input, kept until its response arrives.
-struct Pending {
-    first_line: u64,
-    /// CSV mode: the batch's records, to write back with the results.
-    records: Vec<csv::StringRecord>,
-    /// Line numbers of CSV records (line mode: consecutive from first_line).
-    lines: Vec<u64>,
-    size: usize,
+/// An operation on a server, as the per-chunk work of a bulk run: each
+/// chunk's items go out as batches over one stream; the results come back
+/// in order.
+///
+/// Two workers share the stream: while one reads the answers to its chunk,
+/// the other already sends the next, so the stream never idles at a chunk
+/// boundary (an idle stream waits on TCP's delayed acknowledgement; a busy
+/// one does not). Sending is one chunk at a time (a lock); reading is in
+/// send order (tickets); at most [`IN_FLIGHT`] batches are unanswered.
+pub struct Remote {
+    runtime: Handle,
+    operation: Operation,
+    sending: tokio::sync::Mutex<Sending>,
+    responses: tokio::sync::Mutex<Responses>,
+    /// The ticket whose answers are being read; `u64::MAX` after a failure.
+    turn: watch::Sender<u64>,
+    unanswered: Semaphore,
+    /// What stopped the run first, for the other worker to report: the
+    /// chunk the writer fails on may be the one that only saw it stop.
+    first_failure: std::sync::Mutex<Option<String>>,
+    /// Kept so the connection lives as long as the run.
+    _client: CodesClient<Channel>,
+}
+
+impl Remote {
+    /// Connects and opens the operation's stream; the run's blocking work
+    /// will use `runtime`.
+    pub async fn open(
+        connection: &Connection,
+        operation: Operation,
+        runtime: &Handle,
+    ) -> Result<Self, ClientError> {
+        let mut client = connect(connection).await?;
+        let (requests, items) = mpsc::channel(IN_FLIGHT);
+        let name = connection.name()?;
+        let responses = open_stream(&mut client, &operation, items)
+            .await
+            .map_err(|status| stream_refused(status, connection, &name))?;
+        Ok(Remote {
+            runtime: runtime.clone(),
+            operation,
+            sending: tokio::sync::Mutex::new(Sending {
+                requests,
+                next_ticket: 0,
+            }),
+            responses: tokio::sync::Mutex::new(responses),
+            turn: watch::Sender::new(0),
+            unanswered: Semaphore::new(IN_FLIGHT),
+            first_failure: std::sync::Mutex::new(None),
+            _client: client,
+        })
+    }
+
+    /// The text sent for one input item.
+    fn item_text(&self, item: &str) -> String {
+        match self.operation {
+            // A redeem item is its token, up to the first space.
+            Operation::Redeem => item.split(' ').next().unwrap_or_default().to_owned(),
+            _ => item.to_owned(),
+        }
+    }
+
+    /// Sends `items` in batches and collects the results in order. Sending
+    /// and reading run side by side, so a full send window never keeps
+    /// answers from being read.
+    async fn exchange(
+        &self,
+        items: Vec<String>,
+    ) -> Result<Vec<Result<String, String>>, ClientError> {
+        let total = items.len();
+        let sizes = sizes_of(total);
+        if sizes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut sending = self.sending.lock().await;
+        let ticket = sending.next_ticket;
+        sending.next_ticket += 1;
+        let send_sizes = sizes.clone();
+        let send = async move {
+            let mut items = items.into_iter();
+            for size in send_sizes {
+                // Closed after a failure elsewhere: stop.
+                match self.unanswered.acquire().await {
+                    Ok(permit) => permit.forget(),
+                    Err(_) => return Err(self.earlier_failure()),
+                }
+                let batch: Vec<String> = items.by_ref().take(size).collect();
+                if sending.requests.send(batch).await.is_err() {
+                    return Err(ClientError::Lost("the request stream closed".to_owned()));
+                }
+            }
+            Ok(())
+        };
+        let receive = async {
+            let mut turn = self.turn.subscribe();
+            match turn.wait_for(|&now| now >= ticket).await {
+                Ok(now) if *now == ticket => {}
+                _ => return Err(self.earlier_failure()),
+            }
+            let mut responses = self.responses.lock().await;
+            let mut results = Vec::with_capacity(total);
+            for &sent in &sizes {
+                let answer = next_results(&mut responses)
+                    .await
+                    .map_err(ClientError::from_status)?
+                    .ok_or_else(|| {
+                        ClientError::Lost("the server ended the stream before answering".to_owned())
+                    })?;
+                if answer.len() != sent {
+                    return Err(ClientError::Mismatch {
+                        sent,
+                        got: answer.len(),
+                    });
+                }
+                results.extend(answer.into_iter().map(|r| r.map_err(|e| e.reason)));
+                self.unanswered.add_permits(1);
+            }
+            drop(responses);
+            self.turn.send_modify(|now| *now += 1);
+            Ok(results)
+        };
+        let outcome = tokio::try_join!(send, receive);
+        match outcome {
+            Ok(((), results)) => Ok(results),
+            Err(error) => {
+                if let Ok(mut first) = self.first_failure.lock() {
+                    first.get_or_insert_with(|| error.to_string());
+                }
+                // Wake and stop the other worker.
+                self.unanswered.close();
+                self.turn.send_replace(u64::MAX);
+                Err(error)
+            }
+        }
+    }
+
+    /// The error of a chunk stopped by another chunk's failure: that one.
+    fn earlier_failure(&self) -> ClientError {
+        let first = self
+            .first_failure
+            .lock()
+            .ok()
+            .and_then(|first| first.clone());
+        ClientError::Stopped(first.unwrap_or_else(|| "another batch failed".to_owned()))
+    }
+}
+
+/// Why opening the stream failed. With TLS 1.3 the server checks the
+/// client's certificate after the client considers the handshake done, so
+/// its refusal shows here, not when connecting.
+fn stream_refused(status: tonic::Status, connection: &Connection, name: &str) -> ClientError {
+    if let Some(cause) = find_cause(&status, connection, name) {
+        return ClientError::Handshake {
+            server: connection.server.clone(),
+            cause,
+        };
+    }
+    match ClientError::from_status(status) {
+        // The alert itself stays inside the connection task; what reaches
+        // the call is the closed connection.
+        ClientError::Lost(detail) => ClientError::Handshake {
+            server: connection.server.clone(),
+            cause: format!(
+                "the server closed the connection right after the TLS handshake; it most \
+                 likely refused this client's certificate. Check that {} and {} are this \
+                 agency's pair, signed by a CA the server trusts ({detail})",
+                connection.cert.display(),
+                connection.key.display(),
+            ),
+        },
+        other => other,
+    }
+}
+
+/// Batch sizes for `total` items.
+fn sizes_of(total: usize) -> Vec<usize> {
+    (0..total)
+        .step_by(BATCH)
+        .map(|start| (total - start).min(BATCH))
+        .collect()
+}
+
+impl Work for Remote {
+    type Worker = ();
+
+    fn extra_columns(&self) -> &[&'static str] {
+        match self.operation {
+            Operation::Derive | Operation::Reidentify => &[],
+            Operation::Seal { .. } => &["serial"],
+            Operation::Redeem => &[
+                "serial",
+                "requester",
+                "affair",
+                "items",
+                "expires_at",
+                "non_disclosure_until",
+            ],
+        }
+    }
+
+    fn threads(&self) -> usize {
+        2
+    }
+
+    fn chunk_bytes(&self) -> Option<usize> {
+        // About 20 batches of numbers: enough to keep the stream busy, while
+        // each chunk's items and results (strings) cost several times its
+        // input.
+        Some(256 << 10)
+    }
+
+    fn new_worker(&self) {}
+
+    fn process<'a, I, F>(&self, (): &mut (), inputs: I, mut emit: F) -> Result<(), BulkError>
+    where
+        I: Iterator<Item = Result<&'a [u8], RowError>>,
+        F: FnMut(Result<&[u8], RowError>),
+    {
+        // Each input is sent (None) or already a row error.
+        let mut plan: Vec<Option<RowError>> = Vec::new();
+        let mut items = Vec::new();
+        for input in inputs {
+            match input.map(std::str::from_utf8) {
+                Ok(Ok(text)) => {
+                    items.push(self.item_text(text));
+                    plan.push(None);
+                }
+                // The engine decoded the input, so this cannot happen.
+                Ok(Err(_)) => plan.push(Some(RowError::Server("not text".to_owned()))),
+                Err(error) => plan.push(Some(error)),
+            }
+        }
+        let results = self
+            .runtime
+            .block_on(self.exchange(items))
+            .map_err(|error| BulkError::Work(Box::new(error)))?;
+        let mut results = results.into_iter();
+        for step in plan {
+            match step {
+                Some(error) => emit(Err(error)),
+                None => match results.next() {
+                    Some(Ok(mut text)) => {
+                        emit(Ok(text.as_bytes()));
+                        // Reidentify results are numbers.
+                        text.zeroize();
+                    }
+                    Some(Err(reason)) => emit(Err(RowError::Server(reason))),
+                    None => emit(Err(RowError::Server("no result".to_owned()))),
+                },
+            }
+        }
+        Ok(())
+    }
 }
 
 type ItemResult = Result<String, ItemError>;
 
-/// The CSV header and the index of the item column (`None` in line mode or
-/// when the header is unusable).
-type Header = Option<(csv::StringRecord, usize)>;
-
-/// Streams `input` through `operation`, writing results and rejects.
-#[allow(clippy::too_many_arguments)] // each is a distinct, named part of the run
-pub async fn run(
-    client: &mut CodesClient<Channel>,
-    operation: Operation,
-    input: Box<dyn Read + Send>,
-    shape: Shape,
-    output: &mut dyn Write,
-    rejects: &mut dyn Write,
-    progress: Option<&ProgressBar>,
-) -> Result<Summary, ClientError> {
-    let (item_tx, item_rx) = mpsc::channel::<Vec<String>>(IN_FLIGHT);
-    let (pending_tx, mut pending_rx) = mpsc::channel::<Pending>(IN_FLIGHT * 2);
-    let (header_tx, header_rx) = tokio::sync::oneshot::channel::<Header>();
-    let reader_shape = shape.clone();
-    let reader = tokio::task::spawn_blocking(move || {
-        read_input(input, &reader_shape, &item_tx, &pending_tx, header_tx)
-    });
-
-    let mut responses = open_stream(client, &operation, item_rx).await?;
-    let header = header_rx.await.ok().flatten();
-    let csv_mode = matches!(shape, Shape::Csv { .. });
-    if let (Shape::Csv { append, .. }, Some((names, _))) = (&shape, &header) {
-        let mut names = names.clone();
-        if let Some(new) = append {
-            names.push_field(new);
-        }
-        let mut bytes = Vec::new();
-        csv_writer(&mut bytes)
-            .write_record(&names)
-            .map_err(|e| ClientError::Csv(e.to_string()))?;
-        output.write_all(&bytes).map_err(ClientError::Write)?;
-    }
-    let column = header.as_ref().map(|(_, index)| *index);
-    let mut summary = Summary::default();
-    while let Some(results) = next_results(&mut responses).await? {
-        let pending = pending_rx.recv().await.ok_or(ClientError::Mismatch {
-            sent: 0,
-            got: results.len(),
-        })?;
-        if results.len() != pending.size {
-            return Err(ClientError::Mismatch {
-                sent: pending.size,
-                got: results.len(),
-            });
-        }
-        let mut csv_bytes = Vec::new();
-        let mut csv_out = csv_mode.then(|| csv_writer(&mut csv_bytes));
-        for (index, result) in results.into_iter().enumerate() {
-            let line = pending
-                .lines
-                .get(index)
-                .copied()
-                .unwrap_or(pending.first_line + index as u64);
-            let text = match result {
-                Ok(text) => text,
-                Err(error) => {
-                    summary.rejected += 1;
-                    writeln!(rejects, "line {line}: {}", error.reason)
-                        .map_err(ClientError::Write)?;
-                    String::new()
-                }
-            };
-            match (&mut csv_out, pending.records.get(index), &shape) {
-                (Some(writer), Some(record), Shape::Csv { append, .. }) => {
-                    let mut fields: Vec<&str> = record.iter().collect();
-                    match (append, column) {
-                        (Some(_), _) => fields.push(&text),
-                        (None, Some(c)) if c < fields.len() => fields[c] = &text,
-                        _ => {}
-                    }
-                    writer
-                        .write_record(&fields)
-                        .map_err(|e| ClientError::Csv(e.to_string()))?;
-                }
-                _ => {
-                    output
-                        .write_all(text.as_bytes())
-                        .map_err(ClientError::Write)?;
-                    output.write_all(b"\n").map_err(ClientError::Write)?;
-                }
-            }
-        }
-        if let Some(mut writer) = csv_out.take() {
-            writer.flush().map_err(ClientError::Write)?;
-        }
-        drop(csv_out);
-        output.write_all(&csv_bytes).map_err(ClientError::Write)?;
-        summary.rows += pending.size as u64;
-        if let Some(bar) = progress {
-            bar.inc(pending.size as u64);
-        }
-    }
-    output.flush().map_err(ClientError::Write)?;
-    rejects.flush().map_err(ClientError::Write)?;
-    reader
-        .await
-        .map_err(|_| ClientError::Read(std::io::Error::other("reader failed")))??;
-    Ok(summary)
+/// A redeem context in the line form: `REQUESTER AFFAIR ITEMS EXPIRES
+/// NON_DISCLOSURE`.
+fn context_text(context: &RequestContext) -> String {
+    let items = match context.items.join(",") {
+        items if items.is_empty() => "-".to_owned(),
+        items => items,
+    };
+    let until = match context.non_disclosure_until {
+        0 => "-".to_owned(),
+        seconds => rfc3339(seconds),
+    };
+    format!(
+        "{} {} {items} {} {until}",
+        context.requester,
+        context.affair,
+        rfc3339(context.expires_at)
+    )
 }
 
-fn csv_writer(bytes: &mut Vec<u8>) -> csv::Writer<&mut Vec<u8>> {
-    csv::WriterBuilder::new()
-        .flexible(true)
-        .terminator(csv::Terminator::Any(b'\n'))
-        .from_writer(bytes)
+/// Unix seconds as an RFC 3339 UTC time, `YYYY-MM-DDTHH:MM:SSZ`.
+fn rfc3339(seconds: i64) -> String {
+    let days = seconds.div_euclid(86_400);
+    let time = seconds.rem_euclid(86_400);
+    // Civil date from days since 1970-01-01 (proleptic Gregorian), by
+    // 400-year eras of 146,097 days, years starting in March.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z.rem_euclid(146_097);
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_index = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
+    let month = if month_index < 10 {
+        month_index + 3
+    } else {
+        month_index - 9
+    };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        time / 3600,
+        time % 3600 / 60,
+        time % 60
+    )
 }
 
 /// The server's answers, as a stream of per-item result batches.
@@ -307,7 +678,7 @@ async fn open_stream(
     client: &mut CodesClient<Channel>,
     operation: &Operation,
     items: mpsc::Receiver<Vec<String>>,
-) -> Result<Responses, ClientError> {
+) -> Result<Responses, tonic::Status> {
     let items = ReceiverStream::new(items);
     use tokio_stream::StreamExt;
     Ok(match operation.clone() {
@@ -361,7 +732,7 @@ async fn open_stream(
     })
 }
 
-async fn next_results(responses: &mut Responses) -> Result<Option<Vec<ItemResult>>, ClientError> {
+async fn next_results(responses: &mut Responses) -> Result<Option<Vec<ItemResult>>, tonic::Status> {
     Ok(match responses {
         Responses::Derive(stream) => stream.message().await?.map(|response| {
             response
@@ -390,11 +761,7 @@ async fn next_results(responses: &mut Responses) -> Result<Option<Vec<ItemResult
                 .collect()
         }),
         Responses::Redeem(stream) => stream.message().await?.map(|response| {
-            let contexts: Vec<String> = response
-                .contexts
-                .iter()
-                .map(|c| format!("{} {} {}", c.requester, c.affair, c.items.join(",")))
-                .collect();
+            let contexts: Vec<String> = response.contexts.iter().map(context_text).collect();
             response
                 .results
                 .into_iter()
@@ -434,100 +801,27 @@ fn missing() -> ItemError {
     }
 }
 
-/// Reads the input into batches; runs on a blocking thread.
-fn read_input(
-    input: Box<dyn Read + Send>,
-    shape: &Shape,
-    items: &mpsc::Sender<Vec<String>>,
-    pending: &mpsc::Sender<Pending>,
-    header: tokio::sync::oneshot::Sender<Header>,
-) -> Result<(), ClientError> {
-    let send = |batch: Vec<String>, context: Pending| -> bool {
-        pending.blocking_send(context).is_ok() && items.blocking_send(batch).is_ok()
-    };
-    match shape {
-        Shape::Lines => {
-            drop(header);
-            let mut reader = BufReader::new(input);
-            let mut batch = Vec::with_capacity(BATCH);
-            let mut first_line = 1u64;
-            let mut line_number = 0u64;
-            let mut line = String::new();
-            loop {
-                line.clear();
-                let read = reader.read_line(&mut line).map_err(ClientError::Read)?;
-                if read > 0 {
-                    line_number += 1;
-                    batch.push(line.trim_end_matches(['\n', '\r']).to_owned());
-                }
-                if batch.len() == BATCH || (read == 0 && !batch.is_empty()) {
-                    let size = batch.len();
-                    let context = Pending {
-                        first_line,
-                        records: Vec::new(),
-                        lines: Vec::new(),
-                        size,
-                    };
-                    if !send(
-                        std::mem::replace(&mut batch, Vec::with_capacity(BATCH)),
-                        context,
-                    ) {
-                        return Ok(());
-                    }
-                    first_line = line_number + 1;
-                }
-                if read == 0 {
-                    return Ok(());
-                }
-            }
-        }
-        Shape::Csv { column, append } => {
-            let mut reader = csv::ReaderBuilder::new().flexible(true).from_reader(input);
-            let names = reader
-                .headers()
-                .map_err(|e| ClientError::Csv(e.to_string()))?
-                .clone();
-            let Some(index) = names.iter().position(|name| name == column) else {
-                return Err(ClientError::Csv(format!("no column named '{column}'")));
-            };
-            if let Some(new) = append {
-                if names.iter().any(|name| name == new) {
-                    return Err(ClientError::Csv(format!("column '{new}' already exists")));
-                }
-            }
-            let _ = header.send(Some((names, index)));
-            let mut records = Vec::with_capacity(BATCH);
-            let mut record = csv::StringRecord::new();
-            loop {
-                let more = reader
-                    .read_record(&mut record)
-                    .map_err(|e| ClientError::Csv(e.to_string()))?;
-                if more {
-                    records.push(record.clone());
-                }
-                if records.len() == BATCH || (!more && !records.is_empty()) {
-                    let batch: Vec<String> = records
-                        .iter()
-                        .map(|r: &csv::StringRecord| r.get(index).unwrap_or_default().to_owned())
-                        .collect();
-                    let lines = records
-                        .iter()
-                        .map(|r| r.position().map_or(0, |p| p.line()))
-                        .collect();
-                    let context = Pending {
-                        first_line: 0,
-                        size: records.len(),
-                        records: std::mem::replace(&mut records, Vec::with_capacity(BATCH)),
-                        lines,
-                    };
-                    if !send(batch, context) {
-                        return Ok(());
-                    }
-                }
-                if !more {
-                    return Ok(());
-                }
-            }
-        }
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_rfc3339_utc() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(1_798_761_599), "2026-12-31T23:59:59Z");
+        assert_eq!(rfc3339(4_107_542_400), "2100-03-01T00:00:00Z");
+    }
+
+    #[test]
+    fn the_server_name_is_the_host_as_given() {
+        assert_eq!(host_of("https://127.0.0.1:7443").unwrap(), "127.0.0.1");
+        assert_eq!(host_of("https://[::1]:7443").unwrap(), "::1");
+        assert_eq!(
+            host_of("https://fugo.example:7443/").unwrap(),
+            "fugo.example"
+        );
+        let plain = host_of("http://127.0.0.1:7443").unwrap_err().to_string();
+        assert!(plain.contains("use https://"), "{plain}");
     }
 }

@@ -431,7 +431,8 @@ fn csv_line_numbers_count_quoted_newlines_and_long_records_are_fatal() {
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(
         errors(&out),
-        "fugo: error: CSV input, line 3: record is longer than 1 MiB\n"
+        "fugo: error: CSV input, line 3: record is longer than 1 MiB\n\
+         fugo: stopped after 0 rows; the output is incomplete\n"
     );
 
     let out = fugo(&derive_args(&key, &["--csv", "--column", "mynumber"]), b"");
@@ -581,6 +582,27 @@ fn dev_certs_writes_a_ca_a_server_and_one_client_per_agency() {
         .permissions()
         .mode();
     assert_eq!(mode & 0o777, 0o600);
+    // The server certificate holds the names a client uses as given.
+    let pem = fs::read(out_dir.join("server.pem")).unwrap();
+    let (_, pem) = x509_parser::pem::parse_x509_pem(&pem).unwrap();
+    let cert = pem.parse_x509().unwrap();
+    let names: Vec<String> = cert
+        .subject_alternative_name()
+        .unwrap()
+        .unwrap()
+        .value
+        .general_names
+        .iter()
+        .map(|name| match name {
+            x509_parser::extensions::GeneralName::DNSName(dns) => (*dns).to_owned(),
+            x509_parser::extensions::GeneralName::IPAddress(ip) => match ip.len() {
+                4 => std::net::IpAddr::from(<[u8; 4]>::try_from(*ip).unwrap()).to_string(),
+                _ => std::net::IpAddr::from(<[u8; 16]>::try_from(*ip).unwrap()).to_string(),
+            },
+            other => format!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(names, ["localhost", "127.0.0.1", "::1"]);
     let bad = fugo(
         &[
             "dev-certs",
@@ -593,4 +615,242 @@ fn dev_certs_writes_a_ca_a_server_and_one_client_per_agency() {
     );
     assert_eq!(bad.status.code(), Some(1));
     assert!(errors(&bad).contains("agency id must start with a-z or 0-9"));
+}
+
+#[test]
+fn csv_reject_lines_are_file_lines_after_blank_lines_and_crlf() {
+    let key = key();
+    let input = "id,mynumber\r\n1,bad\r\n\r\n\n2,123456789012\r\n3\r\n";
+    let out = fugo(
+        &derive_args(&key, &["--csv", "--column", "mynumber"]),
+        input.as_bytes(),
+    );
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(
+        errors(&out),
+        "line 2: column 'mynumber': not a digit at position 1: expected 12 ASCII digits\n\
+         line 5: column 'mynumber': check digit does not match\n\
+         line 6: has 1 fields, the header has 2\n\
+         fugo: 3 of 3 rows rejected\n"
+    );
+}
+
+#[test]
+fn cp932_files_are_read_and_written_as_cp932() {
+    let key = key();
+    let csv = "番号,個人番号,氏名\r\n1,123456789018,山田\r\n2,983205673214\r\n3,bad,鈴木,余分\r\n";
+    let (sjis, _, _) = encoding_rs::SHIFT_JIS.encode(csv);
+    let out = fugo(
+        &derive_args(
+            &key,
+            &["--csv", "--column", "個人番号", "--encoding", "cp932"],
+        ),
+        &sjis,
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", errors(&out));
+    let (decoded, _, bad) = encoding_rs::SHIFT_JIS.decode(&out.stdout);
+    assert!(!bad);
+    assert_eq!(
+        decoded,
+        "番号,個人番号,氏名\n1,117SQFZDBBY20YB707P62RD1R8FGJ,山田\n,,\n,,\n"
+    );
+    assert_eq!(
+        errors(&out),
+        "line 3: has 2 fields, the header has 3\n\
+         line 4: has 4 fields, the header has 3\n\
+         fugo: 2 of 3 rows rejected\n"
+    );
+    // Line mode too; and the default UTF-8 refuses the file, naming the line.
+    let (lines, _, _) = encoding_rs::SHIFT_JIS.encode("123456789018\n\n個人番号\n");
+    let out = fugo(&derive_args(&key, &["--encoding", "cp932"]), &lines);
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(text(&out.stdout), "117SQFZDBBY20YB707P62RD1R8FGJ\n\n\n");
+    let out = fugo(&derive_args(&key, &[]), &lines);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        errors(&out).starts_with(
+            "fugo: error: line 3 is not valid UTF-8; if the file is Shift_JIS, use --encoding cp932\n"
+        ),
+        "{}",
+        errors(&out)
+    );
+}
+
+#[test]
+fn a_utf8_bom_is_accepted_in_line_mode() {
+    let key = key();
+    let out = fugo(&derive_args(&key, &[]), "\u{feff}123456789018\n".as_bytes());
+    assert_eq!(out.status.code(), Some(0), "{}", errors(&out));
+    assert_eq!(text(&out.stdout), "117SQFZDBBY20YB707P62RD1R8FGJ\n");
+}
+
+#[test]
+fn a_wrong_column_lists_the_header_but_no_number() {
+    let key = key();
+    let out = fugo(
+        &derive_args(&key, &["--csv", "--column", "number"]),
+        b"id,mynumber,note\n1,123456789018,x\n",
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        errors(&out),
+        "fugo: error: CSV header: no column named 'number'; the header has 3 column(s): \
+         'id', 'mynumber', 'note'\n"
+    );
+    // A file without a header: its "header" is a row of data.
+    let out = fugo(
+        &derive_args(&key, &["--csv", "--column", "mynumber"]),
+        b"1,123456789018,x\n",
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(!errors(&out).contains("123456789018"), "{}", errors(&out));
+    assert!(errors(&out).contains("(a name that looks like data, not shown)"));
+}
+
+#[test]
+fn a_stopped_run_leaves_no_output_file_and_says_how_far_it_got() {
+    let key = key();
+    let dir = tempfile::tempdir().unwrap();
+    let mut input = String::from("mynumber\n");
+    for i in 0..20_000u64 {
+        input.push_str(&valid_number(i));
+        input.push('\n');
+    }
+    input.push_str(&"9".repeat(2 << 20));
+    let target = dir.path().join("codes.csv");
+    let out = fugo(
+        &derive_args(
+            &key,
+            &[
+                "--csv",
+                "--column",
+                "mynumber",
+                "--threads",
+                "2",
+                "-o",
+                target.to_str().unwrap(),
+            ],
+        ),
+        input.as_bytes(),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        errors(&out),
+        format!(
+            "fugo: error: CSV input, line 20002: record is longer than 1 MiB\n\
+             fugo: stopped after 16384 rows; {} was not written\n",
+            target.display()
+        )
+    );
+    let left: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
+    assert!(left.is_empty(), "no output and no temporary file: {left:?}");
+
+    // A finished run puts the file in place.
+    let out = fugo(
+        &derive_args(&key, &["-o", target.to_str().unwrap()]),
+        b"123456789018\n",
+    );
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        fs::read_to_string(&target).unwrap(),
+        "117SQFZDBBY20YB707P62RD1R8FGJ\n"
+    );
+    assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+}
+
+#[test]
+fn a_file_size_limit_stops_the_run_with_a_message_and_no_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("numbers");
+    let mut body = String::new();
+    for i in 0..100_000u64 {
+        body.push_str(&valid_number(i));
+        body.push('\n');
+    }
+    fs::write(&input, body).unwrap();
+    let key = key();
+    // Without and with SIGXFSZ ignored by the parent shell.
+    for trap in ["", "trap '' XFSZ; "] {
+        let target = dir.path().join("codes");
+        let script = format!(
+            "{trap}ulimit -f 200; exec \"$0\" derive --master-key \"$1\" --agency nta --epoch 1 \"$2\" -o \"$3\""
+        );
+        let out = Command::new("sh")
+            .args(["-c", &script, env!("CARGO_BIN_EXE_fugo"), &key])
+            .arg(&input)
+            .arg(&target)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{trap}: {}", errors(&out));
+        let message = errors(&out);
+        assert!(
+            message.contains("writing output: File too large"),
+            "{trap}: {message}"
+        );
+        assert!(message.contains("was not written"), "{message}");
+        assert!(!target.exists());
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1, "{trap}");
+    }
+}
+
+#[test]
+fn a_closed_stdout_is_a_quiet_end() {
+    let mut input = String::new();
+    for i in 0..300_000u64 {
+        input.push_str(&valid_number(i));
+        input.push('\n');
+    }
+    let key = key();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fugo"))
+        .args(derive_args(&key, &[]))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut pipe = child.stdin.take().unwrap();
+    let feeder = std::thread::spawn(move || {
+        let _ = pipe.write_all(input.as_bytes());
+    });
+    let mut first = [0u8; 30];
+    std::io::Read::read_exact(child.stdout.as_mut().unwrap(), &mut first).unwrap();
+    drop(child.stdout.take()); // as `| head -1` does
+    let out = child.wait_with_output().unwrap();
+    feeder.join().unwrap();
+    assert_eq!(out.status.code(), Some(141));
+    assert_eq!(errors(&out), "", "no panic, no error message");
+}
+
+#[test]
+fn output_to_a_device_or_through_a_link_is_written_in_place() {
+    use std::os::unix::fs::FileTypeExt;
+    let key = key();
+    let out = fugo(&derive_args(&key, &["-o", "/dev/null"]), b"123456789018\n");
+    assert_eq!(out.status.code(), Some(0), "{}", errors(&out));
+    let null = fs::metadata("/dev/null").unwrap();
+    assert!(
+        null.file_type().is_char_device(),
+        "/dev/null is still a device"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let real = dir.path().join("real.txt");
+    let link = dir.path().join("link.txt");
+    fs::write(&real, "old\n").unwrap();
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let out = fugo(
+        &derive_args(&key, &["-o", link.to_str().unwrap()]),
+        b"123456789018\n",
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", errors(&out));
+    assert!(
+        fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert_eq!(
+        fs::read_to_string(&real).unwrap(),
+        "117SQFZDBBY20YB707P62RD1R8FGJ\n"
+    );
 }

@@ -187,11 +187,28 @@ impl Server {
 }
 
 fn client(server: &Server, dir: &Path, agency: &str, args: &[&str]) -> Output {
-    client_with(server, &dir.join("data/certs"), agency, args)
+    output_within(
+        &mut client_command(server, dir, agency, args),
+        Duration::from_secs(30),
+    )
 }
 
 /// `fugo client` with the certificates in `certs`; fails after 30 s.
 fn client_with(server: &Server, certs: &Path, agency: &str, args: &[&str]) -> Output {
+    output_within(
+        &mut client_command_with(server, certs, agency, args),
+        Duration::from_secs(30),
+    )
+}
+
+/// `fugo client OPERATION --server … --ca … --cert … --key … REST…` with
+/// the dev certificates in `dir`.
+fn client_command(server: &Server, dir: &Path, agency: &str, args: &[&str]) -> Command {
+    client_command_with(server, &dir.join("data/certs"), agency, args)
+}
+
+/// `fugo client OPERATION …` with the certificates in `certs`.
+fn client_command_with(server: &Server, certs: &Path, agency: &str, args: &[&str]) -> Command {
     let mut command = Command::new(FUGO);
     command
         .args(["client"])
@@ -207,7 +224,7 @@ fn client_with(server: &Server, certs: &Path, agency: &str, args: &[&str]) -> Ou
             certs.join(format!("{agency}.key")).to_str().unwrap(),
         ])
         .args(&args[1..]);
-    output_within(&mut command, Duration::from_secs(30))
+    command
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -251,7 +268,7 @@ fn a_csv_goes_through_derive_seal_redeem_and_back() {
     );
     assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
     assert!(
-        text(&out.stderr).contains("line 2502: check digit does not match"),
+        text(&out.stderr).contains("line 2502: column 'mynumber': check digit does not match"),
         "{}",
         text(&out.stderr)
     );
@@ -302,11 +319,21 @@ fn a_csv_goes_through_derive_seal_redeem_and_back() {
         .lines()
         .map(|l| l.split(' ').next().unwrap())
         .collect();
-    assert!(
-        redeemed
-            .lines()
-            .all(|l| l.ends_with(" mhlw health-insurance-benefit local-tax,resident-register"))
-    );
+    // CODE SERIAL REQUESTER AFFAIR ITEMS EXPIRES NON_DISCLOSURE
+    for line in redeemed.lines() {
+        let fields: Vec<&str> = line.split(' ').collect();
+        assert_eq!(fields.len(), 7, "{line}");
+        assert_eq!(
+            fields[2..5],
+            [
+                "mhlw",
+                "health-insurance-benefit",
+                "local-tax,resident-register"
+            ]
+        );
+        assert!(is_utc_time(fields[5]), "{line}");
+        assert_eq!(fields[6], "-", "no non-disclosure date was asked for");
+    }
 
     // Shinjuku's own derive of the same numbers gives the same codes.
     fs::write(dir.path().join("numbers"), numbers.join("\n") + "\n").unwrap();
@@ -638,4 +665,645 @@ fn a_named_pipe_at_the_policy_path_is_refused_on_sighup_and_the_server_keeps_goi
     );
     assert_eq!(stderr.matches(refusal.as_str()).count(), 2, "{stderr}");
     assert!(stderr.contains("policy reload refused"), "{stderr}");
+}
+
+/// `fugo derive` offline with the demo key, as the server derives for
+/// `agency` at `epoch`.
+fn offline_derive(agency: &str, epoch: &str, args: &[&str]) -> Output {
+    Command::new(FUGO)
+        .args(["derive", "--master-key"])
+        .arg(common::demo_key_path())
+        .args(["--agency", agency, "--epoch", epoch])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// Forms a number might leak in: as is, and grouped by spaces or dashes.
+fn leak_forms(number: &str) -> Vec<String> {
+    vec![
+        number.to_owned(),
+        format!("{} {} {}", &number[..4], &number[4..8], &number[8..]),
+        format!("{}-{}-{}", &number[..4], &number[4..8], &number[8..]),
+    ]
+}
+
+/// The reject lines' `line N` parts.
+fn reject_lines(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|l| l.split(':').next())
+        .filter(|l| l.starts_with("line "))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ`.
+fn is_utc_time(text: &str) -> bool {
+    let b = text.as_bytes();
+    b.len() == 20
+        && b.iter().enumerate().all(|(i, c)| match i {
+            4 | 7 => *c == b'-',
+            10 => *c == b'T',
+            13 | 16 => *c == b':',
+            19 => *c == b'Z',
+            _ => c.is_ascii_digit(),
+        })
+}
+
+#[test]
+fn the_client_keeps_every_file_rule_of_derive_and_leaks_no_number() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&config(dir.path(), true, common::DEMO_FINGERPRINT));
+    let at = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    let n: Vec<String> = (0..8u64)
+        .map(|i| common::valid_number(i * 7_919 + 3))
+        .collect();
+
+    // CSV: a BOM, a blank line, a record with too few fields and one with
+    // too many (each holding a whole number), a bad number, a quoted newline.
+    let csv = format!(
+        "\u{feff}id,mynumber,note\n1,{},a\n\n2,{}\n3,{},b,{}\n4,bad,c\n5,{},\"two\nlines\"\n6,{},z\n",
+        n[0], n[1], n[2], n[3], n[4], n[5]
+    );
+    fs::write(at("in.csv"), &csv).unwrap();
+    let out = client(
+        &server,
+        dir.path(),
+        "mhlw",
+        &[
+            "derive",
+            "--csv",
+            "--column",
+            "mynumber",
+            &at("in.csv"),
+            "-o",
+            &at("client.csv"),
+            "--rejects",
+            &at("client.rejects"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    let local = offline_derive(
+        "mhlw",
+        "1",
+        &[
+            "--csv",
+            "--column",
+            "mynumber",
+            &at("in.csv"),
+            "-o",
+            &at("local.csv"),
+            "--rejects",
+            &at("local.rejects"),
+        ],
+    );
+    assert_eq!(local.status.code(), Some(3));
+    let client_csv = fs::read_to_string(at("client.csv")).unwrap();
+    assert_eq!(client_csv, fs::read_to_string(at("local.csv")).unwrap());
+    assert!(client_csv.contains("\n,,\n,,\n4,,c\n"), "{client_csv}");
+    let client_rejects = fs::read_to_string(at("client.rejects")).unwrap();
+    assert_eq!(
+        reject_lines(&client_rejects),
+        ["line 4", "line 5", "line 6"],
+        "line numbers as in the file: {client_rejects}"
+    );
+    assert_eq!(
+        reject_lines(&client_rejects),
+        reject_lines(&fs::read_to_string(at("local.rejects")).unwrap())
+    );
+
+    // Lines: a blank line, an overlong line holding a number, CRLF, a BOM.
+    let overlong = format!("{}{}", "0".repeat(300), n[6]);
+    let lines = format!("\u{feff}{}\n\n{}\n{overlong}\n{}\r\n", n[0], n[1], n[7]);
+    fs::write(at("in.txt"), &lines).unwrap();
+    let out = client(
+        &server,
+        dir.path(),
+        "mhlw",
+        &["derive", &at("in.txt"), "-o", &at("client.txt")],
+    );
+    assert_eq!(out.status.code(), Some(3));
+    let client_errors = text(&out.stderr);
+    assert_eq!(
+        reject_lines(&client_errors),
+        ["line 2", "line 4"],
+        "{client_errors}"
+    );
+    assert!(
+        client_errors.contains("line 4: too long"),
+        "{client_errors}"
+    );
+    let local = offline_derive("mhlw", "1", &[&at("in.txt"), "-o", &at("local.txt")]);
+    assert_eq!(local.status.code(), Some(3));
+    let client_txt = fs::read_to_string(at("client.txt")).unwrap();
+    assert_eq!(client_txt, fs::read_to_string(at("local.txt")).unwrap());
+    assert_eq!(client_txt.lines().count(), 5);
+
+    // No input number anywhere: output files, reject files, stderr.
+    let mut haystack = String::new();
+    for file in ["client.csv", "client.rejects", "client.txt"] {
+        haystack.push_str(&fs::read_to_string(at(file)).unwrap());
+    }
+    haystack.push_str(&client_errors);
+    for number in &n {
+        for form in leak_forms(number) {
+            assert!(!haystack.contains(&form), "an output holds {form}");
+        }
+    }
+    let (code, logs) = server.stop();
+    assert_eq!(code, 0);
+    for number in &n {
+        assert!(!logs.contains(number.as_str()), "server logs hold a number");
+    }
+}
+
+#[test]
+fn a_client_reads_and_writes_shift_jis() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&config(dir.path(), true, common::DEMO_FINGERPRINT));
+    let at = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    let n: Vec<String> = (0..3u64).map(common::valid_number).collect();
+    let csv = format!(
+        "番号,個人番号,氏名\r\n1,{},山田 太郎\r\n2,{}\r\n3,{},鈴木\r\n",
+        n[0], n[1], n[2]
+    );
+    let (sjis, _, unmappable) = encoding_rs::SHIFT_JIS.encode(&csv);
+    assert!(!unmappable);
+    fs::write(at("sjis.csv"), &sjis).unwrap();
+    let out = client(
+        &server,
+        dir.path(),
+        "mhlw",
+        &[
+            "derive",
+            "--csv",
+            "--column",
+            "個人番号",
+            "--encoding",
+            "cp932",
+            &at("sjis.csv"),
+            "-o",
+            &at("out.csv"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("line 3: has 2 fields, the header has 3"),
+        "{}",
+        text(&out.stderr)
+    );
+    let written = fs::read(at("out.csv")).unwrap();
+    let (decoded, had_errors) = encoding_rs::SHIFT_JIS.decode_without_bom_handling(&written);
+    assert!(!had_errors, "the output is cp932 as the input");
+    let rows: Vec<&str> = decoded.lines().collect();
+    assert_eq!(rows[0], "番号,個人番号,氏名");
+    assert!(rows[1].starts_with("1,") && rows[1].ends_with(",山田 太郎"));
+    assert_eq!(rows[1].split(',').nth(1).unwrap().len(), 29);
+    assert_eq!(rows[2], ",,");
+    assert!(rows[3].starts_with("3,") && rows[3].ends_with(",鈴木"));
+
+    // Read as UTF-8, the same file is refused with its line and a hint.
+    let out = client(
+        &server,
+        dir.path(),
+        "mhlw",
+        &[
+            "derive",
+            "--csv",
+            "--column",
+            "個人番号",
+            &at("sjis.csv"),
+            "-o",
+            &at("wrong.csv"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr)
+            .contains("line 1 is not valid UTF-8; if the file is Shift_JIS, use --encoding cp932"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!dir.path().join("wrong.csv").exists());
+    server.stop();
+}
+
+#[test]
+fn seal_and_redeem_write_every_field_as_csv_columns() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&config(dir.path(), true, common::DEMO_FINGERPRINT));
+    let at = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    let numbers: Vec<String> = (0..5u64).map(|i| common::valid_number(i + 40)).collect();
+    fs::write(at("numbers"), numbers.join("\n") + "\n").unwrap();
+    let out = client(&server, dir.path(), "nta", &["derive", &at("numbers")]);
+    assert_eq!(out.status.code(), Some(0));
+    let mut csv = String::from("case,code\n");
+    for (i, code) in text(&out.stdout).lines().enumerate() {
+        csv.push_str(&format!("c{i},{code}\n"));
+    }
+    fs::write(at("codes.csv"), csv).unwrap();
+    // Thirty days ahead, at a UTC midnight: within the rule's one-year
+    // maximum (docs/DECISIONS.md D36).
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let until = ((now / 86_400 + 30) * 86_400).to_string();
+    let until = until.as_str();
+    let shown = Command::new("date")
+        .args(["-u", "-d", &format!("@{until}"), "+%Y-%m-%dT%H:%M:%SZ"])
+        .output()
+        .unwrap();
+    let shown = text(&shown.stdout).trim().to_owned();
+    let out = client(
+        &server,
+        dir.path(),
+        "nta",
+        &[
+            "seal",
+            "--provider",
+            "city-shinjuku",
+            "--affair",
+            "national-tax-investigation",
+            "--items",
+            "local-tax",
+            "--non-disclosure-until",
+            until,
+            "--csv",
+            "--column",
+            "code",
+            &at("codes.csv"),
+            "-o",
+            &at("tokens.csv"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let tokens = fs::read_to_string(at("tokens.csv")).unwrap();
+    assert!(tokens.starts_with("case,code,serial\nc0,"), "{tokens}");
+    // Seal output feeds redeem directly: the `serial` column is rewritten
+    // in place, the other fields are appended.
+    let out = client(
+        &server,
+        dir.path(),
+        "city-shinjuku",
+        &["redeem", "--csv", "--column", "code", &at("tokens.csv")],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let sealed_serials: Vec<&str> = tokens
+        .lines()
+        .skip(1)
+        .map(|l| l.rsplit(',').next().unwrap())
+        .collect();
+    let redeemed = text(&out.stdout);
+    let mut rows = redeemed.lines();
+    assert_eq!(
+        rows.next(),
+        Some("case,code,serial,requester,affair,items,expires_at,non_disclosure_until")
+    );
+    for (i, row) in rows.enumerate() {
+        let fields: Vec<&str> = row.split(',').collect();
+        assert_eq!(fields.len(), 8, "{row}");
+        assert_eq!(fields[0], format!("c{i}"));
+        assert_eq!(fields[1].len(), 29);
+        assert_eq!(fields[2], sealed_serials[i]);
+        assert_eq!(
+            fields[3..6],
+            ["nta", "national-tax-investigation", "local-tax"]
+        );
+        assert!(is_utc_time(fields[6]), "{row}");
+        assert_eq!(fields[7], shown);
+    }
+    // The line form carries the same fields.
+    let token_lines: String = tokens
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').nth(1).unwrap().to_owned() + "\n")
+        .collect();
+    fs::write(at("tokens.txt"), token_lines).unwrap();
+    let out = client(
+        &server,
+        dir.path(),
+        "city-shinjuku",
+        &["redeem", &at("tokens.txt")],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    for line in text(&out.stdout).lines() {
+        let fields: Vec<&str> = line.split(' ').collect();
+        assert_eq!(fields.len(), 7, "{line}");
+        assert_eq!(
+            fields[2..5],
+            ["nta", "national-tax-investigation", "local-tax"]
+        );
+        assert!(is_utc_time(fields[5]), "{line}");
+        assert_eq!(fields[6], shown);
+    }
+    server.stop();
+}
+
+/// `fugo client derive` on one number with explicit connection flags.
+fn connect_with(
+    dir: &Path,
+    server: &str,
+    ca: &Path,
+    cert: &Path,
+    key: &Path,
+    extra: &[&str],
+) -> Output {
+    let input = dir.join("one-number");
+    fs::write(&input, "123456789018\n").unwrap();
+    Command::new(FUGO)
+        .args(["client", "derive", "--server", server])
+        .arg("--ca")
+        .arg(ca)
+        .arg("--cert")
+        .arg(cert)
+        .arg("--key")
+        .arg(key)
+        .args(extra)
+        .arg(&input)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn connection_failures_name_the_cause_and_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&config(dir.path(), true, common::DEMO_FINGERPRINT));
+    let certs = dir.path().join("data/certs");
+    let other = dir.path().join("other-pki");
+    let made = Command::new(FUGO)
+        .args([
+            "dev-certs",
+            "--out",
+            other.to_str().unwrap(),
+            "--agencies",
+            "mhlw",
+        ])
+        .output()
+        .unwrap();
+    assert!(made.status.success());
+    let url = format!("https://{}", server.addr);
+    let (ca, cert, key) = (
+        certs.join("ca.pem"),
+        certs.join("mhlw.pem"),
+        certs.join("mhlw.key"),
+    );
+    let stranger_ca = dir.path().join("stranger-ca.pem");
+    fs::write(
+        &stranger_ca,
+        fugo::certs::DevCa::new("another CA").unwrap().cert_pem(),
+    )
+    .unwrap();
+    let port_without_server = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let cases: Vec<(&str, Output, &str)> = vec![
+        (
+            "refused",
+            connect_with(
+                dir.path(),
+                &format!("https://127.0.0.1:{port_without_server}"),
+                &ca,
+                &cert,
+                &key,
+                &[],
+            ),
+            "connection refused: nothing listens there",
+        ),
+        (
+            "unknown CA",
+            connect_with(dir.path(), &url, &other.join("ca.pem"), &cert, &key, &[]),
+            "not signed by the CA in",
+        ),
+        (
+            "a CA of another name",
+            connect_with(dir.path(), &url, &stranger_ca, &cert, &key, &[]),
+            "(an unknown CA)",
+        ),
+        (
+            "certificate and key do not match",
+            connect_with(
+                dir.path(),
+                &url,
+                &ca,
+                &cert,
+                &certs.join("city-shinjuku.key"),
+                &[],
+            ),
+            "do not match",
+        ),
+        (
+            "name mismatch",
+            connect_with(
+                dir.path(),
+                &url,
+                &ca,
+                &cert,
+                &key,
+                &["--server-name", "fugo.example"],
+            ),
+            "not valid for the name 'fugo.example' (a server name mismatch)",
+        ),
+        (
+            "client certificate from another CA",
+            connect_with(
+                dir.path(),
+                &url,
+                &ca,
+                &other.join("mhlw.pem"),
+                &other.join("mhlw.key"),
+                &[],
+            ),
+            "refused this client's certificate",
+        ),
+        (
+            "plain http",
+            connect_with(
+                dir.path(),
+                &format!("http://{}", server.addr),
+                &ca,
+                &cert,
+                &key,
+                &[],
+            ),
+            "fugo servers speak TLS only: use https://",
+        ),
+    ];
+    for (case, out, expected) in cases {
+        let message = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{case}: {message}");
+        assert!(message.contains(expected), "{case}: {message}");
+        assert!(!message.contains("transport error\n"), "{case}: {message}");
+    }
+
+    // The name as given (127.0.0.1, an IP name in the dev certificate), or
+    // the one --server-name gives.
+    let out = connect_with(dir.path(), &url, &ca, &cert, &key, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let out = connect_with(
+        dir.path(),
+        &url,
+        &ca,
+        &cert,
+        &key,
+        &["--server-name", "localhost"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    server.stop();
+}
+
+#[test]
+fn flags_from_the_environment_bounded_memory_and_a_lost_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&config(dir.path(), true, common::DEMO_FINGERPRINT));
+    let certs = dir.path().join("data/certs");
+    let at = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    let env = [
+        ("FUGO_SERVER", format!("https://{}", server.addr)),
+        ("FUGO_CA", certs.join("ca.pem").to_str().unwrap().to_owned()),
+        (
+            "FUGO_CERT",
+            certs.join("mhlw.pem").to_str().unwrap().to_owned(),
+        ),
+        (
+            "FUGO_KEY",
+            certs.join("mhlw.key").to_str().unwrap().to_owned(),
+        ),
+    ];
+
+    // The four connection flags come from the environment.
+    fs::write(at("one"), "123456789018\n").unwrap();
+    let out = Command::new(FUGO)
+        .args(["client", "derive", &at("one")])
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim_end().len(), 29);
+
+    // A 128 MiB line costs the client no more than a small file.
+    let mut huge = vec![b'5'; 128 << 20];
+    huge.extend_from_slice(b"\n123456789018\n");
+    fs::write(at("huge"), &huge).unwrap();
+    drop(huge);
+    let report = dir.path().join("rss");
+    let out = Command::new("/usr/bin/time")
+        .arg("-o")
+        .arg(&report)
+        .args([
+            "-f",
+            "%M",
+            FUGO,
+            "client",
+            "derive",
+            &at("huge"),
+            "-o",
+            &at("huge.out"),
+        ])
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .output()
+        .expect("/usr/bin/time is missing: install Debian's `time` package");
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("line 1: too long"));
+    let kib: u64 = fs::read_to_string(&report)
+        .unwrap()
+        .lines()
+        .last()
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        kib < 64 * 1024,
+        "the client used {kib} KiB on one huge line"
+    );
+    fs::remove_file(at("huge")).unwrap();
+
+    // Many chunks through two workers sharing the stream: the same output
+    // and rejects as `fugo derive`, in order.
+    let mut lines = String::new();
+    for i in 0..300_000u64 {
+        if i % 9_999 == 0 {
+            lines.push_str("bad\n");
+        }
+        lines.push_str(&common::valid_number(i));
+        lines.push('\n');
+    }
+    fs::write(at("many"), &lines).unwrap();
+    let out = Command::new(FUGO)
+        .args(["client", "derive", &at("many"), "-o", &at("many.client")])
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    let local = offline_derive("mhlw", "1", &[&at("many"), "-o", &at("many.local")]);
+    assert_eq!(local.status.code(), Some(3));
+    assert!(fs::read(at("many.client")).unwrap() == fs::read(at("many.local")).unwrap());
+    assert_eq!(
+        reject_lines(&text(&out.stderr)),
+        reject_lines(&text(&local.stderr))
+    );
+    assert_eq!(reject_lines(&text(&out.stderr)).len(), 31);
+
+    // `fugo client … | head -1`: a quiet end, no panic, no message.
+    let mut child = Command::new(FUGO)
+        .args(["client", "derive", &at("many")])
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 30];
+    std::io::Read::read_exact(child.stdout.as_mut().unwrap(), &mut first).unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(141), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stderr), "");
+
+    // The server dies mid-run: no output file, and how far it got.
+    let mut child = Command::new(FUGO)
+        .args(["client", "derive", "-o", &at("codes")])
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut lines = String::new();
+    for i in 0..200_000u64 {
+        lines.push_str(&common::valid_number(i));
+        lines.push('\n');
+    }
+    std::io::Write::write_all(&mut stdin, lines.as_bytes()).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    server.signal("KILL");
+    // The client's next chunk meets the dead server.
+    let _ = std::io::Write::write_all(&mut stdin, lines.as_bytes());
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    let message = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{message}");
+    assert!(
+        message.contains("the connection to the server was lost"),
+        "{message}"
+    );
+    let rows: u64 = message
+        .split("stopped after ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no row count: {message}"));
+    assert!(rows > 0 && rows < 400_000, "{message}");
+    assert!(
+        message.contains(&format!("{} was not written", at("codes"))),
+        "{message}"
+    );
+    let left: Vec<String> = fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.contains("codes"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
 }

@@ -1,4 +1,4 @@
-//! Line mode: one My Number a line in, one code a line out.
+//! Line mode: one item a line in, one result a line out.
 //!
 //! Lines end in LF or CRLF; output lines end in LF. The reader never holds
 //! more than [`MAX_LINE`] bytes of a line that has not ended: a longer line
@@ -10,9 +10,7 @@ use std::io::{self, Read};
 use zeroize::Zeroize;
 
 use super::pipeline::{self, Stages};
-use super::{BulkError, Parallelism, RowError, Sinks, Summary, write_rejects};
-use crate::batch::BatchDeriver;
-use crate::code::Coder;
+use super::{BulkError, Parallelism, RowError, Sinks, Stopped, Summary, Work, write_rejects};
 
 /// Longest line accepted, in bytes without its line ending. A number is 12.
 pub const MAX_LINE: usize = 256;
@@ -27,6 +25,15 @@ struct LineSlot {
     output: Vec<u8>,
     lines: u64,
     rejects: Vec<(u64, RowError)>,
+    /// The work failed on this chunk; the run stops here.
+    failed: Option<BulkError>,
+}
+
+impl Drop for LineSlot {
+    fn drop(&mut self) {
+        self.input.zeroize();
+        self.output.zeroize();
+    }
 }
 
 /// Splits a byte stream into chunks of whole lines.
@@ -98,6 +105,12 @@ impl<R: Read> LineReader<R> {
     }
 }
 
+impl<R> Drop for LineReader<R> {
+    fn drop(&mut self) {
+        self.carry.zeroize();
+    }
+}
+
 pub(super) fn read_retrying(source: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     loop {
         match source.read(buf) {
@@ -107,14 +120,14 @@ pub(super) fn read_retrying(source: &mut impl Read, buf: &mut [u8]) -> io::Resul
     }
 }
 
-struct LineStages<'c> {
-    coder: &'c Coder,
+struct LineStages<'w, W> {
+    work: &'w W,
     chunk: usize,
 }
 
-impl<'c> Stages for LineStages<'c> {
+impl<W: Work> Stages for LineStages<'_, W> {
     type Slot = LineSlot;
-    type Worker = BatchDeriver<'c>;
+    type Worker = W::Worker;
     type Error = BulkError;
 
     fn new_slot(&self) -> LineSlot {
@@ -123,18 +136,20 @@ impl<'c> Stages for LineStages<'c> {
             output: Vec::new(),
             lines: 0,
             rejects: Vec::new(),
+            failed: None,
         }
     }
 
-    fn new_worker(&self) -> BatchDeriver<'c> {
-        BatchDeriver::new(self.coder)
+    fn new_worker(&self) -> W::Worker {
+        self.work.new_worker()
     }
 }
 
-fn derive_chunk(deriver: &mut BatchDeriver<'_>, slot: &mut LineSlot) {
+fn process_chunk<W: Work>(work: &W, worker: &mut W::Worker, slot: &mut LineSlot) {
     slot.output.clear();
     slot.rejects.clear();
     slot.lines = 0;
+    slot.failed = None;
     if slot.input.is_empty() {
         return;
     }
@@ -148,7 +163,7 @@ fn derive_chunk(deriver: &mut BatchDeriver<'_>, slot: &mut LineSlot) {
         }
     });
     let (output, rejects, count) = (&mut slot.output, &mut slot.rejects, &mut slot.lines);
-    deriver.derive(lines, |result| {
+    let outcome = work.process(worker, lines, |result| {
         match result {
             Ok(text) => output.extend_from_slice(text),
             Err(error) => rejects.push((*count, error)),
@@ -156,19 +171,20 @@ fn derive_chunk(deriver: &mut BatchDeriver<'_>, slot: &mut LineSlot) {
         output.push(b'\n');
         *count += 1;
     });
-    // The input held raw numbers.
+    slot.failed = outcome.err();
+    // The input held the items.
     slot.input.zeroize();
 }
 
-/// Derives one code per input line, in order, into `sinks`.
-pub fn derive_lines(
-    coder: &Coder,
+/// Runs `work` on one item a line, in order, into `sinks`.
+pub(super) fn run<W: Work>(
+    work: &W,
     input: impl Read + Send,
     parallelism: Parallelism,
     sinks: Sinks<'_>,
-) -> Result<Summary, BulkError> {
+) -> Result<Summary, Stopped> {
     let stages = LineStages {
-        coder,
+        work,
         chunk: parallelism.chunk_bytes(),
     };
     let mut reader = LineReader {
@@ -179,19 +195,28 @@ pub fn derive_lines(
         eof: false,
     };
     let mut summary = Summary::default();
+    let secret = work.results_are_secret();
     let Sinks {
         output,
         rejects,
         progress,
     } = sinks;
-    pipeline::run(
+    let ran = pipeline::run(
         &stages,
         parallelism.threads,
         parallelism.slots(),
-        |slot: &mut LineSlot| reader.fill(&mut slot.input).map_err(BulkError::Read),
-        derive_chunk,
+        |slot: &mut LineSlot| reader.fill(&mut slot.input).map_err(super::read_error),
+        |worker, slot| process_chunk(work, worker, slot),
         |slot| {
-            output.write_all(&slot.output).map_err(BulkError::Write)?;
+            if let Some(error) = slot.failed.take() {
+                return Err(error);
+            }
+            let written = output.write_all(&slot.output).map_err(BulkError::Write);
+            if secret {
+                // The results hold numbers (reidentify).
+                slot.output.zeroize();
+            }
+            written?;
             write_rejects(rejects, summary.rows + 1, "", &slot.rejects)?;
             summary.rows += slot.lines;
             summary.rejected += slot.rejects.len() as u64;
@@ -200,10 +225,16 @@ pub fn derive_lines(
             }
             Ok(())
         },
-    )?;
-    output.flush().map_err(BulkError::Write)?;
-    rejects.flush().map_err(BulkError::Rejects)?;
-    Ok(summary)
+    )
+    .and_then(|()| output.flush().map_err(BulkError::Write))
+    .and_then(|()| rejects.flush().map_err(BulkError::Rejects));
+    match ran {
+        Ok(()) => Ok(summary),
+        Err(error) => Err(Stopped {
+            error,
+            rows: summary.rows,
+        }),
+    }
 }
 
 #[cfg(test)]

@@ -1,34 +1,48 @@
-//! Bulk derivation of files for batch jobs: the engine behind `fugo derive`.
+//! The file engine behind `fugo derive` and every `fugo client` command.
 //!
-//! Two input shapes share one `pipeline`: plain lines (one number a line)
-//! and CSV with one column of numbers. Both stream in bounded chunks on
-//! every core, keep input order, and never stop on a bad row: each bad row
-//! becomes a [`Reject`] (line number and reason, never the value) and an
-//! empty output field, so output stays aligned with input.
+//! One engine reads the input (plain lines, one item a line, or one column
+//! of a CSV file with a header), hands it chunk by chunk to a [`Work`] —
+//! local derivation on every core ([`LocalDerive`]) or a remote operation
+//! over one gRPC stream ([`crate::client::Remote`]) — and writes one result
+//! per item, in input order. So every file rule holds for every command:
+//!
+//! - a line is at most [`MAX_LINE`] bytes; a longer one is skipped unread
+//!   and rejected (`too long`), so memory stays bounded;
+//! - a bad row never stops the run: it becomes a [`Reject`] (line number as
+//!   in the file and reason, never the value) and an empty output field;
+//! - a CSV record of the wrong width is written back as empty fields (its
+//!   fields cannot be trusted to sit where the header says);
+//! - buffers that held items are wiped once their chunk is written;
+//! - the input is decoded from its [`TextEncoding`] (a UTF-8 byte-order
+//!   mark is dropped) and the output is written in the same encoding.
 
 mod csv_rows;
 mod lines;
+mod local;
 mod pipeline;
+mod text;
 
 use std::fmt;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 
 use indicatif::ProgressBar;
 use thiserror::Error;
 
 use crate::mynumber::ParseError;
 
-pub use csv_rows::{CsvOptions, MAX_CSV_RECORD, derive_csv};
-pub use lines::{MAX_LINE, derive_lines};
+pub use csv_rows::{CsvOptions, MAX_CSV_RECORD};
+pub use lines::MAX_LINE;
+pub use local::LocalDerive;
+pub use text::{EncodeWriter, TextEncoding};
 
-/// Why one row produced no code. Never contains the row's value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+/// Why one row produced no result. Never contains the row's value.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[non_exhaustive]
 pub enum RowError {
     /// The value is not a valid My Number.
     #[error("{0}")]
     Number(#[from] ParseError),
-    /// The line is longer than any number could be; it was skipped unread.
+    /// The line is longer than any item could be; it was skipped unread.
     #[error("too long")]
     TooLong,
     /// A CSV record with another number of fields than the header.
@@ -39,10 +53,14 @@ pub enum RowError {
         /// Fields in the header.
         expected: usize,
     },
+    /// The server rejected this item; the reason is the server's (its
+    /// messages never carry the value).
+    #[error("{0}")]
+    Server(String),
 }
 
 /// One rejected row: where it is and why.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reject {
     /// 1-based line number in the input (for CSV, the record's first line).
     pub line: u64,
@@ -63,6 +81,9 @@ pub enum BulkError {
     /// Reading the input failed.
     #[error("reading input: {0}")]
     Read(#[source] io::Error),
+    /// The input is not text in the chosen encoding.
+    #[error("{0}")]
+    Encoding(#[from] text::EncodingError),
     /// Writing the output failed.
     #[error("writing output: {0}")]
     Write(#[source] io::Error),
@@ -80,11 +101,88 @@ pub enum BulkError {
     /// The CSV header does not fit the options.
     #[error("CSV header: {0}")]
     Header(String),
+    /// The per-chunk work failed as a whole (e.g. the server went away).
+    #[error(transparent)]
+    Work(Box<dyn std::error::Error + Send + Sync>),
 }
 
-/// Where a bulk run writes: codes, rejects, and an optional progress bar.
+impl BulkError {
+    /// Whether this is a write to a reader that has gone (`| head`).
+    pub fn is_broken_pipe(&self) -> bool {
+        matches!(self, BulkError::Write(e) if e.kind() == io::ErrorKind::BrokenPipe)
+    }
+}
+
+/// A run that stopped on a fatal error, with how far it got.
+#[derive(Debug, Error)]
+#[error("{error}")]
+pub struct Stopped {
+    /// What stopped it.
+    #[source]
+    pub error: BulkError,
+    /// Rows whose results had been written when it stopped.
+    pub rows: u64,
+}
+
+/// The per-chunk work of a run: turns each item into a result, in order.
+///
+/// `process` gets a chunk's items (an item may already be a row error, which
+/// it passes through in place) and must call `emit` exactly once per item,
+/// in order. A result is one field, or several separated by single spaces
+/// (the line form); CSV mode writes the first where the item column says and
+/// appends the others as the columns [`Work::extra_columns`] names.
+pub trait Work: Sync {
+    /// Per-worker state (a batch deriver, a stream).
+    type Worker;
+
+    /// Names of the result fields after the first, as CSV columns.
+    fn extra_columns(&self) -> &[&'static str] {
+        &[]
+    }
+
+    /// Whether results may hold numbers (reidentify does), so output
+    /// buffers must be wiped once written. CSV output is always wiped: its
+    /// other columns are the input's.
+    fn results_are_secret(&self) -> bool {
+        true
+    }
+
+    /// Worker threads to run.
+    fn threads(&self) -> usize;
+
+    /// Input bytes per chunk, if the work wants other than the default
+    /// (about 1 MiB, sized so all chunks in flight stay near 32 MiB).
+    fn chunk_bytes(&self) -> Option<usize> {
+        None
+    }
+
+    /// A worker's state, made on its own thread.
+    fn new_worker(&self) -> Self::Worker;
+
+    /// Processes one chunk; an `Err` stops the whole run.
+    fn process<'a, I, F>(
+        &self,
+        worker: &mut Self::Worker,
+        inputs: I,
+        emit: F,
+    ) -> Result<(), BulkError>
+    where
+        I: Iterator<Item = Result<&'a [u8], RowError>>,
+        F: FnMut(Result<&[u8], RowError>);
+}
+
+/// Lines or CSV.
+#[derive(Debug, Clone)]
+pub enum Shape {
+    /// One item a line.
+    Lines,
+    /// A CSV file with a header and a column of items.
+    Csv(CsvOptions),
+}
+
+/// Where a bulk run writes: results, rejects, and an optional progress bar.
 pub struct Sinks<'a> {
-    /// Output rows.
+    /// Output rows (already in the output encoding, see [`EncodeWriter`]).
     pub output: &'a mut dyn Write,
     /// One line per reject, `line N: reason`.
     pub rejects: &'a mut dyn Write,
@@ -103,9 +201,11 @@ pub struct Summary {
 
 /// How a run uses the machine.
 #[derive(Debug, Clone, Copy)]
-pub struct Parallelism {
+struct Parallelism {
     /// Worker threads (reader and writer run besides them).
-    pub threads: usize,
+    threads: usize,
+    /// The work's own chunk size, if any.
+    chunk: Option<usize>,
 }
 
 impl Parallelism {
@@ -119,7 +219,38 @@ impl Parallelism {
     /// their output (about 2.5× the input for line mode) stay near 32 MiB.
     fn chunk_bytes(self) -> usize {
         const BUDGET: usize = 32 << 20;
-        (BUDGET / (self.slots() * 7 / 2)).clamp(64 << 10, 1 << 20)
+        let default = (BUDGET / (self.slots() * 7 / 2)).clamp(64 << 10, 1 << 20);
+        self.chunk
+            .map_or(default, |chunk| chunk.clamp(MAX_LINE + 1, default))
+    }
+}
+
+/// Runs `work` over `input` (in `encoding`) shaped as `shape`, writing to
+/// `sinks`. The output must already encode to `encoding` (wrap it in an
+/// [`EncodeWriter`]).
+pub fn run<W: Work>(
+    work: &W,
+    input: impl Read + Send,
+    encoding: TextEncoding,
+    shape: &Shape,
+    sinks: Sinks<'_>,
+) -> Result<Summary, Stopped> {
+    let input = text::DecodeReader::new(input, encoding);
+    let parallelism = Parallelism {
+        threads: work.threads(),
+        chunk: work.chunk_bytes(),
+    };
+    match shape {
+        Shape::Lines => lines::run(work, input, parallelism, sinks),
+        Shape::Csv(options) => csv_rows::run(work, input, options, parallelism, sinks),
+    }
+}
+
+/// Maps a read error, which may be the decoder's report of bad text.
+fn read_error(error: io::Error) -> BulkError {
+    match text::EncodingError::from_io(&error) {
+        Some(bad) => BulkError::Encoding(bad),
+        None => BulkError::Read(error),
     }
 }
 
@@ -134,10 +265,10 @@ fn write_rejects(
     for (offset, error) in found {
         let reject = Reject {
             line: first_line + offset,
-            error: *error,
+            error: error.clone(),
         };
         let written = match error {
-            RowError::Number(_) if !field.is_empty() => writeln!(
+            RowError::Number(_) | RowError::Server(_) if !field.is_empty() => writeln!(
                 rejects,
                 "line {}: column '{field}': {}",
                 reject.line, reject.error

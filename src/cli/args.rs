@@ -132,7 +132,8 @@ pub(crate) enum ClientOperation {
     Derive,
     /// This agency's codes → tokens for a provider (`TOKEN SERIAL` a line).
     Seal,
-    /// Tokens addressed to this agency → `CODE SERIAL REQUESTER AFFAIR ITEMS`.
+    /// Tokens addressed to this agency → `CODE SERIAL REQUESTER AFFAIR ITEMS
+    /// EXPIRES NON_DISCLOSURE_UNTIL`.
     Redeem,
     /// This agency's codes → My Numbers.
     Reidentify,
@@ -144,16 +145,20 @@ pub(crate) struct ClientArgs {
     #[arg(value_enum)]
     pub(crate) operation: ClientOperation,
     /// The server, e.g. https://127.0.0.1:7443.
-    #[arg(long, value_name = "URL")]
+    #[arg(long, value_name = "URL", env = "FUGO_SERVER")]
     pub(crate) server: String,
+    /// The name the server's certificate must carry; by default the host of
+    /// --server, as given.
+    #[arg(long, value_name = "NAME")]
+    pub(crate) server_name: Option<String>,
     /// The CA that signed the server's certificate.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", env = "FUGO_CA")]
     pub(crate) ca: PathBuf,
     /// This agency's client certificate.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", env = "FUGO_CERT")]
     pub(crate) cert: PathBuf,
     /// Its private key.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", env = "FUGO_KEY")]
     pub(crate) key: PathBuf,
     /// Seal: the agency the tokens are for.
     #[arg(long, value_name = "ID", required_if_eq("operation", "seal"))]
@@ -198,4 +203,18 @@ pub(crate) struct FileArgs {
     /// Write rejected line numbers and reasons here instead of stderr.
     #[arg(long, value_name = "FILE")]
     pub(crate) rejects: Option<PathBuf>,
+    /// The input's text encoding; the output is written in the same one.
+    #[arg(long, value_enum, value_name = "NAME", default_value = "utf-8")]
+    pub(crate) encoding: Encoding,
+}
+
+/// Text encodings of input and output files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Encoding {
+    /// UTF-8 (a byte-order mark is accepted and dropped).
+    #[value(name = "utf-8", alias = "utf8")]
+    Utf8,
+    /// Windows Shift_JIS (code page 932), as Japanese Excel saves CSV.
+    #[value(name = "cp932", alias = "shift_jis", alias = "sjis")]
+    Cp932,
 }

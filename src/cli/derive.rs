@@ -1,15 +1,15 @@
-//! `fugo derive`: opens the files, loads the key, runs [`crate::bulk`].
+//! `fugo derive`: loads the key and runs [`crate::bulk`] with local
+//! derivation over the files.
 
 use std::fmt;
-use std::fs::File;
-use std::io::{self, BufWriter, IsTerminal, Read, Write};
+use std::io::{self, IsTerminal, Write};
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 
 use super::CliError;
-use super::settings::{DeriveSettings, InputShape};
-use crate::bulk::{self, Parallelism, Sinks, Summary};
+use super::settings::DeriveSettings;
+use crate::bulk::{LocalDerive, Summary};
 use crate::code::Coder;
 use crate::keyfile;
 
@@ -18,49 +18,7 @@ pub(crate) fn run(settings: DeriveSettings) -> Result<Summary, CliError> {
     let keys = keyfile::load(&settings.key, &mut io::stderr())?;
     let coder = Coder::new(&keys, settings.agency.clone(), settings.epoch);
     drop(keys);
-
-    let input: Box<dyn Read + Send> = match &settings.input {
-        Some(path) => Box::new(File::open(path).map_err(|source| CliError::OpenInput {
-            path: path.display().to_string(),
-            source,
-        })?),
-        None => Box::new(io::stdin()),
-    };
-    let mut output: Box<dyn Write> = match &settings.output {
-        Some(path) => Box::new(File::create(path).map_err(|source| CliError::CreateOutput {
-            path: path.display().to_string(),
-            source,
-        })?),
-        None => Box::new(io::stdout().lock()),
-    };
-    let progress = progress_bar();
-    let mut rejects: Box<dyn Write> = match &settings.rejects {
-        Some(path) => Box::new(BufWriter::new(File::create(path).map_err(|source| {
-            CliError::CreateOutput {
-                path: path.display().to_string(),
-                source,
-            }
-        })?)),
-        None => Box::new(BufWriter::new(AboveProgress {
-            bar: progress.clone(),
-        })),
-    };
-    let parallelism = Parallelism {
-        threads: settings.threads,
-    };
-    let sinks = Sinks {
-        output: &mut *output,
-        rejects: &mut *rejects,
-        progress: progress.as_ref(),
-    };
-    let summary = match &settings.shape {
-        InputShape::Lines => bulk::derive_lines(&coder, input, parallelism, sinks)?,
-        InputShape::Csv(options) => bulk::derive_csv(&coder, input, options, parallelism, sinks)?,
-    };
-    if let Some(bar) = progress {
-        bar.finish();
-    }
-    Ok(summary)
+    super::files::run(&LocalDerive::new(&coder, settings.threads), &settings.files)
 }
 
 /// A rows/s spinner on stderr, only when a person is watching.

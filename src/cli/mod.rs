@@ -7,6 +7,7 @@
 mod args;
 mod client;
 mod derive;
+mod files;
 mod serve;
 mod settings;
 
@@ -24,6 +25,9 @@ use args::{Cli, Command, KeysCommand, PolicyCommand};
 pub const EXIT_REJECTS: u8 = 3;
 /// Exit status of a fatal error.
 pub const EXIT_FATAL: u8 = 1;
+/// Exit status when standard output was closed by its reader: 128 + SIGPIPE,
+/// what a shell reports for a program the closed pipe stopped.
+pub const EXIT_CLOSED_PIPE: u8 = 141;
 
 /// A fatal CLI error. Messages name files and positions, never key material
 /// or input values.
@@ -51,9 +55,26 @@ pub enum CliError {
         #[source]
         source: io::Error,
     },
-    /// The bulk run stopped.
+    /// The bulk run could not start (a CSV header problem).
     #[error(transparent)]
-    Bulk(#[from] BulkError),
+    Bulk(BulkError),
+    /// The bulk run stopped; the output file (if any) was not written.
+    #[error("{error}\nfugo: stopped after {rows} rows; {}", match output {
+        Some(path) => format!("{path} was not written"),
+        None => "the output is incomplete".to_owned(),
+    })]
+    Stopped {
+        /// What stopped it.
+        #[source]
+        error: BulkError,
+        /// Rows whose results were written before it stopped.
+        rows: u64,
+        /// The output file, when not standard output.
+        output: Option<String>,
+    },
+    /// Standard output was closed by its reader (`| head`): a quiet end.
+    #[error("standard output closed")]
+    ClosedPipe,
     /// The server could not start or stopped abnormally.
     #[error(transparent)]
     Serve(#[from] crate::service::ServeError),
@@ -96,13 +117,24 @@ pub enum CliError {
 /// a bad command line).
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    ignore_file_size_signal();
     match run(cli.command) {
         Ok(status) => ExitCode::from(status),
+        Err(CliError::ClosedPipe) => ExitCode::from(EXIT_CLOSED_PIPE),
         Err(error) => {
             let _ = writeln!(io::stderr(), "fugo: error: {error}");
             ExitCode::from(EXIT_FATAL)
         }
     }
+}
+
+/// A file-size limit (`ulimit -f`) would kill the process with SIGXFSZ
+/// mid-write, leaving a partial file and no message; with the signal
+/// handled, the write fails with EFBIG and the run stops cleanly.
+fn ignore_file_size_signal() {
+    let seen = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Failing to install the handler only keeps the default behaviour.
+    let _ = signal_hook::flag::register(signal_hook::consts::SIGXFSZ, seen);
 }
 
 fn run(command: Command) -> Result<u8, CliError> {

@@ -5,16 +5,43 @@ use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::thread;
 
-use super::args::DeriveArgs;
+use super::args::{DeriveArgs, Encoding, FileArgs};
 use crate::agency::{AgencyId, Epoch};
-use crate::bulk::CsvOptions;
+use crate::bulk::{CsvOptions, Shape, TextEncoding};
 use crate::keyfile::KeySource;
 
-/// Lines or CSV.
+/// The files of a bulk run and how to read them: the same for `fugo derive`
+/// and every `fugo client` command.
 #[derive(Debug, Clone)]
-pub(crate) enum InputShape {
-    Lines,
-    Csv(CsvOptions),
+pub(crate) struct FileSettings {
+    pub(crate) input: Option<PathBuf>,
+    pub(crate) output: Option<PathBuf>,
+    pub(crate) rejects: Option<PathBuf>,
+    pub(crate) shape: Shape,
+    pub(crate) encoding: TextEncoding,
+}
+
+impl From<FileArgs> for FileSettings {
+    fn from(args: FileArgs) -> Self {
+        let shape = match (args.csv, args.column) {
+            (true, Some(column)) => Shape::Csv(CsvOptions {
+                column,
+                append: args.append_column,
+            }),
+            // clap's `requires` makes --csv and --column come together.
+            _ => Shape::Lines,
+        };
+        FileSettings {
+            input: args.input,
+            output: args.output,
+            rejects: args.rejects,
+            shape,
+            encoding: match args.encoding {
+                Encoding::Utf8 => TextEncoding::Utf8,
+                Encoding::Cp932 => TextEncoding::Cp932,
+            },
+        }
+    }
 }
 
 /// Everything `fugo derive` needs, decided.
@@ -23,23 +50,12 @@ pub(crate) struct DeriveSettings {
     pub(crate) key: KeySource,
     pub(crate) agency: AgencyId,
     pub(crate) epoch: Epoch,
-    pub(crate) input: Option<PathBuf>,
-    pub(crate) output: Option<PathBuf>,
-    pub(crate) rejects: Option<PathBuf>,
-    pub(crate) shape: InputShape,
+    pub(crate) files: FileSettings,
     pub(crate) threads: usize,
 }
 
 impl From<DeriveArgs> for DeriveSettings {
     fn from(args: DeriveArgs) -> Self {
-        let shape = match (args.files.csv, args.files.column) {
-            (true, Some(column)) => InputShape::Csv(CsvOptions {
-                column,
-                append: args.files.append_column,
-            }),
-            // clap's `requires` makes --csv and --column come together.
-            _ => InputShape::Lines,
-        };
         let threads = args
             .threads
             .or_else(|| thread::available_parallelism().ok())
@@ -51,10 +67,7 @@ impl From<DeriveArgs> for DeriveSettings {
             },
             agency: args.agency,
             epoch: args.epoch,
-            input: args.files.input,
-            output: args.files.output,
-            rejects: args.files.rejects,
-            shape,
+            files: args.files.into(),
             threads,
         }
     }
