@@ -370,7 +370,7 @@ struct Sending {
 /// the other already sends the next, so the stream never idles at a chunk
 /// boundary (an idle stream waits on TCP's delayed acknowledgement; a busy
 /// one does not). Sending is one chunk at a time (a lock); reading is in
-/// send order (tickets); at most [`IN_FLIGHT`] batches are unanswered.
+/// send order (tickets); at most 32 batches are unanswered.
 pub struct Remote {
     runtime: Handle,
     operation: Operation,

@@ -7,23 +7,30 @@
 //! not built yet.
 //!
 //! ```text
-//!  fugo (this package: everything that touches a file, a socket, a clock)
-//!  ┌──────────────────────────────────────────────────────────────────────┐
-//!  │ cli ─ fugo serve | client | derive | keygen | keys | policy | dev-certs │
-//!  │  ├─ service: mTLS identity → fugo.v1.Codes → status (one error mapping) │
-//!  │  ├─ client: streaming batches over one connection                      │
-//!  │  ├─ bulk: ordered parallel pipeline for files                          │
-//!  │  └─ policy (TOML, located problems), keyfile, certs, files: on disk │
-//!  └───────────────────────────────┬──────────────────────────────────────┘
-//!                                  ▼
+//!  the fugo binary (src/main.rs, src/cli: flags → settings → commands)
+//!    fugo serve | client | derive | keygen | keys | policy | dev-certs
+//!        │
+//!        ▼
+//!  fugo, this library: everything that touches a file, a socket, a clock
+//!    service  edge (accept, TLS, limits) → identity → codes → status
+//!    client   one mTLS stream of batches
+//!    bulk     one file engine: lines or CSV, encodings, local or remote work
+//!    policy (TOML, located problems) · keyfile · certs · files · random
+//!        │
+//!        ▼
 //!  fugo-core (crates/core: no I/O, no clock, no OS randomness; reviewable alone)
 //!    exchange ─► policy model, token ─► batch ─► code ─► code_text
 //!                                   mynumber, keys, agency
 //! ```
 //!
-//! The arrow runs one way: `fugo-core` depends on cryptographic and error
+//! The arrows run one way: `fugo-core` depends on cryptographic and error
 //! crates only, so the compiler keeps files, threads, the network and the
-//! command line out of it. Its modules are re-exported here under their own
+//! command line out of it; the command line is the binary's, not library
+//! API:
+//!
+//! ```compile_fail
+//! fugo::cli::main(); // no such module: flags and messages are for people
+//! ``` Its modules are re-exported here under their own
 //! names (`fugo::keys`, `fugo::code`, …).
 //!
 //! **Nothing here logs or prints a secret.** [`mynumber::MyNumber`], the key
@@ -38,7 +45,6 @@ pub use fugo_core::{agency, batch, code, code_text, exchange, keys, mynumber, to
 
 pub mod bulk;
 pub mod certs;
-pub mod cli;
 pub mod client;
 pub mod files;
 pub mod keyfile;

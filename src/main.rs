@@ -1,5 +1,8 @@
-//! The `fugo` binary: see [`fugo::cli`].
+//! The `fugo` binary. The command line lives here, not in the library: its
+//! flags, settings and messages are for people, not an API for programs.
+
+mod cli;
 
 fn main() -> std::process::ExitCode {
-    fugo::cli::main()
+    cli::main()
 }

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::agency::{AgencyId, Epoch};
-use crate::keys::Fingerprint;
+use fugo::agency::{AgencyId, Epoch};
+use fugo::keys::Fingerprint;
 
 /// fugo: agency-specific codes for My Number linkage.
 #[derive(Debug, Parser)]
@@ -122,7 +122,7 @@ fn parse_agency(text: &str) -> Result<AgencyId, String> {
 
 fn parse_epoch(text: &str) -> Result<Epoch, String> {
     text.parse()
-        .map_err(|e: crate::agency::EpochError| e.to_string())
+        .map_err(|e: fugo::agency::EpochError| e.to_string())
 }
 
 /// The four operations of the service.

@@ -1,11 +1,11 @@
-//! `fugo client`: connects, then runs [`crate::bulk`] with the remote
+//! `fugo client`: connects, then runs [`fugo::bulk`] with the remote
 //! operation over the files.
 
 use super::CliError;
 use super::args::{ClientArgs, ClientOperation};
 use super::settings::FileSettings;
-use crate::bulk::Summary;
-use crate::client::{Connection, Operation, Remote};
+use fugo::bulk::Summary;
+use fugo::client::{Connection, Operation, Remote};
 
 /// Runs `fugo client`; returns the run's counts.
 pub(crate) fn run(args: ClientArgs) -> Result<Summary, CliError> {

@@ -1,4 +1,4 @@
-//! `fugo derive`: loads the key and runs [`crate::bulk`] with local
+//! `fugo derive`: loads the key and runs [`fugo::bulk`] with local
 //! derivation over the files.
 
 use std::fmt;
@@ -9,9 +9,9 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 
 use super::CliError;
 use super::settings::DeriveSettings;
-use crate::bulk::{LocalDerive, Summary};
-use crate::code::Coder;
-use crate::keyfile;
+use fugo::bulk::{LocalDerive, Summary};
+use fugo::code::Coder;
+use fugo::keyfile;
 
 /// Runs `fugo derive`; returns the run's counts.
 pub(crate) fn run(settings: DeriveSettings) -> Result<Summary, CliError> {

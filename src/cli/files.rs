@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use super::CliError;
 use super::derive::{AboveProgress, progress_bar};
 use super::settings::FileSettings;
-use crate::bulk::{self, EncodeWriter, Sinks, Summary, Work};
+use fugo::bulk::{self, EncodeWriter, Sinks, Summary, Work};
 
 /// A file being written under a temporary name until [`Pending::commit`].
 struct Pending {

@@ -17,26 +17,26 @@ use std::process::ExitCode;
 use clap::Parser;
 use thiserror::Error;
 
-use crate::bulk::BulkError;
-use crate::keyfile::{self, KeySource};
 use args::{Cli, Command, KeysCommand, PolicyCommand};
+use fugo::bulk::BulkError;
+use fugo::keyfile::{self, KeySource};
 
 /// Exit status when some rows were rejected but the run finished.
-pub const EXIT_REJECTS: u8 = 3;
+pub(crate) const EXIT_REJECTS: u8 = 3;
 /// Exit status of a fatal error.
-pub const EXIT_FATAL: u8 = 1;
+pub(crate) const EXIT_FATAL: u8 = 1;
 /// Exit status when standard output was closed by its reader: 128 + SIGPIPE,
 /// what a shell reports for a program the closed pipe stopped.
-pub const EXIT_CLOSED_PIPE: u8 = 141;
+pub(crate) const EXIT_CLOSED_PIPE: u8 = 141;
 
 /// A fatal CLI error. Messages name files and positions, never key material
 /// or input values.
 #[derive(Debug, Error)]
 #[non_exhaustive]
-pub enum CliError {
+pub(crate) enum CliError {
     /// A key file could not be loaded or written.
     #[error(transparent)]
-    Key(#[from] crate::keyfile::KeyLoadError),
+    Key(#[from] fugo::keyfile::KeyLoadError),
     /// The input file could not be opened.
     #[error("cannot open input {path}: {source}")]
     OpenInput {
@@ -77,10 +77,10 @@ pub enum CliError {
     ClosedPipe,
     /// The server could not start or stopped abnormally.
     #[error(transparent)]
-    Serve(#[from] crate::service::ServeError),
+    Serve(#[from] fugo::service::ServeError),
     /// Dev certificates could not be written.
     #[error(transparent)]
-    Certs(#[from] crate::certs::CertError),
+    Certs(#[from] fugo::certs::CertError),
     /// The async runtime could not start.
     #[error("cannot start the runtime: {0}")]
     Runtime(#[source] io::Error),
@@ -91,7 +91,7 @@ pub enum CliError {
         path: String,
         /// Why.
         #[source]
-        source: crate::files::ReadError,
+        source: fugo::files::ReadError,
     },
     /// A policy file has problems; each is already printed with its line.
     #[error("{path}: {count} problem(s); the policy is not valid")]
@@ -103,7 +103,7 @@ pub enum CliError {
     },
     /// A client run stopped.
     #[error(transparent)]
-    Client(#[from] crate::client::ClientError),
+    Client(#[from] fugo::client::ClientError),
     /// A command-line value is unacceptable.
     #[error("{0}")]
     BadArgument(String),
@@ -115,7 +115,7 @@ pub enum CliError {
 /// Parses the command line, runs the command, and returns its exit status:
 /// 0 success, 3 finished with rejected rows, 1 fatal error (2 is clap's for
 /// a bad command line).
-pub fn main() -> ExitCode {
+pub(crate) fn main() -> ExitCode {
     let cli = Cli::parse();
     ignore_file_size_signal();
     match run(cli.command) {
@@ -168,10 +168,10 @@ fn run(command: Command) -> Result<u8, CliError> {
         Command::DevCerts { out, agencies } => {
             let for_agencies = agencies
                 .iter()
-                .map(|name| crate::agency::AgencyId::new(name).map(|_| name.clone()))
+                .map(|name| fugo::agency::AgencyId::new(name).map(|_| name.clone()))
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|error| CliError::BadArgument(error.to_string()))?;
-            crate::certs::write_dev_certs(&out, &for_agencies)?;
+            fugo::certs::write_dev_certs(&out, &for_agencies)?;
             let _ = writeln!(
                 io::stderr(),
                 "fugo: wrote a demo CA, a server certificate and {} client certificates to {} \
@@ -191,7 +191,7 @@ fn run(command: Command) -> Result<u8, CliError> {
 }
 
 /// Exit status of a bulk run: 3 if rows were rejected (and says how many).
-fn finish(summary: crate::bulk::Summary) -> Result<u8, CliError> {
+fn finish(summary: fugo::bulk::Summary) -> Result<u8, CliError> {
     if summary.rejected > 0 {
         let _ = writeln!(
             io::stderr(),
@@ -209,22 +209,21 @@ fn finish(summary: crate::bulk::Summary) -> Result<u8, CliError> {
 /// a one-line summary on stdout when the file is valid.
 fn check_policy(path: &std::path::Path) -> Result<(), CliError> {
     let shown = path.display().to_string();
-    let contents = crate::files::read(path, crate::files::MAX_POLICY).map_err(|source| {
-        CliError::ReadFile {
+    let contents =
+        fugo::files::read(path, fugo::files::MAX_POLICY).map_err(|source| CliError::ReadFile {
             path: shown.clone(),
             source,
-        }
-    })?;
+        })?;
     let bytes = contents.bytes.as_slice();
     let problems = match std::str::from_utf8(bytes) {
-        Err(error) => vec![crate::policy::Problem {
+        Err(error) => vec![fugo::policy::Problem {
             line: 1 + bytes[..error.valid_up_to()]
                 .iter()
                 .filter(|&&b| b == b'\n')
                 .count(),
             message: "the file is not valid UTF-8".to_owned(),
         }],
-        Ok(text) => match crate::policy::parse(text) {
+        Ok(text) => match fugo::policy::parse(text) {
             Ok(policy) => {
                 return print_line(&format!(
                     "{shown}: valid policy: {} agencies, {} affairs, {} rules; version {}",

@@ -10,7 +10,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::EnvFilter;
 
 use super::{CliError, print_line};
-use crate::service::{self, Reloader, ServeConfig};
+use fugo::service::{self, Reloader, ServeConfig};
 
 /// Runs the server until a stop signal; exit status 0 after a graceful stop.
 pub(crate) fn run(config_path: &Path) -> Result<(), CliError> {

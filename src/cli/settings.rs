@@ -6,9 +6,9 @@ use std::path::PathBuf;
 use std::thread;
 
 use super::args::{DeriveArgs, Encoding, FileArgs};
-use crate::agency::{AgencyId, Epoch};
-use crate::bulk::{CsvOptions, Shape, TextEncoding};
-use crate::keyfile::KeySource;
+use fugo::agency::{AgencyId, Epoch};
+use fugo::bulk::{CsvOptions, Shape, TextEncoding};
+use fugo::keyfile::KeySource;
 
 /// The files of a bulk run and how to read them: the same for `fugo derive`
 /// and every `fugo client` command.
