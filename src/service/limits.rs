@@ -5,7 +5,7 @@
 //! is protected. The worst case one connection can pin in memory is about
 //! `max_concurrent_streams × max_message_bytes` for a caller the policy
 //! knows, and `connection_window_bytes` for one it does not (its calls are
-//! refused before their bodies are read); see docs/DECISIONS.md, E2–E4.
+//! refused before their bodies are read); see docs/DECISIONS.md, D46–D48.
 
 use std::time::Duration;
 
