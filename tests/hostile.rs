@@ -545,6 +545,53 @@ async fn a_connection_gets_at_most_max_concurrent_streams() {
     edge.stop().await;
 }
 
+/// The benchmark's baseline runs on `service::edge` (D70): a service
+/// served by its three calls gets the transport `service::start` gives
+/// fugo — the same TLS acceptor, connection cap and HTTP/2 settings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_on_the_public_edge_gets_fugos_transport() {
+    let limits = Limits {
+        max_concurrent_streams: 5,
+        max_connections: 1,
+        ..limits()
+    };
+    let fugo = Edge::start(limits.clone()).await;
+    let file = |name: &str| {
+        (
+            fugo.dir.path().join(name),
+            fs::read(fugo.dir.path().join(name)).unwrap(),
+        )
+    };
+    let (ca, cert, key) = (file("ca.pem"), file("server.pem"), file("server.key"));
+    let tls =
+        service::edge::tls_acceptor((&ca.0, &ca.1), (&cert.0, &cert.1), (&key.0, &key.1)).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let bare = listener.local_addr().unwrap();
+    let (_health, health) = tonic_health::server::health_reporter();
+    let server = service::edge::server(&limits)
+        .add_service(health)
+        .serve_with_incoming(service::edge::incoming(listener, tls, &limits));
+    let server = tokio::spawn(server);
+
+    let client = fugo.pki.client("mhlw");
+    for addr in [fugo.addr(), bare] {
+        // The stream limit arrives in the server's SETTINGS ...
+        let tls = fugo.tls_to(addr, &client).await.unwrap();
+        let (send, mut connection) = h2::client::handshake(tls).await.unwrap();
+        let drive = tokio::time::timeout(Duration::from_millis(300), &mut connection).await;
+        assert!(drive.is_err(), "{addr}: the connection ended: {drive:?}");
+        assert_eq!(connection.max_concurrent_send_streams(), 5, "{addr}");
+        // ... and the one connection allowed is taken.
+        let second = tokio::time::timeout(Duration::from_secs(5), fugo.tls_to(addr, &client))
+            .await
+            .expect("a connection past the cap must be closed, not left hanging");
+        assert!(second.is_err(), "{addr}: a second connection was accepted");
+        drop((send, connection));
+    }
+    server.abort();
+    fugo.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stranger_is_refused_before_its_body_is_read_and_logged() {
     let edge = Edge::start(limits()).await;

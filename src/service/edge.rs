@@ -13,6 +13,32 @@
 //!
 //! Accept errors (out of file descriptors, most likely) pause the accept
 //! loop, doubling up to a second, instead of spinning.
+//!
+//! Public so that a benchmark's baseline runs on this very transport:
+//! [`tls_acceptor`], [`incoming`] and [`server`] are what
+//! [`start`](super::start) serves on, and a server built from the same three
+//! calls differs from fugo only in the services it adds (D70).
+//!
+//! ```no_run
+//! # async fn example(ca: &[u8], cert: &[u8], key: &[u8]) -> Result<(), Box<dyn std::error::Error>> {
+//! use std::path::Path;
+//! use fugo::service::{Limits, edge};
+//!
+//! let limits = Limits::default();
+//! let tls = edge::tls_acceptor(
+//!     (Path::new("ca.pem"), ca),
+//!     (Path::new("server.pem"), cert),
+//!     (Path::new("server.key"), key),
+//! )?;
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! let (_health, health) = tonic_health::server::health_reporter();
+//! edge::server(&limits)
+//!     .add_service(health)
+//!     .serve_with_incoming(edge::incoming(listener, tls, &limits))
+//!     .await?;
+//! # Ok(())
+//! # }
+//! ```
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -35,6 +61,7 @@ use tokio_rustls::rustls::server::WebPkiClientVerifier;
 use tokio_rustls::rustls::{RootCertStore, ServerConfig};
 use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Server;
 use tonic::transport::server::Connected;
 
 use super::identity::PeerCertificate;
@@ -51,8 +78,10 @@ const QUEUE: usize = 64;
 
 /// The TLS server setup: `server_cert` and `server_key` identify the
 /// server; every client must present a certificate signed by `client_ca`.
-/// Only HTTP/2 is offered (ALPN `h2`).
-pub(crate) fn tls_acceptor(
+/// Only HTTP/2 is offered (ALPN `h2`). Each file is given as its path
+/// (named in the error) and its PEM text; the error says which file is
+/// unusable and why.
+pub fn tls_acceptor(
     client_ca: (&Path, &[u8]),
     server_cert: (&Path, &[u8]),
     server_key: (&Path, &[u8]),
@@ -88,7 +117,7 @@ pub(crate) fn tls_acceptor(
 /// What the service knows about the other end of a connection; tonic puts
 /// it in every request's extensions.
 #[derive(Debug, Clone)]
-pub(crate) struct Peer {
+pub struct Peer {
     /// The client's address.
     pub(crate) addr: SocketAddr,
     /// The client certificate, parsed once.
@@ -97,7 +126,8 @@ pub(crate) struct Peer {
 
 /// One client connection after its TLS handshake. Reading fails once the
 /// client has sent nothing for the idle timeout, which ends the connection.
-pub(crate) struct Connection {
+/// Holds one of the `max_connections` permits until dropped.
+pub struct Connection {
     tls: TlsStream<TcpStream>,
     peer: Peer,
     idle: Duration,
@@ -179,8 +209,11 @@ impl AsyncWrite for Connection {
 }
 
 /// Accepts on `listener` until the returned stream is dropped (tonic drops
-/// it on shutdown, which closes the listener).
-pub(crate) fn incoming(
+/// it on shutdown, which closes the listener): the connection cap, TCP_NODELAY,
+/// the TLS handshake under `limits.handshake_timeout` and the idle timeout
+/// are applied here. Hand the stream to `serve_with_incoming` of a router
+/// built on [`server`].
+pub fn incoming(
     listener: TcpListener,
     acceptor: TlsAcceptor,
     limits: &Limits,
@@ -188,6 +221,19 @@ pub(crate) fn incoming(
     let (sender, receiver) = mpsc::channel(QUEUE);
     tokio::spawn(accept_loop(listener, acceptor, limits.clone(), sender));
     ReceiverStream::new(receiver)
+}
+
+/// tonic's server with fugo's HTTP/2 settings from `limits`: streams per
+/// connection, flow-control windows, header size and keepalive. Add the
+/// services, then serve on [`incoming`].
+pub fn server(limits: &Limits) -> Server {
+    Server::builder()
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .initial_stream_window_size(limits.stream_window_bytes)
+        .initial_connection_window_size(limits.connection_window_bytes)
+        .http2_max_header_list_size(limits.max_header_bytes)
+        .http2_keepalive_interval(limits.keepalive_interval)
+        .http2_keepalive_timeout(Some(limits.keepalive_timeout))
 }
 
 type Sender = mpsc::Sender<Result<Connection, Infallible>>;

@@ -12,13 +12,16 @@
 //!  server: checks key, policy and certificates, then serves; reload; graceful stop
 //! ```
 //!
+//! `edge` is public so that another service can be served on fugo's exact
+//! transport: the benchmark's baseline is (D70).
+//!
 //! Logs name the request id, the agency, the operation, counts and timings;
 //! never a number, a code or a token.
 
 pub mod codec;
 mod codes;
 pub mod config;
-mod edge;
+pub mod edge;
 mod framing;
 mod identity;
 pub mod limits;

@@ -15,7 +15,6 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Server;
 use zeroize::Zeroizing;
 
 use super::codes::{self, CodesService, State};
@@ -309,13 +308,7 @@ pub async fn start(
     let codes = InterceptedService::new(codes, move |request| codes::admit(&admit_state, request));
     // Oversized and cut-short requests get the promised codes (`framing`).
     let codes = FramingStatus::new(codes);
-    let router = Server::builder()
-        .max_concurrent_streams(limits.max_concurrent_streams)
-        .initial_stream_window_size(limits.stream_window_bytes)
-        .initial_connection_window_size(limits.connection_window_bytes)
-        .http2_max_header_list_size(limits.max_header_bytes)
-        .http2_keepalive_interval(limits.keepalive_interval)
-        .http2_keepalive_timeout(Some(limits.keepalive_timeout))
+    let router = edge::server(limits)
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_v1alpha)
