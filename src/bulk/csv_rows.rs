@@ -18,7 +18,9 @@ use zeroize::Zeroize;
 
 use super::lines::read_retrying;
 use super::pipeline::{self, Stages};
-use super::{BulkError, Parallelism, RowError, Sinks, Stopped, Summary, Work, write_rejects};
+use super::{
+    BulkError, Parallelism, RowError, Sinks, Stopped, Summary, Work, finish, write_rejects,
+};
 
 /// Longest CSV record, in bytes of field data. A longer one stops the run:
 /// without parsing it there is no telling where its record ends.
@@ -500,14 +502,6 @@ pub(super) fn run<W: Work>(
             }
             Ok(())
         },
-    )
-    .and_then(|()| output.flush().map_err(BulkError::Write))
-    .and_then(|()| rejects.flush().map_err(BulkError::Rejects));
-    match ran {
-        Ok(()) => Ok(summary),
-        Err(error) => Err(Stopped {
-            error,
-            rows: summary.rows,
-        }),
-    }
+    );
+    finish(ran, output, rejects, summary)
 }

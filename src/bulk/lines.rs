@@ -10,7 +10,9 @@ use std::io::{self, Read};
 use zeroize::Zeroize;
 
 use super::pipeline::{self, Stages};
-use super::{BulkError, Parallelism, RowError, Sinks, Stopped, Summary, Work, write_rejects};
+use super::{
+    BulkError, Parallelism, RowError, Sinks, Stopped, Summary, Work, finish, write_rejects,
+};
 
 /// Longest line accepted, in bytes without its line ending. A number is 12.
 pub const MAX_LINE: usize = 256;
@@ -225,16 +227,8 @@ pub(super) fn run<W: Work>(
             }
             Ok(())
         },
-    )
-    .and_then(|()| output.flush().map_err(BulkError::Write))
-    .and_then(|()| rejects.flush().map_err(BulkError::Rejects));
-    match ran {
-        Ok(()) => Ok(summary),
-        Err(error) => Err(Stopped {
-            error,
-            rows: summary.rows,
-        }),
-    }
+    );
+    finish(ran, output, rejects, summary)
 }
 
 #[cfg(test)]

@@ -124,6 +124,23 @@ pub struct Stopped {
     pub rows: u64,
 }
 
+/// Ends a run: flushes the output and the rejects after a pipeline that
+/// `ran` to the end, or says how many rows were written before it stopped.
+fn finish(
+    ran: Result<(), BulkError>,
+    output: &mut dyn Write,
+    rejects: &mut dyn Write,
+    summary: Summary,
+) -> Result<Summary, Stopped> {
+    ran.and_then(|()| output.flush().map_err(BulkError::Write))
+        .and_then(|()| rejects.flush().map_err(BulkError::Rejects))
+        .map(|()| summary)
+        .map_err(|error| Stopped {
+            error,
+            rows: summary.rows,
+        })
+}
+
 /// The per-chunk work of a run: turns each item into a result, in order.
 ///
 /// `process` gets a chunk's items (an item may already be a row error, which
