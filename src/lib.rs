@@ -41,7 +41,7 @@
 //! it by searching every output channel for every test number and code.
 
 use fugo_core::hex;
-pub use fugo_core::{agency, batch, code, code_text, exchange, keys, mynumber, token};
+pub use fugo_core::{agency, batch, code, code_text, exchange, keys, link, mynumber, token};
 
 pub mod bulk;
 pub mod certs;

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use fugo::agency::{AffairId, AgencyId, Epoch, ItemId};
 use fugo::code::Coder;
 use fugo::exchange::{
-    BatchError, Exchange, ItemError, MAX_BATCH, RandomFailed, RandomSource, Results, SealContext,
+    BatchError, Done, Exchange, ItemError, MAX_BATCH, RandomFailed, RandomSource, SealContext,
 };
 use fugo::keys::{KeyHierarchy, MasterKey};
 use fugo::mynumber::MyNumber;
@@ -104,7 +104,7 @@ fn numbers(count: u64) -> Vec<String> {
         .collect()
 }
 
-fn ok<T: std::fmt::Debug>(results: Results<T>) -> Vec<T> {
+fn ok<T: std::fmt::Debug>(results: Done<T>) -> Vec<T> {
     results.into_iter().map(Result::unwrap).collect()
 }
 
@@ -386,4 +386,78 @@ fn seal_refuses_repeated_items_and_unbounded_secrecy() {
     );
     hidden.non_disclosure_until = Some(NOW + 365 * 86_400);
     assert!(seal(&hidden).is_ok());
+}
+
+/// The audit trail records one entry per person an item opened, so every
+/// operation names the person's link per item: the same link for one
+/// person whichever agency's code or token it came through, none for an
+/// item that opened no one, and one for a refusal after opening (an
+/// expired token). Links turn back into the reader's own code only.
+#[test]
+fn every_operation_names_the_person_it_opened_by_one_link() {
+    let (exchange, policy) = setup();
+    let number = numbers(1);
+    let inputs: Vec<&[u8]> = vec![number[0].as_bytes(), b"123456789012"];
+    let derived = exchange.derive(&policy, &id("mhlw"), &inputs).unwrap();
+    let link = derived.people[0].expect("a derived number opens its person");
+    assert_eq!(derived.people[1], None, "a bad number opens no one");
+    let code = derived[0].as_ref().unwrap().clone();
+    let other = ok(exchange
+        .derive(&policy, &id("city-shinjuku"), &bytes(&number))
+        .unwrap());
+    let stranger = b"1AAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+    let sealed = exchange
+        .seal(
+            &policy,
+            &id("mhlw"),
+            &context("moj", "family-register"),
+            &[code.as_bytes(), &stranger[..]],
+            NOW,
+        )
+        .unwrap();
+    assert_eq!(sealed.people, vec![Some(link), None]);
+    let token = [sealed[0].as_ref().unwrap().token.as_bytes()];
+    let redeemed = exchange.redeem(&policy, &id("moj"), &token, NOW).unwrap();
+    assert_eq!(redeemed.people, vec![Some(link)]);
+    let late = exchange
+        .redeem(&policy, &id("moj"), &token, NOW + 3_700)
+        .unwrap();
+    assert_eq!(late[0].as_ref().unwrap_err().error, ItemError::Expired);
+    assert_eq!(
+        late.people,
+        vec![Some(link)],
+        "an expired token opened its person"
+    );
+    let back = exchange
+        .reidentify(&policy, &id("city-shinjuku"), &bytes(&other))
+        .unwrap();
+    assert_eq!(back.people, vec![Some(link)]);
+    assert_eq!(
+        exchange
+            .link_of_own_code(&policy, &id("city-shinjuku"), other[0].as_bytes())
+            .unwrap(),
+        link
+    );
+    let shown = exchange
+        .code_for_link(
+            &id("city-shinjuku"),
+            fugo::agency::Epoch::new(2).unwrap(),
+            &link,
+        )
+        .unwrap();
+    assert_eq!(
+        String::from_utf8(shown.to_text().to_vec()).unwrap(),
+        other[0]
+    );
+    let forged = fugo::link::PersonLink::from_bytes([9; 16]);
+    assert_eq!(
+        exchange
+            .code_for_link(
+                &id("city-shinjuku"),
+                fugo::agency::Epoch::new(2).unwrap(),
+                &forged
+            )
+            .unwrap_err(),
+        ItemError::UnknownCode
+    );
 }

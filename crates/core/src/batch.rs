@@ -10,6 +10,7 @@ use zeroize::Zeroize;
 
 use crate::code::{Coder, person_block};
 use crate::code_text::{self, TEXT_LEN};
+use crate::link::{Linker, PersonLink};
 use crate::mynumber::{self, ParseError};
 
 /// Rows per batch: large enough to keep the AES pipeline full, small enough
@@ -20,6 +21,7 @@ pub const BATCH: usize = 512;
 pub struct BatchDeriver<'c> {
     coder: &'c Coder,
     blocks: Vec<[u8; 16]>,
+    links: Vec<[u8; 16]>,
 }
 
 impl<'c> BatchDeriver<'c> {
@@ -28,6 +30,7 @@ impl<'c> BatchDeriver<'c> {
         BatchDeriver {
             coder,
             blocks: Vec::with_capacity(BATCH),
+            links: Vec::new(),
         }
     }
 
@@ -42,6 +45,29 @@ impl<'c> BatchDeriver<'c> {
         I: IntoIterator<Item = Result<&'a [u8], E>>,
         E: From<ParseError>,
         F: FnMut(Result<&[u8; TEXT_LEN], E>),
+    {
+        self.run(inputs, None, |result| emit(result.map(|(text, _)| text)));
+    }
+
+    /// [`derive`](Self::derive), also handing `emit` each person's link for
+    /// the audit trail (one more batched AES layer, on a copy of the
+    /// handles).
+    pub fn derive_linked<'a, I, E, F>(&mut self, linker: &Linker, inputs: I, emit: F)
+    where
+        I: IntoIterator<Item = Result<&'a [u8], E>>,
+        E: From<ParseError>,
+        F: FnMut(Result<(&[u8; TEXT_LEN], PersonLink), E>),
+    {
+        self.run(inputs, Some(linker), emit);
+    }
+
+    /// Both forms; without a linker every link handed to `emit` is all
+    /// zeros (and `derive` drops it).
+    fn run<'a, I, E, F>(&mut self, inputs: I, linker: Option<&Linker>, mut emit: F)
+    where
+        I: IntoIterator<Item = Result<&'a [u8], E>>,
+        E: From<ParseError>,
+        F: FnMut(Result<(&[u8; TEXT_LEN], PersonLink), E>),
     {
         let mut inputs = inputs.into_iter().peekable();
         let mut outcomes: Vec<Result<(), E>> = Vec::with_capacity(BATCH);
@@ -58,22 +84,31 @@ impl<'c> BatchDeriver<'c> {
                     Err(error) => outcomes.push(Err(error)),
                 }
             }
-            self.coder.encrypt_person_blocks(&mut self.blocks);
+            self.coder.person_layer(&mut self.blocks);
+            if let Some(linker) = linker {
+                self.links.clear();
+                self.links.extend_from_slice(&self.blocks);
+                linker.link_blocks(&mut self.links);
+            }
+            self.coder.agency_layer(&mut self.blocks);
             let epoch = self.coder.epoch();
             let mut codes = self.blocks.iter();
+            let mut links = self.links.iter();
             for outcome in outcomes.drain(..) {
                 match outcome {
                     Ok(()) => {
                         if let Some(code) = codes.next() {
-                            emit(Ok(&code_text::encode(epoch, code)));
+                            let link = links.next().copied().unwrap_or_default();
+                            let link = PersonLink::from_bytes(link);
+                            emit(Ok((&code_text::encode(epoch, code), link)));
                         }
                     }
                     Err(error) => emit(Err(error)),
                 }
             }
             // No wipe needed here: encryption overwrote every number and
-            // handle in place, so the buffer now holds only the codes just
-            // emitted. Drop wipes it anyway.
+            // handle in place, so the buffers now hold only the codes and
+            // links just emitted. Drop wipes them anyway.
         }
     }
 }
@@ -81,6 +116,7 @@ impl<'c> BatchDeriver<'c> {
 impl Drop for BatchDeriver<'_> {
     fn drop(&mut self) {
         self.blocks.zeroize();
+        self.links.zeroize();
     }
 }
 

@@ -264,6 +264,22 @@ impl Coder {
         self.person.encrypt_blocks(blocks);
         self.agency_key.encrypt_blocks(blocks);
     }
+
+    /// The person layer alone: person blocks B into handles h, in place.
+    pub(crate) fn person_layer(&self, blocks: &mut [[u8; 16]]) {
+        self.person.encrypt_blocks(blocks);
+    }
+
+    /// The agency layer alone: handles h into code blocks c, in place.
+    pub(crate) fn agency_layer(&self, blocks: &mut [[u8; 16]]) {
+        self.agency_key.encrypt_blocks(blocks);
+    }
+
+    /// Checks that `handle` is a handle of a valid number under this key
+    /// (a link or a token could hold any 16 bytes).
+    pub(crate) fn check_handle(&self, handle: &PersonHandle) -> Result<(), UnknownCode> {
+        number_of(&self.person, handle).map(drop)
+    }
 }
 
 impl fmt::Debug for Coder {

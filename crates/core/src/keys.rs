@@ -7,6 +7,8 @@
 //!        ├─ K_person     = HKDF-Expand(PRK, "fugo/v1/person", 32)
 //!        ├─ K_agency(a,e)= HKDF-Expand(PRK, "fugo/v1/agency/" ‖ a ‖ "/" ‖ e, 32)
 //!        ├─ K_seal(b,w)  = HKDF-Expand(PRK, "fugo/v1/seal/" ‖ b ‖ "/" ‖ w, 32)
+//!        ├─ K_link       = HKDF-Expand(PRK, "fugo/v1/audit/link", 32)
+//!        ├─ log seed     = HKDF-Expand(PRK, "fugo/v1/audit/log-signing", 32)
 //!        └─ KCV          = HKDF-Expand(PRK, "fugo/v1/kcv", 16)   (the fingerprint)
 //! ```
 //!
@@ -39,6 +41,10 @@ pub const INFO_AGENCY_PREFIX: &[u8] = b"fugo/v1/agency/";
 pub const INFO_SEAL_PREFIX: &[u8] = b"fugo/v1/seal/";
 /// HKDF-Expand info of the key check value.
 pub const INFO_KCV: &[u8] = b"fugo/v1/kcv";
+/// HKDF-Expand info of K_link, the key of the audit trail's person links.
+pub const INFO_LINK: &[u8] = b"fugo/v1/audit/link";
+/// HKDF-Expand info of the seed of the audit log's Ed25519 signing key.
+pub const INFO_LOG_SIGNING: &[u8] = b"fugo/v1/audit/log-signing";
 
 /// Fingerprint of the public demo key `00 01 02 … 1f` (keys-example/).
 pub const DEMO_FINGERPRINT: &str = "34391a36deac07213d13a6753154bf16";
@@ -213,6 +219,18 @@ impl KeyHierarchy {
         ])
     }
 
+    /// K_link: the key of the audit trail's person links (handles encrypted
+    /// once more, so the log never holds a handle).
+    pub fn link_key(&self) -> LinkKey {
+        LinkKey(self.aes_key(&[INFO_LINK]))
+    }
+
+    /// The 32-byte seed of the audit log's Ed25519 signing key: the log's
+    /// key is as safe as the master key and needs no file of its own.
+    pub fn log_signing_seed(&self) -> Zeroizing<[u8; KEY_LEN]> {
+        self.expand_key(&[INFO_LOG_SIGNING])
+    }
+
     fn aes_key(&self, info: &[&[u8]]) -> Aes256 {
         Aes256::new((&*self.expand_key(info)).into())
     }
@@ -265,6 +283,30 @@ impl AgencyKey {
     pub fn decrypt_blocks(&self, blocks: &mut [[u8; 16]]) {
         self.0
             .decrypt_blocks(Block::cast_slice_from_core_mut(blocks));
+    }
+}
+
+/// The AES-256 key schedule of K_link. It turns handles into person links
+/// and back.
+pub struct LinkKey(Aes256);
+
+impl LinkKey {
+    /// Encrypts handles h into person links, in place.
+    pub fn encrypt_blocks(&self, blocks: &mut [[u8; 16]]) {
+        self.0
+            .encrypt_blocks(Block::cast_slice_from_core_mut(blocks));
+    }
+
+    /// Decrypts person links back into (unchecked) handles, in place.
+    pub fn decrypt_blocks(&self, blocks: &mut [[u8; 16]]) {
+        self.0
+            .decrypt_blocks(Block::cast_slice_from_core_mut(blocks));
+    }
+}
+
+impl fmt::Debug for LinkKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("LinkKey([REDACTED])")
     }
 }
 
@@ -332,6 +374,7 @@ mod tests {
             format!("{keys:?}"),
             format!("{:?}", keys.person_key()),
             format!("{:?}", keys.agency_key(&agency, epoch)),
+            format!("{:?}", keys.link_key()),
         ] {
             assert!(text.contains("[REDACTED]"), "{text}");
             assert!(!text.contains("0001020304"), "{text}");

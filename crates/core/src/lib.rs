@@ -56,6 +56,7 @@ pub mod code_text;
 pub mod exchange;
 pub mod hex;
 pub mod keys;
+pub mod link;
 pub mod mynumber;
 pub mod policy;
 pub mod token;

@@ -1,7 +1,7 @@
 //! Derive: My Numbers → the caller's own codes (needs the `derive`
 //! capability).
 
-use super::{BatchError, Exchange, ItemError, ItemFailure, Results, check_size};
+use super::{BatchError, Done, Exchange, ItemError, ItemFailure, check_size};
 use crate::agency::AgencyId;
 use crate::batch::BatchDeriver;
 use crate::mynumber::ParseError;
@@ -14,24 +14,32 @@ impl Exchange {
         policy: &Policy,
         caller: &AgencyId,
         numbers: &[&[u8]],
-    ) -> Result<Results<String>, BatchError> {
+    ) -> Result<Done<String>, BatchError> {
         check_size(numbers.len())?;
         let agency = policy.require(caller, Capability::Derive)?;
         let coder = self.coder(caller, agency.epoch);
-        let mut results = Vec::with_capacity(numbers.len());
-        BatchDeriver::new(&coder).derive(
+        let mut done = Done::with_capacity(numbers.len());
+        BatchDeriver::new(&coder).derive_linked(
+            &self.linker,
             numbers.iter().map(|n| Ok::<_, ParseError>(*n)),
             |result| {
-                let index = results.len();
-                results.push(match result {
-                    Ok(text) => Ok(String::from_utf8_lossy(text).into_owned()),
-                    Err(error) => Err(ItemFailure {
-                        index,
-                        error: ItemError::Number(error),
-                    }),
-                });
+                let index = done.results.len();
+                let (result, person) = match result {
+                    Ok((text, link)) => {
+                        (Ok(String::from_utf8_lossy(text).into_owned()), Some(link))
+                    }
+                    Err(error) => (
+                        Err(ItemFailure {
+                            index,
+                            error: ItemError::Number(error),
+                        }),
+                        None,
+                    ),
+                };
+                done.results.push(result);
+                done.people.push(person);
             },
         );
-        Ok(results)
+        Ok(done)
     }
 }

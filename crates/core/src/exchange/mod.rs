@@ -35,10 +35,11 @@ use std::sync::{Arc, PoisonError, RwLock};
 use crate::agency::{AgencyId, Epoch};
 use crate::code::{AgencyCode, Coder, PersonHandle};
 use crate::keys::KeyHierarchy;
-use crate::policy::Agency;
+use crate::link::{Linker, PersonLink};
+use crate::policy::{Agency, Policy};
 use crate::token::{SealKey, Window};
 
-pub use outcome::{BatchError, ItemError, ItemFailure, RandomFailed, Results};
+pub use outcome::{BatchError, Done, ItemError, ItemFailure, RandomFailed, Results};
 pub use redeem::Redeemed;
 pub use seal::{SealContext, Sealed};
 
@@ -57,6 +58,7 @@ pub struct Exchange {
     keys: KeyHierarchy,
     coders: Cache<(AgencyId, Epoch), Coder>,
     seal_keys: Cache<(AgencyId, Window), SealKey>,
+    linker: Linker,
     random: Box<dyn RandomSource>,
 }
 
@@ -64,11 +66,43 @@ impl Exchange {
     /// An exchange over `keys`, sealing with randomness from `random`.
     pub fn new(keys: KeyHierarchy, random: Box<dyn RandomSource>) -> Self {
         Exchange {
-            keys,
             coders: Cache::default(),
             seal_keys: Cache::default(),
+            linker: Linker::new(&keys),
+            keys,
             random,
         }
+    }
+
+    /// The link of the person behind one of the caller's own codes (of an
+    /// accepted epoch): how the citizen portal names the person whose
+    /// records it asks for.
+    pub fn link_of_own_code(
+        &self,
+        policy: &Policy,
+        caller: &AgencyId,
+        code: &[u8],
+    ) -> Result<PersonLink, ItemError> {
+        let agency = policy.agency(caller).map_err(|_| ItemError::UnknownCode)?;
+        let handle = OwnCodes::new(self, agency).open(code)?;
+        Ok(self.linker.link(&handle))
+    }
+
+    /// `agency`'s code in `epoch` for the person behind `link`, or
+    /// [`ItemError::UnknownCode`] if the link is not one of this key's: how
+    /// a reader of the audit trail sees people, in its own codes only.
+    pub fn code_for_link(
+        &self,
+        agency: &AgencyId,
+        epoch: Epoch,
+        link: &PersonLink,
+    ) -> Result<AgencyCode, ItemError> {
+        let coder = self.coder(agency, epoch);
+        let handle = self.linker.handle(link);
+        coder
+            .check_handle(&handle)
+            .map_err(|_| ItemError::UnknownCode)?;
+        Ok(coder.code_of(&handle))
     }
 
     fn coder(&self, agency: &AgencyId, epoch: Epoch) -> Arc<Coder> {
@@ -172,14 +206,20 @@ fn check_size(items: usize) -> Result<(), BatchError> {
     }
 }
 
-/// Runs `each` over the items, numbering failures by their index.
+/// Runs `each` over the items, numbering failures by their index. `each`
+/// reports the person it opened (if it got that far) through its second
+/// argument, success or not, for the audit trail.
 fn per_item<I, T>(
     items: impl IntoIterator<Item = I>,
-    mut each: impl FnMut(I) -> Result<T, ItemError>,
-) -> Results<T> {
-    items
-        .into_iter()
-        .enumerate()
-        .map(|(index, item)| each(item).map_err(|error| ItemFailure { index, error }))
-        .collect()
+    mut each: impl FnMut(I, &mut Option<PersonLink>) -> Result<T, ItemError>,
+) -> Done<T> {
+    let items = items.into_iter();
+    let mut done = Done::with_capacity(items.size_hint().0);
+    for (index, item) in items.enumerate() {
+        let mut person = None;
+        let result = each(item, &mut person).map_err(|error| ItemFailure { index, error });
+        done.results.push(result);
+        done.people.push(person);
+    }
+    done
 }

@@ -7,12 +7,52 @@ use thiserror::Error;
 
 use crate::agency::{Epoch, ItemId};
 use crate::code_text::CodeTextError;
+use crate::link::PersonLink;
 use crate::mynumber::ParseError;
 use crate::policy::Denied;
 use crate::token::TokenError;
 
 /// One result per item, in input order.
 pub type Results<T> = Vec<Result<T, ItemFailure>>;
+
+/// A batch's results and, per item, the person it opened (if any): for
+/// the audit trail, which records one entry per person, refusals that
+/// opened a person (an expired token, a withdrawn rule) included.
+/// Derefs to the results.
+#[derive(Debug)]
+pub struct Done<T> {
+    /// One result per item, in input order.
+    pub results: Results<T>,
+    /// Per item, in input order: the person's link, `None` when the item
+    /// opened no person (a malformed value, an unknown code).
+    pub people: Vec<Option<PersonLink>>,
+}
+
+impl<T> Done<T> {
+    pub(super) fn with_capacity(items: usize) -> Self {
+        Done {
+            results: Vec::with_capacity(items),
+            people: Vec::with_capacity(items),
+        }
+    }
+}
+
+impl<T> std::ops::Deref for Done<T> {
+    type Target = Results<T>;
+
+    fn deref(&self) -> &Results<T> {
+        &self.results
+    }
+}
+
+impl<T> IntoIterator for Done<T> {
+    type Item = Result<T, ItemFailure>;
+    type IntoIter = std::vec::IntoIter<Result<T, ItemFailure>>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.results.into_iter()
+    }
+}
 
 /// Why one item of a batch has no result.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]

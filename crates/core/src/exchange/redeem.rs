@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use super::{BatchError, Exchange, ItemError, Results, check_size, per_item};
+use super::{BatchError, Done, Exchange, ItemError, check_size, per_item};
 use crate::agency::AgencyId;
 use crate::code::AgencyCode;
 use crate::policy::Policy;
@@ -36,7 +36,7 @@ impl Exchange {
         caller: &AgencyId,
         tokens: &[&[u8]],
         now: u64,
-    ) -> Result<Results<Redeemed>, BatchError> {
+    ) -> Result<Done<Redeemed>, BatchError> {
         check_size(tokens.len())?;
         let agency = policy.agency(caller)?;
         let coder = self.coder(caller, agency.epoch);
@@ -45,7 +45,7 @@ impl Exchange {
         let current = Window::containing(now);
         let mut last_key: Option<Arc<SealKey>> = None;
         let mut last_context: Option<(SharedClaims, Verdict)> = None;
-        Ok(per_item(tokens, |bytes| {
+        Ok(per_item(tokens, |bytes, person| {
             let (window, addressee) = token::peek(bytes)?;
             if addressee != caller.as_str().as_bytes() {
                 return Err(TokenError::WrongAddressee.into());
@@ -62,6 +62,9 @@ impl Exchange {
                 }
             };
             let opened = key.open_parts(bytes)?;
+            // From here on the token is authentic: its person is known, so
+            // a refusal (withdrawn rule, expired) is recorded for them.
+            *person = Some(self.linker.link(&opened.handle));
             let verdict = match &last_context {
                 Some((shared, verdict)) if *shared == opened.shared => verdict.clone(),
                 _ => {

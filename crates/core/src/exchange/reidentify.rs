@@ -3,7 +3,7 @@
 
 use zeroize::Zeroizing;
 
-use super::{BatchError, Exchange, ItemError, OwnCodes, Results, check_size, per_item};
+use super::{BatchError, Done, Exchange, ItemError, OwnCodes, check_size, per_item};
 use crate::agency::AgencyId;
 use crate::policy::{Capability, Policy};
 
@@ -15,12 +15,14 @@ impl Exchange {
         policy: &Policy,
         caller: &AgencyId,
         codes: &[&[u8]],
-    ) -> Result<Results<Zeroizing<String>>, BatchError> {
+    ) -> Result<Done<Zeroizing<String>>, BatchError> {
         check_size(codes.len())?;
         let agency = policy.require(caller, Capability::Reidentify)?;
         let mut own = OwnCodes::new(self, agency);
-        Ok(per_item(codes, |text| {
+        Ok(per_item(codes, |text, person| {
             let (code, coder) = own.read(text)?;
+            let handle = coder.open(&code).map_err(|_| ItemError::UnknownCode)?;
+            *person = Some(self.linker.link(&handle));
             let number = coder
                 .reidentify(&code)
                 .map_err(|_| ItemError::UnknownCode)?;

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeSet;
 
-use super::{BatchError, Exchange, OwnCodes, Results, check_size, per_item};
+use super::{BatchError, Done, Exchange, OwnCodes, check_size, per_item};
 use crate::agency::{AffairId, AgencyId, ItemId};
 use crate::policy::Policy;
 use crate::token::{NONCE_LEN, SealedToken, Serial, SharedClaims, Window};
@@ -80,7 +80,7 @@ impl Exchange {
         context: &SealContext,
         codes: &[&[u8]],
         now: u64,
-    ) -> Result<Results<Sealed>, BatchError> {
+    ) -> Result<Done<Sealed>, BatchError> {
         check_size(codes.len())?;
         let agency = policy.agency(caller)?;
         policy.agency(&context.provider)?;
@@ -110,9 +110,10 @@ impl Exchange {
         // Every item has its share, sealed or not, so an item's serial and
         // nonce depend only on its position in the batch.
         let shares = codes.iter().zip(random.chunks_exact(FRESH));
-        Ok(per_item(shares, |(text, share)| {
+        Ok(per_item(shares, |(text, share), person| {
             let (serial, nonce) = split_share(share);
             let handle = own.open(text)?;
+            *person = Some(self.linker.link(&handle));
             let token = key.seal_person(&handle, serial, &shared, nonce)?;
             Ok(Sealed {
                 token,
