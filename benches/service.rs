@@ -497,6 +497,7 @@ fn main() {
             server_cert: dir.path().join("server.pem"),
             server_key: dir.path().join("server.key"),
             limits: service::Limits::default(),
+            audit: service::AuditConfig::default(),
         };
         let limits = config.limits.clone();
         let fugo = service::start(config, &mut std::io::sink()).await.unwrap();

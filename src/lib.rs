@@ -43,6 +43,7 @@
 use fugo_core::hex;
 pub use fugo_core::{agency, batch, code, code_text, exchange, keys, link, mynumber, token};
 
+pub mod audit;
 pub mod bulk;
 pub mod certs;
 pub mod client;

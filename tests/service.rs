@@ -122,6 +122,7 @@ impl Harness {
             server_cert: dir.path().join("server.pem"),
             server_key: dir.path().join("server.key"),
             limits: service::Limits::default(),
+            audit: service::AuditConfig::default(),
         };
         let running = service::start(config, &mut std::io::sink()).await.unwrap();
         Harness {

@@ -51,6 +51,7 @@ async fn start(dir: &std::path::Path) -> (Running, DevCa) {
         server_cert: dir.join("server.pem"),
         server_key: dir.join("server.key"),
         limits: service::Limits::default(),
+        audit: service::AuditConfig::default(),
     };
     let running = service::start(config, &mut std::io::sink()).await.unwrap();
     (running, ca)

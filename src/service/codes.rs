@@ -22,10 +22,14 @@ use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::edge::Peer;
+use crate::audit::Recorder;
+use crate::audit::entries::{BatchFacts, Collector, outcome_of};
+use fugo_log::record::{Entry, Operation, Outcome, PersonLink};
+use fugo_log::store::{Append, Appended};
 use super::identity::PeerCertificate;
 use super::status;
 use crate::agency::{AffairId, AgencyId, ItemId};
-use crate::exchange::{Exchange, SealContext};
+use crate::exchange::{Done, Exchange, SealContext};
 use crate::policy::Policy;
 use crate::proto::fugo::v1::codes_server::Codes;
 use crate::proto::fugo::v1::{
@@ -38,6 +42,8 @@ use crate::proto::fugo::v1::{
 pub(crate) struct State {
     pub(crate) exchange: Exchange,
     pub(crate) policy: RwLock<Arc<Policy>>,
+    /// Where every batch is recorded before its response leaves.
+    pub(crate) recorder: Arc<Recorder>,
 }
 
 impl State {
@@ -55,6 +61,12 @@ const REQUEST_ID: &str = "x-request-id";
 #[derive(Clone)]
 pub(crate) struct RequestId(Arc<str>);
 
+impl std::fmt::Debug for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 impl RequestId {
     /// 16 random hex digits.
     fn new() -> Self {
@@ -66,7 +78,7 @@ impl RequestId {
         RequestId(crate::hex::encode(&bytes).into())
     }
 
-    fn of<T>(request: &Request<T>) -> Self {
+    pub(crate) fn of<T>(request: &Request<T>) -> Self {
         request
             .extensions()
             .get::<RequestId>()
@@ -74,17 +86,17 @@ impl RequestId {
             .unwrap_or_else(RequestId::new)
     }
 
-    fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         &self.0
     }
 
-    fn tag(&self, metadata: &mut tonic::metadata::MetadataMap) {
+    pub(crate) fn tag(&self, metadata: &mut tonic::metadata::MetadataMap) {
         if let Ok(value) = MetadataValue::try_from(self.as_str()) {
             metadata.insert(REQUEST_ID, value);
         }
     }
 
-    fn tag_status(&self, mut status: Status) -> Status {
+    pub(crate) fn tag_status(&self, mut status: Status) -> Status {
         self.tag(status.metadata_mut());
         status
     }
@@ -103,6 +115,28 @@ fn certificate<T>(request: &Request<T>) -> Result<Arc<PeerCertificate>, Status> 
         .get::<Peer>()
         .map(|peer| Arc::clone(&peer.certificate))
         .ok_or_else(|| status::unauthenticated("no client certificate"))
+}
+
+/// The metadata key of the latest signed checkpoint, on every response.
+pub const CHECKPOINT: &str = "x-fugo-checkpoint";
+
+/// Names the latest signed checkpoint (base64 of the signed note) in a
+/// response's metadata, so a client can keep the newest it has seen and
+/// check the log's consistency from it on its next call.
+pub(crate) fn tag_checkpoint(state: &State, metadata: &mut tonic::metadata::MetadataMap) {
+    use base64::Engine;
+    if let Some(note) = state.recorder.checkpoint()
+        && let Ok(value) = MetadataValue::try_from(
+            base64::engine::general_purpose::STANDARD.encode(note.as_bytes()),
+        )
+    {
+        metadata.insert(CHECKPOINT, value);
+    }
+}
+
+/// The agency of a call's client certificate under `policy`.
+pub(crate) fn caller_of<T>(request: &Request<T>, policy: &Policy) -> Result<AgencyId, Status> {
+    certificate(request)?.caller(policy)
 }
 
 /// Runs before a call's body is read (a tonic interceptor): gives the call
@@ -144,7 +178,29 @@ impl CodesService {
 /// Batches of one stream processed at once.
 const IN_FLIGHT: usize = 4;
 
-type Handler<Req, Resp> = fn(&State, &Policy, &AgencyId, Req) -> Result<Resp, Status>;
+type Handler<Req, Resp> =
+    fn(&State, &Policy, &AgencyId, &BatchFacts<'_>, Req) -> Result<Pending<Resp>, Status>;
+
+/// Finishes a response once its records are committed (a redeem marks the
+/// tokens redeemed before as repeats).
+type Finish<Resp> = Box<dyn FnOnce(&State, &mut Resp, &Appended) + Send>;
+
+/// A batch's response, held back until its records are committed.
+struct Pending<Resp> {
+    response: Resp,
+    append: Append,
+    finish: Option<Finish<Resp>>,
+}
+
+impl<Resp> Pending<Resp> {
+    fn new(response: Resp, append: Append) -> Self {
+        Pending {
+            response,
+            append,
+            finish: None,
+        }
+    }
+}
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 fn now() -> u64 {
@@ -259,12 +315,49 @@ async fn run_batch<Req: Items + Send + 'static, Resp: Tally + Send + 'static>(
         }
     };
     let agency = caller.clone();
-    let outcome = if request.items() <= IN_PLACE {
-        handler(&state, &policy, &caller, request)
+    let items = request.items();
+    let batch_id = match batch.index {
+        Some(index) => format!("{}/{index}", batch.id.as_str()),
+        None => batch.id.as_str().to_owned(),
+    };
+    let worker_state = Arc::clone(&state);
+    let worker_policy = Arc::clone(&policy);
+    let work = move || {
+        let facts = BatchFacts {
+            time_ms: now_millis(),
+            caller: caller.as_str(),
+            batch_id,
+            policy: &worker_policy,
+        };
+        match handler(&worker_state, &worker_policy, &caller, &facts, request) {
+            Ok(pending) => Ok(pending),
+            // A refused batch opened no one: one tally for its items.
+            Err(status) => Err((refusal(&facts, &status, items), status)),
+        }
+    };
+    let outcome = if items <= IN_PLACE {
+        work()
     } else {
-        tokio::task::spawn_blocking(move || handler(&state, &policy, &caller, request))
+        tokio::task::spawn_blocking(work)
             .await
-            .unwrap_or_else(|_| Err(Status::internal("a worker failed")))
+            .unwrap_or_else(|_| Err((Append::default(), Status::internal("a worker failed"))))
+    };
+    // Nothing leaves before its records are committed (fail closed).
+    let outcome = match outcome {
+        Ok(pending) => match state.recorder.record(pending.append).await {
+            Ok(appended) => {
+                let mut response = pending.response;
+                if let Some(finish) = pending.finish {
+                    finish(&state, &mut response, &appended);
+                }
+                Ok(response)
+            }
+            Err(error) => Err(status::audit(&error)),
+        },
+        Err((append, status)) => match state.recorder.record(append).await {
+            Ok(_) => Err(status),
+            Err(error) => Err(status::audit(&error)),
+        },
     };
     let micros = started.elapsed().as_micros() as u64;
     match &outcome {
@@ -296,6 +389,30 @@ async fn run_batch<Req: Items + Send + 'static, Resp: Tally + Send + 'static>(
     outcome.map_err(|status| batch.id.tag_status(status))
 }
 
+/// The record of a refused batch: a tally of its items under the reason
+/// (rule-level text, never a value), cut to a bounded length.
+fn refusal(facts: &BatchFacts<'_>, status: &Status, items: usize) -> Append {
+    let mut reason = format!("refused: {}", status.message());
+    if reason.len() > 160 {
+        let mut cut = 160;
+        while !reason.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        reason.truncate(cut);
+    }
+    Append {
+        refusals: vec![facts.tally(&reason, items.max(1) as u64)],
+        now_ms: facts.time_ms,
+        ..Append::default()
+    }
+}
+
+fn now_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as u64)
+}
+
 impl CodesService {
     async fn unary<Req: Items + Send + 'static, Resp: Tally + Send + 'static>(
         &self,
@@ -321,6 +438,7 @@ impl CodesService {
             .await?,
         );
         id.tag(response.metadata_mut());
+        tag_checkpoint(&self.state, response.metadata_mut());
         Ok(response)
     }
 
@@ -380,6 +498,7 @@ impl CodesService {
         let mut response: Response<BoxStream<Resp>> =
             Response::new(Box::pin(ReceiverStream::new(receiver)));
         id.tag(response.metadata_mut());
+        tag_checkpoint(&self.state, response.metadata_mut());
         Ok(response)
     }
 }
@@ -396,13 +515,20 @@ fn derive(
     state: &State,
     policy: &Policy,
     caller: &AgencyId,
+    facts: &BatchFacts<'_>,
     request: DeriveRequest,
-) -> Result<DeriveResponse, Status> {
+) -> Result<Pending<DeriveResponse>, Status> {
     let numbers: Vec<&[u8]> = request.numbers.iter().map(String::as_bytes).collect();
-    let results = state
+    let done = state
         .exchange
         .derive(policy, caller, &numbers)
-        .map_err(status::batch)?
+        .map_err(status::batch)?;
+    let epoch = policy.agency(caller).map_or(0, |agency| agency.epoch.get());
+    let mut collector = Collector::new();
+    let group = collector.group(facts.header(Operation::Derive));
+    collector.items(group, &done, |_| (None, epoch));
+    let append = collector.finish(facts);
+    let results = done
         .into_iter()
         .map(|result| DeriveResult {
             result: Some(match result {
@@ -411,18 +537,22 @@ fn derive(
             }),
         })
         .collect();
-    Ok(DeriveResponse {
-        results,
-        policy_version: policy.version().to_string(),
-    })
+    Ok(Pending::new(
+        DeriveResponse {
+            results,
+            policy_version: policy.version().to_string(),
+        },
+        append,
+    ))
 }
 
 fn seal(
     state: &State,
     policy: &Policy,
     caller: &AgencyId,
+    facts: &BatchFacts<'_>,
     request: SealRequest,
-) -> Result<SealResponse, Status> {
+) -> Result<Pending<SealResponse>, Status> {
     let context = SealContext {
         provider: parse_field("provider", &request.provider, AgencyId::new)?,
         affair: parse_field("affair", &request.affair, AffairId::new)?,
@@ -439,10 +569,20 @@ fn seal(
         },
     };
     let codes: Vec<&[u8]> = request.codes.iter().map(String::as_bytes).collect();
-    let results = state
+    let done = state
         .exchange
         .seal(policy, caller, &context, &codes, now())
-        .map_err(status::batch)?
+        .map_err(status::batch)?;
+    let mut collector = Collector::new();
+    let mut header = facts.header(Operation::Seal);
+    header.counterpart = context.provider.to_string();
+    header.affair = context.affair.to_string();
+    header.items = context.items.iter().map(ToString::to_string).collect();
+    header.non_disclosure_until = context.non_disclosure_until.unwrap_or(0);
+    let group = collector.group(header);
+    collector.items(group, &done, |sealed| (Some(*sealed.serial.as_bytes()), 0));
+    let append = collector.finish(facts);
+    let results = done
         .into_iter()
         .map(|result| SealResult {
             result: Some(match result {
@@ -455,78 +595,186 @@ fn seal(
             }),
         })
         .collect();
-    Ok(SealResponse {
-        results,
-        policy_version: policy.version().to_string(),
-    })
+    Ok(Pending::new(
+        SealResponse {
+            results,
+            policy_version: policy.version().to_string(),
+        },
+        append,
+    ))
 }
 
 fn redeem(
     state: &State,
     policy: &Policy,
     caller: &AgencyId,
+    facts: &BatchFacts<'_>,
     request: RedeemRequest,
-) -> Result<RedeemResponse, Status> {
+) -> Result<Pending<RedeemResponse>, Status> {
     let tokens: Vec<&[u8]> = request.tokens.iter().map(Vec::as_slice).collect();
-    let redeemed = state
+    let done = state
         .exchange
         .redeem(policy, caller, &tokens, now())
         .map_err(status::batch)?;
-    // Each distinct context goes into the response once; the exchange hands
-    // the tokens of one seal the same shared context.
+    let epoch = policy.agency(caller).map_or(0, |agency| agency.epoch.get());
+    // Each distinct context goes into the response once (the exchange hands
+    // the tokens of one seal the same shared context) and is one group of
+    // records; refusals after opening a token share one group without it.
     let mut contexts: Vec<Arc<crate::token::RequestContext>> = Vec::new();
-    let mut context_index = |context: &Arc<crate::token::RequestContext>| -> u32 {
-        let found = contexts
-            .iter()
-            .rposition(|known| Arc::ptr_eq(known, context) || **known == **context);
-        let index = found.unwrap_or_else(|| {
-            contexts.push(Arc::clone(context));
-            contexts.len() - 1
-        });
-        u32::try_from(index).unwrap_or(u32::MAX)
-    };
-    let results = redeemed
-        .into_iter()
-        .map(|result| RedeemResult {
+    let mut collector = Collector::new();
+    let mut groups: Vec<usize> = Vec::new();
+    let mut refused_group: Option<usize> = None;
+    // (group, entry within it, item, person) of every redeemed token.
+    let mut positions: Vec<(usize, usize, usize, PersonLink)> = Vec::new();
+    let mut entries_in: Vec<usize> = Vec::new();
+    let mut results = Vec::with_capacity(done.results.len());
+    let Done { results: outcomes, people } = done;
+    for (item, (result, person)) in outcomes.into_iter().zip(people).enumerate() {
+        let person = person.map(|link| PersonLink(link.to_bytes()));
+        results.push(RedeemResult {
             result: Some(match result {
-                Ok(redeemed) => redeem_result::Result::Redeemed(Redeemed {
-                    code: String::from_utf8_lossy(&redeemed.code.to_text()).into_owned(),
-                    serial: redeemed.serial.as_bytes().to_vec(),
-                    context: context_index(&redeemed.context),
-                }),
-                Err(failure) => redeem_result::Result::Error(status::item(failure)),
+                Ok(redeemed) => {
+                    let found = contexts.iter().rposition(|known| {
+                        Arc::ptr_eq(known, &redeemed.context) || **known == *redeemed.context
+                    });
+                    let index = match found {
+                        Some(index) => index,
+                        None => {
+                            let context = &redeemed.context;
+                            let mut header = facts.header(Operation::Redeem);
+                            header.counterpart = context.requester.to_string();
+                            header.affair = context.affair.to_string();
+                            header.items = context.items.iter().map(ToString::to_string).collect();
+                            header.non_disclosure_until = context.non_disclosure_until.unwrap_or(0);
+                            groups.push(collector.group(header));
+                            entries_in.push(0);
+                            contexts.push(Arc::clone(context));
+                            contexts.len() - 1
+                        }
+                    };
+                    if let Some(link) = person {
+                        collector.entry(
+                            groups[index],
+                            Entry {
+                                outcome: Outcome::Done,
+                                epoch,
+                                serial: Some(*redeemed.serial.as_bytes()),
+                                person: Some(link),
+                            },
+                        );
+                        positions.push((groups[index], entries_in[index], item, link));
+                        entries_in[index] += 1;
+                    }
+                    redeem_result::Result::Redeemed(Redeemed {
+                        code: String::from_utf8_lossy(&redeemed.code.to_text()).into_owned(),
+                        serial: redeemed.serial.as_bytes().to_vec(),
+                        context: u32::try_from(index).unwrap_or(u32::MAX),
+                        repeat: false,
+                    })
+                }
+                Err(failure) => {
+                    let outcome = outcome_of(&failure.error);
+                    match person {
+                        Some(link) => {
+                            let group = *refused_group.get_or_insert_with(|| {
+                                collector.group(facts.header(Operation::Redeem))
+                            });
+                            collector.entry(
+                                group,
+                                Entry {
+                                    outcome,
+                                    epoch: 0,
+                                    serial: None,
+                                    person: Some(link),
+                                },
+                            );
+                        }
+                        None => collector.refused(outcome),
+                    }
+                    redeem_result::Result::Error(status::item(failure))
+                }
             }),
-        })
-        .collect();
-    Ok(RedeemResponse {
-        results,
-        policy_version: policy.version().to_string(),
-        contexts: contexts
-            .iter()
-            .map(|context| RequestContext {
-                requester: context.requester.to_string(),
-                affair: context.affair.to_string(),
-                items: context.items.iter().map(ToString::to_string).collect(),
-                expires_at: i64::try_from(context.expires_at).unwrap_or(i64::MAX),
-                non_disclosure_until: context
-                    .non_disclosure_until
-                    .map_or(0, |until| i64::try_from(until).unwrap_or(i64::MAX)),
-            })
-            .collect(),
+        });
+    }
+    let caller = caller.clone();
+    let finish: Finish<RedeemResponse> = Box::new(move |state, response, appended| {
+        mark_repeats(state, &caller, epoch, &positions, response, appended);
+    });
+    let append = collector.finish(facts);
+    Ok(Pending {
+        response: RedeemResponse {
+            results,
+            policy_version: policy.version().to_string(),
+            contexts: contexts
+                .iter()
+                .map(|context| RequestContext {
+                    requester: context.requester.to_string(),
+                    affair: context.affair.to_string(),
+                    items: context.items.iter().map(ToString::to_string).collect(),
+                    expires_at: i64::try_from(context.expires_at).unwrap_or(i64::MAX),
+                    non_disclosure_until: context
+                        .non_disclosure_until
+                        .map_or(0, |until| i64::try_from(until).unwrap_or(i64::MAX)),
+                })
+                .collect(),
+        },
+        append,
+        finish: Some(finish),
     })
+}
+
+/// Marks the tokens the store found redeemed before as repeats and gives
+/// them the first redemption's answer: the code in the epoch it was made
+/// in then.
+fn mark_repeats(
+    state: &State,
+    caller: &AgencyId,
+    epoch: u32,
+    positions: &[(usize, usize, usize, PersonLink)],
+    response: &mut RedeemResponse,
+    appended: &Appended,
+) {
+    for &(group, entry, item, link) in positions {
+        let Some(first_epoch) = crate::audit::recorder::repeat_of(appended, group, entry) else {
+            continue;
+        };
+        let Some(RedeemResult {
+            result: Some(redeem_result::Result::Redeemed(redeemed)),
+        }) = response.results.get_mut(item)
+        else {
+            continue;
+        };
+        redeemed.repeat = true;
+        if first_epoch != epoch
+            && let Ok(first) = crate::agency::Epoch::new(first_epoch)
+            && let Ok(code) = state.exchange.code_for_link(
+                caller,
+                first,
+                &crate::link::PersonLink::from_bytes(link.0),
+            )
+        {
+            redeemed.code = String::from_utf8_lossy(&code.to_text()).into_owned();
+        }
+    }
 }
 
 fn reidentify(
     state: &State,
     policy: &Policy,
     caller: &AgencyId,
+    facts: &BatchFacts<'_>,
     request: ReidentifyRequest,
-) -> Result<ReidentifyResponse, Status> {
+) -> Result<Pending<ReidentifyResponse>, Status> {
     let codes: Vec<&[u8]> = request.codes.iter().map(String::as_bytes).collect();
-    let results = state
+    let done = state
         .exchange
         .reidentify(policy, caller, &codes)
-        .map_err(status::batch)?
+        .map_err(status::batch)?;
+    let mut collector = Collector::new();
+    let group = collector.group(facts.header(Operation::Reidentify));
+    collector.items(group, &done, |_| (None, 0));
+    let append = collector.finish(facts);
+    let results = done
         .into_iter()
         .map(|result| ReidentifyResult {
             result: Some(match result {
@@ -535,10 +783,13 @@ fn reidentify(
             }),
         })
         .collect();
-    Ok(ReidentifyResponse {
-        results,
-        policy_version: policy.version().to_string(),
-    })
+    Ok(Pending::new(
+        ReidentifyResponse {
+            results,
+            policy_version: policy.version().to_string(),
+        },
+        append,
+    ))
 }
 
 #[tonic::async_trait]

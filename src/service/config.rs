@@ -73,6 +73,76 @@ struct RawConfig {
     tls: Option<RawTls>,
     #[serde(default)]
     limits: super::limits::RawLimits,
+    #[serde(default)]
+    audit: RawAudit,
+}
+
+/// The `[audit]` section: every value has a safe default.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawAudit {
+    retention_days: u64,
+    reserve_megabytes: u64,
+    warn_megabytes: u64,
+    commit_timeout_ms: u64,
+    origin: Option<String>,
+}
+
+impl Default for RawAudit {
+    fn default() -> Self {
+        let defaults = crate::audit::Settings::default();
+        RawAudit {
+            retention_days: defaults.retention.as_secs() / 86_400,
+            reserve_megabytes: defaults.reserve_bytes >> 20,
+            warn_megabytes: defaults.warn_bytes >> 20,
+            commit_timeout_ms: defaults.commit_timeout.as_millis() as u64,
+            origin: None,
+        }
+    }
+}
+
+/// The audit trail's settings, checked.
+#[derive(Debug, Clone, Default)]
+pub struct AuditConfig {
+    /// How the recorder runs.
+    pub settings: crate::audit::Settings,
+    /// The log's name in its checkpoints and key (C2SP origin); `None`:
+    /// `fugo.local/audit/<key fingerprint>`.
+    pub origin: Option<String>,
+}
+
+impl RawAudit {
+    fn check(self) -> Result<AuditConfig, String> {
+        if self.retention_days < 1 {
+            return Err("[audit] retention_days must be at least 1 (default: 7 years)".into());
+        }
+        if self.warn_megabytes < self.reserve_megabytes {
+            return Err("[audit] warn_megabytes must be at least reserve_megabytes".into());
+        }
+        if !(100..=60_000).contains(&self.commit_timeout_ms) {
+            return Err("[audit] commit_timeout_ms must lie between 100 and 60000".into());
+        }
+        if let Some(origin) = &self.origin
+            && (origin.is_empty()
+                || origin.len() > 200
+                || origin.chars().any(|c| c.is_whitespace() || c == '+' || c.is_control()))
+        {
+            return Err(
+                "[audit] origin must be 1 to 200 characters without spaces or '+' (e.g. fugo.example.go.jp/audit)"
+                    .into(),
+            );
+        }
+        Ok(AuditConfig {
+            settings: crate::audit::Settings {
+                retention: Duration::from_secs(self.retention_days.saturating_mul(86_400)),
+                reserve_bytes: self.reserve_megabytes << 20,
+                warn_bytes: self.warn_megabytes << 20,
+                commit_timeout: Duration::from_millis(self.commit_timeout_ms),
+                ..crate::audit::Settings::default()
+            },
+            origin: self.origin,
+        })
+    }
 }
 
 fn default_grace() -> u64 {
@@ -115,6 +185,8 @@ pub struct ServeConfig {
     pub server_key: PathBuf,
     /// Connection, stream, size and time limits (`[limits]`).
     pub limits: super::limits::Limits,
+    /// The audit trail (`[audit]`).
+    pub audit: AuditConfig,
 }
 
 impl ServeConfig {
@@ -168,6 +240,7 @@ impl ServeConfig {
             server_cert,
             server_key,
             limits: super::limits::Limits::check(raw.limits).map_err(invalid)?,
+            audit: raw.audit.check().map_err(invalid)?,
         })
     }
 }

@@ -18,6 +18,7 @@
 //! Logs name the request id, the agency, the operation, counts and timings;
 //! never a number, a code or a token.
 
+mod audit;
 pub mod codec;
 mod codes;
 pub mod config;
@@ -28,6 +29,6 @@ pub mod limits;
 pub mod server;
 mod status;
 
-pub use config::ServeConfig;
+pub use config::{AuditConfig, ServeConfig};
 pub use limits::Limits;
 pub use server::{Reloader, Running, ServeError, start};

@@ -17,7 +17,15 @@ use tokio_rustls::TlsAcceptor;
 use tonic::service::interceptor::InterceptedService;
 use zeroize::Zeroizing;
 
+use super::audit::AuditService;
 use super::codes::{self, CodesService, State};
+use crate::audit::entries::{BatchFacts, policy_digest};
+use crate::audit::{Recorder, RecorderError};
+use crate::proto::fugo::v1::audit_server::AuditServer;
+use fugo_log::checkpoint::LogSigner;
+use fugo_log::record::{Entry, Group, Operation, Outcome};
+use fugo_log::store::Append;
+use std::time::{SystemTime, UNIX_EPOCH};
 use super::config::{ConfigError, ServeConfig};
 use super::edge;
 use super::framing::FramingStatus;
@@ -99,22 +107,96 @@ pub enum ServeError {
     /// The server task ended abnormally.
     #[error("the server task failed")]
     Task,
+    /// The audit trail could not be opened or written.
+    #[error("audit trail: {0}")]
+    Audit(#[from] RecorderError),
+    /// The audit log's signing key could not be made.
+    #[error("audit log signing key: {0}")]
+    LogKey(String),
 }
 
 /// Reads and checks a policy file: a regular file of at most
 /// [`files::MAX_POLICY`] bytes (a named pipe or a device is refused at once,
 /// not waited on).
 pub fn load_policy(path: &Path) -> Result<Policy, ServeError> {
+    load_policy_text(path).map(|(policy, _)| policy)
+}
+
+/// [`load_policy`], also giving the text (the audit trail stores it).
+fn load_policy_text(path: &Path) -> Result<(Policy, String), ServeError> {
     let shown = path.display().to_string();
     let text =
         files::read_text(path, files::MAX_POLICY).map_err(|source| ServeError::PolicyRead {
             path: shown.clone(),
             source,
         })?;
-    crate::policy::parse(&text).map_err(|problems| ServeError::Policy {
+    let policy = crate::policy::parse(&text).map_err(|problems| ServeError::Policy {
         path: shown,
         problems,
-    })
+    })?;
+    Ok((policy, text.to_string()))
+}
+
+/// The log's signing key, from the master key (so it needs no file and is
+/// as safe as the master key), named by the configured origin.
+pub(crate) fn log_signer(
+    origin: Option<&str>,
+    keys: &crate::keys::KeyHierarchy,
+) -> Result<LogSigner, ServeError> {
+    let origin = match origin {
+        Some(origin) => origin.to_owned(),
+        None => format!("fugo.local/audit/{}", keys.fingerprint()),
+    };
+    LogSigner::from_seed(&origin, &keys.log_signing_seed())
+        .map_err(|error| ServeError::LogKey(error.to_string()))
+}
+
+fn open_recorder(
+    config: &ServeConfig,
+    keys: &crate::keys::KeyHierarchy,
+) -> Result<Recorder, ServeError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|error| {
+        ServeError::Audit(RecorderError::Unavailable(format!(
+            "cannot create the data directory {}: {error}",
+            config.data_dir.display()
+        )))
+    })?;
+    let signer = log_signer(config.audit.origin.as_deref(), keys)?;
+    Ok(Recorder::open(
+        &config.data_dir,
+        signer,
+        config.audit.settings.clone(),
+    )?)
+}
+
+/// The record of loading a policy: its text stored once under its
+/// version, and one record saying it came into force.
+fn policy_loaded(policy: &Policy, text: &str) -> Append {
+    let digest = policy_digest(policy);
+    let facts = BatchFacts {
+        time_ms: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_millis() as u64),
+        caller: "fugo",
+        batch_id: String::new(),
+        policy,
+    };
+    let mut header = facts.header(Operation::PolicyLoaded);
+    header.note = format!("policy {} in force", policy.version());
+    Append {
+        groups: vec![Group {
+            header,
+            entries: vec![Entry {
+                outcome: Outcome::Done,
+                epoch: 0,
+                serial: None,
+                person: None,
+            }],
+        }],
+        policies: vec![(digest, text.to_owned())],
+        now_ms: facts.time_ms,
+        ..Append::default()
+    }
 }
 
 fn read_tls(path: &Path, limit: u64) -> Result<files::Contents, ServeError> {
@@ -239,9 +321,12 @@ impl Reloader {
 }
 
 fn reload(state: &State, path: &Path) -> Result<PolicyVersion, ServeError> {
-    match load_policy(path) {
-        Ok(policy) => {
+    match load_policy_text(path) {
+        Ok((policy, text)) => {
             let version = policy.version().clone();
+            // Queued before the swap, so it commits before (or with) the
+            // first call decided under the new policy.
+            state.recorder.record_detached(policy_loaded(&policy, &text));
             *state.policy.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(policy);
             tracing::info!(version = %version, "policy reloaded");
             Ok(version)
@@ -271,13 +356,23 @@ pub async fn start(
     if !config.dev_mode && key_state.readable_by_others {
         return Err(ServeError::KeyFileOpen(shown));
     }
-    let policy = load_policy(&config.policy)?;
+    let (policy, policy_text) = load_policy_text(&config.policy)?;
     let tls = tls_config(&config, &policy)?;
     let version = policy.version().clone();
+    let recorder = open_recorder(&config, &keys)?;
     let state = Arc::new(State {
         exchange: Exchange::new(keys, Box::new(SystemRandomness::new())),
         policy: RwLock::new(Arc::new(policy)),
+        recorder: Arc::new(recorder),
     });
+    // The policy in force is stored and its loading recorded before any
+    // call is decided under it.
+    state
+        .recorder
+        .record(policy_loaded(&state.policy(), &policy_text))
+        .await
+        .map_err(ServeError::Audit)?;
+    let mut recorder_health = state.recorder.health();
 
     let listener = TcpListener::bind(config.listen)
         .await
@@ -292,6 +387,28 @@ pub async fn start(
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<CodesServer<CodesService>>().await;
+    health.set_serving::<AuditServer<AuditService>>().await;
+    // Health follows the audit trail: NOT_SERVING while records cannot be
+    // written (every call then gets UNAVAILABLE), SERVING again once a
+    // commit succeeds.
+    tokio::spawn(async move {
+        while recorder_health.changed().await.is_ok() {
+            let serving = *recorder_health.borrow_and_update();
+            for set in [
+                health.clone(),
+            ] {
+                if serving {
+                    set.set_serving::<CodesServer<CodesService>>().await;
+                    set.set_serving::<AuditServer<AuditService>>().await;
+                    set.set_service_status("", tonic_health::ServingStatus::Serving).await;
+                } else {
+                    set.set_not_serving::<CodesServer<CodesService>>().await;
+                    set.set_not_serving::<AuditServer<AuditService>>().await;
+                    set.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+                }
+            }
+        }
+    });
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
@@ -308,11 +425,17 @@ pub async fn start(
     let codes = InterceptedService::new(codes, move |request| codes::admit(&admit_state, request));
     // Oversized and cut-short requests get the promised codes (`framing`).
     let codes = FramingStatus::new(codes);
+    let audit = AuditServer::new(AuditService::new(Arc::clone(&state)))
+        .max_decoding_message_size(limits.max_message_bytes);
+    let admit_audit = Arc::clone(&state);
+    let audit = InterceptedService::new(audit, move |request| codes::admit(&admit_audit, request));
+    let audit = FramingStatus::new(audit);
     let router = edge::server(limits)
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_v1alpha)
-        .add_service(codes);
+        .add_service(codes)
+        .add_service(audit);
     let incoming = edge::incoming(listener, tls, limits);
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {

@@ -9,6 +9,7 @@
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
+use crate::audit::RecorderError;
 use crate::exchange::{BatchError, ItemError, ItemFailure};
 use crate::policy::Denied;
 use crate::proto::fugo::v1::ItemError as WireItemError;
@@ -32,6 +33,12 @@ pub(crate) fn batch(error: BatchError) -> Status {
         BatchError::Random(_) => Status::internal("the server could not draw random numbers"),
         _ => Status::internal(message),
     }
+}
+
+/// The audit trail could not record the call: UNAVAILABLE, nothing was
+/// returned, the call may be retried (fail closed).
+pub(crate) fn audit(error: &RecorderError) -> Status {
+    Status::unavailable(error.to_string())
 }
 
 /// A malformed request field, with a field violation in the details.
@@ -76,6 +83,24 @@ fn item_code(error: &ItemError) -> RpcCode {
         ItemError::Withdrawn(_) => RpcCode::PermissionDenied,
         _ => RpcCode::Internal,
     }
+}
+
+/// A request about one value (the portal's code in a disclosure) that
+/// failed as an item would: the same code, as the call's status.
+pub(crate) fn single(field: &str, error: &ItemError) -> Status {
+    let message = format!("field {field}: {error}");
+    match item_code(error) {
+        RpcCode::InvalidArgument => bad_field(field, &error.to_string()),
+        RpcCode::NotFound => Status::not_found(message),
+        RpcCode::FailedPrecondition => Status::failed_precondition(message),
+        RpcCode::PermissionDenied => Status::permission_denied(message),
+        _ => Status::internal(message),
+    }
+}
+
+/// A capability or agency refusal of a whole call.
+pub(crate) fn denied(denied: Denied) -> Status {
+    Status::permission_denied(denied.to_string())
 }
 
 /// One item's failure, for the response.

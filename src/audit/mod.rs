@@ -1,0 +1,20 @@
+//! The audit trail (情報提供等記録) as the server and the CLI use it.
+//!
+//! ```text
+//!  service batch ─► entries (one per person, tallies for no-one) ─► Append
+//!                                                                     │
+//!  Recorder: one thread ◄─────────────── record(Append).await ───────┘
+//!    ├─ group commit: every waiting Append, one fsync, then the answers
+//!    ├─ signs a checkpoint ≤ 1 s after the tree grows (C2SP, Ed25519)
+//!    ├─ builds the person index when idle (disclosure trails by ≤ a few s)
+//!    └─ fails closed: a failed write → UNAVAILABLE, health NOT_SERVING,
+//!       the store opened again until a commit succeeds
+//!  fugo-log (crates/log): records, Merkle tree, checkpoints, redb store
+//! ```
+//!
+//! A response leaves the server only after its records are committed.
+
+pub mod entries;
+pub mod recorder;
+
+pub use recorder::{Recorder, RecorderError, STORE_FILE, Settings};

@@ -1,0 +1,545 @@
+//! The recorder: one thread that owns the audit store and commits every
+//! record before its response may leave.
+//!
+//! Callers hand it an [`Append`] and wait. The thread takes every append
+//! waiting at that moment and writes them in one durable commit (group
+//! commit: one fsync for many calls), then answers each caller. Between
+//! commits it signs a checkpoint when the tree has grown (at most a second
+//! after the first unsigned record), builds the person index when idle,
+//! and purges record bodies past the retention period.
+//!
+//! **Fail closed, never hang.** A commit that fails answers its callers
+//! with [`RecorderError::Unavailable`] (their responses are not sent), sets
+//! health to not serving, drops the store and opens it again (redb needs
+//! that after a failed write) until a commit succeeds, which sets health
+//! back to serving. A caller waits at most [`Settings::commit_timeout`].
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, RecvTimeoutError, TrySendError};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use fugo_log::checkpoint::{Checkpoint, LogSigner, LogVerifier};
+use fugo_log::store::{Append, Appended, RedbStore, Store, StoreError};
+use thiserror::Error;
+use tokio::sync::{oneshot, watch};
+
+/// The store's file inside the data directory.
+pub const STORE_FILE: &str = "audit.redb";
+
+/// Why a record could not be written or read.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum RecorderError {
+    /// The store is held by another process (a running server, or a
+    /// `fugo derive` recording into the same data directory).
+    #[error(
+        "the audit store {0} is in use by another fugo process; stop it or use another data directory"
+    )]
+    Locked(String),
+    /// The store could not be opened.
+    #[error("cannot open the audit store {path}: {source}")]
+    Open {
+        /// The store file.
+        path: String,
+        /// Why.
+        #[source]
+        source: StoreError,
+    },
+    /// Records cannot be written now (a failed write, a full disk); the
+    /// request got nothing and may be retried.
+    #[error("the audit trail cannot be written now ({0}); nothing was returned, retry later")]
+    Unavailable(String),
+    /// The recorder has stopped.
+    #[error("the audit trail has stopped")]
+    Stopped,
+}
+
+/// How the recorder runs (the `[audit]` section of fugo.toml).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Record bodies older than this may be purged (leaf hashes stay).
+    pub retention: Duration,
+    /// Refuse to write (fail closed) when less than this much disk space is
+    /// free in the data directory.
+    pub reserve_bytes: u64,
+    /// Warn when less than this much disk space is free.
+    pub warn_bytes: u64,
+    /// Longest a caller waits for its commit before it gets UNAVAILABLE.
+    pub commit_timeout: Duration,
+    /// Longest the newest record waits for a signed checkpoint.
+    pub checkpoint_interval: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            retention: Duration::from_secs(7 * 366 * 86_400),
+            reserve_bytes: 256 << 20,
+            warn_bytes: 2 << 30,
+            commit_timeout: Duration::from_secs(2),
+            checkpoint_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// A read run on the recorder's thread, between commits.
+type ReadJob = Box<dyn FnOnce(Result<&mut RedbStore, RecorderError>) + Send>;
+
+enum Job {
+    Append(Append, oneshot::Sender<Result<Appended, RecorderError>>),
+    Read(ReadJob),
+}
+
+/// What the recorder shares with its callers.
+struct Shared {
+    checkpoint: RwLock<Option<Arc<str>>>,
+    verifier: LogVerifier,
+    health: watch::Sender<bool>,
+}
+
+/// The handle callers use; cheap to share behind an `Arc`.
+pub struct Recorder {
+    jobs: Option<mpsc::SyncSender<Job>>,
+    shared: Arc<Shared>,
+    timeout: Duration,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// Appends waiting at once that one commit takes (the rest wait for the
+/// next): bounds a commit's size and its callers' wait.
+const MAX_APPENDS_PER_COMMIT: usize = 256;
+/// Calls that may wait for the recorder at once; more get UNAVAILABLE.
+const QUEUE: usize = 4096;
+/// How often the thread looks after checkpoints, the index and the store
+/// when no call comes.
+const TICK: Duration = Duration::from_millis(200);
+/// Records the person index takes per step.
+const INDEX_STEP: usize = 200_000;
+
+impl Recorder {
+    /// Opens (or creates) the store in `data_dir` and starts the thread.
+    /// Fails at once if another process holds the store.
+    pub fn open(
+        data_dir: &Path,
+        signer: LogSigner,
+        settings: Settings,
+    ) -> Result<Recorder, RecorderError> {
+        let path = data_dir.join(STORE_FILE);
+        let mut store = open_store(&path)?;
+        let verifier = signer.verifier();
+        let checkpoint = store
+            .set_verifier(&verifier.to_string())
+            .and_then(|()| store.latest_checkpoint())
+            .map_err(|source| RecorderError::Open {
+                path: path.display().to_string(),
+                source,
+            })?;
+        let last_signed = checkpoint.as_ref().map_or(0, |(size, _)| *size);
+        let (health, _) = watch::channel(true);
+        let shared = Arc::new(Shared {
+            checkpoint: RwLock::new(checkpoint.map(|(_, note)| Arc::from(note))),
+            verifier,
+            health,
+        });
+        let (jobs, queue) = mpsc::sync_channel(QUEUE);
+        let timeout = settings.commit_timeout;
+        let mut committer = Committer {
+            path,
+            store: Some(store),
+            signer,
+            shared: Arc::clone(&shared),
+            settings,
+            last_signed,
+            unsigned_since: None,
+            last_open_attempt: Instant::now(),
+            last_purge: None,
+            last_space_check: None,
+        };
+        let thread = std::thread::Builder::new()
+            .name("fugo-audit".into())
+            .spawn(move || committer.run(&queue))
+            .map_err(|error| RecorderError::Unavailable(format!("cannot start: {error}")))?;
+        Ok(Recorder {
+            jobs: Some(jobs),
+            shared,
+            timeout,
+            thread: Some(thread),
+        })
+    }
+
+    /// Writes `append` durably; returns once it is committed (fsync'd).
+    pub async fn record(&self, append: Append) -> Result<Appended, RecorderError> {
+        let (reply, answer) = oneshot::channel();
+        self.submit(Job::Append(append, reply))?;
+        match tokio::time::timeout(self.timeout, answer).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(RecorderError::Stopped),
+            Err(_) => Err(RecorderError::Unavailable(format!(
+                "no commit within {} ms",
+                self.timeout.as_millis()
+            ))),
+        }
+    }
+
+    /// [`record`](Self::record) from a thread outside the async runtime
+    /// (the CLI).
+    pub fn record_blocking(&self, append: Append) -> Result<Appended, RecorderError> {
+        let (reply, answer) = oneshot::channel();
+        self.submit(Job::Append(append, reply))?;
+        answer.blocking_recv().map_err(|_| RecorderError::Stopped)?
+    }
+
+    /// Queues `append` without waiting for it (a policy reload, from a
+    /// thread that must not block); a failure is logged.
+    pub fn record_detached(&self, append: Append) {
+        let (reply, _) = oneshot::channel();
+        if let Err(error) = self.submit(Job::Append(append, reply)) {
+            tracing::error!(error = %error, "a record could not be queued");
+        }
+    }
+
+    /// Runs `read` on the store between commits and returns its answer.
+    pub async fn read<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&mut RedbStore) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, RecorderError> {
+        let (reply, answer) = oneshot::channel();
+        self.submit(Job::Read(Box::new(move |store| {
+            let result = store.and_then(|store| {
+                read(store).map_err(|error| RecorderError::Unavailable(error.to_string()))
+            });
+            let _ = reply.send(result);
+        })))?;
+        match tokio::time::timeout(self.timeout * 5, answer).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(RecorderError::Stopped),
+            Err(_) => Err(RecorderError::Unavailable("the store did not answer".into())),
+        }
+    }
+
+    fn submit(&self, job: Job) -> Result<(), RecorderError> {
+        let jobs = self.jobs.as_ref().ok_or(RecorderError::Stopped)?;
+        jobs.try_send(job).map_err(|error| match error {
+            TrySendError::Full(_) => RecorderError::Unavailable("too many calls waiting".into()),
+            TrySendError::Disconnected(_) => RecorderError::Stopped,
+        })
+    }
+
+    /// The latest signed checkpoint (a C2SP signed note), if any.
+    pub fn checkpoint(&self) -> Option<Arc<str>> {
+        self.shared
+            .checkpoint
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The log's verifier key (its public key, as text).
+    pub fn verifier(&self) -> &LogVerifier {
+        &self.shared.verifier
+    }
+
+    /// Whether records can be written now; changes as writes fail and
+    /// recover (the server's health follows it).
+    pub fn health(&self) -> watch::Receiver<bool> {
+        self.shared.health.subscribe()
+    }
+}
+
+impl Drop for Recorder {
+    /// Lets the thread finish the commits already queued, then waits for it.
+    fn drop(&mut self) {
+        self.jobs = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn open_store(path: &Path) -> Result<RedbStore, RecorderError> {
+    RedbStore::open(path).map_err(|source| match source {
+        StoreError::Locked => RecorderError::Locked(path.display().to_string()),
+        source => RecorderError::Open {
+            path: path.display().to_string(),
+            source,
+        },
+    })
+}
+
+/// Adds `append` to the commit being gathered.
+fn merge(all: &mut Append, append: Append) {
+    all.groups.extend(append.groups);
+    all.refusals.extend(append.refusals);
+    all.policies.extend(append.policies);
+    all.now_ms = all.now_ms.max(append.now_ms);
+}
+
+/// The first redemption's epoch if entry `entry` of group `group` of an
+/// append was a repeat.
+pub fn repeat_of(appended: &Appended, group: usize, entry: usize) -> Option<u32> {
+    appended
+        .groups
+        .get(group)?
+        .repeats
+        .iter()
+        .find(|repeat| repeat.entry == entry)
+        .map(|repeat| repeat.first.epoch)
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as u64)
+}
+
+/// The recorder's thread state.
+struct Committer {
+    path: PathBuf,
+    /// `None` after a failed write, until it is opened again.
+    store: Option<RedbStore>,
+    signer: LogSigner,
+    shared: Arc<Shared>,
+    settings: Settings,
+    last_signed: u64,
+    unsigned_since: Option<Instant>,
+    last_open_attempt: Instant,
+    last_purge: Option<Instant>,
+    last_space_check: Option<(Instant, bool)>,
+}
+
+impl Committer {
+    fn run(&mut self, queue: &mpsc::Receiver<Job>) {
+        loop {
+            let first = match queue.recv_timeout(TICK) {
+                Ok(job) => Some(job),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
+            let idle = first.is_none();
+            let mut jobs: Vec<Job> = first.into_iter().collect();
+            while jobs.len() < MAX_APPENDS_PER_COMMIT {
+                match queue.try_recv() {
+                    Ok(job) => jobs.push(job),
+                    Err(_) => break,
+                }
+            }
+            self.serve(jobs);
+            self.look_after(idle);
+        }
+        // Shutting down: sign what was recorded, so the last records are
+        // covered by a checkpoint.
+        self.sign(true);
+    }
+
+    /// One commit for every append in `jobs`, then the reads.
+    fn serve(&mut self, jobs: Vec<Job>) {
+        let mut appends = Vec::new();
+        let mut reads = Vec::new();
+        for job in jobs {
+            match job {
+                Job::Append(append, reply) => appends.push((append, reply)),
+                Job::Read(read) => reads.push(read),
+            }
+        }
+        if !appends.is_empty() {
+            self.commit(appends);
+        }
+        for read in reads {
+            match self.store() {
+                Ok(store) => read(Ok(store)),
+                Err(error) => read(Err(error)),
+            }
+        }
+    }
+
+    fn commit(&mut self, appends: Vec<(Append, oneshot::Sender<Result<Appended, RecorderError>>)>) {
+        let mut all = Append::default();
+        let mut callers = Vec::with_capacity(appends.len());
+        for (append, reply) in appends {
+            callers.push((append.groups.len(), reply));
+            merge(&mut all, append);
+        }
+        let result = self.space().and_then(|()| {
+            let store = self.store()?;
+            store.append(all).map_err(|error| {
+                tracing::error!(error = %error, "audit commit failed; affected calls get UNAVAILABLE");
+                RecorderError::Unavailable(error.to_string())
+            })
+        });
+        match result {
+            Ok(appended) => {
+                self.set_health(true);
+                if self.unsigned_since.is_none() {
+                    self.unsigned_since = Some(Instant::now());
+                }
+                let mut groups = appended.groups.into_iter();
+                for (count, reply) in callers {
+                    let _ = reply.send(Ok(Appended {
+                        groups: groups.by_ref().take(count).collect(),
+                        ..Appended {
+                            groups: Vec::new(),
+                            tallied: appended.tallied,
+                            size: appended.size,
+                            root: appended.root,
+                        }
+                    }));
+                }
+            }
+            Err(error) => {
+                if matches!(error, RecorderError::Unavailable(_)) {
+                    // redb must be opened again after a failed write.
+                    self.store = None;
+                }
+                self.set_health(false);
+                for (_, reply) in callers {
+                    let _ = reply.send(Err(RecorderError::Unavailable(error.to_string())));
+                }
+            }
+        }
+    }
+
+    /// The open store, opening it again after a failure (at most twice a
+    /// second).
+    fn store(&mut self) -> Result<&mut RedbStore, RecorderError> {
+        if self.store.is_none() {
+            if self.last_open_attempt.elapsed() < Duration::from_millis(500) {
+                return Err(RecorderError::Unavailable("the store is being reopened".into()));
+            }
+            self.last_open_attempt = Instant::now();
+            let store = open_store(&self.path)?;
+            tracing::warn!("audit store reopened after a failure");
+            self.store = Some(store);
+        }
+        self.store
+            .as_mut()
+            .ok_or_else(|| RecorderError::Unavailable("the store is closed".into()))
+    }
+
+    /// Refuses to write below the disk-space reserve; warns below the
+    /// warning level (checked at most once a second).
+    fn space(&mut self) -> Result<(), RecorderError> {
+        if let Some((checked, ok)) = self.last_space_check
+            && checked.elapsed() < Duration::from_secs(1)
+        {
+            return if ok {
+                Ok(())
+            } else {
+                Err(RecorderError::Unavailable("disk space reserve reached".into()))
+            };
+        }
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let ok = match fs4::available_space(dir) {
+            Ok(free) if free < self.settings.reserve_bytes => {
+                tracing::error!(
+                    free_bytes = free,
+                    reserve_bytes = self.settings.reserve_bytes,
+                    "disk space reserve reached: the audit trail refuses writes (fail closed)"
+                );
+                false
+            }
+            Ok(free) => {
+                if free < self.settings.warn_bytes {
+                    tracing::warn!(
+                        free_bytes = free,
+                        reserve_bytes = self.settings.reserve_bytes,
+                        "disk space for the audit trail is running low"
+                    );
+                }
+                true
+            }
+            // Unknown free space is no reason to stop; writes will say.
+            Err(_) => true,
+        };
+        self.last_space_check = Some((Instant::now(), ok));
+        if ok {
+            Ok(())
+        } else {
+            Err(RecorderError::Unavailable("disk space reserve reached".into()))
+        }
+    }
+
+    fn set_health(&self, serving: bool) {
+        self.shared.health.send_if_modified(|now| {
+            let changed = *now != serving;
+            *now = serving;
+            changed
+        });
+    }
+
+    /// Between commits: reopen a failed store, sign, index, purge.
+    fn look_after(&mut self, idle: bool) {
+        if self.store.is_none() && self.store().is_ok() {
+            // Opened again; the next commit decides health.
+        }
+        self.sign(false);
+        if idle && let Ok(store) = self.store() {
+            if let Err(error) = store.index_people(INDEX_STEP) {
+                tracing::warn!(error = %error, "building the person index failed; will retry");
+            }
+        }
+        self.purge();
+    }
+
+    /// Signs a checkpoint of the whole tree if records are unsigned and
+    /// either the interval has passed since the first of them or `now`.
+    fn sign(&mut self, now: bool) {
+        let Some(since) = self.unsigned_since else {
+            return;
+        };
+        if !now && since.elapsed() < self.settings.checkpoint_interval {
+            return;
+        }
+        let name = self.signer.verifier().name().to_owned();
+        let Ok(store) = self.store() else {
+            return;
+        };
+        let size = store.size();
+        if size <= self.last_signed {
+            self.unsigned_since = None;
+            return;
+        }
+        let checkpoint = Checkpoint {
+            origin: name,
+            size,
+            root: store.root(),
+        };
+        let note = self.signer.sign(&checkpoint);
+        match store.add_checkpoint(size, &note) {
+            Ok(()) => {
+                self.last_signed = size;
+                self.unsigned_since = None;
+                *self
+                    .shared
+                    .checkpoint
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner) = Some(Arc::from(note));
+            }
+            Err(error) => {
+                tracing::error!(error = %error, "storing a checkpoint failed; will retry");
+                self.store = None;
+                self.set_health(false);
+            }
+        }
+    }
+
+    /// Once an hour: deletes record bodies past the retention period.
+    fn purge(&mut self) {
+        if self
+            .last_purge
+            .is_some_and(|last| last.elapsed() < Duration::from_secs(3600))
+        {
+            return;
+        }
+        self.last_purge = Some(Instant::now());
+        let cut = now_ms().saturating_sub(self.settings.retention.as_millis() as u64);
+        if let Ok(store) = self.store() {
+            match store.purge_before(cut) {
+                Ok(0) => {}
+                Ok(purged) => tracing::info!(purged, "record bodies past retention purged"),
+                Err(error) => tracing::warn!(error = %error, "purge failed; will retry"),
+            }
+        }
+    }
+}
