@@ -1054,7 +1054,7 @@ fn meta_u64(
 }
 
 fn hashes(bytes: &[u8]) -> Option<Vec<Hash>> {
-    if bytes.len() % 32 != 0 {
+    if !bytes.len().is_multiple_of(32) {
         return None;
     }
     Some(
