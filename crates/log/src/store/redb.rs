@@ -123,6 +123,11 @@ impl RedbStore {
                 }
                 other => backend("open", other),
             })?;
+        Self::from_database(db, path)
+    }
+
+    /// Creates the tables if needed and restores the state from `meta`.
+    fn from_database(db: Database, path: &Path) -> Result<Self, StoreError> {
         let txn = begin_write(&db, "open")?;
         let (size, nodes, indexed, purged) = {
             let mut meta = txn.open_table(META).map_err(|e| backend("open", e))?;
@@ -1090,4 +1095,192 @@ fn decode_redemption(bytes: &[u8]) -> Result<Redemption, StoreError> {
         epoch: u32::from_be_bytes(*epoch),
         caller,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs::OpenOptions;
+    use std::ops::Bound;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use ::redb::StorageBackend;
+    use ::redb::backends::FileBackend;
+
+    use super::*;
+    use crate::record::Header;
+
+    /// A real file whose writes and syncs fail while `fail` is set: the
+    /// disk-full or `prlimit --fsize` case.
+    #[derive(Debug)]
+    struct Failing {
+        file: FileBackend,
+        fail: Arc<AtomicBool>,
+    }
+
+    impl Failing {
+        fn check(&self) -> std::io::Result<()> {
+            if self.fail.load(Ordering::SeqCst) {
+                Err(std::io::Error::other("injected write failure"))
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    impl StorageBackend for Failing {
+        fn len(&self) -> std::io::Result<u64> {
+            self.file.len()
+        }
+        fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+            self.file.read(offset, out)
+        }
+        fn set_len(&self, len: u64) -> std::io::Result<()> {
+            self.check()?;
+            self.file.set_len(len)
+        }
+        fn sync_data(&self) -> std::io::Result<()> {
+            self.check()?;
+            self.file.sync_data()
+        }
+        fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+            self.check()?;
+            self.file.write(offset, data)
+        }
+        fn close(&self) -> std::io::Result<()> {
+            self.file.close()
+        }
+        fn try_lock_range(
+            &self,
+            start: Bound<u64>,
+            end: Bound<u64>,
+        ) -> Result<bool, ::redb::BackendError> {
+            self.file.try_lock_range(start, end)
+        }
+        fn try_lock_shared_range(
+            &self,
+            start: Bound<u64>,
+            end: Bound<u64>,
+        ) -> Result<bool, ::redb::BackendError> {
+            self.file.try_lock_shared_range(start, end)
+        }
+        fn lock_range(
+            &self,
+            start: Bound<u64>,
+            end: Bound<u64>,
+        ) -> Result<(), ::redb::BackendError> {
+            self.file.lock_range(start, end)
+        }
+        fn lock_shared_range(
+            &self,
+            start: Bound<u64>,
+            end: Bound<u64>,
+        ) -> Result<(), ::redb::BackendError> {
+            self.file.lock_shared_range(start, end)
+        }
+        fn unlock_range(
+            &self,
+            start: Bound<u64>,
+            end: Bound<u64>,
+        ) -> Result<(), ::redb::BackendError> {
+            self.file.unlock_range(start, end)
+        }
+        fn query_lock_range(
+            &self,
+            start: Bound<u64>,
+            end: Bound<u64>,
+        ) -> Result<bool, ::redb::BackendError> {
+            self.file.query_lock_range(start, end)
+        }
+    }
+
+    fn open_failing(path: &Path, fail: &Arc<AtomicBool>) -> RedbStore {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .unwrap();
+        let backend = Failing {
+            file: FileBackend::new(file).unwrap(),
+            fail: fail.clone(),
+        };
+        let db = Database::builder().create_with_backend(backend).unwrap();
+        RedbStore::from_database(db, path).unwrap()
+    }
+
+    fn derive(time_ms: u64, people: std::ops::Range<u8>) -> Append {
+        Append {
+            groups: vec![Group {
+                header: Header {
+                    time_ms,
+                    operation: Operation::Derive,
+                    caller: "A".into(),
+                    counterpart: String::new(),
+                    affair: String::new(),
+                    items: Vec::new(),
+                    non_disclosure_until: 0,
+                    policy_version: [0; 32],
+                    batch_id: String::new(),
+                    note: String::new(),
+                    count: 0,
+                },
+                entries: people
+                    .map(|p| Entry {
+                        outcome: Outcome::Done,
+                        epoch: 1,
+                        serial: None,
+                        person: Some(PersonLink([p; 16])),
+                    })
+                    .collect(),
+            }],
+            refusals: Vec::new(),
+            now_ms: time_ms,
+        }
+    }
+
+    #[test]
+    fn a_failed_commit_advances_nothing_and_a_reopen_recovers() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.redb");
+        let fail = Arc::new(AtomicBool::new(false));
+        let mut store = open_failing(&path, &fail);
+        store.append(derive(1, 0..10)).unwrap();
+        let (size, root) = (store.size(), store.root());
+
+        fail.store(true, Ordering::SeqCst);
+        let failed = store.append(derive(2, 10..20));
+        assert!(
+            matches!(failed, Err(StoreError::Io { op: "append", .. })),
+            "{failed:?}"
+        );
+        assert_eq!((store.size(), store.root()), (size, root));
+        // The handle refuses writes until it is reopened, even once the
+        // disk works again; reads still answer.
+        fail.store(false, Ordering::SeqCst);
+        assert!(matches!(
+            store.append(derive(3, 20..30)),
+            Err(StoreError::NeedsReopen { op: "append" })
+        ));
+        assert!(matches!(
+            store.index_people(10),
+            Err(StoreError::NeedsReopen { .. })
+        ));
+        assert_eq!(store.record(9).unwrap().map(|r| r.seq), Some(9));
+        drop(store);
+
+        // Reopened: the failed commit landed wholly or not at all, and the
+        // state in meta matches the tiles.
+        let mut store = RedbStore::open(&path).unwrap();
+        assert!(store.size() == 10 || store.size() == 20, "{}", store.size());
+        let mut frontier = Frontier::new();
+        for seq in 0..store.size() {
+            frontier.append(store.leaf(seq).unwrap(), |_, _, _| {});
+        }
+        assert_eq!(store.root(), frontier.root());
+        let first = store.size();
+        let done = store.append(derive(4, 30..31)).unwrap();
+        assert_eq!(done.groups[0].first_seq, first);
+    }
 }
