@@ -1,0 +1,261 @@
+//! Where the log lives: the [`Store`] trait and its embedded backend.
+//!
+//! The trait is shaped so that a PostgreSQL backend can follow: records are
+//! append-only entries numbered by one sequencer (the single writer), with a
+//! per-person index, a per-agency index, the tree's stored nodes and the
+//! signed checkpoints. [`RedbStore`] is the embedded default.
+//!
+//! A store is used by one thread at a time (`&mut self`); it is [`Send`] so
+//! that thread can be a dedicated one (the server's group-commit thread).
+//!
+//! # Durability and failures
+//!
+//! [`Store::append`] returns only after its one write transaction is on disk
+//! (fsync). When it fails, nothing in memory advances (size, root), but the
+//! records may or may not be on disk. The caller then drops the store and
+//! opens it again (redb refuses further writes after a failed commit);
+//! [`RedbStore::open`] rebuilds size and root from what was committed, so the
+//! caller learns from [`Store::size`] whether the failed commit landed.
+
+mod redb;
+
+use std::path::PathBuf;
+
+use crate::merkle::{Hash, MerkleError};
+use crate::record::{Group, PersonLink, Record};
+
+pub use self::redb::RedbStore;
+
+/// One durable commit's worth of work for [`Store::append`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Append {
+    /// Groups of records, appended in this order after any rolled tallies.
+    pub groups: Vec<Group>,
+    /// Refusals that opened no person, added to the durable tallies.
+    pub refusals: Vec<Refusal>,
+    /// The time of this append (unix milliseconds): tallies of minutes
+    /// before its minute become `Refusals` records in this commit.
+    pub now_ms: u64,
+}
+
+/// A count of refusals that opened no person, for one (agency, reason,
+/// minute).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    /// The agency whose requests were refused.
+    pub agency: String,
+    /// Why (a fixed reason name such as `"unknown_code"`; never a value).
+    pub reason: String,
+    /// The minute, as unix milliseconds / 60 000.
+    pub minute: u64,
+    /// How many items were refused.
+    pub count: u64,
+}
+
+/// What [`Store::append`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Appended {
+    /// One per group of [`Append::groups`], in the same order.
+    pub groups: Vec<AppendedGroup>,
+    /// How many `Refusals` records were made from tallies in this commit
+    /// (they come before the groups).
+    pub tallied: u64,
+    /// The tree size after the commit.
+    pub size: u64,
+    /// The tree root after the commit.
+    pub root: Hash,
+}
+
+/// Where one appended group landed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AppendedGroup {
+    /// The seq of its first record; the others follow contiguously.
+    pub first_seq: u64,
+    /// Its Redeem entries whose serial had been redeemed before: they were
+    /// stored as [`Outcome::Repeat`](crate::record::Outcome::Repeat) with the
+    /// first redemption's epoch.
+    pub repeats: Vec<Repeat>,
+}
+
+/// A redeem of a serial that was already redeemed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Repeat {
+    /// The entry's index in its group.
+    pub entry: usize,
+    /// The first redemption of the serial.
+    pub first: Redemption,
+}
+
+/// The first redemption of a serial.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Redemption {
+    /// Its record.
+    pub seq: u64,
+    /// The epoch of the code it opened.
+    pub epoch: u32,
+    /// The agency that redeemed.
+    pub caller: String,
+}
+
+/// A record as [`Store::records`] yields it for verification and export.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoredRecord {
+    /// The record's body is kept.
+    Body(Record),
+    /// The body was purged after retention; only its leaf hash remains.
+    Purged {
+        /// Its seq.
+        seq: u64,
+        /// Its tree leaf.
+        leaf: Hash,
+    },
+}
+
+impl StoredRecord {
+    /// The record's seq.
+    pub fn seq(&self) -> u64 {
+        match self {
+            StoredRecord::Body(record) => record.seq,
+            StoredRecord::Purged { seq, .. } => *seq,
+        }
+    }
+}
+
+/// Why a store operation failed. Messages name the operation, the record
+/// (seq) or the file, never a person link or a serial.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// Another process (or another handle in this one) has the store open.
+    #[error("the audit store {path} is in use by another process (is the server running?)")]
+    Locked {
+        /// The store file.
+        path: PathBuf,
+    },
+    /// The operating system failed a read or write.
+    #[error("audit store I/O failed during {op}: {source}")]
+    Io {
+        /// What the store was doing.
+        op: &'static str,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// An earlier write failed; the store must be dropped and opened again.
+    #[error("audit store needs reopening after a failed write (during {op})")]
+    NeedsReopen {
+        /// What the store was doing.
+        op: &'static str,
+    },
+    /// A stored value failed to decode or contradicts the rest of the store.
+    #[error("audit store is corrupt: {what} at record {seq}")]
+    Corrupt {
+        /// Which value.
+        what: &'static str,
+        /// The record (or tree size) it concerns.
+        seq: u64,
+    },
+    /// The database file itself is damaged or in a format this code cannot read.
+    #[error("audit store file is damaged or unreadable during {op}: {detail}")]
+    Damaged {
+        /// What the store was doing.
+        op: &'static str,
+        /// The database's description.
+        detail: String,
+    },
+    /// An append was refused before anything was written.
+    #[error("append refused: group {group}{}: {reason}", entry.map(|e| format!(" entry {e}")).unwrap_or_default())]
+    Invalid {
+        /// The group's index in [`Append::groups`].
+        group: usize,
+        /// The entry's index in the group, when one entry is at fault.
+        entry: Option<usize>,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// A seq or size beyond the log.
+    #[error("{what} {value} is beyond the log (size {size})")]
+    OutOfRange {
+        /// Which argument.
+        what: &'static str,
+        /// Its value.
+        value: u64,
+        /// The log's size.
+        size: u64,
+    },
+    /// A proof could not be built from the stored nodes.
+    #[error("proof: {0}")]
+    Proof(#[from] MerkleError),
+}
+
+/// The durable audit log: records, the tree over them, checkpoints and
+/// indexes. See the module doc for failures and reopening.
+pub trait Store: Send {
+    /// Appends the groups in ONE durable commit (fsync before returning) and
+    /// returns, per group, its first seq, and per Redeem entry whether its
+    /// serial was already redeemed (then the entry is stored with
+    /// `Outcome::Repeat` and the first redemption's epoch, which is returned).
+    /// `refusals` are added to durable per (agency, reason, minute) tallies in
+    /// the same commit; tallies of minutes before the append's minute become
+    /// `Refusals` records (one per tally), before the groups, in the same
+    /// commit. On error nothing in memory advances.
+    fn append(&mut self, append: Append) -> Result<Appended, StoreError>;
+    /// The number of records (the tree size).
+    fn size(&self) -> u64;
+    /// The root of the whole tree.
+    fn root(&self) -> Hash;
+    /// The root of the tree of the first `size` records.
+    fn root_at(&mut self, size: u64) -> Result<Hash, StoreError>;
+    /// One record; `None` when purged or beyond the log.
+    fn record(&mut self, seq: u64) -> Result<Option<Record>, StoreError>;
+    /// One record's tree leaf (kept after purging).
+    fn leaf(&mut self, seq: u64) -> Result<Hash, StoreError>;
+    /// Up to `limit` records from `from` on, bodies or (purged) leaf hashes:
+    /// what verify and export read.
+    fn records(&mut self, from: u64, limit: usize) -> Result<Vec<StoredRecord>, StoreError>;
+    /// A person's records, newest first, with seq below `before`, from the
+    /// person index (see [`Store::index_people`]).
+    fn person_records(
+        &mut self,
+        person: &PersonLink,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<Record>, StoreError>;
+    /// The records in which `agency` is the caller or the counterpart,
+    /// oldest first, with seq after `after`.
+    fn agency_records(
+        &mut self,
+        agency: &str,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<Record>, StoreError>;
+    /// The first redemption of `serial`, if it was redeemed.
+    fn redemption(&mut self, serial: &[u8; 16]) -> Result<Option<Redemption>, StoreError>;
+    /// Adds up to `max` records not yet in the person index to it, in sorted
+    /// order, in one commit; returns how far the index reaches
+    /// ([`Store::indexed`]).
+    fn index_people(&mut self, max: usize) -> Result<u64, StoreError>;
+    /// Records below this seq are in the person index.
+    fn indexed(&self) -> u64;
+    /// The RFC 6962 inclusion proof of record `seq` in the tree of `size`.
+    fn inclusion_proof(&mut self, seq: u64, size: u64) -> Result<Vec<Hash>, StoreError>;
+    /// The RFC 6962 consistency proof from tree size `old` to `new`.
+    fn consistency_proof(&mut self, old: u64, new: u64) -> Result<Vec<Hash>, StoreError>;
+    /// Keeps a signed checkpoint note of tree size `size` (durable).
+    fn add_checkpoint(&mut self, size: u64, note: &str) -> Result<(), StoreError>;
+    /// The checkpoint of the largest size.
+    fn latest_checkpoint(&mut self) -> Result<Option<(u64, String)>, StoreError>;
+    /// Every kept checkpoint, by size.
+    fn checkpoints(&mut self) -> Result<Vec<(u64, String)>, StoreError>;
+    /// Keeps the log's public key text (for `fugo audit pubkey`), durably.
+    fn set_verifier(&mut self, verifier_text: &str) -> Result<(), StoreError>;
+    /// The log's public key text, if set.
+    fn verifier(&mut self) -> Result<Option<String>, StoreError>;
+    /// Keeps a policy text under its version; true if it was new.
+    fn put_policy(&mut self, version: &Hash, text: &str) -> Result<bool, StoreError>;
+    /// The policy text of `version`, if kept.
+    fn policy(&mut self, version: &Hash) -> Result<Option<String>, StoreError>;
+    /// Deletes the bodies of the oldest groups whose time is before
+    /// `before_ms` (a prefix of the log: it stops at the first group that is
+    /// not); leaf hashes stay. Returns how many records were purged.
+    fn purge_before(&mut self, before_ms: u64) -> Result<u64, StoreError>;
+}

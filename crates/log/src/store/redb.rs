@@ -1,0 +1,1286 @@
+//! The embedded [`Store`]: one redb file.
+//!
+//! # Tables
+//!
+//! | table         | key                           | value                                           |
+//! |---------------|-------------------------------|-------------------------------------------------|
+//! | `groups`      | first seq `u64`               | header encoding + packed entries ([`encode_group`]), at most [`CHUNK`] entries |
+//! | `tiles`       | (level / 8 `u8`, tile `u64`)  | up to 256 hashes of 32 bytes (C2SP tlog-tiles layout) |
+//! | `meta`        | name `&str`                   | `format`, `size`, `frontier`, `indexed`, `purged`, `verifier` |
+//! | `checkpoints` | tree size `u64`               | signed note text                                |
+//! | `policies`    | version `[u8; 32]`            | policy text                                     |
+//! | `by_person`   | (link `[u8; 16]`, seq `u64`)  | `()`                                            |
+//! | `by_agency`   | (agency `&str`, first seq)    | record count of the group `u64`                 |
+//! | `redeemed`    | serial `[u8; 16]`             | seq `u64` ‖ epoch `u32` ‖ caller (UTF-8)        |
+//! | `tallies`     | (minute, agency, reason)      | count `u64`                                     |
+//!
+//! All integers in values are big-endian.
+//!
+//! **Tiles.** Tile `(L, t)` holds the hashes of level `8L` of the tree with
+//! indexes `[256t, 256t + 256)`: level-0 tiles hold leaf hashes, level-1 tiles
+//! the roots of 256-leaf subtrees, and so on. The rightmost tile of each level
+//! is partial and grows in place (read, extended and written once per append
+//! that touches it). A node at a level between two stored ones is hashed
+//! from at most 128 stored nodes of the tile below it.
+//!
+//! **Groups.** A group of more than [`CHUNK`] entries is kept as several
+//! values with the same header, so reading one record decodes at most
+//! [`CHUNK`] entries.
+//!
+//! **Purging** removes a prefix of the groups; `meta.purged` says where the
+//! kept bodies start. Leaf hashes (tiles) always stay.
+//!
+//! # Failures
+//!
+//! After an error inside a write transaction this handle refuses further
+//! writes with [`StoreError::NeedsReopen`]: redb needs the database dropped
+//! and opened again after a failed commit, and the commit may or may not
+//! have reached the disk. [`RedbStore::open`] restores size and frontier from
+//! `meta`, which is written in the same transaction as the records.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+use ::redb::{
+    Database, DatabaseError, Durability, ReadableDatabase, ReadableTable, TableDefinition,
+    WriteTransaction,
+};
+use sha2::{Digest, Sha256};
+
+use super::{Append, Appended, AppendedGroup, Redemption, Repeat, Store, StoreError, StoredRecord};
+use crate::merkle::{self, Frontier, Hash, NodeSource, ProofError};
+use crate::record::{
+    self, DecodedGroup, Entry, Group, Header, Operation, Outcome, PersonLink, Record,
+};
+
+/// The most entries one `groups` value holds.
+const CHUNK: usize = 256;
+
+/// Hashes per tile (C2SP tlog-tiles width).
+const TILE_WIDTH: u64 = 256;
+
+/// The value of `meta.format`: what this file is and its schema version.
+const FORMAT: &[u8] = b"fugo-log/redb/1";
+
+const GROUPS: TableDefinition<u64, &[u8]> = TableDefinition::new("groups");
+const TILES: TableDefinition<(u8, u64), &[u8]> = TableDefinition::new("tiles");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const CHECKPOINTS: TableDefinition<u64, &str> = TableDefinition::new("checkpoints");
+const POLICIES: TableDefinition<&[u8; 32], &str> = TableDefinition::new("policies");
+const BY_PERSON: TableDefinition<(&[u8; 16], u64), ()> = TableDefinition::new("by_person");
+const BY_AGENCY: TableDefinition<(&str, u64), u64> = TableDefinition::new("by_agency");
+const REDEEMED: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new("redeemed");
+const TALLIES: TableDefinition<(u64, &str, &str), u64> = TableDefinition::new("tallies");
+
+/// The audit log in one redb file, held exclusively by this handle.
+pub struct RedbStore {
+    db: Database,
+    path: PathBuf,
+    frontier: Frontier,
+    indexed: u64,
+    purged: u64,
+    /// Set when a write transaction failed: redb needs a reopen.
+    needs_reopen: bool,
+}
+
+impl std::fmt::Debug for RedbStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedbStore")
+            .field("path", &self.path)
+            .field("size", &self.frontier.size())
+            .field("indexed", &self.indexed)
+            .field("purged", &self.purged)
+            .finish()
+    }
+}
+
+impl RedbStore {
+    /// Opens the store at `path`, creating the file and its tables on first
+    /// use, and restores size and frontier from what was last committed.
+    ///
+    /// Fails with [`StoreError::Locked`] while another process or handle
+    /// holds the file.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        Self::open_with(path.as_ref(), false)
+    }
+
+    /// As [`RedbStore::open`], but first checks the checksum of every page
+    /// of the file (reads the whole file): for `fugo audit verify`, where the
+    /// file may have been altered outside redb and a plain open could trust it.
+    pub fn open_checked(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        Self::open_with(path.as_ref(), true)
+    }
+
+    fn open_with(path: &Path, check: bool) -> Result<Self, StoreError> {
+        let db = Database::builder()
+            .set_check_integrity_on_open(check)
+            .create(path)
+            .map_err(|e| match e {
+                DatabaseError::DatabaseAlreadyOpen | DatabaseError::LockProtocolMismatch => {
+                    StoreError::Locked {
+                        path: path.to_path_buf(),
+                    }
+                }
+                other => backend("open", other),
+            })?;
+        Self::from_database(db, path)
+    }
+
+    /// Creates the tables if needed and restores the state from `meta`.
+    fn from_database(db: Database, path: &Path) -> Result<Self, StoreError> {
+        let txn = begin_write(&db, "open")?;
+        let (size, nodes, indexed, purged) = {
+            let mut meta = txn.open_table(META).map_err(|e| backend("open", e))?;
+            let format = get_meta(&meta, "format")?;
+            match format.as_deref() {
+                Some(FORMAT) => {}
+                Some(_) => {
+                    return Err(StoreError::Damaged {
+                        op: "open",
+                        detail: "the file is not a fugo audit store of this version".into(),
+                    });
+                }
+                None => {
+                    if get_meta(&meta, "size")?.is_some() {
+                        return Err(StoreError::Corrupt {
+                            what: "meta format",
+                            seq: 0,
+                        });
+                    }
+                    meta.insert("format", FORMAT)
+                        .map_err(|e| backend("open", e))?;
+                }
+            }
+            let size = meta_u64(&meta, "size")?;
+            let nodes = match get_meta(&meta, "frontier")? {
+                None => Vec::new(),
+                Some(bytes) => hashes(&bytes).ok_or(StoreError::Corrupt {
+                    what: "frontier",
+                    seq: size,
+                })?,
+            };
+            (
+                size,
+                nodes,
+                meta_u64(&meta, "indexed")?,
+                meta_u64(&meta, "purged")?,
+            )
+        };
+        txn.open_table(GROUPS).map_err(|e| backend("open", e))?;
+        txn.open_table(TILES).map_err(|e| backend("open", e))?;
+        txn.open_table(CHECKPOINTS)
+            .map_err(|e| backend("open", e))?;
+        txn.open_table(POLICIES).map_err(|e| backend("open", e))?;
+        txn.open_table(BY_PERSON).map_err(|e| backend("open", e))?;
+        txn.open_table(BY_AGENCY).map_err(|e| backend("open", e))?;
+        txn.open_table(REDEEMED).map_err(|e| backend("open", e))?;
+        txn.open_table(TALLIES).map_err(|e| backend("open", e))?;
+        txn.commit().map_err(|e| backend("open", e))?;
+
+        let frontier = Frontier::from_parts(size, nodes).map_err(|_| StoreError::Corrupt {
+            what: "frontier",
+            seq: size,
+        })?;
+        if indexed > size || purged > size {
+            return Err(StoreError::Corrupt {
+                what: "meta indexed/purged",
+                seq: size,
+            });
+        }
+        let store = Self {
+            db,
+            path: path.to_path_buf(),
+            frontier,
+            indexed,
+            purged,
+            needs_reopen: false,
+        };
+        // The last leaf must be in its tile: meta and tiles are one commit.
+        if size > 0 {
+            store.leaf_at(size - 1)?;
+        }
+        Ok(store)
+    }
+
+    /// The store file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Records below this seq have been purged (their bodies deleted).
+    pub fn purged(&self) -> u64 {
+        self.purged
+    }
+
+    fn writable(&self, op: &'static str) -> Result<(), StoreError> {
+        if self.needs_reopen {
+            Err(StoreError::NeedsReopen { op })
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Runs `work` in one durable write transaction and commits it. Any
+    /// failure after the transaction began marks this handle for reopening.
+    fn write<T>(
+        &mut self,
+        op: &'static str,
+        work: impl FnOnce(&WriteTransaction) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.writable(op)?;
+        let result = begin_write(&self.db, op).and_then(|txn| {
+            let value = work(&txn)?;
+            txn.commit().map_err(|e| backend(op, e))?;
+            Ok(value)
+        });
+        if result.is_err() {
+            self.needs_reopen = true;
+        }
+        result
+    }
+
+    fn read(&self, op: &'static str) -> Result<::redb::ReadTransaction, StoreError> {
+        self.db.begin_read().map_err(|e| backend(op, e))
+    }
+
+    fn leaf_at(&self, seq: u64) -> Result<Hash, StoreError> {
+        let txn = self.read("leaf")?;
+        let tiles = txn.open_table(TILES).map_err(|e| backend("leaf", e))?;
+        TileSource::new(&tiles).node(0, seq)
+    }
+
+    fn check_size(&self, what: &'static str, value: u64) -> Result<(), StoreError> {
+        if value > self.frontier.size() {
+            Err(StoreError::OutOfRange {
+                what,
+                value,
+                size: self.frontier.size(),
+            })
+        } else {
+            Ok(())
+        }
+    }
+
+    fn check_seq(&self, what: &'static str, seq: u64) -> Result<(), StoreError> {
+        if seq >= self.frontier.size() {
+            Err(StoreError::OutOfRange {
+                what,
+                value: seq,
+                size: self.frontier.size(),
+            })
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl Store for RedbStore {
+    fn append(&mut self, append: Append) -> Result<Appended, StoreError> {
+        self.writable("append")?;
+        validate(&append.groups)?;
+        let mut next = self.frontier.clone();
+        let appended = self.write("append", |txn| write_append(txn, &mut next, append))?;
+        self.frontier = next;
+        Ok(appended)
+    }
+
+    fn size(&self) -> u64 {
+        self.frontier.size()
+    }
+
+    fn root(&self) -> Hash {
+        self.frontier.root()
+    }
+
+    fn root_at(&mut self, size: u64) -> Result<Hash, StoreError> {
+        self.check_size("tree size", size)?;
+        if size == self.frontier.size() {
+            return Ok(self.frontier.root());
+        }
+        let txn = self.read("root")?;
+        let tiles = txn.open_table(TILES).map_err(|e| backend("root", e))?;
+        merkle::range_root(&mut TileSource::new(&tiles), 0, size).map_err(proof_error)
+    }
+
+    fn record(&mut self, seq: u64) -> Result<Option<Record>, StoreError> {
+        if seq >= self.frontier.size() || seq < self.purged {
+            return Ok(None);
+        }
+        let txn = self.read("record")?;
+        let groups = txn.open_table(GROUPS).map_err(|e| backend("record", e))?;
+        GroupReader::new(&groups).record(seq).map(Some)
+    }
+
+    fn leaf(&mut self, seq: u64) -> Result<Hash, StoreError> {
+        self.check_seq("seq", seq)?;
+        self.leaf_at(seq)
+    }
+
+    fn records(&mut self, from: u64, limit: usize) -> Result<Vec<StoredRecord>, StoreError> {
+        let end = from.saturating_add(limit as u64).min(self.frontier.size());
+        let txn = self.read("records")?;
+        let groups = txn.open_table(GROUPS).map_err(|e| backend("records", e))?;
+        let tiles = txn.open_table(TILES).map_err(|e| backend("records", e))?;
+        let mut reader = GroupReader::new(&groups);
+        let mut leaves = TileSource::new(&tiles);
+        let mut out = Vec::with_capacity(end.saturating_sub(from) as usize);
+        for seq in from..end {
+            if seq < self.purged {
+                out.push(StoredRecord::Purged {
+                    seq,
+                    leaf: leaves.node(0, seq)?,
+                });
+            } else {
+                out.push(StoredRecord::Body(reader.record(seq)?));
+            }
+        }
+        Ok(out)
+    }
+
+    fn person_records(
+        &mut self,
+        person: &PersonLink,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<Record>, StoreError> {
+        let op = "person records";
+        let txn = self.read(op)?;
+        let index = txn.open_table(BY_PERSON).map_err(|e| backend(op, e))?;
+        let groups = txn.open_table(GROUPS).map_err(|e| backend(op, e))?;
+        let mut reader = GroupReader::new(&groups);
+        let upper = before.unwrap_or(u64::MAX);
+        let range = index
+            .range((&person.0, 0)..(&person.0, upper))
+            .map_err(|e| backend(op, e))?;
+        let mut out = Vec::with_capacity(limit.min(1024));
+        for item in range.rev() {
+            if out.len() >= limit {
+                break;
+            }
+            let (key, ()) = item
+                .map(|(k, v)| (k.value().1, v.value()))
+                .map_err(|e| backend(op, e))?;
+            if key >= self.purged {
+                out.push(reader.record(key)?);
+            }
+        }
+        Ok(out)
+    }
+
+    fn agency_records(
+        &mut self,
+        agency: &str,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<Record>, StoreError> {
+        let op = "agency records";
+        let start = match after {
+            None => 0,
+            Some(seq) => match seq.checked_add(1) {
+                Some(start) => start,
+                None => return Ok(Vec::new()),
+            },
+        };
+        let start = start.max(self.purged);
+        let txn = self.read(op)?;
+        let index = txn.open_table(BY_AGENCY).map_err(|e| backend(op, e))?;
+        let groups = txn.open_table(GROUPS).map_err(|e| backend(op, e))?;
+        let mut reader = GroupReader::new(&groups);
+        let mut out = Vec::with_capacity(limit.min(1024));
+        // The group that holds `start`, if any, then the agency's later groups.
+        let earlier = index
+            .range((agency, 0)..=(agency, start))
+            .map_err(|e| backend(op, e))?
+            .next_back();
+        let later = index
+            .range((agency, start.saturating_add(1))..=(agency, u64::MAX))
+            .map_err(|e| backend(op, e))?;
+        for item in earlier.into_iter().chain(later) {
+            let (first, count) = item
+                .map(|(k, v)| (k.value().1, v.value()))
+                .map_err(|e| backend(op, e))?;
+            let end = first.saturating_add(count);
+            let mut seq = first.max(start);
+            while seq < end {
+                if out.len() >= limit {
+                    return Ok(out);
+                }
+                out.push(reader.record(seq)?);
+                seq += 1;
+            }
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    fn redemption(&mut self, serial: &[u8; 16]) -> Result<Option<Redemption>, StoreError> {
+        let txn = self.read("redemption")?;
+        let table = txn
+            .open_table(REDEEMED)
+            .map_err(|e| backend("redemption", e))?;
+        let found = table.get(serial).map_err(|e| backend("redemption", e))?;
+        found
+            .map(|guard| decode_redemption(guard.value()))
+            .transpose()
+    }
+
+    fn index_people(&mut self, max: usize) -> Result<u64, StoreError> {
+        let from = self.indexed.max(self.purged);
+        let to = from.saturating_add(max as u64).min(self.frontier.size());
+        if to <= self.indexed {
+            return Ok(self.indexed);
+        }
+        self.write("index people", |txn| {
+            let op = "index people";
+            let mut keys = Vec::new();
+            {
+                let groups = txn.open_table(GROUPS).map_err(|e| backend(op, e))?;
+                let mut reader = GroupReader::new(&groups);
+                for seq in from..to {
+                    let (entry, _) = reader.entry(seq)?;
+                    if let Some(link) = entry.person {
+                        keys.push((link.0, seq));
+                    }
+                }
+            }
+            keys.sort_unstable();
+            let mut index = txn.open_table(BY_PERSON).map_err(|e| backend(op, e))?;
+            for (link, seq) in &keys {
+                index.insert((link, *seq), ()).map_err(|e| backend(op, e))?;
+            }
+            let mut meta = txn.open_table(META).map_err(|e| backend(op, e))?;
+            meta.insert("indexed", to.to_be_bytes().as_slice())
+                .map_err(|e| backend(op, e))?;
+            Ok(())
+        })?;
+        self.indexed = to;
+        Ok(to)
+    }
+
+    fn indexed(&self) -> u64 {
+        self.indexed
+    }
+
+    fn inclusion_proof(&mut self, seq: u64, size: u64) -> Result<Vec<Hash>, StoreError> {
+        self.check_size("tree size", size)?;
+        let txn = self.read("inclusion proof")?;
+        let tiles = txn
+            .open_table(TILES)
+            .map_err(|e| backend("inclusion proof", e))?;
+        merkle::inclusion_proof(&mut TileSource::new(&tiles), seq, size).map_err(proof_error)
+    }
+
+    fn consistency_proof(&mut self, old: u64, new: u64) -> Result<Vec<Hash>, StoreError> {
+        self.check_size("tree size", new)?;
+        let txn = self.read("consistency proof")?;
+        let tiles = txn
+            .open_table(TILES)
+            .map_err(|e| backend("consistency proof", e))?;
+        merkle::consistency_proof(&mut TileSource::new(&tiles), old, new).map_err(proof_error)
+    }
+
+    fn add_checkpoint(&mut self, size: u64, note: &str) -> Result<(), StoreError> {
+        self.check_size("checkpoint size", size)?;
+        self.write("add checkpoint", |txn| {
+            let mut table = txn
+                .open_table(CHECKPOINTS)
+                .map_err(|e| backend("add checkpoint", e))?;
+            table
+                .insert(size, note)
+                .map_err(|e| backend("add checkpoint", e))?;
+            Ok(())
+        })
+    }
+
+    fn latest_checkpoint(&mut self) -> Result<Option<(u64, String)>, StoreError> {
+        let op = "latest checkpoint";
+        let txn = self.read(op)?;
+        let table = txn.open_table(CHECKPOINTS).map_err(|e| backend(op, e))?;
+        let last = table.last().map_err(|e| backend(op, e))?;
+        Ok(last.map(|(size, note)| (size.value(), note.value().to_owned())))
+    }
+
+    fn checkpoints(&mut self) -> Result<Vec<(u64, String)>, StoreError> {
+        let op = "checkpoints";
+        let txn = self.read(op)?;
+        let table = txn.open_table(CHECKPOINTS).map_err(|e| backend(op, e))?;
+        let mut out = Vec::new();
+        for item in table.iter().map_err(|e| backend(op, e))? {
+            let (size, note) = item.map_err(|e| backend(op, e))?;
+            out.push((size.value(), note.value().to_owned()));
+        }
+        Ok(out)
+    }
+
+    fn set_verifier(&mut self, verifier_text: &str) -> Result<(), StoreError> {
+        self.write("set verifier", |txn| {
+            let mut meta = txn
+                .open_table(META)
+                .map_err(|e| backend("set verifier", e))?;
+            meta.insert("verifier", verifier_text.as_bytes())
+                .map_err(|e| backend("set verifier", e))?;
+            Ok(())
+        })
+    }
+
+    fn verifier(&mut self) -> Result<Option<String>, StoreError> {
+        let txn = self.read("verifier")?;
+        let meta = txn.open_table(META).map_err(|e| backend("verifier", e))?;
+        match get_meta(&meta, "verifier")? {
+            None => Ok(None),
+            Some(bytes) => String::from_utf8(bytes)
+                .map(Some)
+                .map_err(|_| StoreError::Corrupt {
+                    what: "meta verifier",
+                    seq: 0,
+                }),
+        }
+    }
+
+    fn put_policy(&mut self, version: &Hash, text: &str) -> Result<bool, StoreError> {
+        self.write("put policy", |txn| {
+            let mut table = txn
+                .open_table(POLICIES)
+                .map_err(|e| backend("put policy", e))?;
+            let known = table
+                .get(version)
+                .map_err(|e| backend("put policy", e))?
+                .is_some();
+            if !known {
+                table
+                    .insert(version, text)
+                    .map_err(|e| backend("put policy", e))?;
+            }
+            Ok(!known)
+        })
+    }
+
+    fn policy(&mut self, version: &Hash) -> Result<Option<String>, StoreError> {
+        let txn = self.read("policy")?;
+        let table = txn.open_table(POLICIES).map_err(|e| backend("policy", e))?;
+        let found = table.get(version).map_err(|e| backend("policy", e))?;
+        Ok(found.map(|text| text.value().to_owned()))
+    }
+
+    fn purge_before(&mut self, before_ms: u64) -> Result<u64, StoreError> {
+        let from = self.purged;
+        let size = self.frontier.size();
+        let cut = self.write("purge", |txn| purge(txn, from, size, before_ms))?;
+        self.purged = cut;
+        Ok(cut - from)
+    }
+}
+
+/// Refuses an append that could not be stored faithfully, before anything
+/// is written.
+fn validate(groups: &[Group]) -> Result<(), StoreError> {
+    for (index, group) in groups.iter().enumerate() {
+        if group.entries.is_empty() {
+            return Err(StoreError::Invalid {
+                group: index,
+                entry: None,
+                reason: "a group needs at least one entry",
+            });
+        }
+        if let Some(entry) = group
+            .entries
+            .iter()
+            .position(|e| e.outcome == Outcome::Repeat)
+        {
+            return Err(StoreError::Invalid {
+                group: index,
+                entry: Some(entry),
+                reason: "only the store marks a redeem as a repeat",
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The body of one append's write transaction. `next` is a copy of the
+/// frontier that the caller keeps only if the commit succeeds.
+fn write_append(
+    txn: &WriteTransaction,
+    next: &mut Frontier,
+    append: Append,
+) -> Result<Appended, StoreError> {
+    let op = "append";
+    let rolled = roll_tallies(txn, &append)?;
+    let tallied = rolled.len() as u64;
+
+    let mut groups_table = txn.open_table(GROUPS).map_err(|e| backend(op, e))?;
+    let mut by_agency = txn.open_table(BY_AGENCY).map_err(|e| backend(op, e))?;
+    let mut redeemed = txn.open_table(REDEEMED).map_err(|e| backend(op, e))?;
+    // Tile (level / 8, index) -> (position of the first new hash, new hashes).
+    let mut tiles: BTreeMap<(u8, u64), (u64, Vec<u8>)> = BTreeMap::new();
+    // Serials redeemed earlier in this same append.
+    let mut fresh: HashMap<[u8; 16], Redemption> = HashMap::new();
+    let mut placed = Vec::with_capacity(append.groups.len());
+
+    let caller_groups = append.groups.into_iter().map(|g| (true, g));
+    for (from_caller, mut group) in rolled.into_iter().map(|g| (false, g)).chain(caller_groups) {
+        let first_seq = next.size();
+        let mut repeats = Vec::new();
+        if group.header.operation == Operation::Redeem {
+            for (index, entry) in group.entries.iter_mut().enumerate() {
+                let Some(serial) = entry.serial else { continue };
+                if entry.outcome != Outcome::Done {
+                    continue;
+                }
+                let earlier = match fresh.get(&serial) {
+                    Some(first) => Some(first.clone()),
+                    None => redeemed
+                        .get(&serial)
+                        .map_err(|e| backend(op, e))?
+                        .map(|guard| decode_redemption(guard.value()))
+                        .transpose()?,
+                };
+                match earlier {
+                    Some(first) => {
+                        entry.outcome = Outcome::Repeat;
+                        entry.epoch = first.epoch;
+                        repeats.push(Repeat {
+                            entry: index,
+                            first,
+                        });
+                    }
+                    None => {
+                        let first = Redemption {
+                            seq: first_seq + index as u64,
+                            epoch: entry.epoch,
+                            caller: group.header.caller.clone(),
+                        };
+                        redeemed
+                            .insert(&serial, encode_redemption(&first).as_slice())
+                            .map_err(|e| backend(op, e))?;
+                        fresh.insert(serial, first);
+                    }
+                }
+            }
+        }
+
+        let header_bytes = record::encode_header(&group.header);
+        let digest: Hash = Sha256::digest(&header_bytes).into();
+        for (index, entry) in group.entries.iter().enumerate() {
+            let seq = first_seq + index as u64;
+            let leaf = merkle::leaf_hash(&record::leaf_bytes(seq, &digest, entry));
+            next.append(leaf, |level, index, hash| {
+                if level % 8 == 0 {
+                    tiles
+                        .entry((level / 8, index / TILE_WIDTH))
+                        .or_insert_with(|| (index % TILE_WIDTH, Vec::new()))
+                        .1
+                        .extend_from_slice(hash);
+                }
+            });
+        }
+        let mut chunk_seq = first_seq;
+        for chunk in group.entries.chunks(CHUNK) {
+            let value = record::encode_group_with(&header_bytes, chunk);
+            groups_table
+                .insert(chunk_seq, value.as_slice())
+                .map_err(|e| backend(op, e))?;
+            chunk_seq += chunk.len() as u64;
+        }
+        let count = group.entries.len() as u64;
+        let header = &group.header;
+        by_agency
+            .insert((header.caller.as_str(), first_seq), count)
+            .map_err(|e| backend(op, e))?;
+        if !header.counterpart.is_empty() && header.counterpart != header.caller {
+            by_agency
+                .insert((header.counterpart.as_str(), first_seq), count)
+                .map_err(|e| backend(op, e))?;
+        }
+        if from_caller {
+            placed.push(AppendedGroup { first_seq, repeats });
+        }
+    }
+
+    let mut tiles_table = txn.open_table(TILES).map_err(|e| backend(op, e))?;
+    for ((level, tile), (position, new)) in tiles {
+        let mut bytes = tiles_table
+            .get((level, tile))
+            .map_err(|e| backend(op, e))?
+            .map(|guard| guard.value().to_vec())
+            .unwrap_or_default();
+        if bytes.len() as u64 != position * 32 {
+            return Err(StoreError::Corrupt {
+                what: "tile",
+                seq: (tile * TILE_WIDTH + position) << (8 * u32::from(level)),
+            });
+        }
+        bytes.extend_from_slice(&new);
+        tiles_table
+            .insert((level, tile), bytes.as_slice())
+            .map_err(|e| backend(op, e))?;
+    }
+
+    let mut meta = txn.open_table(META).map_err(|e| backend(op, e))?;
+    meta.insert("size", next.size().to_be_bytes().as_slice())
+        .map_err(|e| backend(op, e))?;
+    meta.insert("frontier", next.nodes().concat().as_slice())
+        .map_err(|e| backend(op, e))?;
+
+    Ok(Appended {
+        groups: placed,
+        tallied,
+        size: next.size(),
+        root: next.root(),
+    })
+}
+
+/// Adds the append's refusals to the tallies, and removes and returns, as
+/// `Refusals` groups, the tallies of minutes before the append's minute.
+fn roll_tallies(txn: &WriteTransaction, append: &Append) -> Result<Vec<Group>, StoreError> {
+    let op = "append tallies";
+    let mut tallies = txn.open_table(TALLIES).map_err(|e| backend(op, e))?;
+    for refusal in &append.refusals {
+        if refusal.count == 0 {
+            continue;
+        }
+        let key = (
+            refusal.minute,
+            refusal.agency.as_str(),
+            refusal.reason.as_str(),
+        );
+        let old = tallies
+            .get(key)
+            .map_err(|e| backend(op, e))?
+            .map(|guard| guard.value())
+            .unwrap_or(0);
+        tallies
+            .insert(key, old.saturating_add(refusal.count))
+            .map_err(|e| backend(op, e))?;
+    }
+    let now_minute = append.now_ms / 60_000;
+    let mut due = Vec::new();
+    for item in tallies
+        .range((0u64, "", "")..(now_minute, "", ""))
+        .map_err(|e| backend(op, e))?
+    {
+        let (key, count) = item.map_err(|e| backend(op, e))?;
+        let (minute, agency, reason) = key.value();
+        due.push((minute, agency.to_owned(), reason.to_owned(), count.value()));
+    }
+    let mut groups = Vec::with_capacity(due.len());
+    for (minute, agency, reason, count) in due {
+        tallies
+            .remove((minute, agency.as_str(), reason.as_str()))
+            .map_err(|e| backend(op, e))?;
+        groups.push(Group {
+            header: Header {
+                time_ms: minute.saturating_mul(60_000),
+                operation: Operation::Refusals,
+                caller: agency,
+                counterpart: String::new(),
+                affair: String::new(),
+                items: Vec::new(),
+                non_disclosure_until: 0,
+                policy_version: [0; 32],
+                batch_id: String::new(),
+                note: reason,
+                count,
+            },
+            entries: vec![Entry {
+                outcome: Outcome::Refused,
+                epoch: 0,
+                serial: None,
+                person: None,
+            }],
+        });
+    }
+    Ok(groups)
+}
+
+/// Deletes the bodies of the groups from `from` on whose time is before
+/// `before_ms`, stopping at the first that is not; returns the new `purged`.
+fn purge(txn: &WriteTransaction, from: u64, size: u64, before_ms: u64) -> Result<u64, StoreError> {
+    let op = "purge";
+    let mut groups = txn.open_table(GROUPS).map_err(|e| backend(op, e))?;
+    let mut cut = from;
+    let mut people = Vec::new();
+    let mut agencies = BTreeSet::new();
+    let mut doomed = Vec::new();
+    for item in groups.range(from..).map_err(|e| backend(op, e))? {
+        let (key, value) = item.map_err(|e| backend(op, e))?;
+        let first = key.value();
+        if first != cut {
+            return Err(StoreError::Corrupt {
+                what: "group",
+                seq: cut,
+            });
+        }
+        let group = record::decode_group(value.value()).map_err(|_| StoreError::Corrupt {
+            what: "group",
+            seq: first,
+        })?;
+        if group.header.time_ms >= before_ms {
+            break;
+        }
+        for (index, entry) in group.entries.iter().enumerate() {
+            if let Some(link) = entry.person {
+                people.push((link.0, first + index as u64));
+            }
+        }
+        agencies.insert(group.header.caller.clone());
+        if !group.header.counterpart.is_empty() {
+            agencies.insert(group.header.counterpart.clone());
+        }
+        doomed.push(first);
+        cut = first + group.entries.len() as u64;
+    }
+    if cut > size {
+        return Err(StoreError::Corrupt {
+            what: "group",
+            seq: size,
+        });
+    }
+    for first in doomed {
+        groups.remove(first).map_err(|e| backend(op, e))?;
+    }
+    let mut by_person = txn.open_table(BY_PERSON).map_err(|e| backend(op, e))?;
+    for (link, seq) in &people {
+        by_person.remove((link, *seq)).map_err(|e| backend(op, e))?;
+    }
+    let mut by_agency = txn.open_table(BY_AGENCY).map_err(|e| backend(op, e))?;
+    for agency in &agencies {
+        let mut gone = Vec::new();
+        for item in by_agency
+            .range((agency.as_str(), 0)..(agency.as_str(), cut))
+            .map_err(|e| backend(op, e))?
+        {
+            let (key, count) = item.map_err(|e| backend(op, e))?;
+            let first = key.value().1;
+            if first.saturating_add(count.value()) <= cut {
+                gone.push(first);
+            }
+        }
+        for first in gone {
+            by_agency
+                .remove((agency.as_str(), first))
+                .map_err(|e| backend(op, e))?;
+        }
+    }
+    let mut meta = txn.open_table(META).map_err(|e| backend(op, e))?;
+    meta.insert("purged", cut.to_be_bytes().as_slice())
+        .map_err(|e| backend(op, e))?;
+    Ok(cut)
+}
+
+/// Reads records from the `groups` table, keeping the last decoded group
+/// (reads of neighbouring seqs decode it once).
+struct GroupReader<'t, T> {
+    table: &'t T,
+    last: Option<(u64, DecodedGroup)>,
+}
+
+impl<'t, T: ReadableTable<u64, &'static [u8]>> GroupReader<'t, T> {
+    fn new(table: &'t T) -> Self {
+        Self { table, last: None }
+    }
+
+    /// The entry of `seq` and its group's first seq (the group is cached).
+    fn entry(&mut self, seq: u64) -> Result<(&Entry, &DecodedGroup), StoreError> {
+        let cached = matches!(&self.last, Some((first, group))
+            if *first <= seq && seq - first < group.entries.len() as u64);
+        if !cached {
+            let found = self
+                .table
+                .range(..=seq)
+                .map_err(|e| backend("read record", e))?
+                .next_back()
+                .transpose()
+                .map_err(|e| backend("read record", e))?;
+            let Some((key, value)) = found else {
+                return Err(StoreError::Corrupt { what: "group", seq });
+            };
+            let first = key.value();
+            let group = record::decode_group(value.value()).map_err(|_| StoreError::Corrupt {
+                what: "group",
+                seq: first,
+            })?;
+            if seq - first >= group.entries.len() as u64 {
+                return Err(StoreError::Corrupt { what: "group", seq });
+            }
+            self.last = Some((first, group));
+        }
+        match &self.last {
+            Some((first, group)) => {
+                let offset = (seq - first) as usize;
+                match group.entries.get(offset) {
+                    Some(entry) => Ok((entry, group)),
+                    None => Err(StoreError::Corrupt { what: "group", seq }),
+                }
+            }
+            None => Err(StoreError::Corrupt { what: "group", seq }),
+        }
+    }
+
+    fn record(&mut self, seq: u64) -> Result<Record, StoreError> {
+        let (entry, group) = self.entry(seq)?;
+        Ok(Record {
+            seq,
+            header: group.header.clone(),
+            header_digest: group.header_digest,
+            entry: entry.clone(),
+        })
+    }
+}
+
+/// The tree's perfect-subtree hashes, read from the tiles. Nodes on levels
+/// that are not a multiple of 8 are hashed from the stored level below;
+/// tiles read once are kept for the life of the source (one proof).
+struct TileSource<'t, T> {
+    table: &'t T,
+    cache: HashMap<(u8, u64), Vec<u8>>,
+}
+
+impl<'t, T: ReadableTable<(u8, u64), &'static [u8]>> TileSource<'t, T> {
+    fn new(table: &'t T) -> Self {
+        Self {
+            table,
+            cache: HashMap::new(),
+        }
+    }
+
+    fn tile(&mut self, band: u8, tile: u64) -> Result<&[u8], StoreError> {
+        if !self.cache.contains_key(&(band, tile)) {
+            let bytes = self
+                .table
+                .get((band, tile))
+                .map_err(|e| backend("read tile", e))?
+                .map(|guard| guard.value().to_vec())
+                .unwrap_or_default();
+            self.cache.insert((band, tile), bytes);
+        }
+        Ok(self
+            .cache
+            .get(&(band, tile))
+            .map(Vec::as_slice)
+            .unwrap_or_default())
+    }
+}
+
+impl<T: ReadableTable<(u8, u64), &'static [u8]>> NodeSource for TileSource<'_, T> {
+    type Error = StoreError;
+
+    fn node(&mut self, level: u8, index: u64) -> Result<Hash, StoreError> {
+        let band = level / 8;
+        let height = u32::from(level % 8);
+        let missing = StoreError::Corrupt {
+            what: "tile",
+            seq: index.checked_shl(u32::from(level)).unwrap_or(u64::MAX),
+        };
+        // The 2^height stored nodes below, all in one tile.
+        let Some(first) = index.checked_mul(1 << height) else {
+            return Err(missing);
+        };
+        let count = 1usize << height;
+        let start = (first % TILE_WIDTH) as usize * 32;
+        let tile = self.tile(band, first / TILE_WIDTH)?;
+        let Some(bytes) = tile.get(start..start + count * 32) else {
+            return Err(missing);
+        };
+        let mut level_hashes: Vec<Hash> = bytes
+            .chunks_exact(32)
+            .map(|chunk| {
+                let mut hash = [0; 32];
+                hash.copy_from_slice(chunk);
+                hash
+            })
+            .collect();
+        while level_hashes.len() > 1 {
+            level_hashes = level_hashes
+                .chunks_exact(2)
+                .map(|pair| merkle::node_hash(&pair[0], &pair[1]))
+                .collect();
+        }
+        level_hashes.pop().ok_or(missing)
+    }
+}
+
+fn proof_error(error: ProofError<StoreError>) -> StoreError {
+    match error {
+        ProofError::Source(e) => e,
+        ProofError::Merkle(e) => StoreError::Proof(e),
+    }
+}
+
+fn begin_write(db: &Database, op: &'static str) -> Result<WriteTransaction, StoreError> {
+    let mut txn = db.begin_write().map_err(|e| backend(op, e))?;
+    txn.set_durability(Durability::Immediate)
+        .map_err(|e| backend(op, e))?;
+    Ok(txn)
+}
+
+/// Maps a redb error to the store's, naming the operation.
+fn backend(op: &'static str, error: impl Into<::redb::Error>) -> StoreError {
+    match error.into() {
+        ::redb::Error::Io(source) => StoreError::Io { op, source },
+        ::redb::Error::PreviousIo | ::redb::Error::DatabaseClosed => StoreError::NeedsReopen { op },
+        ::redb::Error::DatabaseAlreadyOpen | ::redb::Error::LockProtocolMismatch => {
+            StoreError::Locked {
+                path: PathBuf::new(),
+            }
+        }
+        other => StoreError::Damaged {
+            op,
+            detail: other.to_string(),
+        },
+    }
+}
+
+fn get_meta(
+    meta: &impl ReadableTable<&'static str, &'static [u8]>,
+    name: &str,
+) -> Result<Option<Vec<u8>>, StoreError> {
+    Ok(meta
+        .get(name)
+        .map_err(|e| backend("read meta", e))?
+        .map(|guard| guard.value().to_vec()))
+}
+
+fn meta_u64(
+    meta: &impl ReadableTable<&'static str, &'static [u8]>,
+    name: &'static str,
+) -> Result<u64, StoreError> {
+    match get_meta(meta, name)? {
+        None => Ok(0),
+        Some(bytes) => <[u8; 8]>::try_from(bytes.as_slice())
+            .map(u64::from_be_bytes)
+            .map_err(|_| StoreError::Corrupt {
+                what: "meta",
+                seq: 0,
+            }),
+    }
+}
+
+fn hashes(bytes: &[u8]) -> Option<Vec<Hash>> {
+    if !bytes.len().is_multiple_of(32) {
+        return None;
+    }
+    Some(
+        bytes
+            .chunks_exact(32)
+            .map(|chunk| {
+                let mut hash = [0; 32];
+                hash.copy_from_slice(chunk);
+                hash
+            })
+            .collect(),
+    )
+}
+
+fn encode_redemption(redemption: &Redemption) -> Vec<u8> {
+    let mut out = Vec::with_capacity(12 + redemption.caller.len());
+    out.extend_from_slice(&redemption.seq.to_be_bytes());
+    out.extend_from_slice(&redemption.epoch.to_be_bytes());
+    out.extend_from_slice(redemption.caller.as_bytes());
+    out
+}
+
+fn decode_redemption(bytes: &[u8]) -> Result<Redemption, StoreError> {
+    let corrupt = || StoreError::Corrupt {
+        what: "redemption",
+        seq: 0,
+    };
+    let (seq, rest) = bytes.split_first_chunk::<8>().ok_or_else(corrupt)?;
+    let (epoch, caller) = rest.split_first_chunk::<4>().ok_or_else(corrupt)?;
+    let caller = String::from_utf8(caller.to_vec()).map_err(|_| corrupt())?;
+    Ok(Redemption {
+        seq: u64::from_be_bytes(*seq),
+        epoch: u32::from_be_bytes(*epoch),
+        caller,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs::OpenOptions;
+    use std::ops::Bound;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use ::redb::StorageBackend;
+    use ::redb::backends::FileBackend;
+
+    use super::*;
+    use crate::record::Header;
+
+    /// A real file whose writes and syncs fail while `fail` is set: the
+    /// disk-full or `prlimit --fsize` case.
+    #[derive(Debug)]
+    struct Failing {
+        file: FileBackend,
+        fail: Arc<AtomicBool>,
+    }
+
+    impl Failing {
+        fn check(&self) -> std::io::Result<()> {
+            if self.fail.load(Ordering::SeqCst) {
+                Err(std::io::Error::other("injected write failure"))
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    impl StorageBackend for Failing {
+        fn len(&self) -> std::io::Result<u64> {
+            self.file.len()
+        }
+        fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+            self.file.read(offset, out)
+        }
+        fn set_len(&self, len: u64) -> std::io::Result<()> {
+            self.check()?;
+            self.file.set_len(len)
+        }
+        fn sync_data(&self) -> std::io::Result<()> {
+            self.check()?;
+            self.file.sync_data()
+        }
+        fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+            self.check()?;
+            self.file.write(offset, data)
+        }
+        fn close(&self) -> std::io::Result<()> {
+            self.file.close()
+        }
+        fn try_lock_range(
+            &self,
+            start: Bound<u64>,
+            end: Bound<u64>,
+        ) -> Result<bool, ::redb::BackendError> {
+            self.file.try_lock_range(start, end)
+        }
+        fn try_lock_shared_range(
+            &self,
+            start: Bound<u64>,
+            end: Bound<u64>,
+        ) -> Result<bool, ::redb::BackendError> {
+            self.file.try_lock_shared_range(start, end)
+        }
+        fn lock_range(
+            &self,
+            start: Bound<u64>,
+            end: Bound<u64>,
+        ) -> Result<(), ::redb::BackendError> {
+            self.file.lock_range(start, end)
+        }
+        fn lock_shared_range(
+            &self,
+            start: Bound<u64>,
+            end: Bound<u64>,
+        ) -> Result<(), ::redb::BackendError> {
+            self.file.lock_shared_range(start, end)
+        }
+        fn unlock_range(
+            &self,
+            start: Bound<u64>,
+            end: Bound<u64>,
+        ) -> Result<(), ::redb::BackendError> {
+            self.file.unlock_range(start, end)
+        }
+        fn query_lock_range(
+            &self,
+            start: Bound<u64>,
+            end: Bound<u64>,
+        ) -> Result<bool, ::redb::BackendError> {
+            self.file.query_lock_range(start, end)
+        }
+    }
+
+    fn open_failing(path: &Path, fail: &Arc<AtomicBool>) -> RedbStore {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .unwrap();
+        let backend = Failing {
+            file: FileBackend::new(file).unwrap(),
+            fail: fail.clone(),
+        };
+        let db = Database::builder().create_with_backend(backend).unwrap();
+        RedbStore::from_database(db, path).unwrap()
+    }
+
+    fn derive(time_ms: u64, people: std::ops::Range<u8>) -> Append {
+        Append {
+            groups: vec![Group {
+                header: Header {
+                    time_ms,
+                    operation: Operation::Derive,
+                    caller: "A".into(),
+                    counterpart: String::new(),
+                    affair: String::new(),
+                    items: Vec::new(),
+                    non_disclosure_until: 0,
+                    policy_version: [0; 32],
+                    batch_id: String::new(),
+                    note: String::new(),
+                    count: 0,
+                },
+                entries: people
+                    .map(|p| Entry {
+                        outcome: Outcome::Done,
+                        epoch: 1,
+                        serial: None,
+                        person: Some(PersonLink([p; 16])),
+                    })
+                    .collect(),
+            }],
+            refusals: Vec::new(),
+            now_ms: time_ms,
+        }
+    }
+
+    #[test]
+    fn a_failed_commit_advances_nothing_and_a_reopen_recovers() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.redb");
+        let fail = Arc::new(AtomicBool::new(false));
+        let mut store = open_failing(&path, &fail);
+        store.append(derive(1, 0..10)).unwrap();
+        let (size, root) = (store.size(), store.root());
+
+        fail.store(true, Ordering::SeqCst);
+        let failed = store.append(derive(2, 10..20));
+        assert!(
+            matches!(failed, Err(StoreError::Io { op: "append", .. })),
+            "{failed:?}"
+        );
+        assert_eq!((store.size(), store.root()), (size, root));
+        // The handle refuses writes until it is reopened, even once the
+        // disk works again; reads still answer.
+        fail.store(false, Ordering::SeqCst);
+        assert!(matches!(
+            store.append(derive(3, 20..30)),
+            Err(StoreError::NeedsReopen { op: "append" })
+        ));
+        assert!(matches!(
+            store.index_people(10),
+            Err(StoreError::NeedsReopen { .. })
+        ));
+        assert_eq!(store.record(9).unwrap().map(|r| r.seq), Some(9));
+        drop(store);
+
+        // Reopened: the failed commit landed wholly or not at all, and the
+        // state in meta matches the tiles.
+        let mut store = RedbStore::open(&path).unwrap();
+        assert!(store.size() == 10 || store.size() == 20, "{}", store.size());
+        let mut frontier = Frontier::new();
+        for seq in 0..store.size() {
+            frontier.append(store.leaf(seq).unwrap(), |_, _, _| {});
+        }
+        assert_eq!(store.root(), frontier.root());
+        let first = store.size();
+        let done = store.append(derive(4, 30..31)).unwrap();
+        assert_eq!(done.groups[0].first_seq, first);
+    }
+}
