@@ -28,6 +28,15 @@
 //!
 //! The crate stands beside `fugo-core` and does not depend on it.
 //!
+//! The tree and the note format are our own code, checked in the tests
+//! against the Certificate Transparency reference vectors, independent
+//! Python implementations (tests/vectors/) and the crates `ct-merkle` and
+//! `signed_note`. Those crates stay test dependencies: `ct-merkle` builds
+//! proofs from its own in-memory layout rather than from a store's
+//! `(level, index)` nodes, and `signed_note` brings a second Ed25519 stack
+//! (ed25519-dalek) and older sha2/base64 beside the `ring` the service
+//! already trusts.
+//!
 //! ```
 //! use fugo_log::checkpoint::{Checkpoint, LogSigner, LogVerifier};
 //! use fugo_log::merkle::{Frontier, leaf_hash, node_hash, verify_inclusion};
