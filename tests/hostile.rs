@@ -197,6 +197,7 @@ impl Edge {
             server_cert: dir.path().join("server.pem"),
             server_key: dir.path().join("server.key"),
             limits,
+            audit: fugo::service::AuditConfig::default(),
         };
         let running = service::start(config, &mut std::io::sink()).await.unwrap();
         Edge {
@@ -1211,6 +1212,7 @@ async fn unusable_tls_files_stop_the_server_naming_the_file() {
         server_cert: dir.join("server.pem"),
         server_key: dir.join(key),
         limits: limits(),
+        audit: fugo::service::AuditConfig::default(),
     };
     fs::write(dir.join("garbage.key"), "not a key\n").unwrap();
     #[cfg(unix)]

@@ -215,7 +215,9 @@ impl Recorder {
         match tokio::time::timeout(self.timeout * 5, answer).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(RecorderError::Stopped),
-            Err(_) => Err(RecorderError::Unavailable("the store did not answer".into())),
+            Err(_) => Err(RecorderError::Unavailable(
+                "the store did not answer".into(),
+            )),
         }
     }
 
@@ -260,7 +262,7 @@ impl Drop for Recorder {
 
 fn open_store(path: &Path) -> Result<RedbStore, RecorderError> {
     RedbStore::open(path).map_err(|source| match source {
-        StoreError::Locked => RecorderError::Locked(path.display().to_string()),
+        StoreError::Locked { .. } => RecorderError::Locked(path.display().to_string()),
         source => RecorderError::Open {
             path: path.display().to_string(),
             source,
@@ -405,7 +407,9 @@ impl Committer {
     fn store(&mut self) -> Result<&mut RedbStore, RecorderError> {
         if self.store.is_none() {
             if self.last_open_attempt.elapsed() < Duration::from_millis(500) {
-                return Err(RecorderError::Unavailable("the store is being reopened".into()));
+                return Err(RecorderError::Unavailable(
+                    "the store is being reopened".into(),
+                ));
             }
             self.last_open_attempt = Instant::now();
             let store = open_store(&self.path)?;
@@ -426,7 +430,9 @@ impl Committer {
             return if ok {
                 Ok(())
             } else {
-                Err(RecorderError::Unavailable("disk space reserve reached".into()))
+                Err(RecorderError::Unavailable(
+                    "disk space reserve reached".into(),
+                ))
             };
         }
         let dir = self.path.parent().unwrap_or(Path::new("."));
@@ -456,7 +462,9 @@ impl Committer {
         if ok {
             Ok(())
         } else {
-            Err(RecorderError::Unavailable("disk space reserve reached".into()))
+            Err(RecorderError::Unavailable(
+                "disk space reserve reached".into(),
+            ))
         }
     }
 
@@ -492,11 +500,12 @@ impl Committer {
             return;
         }
         let name = self.signer.verifier().name().to_owned();
+        let last_signed = self.last_signed;
         let Ok(store) = self.store() else {
             return;
         };
         let size = store.size();
-        if size <= self.last_signed {
+        if size <= last_signed {
             self.unsigned_since = None;
             return;
         }
@@ -505,8 +514,18 @@ impl Committer {
             size,
             root: store.root(),
         };
-        let note = self.signer.sign(&checkpoint);
-        match store.add_checkpoint(size, &note) {
+        let note = match self.signer.sign(&checkpoint) {
+            Ok(note) => note,
+            Err(error) => {
+                tracing::error!(error = %error, "signing a checkpoint failed");
+                return;
+            }
+        };
+        let stored = match self.store() {
+            Ok(store) => store.add_checkpoint(size, &note),
+            Err(_) => return,
+        };
+        match stored {
             Ok(()) => {
                 self.last_signed = size;
                 self.unsigned_since = None;

@@ -23,10 +23,10 @@ use crate::audit::entries::BatchFacts;
 use crate::policy::{Capability, Policy};
 use crate::proto::fugo::v1::audit_server::Audit;
 use crate::proto::fugo::v1::{
-    ConfirmProvisionRequest, ConfirmProvisionResponse, ConfirmResult, CopyRecord,
-    DiscloseRequest, DiscloseResponse, DisclosedRecord, GetCheckpointRequest,
-    GetCheckpointResponse, GetConsistencyProofRequest, GetConsistencyProofResponse,
-    GetInclusionProofRequest, GetInclusionProofResponse, ReadCopyRequest, ReadCopyResponse,
+    ConfirmProvisionRequest, ConfirmProvisionResponse, ConfirmResult, CopyRecord, DiscloseRequest,
+    DiscloseResponse, DisclosedRecord, GetCheckpointRequest, GetCheckpointResponse,
+    GetConsistencyProofRequest, GetConsistencyProofResponse, GetInclusionProofRequest,
+    GetInclusionProofResponse, ReadCopyRequest, ReadCopyResponse,
 };
 use crate::proto::google::rpc::Code as RpcCode;
 
@@ -81,7 +81,9 @@ fn unavailable(error: crate::audit::RecorderError) -> Status {
 fn latest_size(note: Option<&str>) -> Result<u64, Status> {
     note.and_then(|note| note.lines().nth(1))
         .and_then(|line| line.parse::<u64>().ok())
-        .ok_or_else(|| Status::failed_precondition("no checkpoint is signed yet; retry in a second"))
+        .ok_or_else(|| {
+            Status::failed_precondition("no checkpoint is signed yet; retry in a second")
+        })
 }
 
 /// A display name for an agency id under the policy ("" when unknown).
@@ -141,7 +143,10 @@ impl Audit for AuditService {
         Ok(self.respond(
             &id,
             GetCheckpointResponse {
-                checkpoint: recorder.checkpoint().map(|note| note.to_string()).unwrap_or_default(),
+                checkpoint: recorder
+                    .checkpoint()
+                    .map(|note| note.to_string())
+                    .unwrap_or_default(),
                 verifier_key: recorder.verifier().to_string(),
             },
         ))
@@ -259,7 +264,10 @@ impl Audit for AuditService {
             .map_err(|error| id.tag_status(status::single("code", &error)))?;
         let person = PersonLink(link.to_bytes());
         let proof_size = if request.with_proofs {
-            Some(latest_size(self.state.recorder.checkpoint().as_deref()).map_err(|s| id.tag_status(s))?)
+            Some(
+                latest_size(self.state.recorder.checkpoint().as_deref())
+                    .map_err(|s| id.tag_status(s))?,
+            )
         } else {
             None
         };
@@ -280,9 +288,10 @@ impl Audit for AuditService {
                         _ => None,
                     };
                     let proof = match proof_size {
-                        Some(size) if record.seq < size => {
-                            Some((record.leaf_bytes(), store.inclusion_proof(record.seq, size)?))
-                        }
+                        Some(size) if record.seq < size => Some((
+                            record.leaf_bytes(),
+                            store.inclusion_proof(record.seq, size)?,
+                        )),
                         _ => None,
                     };
                     shown.push((record.clone(), provision, proof));
@@ -428,7 +437,9 @@ impl Audit for AuditService {
                         continue;
                     };
                     let redeem = match store.redemption(serial)? {
-                        Some(redemption) if redemption.caller == me => store.record(redemption.seq)?,
+                        Some(redemption) if redemption.caller == me => {
+                            store.record(redemption.seq)?
+                        }
                         _ => None,
                     };
                     let confirmed = store.provision(serial)?.is_some();
@@ -494,8 +505,8 @@ impl Audit for AuditService {
             });
         }
         self.record(facts.append(groups))
-        .await
-        .map_err(|s| id.tag_status(s))?;
+            .await
+            .map_err(|s| id.tag_status(s))?;
         Ok(self.respond(&id, ConfirmProvisionResponse { results }))
     }
 }

@@ -22,13 +22,11 @@ use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::edge::Peer;
-use crate::audit::Recorder;
-use crate::audit::entries::{BatchFacts, Collector, outcome_of};
-use fugo_log::record::{Entry, Operation, Outcome, PersonLink};
-use fugo_log::store::{Append, Appended};
 use super::identity::PeerCertificate;
 use super::status;
 use crate::agency::{AffairId, AgencyId, ItemId};
+use crate::audit::Recorder;
+use crate::audit::entries::{BatchFacts, Collector, outcome_of};
 use crate::exchange::{Done, Exchange, SealContext};
 use crate::policy::Policy;
 use crate::proto::fugo::v1::codes_server::Codes;
@@ -37,6 +35,8 @@ use crate::proto::fugo::v1::{
     Redeemed, ReidentifyRequest, ReidentifyResponse, ReidentifyResult, RequestContext, SealRequest,
     SealResponse, SealResult, Sealed, derive_result, redeem_result, reidentify_result, seal_result,
 };
+use fugo_log::record::{Entry, Operation, Outcome, PersonLink};
+use fugo_log::store::{Append, Appended};
 
 /// Everything the service shares between calls.
 pub(crate) struct State {
@@ -523,7 +523,9 @@ fn derive(
         .exchange
         .derive(policy, caller, &numbers)
         .map_err(status::batch)?;
-    let epoch = policy.agency(caller).map_or(0, |agency| agency.epoch.get());
+    let epoch = policy
+        .agency(caller)
+        .map_or(0, |agency| u32::from(agency.epoch.get()));
     let mut collector = Collector::new();
     let group = collector.group(facts.header(Operation::Derive));
     collector.items(group, &done, |_| (None, epoch));
@@ -616,7 +618,9 @@ fn redeem(
         .exchange
         .redeem(policy, caller, &tokens, now())
         .map_err(status::batch)?;
-    let epoch = policy.agency(caller).map_or(0, |agency| agency.epoch.get());
+    let epoch = policy
+        .agency(caller)
+        .map_or(0, |agency| u32::from(agency.epoch.get()));
     // Each distinct context goes into the response once (the exchange hands
     // the tokens of one seal the same shared context) and is one group of
     // records; refusals after opening a token share one group without it.
@@ -628,7 +632,10 @@ fn redeem(
     let mut positions: Vec<(usize, usize, usize, PersonLink)> = Vec::new();
     let mut entries_in: Vec<usize> = Vec::new();
     let mut results = Vec::with_capacity(done.results.len());
-    let Done { results: outcomes, people } = done;
+    let Done {
+        results: outcomes,
+        people,
+    } = done;
     for (item, (result, person)) in outcomes.into_iter().zip(people).enumerate() {
         let person = person.map(|link| PersonLink(link.to_bytes()));
         results.push(RedeemResult {
@@ -746,7 +753,8 @@ fn mark_repeats(
         };
         redeemed.repeat = true;
         if first_epoch != epoch
-            && let Ok(first) = crate::agency::Epoch::new(first_epoch)
+            && let Ok(first) = u8::try_from(first_epoch)
+            && let Ok(first) = crate::agency::Epoch::new(first)
             && let Ok(code) = state.exchange.code_for_link(
                 caller,
                 first,

@@ -125,7 +125,9 @@ impl RawAudit {
         if let Some(origin) = &self.origin
             && (origin.is_empty()
                 || origin.len() > 200
-                || origin.chars().any(|c| c.is_whitespace() || c == '+' || c.is_control()))
+                || origin
+                    .chars()
+                    .any(|c| c.is_whitespace() || c == '+' || c.is_control()))
         {
             return Err(
                 "[audit] origin must be 1 to 200 characters without spaces or '+' (e.g. fugo.example.go.jp/audit)"

@@ -29,6 +29,7 @@ pub mod limits;
 pub mod server;
 mod status;
 
+pub use codes::CHECKPOINT;
 pub use config::{AuditConfig, ServeConfig};
 pub use limits::Limits;
 pub use server::{Reloader, Running, ServeError, start};

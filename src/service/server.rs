@@ -19,24 +19,24 @@ use zeroize::Zeroizing;
 
 use super::audit::AuditService;
 use super::codes::{self, CodesService, State};
-use crate::audit::entries::{BatchFacts, policy_digest};
-use crate::audit::{Recorder, RecorderError};
-use crate::proto::fugo::v1::audit_server::AuditServer;
-use fugo_log::checkpoint::LogSigner;
-use fugo_log::record::{Entry, Group, Operation, Outcome};
-use fugo_log::store::Append;
-use std::time::{SystemTime, UNIX_EPOCH};
 use super::config::{ConfigError, ServeConfig};
 use super::edge;
 use super::framing::FramingStatus;
+use crate::audit::entries::{BatchFacts, policy_digest};
+use crate::audit::{Recorder, RecorderError};
 use crate::certs::{self, CertError};
 use crate::exchange::Exchange;
 use crate::files::{self, ReadError};
 use crate::keyfile::{self, KeyLoadError, KeySource};
 use crate::policy::{Policy, PolicyError, PolicyVersion};
 use crate::proto::FILE_DESCRIPTOR_SET;
+use crate::proto::fugo::v1::audit_server::AuditServer;
 use crate::proto::fugo::v1::codes_server::CodesServer;
 use crate::random::SystemRandomness;
+use fugo_log::checkpoint::LogSigner;
+use fugo_log::record::{Entry, Group, Operation, Outcome};
+use fugo_log::store::Append;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Why the server could not start (or reload).
 #[derive(Debug, Error)]
@@ -326,7 +326,9 @@ fn reload(state: &State, path: &Path) -> Result<PolicyVersion, ServeError> {
             let version = policy.version().clone();
             // Queued before the swap, so it commits before (or with) the
             // first call decided under the new policy.
-            state.recorder.record_detached(policy_loaded(&policy, &text));
+            state
+                .recorder
+                .record_detached(policy_loaded(&policy, &text));
             *state.policy.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(policy);
             tracing::info!(version = %version, "policy reloaded");
             Ok(version)
@@ -394,19 +396,24 @@ pub async fn start(
     tokio::spawn(async move {
         while recorder_health.changed().await.is_ok() {
             let serving = *recorder_health.borrow_and_update();
-            for set in [
-                health.clone(),
-            ] {
-                if serving {
-                    set.set_serving::<CodesServer<CodesService>>().await;
-                    set.set_serving::<AuditServer<AuditService>>().await;
-                    set.set_service_status("", tonic_health::ServingStatus::Serving).await;
-                } else {
-                    set.set_not_serving::<CodesServer<CodesService>>().await;
-                    set.set_not_serving::<AuditServer<AuditService>>().await;
-                    set.set_service_status("", tonic_health::ServingStatus::NotServing).await;
-                }
-            }
+            let status = if serving {
+                tonic_health::ServingStatus::Serving
+            } else {
+                tonic_health::ServingStatus::NotServing
+            };
+            health.set_service_status("", status).await;
+            health
+                .set_service_status(
+                    <CodesServer<CodesService> as tonic::server::NamedService>::NAME,
+                    status,
+                )
+                .await;
+            health
+                .set_service_status(
+                    <AuditServer<AuditService> as tonic::server::NamedService>::NAME,
+                    status,
+                )
+                .await;
         }
     });
     let reflection = || {

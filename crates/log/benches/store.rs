@@ -82,6 +82,7 @@ fn append(store: &mut RedbStore, count: u64) {
             groups: vec![group(first, count)],
             refusals: Vec::new(),
             now_ms: 0,
+            policies: Vec::new(),
         })
         .unwrap();
 }

@@ -44,6 +44,7 @@ fn append(groups: Vec<Group>) -> Append {
         groups,
         refusals: Vec::new(),
         now_ms: 0,
+        policies: Vec::new(),
     }
 }
 
@@ -280,6 +281,7 @@ fn tallies_become_refusals_records_when_the_minute_changes() {
                 refusal("A", "malformed", 1),
             ],
             now_ms: now,
+            policies: Vec::new(),
         })
         .unwrap();
     assert_eq!((done.tallied, done.size), (0, 0));
@@ -296,6 +298,7 @@ fn tallies_become_refusals_records_when_the_minute_changes() {
             )],
             refusals: vec![refusal("A", "unknown_code", 4)],
             now_ms: now + 1,
+            policies: Vec::new(),
         })
         .unwrap();
     assert_eq!(store.size(), 1);
@@ -310,6 +313,7 @@ fn tallies_become_refusals_records_when_the_minute_changes() {
             )],
             refusals: Vec::new(),
             now_ms: (minute + 1) * 60_000,
+            policies: Vec::new(),
         })
         .unwrap();
     assert_eq!(done.tallied, 2);

@@ -22,7 +22,7 @@ mod redb;
 use std::path::PathBuf;
 
 use crate::merkle::{Hash, MerkleError};
-use crate::record::{Group, PersonLink, Record};
+use crate::record::{Group, Outcome, PersonLink, Record};
 
 pub use self::redb::RedbStore;
 
@@ -36,6 +36,9 @@ pub struct Append {
     /// The time of this append (unix milliseconds): tallies of minutes
     /// before its minute become `Refusals` records in this commit.
     pub now_ms: u64,
+    /// Policy texts to keep under their version (SHA-256), in the same
+    /// commit as the records that name them; a known version is kept once.
+    pub policies: Vec<(Hash, String)>,
 }
 
 /// A count of refusals that opened no person, for one (agency, reason,
@@ -242,6 +245,11 @@ pub trait Store: Send {
     fn consistency_proof(&mut self, old: u64, new: u64) -> Result<Vec<Hash>, StoreError>;
     /// Keeps a signed checkpoint note of tree size `size` (durable).
     fn add_checkpoint(&mut self, size: u64, note: &str) -> Result<(), StoreError>;
+    /// The kept checkpoint of exactly this tree size, if any.
+    fn checkpoint(&mut self, size: u64) -> Result<Option<String>, StoreError>;
+    /// The provider's confirmation of the exchange with this serial (a
+    /// `Provision` record): its time (unix ms) and outcome, if confirmed.
+    fn provision(&mut self, serial: &[u8; 16]) -> Result<Option<(u64, Outcome)>, StoreError>;
     /// The checkpoint of the largest size.
     fn latest_checkpoint(&mut self) -> Result<Option<(u64, String)>, StoreError>;
     /// Every kept checkpoint, by size.

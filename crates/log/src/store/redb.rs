@@ -71,6 +71,8 @@ const BY_PERSON: TableDefinition<(&[u8; 16], u64), ()> = TableDefinition::new("b
 const BY_AGENCY: TableDefinition<(&str, u64), u64> = TableDefinition::new("by_agency");
 const REDEEMED: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new("redeemed");
 const TALLIES: TableDefinition<(u64, &str, &str), u64> = TableDefinition::new("tallies");
+/// serial -> (time ms, outcome code) of its provision confirmation.
+const PROVISIONS: TableDefinition<&[u8; 16], (u64, u8)> = TableDefinition::new("provisions");
 
 /// The audit log in one redb file, held exclusively by this handle.
 pub struct RedbStore {
@@ -175,6 +177,7 @@ impl RedbStore {
         txn.open_table(BY_AGENCY).map_err(|e| backend("open", e))?;
         txn.open_table(REDEEMED).map_err(|e| backend("open", e))?;
         txn.open_table(TALLIES).map_err(|e| backend("open", e))?;
+        txn.open_table(PROVISIONS).map_err(|e| backend("open", e))?;
         txn.commit().map_err(|e| backend("open", e))?;
 
         let frontier = Frontier::from_parts(size, nodes).map_err(|_| StoreError::Corrupt {
@@ -494,6 +497,29 @@ impl Store for RedbStore {
         })
     }
 
+    fn checkpoint(&mut self, size: u64) -> Result<Option<String>, StoreError> {
+        let op = "checkpoint";
+        let txn = self.read(op)?;
+        let table = txn.open_table(CHECKPOINTS).map_err(|e| backend(op, e))?;
+        let found = table.get(size).map_err(|e| backend(op, e))?;
+        Ok(found.map(|note| note.value().to_owned()))
+    }
+
+    fn provision(&mut self, serial: &[u8; 16]) -> Result<Option<(u64, Outcome)>, StoreError> {
+        let op = "provision";
+        let txn = self.read(op)?;
+        let table = txn.open_table(PROVISIONS).map_err(|e| backend(op, e))?;
+        let Some(found) = table.get(serial).map_err(|e| backend(op, e))? else {
+            return Ok(None);
+        };
+        let (time, code) = found.value();
+        let outcome = Outcome::from_code(code).ok_or(StoreError::Corrupt {
+            what: "provision outcome",
+            seq: 0,
+        })?;
+        Ok(Some((time, outcome)))
+    }
+
     fn latest_checkpoint(&mut self) -> Result<Option<(u64, String)>, StoreError> {
         let op = "latest checkpoint";
         let txn = self.read(op)?;
@@ -613,6 +639,15 @@ fn write_append(
     let mut groups_table = txn.open_table(GROUPS).map_err(|e| backend(op, e))?;
     let mut by_agency = txn.open_table(BY_AGENCY).map_err(|e| backend(op, e))?;
     let mut redeemed = txn.open_table(REDEEMED).map_err(|e| backend(op, e))?;
+    let mut provisions = txn.open_table(PROVISIONS).map_err(|e| backend(op, e))?;
+    let mut policies = txn.open_table(POLICIES).map_err(|e| backend(op, e))?;
+    for (version, text) in &append.policies {
+        if policies.get(version).map_err(|e| backend(op, e))?.is_none() {
+            policies
+                .insert(version, text.as_str())
+                .map_err(|e| backend(op, e))?;
+        }
+    }
     // Tile (level / 8, index) -> (position of the first new hash, new hashes).
     let mut tiles: BTreeMap<(u8, u64), (u64, Vec<u8>)> = BTreeMap::new();
     // Serials redeemed earlier in this same append.
@@ -661,6 +696,15 @@ fn write_append(
             }
         }
 
+        if group.header.operation == Operation::Provision {
+            for entry in &group.entries {
+                if let Some(serial) = &entry.serial {
+                    provisions
+                        .insert(serial, (group.header.time_ms, entry.outcome.code()))
+                        .map_err(|e| backend(op, e))?;
+                }
+            }
+        }
         let header_bytes = record::encode_header(&group.header);
         let digest: Hash = Sha256::digest(&header_bytes).into();
         for (index, entry) in group.entries.iter().enumerate() {
@@ -1237,6 +1281,7 @@ mod tests {
             }],
             refusals: Vec::new(),
             now_ms: time_ms,
+            policies: Vec::new(),
         }
     }
 
