@@ -131,6 +131,10 @@ fn seqs_are_contiguous_across_appends_and_reopen() {
     assert_eq!(firsts, [0, 3]);
     let root = store.root();
     drop(store);
+    // The whole-file check that `audit verify` uses accepts an intact file.
+    let checked = RedbStore::open_checked(dir.path().join("audit.redb")).unwrap();
+    assert_eq!((checked.size(), checked.root()), (603, root));
+    drop(checked);
     let mut store = open(&dir);
     assert_eq!(store.size(), 603);
     assert_eq!(store.root(), root);

@@ -105,8 +105,11 @@ impl RedbStore {
     }
 
     /// As [`RedbStore::open`], but first checks the checksum of every page
-    /// of the file (reads the whole file): for `fugo audit verify`, where the
-    /// file may have been altered outside redb and a plain open could trust it.
+    /// of the file (reads the whole file). For `fugo audit verify` and
+    /// anything else that reads a file that may have been altered outside
+    /// redb: a plain open trusts such a file, and redb may then panic while
+    /// reading a damaged page (seen when flipping bytes of a copy), where
+    /// this open returns [`StoreError::Damaged`].
     pub fn open_checked(path: impl AsRef<Path>) -> Result<Self, StoreError> {
         Self::open_with(path.as_ref(), true)
     }
@@ -323,7 +326,7 @@ impl Store for RedbStore {
         let tiles = txn.open_table(TILES).map_err(|e| backend("records", e))?;
         let mut reader = GroupReader::new(&groups);
         let mut leaves = TileSource::new(&tiles);
-        let mut out = Vec::with_capacity(end.saturating_sub(from) as usize);
+        let mut out = Vec::with_capacity(end.saturating_sub(from).min(4096) as usize);
         for seq in from..end {
             if seq < self.purged {
                 out.push(StoredRecord::Purged {
