@@ -629,3 +629,34 @@ fn leaves_hold_no_person_link() {
         assert!(seen.insert(bytes[63..].to_vec()));
     }
 }
+
+#[test]
+fn a_signed_checkpoint_of_the_store_verifies() {
+    use fugo_log::checkpoint::{Checkpoint, LogSigner, LogVerifier};
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(&dir);
+    filled(&mut store, 1_000, 300);
+    let signer = LogSigner::from_seed("audit.example/log", &[7; 32]).unwrap();
+    store.set_verifier(&signer.verifier().to_string()).unwrap();
+    for size in [500, 1_000] {
+        let root = store.root_at(size).unwrap();
+        let note = signer
+            .sign(&Checkpoint {
+                origin: "audit.example/log".into(),
+                size,
+                root,
+            })
+            .unwrap();
+        store.add_checkpoint(size, &note).unwrap();
+    }
+    drop(store);
+    let mut store = open(&dir);
+    let verifier = LogVerifier::parse(&store.verifier().unwrap().unwrap()).unwrap();
+    let (size, note) = store.latest_checkpoint().unwrap().unwrap();
+    let latest = verifier.open(&note).unwrap();
+    assert_eq!((latest.size, latest.root), (size, store.root()));
+    let (old_size, old_note) = store.checkpoints().unwrap().remove(0);
+    let old = verifier.open(&old_note).unwrap();
+    let proof = store.consistency_proof(old_size, size).unwrap();
+    merkle::verify_consistency(old.size, latest.size, &old.root, &latest.root, &proof).unwrap();
+}

@@ -252,6 +252,18 @@ impl RedbStore {
         TileSource::new(&tiles).node(0, seq)
     }
 
+    /// Whether some tally is of a minute before the append's.
+    fn tallies_due(&self, append: &Append) -> Result<bool, StoreError> {
+        let op = "append tallies";
+        let txn = self.read(op)?;
+        let tallies = txn.open_table(TALLIES).map_err(|e| backend(op, e))?;
+        let now_minute = append.now_ms / 60_000;
+        let mut due = tallies
+            .range((0u64, "", "")..(now_minute, "", ""))
+            .map_err(|e| backend(op, e))?;
+        Ok(due.next().is_some())
+    }
+
     fn check_size(&self, what: &'static str, value: u64) -> Result<(), StoreError> {
         if value > self.frontier.size() {
             Err(StoreError::OutOfRange {
@@ -281,6 +293,15 @@ impl Store for RedbStore {
     fn append(&mut self, append: Append) -> Result<Appended, StoreError> {
         self.writable("append")?;
         validate(&append.groups)?;
+        if append.groups.is_empty() && append.refusals.is_empty() && !self.tallies_due(&append)? {
+            // Nothing to write: no commit, no fsync.
+            return Ok(Appended {
+                groups: Vec::new(),
+                tallied: 0,
+                size: self.frontier.size(),
+                root: self.frontier.root(),
+            });
+        }
         let mut next = self.frontier.clone();
         let appended = self.write("append", |txn| write_append(txn, &mut next, append))?;
         self.frontier = next;
@@ -1285,5 +1306,30 @@ mod tests {
         let first = store.size();
         let done = store.append(derive(4, 30..31)).unwrap();
         assert_eq!(done.groups[0].first_seq, first);
+    }
+
+    #[test]
+    fn an_append_with_nothing_to_do_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let fail = Arc::new(AtomicBool::new(false));
+        let mut store = open_failing(&dir.path().join("audit.redb"), &fail);
+        store.append(derive(1, 0..3)).unwrap();
+        // Any write would fail now: an idle append (no groups, no refusals,
+        // no tally due) must not commit.
+        fail.store(true, Ordering::SeqCst);
+        let done = store.append(Append::default()).unwrap();
+        assert_eq!((done.size, done.tallied), (3, 0));
+        assert!(done.groups.is_empty());
+        // A refusal to tally is work: it needs a commit.
+        let tallied = store.append(Append {
+            refusals: vec![crate::store::Refusal {
+                agency: "A".into(),
+                reason: "malformed".into(),
+                minute: 0,
+                count: 1,
+            }],
+            ..Append::default()
+        });
+        assert!(matches!(tallied, Err(StoreError::Io { .. })), "{tallied:?}");
     }
 }
