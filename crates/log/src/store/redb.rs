@@ -1,42 +1,5 @@
-//! The embedded [`Store`]: one redb file.
-//!
-//! # Tables
-//!
-//! | table         | key                           | value                                           |
-//! |---------------|-------------------------------|-------------------------------------------------|
-//! | `groups`      | first seq `u64`               | header encoding + packed entries ([`encode_group`]), at most [`CHUNK`] entries |
-//! | `tiles`       | (level / 8 `u8`, tile `u64`)  | up to 256 hashes of 32 bytes (C2SP tlog-tiles layout) |
-//! | `meta`        | name `&str`                   | `format`, `size`, `frontier`, `indexed`, `purged`, `verifier` |
-//! | `checkpoints` | tree size `u64`               | signed note text                                |
-//! | `policies`    | version `[u8; 32]`            | policy text                                     |
-//! | `by_person`   | (link `[u8; 16]`, seq `u64`)  | `()`                                            |
-//! | `by_agency`   | (agency `&str`, first seq)    | record count of the group `u64`                 |
-//! | `redeemed`    | serial `[u8; 16]`             | seq `u64` ‖ epoch `u32` ‖ caller (UTF-8)        |
-//! | `tallies`     | (minute, agency, reason)      | count `u64`                                     |
-//!
-//! All integers in values are big-endian.
-//!
-//! **Tiles.** Tile `(L, t)` holds the hashes of level `8L` of the tree with
-//! indexes `[256t, 256t + 256)`: level-0 tiles hold leaf hashes, level-1 tiles
-//! the roots of 256-leaf subtrees, and so on. The rightmost tile of each level
-//! is partial and grows in place (read, extended and written once per append
-//! that touches it). A node at a level between two stored ones is hashed
-//! from at most 128 stored nodes of the tile below it.
-//!
-//! **Groups.** A group of more than [`CHUNK`] entries is kept as several
-//! values with the same header, so reading one record decodes at most
-//! [`CHUNK`] entries.
-//!
-//! **Purging** removes a prefix of the groups; `meta.purged` says where the
-//! kept bodies start. Leaf hashes (tiles) always stay.
-//!
-//! # Failures
-//!
-//! After an error inside a write transaction this handle refuses further
-//! writes with [`StoreError::NeedsReopen`]: redb needs the database dropped
-//! and opened again after a failed commit, and the commit may or may not
-//! have reached the disk. [`RedbStore::open`] restores size and frontier from
-//! `meta`, which is written in the same transaction as the records.
+//! The embedded [`Store`]: one redb file. The table layout is documented
+//! on [`RedbStore`].
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -73,6 +36,44 @@ const REDEEMED: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new("redeem
 const TALLIES: TableDefinition<(u64, &str, &str), u64> = TableDefinition::new("tallies");
 
 /// The audit log in one redb file, held exclusively by this handle.
+///
+/// # Tables
+///
+/// | table         | key                           | value                                           |
+/// |---------------|-------------------------------|-------------------------------------------------|
+/// | `groups`      | first seq `u64`               | header encoding + packed entries ([`encode_group`](crate::record::encode_group)), at most 256 entries |
+/// | `tiles`       | (level / 8 `u8`, tile `u64`)  | up to 256 hashes of 32 bytes (C2SP tlog-tiles layout) |
+/// | `meta`        | name `&str`                   | `format`, `size`, `frontier`, `indexed`, `purged`, `verifier` |
+/// | `checkpoints` | tree size `u64`               | signed note text                                |
+/// | `policies`    | version `[u8; 32]`            | policy text                                     |
+/// | `by_person`   | (link `[u8; 16]`, seq `u64`)  | `()`                                            |
+/// | `by_agency`   | (agency `&str`, first seq)    | record count of the group `u64`                 |
+/// | `redeemed`    | serial `[u8; 16]`             | seq `u64` ‖ epoch `u32` ‖ caller (UTF-8)        |
+/// | `tallies`     | (minute, agency, reason)      | count `u64`                                     |
+///
+/// All integers in values are big-endian.
+///
+/// **Tiles.** Tile `(L, t)` holds the hashes of level `8L` of the tree with
+/// indexes `[256t, 256t + 256)`: level-0 tiles hold leaf hashes, level-1 tiles
+/// the roots of 256-leaf subtrees, and so on. The rightmost tile of each level
+/// is partial and grows in place (read, extended and written once per append
+/// that touches it). A node at a level between two stored ones is hashed
+/// from at most 128 stored nodes of the tile below it.
+///
+/// **Groups.** A group of more than 256 entries (`CHUNK`) is kept as several
+/// values with the same header, so reading one record decodes at most
+/// 256 entries.
+///
+/// **Purging** removes a prefix of the groups; `meta.purged` says where the
+/// kept bodies start. Leaf hashes (tiles) always stay.
+///
+/// # Failures
+///
+/// After an error inside a write transaction this handle refuses further
+/// writes with [`StoreError::NeedsReopen`]: redb needs the database dropped
+/// and opened again after a failed commit, and the commit may or may not
+/// have reached the disk. [`RedbStore::open`] restores size and frontier from
+/// `meta`, which is written in the same transaction as the records.
 pub struct RedbStore {
     db: Database,
     path: PathBuf,
@@ -381,11 +382,9 @@ impl Store for RedbStore {
             if out.len() >= limit {
                 break;
             }
-            let (key, ()) = item
-                .map(|(k, v)| (k.value().1, v.value()))
-                .map_err(|e| backend(op, e))?;
-            if key >= self.purged {
-                out.push(reader.record(key)?);
+            let seq = item.map_err(|e| backend(op, e))?.0.value().1;
+            if seq >= self.purged {
+                out.push(reader.record(seq)?);
             }
         }
         Ok(out)
