@@ -510,6 +510,18 @@ fn a_second_open_of_the_file_is_locked() {
 }
 
 #[test]
+fn opening_where_no_file_can_be_made_is_an_io_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("missing-dir").join("audit.redb");
+    match RedbStore::open(&path) {
+        Err(StoreError::Io { op: "open", source }) => {
+            assert_eq!(source.kind(), std::io::ErrorKind::NotFound);
+        }
+        other => panic!("expected Io, got {other:?}"),
+    }
+}
+
+#[test]
 fn a_refused_append_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let mut store = open(&dir);
