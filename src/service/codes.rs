@@ -14,7 +14,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use ring::rand::{SecureRandom, SystemRandom};
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
@@ -175,8 +175,15 @@ impl CodesService {
     }
 }
 
-/// Batches of one stream processed at once.
+/// Batches of one stream whose work (decoding, crypto, encoding) runs at
+/// once.
 const IN_FLIGHT: usize = 4;
+/// Batches of one stream started and not yet answered: those computing and
+/// those whose records wait for their commit. Waiting holds only the
+/// encoded response and its records (about 80 bytes an item), and a deeper
+/// queue lets one commit take many batches (group commit) while the next
+/// ones compute.
+const AWAITING_COMMIT: usize = 16;
 
 type Handler<Req, Resp> =
     fn(&State, &Policy, &AgencyId, &BatchFacts<'_>, Req) -> Result<Pending<Resp>, Status>;
@@ -304,7 +311,14 @@ async fn run_batch<Req: Items + Send + 'static, Resp: Tally + Send + 'static>(
     batch: Batch,
     request: Req,
     handler: Handler<Req, Resp>,
+    gate: Option<Arc<Semaphore>>,
 ) -> Result<Resp, Status> {
+    // A stream's batches take turns for the work; the wait for the commit
+    // is outside the turn.
+    let turn = match gate {
+        Some(gate) => gate.acquire_owned().await.ok(),
+        None => None,
+    };
     let started = Instant::now();
     let policy = state.policy();
     let caller = match batch.certificate.caller(&policy) {
@@ -342,6 +356,7 @@ async fn run_batch<Req: Items + Send + 'static, Resp: Tally + Send + 'static>(
             .await
             .unwrap_or_else(|_| Err((Append::default(), Status::internal("a worker failed"))))
     };
+    drop(turn);
     // Nothing leaves before its records are committed (fail closed).
     let outcome = match outcome {
         Ok(pending) => match state.recorder.record(pending.append).await {
@@ -434,6 +449,7 @@ impl CodesService {
                 batch,
                 request.into_inner(),
                 handler,
+                None,
             )
             .await?,
         );
@@ -456,9 +472,12 @@ impl CodesService {
         let mut incoming = request.into_inner();
         let state = Arc::clone(&self.state);
         let (sender, receiver) = mpsc::channel(IN_FLIGHT);
-        // Batches start as soon as they arrive (up to IN_FLIGHT at once, so
-        // decoding, crypto and encoding overlap) and are answered in order.
-        let (jobs, mut started) = mpsc::channel::<JoinHandle<Result<Resp, Status>>>(IN_FLIGHT);
+        // Batches start as soon as they arrive (up to IN_FLIGHT computing at
+        // once, so decoding, crypto and encoding overlap; up to
+        // AWAITING_COMMIT started) and are answered in order.
+        let (jobs, mut started) =
+            mpsc::channel::<JoinHandle<Result<Resp, Status>>>(AWAITING_COMMIT);
+        let computing = Arc::new(Semaphore::new(IN_FLIGHT));
         let stream_id = id.clone();
         tokio::spawn(async move {
             let mut index = 0;
@@ -471,7 +490,8 @@ impl CodesService {
                             operation,
                             index: Some(index),
                         };
-                        tokio::spawn(run_batch(Arc::clone(&state), batch, request, handler))
+                        let gate = Some(Arc::clone(&computing));
+                        tokio::spawn(run_batch(Arc::clone(&state), batch, request, handler, gate))
                     }
                     Err(status) => {
                         let status = stream_id.tag_status(status::incoming(status));
