@@ -12,9 +12,11 @@
 //!   leaf of the group;
 //! - the **leaf bytes** ([`leaf_bytes`]) whose RFC 6962 leaf hash is the tree
 //!   leaf. They hold the header digest and the entry, with the person link
-//!   replaced by a per-record commitment ([`link_commitment`]), so an export
-//!   can carry leaf bytes without person links and two records of one person
-//!   share no value.
+//!   and the processing serial replaced by a per-record commitment
+//!   ([`link_commitment`]), so an export or a proof can carry leaf bytes
+//!   without person links or serials (a serial is known to both parties of
+//!   an exchange: in a leaf it would be a value shared across agencies),
+//!   and two records of one person share no value.
 //!
 //! Header encoding, version 1 (all integers big-endian, every string and list
 //! prefixed with its length as u64):
@@ -25,11 +27,13 @@
 //! policy_version [32] ‖ batch_id ‖ note ‖ count u64
 //! ```
 //!
-//! Leaf bytes, version 1 (95 bytes):
+//! Leaf bytes, version 1 (78 bytes):
 //!
 //! ```text
-//! 0x01 ‖ header_digest [32] ‖ seq u64 ‖ outcome u8 ‖ epoch u32 ‖
-//! serial flag u8 ‖ serial [16] (zeros when none) ‖ link commitment [32]
+//! 0x01 ‖ header_digest [32] ‖ seq u64 ‖ outcome u8 ‖ epoch u32 ‖ commitment [32]
+//! commitment = SHA-256("fugo-log/v1/link" ‖ seq u64 ‖ flags u8 ‖
+//!              serial [16] if flags & 1 ‖ person link [16] if flags & 2)
+//!              or 32 zero bytes when the record has neither
 //! ```
 
 use std::fmt;
@@ -341,24 +345,36 @@ pub fn header_digest(header: &Header) -> Hash {
     Sha256::digest(encode_header(header)).into()
 }
 
-/// The commitment to a record's person in its leaf:
-/// SHA-256("fugo-log/v1/link" ‖ seq u64 BE ‖ person), or 32 zero bytes when
-/// the record has no person. The seq makes two records of one person differ.
-pub fn link_commitment(seq: u64, person: Option<&PersonLink>) -> Hash {
-    match person {
-        None => [0; 32],
-        Some(link) => {
-            let mut hasher = Sha256::new();
-            hasher.update(LINK_LABEL);
-            hasher.update(seq.to_be_bytes());
-            hasher.update(link.0);
-            hasher.finalize().into()
-        }
+/// The commitment to a record's serial and person in its leaf:
+/// SHA-256("fugo-log/v1/link" ‖ seq u64 BE ‖ flags ‖ serial? ‖ person?),
+/// or 32 zero bytes when the record has neither. The seq makes two records
+/// of one person (or one serial) differ.
+pub fn link_commitment(seq: u64, serial: Option<&[u8; 16]>, person: Option<&PersonLink>) -> Hash {
+    if serial.is_none() && person.is_none() {
+        return [0; 32];
     }
+    let mut flags = 0u8;
+    if serial.is_some() {
+        flags |= HAS_SERIAL;
+    }
+    if person.is_some() {
+        flags |= HAS_PERSON;
+    }
+    let mut hasher = Sha256::new();
+    hasher.update(LINK_LABEL);
+    hasher.update(seq.to_be_bytes());
+    hasher.update([flags]);
+    if let Some(serial) = serial {
+        hasher.update(serial);
+    }
+    if let Some(link) = person {
+        hasher.update(link.0);
+    }
+    hasher.finalize().into()
 }
 
 /// Length of [`leaf_bytes`].
-pub const LEAF_BYTES_LEN: usize = 1 + 32 + 8 + 1 + 4 + 1 + 16 + 32;
+pub const LEAF_BYTES_LEN: usize = 1 + 32 + 8 + 1 + 4 + 32;
 
 /// The bytes whose leaf hash is the tree leaf (see the module doc).
 pub fn leaf_bytes(seq: u64, header_digest: &Hash, entry: &Entry) -> Vec<u8> {
@@ -368,17 +384,11 @@ pub fn leaf_bytes(seq: u64, header_digest: &Hash, entry: &Entry) -> Vec<u8> {
     out.extend_from_slice(&seq.to_be_bytes());
     out.push(entry.outcome.code());
     out.extend_from_slice(&entry.epoch.to_be_bytes());
-    match &entry.serial {
-        Some(serial) => {
-            out.push(1);
-            out.extend_from_slice(serial);
-        }
-        None => {
-            out.push(0);
-            out.extend_from_slice(&[0; 16]);
-        }
-    }
-    out.extend_from_slice(&link_commitment(seq, entry.person.as_ref()));
+    out.extend_from_slice(&link_commitment(
+        seq,
+        entry.serial.as_ref(),
+        entry.person.as_ref(),
+    ));
     out
 }
 
@@ -700,21 +710,23 @@ mod tests {
         assert_eq!(&bytes[33..41], &42u64.to_be_bytes());
         assert_eq!(bytes[41], Outcome::Done.code());
         assert_eq!(&bytes[42..46], &3u32.to_be_bytes());
-        assert_eq!(bytes[46], 1);
-        assert_eq!(&bytes[47..63], &[9; 16]);
-        assert_eq!(&bytes[63..], &link_commitment(42, entry.person.as_ref()));
-        // The person link itself is nowhere in the leaf.
+        assert_eq!(
+            &bytes[46..],
+            &link_commitment(42, entry.serial.as_ref(), entry.person.as_ref())
+        );
+        // Neither the person link nor the serial is in the leaf.
         assert!(!bytes.windows(16).any(|w| w == [5; 16]));
+        assert!(!bytes.windows(16).any(|w| w == [9; 16]));
         let none = leaf_bytes(42, &digest, &entries()[1]);
-        assert_eq!(&none[46..], &[0; 49]);
+        assert_eq!(&none[46..], &[0; 32]);
     }
 
     #[test]
     fn one_person_shares_no_commitment_across_records() {
         let link = PersonLink([5; 16]);
         assert_ne!(
-            link_commitment(1, Some(&link)),
-            link_commitment(2, Some(&link))
+            link_commitment(1, None, Some(&link)),
+            link_commitment(2, None, Some(&link))
         );
     }
 
