@@ -376,6 +376,11 @@ impl Committer {
                 if self.unsigned_since.is_none() {
                     self.unsigned_since = Some(Instant::now());
                 }
+                // A new log is signed at once, before its first answers
+                // leave, so every response can name a checkpoint.
+                if self.last_signed == 0 {
+                    self.sign(true);
+                }
                 let mut groups = appended.groups.into_iter();
                 for (count, reply) in callers {
                     let _ = reply.send(Ok(Appended {
