@@ -845,11 +845,12 @@ async fn redeeming_twice_answers_a_repeat_and_discloses_one_exchange() {
 
 /// CopyRecord fields whose values are the same for everyone by design:
 /// the record's place and time in the one log (integers of at most 8
-/// bytes), the fixed vocabularies (operation, role, outcome), and public
-/// policy text (agency ids, affair, items), plus counts and dates. Every
-/// other field (code, batch_id, note, and any field added later) is
-/// checked.
-const PUBLIC_FIELDS: [u32; 10] = [1, 2, 3, 4, 5, 6, 7, 8, 11, 13];
+/// bytes), the fixed vocabularies (operation, role, outcome), public policy
+/// text (agency ids, affair, items), counts, dates, and the note (server
+/// text, "never a value": a refusal reason, "from the start, 3 records").
+/// The others (code, batch_id, and any field added later) are checked raw;
+/// every string field is also checked decoded.
+const PUBLIC_FIELDS: [u32; 11] = [1, 2, 3, 4, 5, 6, 7, 8, 11, 12, 13];
 
 fn varint(bytes: &[u8], at: &mut usize) -> u64 {
     let mut value = 0u64;
@@ -889,29 +890,22 @@ fn fields(bytes: &[u8]) -> Vec<(u32, std::ops::Range<usize>)> {
 }
 
 /// Every 16-byte value a copy record carries that is not the same for
-/// everyone by design: each 16-byte window of its encoding that touches a
-/// checked field's value, and each 16-byte window of every checked
-/// field's value decoded from hex, base64 or a code's base32.
+/// everyone by design: each 16-byte window of a checked field's value, and
+/// each 16-byte window of any string field's value decoded from hex,
+/// base64 or a code's base32. Windows across field boundaries are not
+/// values: they join public structure (the outcome name, the code field's
+/// tag and length, a code's version and epoch symbols) to at most a few
+/// bytes of a value, and match across copies by construction.
 fn private_windows(record: &CopyRecord) -> HashSet<Vec<u8>> {
     let bytes = prost::Message::encode_to_vec(record);
-    let mut private = vec![false; bytes.len()];
-    let mut decoded: Vec<Vec<u8>> = Vec::new();
-    for (field, range) in fields(&bytes) {
-        if PUBLIC_FIELDS.contains(&field) {
-            continue;
-        }
-        private[range.clone()].iter_mut().for_each(|p| *p = true);
-        decoded.extend(decodings(&bytes[range]));
-    }
     let mut windows = HashSet::new();
-    for start in 0..bytes.len().saturating_sub(15) {
-        if private[start..start + 16].iter().any(|p| *p) {
-            windows.insert(bytes[start..start + 16].to_vec());
+    for (field, range) in fields(&bytes) {
+        let value = &bytes[range];
+        if !PUBLIC_FIELDS.contains(&field) {
+            windows.extend(value.windows(16).map(<[u8]>::to_vec));
         }
-    }
-    for value in decoded {
-        for window in value.windows(16) {
-            windows.insert(window.to_vec());
+        for decoded in decodings(value) {
+            windows.extend(decoded.windows(16).map(<[u8]>::to_vec));
         }
     }
     windows
