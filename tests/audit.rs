@@ -1217,20 +1217,19 @@ async fn checkpoints_cover_records_within_seconds_and_every_response_names_one()
 
 // ── 6. fail closed, never hang ───────────────────────────────────────────
 
-/// Runs [`recorder_fails_closed_and_recovers_in_this_process`] alone in a
-/// process of its own: a file-size limit applies to a whole process, and
-/// would fail the other tests' files too.
-#[test]
-fn a_failed_write_answers_unavailable_and_recovery_restores_health() {
+/// Runs the ignored test `name` alone in a process of its own (this test
+/// binary again): a file-size limit applies to a whole process, and would
+/// fail the other tests' files too.
+fn run_alone(name: &str) {
     let output = std::process::Command::new(std::env::current_exe().unwrap())
         .args([
-            "recorder_fails_closed_and_recovers_in_this_process",
+            name,
             "--exact",
             "--include-ignored",
             "--test-threads=1",
             "--nocapture",
         ])
-        .env("FUGO_AUDIT_LIMIT_CHILD", "1")
+        .env(LIMIT_CHILD, "1")
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -1243,6 +1242,29 @@ fn a_failed_write_answers_unavailable_and_recovery_restores_health() {
         stdout.contains("1 passed"),
         "the child ran the test:\n{stdout}"
     );
+}
+
+/// Set in the process [`run_alone`] starts.
+const LIMIT_CHILD: &str = "FUGO_AUDIT_LIMIT_CHILD";
+
+/// Checks that this is the process of its own, and makes a write past the
+/// file-size limit fail with EFBIG instead of the signal killing the
+/// process, as `fugo serve` does. True once a write hit the limit.
+fn alone_with_file_size_signal_handled() -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+    assert_eq!(
+        std::env::var(LIMIT_CHILD).as_deref(),
+        Ok("1"),
+        "this test lowers its whole process's file-size limit; run it through its parent"
+    );
+    let seen = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGXFSZ, std::sync::Arc::clone(&seen))
+        .unwrap();
+    seen
+}
+
+#[test]
+fn a_failed_write_answers_unavailable_and_recovery_restores_health() {
+    run_alone("recorder_fails_closed_and_recovers_in_this_process");
 }
 
 fn fsize_limit(pid: u32, value: &str) {
@@ -1304,16 +1326,7 @@ fn a_derive_record(person: u8) -> Append {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "run by a_failed_write_answers_unavailable_and_recovery_restores_health in a process of its own"]
 async fn recorder_fails_closed_and_recovers_in_this_process() {
-    assert_eq!(
-        std::env::var("FUGO_AUDIT_LIMIT_CHILD").as_deref(),
-        Ok("1"),
-        "this test lowers its whole process's file-size limit; run it through its parent"
-    );
-    // As `fugo serve` does: a write past the limit fails with EFBIG instead
-    // of the signal killing the process.
-    let seen = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    signal_hook::flag::register(signal_hook::consts::SIGXFSZ, std::sync::Arc::clone(&seen))
-        .unwrap();
+    let seen = alone_with_file_size_signal_handled();
     let dir = tempfile::tempdir().unwrap();
     let signer = fugo_log::checkpoint::LogSigner::from_seed("test.local/audit", &[7; 32]).unwrap();
     let settings = fugo::audit::Settings {
@@ -1437,4 +1450,100 @@ async fn every_policy_text_loaded_is_kept_by_version_and_its_loading_recorded() 
         .map(|r| r.header.policy_version)
         .collect();
     assert_eq!(derived, [digest(&first), digest(&second)]);
+}
+
+#[test]
+fn a_policy_loaded_while_writes_fail_is_recorded_once_they_work() {
+    run_alone("policy_reload_during_a_write_failure_in_this_process");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "run by a_policy_loaded_while_writes_fail_is_recorded_once_they_work in a process of its own"]
+async fn policy_reload_during_a_write_failure_in_this_process() {
+    let seen = alone_with_file_size_signal_handled();
+    let harness = Harness::start().await;
+    let mut mhlw = harness.agency("mhlw").await;
+    let people = numbers(1, 9_000);
+    let first = mhlw
+        .codes
+        .derive(DeriveRequest {
+            numbers: people.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .policy_version;
+    let renamed = POLICY.replace("health insurance benefits", "health insurance benefits (2027)");
+    fs::write(harness.dir.path().join("policy.toml"), &renamed).unwrap();
+
+    // The store cannot be written: the reload's record fails with the
+    // calls around it, which fail closed, without hanging.
+    let pid = std::process::id();
+    let original = fsize_soft_limit(pid);
+    fsize_limit(pid, "1:");
+    let second = harness.running().reload_policy().unwrap().to_string();
+    let started = Instant::now();
+    let refused = mhlw
+        .codes
+        .derive(DeriveRequest {
+            numbers: people.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+
+    // Writable again: serving within 10 s, under the new policy.
+    fsize_limit(pid, &format!("{original}:"));
+    let lifted = Instant::now();
+    loop {
+        match mhlw
+            .codes
+            .derive(DeriveRequest {
+                numbers: people.clone(),
+            })
+            .await
+        {
+            Ok(response) => {
+                assert_eq!(response.into_inner().policy_version, second);
+                break;
+            }
+            Err(status) => {
+                assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+                assert!(lifted.elapsed() < Duration::from_secs(10), "still {status:?}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    assert!(seen.load(std::sync::atomic::Ordering::Relaxed));
+
+    // The new policy's text and loading were recorded after all, before
+    // the call decided under it.
+    let (_dir, mut store) = harness.stop().await;
+    let digest = |version: &str| -> Hash { hash(&common::hex(version)) };
+    assert_eq!(
+        store.policy(&digest(&second)).unwrap().as_deref(),
+        Some(renamed.as_str()),
+        "the text of the policy loaded while writes failed"
+    );
+    let loaded: Vec<(u64, [u8; 32])> = store
+        .agency_records("fugo", None, 100)
+        .unwrap()
+        .iter()
+        .filter(|r| r.header.operation == Operation::PolicyLoaded)
+        .map(|r| (r.seq, r.header.policy_version))
+        .collect();
+    assert_eq!(
+        loaded.iter().map(|(_, v)| *v).collect::<Vec<_>>(),
+        [digest(&first), digest(&second)]
+    );
+    let derived: Vec<(u64, [u8; 32])> = store
+        .agency_records("mhlw", None, 100)
+        .unwrap()
+        .iter()
+        .filter(|r| r.header.operation == Operation::Derive)
+        .map(|r| (r.seq, r.header.policy_version))
+        .collect();
+    assert_eq!(derived.last().unwrap().1, digest(&second));
+    assert!(loaded[1].0 < derived.last().unwrap().0);
 }

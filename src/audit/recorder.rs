@@ -88,9 +88,22 @@ impl Default for Settings {
 /// A read run on the recorder's thread, between commits.
 type ReadJob = Box<dyn FnOnce(Result<&mut RedbStore, RecorderError>) + Send>;
 
+/// Who waits for an append: a caller (its answer), or no one.
+type Reply = oneshot::Sender<Result<Appended, RecorderError>>;
+
 enum Job {
-    Append(Append, oneshot::Sender<Result<Appended, RecorderError>>),
+    Append(Append, Reply, Waiting),
     Read(ReadJob),
+}
+
+/// Whether a caller waits for an append's commit.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Waiting {
+    /// A caller waits, and answers its own request only on success.
+    Caller,
+    /// No one waits ([`Recorder::record_detached`]): a failed commit keeps
+    /// it for the next one, since no request failing in its place says so.
+    Detached,
 }
 
 /// What the recorder shares with its callers.
@@ -162,6 +175,8 @@ impl Recorder {
             last_open_attempt: Instant::now(),
             last_purge: None,
             last_index: Instant::now(),
+            retry: Vec::new(),
+            written_from: 0,
             last_space_check: None,
         };
         let thread = std::thread::Builder::new()
@@ -179,7 +194,7 @@ impl Recorder {
     /// Writes `append` durably; returns once it is committed (fsync'd).
     pub async fn record(&self, append: Append) -> Result<Appended, RecorderError> {
         let (reply, answer) = oneshot::channel();
-        self.submit(Job::Append(append, reply))?;
+        self.submit(Job::Append(append, reply, Waiting::Caller))?;
         match tokio::time::timeout(self.timeout, answer).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(RecorderError::Stopped),
@@ -194,15 +209,17 @@ impl Recorder {
     /// (the CLI).
     pub fn record_blocking(&self, append: Append) -> Result<Appended, RecorderError> {
         let (reply, answer) = oneshot::channel();
-        self.submit(Job::Append(append, reply))?;
+        self.submit(Job::Append(append, reply, Waiting::Caller))?;
         answer.blocking_recv().map_err(|_| RecorderError::Stopped)?
     }
 
     /// Queues `append` without waiting for it (a policy reload, from a
-    /// thread that must not block); a failure is logged.
+    /// thread that must not block). If its commit fails, it is written with
+    /// the next commit that succeeds (unless the failed one reached the
+    /// disk after all); a failure to queue it is logged.
     pub fn record_detached(&self, append: Append) {
         let (reply, _) = oneshot::channel();
-        if let Err(error) = self.submit(Job::Append(append, reply)) {
+        if let Err(error) = self.submit(Job::Append(append, reply, Waiting::Detached)) {
             tracing::error!(error = %error, "a record could not be queued");
         }
     }
@@ -317,6 +334,10 @@ struct Committer {
     last_purge: Option<Instant>,
     /// When the person index last took a step.
     last_index: Instant,
+    /// Detached appends whose commit failed, for the next commit.
+    retry: Vec<Append>,
+    /// The store's size before the last commit tried.
+    written_from: u64,
     last_space_check: Option<(Instant, bool)>,
 }
 
@@ -350,7 +371,7 @@ impl Committer {
         let mut reads = Vec::new();
         for job in jobs {
             match job {
-                Job::Append(append, reply) => appends.push((append, reply)),
+                Job::Append(append, reply, waiting) => appends.push((append, reply, waiting)),
                 Job::Read(read) => reads.push(read),
             }
         }
@@ -365,20 +386,40 @@ impl Committer {
         }
     }
 
-    fn commit(&mut self, appends: Vec<(Append, oneshot::Sender<Result<Appended, RecorderError>>)>) {
+    fn commit(&mut self, appends: Vec<(Append, Reply, Waiting)>) {
         let mut all = Append::default();
+        // Detached appends of failed commits go first, so a policy's
+        // loading precedes the records of calls decided under it.
+        let mut detached = std::mem::take(&mut self.retry);
+        let retried: usize = detached.iter().map(|append| append.groups.len()).sum();
+        for append in &detached {
+            merge(&mut all, append.clone());
+        }
         let mut callers = Vec::with_capacity(appends.len());
-        for (append, reply) in appends {
+        for (append, reply, waiting) in appends {
+            if waiting == Waiting::Detached {
+                detached.push(append.clone());
+            }
             callers.push((append.groups.len(), reply));
             merge(&mut all, append);
         }
         let result = self.space().and_then(|()| {
             let store = self.store()?;
-            store.append(all).map_err(|error| {
+            let before = store.size();
+            let result = store.append(all).map_err(|error| {
                 tracing::error!(error = %error, "audit commit failed; affected calls get UNAVAILABLE");
                 RecorderError::Unavailable(error.to_string())
-            })
+            });
+            self.written_from = before;
+            result
         });
+        if result.is_err() && !detached.is_empty() {
+            tracing::warn!(
+                appends = detached.len(),
+                "records no caller waits for (a policy's loading) will be written with the next commit"
+            );
+            self.retry = detached;
+        }
         match result {
             Ok(appended) => {
                 self.set_health(true);
@@ -391,6 +432,7 @@ impl Committer {
                     self.sign(true);
                 }
                 let mut groups = appended.groups.into_iter();
+                groups.by_ref().take(retried).for_each(drop);
                 for (count, reply) in callers {
                     let _ = reply.send(Ok(Appended {
                         groups: groups.by_ref().take(count).collect(),
@@ -428,6 +470,11 @@ impl Committer {
             self.last_open_attempt = Instant::now();
             let store = open_store(&self.path)?;
             tracing::warn!("audit store reopened after a failure");
+            if !self.retry.is_empty() && store.size() != self.written_from {
+                // The failed commit reached the disk after all.
+                tracing::warn!("the failed commit was written; its records are not repeated");
+                self.retry.clear();
+            }
             self.store = Some(store);
         }
         self.store
