@@ -1547,3 +1547,164 @@ async fn policy_reload_during_a_write_failure_in_this_process() {
     assert_eq!(derived.last().unwrap().1, digest(&second));
     assert!(loaded[1].0 < derived.last().unwrap().0);
 }
+
+// ── statuses (docs/PROTOCOL.md, "The audit service") ────────────────────
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_statuses_are_the_documented_ones() {
+    let harness = Harness::start().await;
+    let mut mhlw = harness.agency("mhlw").await;
+    let mut shinjuku = harness.agency("city-shinjuku").await;
+    let mut portal = harness.agency("portal").await;
+    let people = numbers(2, 10_000);
+    let mhlw_codes = derive_all(&mut mhlw, &people).await;
+    let sealed = seal(&mut mhlw, &mhlw_codes, 0).await;
+    let redeemed = redeem(&mut shinjuku, vec![sealed[0].token.clone()]).await;
+    let (_, latest, _) = checkpoint_covering(&mut mhlw, 4).await;
+    let code = |result: Result<(), tonic::Status>| result.unwrap_err().code();
+
+    // Consistency: sizes out of order, beyond the log, or unsigned.
+    let proof = |old_size, new_size| GetConsistencyProofRequest { old_size, new_size };
+    let mut audit = mhlw.audit.clone();
+    assert_eq!(
+        code(audit.get_consistency_proof(proof(3, 2)).await.map(drop)),
+        tonic::Code::InvalidArgument
+    );
+    assert_eq!(
+        code(
+            audit
+                .get_consistency_proof(proof(1, latest.size + 1_000))
+                .await
+                .map(drop)
+        ),
+        tonic::Code::InvalidArgument
+    );
+    // Checkpoints are signed at sizes the log had: the policy's record made
+    // size 1, the first derive's two records (one commit) size 3, so no
+    // checkpoint has size 2.
+    assert_eq!(
+        code(audit.get_consistency_proof(proof(1, 2)).await.map(drop)),
+        tonic::Code::NotFound
+    );
+    // Inclusion proofs and disclosure need the `disclose` capability.
+    assert_eq!(
+        code(
+            audit
+                .get_inclusion_proof(GetInclusionProofRequest {
+                    sequence: 0,
+                    tree_size: 0,
+                })
+                .await
+                .map(drop)
+        ),
+        tonic::Code::PermissionDenied
+    );
+    assert_eq!(
+        code(
+            portal
+                .audit
+                .get_inclusion_proof(GetInclusionProofRequest {
+                    sequence: latest.size,
+                    tree_size: latest.size,
+                })
+                .await
+                .map(drop)
+        ),
+        tonic::Code::InvalidArgument
+    );
+    // Pages: at most 1,000 records; tokens are this server's.
+    let portal_code = derive_all(&mut portal, &people[..1]).await.remove(0);
+    for (page_size, page_token, field) in [(1_001, "", "page_size"), (10, "x", "page_token")] {
+        let status = portal
+            .audit
+            .disclose(DiscloseRequest {
+                code: portal_code.clone(),
+                page_size,
+                page_token: page_token.into(),
+                with_proofs: false,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert!(status.message().contains(field), "{status:?}");
+        let status = mhlw
+            .audit
+            .read_copy(ReadCopyRequest {
+                page_size,
+                page_token: page_token.into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert!(status.message().contains(field), "{status:?}");
+    }
+    let malformed = portal
+        .audit
+        .disclose(DiscloseRequest {
+            code: "not a code".into(),
+            ..DiscloseRequest::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(malformed.code(), tonic::Code::InvalidArgument);
+
+    // Provision: per confirmation.
+    let confirm = |serial: Vec<u8>| Confirmation {
+        serial,
+        provided: true,
+    };
+    let results = shinjuku
+        .audit
+        .confirm_provision(ConfirmProvisionRequest {
+            confirmations: vec![
+                confirm(redeemed[0].serial.clone()),
+                confirm(vec![1; 15]),
+                confirm(sealed[1].serial.clone()), // sealed, never redeemed
+                confirm(redeemed[0].serial.clone()),
+            ],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    let codes: Vec<(u32, i32)> = results.iter().map(|r| (r.index, r.code)).collect();
+    assert_eq!(
+        codes,
+        [
+            (0, RpcCode::Ok as i32),
+            (1, RpcCode::InvalidArgument as i32),
+            (2, RpcCode::NotFound as i32),
+            (3, RpcCode::AlreadyExists as i32),
+        ]
+    );
+    // The requester cannot confirm what the provider redeemed.
+    let results = mhlw
+        .audit
+        .confirm_provision(ConfirmProvisionRequest {
+            confirmations: vec![confirm(redeemed[0].serial.clone())],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    assert_eq!(results[0].code, RpcCode::NotFound as i32);
+    let again = shinjuku
+        .audit
+        .confirm_provision(ConfirmProvisionRequest {
+            confirmations: vec![confirm(redeemed[0].serial.clone())],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    assert_eq!(again[0].code, RpcCode::AlreadyExists as i32);
+    let too_many = shinjuku
+        .audit
+        .confirm_provision(ConfirmProvisionRequest {
+            confirmations: vec![confirm(vec![0; 16]); 10_001],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(too_many.code(), tonic::Code::ResourceExhausted);
+    harness.stop().await;
+}
