@@ -480,7 +480,11 @@ async fn every_operation_is_recorded_per_person_with_the_readers_own_code() {
         assert_eq!(record.items, ["local-tax"]);
     }
     let redeems = of(&copy, "redeem");
-    assert_eq!(redeems.len(), 2, "the provider's redeems are in the requester's copy");
+    assert_eq!(
+        redeems.len(),
+        2,
+        "the provider's redeems are in the requester's copy"
+    );
     assert_eq!(
         codes_of(&redeems),
         mhlw_sorted,
@@ -501,15 +505,19 @@ async fn every_operation_is_recorded_per_person_with_the_readers_own_code() {
     let seals = of(&copy, "seal");
     assert_eq!(seals.len(), 2);
     assert_eq!(codes_of(&seals), shinjuku_sorted);
-    assert!(seals.iter().all(|r| r.role == "counterpart"
-        && r.other_agency == "mhlw"
-        && r.batch_id.is_empty()));
+    assert!(
+        seals
+            .iter()
+            .all(|r| r.role == "counterpart" && r.other_agency == "mhlw" && r.batch_id.is_empty())
+    );
     let redeems = of(&copy, "redeem");
     assert_eq!(redeems.len(), 2);
     assert_eq!(codes_of(&redeems), shinjuku_sorted);
-    assert!(redeems.iter().all(|r| r.role == "caller"
-        && r.other_agency == "mhlw"
-        && r.outcome == "done"));
+    assert!(
+        redeems
+            .iter()
+            .all(|r| r.role == "caller" && r.other_agency == "mhlw" && r.outcome == "done")
+    );
     assert_eq!(codes_of(&of(&copy, "derive")), shinjuku_sorted);
     let reidentified = of(&copy, "reidentify");
     assert_eq!(reidentified.len(), 1);
@@ -519,7 +527,10 @@ async fn every_operation_is_recorded_per_person_with_the_readers_own_code() {
     let again = read_copy(&mut shinjuku, 100).await;
     let pages = of(&again, "copy_page");
     assert_eq!(pages.len(), 1, "the one page read before");
-    assert_eq!(pages[0].note, format!("from the start, {} records", copy.len()));
+    assert_eq!(
+        pages[0].note,
+        format!("from the start, {} records", copy.len())
+    );
 
     // The malformed item is counted, not recorded per person: it becomes
     // a Refusals record when its minute has closed, that is, at the first
@@ -594,7 +605,11 @@ async fn disclosure_shows_the_persons_records_newest_first_with_provision_and_pr
         .filter(|r| r.non_disclosure_until == until)
         .map(|r| r.sequence)
         .collect();
-    assert_eq!(withheld.len(), 2, "the hidden seal and its redeem: {copy:?}");
+    assert_eq!(
+        withheld.len(),
+        2,
+        "the hidden seal and its redeem: {copy:?}"
+    );
     let last_redeem = copy
         .iter()
         .filter(|r| r.operation == "redeem")
@@ -710,7 +725,11 @@ async fn disclosure_shows_the_persons_records_newest_first_with_provision_and_pr
     assert!(tree.size > newest);
     let mut proofs = 0;
     for record in proven.records.iter().filter(|r| r.sequence < tree.size) {
-        assert!(!record.leaf.is_empty(), "record {} has no leaf", record.sequence);
+        assert!(
+            !record.leaf.is_empty(),
+            "record {} has no leaf",
+            record.sequence
+        );
         let path: Vec<Hash> = record.proof.iter().map(|h| hash(h)).collect();
         verify_inclusion(
             &leaf_hash(&record.leaf),
@@ -996,7 +1015,11 @@ async fn two_agencies_copies_of_the_same_exchanges_share_no_16_byte_value() {
             .collect()
     };
     let shared = exchanges(&requester);
-    assert_eq!(shared.len(), (6 + 2) + (8 + 1) + 8, "seals, redeems, provisions");
+    assert_eq!(
+        shared.len(),
+        (6 + 2) + (8 + 1) + 8,
+        "seals, redeems, provisions"
+    );
     assert_eq!(shared, exchanges(&provider));
     // ...each with its own codes.
     let requester_windows = windows_of(&requester);
@@ -1407,7 +1430,10 @@ async fn every_policy_text_loaded_is_kept_by_version_and_its_loading_recorded() 
         .into_inner()
         .policy_version;
     // A new policy: the affair renamed.
-    let renamed = POLICY.replace("health insurance benefits", "health insurance benefits (2027)");
+    let renamed = POLICY.replace(
+        "health insurance benefits",
+        "health insurance benefits (2027)",
+    );
     fs::write(harness.dir.path().join("policy.toml"), &renamed).unwrap();
     let reloaded = harness.running().reload_policy().unwrap().to_string();
     let second = mhlw
@@ -1473,7 +1499,10 @@ async fn policy_reload_during_a_write_failure_in_this_process() {
         .unwrap()
         .into_inner()
         .policy_version;
-    let renamed = POLICY.replace("health insurance benefits", "health insurance benefits (2027)");
+    let renamed = POLICY.replace(
+        "health insurance benefits",
+        "health insurance benefits (2027)",
+    );
     fs::write(harness.dir.path().join("policy.toml"), &renamed).unwrap();
 
     // The store cannot be written: the reload's record fails with the
@@ -1510,7 +1539,10 @@ async fn policy_reload_during_a_write_failure_in_this_process() {
             }
             Err(status) => {
                 assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
-                assert!(lifted.elapsed() < Duration::from_secs(10), "still {status:?}");
+                assert!(
+                    lifted.elapsed() < Duration::from_secs(10),
+                    "still {status:?}"
+                );
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
