@@ -5,15 +5,17 @@
 //! waiting at that moment and writes them in one durable commit (group
 //! commit: one fsync for many calls), then answers each caller. Between
 //! commits it signs a checkpoint when the tree has grown (at most a second
-//! after the first unsigned record), builds the person index when idle (and at least once a second under
-//! steady traffic),
-//! and purges record bodies past the retention period.
+//! after the first unsigned record; a new log's first record at once),
+//! builds the person index when idle and at least once a second under
+//! steady traffic, and purges record bodies past the retention period.
 //!
 //! **Fail closed, never hang.** A commit that fails answers its callers
 //! with [`RecorderError::Unavailable`] (their responses are not sent), sets
 //! health to not serving, drops the store and opens it again (redb needs
 //! that after a failed write) until a commit succeeds, which sets health
 //! back to serving. A caller waits at most [`Settings::commit_timeout`].
+//! An append no caller waits for ([`Recorder::record_detached`]: a policy's
+//! loading) is kept after a failed commit and written with the next one.
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, RecvTimeoutError, TrySendError};
