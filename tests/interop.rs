@@ -1,7 +1,10 @@
 //! fugo from outside, with other people's tools: a production-mode `fugo
 //! serve` (real binary, a fresh master key) on certificates that `openssl`
 //! made, called by a Python grpcio client whose stubs grpcio-tools generates
-//! from `proto/` (tests/interop/client.py). `.ci/run` installs grpcio.
+//! from `proto/` (tests/interop/client.py), of both `fugo.v1.Codes` and
+//! `fugo.v1.Audit`: the client checks the log's signed checkpoints and a
+//! consistency proof with its own Python code. `.ci/run` installs grpcio
+//! and cryptography.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
 
 mod common;
@@ -180,7 +183,7 @@ fn a_python_grpcio_client_works_against_openssl_certificates() {
     );
     assert_eq!(
         stdout.lines().filter(|l| l.starts_with("ok: ")).count(),
-        11,
+        16,
         "{stdout}"
     );
     for number in &numbers {

@@ -5,14 +5,17 @@
 //! waiting at that moment and writes them in one durable commit (group
 //! commit: one fsync for many calls), then answers each caller. Between
 //! commits it signs a checkpoint when the tree has grown (at most a second
-//! after the first unsigned record), builds the person index when idle,
-//! and purges record bodies past the retention period.
+//! after the first unsigned record; a new log's first record at once),
+//! builds the person index when idle and at least once a second under
+//! steady traffic, and purges record bodies past the retention period.
 //!
 //! **Fail closed, never hang.** A commit that fails answers its callers
 //! with [`RecorderError::Unavailable`] (their responses are not sent), sets
 //! health to not serving, drops the store and opens it again (redb needs
 //! that after a failed write) until a commit succeeds, which sets health
 //! back to serving. A caller waits at most [`Settings::commit_timeout`].
+//! An append no caller waits for ([`Recorder::record_detached`]: a policy's
+//! loading) is kept after a failed commit and written with the next one.
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, RecvTimeoutError, TrySendError};
@@ -87,9 +90,22 @@ impl Default for Settings {
 /// A read run on the recorder's thread, between commits.
 type ReadJob = Box<dyn FnOnce(Result<&mut RedbStore, RecorderError>) + Send>;
 
+/// Who waits for an append: a caller (its answer), or no one.
+type Reply = oneshot::Sender<Result<Appended, RecorderError>>;
+
 enum Job {
-    Append(Append, oneshot::Sender<Result<Appended, RecorderError>>),
+    Append(Append, Reply, Waiting),
     Read(ReadJob),
+}
+
+/// Whether a caller waits for an append's commit.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Waiting {
+    /// A caller waits, and answers its own request only on success.
+    Caller,
+    /// No one waits ([`Recorder::record_detached`]): a failed commit keeps
+    /// it for the next one, since no request failing in its place says so.
+    Detached,
 }
 
 /// What the recorder shares with its callers.
@@ -117,8 +133,13 @@ const QUEUE: usize = 4096;
 /// How often the thread looks after checkpoints, the index and the store
 /// when no call comes.
 const TICK: Duration = Duration::from_millis(200);
-/// Records the person index takes per step.
+/// Records the person index takes per step when the thread is idle.
 const INDEX_STEP: usize = 200_000;
+/// Records it takes per step under steady traffic.
+const BUSY_INDEX_STEP: usize = 20_000;
+/// Longest the person index waits for an idle moment before it takes a
+/// step anyway (disclosure trails the log by about this much).
+const INDEX_LAG: Duration = Duration::from_secs(1);
 
 impl Recorder {
     /// Opens (or creates) the store in `data_dir` and starts the thread.
@@ -157,6 +178,9 @@ impl Recorder {
             unsigned_since: None,
             last_open_attempt: Instant::now(),
             last_purge: None,
+            last_index: Instant::now(),
+            retry: Vec::new(),
+            written_from: 0,
             last_space_check: None,
         };
         let thread = std::thread::Builder::new()
@@ -198,7 +222,7 @@ impl Recorder {
             return Ok(discarded(&append));
         }
         let (reply, answer) = oneshot::channel();
-        self.submit(Job::Append(append, reply))?;
+        self.submit(Job::Append(append, reply, Waiting::Caller))?;
         match tokio::time::timeout(self.timeout, answer).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(RecorderError::Stopped),
@@ -213,15 +237,17 @@ impl Recorder {
     /// (the CLI).
     pub fn record_blocking(&self, append: Append) -> Result<Appended, RecorderError> {
         let (reply, answer) = oneshot::channel();
-        self.submit(Job::Append(append, reply))?;
+        self.submit(Job::Append(append, reply, Waiting::Caller))?;
         answer.blocking_recv().map_err(|_| RecorderError::Stopped)?
     }
 
     /// Queues `append` without waiting for it (a policy reload, from a
-    /// thread that must not block); a failure is logged.
+    /// thread that must not block). If its commit fails, it is written with
+    /// the next commit that succeeds (unless the failed one reached the
+    /// disk after all); a failure to queue it is logged.
     pub fn record_detached(&self, append: Append) {
         let (reply, _) = oneshot::channel();
-        if let Err(error) = self.submit(Job::Append(append, reply)) {
+        if let Err(error) = self.submit(Job::Append(append, reply, Waiting::Detached)) {
             tracing::error!(error = %error, "a record could not be queued");
         }
     }
@@ -351,6 +377,12 @@ struct Committer {
     unsigned_since: Option<Instant>,
     last_open_attempt: Instant,
     last_purge: Option<Instant>,
+    /// When the person index last took a step.
+    last_index: Instant,
+    /// Detached appends whose commit failed, for the next commit.
+    retry: Vec<Append>,
+    /// The store's size before the last commit tried.
+    written_from: u64,
     last_space_check: Option<(Instant, bool)>,
 }
 
@@ -384,7 +416,7 @@ impl Committer {
         let mut reads = Vec::new();
         for job in jobs {
             match job {
-                Job::Append(append, reply) => appends.push((append, reply)),
+                Job::Append(append, reply, waiting) => appends.push((append, reply, waiting)),
                 Job::Read(read) => reads.push(read),
             }
         }
@@ -399,27 +431,53 @@ impl Committer {
         }
     }
 
-    fn commit(&mut self, appends: Vec<(Append, oneshot::Sender<Result<Appended, RecorderError>>)>) {
+    fn commit(&mut self, appends: Vec<(Append, Reply, Waiting)>) {
         let mut all = Append::default();
+        // Detached appends of failed commits go first, so a policy's
+        // loading precedes the records of calls decided under it.
+        let mut detached = std::mem::take(&mut self.retry);
+        let retried: usize = detached.iter().map(|append| append.groups.len()).sum();
+        for append in &detached {
+            merge(&mut all, append.clone());
+        }
         let mut callers = Vec::with_capacity(appends.len());
-        for (append, reply) in appends {
+        for (append, reply, waiting) in appends {
+            if waiting == Waiting::Detached {
+                detached.push(append.clone());
+            }
             callers.push((append.groups.len(), reply));
             merge(&mut all, append);
         }
         let result = self.space().and_then(|()| {
             let store = self.store()?;
-            store.append(all).map_err(|error| {
+            let before = store.size();
+            let result = store.append(all).map_err(|error| {
                 tracing::error!(error = %error, "audit commit failed; affected calls get UNAVAILABLE");
                 RecorderError::Unavailable(error.to_string())
-            })
+            });
+            self.written_from = before;
+            result
         });
+        if result.is_err() && !detached.is_empty() {
+            tracing::warn!(
+                appends = detached.len(),
+                "records no caller waits for (a policy's loading) will be written with the next commit"
+            );
+            self.retry = detached;
+        }
         match result {
             Ok(appended) => {
                 self.set_health(true);
                 if self.unsigned_since.is_none() {
                     self.unsigned_since = Some(Instant::now());
                 }
+                // A new log is signed at once, before its first answers
+                // leave, so every response can name a checkpoint.
+                if self.last_signed == 0 {
+                    self.sign(true);
+                }
                 let mut groups = appended.groups.into_iter();
+                groups.by_ref().take(retried).for_each(drop);
                 for (count, reply) in callers {
                     let _ = reply.send(Ok(Appended {
                         groups: groups.by_ref().take(count).collect(),
@@ -457,6 +515,11 @@ impl Committer {
             self.last_open_attempt = Instant::now();
             let store = open_store(&self.path)?;
             tracing::warn!("audit store reopened after a failure");
+            if !self.retry.is_empty() && store.size() != self.written_from {
+                // The failed commit reached the disk after all.
+                tracing::warn!("the failed commit was written; its records are not repeated");
+                self.retry.clear();
+            }
             self.store = Some(store);
         }
         self.store
@@ -525,11 +588,26 @@ impl Committer {
             // Opened again; the next commit decides health.
         }
         self.sign(false);
-        if idle
+        // The index is built when idle, and under steady traffic (which
+        // never leaves the thread idle) at least once a second, in smaller
+        // steps so the commits waiting meanwhile stay well inside their
+        // timeout.
+        let step = if idle {
+            Some(INDEX_STEP)
+        } else if self.last_index.elapsed() >= INDEX_LAG {
+            Some(BUSY_INDEX_STEP)
+        } else {
+            None
+        };
+        if let Some(step) = step
             && let Ok(store) = self.store()
-            && let Err(error) = store.index_people(INDEX_STEP)
         {
-            tracing::warn!(error = %error, "building the person index failed; will retry");
+            if store.indexed() < store.size()
+                && let Err(error) = store.index_people(step)
+            {
+                tracing::warn!(error = %error, "building the person index failed; will retry");
+            }
+            self.last_index = Instant::now();
         }
         self.purge();
     }

@@ -283,6 +283,11 @@ impl Audit for AuditService {
                     if record.header.non_disclosure_until > now_s {
                         continue;
                     }
+                    // A retried redeem is one exchange: the person sees the
+                    // first redemption; the repeat stays in both copies.
+                    if record.entry.outcome == Outcome::Repeat {
+                        continue;
+                    }
                     let provision = match (record.header.operation, record.entry.serial) {
                         (Operation::Seal, Some(serial)) => store.provision(&serial)?,
                         _ => None,

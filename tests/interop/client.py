@@ -10,11 +10,20 @@ CERT_DIR holds ca.pem and NAME.pem / NAME.key for the agencies mhlw and
 city-shinjuku. Every check prints one line "ok: ..."; the first failed check
 raises, so the exit status is the verdict. Nothing printed carries a number
 or a code.
+
+The audit checks (fugo.v1.Audit) verify the log with code written here from
+the specifications, not from fugo's: the C2SP signed note and its Ed25519
+signature (with `cryptography`), and the RFC 9162 §2.1.4.2 consistency proof.
 """
 
+import base64
+import hashlib
 import pathlib
 import sys
 import tempfile
+import time
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 import grpc
 from grpc_tools import protoc
@@ -34,6 +43,7 @@ def generate_stubs(out):
             f"--python_out={out}",
             f"--grpc_python_out={out}",
             str(ROOT / "proto/fugo/v1/codes.proto"),
+            str(ROOT / "proto/fugo/v1/audit.proto"),
             str(ROOT / "proto/google/rpc/code.proto"),
         ]
     )
@@ -62,17 +72,107 @@ def check(condition, what):
     print(f"ok: {what}", flush=True)
 
 
+def open_note(note, verifier_key):
+    """Checks a C2SP signed note against a verifier key
+    `<name>+<key id hex>+<base64(0x01 || Ed25519 key)>` and returns the
+    checkpoint's (origin, size, root hash); raises if anything is off."""
+    name, key_id, key = verifier_key.split("+", 2)
+    key = base64.b64decode(key, validate=True)
+    if key[0] != 0x01 or len(key) != 33:
+        raise ValueError("not an Ed25519 verifier key")
+    expected_id = hashlib.sha256(name.encode() + b"\n" + key).digest()[:4]
+    if expected_id.hex() != key_id:
+        raise ValueError("key id does not match the key")
+    body, _, signatures = note.rpartition("\n\n")
+    body += "\n"
+    public = Ed25519PublicKey.from_public_bytes(key[1:])
+    verified = False
+    for line in signatures.splitlines():
+        dash, signer, blob = line.split(" ")
+        blob = base64.b64decode(blob, validate=True)
+        if dash == "\u2014" and signer == name and blob[:4] == expected_id:
+            public.verify(blob[4:], body.encode())  # raises when forged
+            verified = True
+    if not verified:
+        raise ValueError("no signature by the log's key")
+    origin, size, root = body.splitlines()[:3]
+    if origin != name:
+        raise ValueError("the checkpoint names another log")
+    return origin, int(size), base64.b64decode(root, validate=True)
+
+
+def node(left, right):
+    return hashlib.sha256(b"\x01" + left + right).digest()
+
+
+def consistent(old_size, new_size, old_root, new_root, proof):
+    """RFC 9162 §2.1.4.2: is the tree (old_size, old_root) a prefix of the
+    tree (new_size, new_root), by `proof`?"""
+    if old_size == new_size:
+        return not proof and old_root == new_root
+    if old_size == 0 or old_size > new_size or not proof:
+        return False
+    path = list(proof)
+    if old_size & (old_size - 1) == 0:
+        path.insert(0, old_root)
+    fn, sn = old_size - 1, new_size - 1
+    while fn & 1:
+        fn >>= 1
+        sn >>= 1
+    fr = sr = path[0]
+    for c in path[1:]:
+        if sn == 0:
+            return False
+        if fn & 1 or fn == sn:
+            fr = node(c, fr)
+            sr = node(c, sr)
+            while not fn & 1 and fn != 0:
+                fn >>= 1
+                sn >>= 1
+        else:
+            sr = node(sr, c)
+        fn >>= 1
+        sn >>= 1
+    return sn == 0 and fr == old_root and sr == new_root
+
+
+def latest_checkpoint(audit, messages, above=0):
+    """The latest checkpoint once its size exceeds `above` (5 s at most)."""
+    deadline = time.monotonic() + 5
+    while True:
+        answer = audit.GetCheckpoint(messages.GetCheckpointRequest(), timeout=10)
+        if answer.checkpoint:
+            opened = open_note(answer.checkpoint, answer.verifier_key)
+            if opened[1] > above:
+                return answer.verifier_key, opened
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no checkpoint above size {above} within 5 s")
+        time.sleep(0.1)
+
+
 def main():
     addr, certs, numbers = sys.argv[1], pathlib.Path(sys.argv[2]), sys.argv[3:5]
     with tempfile.TemporaryDirectory() as out:
         generate_stubs(out)
         from fugo.v1 import codes_pb2 as pb
         from fugo.v1 import codes_pb2_grpc as rpc
+        from fugo.v1 import audit_pb2 as audit_pb
+        from fugo.v1 import audit_pb2_grpc as audit_rpc
 
         mhlw = rpc.CodesStub(channel(addr, certs, "mhlw"))
         shinjuku = rpc.CodesStub(channel(addr, certs, "city-shinjuku"))
+        audit = audit_rpc.AuditStub(channel(addr, certs, "mhlw"))
+        verifier_key, (_, old_size, old_root) = latest_checkpoint(audit, audit_pb)
+        check(old_size >= 1, "the log's signed checkpoint verifies with its published key")
 
-        derived = mhlw.Derive(pb.DeriveRequest(numbers=[numbers[0], "12345", numbers[1]]), timeout=10)
+        derived, call = mhlw.Derive.with_call(
+            pb.DeriveRequest(numbers=[numbers[0], "12345", numbers[1]]), timeout=10
+        )
+        named = dict(call.initial_metadata()).get("x-fugo-checkpoint")
+        check(
+            named is not None and open_note(base64.b64decode(named).decode(), verifier_key)[1] >= old_size,
+            "a response names a signed checkpoint (x-fugo-checkpoint)",
+        )
         kinds = [r.WhichOneof("result") for r in derived.results]
         check(kinds == ["code", "error", "code"], "derive answers per item, in order")
         error = derived.results[1].error
@@ -152,6 +252,44 @@ def main():
         )
         names = [s.name for a in answers for s in a.list_services_response.service]
         check("fugo.v1.Codes" in names, "grpcio's reflection client (v1alpha) lists fugo.v1.Codes")
+
+        # The log grew with the calls above; the newer checkpoint must
+        # extend the one seen first.
+        _, (_, new_size, new_root) = latest_checkpoint(audit, audit_pb, above=old_size)
+        answer = audit.GetConsistencyProof(
+            audit_pb.GetConsistencyProofRequest(old_size=old_size, new_size=new_size), timeout=10
+        )
+        proof = list(answer.proof)
+        check(
+            open_note(answer.checkpoint, verifier_key)[1:] == (new_size, new_root)
+            and consistent(old_size, new_size, old_root, new_root, proof),
+            "a consistency proof from the first checkpoint to a later one verifies (RFC 9162, in Python)",
+        )
+        forged = bytearray(old_root)
+        forged[0] ^= 1
+        check(
+            not consistent(old_size, new_size, bytes(forged), new_root, proof),
+            "the same proof fails for a root the log never had",
+        )
+
+        copy = []
+        token = ""
+        for _ in range(100):
+            page = audit.ReadCopy(audit_pb.ReadCopyRequest(page_size=5, page_token=token), timeout=10)
+            copy.extend(page.records)
+            token = page.next_page_token
+            if not token:
+                break
+        derives = sorted(r.code for r in copy if r.operation == "derive")
+        seals = [r for r in copy if r.operation == "seal"]
+        redeems = [r for r in copy if r.operation == "redeem"]
+        check(
+            derives == sorted(mhlw_codes)
+            and sorted(r.code for r in seals) == sorted(mhlw_codes)
+            and sorted(r.code for r in redeems) == sorted(mhlw_codes)
+            and all(r.other_agency == "city-shinjuku" and r.batch_id == "" for r in redeems),
+            "MHLW's copy holds its derives, seals and Shinjuku's redeems, with MHLW's own codes",
+        )
 
 
 if __name__ == "__main__":
