@@ -3,28 +3,32 @@
 //! without ever exchanging the number itself. Agencies call it over gRPC
 //! with mutual TLS; a policy (the law's table 別表第二 as data) decides who may
 //! ask whom for what; sealed tokens carry a person from one agency's codes to
-//! another's without either learning the other's code. The audit trail is
-//! not built yet.
+//! another's without either learning the other's code. Every operation on
+//! a person is recorded, before its answer leaves, in a tamper-evident log
+//! (情報提供等記録) that the person can read through the citizen portal.
 //!
 //! ```text
 //!  the fugo binary (src/main.rs, src/cli: flags → settings → commands)
-//!    fugo serve | client | derive | keygen | keys | policy | dev-certs
+//!    fugo serve | client | derive | audit | keygen | keys | policy | dev-certs
 //!        │
 //!        ▼
 //!  fugo, this library: everything that touches a file, a socket, a clock
-//!    service  edge (accept, TLS, limits) → identity → codes → status
-//!    client   one mTLS stream of batches
+//!    service  edge (accept, TLS, limits) → identity → codes | audit → status
+//!    audit    the recorder: one thread, group commit, checkpoints, fail closed
+//!    client   one mTLS stream of batches · witness (kept checkpoint)
 //!    bulk     one file engine: lines or CSV, encodings, local or remote work
 //!    policy (TOML, located problems) · keyfile · certs · files · random
-//!        │
-//!        ▼
-//!  fugo-core (crates/core: no I/O, no clock, no OS randomness; reviewable alone)
-//!    exchange ─► policy model, token ─► batch ─► code ─► code_text
-//!                                   mynumber, keys, agency
+//!        │                                   │
+//!        ▼                                   ▼
+//!  fugo-core (crates/core: no I/O,        fugo-log (crates/log: the audit
+//!  no clock, no OS randomness)            log, reviewable alone)
+//!    exchange ─► policy model, token        record ─► merkle, checkpoint
+//!      ─► batch ─► code ─► code_text        store (trait; redb backend)
+//!    link · mynumber, keys, agency
 //! ```
 //!
-//! The arrows run one way: `fugo-core` depends on cryptographic and error
-//! crates only, so the compiler keeps files, threads, the network and the
+//! The arrows run one way, and the two crates below do not know each other:
+//! `fugo-core` depends on cryptographic and error crates only, so the compiler keeps files, threads, the network and the
 //! command line out of it; the command line is the binary's, not library
 //! API:
 //!
