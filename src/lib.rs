@@ -34,8 +34,10 @@
 //!
 //! ```compile_fail
 //! fugo::cli::main(); // no such module: flags and messages are for people
-//! ``` Its modules are re-exported here under their own
-//! names (`fugo::keys`, `fugo::code`, …).
+//! ```
+//!
+//! The core's modules are re-exported here under their own names
+//! (`fugo::keys`, `fugo::code`, …).
 //!
 //! **Nothing here logs or prints a secret.** [`mynumber::MyNumber`], the key
 //! types and [`code::PersonHandle`] have no `Display`, print `[REDACTED]` in
