@@ -71,3 +71,4 @@ pub mod checkpoint;
 pub mod merkle;
 pub mod record;
 pub mod store;
+pub mod verify;
