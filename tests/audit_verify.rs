@@ -13,11 +13,10 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use base64::Engine;
-use fugo::certs::DevCa;
 use fugo::keys::{KeyHierarchy, MasterKey};
 use fugo::proto::fugo::v1::DeriveRequest;
 use fugo::proto::fugo::v1::codes_client::CodesClient;
-use fugo::service::{self, ServeConfig};
+use fugo::service;
 use fugo_log::checkpoint::{Checkpoint, LogSigner};
 use fugo_log::record::{Entry, Group, Header, Operation, Outcome, PersonLink};
 use fugo_log::store::{Append, RedbStore, Store};
@@ -89,40 +88,7 @@ fn signer() -> LogSigner {
 
 async fn write_store() -> Written {
     let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("master.key");
-    fs::write(
-        &key,
-        MasterKey::from_bytes(MASTER).to_file_contents().as_bytes(),
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).unwrap();
-    fs::write(dir.path().join("policy.toml"), POLICY).unwrap();
-    let ca = DevCa::new("test CA").unwrap();
-    let server = ca.server().unwrap();
-    fs::write(dir.path().join("ca.pem"), ca.cert_pem()).unwrap();
-    fs::write(dir.path().join("server.pem"), &server.cert).unwrap();
-    fs::write(dir.path().join("server.key"), &server.key).unwrap();
-    fs::set_permissions(
-        dir.path().join("server.key"),
-        fs::Permissions::from_mode(0o600),
-    )
-    .unwrap();
-    let config = ServeConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        data_dir: dir.path().join("data"),
-        policy: dir.path().join("policy.toml"),
-        master_key: key,
-        fingerprint: KeyHierarchy::new(&MasterKey::from_bytes(MASTER)).fingerprint(),
-        shutdown_grace: Duration::from_secs(5),
-        dev_mode: false,
-        client_ca: dir.path().join("ca.pem"),
-        server_cert: dir.path().join("server.pem"),
-        server_key: dir.path().join("server.key"),
-        limits: service::Limits::default(),
-        audit: service::AuditConfig::default(),
-    };
-    let running = service::start(config, &mut std::io::sink()).await.unwrap();
+    let (running, ca) = common::start_server(dir.path(), POLICY, MASTER).await;
     let pem = ca.client("mhlw").unwrap();
     let tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(ca.cert_pem()))

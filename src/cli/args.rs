@@ -164,8 +164,8 @@ Exit status: 0 all good, 3 some lines rejected, 1 fatal error.
 
 This offline tool holds the whole master key and bypasses the server's
 controls (policy, identity). It is for test vectors, demos and an operator's
-controlled key ceremony, not for agencies. It does not yet honour re-issued
-numbers.
+controlled key ceremony, not for agencies. It does not yet honour
+re-issued numbers.
 
 With any key but the public demo key, every derived person is recorded in
 the audit trail of --data-dir (the server's data directory; required), one

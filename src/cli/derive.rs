@@ -30,11 +30,9 @@ pub(crate) fn run(settings: DeriveSettings) -> Result<Summary, CliError> {
     let (keys, state) = keyfile::load_with_state(&settings.key, &mut io::stderr())?;
     let coder = Coder::new(&keys, settings.agency.clone(), settings.epoch);
     if state.demo {
+        // Development only (the help text says so); the demo key's warning
+        // is already on stderr.
         drop(keys);
-        let _ = writeln!(
-            io::stderr(),
-            "fugo: note: demo key: this run is not recorded in any audit trail (development only)"
-        );
         return super::files::run(&LocalDerive::new(&coder, settings.threads), &settings.files);
     }
     let data_dir = settings.data_dir.as_deref().ok_or_else(|| {
