@@ -482,10 +482,11 @@ impl Committer {
             // Opened again; the next commit decides health.
         }
         self.sign(false);
-        if idle && let Ok(store) = self.store() {
-            if let Err(error) = store.index_people(INDEX_STEP) {
-                tracing::warn!(error = %error, "building the person index failed; will retry");
-            }
+        if idle
+            && let Ok(store) = self.store()
+            && let Err(error) = store.index_people(INDEX_STEP)
+        {
+            tracing::warn!(error = %error, "building the person index failed; will retry");
         }
         self.purge();
     }

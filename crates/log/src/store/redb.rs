@@ -645,7 +645,7 @@ impl Store for RedbStore {
         limit: usize,
     ) -> Result<Vec<Hash>, StoreError> {
         let op = "stored nodes";
-        if level % 8 != 0 || level > 56 {
+        if !level.is_multiple_of(8) || level > 56 {
             return Ok(Vec::new());
         }
         let band = level / 8;
