@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use base64::Engine;
 use fugo::keys::{KeyHierarchy, MasterKey};
-use fugo::proto::fugo::v1::DeriveRequest;
 use fugo::proto::fugo::v1::codes_client::CodesClient;
+use fugo::proto::fugo::v1::{DeriveRequest, SealRequest, derive_result};
 use fugo::service;
 use fugo_log::checkpoint::{Checkpoint, LogSigner};
 use fugo_log::record::{Entry, Group, Header, Operation, Outcome, PersonLink};
@@ -122,7 +122,37 @@ async fn write_store() -> Written {
     let seen = derive(vec![common::valid_number(3000)])
         .await
         .expect("every response names the latest checkpoint");
-    derive(vec![common::valid_number(3001)]).await;
+    // Two exchanges with serials (seal), then a last one-person group.
+    let codes: Vec<String> = client
+        .derive(DeriveRequest {
+            numbers: vec![common::valid_number(4000), common::valid_number(4001)],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .results
+        .into_iter()
+        .map(|r| match r.result.unwrap() {
+            derive_result::Result::Code(code) => code,
+            derive_result::Result::Error(e) => panic!("{e:?}"),
+        })
+        .collect();
+    client
+        .seal(SealRequest {
+            provider: "moj".into(),
+            affair: "health".into(),
+            items: vec!["family-register".into()],
+            non_disclosure_until: 0,
+            codes,
+        })
+        .await
+        .unwrap();
+    client
+        .derive(DeriveRequest {
+            numbers: vec![common::valid_number(3001)],
+        })
+        .await
+        .unwrap();
     running.stop().await.unwrap();
 
     let note = String::from_utf8(
@@ -538,6 +568,25 @@ async fn export_carries_leaves_and_checkpoints_but_no_person_link() {
             record["header_digest"].as_str().unwrap()
         );
     }
+    // Serials are exported (D80): the seal records carry theirs, the same
+    // 16 bytes the leaf holds after its serial flag.
+    let seals: Vec<&&serde_json::Value> = records
+        .iter()
+        .filter(|r| r["operation"] == "seal")
+        .collect();
+    assert_eq!(seals.len(), 2);
+    for seal in seals {
+        let leaf = common::hex(seal["leaf"].as_str().unwrap());
+        assert_eq!(leaf[46], 1);
+        assert_eq!(
+            seal["serial"].as_str().unwrap(),
+            common::to_hex(&leaf[47..63])
+        );
+        assert_eq!(seal["counterpart"], "moj");
+        assert_eq!(seal["affair"], "health");
+        assert_eq!(seal["items"][0], "family-register");
+    }
+    assert_eq!(records[1]["serial"], serde_json::Value::Null);
     assert_eq!(records[1]["operation"], "derive");
     assert_eq!(records[1]["caller"], "mhlw");
     assert_eq!(records[1]["outcome"], "done");
