@@ -1396,6 +1396,51 @@ mod tests {
         }
     }
 
+    /// A copy taken while the store is open is what a crash leaves: its
+    /// last commit is a plain (one-phase) one. A flipped byte in a page of
+    /// that commit makes redb fall back to the commit before, silently
+    /// losing records; `open_checked` refuses instead, and opens the
+    /// undamaged copy (recovery without rollback) as it is.
+    #[test]
+    fn open_checked_refuses_to_roll_back_a_damaged_last_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.redb");
+        let mut store = RedbStore::open(&path).unwrap();
+        store.append(derive(1, 0..10)).unwrap();
+        let mut last = derive(2, 10..20);
+        last.groups[0].header.caller = "the-last-commit-only".into();
+        store.append(last).unwrap();
+        let crashed = std::fs::read(&path).unwrap();
+        drop(store);
+        let at = crashed
+            .windows(20)
+            .position(|w| w == b"the-last-commit-only")
+            .unwrap();
+
+        let intact = dir.path().join("intact.redb");
+        std::fs::write(&intact, &crashed).unwrap();
+        assert_eq!(RedbStore::open_checked(&intact).unwrap().size(), 20);
+
+        let mut flipped = crashed.clone();
+        flipped[at] ^= 1;
+        let damaged = dir.path().join("damaged.redb");
+        std::fs::write(&damaged, &flipped).unwrap();
+        let refused = RedbStore::open_checked(&damaged);
+        assert!(
+            matches!(&refused, Err(StoreError::Damaged { detail, .. })
+                if detail.contains("refusing to roll it back")),
+            "{refused:?}"
+        );
+        // What a plain open does with the same file: the last commit is
+        // gone without a word.
+        std::fs::write(&damaged, &flipped).unwrap();
+        assert_eq!(RedbStore::open(&damaged).unwrap().size(), 10);
+        assert!(matches!(
+            RedbStore::open_checked(dir.path().join("none.redb")),
+            Err(StoreError::Missing { .. })
+        ));
+    }
+
     #[test]
     fn a_failed_commit_advances_nothing_and_a_reopen_recovers() {
         let dir = tempfile::tempdir().unwrap();
