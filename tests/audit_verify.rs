@@ -116,12 +116,18 @@ async fn write_store() -> Written {
         derive(vec![common::valid_number(1000 + seed)]).await;
     }
     derive((0..5).map(|i| common::valid_number(2000 + i)).collect()).await;
-    // The server signs within a second of the tree growing: the next
-    // response names a checkpoint over everything so far.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let seen = derive(vec![common::valid_number(3000)])
-        .await
-        .expect("every response names the latest checkpoint");
+    // The server signs within a second of the tree growing: a response
+    // soon names a checkpoint over everything so far (bounded wait).
+    let mut seen = String::new();
+    for attempt in 0..20 {
+        tokio::time::sleep(Duration::from_millis(if attempt == 0 { 1200 } else { 500 })).await;
+        seen = derive(vec![common::valid_number(3000 + attempt)])
+            .await
+            .expect("every response names the latest checkpoint");
+        if checkpoint_size(&seen) >= 12 {
+            break;
+        }
+    }
     // Two exchanges with serials (seal), then a last one-person group.
     let codes: Vec<String> = client
         .derive(DeriveRequest {
@@ -155,13 +161,7 @@ async fn write_store() -> Written {
         .unwrap();
     running.stop().await.unwrap();
 
-    let note = String::from_utf8(
-        base64::engine::general_purpose::STANDARD
-            .decode(&seen)
-            .unwrap(),
-    )
-    .unwrap();
-    let seen_size = signer().verifier().open(&note).unwrap().size;
+    let seen_size = checkpoint_size(&seen);
     assert!(
         seen_size >= 12,
         "the kept checkpoint covers the first calls"
@@ -173,6 +173,15 @@ async fn write_store() -> Written {
         seen: path,
         seen_size,
     }
+}
+
+/// The tree size of a checkpoint as `x-fugo-checkpoint` carries it.
+fn checkpoint_size(base64_note: &str) -> u64 {
+    let note = base64::engine::general_purpose::STANDARD
+        .decode(base64_note)
+        .unwrap();
+    let note = String::from_utf8(note).unwrap();
+    signer().verifier().open(&note).unwrap().size
 }
 
 fn fugo(args: &[&dyn AsRefOs]) -> Output {

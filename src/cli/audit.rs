@@ -57,6 +57,10 @@ fn open(data_dir: &Path, locked_hint: &'static str) -> Result<RedbStore, CliErro
             path: path.display().to_string(),
             hint: locked_hint,
         },
+        StoreError::Missing { .. } => CliError::BadArgument(format!(
+            "there is no audit store in {} (no {STORE_FILE}): give the server's data_dir",
+            data_dir.display()
+        )),
         source => CliError::AuditStore {
             path: path.display().to_string(),
             source,
