@@ -443,5 +443,10 @@ mod tests {
             "{problem}"
         );
         drop(note);
+
+        // Purged bodies: their stored leaf hashes still make the tree.
+        assert_eq!(store.purge_before(2_000).unwrap(), 700);
+        let report = verify(&mut store, &signer.verifier(), &[]).unwrap();
+        assert_eq!((report.size, report.purged), (700, 700));
     }
 }
