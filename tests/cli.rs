@@ -339,7 +339,12 @@ fn key_file_problems_are_fatal_and_never_echo_the_key() {
     }
 
     let open = write_key("open.key", secret, 0o644);
-    let out = fugo(&derive_args(&open, &[]), b"123456789018\n");
+    // A real key's run is recorded in the audit trail of --data-dir.
+    let data = dir.path().join("data");
+    let out = fugo(
+        &derive_args(&open, &["--data-dir", data.to_str().unwrap()]),
+        b"123456789018\n",
+    );
     assert_eq!(out.status.code(), Some(0));
     assert!(errors(&out).contains("can be read by group or others; run `chmod 600` on it"));
 }
@@ -400,6 +405,8 @@ fn help_says_what_the_offline_tool_bypasses() {
     assert!(help.contains("bypasses the server's"));
     assert!(help.contains("audit"));
     assert!(help.contains("re-issued numbers"));
+    assert!(help.contains("every derived person is recorded"));
+    assert!(help.contains("demo key (development only) nothing is recorded"));
     assert!(Path::new(&key()).exists());
 }
 

@@ -16,6 +16,14 @@
 //! A response leaves the server only after its records are committed.
 
 pub mod entries;
+pub mod export;
 pub mod recorder;
 
 pub use recorder::{Recorder, RecorderError, STORE_FILE, Settings};
+
+/// The log's name (C2SP origin) when `[audit] origin` is not set:
+/// `fugo.local/audit/<master key fingerprint>`. The server and the offline
+/// `fugo derive` name a new log the same way.
+pub fn default_origin(fingerprint: &crate::keys::Fingerprint) -> String {
+    format!("fugo.local/audit/{fingerprint}")
+}

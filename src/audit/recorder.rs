@@ -133,8 +133,11 @@ const QUEUE: usize = 4096;
 /// How often the thread looks after checkpoints, the index and the store
 /// when no call comes.
 const TICK: Duration = Duration::from_millis(200);
-/// Records the person index takes per step when the thread is idle.
-const INDEX_STEP: usize = 200_000;
+/// Records the person index takes per step when the thread is idle: one
+/// step holds the store's write lock, so it must stay well inside a
+/// commit's timeout even in a debug build (200,000 took over 2 s there);
+/// an idle thread takes another step every tick.
+const INDEX_STEP: usize = 20_000;
 /// Records it takes per step under steady traffic.
 const BUSY_INDEX_STEP: usize = 20_000;
 /// Longest the person index waits for an idle moment before it takes a

@@ -32,7 +32,7 @@ use crate::mynumber::ParseError;
 
 pub use csv_rows::{CsvOptions, MAX_CSV_RECORD};
 pub use lines::MAX_LINE;
-pub use local::LocalDerive;
+pub use local::{LocalDerive, Recording};
 pub use text::{EncodeWriter, TextEncoding};
 
 /// Why one row produced no result. Never contains the row's value.

@@ -53,6 +53,95 @@ pub(crate) enum Command {
     /// Work with exchange policy files (別表第二 as data).
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// The audit trail in a data directory: its public key, verification
+    /// and export (the server must be stopped: one process opens the store).
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum AuditCommand {
+    /// Print the log's public key (C2SP verifier key text) kept in the store.
+    Pubkey {
+        /// The server's data directory (holds audit.redb).
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+    },
+    /// Recompute every leaf and the tree from the records, check every
+    /// stored hash and checkpoint signature, and each --checkpoint kept
+    /// outside; exit 0 only if all holds, else name the first bad record or
+    /// checkpoint and exit 1.
+    #[command(long_about = VERIFY_ABOUT)]
+    Verify {
+        /// The server's data directory (holds audit.redb).
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+        /// A signed checkpoint a client kept (the note text, or its base64
+        /// as in x-fugo-checkpoint); repeatable.
+        #[arg(long = "checkpoint", value_name = "FILE")]
+        checkpoints: Vec<PathBuf>,
+        /// The log's published public key (verifier key text); without it
+        /// the key stored in the store is used, which proves little.
+        #[arg(long, value_name = "KEY")]
+        pubkey: Option<String>,
+    },
+    /// Write records as JSON lines (no person links), then the checkpoints
+    /// that cover them.
+    #[command(long_about = EXPORT_ABOUT)]
+    Export {
+        /// The server's data directory (holds audit.redb).
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+        /// Records from this time on: unix seconds, a date (UTC) or RFC 3339.
+        #[arg(long, value_name = "T", value_parser = parse_time)]
+        since: Option<u64>,
+        /// Records before this time: unix seconds, a date (UTC) or RFC 3339.
+        #[arg(long, value_name = "T", value_parser = parse_time)]
+        until: Option<u64>,
+        /// Output file (mode 0600, appears only when complete); standard
+        /// output when absent.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+}
+
+const VERIFY_ABOUT: &str = "\
+Verify the audit store in a data directory, offline.
+
+Reads every record, recomputes its leaf from its body (a purged record: its
+stored leaf hash), rebuilds the RFC 6962 tree, and checks that every stored
+leaf and tree hash equals the recomputed one, that every checkpoint kept in
+the store is signed by the log's key and has the recomputed root at its size,
+and that every --checkpoint FILE (a signed checkpoint a client kept) is
+signed and has the recomputed root at its size. Only that last check catches
+a store rebuilt from scratch and signed again with the same key: keep
+checkpoints outside the server and pass them here.
+
+Signatures are checked under --pubkey (the published key) when given, else
+under the key kept in the store itself, with a warning.
+The server must be stopped (redb lets one process open the store); the file
+is opened with every page checksum checked, and a damaged file is refused.
+Exit status: 0 intact, 1 anything wrong (the first bad record or checkpoint
+is named) or the store cannot be read.";
+
+const EXPORT_ABOUT: &str = "\
+Export the audit store as JSON lines, for archiving and review.
+
+One line per record whose time is in [--since, --until), oldest first: seq,
+time, operation, caller, counterpart, affair, items, outcome, epoch, serial
+(hex), non_disclosure_until, policy_version, batch_id, note, count,
+header_digest, and the leaf bytes (hex) with their leaf hash, so a reviewer
+can recompute every leaf. No person link is exported: the leaf bytes carry
+only a per-record commitment to the person. Without --since and --until,
+purged records appear as their leaf hashes, so the whole tree can be
+recomputed from the file. Then the checkpoints that cover every exported
+record (size > the last exported seq), or the latest when none was exported.
+
+T is unix seconds, a date YYYY-MM-DD (00:00 UTC) or an RFC 3339 time
+(2025-11-27T09:00:00+09:00).";
+
+fn parse_time(text: &str) -> Result<u64, String> {
+    fugo::audit::export::parse_time(text).map_err(|e| e.to_string())
 }
 
 #[derive(Debug, Subcommand)]
@@ -75,8 +164,14 @@ Exit status: 0 all good, 3 some lines rejected, 1 fatal error.
 
 This offline tool holds the whole master key and bypasses the server's
 controls (policy, identity). It is for test vectors, demos and an operator's
-controlled key ceremony, not for agencies. It does not yet write an audit
-record of what it derives, nor honour re-issued numbers; later versions will.";
+controlled key ceremony, not for agencies. It does not yet honour
+re-issued numbers.
+
+With any key but the public demo key, every derived person is recorded in
+the audit trail of --data-dir (the server's data directory; required), one
+record per person, committed per chunk before the codes are written out; the
+run takes the store's lock and is refused while a server holds it. With the
+demo key (development only) nothing is recorded.";
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum KeysCommand {
@@ -110,6 +205,10 @@ pub(crate) struct DeriveArgs {
     /// Worker threads; every core by default.
     #[arg(long, value_name = "N")]
     pub(crate) threads: Option<NonZeroUsize>,
+    /// The data directory whose audit trail records the run (required with
+    /// any key but the demo key; created if absent).
+    #[arg(long, value_name = "DIR")]
+    pub(crate) data_dir: Option<PathBuf>,
 }
 
 fn parse_fingerprint(text: &str) -> Result<Fingerprint, String> {

@@ -3,22 +3,123 @@
 
 use std::fmt;
 use std::io::{self, IsTerminal, Write};
+use std::path::Path;
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 
 use super::CliError;
 use super::settings::DeriveSettings;
-use fugo::bulk::{LocalDerive, Summary};
+use fugo::audit::{Recorder, RecorderError, STORE_FILE, Settings, default_origin};
+use fugo::bulk::{LocalDerive, Recording, Summary};
 use fugo::code::Coder;
 use fugo::keyfile;
+use fugo::keys::KeyHierarchy;
+use fugo::link::Linker;
+use fugo_log::checkpoint::{LogSigner, LogVerifier};
+use fugo_log::store::{RedbStore, Store, StoreError};
 
 /// Runs `fugo derive`; returns the run's counts.
+///
+/// With the demo key nothing is recorded. With any other key the run is
+/// recorded in the audit trail of `--data-dir` (required): the store is
+/// opened (and locked) before the input is read, every chunk's records are
+/// committed before its codes are written, and the output file is renamed
+/// into place only after the last commit.
 pub(crate) fn run(settings: DeriveSettings) -> Result<Summary, CliError> {
-    let keys = keyfile::load(&settings.key, &mut io::stderr())?;
+    let (keys, state) = keyfile::load_with_state(&settings.key, &mut io::stderr())?;
     let coder = Coder::new(&keys, settings.agency.clone(), settings.epoch);
+    if state.demo {
+        // Development only (the help text says so); the demo key's warning
+        // is already on stderr.
+        drop(keys);
+        return super::files::run(&LocalDerive::new(&coder, settings.threads), &settings.files);
+    }
+    let data_dir = settings.data_dir.as_deref().ok_or_else(|| {
+        CliError::BadArgument(
+            "a derivation with a real key is recorded in the audit trail: give --data-dir DIR \
+             (the server's data directory, with the server stopped)"
+                .to_owned(),
+        )
+    })?;
+    let recorder = open_recorder(&keys, data_dir)?;
+    let linker = Linker::new(&keys);
     drop(keys);
-    super::files::run(&LocalDerive::new(&coder, settings.threads), &settings.files)
+    let recording = Recording {
+        recorder: &recorder,
+        linker: &linker,
+        caller: settings.agency.as_str().to_owned(),
+        epoch: u32::from(settings.epoch.get()),
+        batch_id: format!("fugo-derive/{}/{}", now_ms(), std::process::id()),
+    };
+    let summary = super::files::run(
+        &LocalDerive::recorded(&coder, settings.threads, recording),
+        &settings.files,
+    )?;
+    // Dropping the recorder signs a checkpoint over the run's records.
+    drop(recorder);
+    Ok(summary)
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as u64)
+}
+
+/// Opens the audit trail of `data_dir` as the server would: the log keeps
+/// its name (origin) if it has one, and must be this master key's log; a
+/// new log gets the server's default name.
+fn open_recorder(keys: &KeyHierarchy, data_dir: &Path) -> Result<Recorder, CliError> {
+    let locked =
+        |path: &Path| CliError::Recorder(RecorderError::Locked(path.display().to_string()));
+    std::fs::create_dir_all(data_dir).map_err(|source| CliError::CreateOutput {
+        path: data_dir.display().to_string(),
+        source,
+    })?;
+    let path = data_dir.join(STORE_FILE);
+    let stored = match RedbStore::open(&path) {
+        Ok(mut store) => store.verifier().map_err(|source| CliError::AuditStore {
+            path: path.display().to_string(),
+            source,
+        })?,
+        Err(StoreError::Locked { .. }) => return Err(locked(&path)),
+        Err(source) => {
+            return Err(CliError::AuditStore {
+                path: path.display().to_string(),
+                source,
+            });
+        }
+    };
+    let seed = keys.log_signing_seed();
+    let signer = match &stored {
+        Some(text) => {
+            let name = LogVerifier::parse(text)
+                .map(|verifier| verifier.name().to_owned())
+                .map_err(|error| {
+                    CliError::BadArgument(format!(
+                        "the audit store {} keeps a log key that does not parse: {error}",
+                        path.display()
+                    ))
+                })?;
+            let signer = LogSigner::from_seed(&name, &seed)
+                .map_err(|error| CliError::BadArgument(format!("log key: {error}")))?;
+            if signer.verifier().to_string() != *text {
+                return Err(CliError::BadArgument(format!(
+                    "the audit store {} is the log of another master key; use that key or \
+                     another data directory",
+                    path.display()
+                )));
+            }
+            signer
+        }
+        None => LogSigner::from_seed(&default_origin(&keys.fingerprint()), &seed)
+            .map_err(|error| CliError::BadArgument(format!("log key: {error}")))?,
+    };
+    Recorder::open(data_dir, signer, Settings::default()).map_err(|error| match error {
+        RecorderError::Locked(_) => locked(&path),
+        error => CliError::Recorder(error),
+    })
 }
 
 /// A rows/s spinner on stderr, only when a person is watching.

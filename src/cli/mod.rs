@@ -5,6 +5,7 @@
 //! once by [`main`] and mapped to an exit status there.
 
 mod args;
+mod audit;
 mod client;
 mod derive;
 mod files;
@@ -107,6 +108,35 @@ pub(crate) enum CliError {
     /// A command-line value is unacceptable.
     #[error("{0}")]
     BadArgument(String),
+    /// The audit store is held by another process.
+    #[error("the audit store {path} is in use by another fugo process (a running server?): {hint}")]
+    AuditLocked {
+        /// The store file.
+        path: String,
+        /// What to do.
+        hint: &'static str,
+    },
+    /// The audit store could not be opened or read.
+    #[error("audit store {path}: {source}")]
+    AuditStore {
+        /// The store file.
+        path: String,
+        /// Why.
+        #[source]
+        source: fugo_log::store::StoreError,
+    },
+    /// `fugo audit verify` found something wrong.
+    #[error("audit verify FAILED: {problem}")]
+    VerifyFailed {
+        /// The first bad record or checkpoint.
+        problem: String,
+    },
+    /// `fugo audit export` stopped.
+    #[error(transparent)]
+    Export(fugo::audit::export::ExportError),
+    /// The audit trail could not be opened or written (`fugo derive`).
+    #[error(transparent)]
+    Recorder(#[from] fugo::audit::RecorderError),
     /// Writing to standard output failed.
     #[error("writing to standard output: {0}")]
     Stdout(#[source] io::Error),
@@ -185,6 +215,7 @@ fn run(command: Command) -> Result<u8, CliError> {
             check_policy(&file)?;
             Ok(0)
         }
+        Command::Audit(command) => audit::run(command),
         Command::Client(args) => finish(client::run(args)?),
         Command::Derive(args) => finish(derive::run(args.into())?),
     }

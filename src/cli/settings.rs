@@ -52,6 +52,7 @@ pub(crate) struct DeriveSettings {
     pub(crate) epoch: Epoch,
     pub(crate) files: FileSettings,
     pub(crate) threads: usize,
+    pub(crate) data_dir: Option<PathBuf>,
 }
 
 impl From<DeriveArgs> for DeriveSettings {
@@ -69,6 +70,7 @@ impl From<DeriveArgs> for DeriveSettings {
             epoch: args.epoch,
             files: args.files.into(),
             threads,
+            data_dir: args.data_dir,
         }
     }
 }

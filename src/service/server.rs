@@ -145,7 +145,7 @@ pub(crate) fn log_signer(
 ) -> Result<LogSigner, ServeError> {
     let origin = match origin {
         Some(origin) => origin.to_owned(),
-        None => format!("fugo.local/audit/{}", keys.fingerprint()),
+        None => crate::audit::default_origin(&keys.fingerprint()),
     };
     LogSigner::from_seed(&origin, &keys.log_signing_seed())
         .map_err(|error| ServeError::LogKey(error.to_string()))

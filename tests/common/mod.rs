@@ -125,3 +125,48 @@ impl Vectors {
 pub fn valid_number(seed: u64) -> String {
     String::from_utf8(fugo::mynumber::with_check_digit(seed).to_vec()).unwrap()
 }
+
+/// A real server on 127.0.0.1:0 with real TLS (certificates made here),
+/// its files in `dir` and its data directory `dir/data`, and the CA that
+/// signs client certificates.
+pub async fn start_server(
+    dir: &Path,
+    policy: &str,
+    master: [u8; 32],
+) -> (fugo::service::Running, fugo::certs::DevCa) {
+    use std::fs;
+    use std::os::unix::fs::PermissionsExt;
+    use std::time::Duration;
+    let key = dir.join("master.key");
+    fs::write(
+        &key,
+        MasterKey::from_bytes(master).to_file_contents().as_bytes(),
+    )
+    .unwrap();
+    fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).unwrap();
+    fs::write(dir.join("policy.toml"), policy).unwrap();
+    let ca = fugo::certs::DevCa::new("test CA").unwrap();
+    let server = ca.server().unwrap();
+    fs::write(dir.join("ca.pem"), ca.cert_pem()).unwrap();
+    fs::write(dir.join("server.pem"), &server.cert).unwrap();
+    fs::write(dir.join("server.key"), &server.key).unwrap();
+    fs::set_permissions(dir.join("server.key"), fs::Permissions::from_mode(0o600)).unwrap();
+    let config = fugo::service::ServeConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.join("data"),
+        policy: dir.join("policy.toml"),
+        master_key: key,
+        fingerprint: KeyHierarchy::new(&MasterKey::from_bytes(master)).fingerprint(),
+        shutdown_grace: Duration::from_secs(5),
+        dev_mode: false,
+        client_ca: dir.join("ca.pem"),
+        server_cert: dir.join("server.pem"),
+        server_key: dir.join("server.key"),
+        limits: fugo::service::Limits::default(),
+        audit: fugo::service::AuditConfig::default(),
+    };
+    let running = fugo::service::start(config, &mut std::io::sink())
+        .await
+        .unwrap();
+    (running, ca)
+}

@@ -21,6 +21,9 @@
 //!               (Ed25519, verified with the log's public key)
 //! ```
 //!
+//! [`verify`] checks a whole store against itself, the log's key and
+//! checkpoints kept outside it (`fugo audit verify`).
+//!
 //! [`merkle`] and [`checkpoint`] are pure: no file, clock or randomness.
 //! The signing key comes in as a seed from the caller (the server derives
 //! it from its master key); [`checkpoint::LogSigner`] prints redacted in
@@ -71,3 +74,4 @@ pub mod checkpoint;
 pub mod merkle;
 pub mod record;
 pub mod store;
+pub mod verify;

@@ -142,6 +142,12 @@ pub enum StoreError {
         /// The store file.
         path: PathBuf,
     },
+    /// There is no store at this path (an audit command never creates one).
+    #[error("there is no audit store at {path}")]
+    Missing {
+        /// The store file looked for.
+        path: PathBuf,
+    },
     /// The operating system failed a read or write.
     #[error("audit store I/O failed during {op}: {source}")]
     Io {
@@ -271,6 +277,18 @@ pub trait Store: Send {
     fn put_policy(&mut self, version: &Hash, text: &str) -> Result<bool, StoreError>;
     /// The policy text of `version`, if kept.
     fn policy(&mut self, version: &Hash) -> Result<Option<String>, StoreError>;
+    /// The tree levels whose node hashes the store keeps, lowest first
+    /// (level 0 = the leaf hashes). For verification, with
+    /// [`Store::stored_nodes`].
+    fn stored_levels(&self) -> Vec<u8>;
+    /// Up to `limit` node hashes of tree level `level`, from index `from`
+    /// on, exactly as stored (nothing is recomputed or checked): fewer when
+    /// the store holds fewer, none for a level not in
+    /// [`Store::stored_levels`]. Node `i` of level `l` is the root of leaves
+    /// `[i·2^l, (i+1)·2^l)`; only complete nodes are kept. `fugo audit
+    /// verify` compares them with the tree it recomputes from the records.
+    fn stored_nodes(&mut self, level: u8, from: u64, limit: usize)
+    -> Result<Vec<Hash>, StoreError>;
     /// Deletes the bodies of the oldest groups whose time is before
     /// `before_ms` (a prefix of the log: it stops at the first group that is
     /// not); leaf hashes stay. Returns how many records were purged.

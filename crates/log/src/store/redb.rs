@@ -107,28 +107,68 @@ impl RedbStore {
         Self::open_with(path.as_ref(), false)
     }
 
-    /// As [`RedbStore::open`], but first checks the checksum of every page
-    /// of the file (reads the whole file). For `fugo audit verify` and
-    /// anything else that reads a file that may have been altered outside
-    /// redb: a plain open trusts such a file, and redb may then panic while
-    /// reading a damaged page (seen when flipping bytes of a copy), where
-    /// this open returns [`StoreError::Damaged`].
+    /// Opens an EXISTING store for `fugo audit` (verify, export, pubkey),
+    /// where the file may have been altered outside redb and a plain open
+    /// could trust it (redb may panic on a page changed behind its back):
+    ///
+    /// - a missing file is [`StoreError::Missing`], never created;
+    /// - the checksum of every page of the committed trees is checked
+    ///   (reads the whole file); a damaged page is [`StoreError::Damaged`];
+    /// - a file whose last commit fails its checksum is refused
+    ///   ([`StoreError::Damaged`]) instead of being rolled back to the commit
+    ///   before it, as redb's repair would do: a rollback would hide the
+    ///   damage and silently drop the newest records.
+    ///
+    /// redb's check ends with one commit of its own (the allocator state;
+    /// no table changes), so the file's bytes change though no record does.
+    /// Takes the store's lock like [`RedbStore::open`].
     pub fn open_checked(path: impl AsRef<Path>) -> Result<Self, StoreError> {
-        Self::open_with(path.as_ref(), true)
+        let path = path.as_ref();
+        match std::fs::metadata(path) {
+            Ok(meta) if meta.is_file() => {}
+            Ok(_) => {
+                return Err(StoreError::Damaged {
+                    op: "open",
+                    detail: format!("{} is not a regular file", path.display()),
+                });
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                return Err(StoreError::Missing {
+                    path: path.to_path_buf(),
+                });
+            }
+            Err(source) => return Err(StoreError::Io { op: "open", source }),
+        }
+        let mut builder = Database::builder();
+        builder.set_check_integrity_on_open(true);
+        // redb reports its repair steps by progress: 0.0 (the check
+        // starts), 0.3 ONLY when the last commit is corrupt and redb is
+        // about to fall back to the one before, then 0.6 and 0.9 (the
+        // allocator state is rebuilt from the verified trees). Refuse the
+        // fallback; let the check itself run.
+        builder.set_repair_callback(|session| {
+            let progress = session.progress();
+            if progress > 0.1 && progress < 0.5 {
+                session.abort();
+            }
+        });
+        let db = builder.open(path).map_err(|e| match e {
+            DatabaseError::RepairAborted => StoreError::Damaged {
+                op: "open",
+                detail: "the last commit fails its checksum (the file was changed, or \
+                         damaged during a write); refusing to roll it back"
+                    .into(),
+            },
+            other => open_error(path, other),
+        })?;
+        Self::from_database(db, path)
     }
 
     fn open_with(path: &Path, check: bool) -> Result<Self, StoreError> {
         let db = Database::builder()
             .set_check_integrity_on_open(check)
             .create(path)
-            .map_err(|e| match e {
-                DatabaseError::DatabaseAlreadyOpen | DatabaseError::LockProtocolMismatch => {
-                    StoreError::Locked {
-                        path: path.to_path_buf(),
-                    }
-                }
-                other => backend("open", other),
-            })?;
+            .map_err(|e| open_error(path, e))?;
         Self::from_database(db, path)
     }
 
@@ -613,6 +653,62 @@ impl Store for RedbStore {
         Ok(found.map(|text| text.value().to_owned()))
     }
 
+    fn stored_levels(&self) -> Vec<u8> {
+        // One band of tiles per 8 levels: levels 0, 8, ..., 56.
+        (0..8).map(|band| band * 8).collect()
+    }
+
+    fn stored_nodes(
+        &mut self,
+        level: u8,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<Hash>, StoreError> {
+        let op = "stored nodes";
+        if !level.is_multiple_of(8) || level > 56 {
+            return Ok(Vec::new());
+        }
+        let band = level / 8;
+        let txn = self.read(op)?;
+        let tiles = txn.open_table(TILES).map_err(|e| backend(op, e))?;
+        let mut out = Vec::with_capacity(limit.min(1 << 16));
+        let mut index = from;
+        while out.len() < limit {
+            let tile = index / TILE_WIDTH;
+            let Some(found) = tiles.get((band, tile)).map_err(|e| backend(op, e))? else {
+                break;
+            };
+            let bytes = found.value();
+            if !bytes.len().is_multiple_of(32) || bytes.len() as u64 > TILE_WIDTH * 32 {
+                return Err(StoreError::Corrupt {
+                    what: "tile",
+                    seq: (tile * TILE_WIDTH)
+                        .checked_shl(u32::from(level))
+                        .unwrap_or(u64::MAX),
+                });
+            }
+            let start = (index % TILE_WIDTH) as usize * 32;
+            let rest = bytes.get(start..).unwrap_or_default();
+            if rest.is_empty() {
+                break;
+            }
+            for chunk in rest.chunks_exact(32) {
+                if out.len() >= limit {
+                    break;
+                }
+                let mut hash = [0; 32];
+                hash.copy_from_slice(chunk);
+                out.push(hash);
+                index += 1;
+            }
+            // Only the last tile of a level may be partial.
+            if (bytes.len() as u64) < TILE_WIDTH * 32 {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
     fn purge_before(&mut self, before_ms: u64) -> Result<u64, StoreError> {
         let from = self.purged;
         let size = self.frontier.size();
@@ -1083,6 +1179,18 @@ fn begin_write(db: &Database, op: &'static str) -> Result<WriteTransaction, Stor
     Ok(txn)
 }
 
+/// Maps an error of opening the database file.
+fn open_error(path: &Path, error: DatabaseError) -> StoreError {
+    match error {
+        DatabaseError::DatabaseAlreadyOpen | DatabaseError::LockProtocolMismatch => {
+            StoreError::Locked {
+                path: path.to_path_buf(),
+            }
+        }
+        other => backend("open", other),
+    }
+}
+
 /// Maps a redb error to the store's, naming the operation.
 fn backend(op: &'static str, error: impl Into<::redb::Error>) -> StoreError {
     match error.into() {
@@ -1306,6 +1414,51 @@ mod tests {
             now_ms: time_ms,
             policies: Vec::new(),
         }
+    }
+
+    /// A copy taken while the store is open is what a crash leaves: its
+    /// last commit is a plain (one-phase) one. A flipped byte in a page of
+    /// that commit makes redb fall back to the commit before, silently
+    /// losing records; `open_checked` refuses instead, and opens the
+    /// undamaged copy (recovery without rollback) as it is.
+    #[test]
+    fn open_checked_refuses_to_roll_back_a_damaged_last_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.redb");
+        let mut store = RedbStore::open(&path).unwrap();
+        store.append(derive(1, 0..10)).unwrap();
+        let mut last = derive(2, 10..20);
+        last.groups[0].header.caller = "the-last-commit-only".into();
+        store.append(last).unwrap();
+        let crashed = std::fs::read(&path).unwrap();
+        drop(store);
+        let at = crashed
+            .windows(20)
+            .position(|w| w == b"the-last-commit-only")
+            .unwrap();
+
+        let intact = dir.path().join("intact.redb");
+        std::fs::write(&intact, &crashed).unwrap();
+        assert_eq!(RedbStore::open_checked(&intact).unwrap().size(), 20);
+
+        let mut flipped = crashed.clone();
+        flipped[at] ^= 1;
+        let damaged = dir.path().join("damaged.redb");
+        std::fs::write(&damaged, &flipped).unwrap();
+        let refused = RedbStore::open_checked(&damaged);
+        assert!(
+            matches!(&refused, Err(StoreError::Damaged { detail, .. })
+                if detail.contains("refusing to roll it back")),
+            "{refused:?}"
+        );
+        // What a plain open does with the same file: the last commit is
+        // gone without a word.
+        std::fs::write(&damaged, &flipped).unwrap();
+        assert_eq!(RedbStore::open(&damaged).unwrap().size(), 10);
+        assert!(matches!(
+            RedbStore::open_checked(dir.path().join("none.redb")),
+            Err(StoreError::Missing { .. })
+        ));
     }
 
     #[test]
