@@ -905,7 +905,7 @@ impl Child {
         fs::write(
             &config,
             format!(
-                "listen = \"127.0.0.1:0\"\ndata_dir = \"data\"\npolicy = \"policy.toml\"\n\
+                "listen = \"127.0.0.1:0\"\ndata_dir = \"child-data\"\npolicy = \"policy.toml\"\n\
                  master_key = \"master.key\"\nmaster_key_fingerprint = \"{fingerprint}\"\n\
                  [tls]\nca = \"ca.pem\"\ncert = \"server.pem\"\nkey = \"server.key\"\n\
                  [limits]\n{limits}\n"
@@ -1133,7 +1133,7 @@ fn a_bad_limit_stops_the_server_with_its_name() {
         fs::write(
             &config,
             format!(
-                "listen = \"127.0.0.1:0\"\ndata_dir = \"data\"\npolicy = \"policy.toml\"\n\
+                "listen = \"127.0.0.1:0\"\ndata_dir = \"child-data\"\npolicy = \"policy.toml\"\n\
                  master_key = \"master.key\"\nmaster_key_fingerprint = \"{fingerprint}\"\n\
                  [tls]\nca = \"ca.pem\"\ncert = \"server.pem\"\nkey = \"server.key\"\n\
                  [limits]\n{limits}\n"
