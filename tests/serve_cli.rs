@@ -815,6 +815,35 @@ fn the_client_keeps_every_file_rule_of_derive_and_leaks_no_number() {
     for number in &n {
         assert!(!logs.contains(number.as_str()), "server logs hold a number");
     }
+
+    // Nor in the audit store, nor in its export: no number in any form
+    // (digits, spaced, dashed, hex of the digits, the value's 8 bytes, a
+    // plain person block), and no code the client received.
+    let store = fs::read(dir.path().join("data/audit.redb")).unwrap();
+    let export = Command::new(FUGO)
+        .args(["audit", "export", "--data-dir", &at("data")])
+        .output()
+        .unwrap();
+    assert_eq!(export.status.code(), Some(0), "{}", text(&export.stderr));
+    assert!(text(&export.stdout).contains("\"operation\":\"derive\""));
+    let contains = |hay: &[u8], needle: &[u8]| hay.windows(needle.len()).any(|w| w == needle);
+    for place in [&store, &export.stdout] {
+        assert!(!contains(place, b"fugo-pn1"), "a plain person block");
+        for number in &n {
+            let mut forms: Vec<Vec<u8>> = leak_forms(number)
+                .into_iter()
+                .map(String::into_bytes)
+                .collect();
+            forms.push(common::to_hex(number.as_bytes()).into_bytes());
+            forms.push(number.parse::<u64>().unwrap().to_be_bytes().to_vec());
+            for form in forms {
+                assert!(!contains(place, &form), "the audit store or export holds a number");
+            }
+        }
+        for code in client_txt.lines().filter(|line| line.len() == 29) {
+            assert!(!contains(place, code.as_bytes()), "the audit store holds a code");
+        }
+    }
 }
 
 #[test]
