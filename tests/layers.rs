@@ -73,3 +73,34 @@ fn the_core_reaches_no_file_socket_thread_clock_or_os_randomness() {
     }
     assert!(checked >= 10, "found only {checked} source files");
 }
+
+/// The audit log (crates/log) sits beside the core, not above or below it:
+/// neither crate depends on the other, and the log's pure parts (records,
+/// tree, checkpoints) reach no file, socket, thread or clock — only its
+/// store does.
+#[test]
+fn the_log_and_the_core_stand_side_by_side() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let log = fs::read_to_string(root.join("crates/log/Cargo.toml")).unwrap();
+    let core_manifest = fs::read_to_string(core().join("Cargo.toml")).unwrap();
+    let log_deps = dependencies(&log, "[dependencies]");
+    for name in ["fugo", "fugo-core"] {
+        assert!(!log_deps.iter().any(|dep| dep == name), "fugo-log may not depend on {name}");
+    }
+    assert!(
+        !dependencies(&core_manifest, "[dependencies]")
+            .iter()
+            .any(|dep| dep == "fugo-log"),
+        "fugo-core may not depend on fugo-log"
+    );
+    let allowed = ["sha2", "ring", "base64", "zeroize", "thiserror", "redb"];
+    for name in &log_deps {
+        assert!(allowed.contains(&name.as_str()), "fugo-log may not depend on {name}");
+    }
+    for pure in ["record.rs", "merkle.rs", "checkpoint.rs"] {
+        let text = fs::read_to_string(root.join("crates/log/src").join(pure)).unwrap();
+        for word in ["std::fs", "std::net", "std::thread", "SystemTime", "Instant", "redb"] {
+            assert!(!text.contains(word), "{pure} uses {word}; only the store touches the world");
+        }
+    }
+}
