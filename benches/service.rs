@@ -467,6 +467,33 @@ async fn full_chain(
     started.elapsed().as_secs_f64()
 }
 
+/// The data directory's durable write speed: 64 MiB in 1 MiB writes, each
+/// followed by fdatasync (MB/s), and the median of 200 small durable
+/// writes (a commit's floor).
+fn fsync_bandwidth(dir: &std::path::Path) -> (f64, Duration) {
+    use std::io::Write;
+    let path = dir.join("fsync-probe");
+    let mut file = std::fs::File::create(&path).unwrap();
+    let chunk = vec![0x5au8; 1 << 20];
+    let started = Instant::now();
+    for _ in 0..64 {
+        file.write_all(&chunk).unwrap();
+        file.sync_data().unwrap();
+    }
+    let bandwidth = 64.0 * (1 << 20) as f64 / started.elapsed().as_secs_f64() / 1e6;
+    let mut small = Vec::with_capacity(200);
+    for _ in 0..200 {
+        let started = Instant::now();
+        file.write_all(&chunk[..4096]).unwrap();
+        file.sync_data().unwrap();
+        small.push(started.elapsed());
+    }
+    small.sort();
+    drop(file);
+    let _ = std::fs::remove_file(&path);
+    (bandwidth, small[small.len() / 2])
+}
+
 fn main() {
     let items = env_number("FUGO_BENCH_ITEMS", 10_000_000);
     let calls = env_number("FUGO_BENCH_CALLS", 100_000);
@@ -500,7 +527,13 @@ fn main() {
             audit: service::AuditConfig::default(),
         };
         let limits = config.limits.clone();
+        let mut bare_config = config.clone();
+        bare_config.data_dir = dir.path().join("unaudited");
         let fugo = service::start(config, &mut std::io::sink()).await.unwrap();
+        // The same server with the audit trail off: what auditing costs.
+        let bare = service::start_unaudited_for_benchmarks(bare_config, &mut std::io::sink())
+            .await
+            .unwrap();
         let echo = start_echo(&pki, &limits).await;
 
         println!("gRPC over loopback with mutual TLS, server and client in one process on this machine");
@@ -547,6 +580,23 @@ fn main() {
         println!("streaming derive, {items} items in batches of {BATCH}:");
         println!("  baseline (echo)  {:>10.2} M items/s", base / 1e6);
         println!("  fugo             {:>10.2} M items/s   = {:.0}% of baseline (target ≥ 70%)", derive / 1e6, 100.0 * derive / base);
+
+        let (off, on) = in_turns(bare.addr, fugo.addr, |addr| {
+            let pki = Arc::clone(&pki);
+            async move { stream_derive(client(&pki, addr, "a").await, slice).await }
+        })
+        .await;
+        let off = (slice * ROUNDS) as f64 / off.iter().sum::<f64>();
+        let on = (slice * ROUNDS) as f64 / on.iter().sum::<f64>();
+        let store = dir.path().join(fugo::audit::STORE_FILE);
+        let store_bytes = std::fs::metadata(&store).map(|m| m.len()).unwrap_or(0);
+        let (bandwidth, sync) = fsync_bandwidth(dir.path());
+        println!("streaming derive, auditing on vs. off (the same server without the audit trail), {items} items:");
+        println!("  auditing off     {:>10.2} M items/s", off / 1e6);
+        println!("  auditing on      {:>10.2} M items/s   = {:.0}% of auditing off (target ≥ 50%, goal ≥ 70%)", on / 1e6, 100.0 * on / off);
+        println!("  audit store now  {:>10.1} MB for everything this run recorded", store_bytes as f64 / 1e6);
+        println!("data directory: fsync'd sequential writes of 1 MiB: {bandwidth:>7.1} MB/s; one 4 KiB write + fdatasync: {sync:>7.2?}");
+        bare.stop().await.unwrap();
 
         let stage_items = (items / 5).max(BATCH);
         let codes = derived_codes(client(&pki, fugo.addr, "a").await, stage_items).await;

@@ -29,7 +29,7 @@
 
 use std::error::Error as StdError;
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use base64::Engine;
@@ -110,6 +110,11 @@ pub enum ClientError {
         /// Results received.
         got: usize,
     },
+    /// The server's audit log failed the check against the checkpoint kept
+    /// from an earlier call (or the kept file is unusable); nothing was
+    /// sent.
+    #[error("audit log check failed: {0}")]
+    Witness(#[from] crate::witness::WitnessError),
 }
 
 impl ClientError {
@@ -186,6 +191,91 @@ impl Connection {
 
 /// Opens one mutual-TLS connection.
 pub async fn connect(connection: &Connection) -> Result<CodesClient<Channel>, ClientError> {
+    Ok(CodesClient::new(channel(connection).await?))
+}
+
+/// What checking the server's audit log against the kept checkpoint found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Witnessed {
+    /// No checkpoint was kept: the server's log key is trusted from now on
+    /// (its verifier key text).
+    FirstUse(String),
+    /// The log extends the kept checkpoint (sizes then and now).
+    Extended {
+        /// Records in the kept checkpoint.
+        from: u64,
+        /// Records now.
+        to: u64,
+    },
+    /// The server has signed no checkpoint yet; nothing was kept.
+    NoCheckpoint,
+}
+
+/// Checks the server's audit log against the checkpoint kept in `path`
+/// (a consistency proof from it to the server's latest) and keeps the
+/// latest in its place. Any failure stops the run before a request is
+/// sent: a log rewritten since the last call is caught here.
+pub async fn witness(channel: &Channel, path: &Path) -> Result<Witnessed, ClientError> {
+    use crate::proto::fugo::v1::audit_client::AuditClient;
+    use crate::proto::fugo::v1::{GetCheckpointRequest, GetConsistencyProofRequest};
+    use crate::witness::{Kept, WitnessError};
+    let mut audit = AuditClient::new(channel.clone());
+    let latest = audit
+        .get_checkpoint(GetCheckpointRequest {})
+        .await
+        .map_err(ClientError::from_status)?
+        .into_inner();
+    if latest.checkpoint.is_empty() {
+        return Ok(Witnessed::NoCheckpoint);
+    }
+    let verifier =
+        fugo_log::checkpoint::LogVerifier::parse(&latest.verifier_key).map_err(|source| {
+            WitnessError::Note {
+                what: "log key",
+                source,
+            }
+        })?;
+    let newest = Kept::open(verifier, &latest.checkpoint)?;
+    let witnessed = match Kept::load(path)? {
+        None => Witnessed::FirstUse(newest.verifier.to_string()),
+        Some(kept) => {
+            let (from, to) = (kept.checkpoint.size, newest.checkpoint.size);
+            let (proof, newest) = if to > from {
+                let answer = audit
+                    .get_consistency_proof(GetConsistencyProofRequest {
+                        old_size: from,
+                        new_size: to,
+                    })
+                    .await
+                    .map_err(ClientError::from_status)?
+                    .into_inner();
+                let proof = answer
+                    .proof
+                    .iter()
+                    .map(|hash| <[u8; 32]>::try_from(hash.as_slice()).unwrap_or([0; 32]))
+                    .collect::<Vec<_>>();
+                // The proof leads to the checkpoint the server returns with it.
+                (
+                    proof,
+                    Kept::open(newest.verifier.clone(), &answer.checkpoint)?,
+                )
+            } else {
+                (Vec::new(), newest)
+            };
+            kept.check_newer(&newest, &proof, path)?;
+            newest.save(path)?;
+            return Ok(Witnessed::Extended {
+                from,
+                to: newest.checkpoint.size,
+            });
+        }
+    };
+    newest.save(path)?;
+    Ok(witnessed)
+}
+
+/// Opens one mutual-TLS channel.
+pub async fn channel(connection: &Connection) -> Result<Channel, ClientError> {
     let name = connection.name()?;
     let tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(read_file(&connection.ca)?))
@@ -203,7 +293,7 @@ pub async fn connect(connection: &Connection) -> Result<CodesClient<Channel>, Cl
         .connect()
         .await
         .map_err(failed)?;
-    Ok(CodesClient::new(channel))
+    Ok(channel)
 }
 
 /// Names the cause of a failed connection, found in the error's source
@@ -384,6 +474,8 @@ pub struct Remote {
     first_failure: std::sync::Mutex<Option<String>>,
     /// Kept so the connection lives as long as the run.
     _client: CodesClient<Channel>,
+    /// The connection, for the audit log check at the end of the run.
+    channel: Channel,
 }
 
 impl Remote {
@@ -394,13 +486,32 @@ impl Remote {
         operation: Operation,
         runtime: &Handle,
     ) -> Result<Self, ClientError> {
-        let mut client = connect(connection).await?;
+        Self::open_witnessed(connection, operation, runtime, None)
+            .await
+            .map(|(remote, _)| remote)
+    }
+
+    /// [`open`](Self::open), first checking the server's audit log against
+    /// the checkpoint kept in `kept` (see [`witness`]); nothing is sent if
+    /// the check fails.
+    pub async fn open_witnessed(
+        connection: &Connection,
+        operation: Operation,
+        runtime: &Handle,
+        kept: Option<&Path>,
+    ) -> Result<(Self, Option<Witnessed>), ClientError> {
+        let channel = channel(connection).await?;
+        let witnessed = match kept {
+            Some(path) => Some(witness(&channel, path).await?),
+            None => None,
+        };
+        let mut client = CodesClient::new(channel.clone());
         let (requests, items) = mpsc::channel(IN_FLIGHT);
         let name = connection.name()?;
         let responses = open_stream(&mut client, &operation, items)
             .await
             .map_err(|status| stream_refused(status, connection, &name))?;
-        Ok(Remote {
+        let remote = Remote {
             runtime: runtime.clone(),
             operation,
             sending: tokio::sync::Mutex::new(Sending {
@@ -412,7 +523,16 @@ impl Remote {
             unanswered: Semaphore::new(IN_FLIGHT),
             first_failure: std::sync::Mutex::new(None),
             _client: client,
-        })
+            channel,
+        };
+        Ok((remote, witnessed))
+    }
+
+    /// After the run: checks the log again from the checkpoint kept at the
+    /// start and keeps the newest (it covers this run's records once
+    /// signed).
+    pub async fn witness_again(&self, kept: &Path) -> Result<Witnessed, ClientError> {
+        witness(&self.channel, kept).await
     }
 
     /// The text sent for one input item.

@@ -53,3 +53,4 @@ pub mod policy;
 pub mod proto;
 pub mod random;
 pub mod service;
+pub mod witness;

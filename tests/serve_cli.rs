@@ -1303,7 +1303,115 @@ fn flags_from_the_environment_bounded_memory_and_a_lost_server() {
     let left: Vec<String> = fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|name| name.contains("codes"))
+        // The kept audit checkpoint is the client's state, not output.
+        .filter(|name| name.contains("codes") && name != "codes.checkpoint")
         .collect();
     assert!(left.is_empty(), "{left:?}");
+}
+
+/// The client keeps the newest audit log checkpoint it has seen beside its
+/// output and, on its next run, asks for a consistency proof from it: a
+/// log that was wiped and rebuilt (same key, re-signed from record 0) is
+/// refused before anything is sent, and so is one rolled back.
+#[test]
+fn the_client_catches_a_rewritten_audit_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path(), true, common::DEMO_FINGERPRINT);
+    let at = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    let numbers: Vec<String> = (0..3u64).map(|i| common::valid_number(i * 7 + 5)).collect();
+    fs::write(dir.path().join("in.txt"), numbers.join("\n") + "\n").unwrap();
+    let kept = dir.path().join("out.txt.checkpoint");
+
+    let server = Server::start(&config);
+    // The server signs its first checkpoint (the policy's loading) within a
+    // second of starting.
+    std::thread::sleep(Duration::from_millis(1500));
+    let first = client(
+        &server,
+        dir.path(),
+        "mhlw",
+        &["derive", &at("in.txt"), "-o", &at("out.txt")],
+    );
+    assert_eq!(first.status.code(), Some(0), "{}", text(&first.stderr));
+    assert!(
+        text(&first.stderr).contains("first contact"),
+        "{}",
+        text(&first.stderr)
+    );
+    let seen = fs::read_to_string(&kept).unwrap();
+    assert!(seen.starts_with("fugo-checkpoint v1\n"), "{seen}");
+
+    std::thread::sleep(Duration::from_millis(1500));
+    let second = client(
+        &server,
+        dir.path(),
+        "mhlw",
+        &["derive", &at("in.txt"), "-o", &at("out.txt")],
+    );
+    assert_eq!(second.status.code(), Some(0), "{}", text(&second.stderr));
+    let kept_size = |text: &str| text.lines().nth(3).unwrap().parse::<u64>().unwrap();
+    let grown = fs::read_to_string(&kept).unwrap();
+    assert!(
+        kept_size(&grown) > kept_size(&seen),
+        "the kept checkpoint advances:\n{seen}\n{grown}"
+    );
+    let (code, _) = server.stop();
+    assert_eq!(code, 0);
+
+    // The operator wipes the log and starts again: same key, new history,
+    // more records than before.
+    fs::remove_file(dir.path().join("data/audit.redb")).unwrap();
+    let server = Server::start(&config);
+    let many: Vec<String> = (0..40u64)
+        .map(|i| common::valid_number(i * 13 + 1))
+        .collect();
+    fs::write(dir.path().join("many.txt"), many.join("\n") + "\n").unwrap();
+    let filler = client(
+        &server,
+        dir.path(),
+        "mhlw",
+        &["derive", &at("many.txt"), "-o", &at("filler.txt")],
+    );
+    assert_eq!(filler.status.code(), Some(0), "{}", text(&filler.stderr));
+    std::thread::sleep(Duration::from_millis(1500));
+    fs::remove_file(dir.path().join("out.txt")).unwrap();
+    let refused = client(
+        &server,
+        dir.path(),
+        "mhlw",
+        &["derive", &at("in.txt"), "-o", &at("out.txt")],
+    );
+    assert_ne!(refused.status.code(), Some(0));
+    assert!(
+        text(&refused.stderr).contains("does not extend the one of"),
+        "{}",
+        text(&refused.stderr)
+    );
+    assert!(!dir.path().join("out.txt").exists(), "nothing was written");
+    assert_eq!(
+        fs::read_to_string(&kept).unwrap(),
+        grown,
+        "the kept checkpoint stays"
+    );
+
+    // A log rolled back to fewer records is refused as well.
+    fs::write(&kept, &grown).unwrap();
+    let (code, _) = server.stop();
+    assert_eq!(code, 0);
+    fs::remove_file(dir.path().join("data/audit.redb")).unwrap();
+    let server = Server::start(&config);
+    std::thread::sleep(Duration::from_millis(1500));
+    let rolled = client(
+        &server,
+        dir.path(),
+        "mhlw",
+        &["derive", &at("in.txt"), "-o", &at("out.txt")],
+    );
+    assert_ne!(rolled.status.code(), Some(0));
+    assert!(
+        text(&rolled.stderr).contains("fewer than"),
+        "{}",
+        text(&rolled.stderr)
+    );
+    server.stop();
 }

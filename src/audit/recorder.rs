@@ -108,6 +108,8 @@ pub struct Recorder {
     shared: Arc<Shared>,
     timeout: Duration,
     thread: Option<JoinHandle<()>>,
+    /// Benchmarks only: appends are dropped, not written.
+    discard: bool,
 }
 
 /// Appends waiting at once that one commit takes (the rest wait for the
@@ -176,11 +178,35 @@ impl Recorder {
             shared,
             timeout,
             thread: Some(thread),
+            discard: false,
         })
+    }
+
+    /// A recorder that writes nothing and answers every append at once:
+    /// the "auditing off" side of the service benchmark, so the cost of
+    /// the audit trail is measured in the same run. No configuration
+    /// reaches it; only `service::start_unaudited_for_benchmarks` does.
+    #[doc(hidden)]
+    pub fn discarding_for_benchmarks(signer: &LogSigner) -> Recorder {
+        let (health, _) = watch::channel(true);
+        Recorder {
+            jobs: None,
+            shared: Arc::new(Shared {
+                checkpoint: RwLock::new(None),
+                verifier: signer.verifier(),
+                health,
+            }),
+            timeout: Duration::from_secs(1),
+            thread: None,
+            discard: true,
+        }
     }
 
     /// Writes `append` durably; returns once it is committed (fsync'd).
     pub async fn record(&self, append: Append) -> Result<Appended, RecorderError> {
+        if self.discard {
+            return Ok(discarded(&append));
+        }
         let (reply, answer) = oneshot::channel();
         self.submit(Job::Append(append, reply))?;
         match tokio::time::timeout(self.timeout, answer).await {
@@ -278,6 +304,23 @@ fn open_store(path: &Path) -> Result<RedbStore, RecorderError> {
             source,
         },
     })
+}
+
+/// What a discarding recorder answers: every group placed nowhere.
+fn discarded(append: &Append) -> Appended {
+    Appended {
+        groups: append
+            .groups
+            .iter()
+            .map(|_| fugo_log::store::AppendedGroup {
+                first_seq: 0,
+                repeats: Vec::new(),
+            })
+            .collect(),
+        tallied: 0,
+        size: 0,
+        root: [0; 32],
+    }
 }
 
 /// Adds `append` to the commit being gathered.

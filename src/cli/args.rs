@@ -177,6 +177,12 @@ pub(crate) struct ClientArgs {
     /// Seal: unix seconds until which the person may not see the exchange.
     #[arg(long, value_name = "UNIX_SECONDS", default_value_t = 0)]
     pub(crate) non_disclosure_until: i64,
+    /// Where to keep the newest audit log checkpoint seen; each run first
+    /// checks the server's log extends it (a consistency proof) and stops
+    /// if not. By default OUTPUT.checkpoint beside the output file; with
+    /// output to standard output, give it to have the log checked.
+    #[arg(long, value_name = "FILE", env = "FUGO_CHECKPOINT")]
+    pub(crate) checkpoint: Option<PathBuf>,
     #[command(flatten)]
     pub(crate) files: FileArgs,
 }

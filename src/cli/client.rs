@@ -5,7 +5,13 @@ use super::CliError;
 use super::args::{ClientArgs, ClientOperation};
 use super::settings::FileSettings;
 use fugo::bulk::Summary;
-use fugo::client::{Connection, Operation, Remote};
+use fugo::client::{Connection, Operation, Remote, Witnessed};
+
+/// A line on stderr for the operator.
+fn note(text: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "fugo: {text}");
+}
 
 /// Runs `fugo client`; returns the run's counts.
 pub(crate) fn run(args: ClientArgs) -> Result<Summary, CliError> {
@@ -20,6 +26,10 @@ pub(crate) fn run(args: ClientArgs) -> Result<Summary, CliError> {
         ClientOperation::Redeem => Operation::Redeem,
         ClientOperation::Reidentify => Operation::Reidentify,
     };
+    let kept = args
+        .checkpoint
+        .clone()
+        .or_else(|| args.files.output.as_deref().map(fugo::witness::beside));
     let files = FileSettings::from(args.files);
     let connection = Connection {
         server: args.server,
@@ -33,8 +43,34 @@ pub(crate) fn run(args: ClientArgs) -> Result<Summary, CliError> {
         .enable_all()
         .build()
         .map_err(CliError::Runtime)?;
-    let remote = runtime.block_on(Remote::open(&connection, operation, runtime.handle()))?;
+    let (remote, witnessed) = runtime.block_on(Remote::open_witnessed(
+        &connection,
+        operation,
+        runtime.handle(),
+        kept.as_deref(),
+    ))?;
+    match (&kept, witnessed) {
+        // Writing to standard output without --checkpoint: a pipeline
+        // stays quiet, and the log is not checked (the help says so).
+        (None, _) => {}
+        (Some(path), Some(Witnessed::FirstUse(key))) => note(&format!(
+            "first contact: the server's audit log key {key} is trusted from now on (kept in {})",
+            path.display()
+        )),
+        (_, Some(Witnessed::NoCheckpoint)) => {
+            note("the server has signed no audit log checkpoint yet; nothing to check")
+        }
+        _ => {}
+    }
     let summary = super::files::run(&remote, &files);
+    // The log again, now holding this run's records: keep its newest
+    // checkpoint for the next run (a failure here is reported, the output
+    // stands).
+    if let (Ok(_), Some(path)) = (&summary, &kept)
+        && let Err(error) = runtime.block_on(remote.witness_again(path))
+    {
+        note(&format!("{error}"));
+    }
     drop(remote);
     runtime.shutdown_background();
     summary

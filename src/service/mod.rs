@@ -32,4 +32,4 @@ mod status;
 pub use codes::CHECKPOINT;
 pub use config::{AuditConfig, ServeConfig};
 pub use limits::Limits;
-pub use server::{Reloader, Running, ServeError, start};
+pub use server::{Reloader, Running, ServeError, start, start_unaudited_for_benchmarks};

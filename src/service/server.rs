@@ -346,6 +346,25 @@ pub async fn start(
     config: ServeConfig,
     warnings: &mut (dyn Write + Send),
 ) -> Result<Running, ServeError> {
+    start_with(config, warnings, true).await
+}
+
+/// [`start`] with the audit trail switched off: nothing is recorded. Only
+/// the service benchmark calls it, to measure what auditing costs in the
+/// same run; no configuration setting reaches it.
+#[doc(hidden)]
+pub async fn start_unaudited_for_benchmarks(
+    config: ServeConfig,
+    warnings: &mut (dyn Write + Send),
+) -> Result<Running, ServeError> {
+    start_with(config, warnings, false).await
+}
+
+async fn start_with(
+    config: ServeConfig,
+    warnings: &mut (dyn Write + Send),
+    audited: bool,
+) -> Result<Running, ServeError> {
     let source = KeySource {
         path: config.master_key.clone(),
         expect: Some(config.fingerprint),
@@ -361,7 +380,11 @@ pub async fn start(
     let (policy, policy_text) = load_policy_text(&config.policy)?;
     let tls = tls_config(&config, &policy)?;
     let version = policy.version().clone();
-    let recorder = open_recorder(&config, &keys)?;
+    let recorder = if audited {
+        open_recorder(&config, &keys)?
+    } else {
+        Recorder::discarding_for_benchmarks(&log_signer(config.audit.origin.as_deref(), &keys)?)
+    };
     let state = Arc::new(State {
         exchange: Exchange::new(keys, Box::new(SystemRandomness::new())),
         policy: RwLock::new(Arc::new(policy)),

@@ -132,6 +132,10 @@ fn seqs_are_contiguous_across_appends_and_reopen() {
     assert_eq!(firsts, [0, 3]);
     let root = store.root();
     drop(store);
+    // The whole-file check that `audit verify` uses accepts an intact file.
+    let checked = RedbStore::open_checked(dir.path().join("audit.redb")).unwrap();
+    assert_eq!((checked.size(), checked.root()), (603, root));
+    drop(checked);
     let mut store = open(&dir);
     assert_eq!(store.size(), 603);
     assert_eq!(store.root(), root);
@@ -510,6 +514,18 @@ fn a_second_open_of_the_file_is_locked() {
 }
 
 #[test]
+fn opening_where_no_file_can_be_made_is_an_io_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("missing-dir").join("audit.redb");
+    match RedbStore::open(&path) {
+        Err(StoreError::Io { op: "open", source }) => {
+            assert_eq!(source.kind(), std::io::ErrorKind::NotFound);
+        }
+        other => panic!("expected Io, got {other:?}"),
+    }
+}
+
+#[test]
 fn a_refused_append_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let mut store = open(&dir);
@@ -628,4 +644,35 @@ fn leaves_hold_no_person_link() {
         // Each record's commitment differs although the person is the same.
         assert!(seen.insert(bytes[63..].to_vec()));
     }
+}
+
+#[test]
+fn a_signed_checkpoint_of_the_store_verifies() {
+    use fugo_log::checkpoint::{Checkpoint, LogSigner, LogVerifier};
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(&dir);
+    filled(&mut store, 1_000, 300);
+    let signer = LogSigner::from_seed("audit.example/log", &[7; 32]).unwrap();
+    store.set_verifier(&signer.verifier().to_string()).unwrap();
+    for size in [500, 1_000] {
+        let root = store.root_at(size).unwrap();
+        let note = signer
+            .sign(&Checkpoint {
+                origin: "audit.example/log".into(),
+                size,
+                root,
+            })
+            .unwrap();
+        store.add_checkpoint(size, &note).unwrap();
+    }
+    drop(store);
+    let mut store = open(&dir);
+    let verifier = LogVerifier::parse(&store.verifier().unwrap().unwrap()).unwrap();
+    let (size, note) = store.latest_checkpoint().unwrap().unwrap();
+    let latest = verifier.open(&note).unwrap();
+    assert_eq!((latest.size, latest.root), (size, store.root()));
+    let (old_size, old_note) = store.checkpoints().unwrap().remove(0);
+    let old = verifier.open(&old_note).unwrap();
+    let proof = store.consistency_proof(old_size, size).unwrap();
+    merkle::verify_consistency(old.size, latest.size, &old.root, &latest.root, &proof).unwrap();
 }

@@ -43,6 +43,13 @@ pub struct Append {
 
 /// A count of refusals that opened no person, for one (agency, reason,
 /// minute).
+///
+/// When its minute is over, a tally becomes one `Refusals` record: a group
+/// whose header has `time_ms` = the minute's start, `caller` = the agency,
+/// `note` = the reason, `count` = the count, no counterpart, affair, items or
+/// batch id, a zero `policy_version` (a minute of refusals may span policy
+/// loads), and one entry with [`Outcome::Refused`](crate::record::Outcome::Refused)
+/// and no person.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Refusal {
     /// The agency whose requests were refused.
@@ -213,7 +220,9 @@ pub trait Store: Send {
     /// One record's tree leaf (kept after purging).
     fn leaf(&mut self, seq: u64) -> Result<Hash, StoreError>;
     /// Up to `limit` records from `from` on, bodies or (purged) leaf hashes:
-    /// what verify and export read.
+    /// what verify and export read. A verifier recomputes the leaf of every
+    /// body from its fields ([`Record::leaf_hash`]) rather than trusting the
+    /// stored leaves.
     fn records(&mut self, from: u64, limit: usize) -> Result<Vec<StoredRecord>, StoreError>;
     /// A person's records, newest first, with seq below `before`, from the
     /// person index (see [`Store::index_people`]).

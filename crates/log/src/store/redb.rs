@@ -1,43 +1,5 @@
-//! The embedded [`Store`]: one redb file.
-//!
-//! # Tables
-//!
-//! | table         | key                           | value                                           |
-//! |---------------|-------------------------------|-------------------------------------------------|
-//! | `groups`      | first seq `u64`               | header encoding + packed entries ([`encode_group`]), at most [`CHUNK`] entries |
-//! | `tiles`       | (level / 8 `u8`, tile `u64`)  | up to 256 hashes of 32 bytes (C2SP tlog-tiles layout) |
-//! | `meta`        | name `&str`                   | `format`, `size`, `frontier`, `indexed`, `purged`, `verifier` |
-//! | `checkpoints` | tree size `u64`               | signed note text                                |
-//! | `policies`    | version `[u8; 32]`            | policy text                                     |
-//! | `by_person`   | (link `[u8; 16]`, seq `u64`)  | `()`                                            |
-//! | `by_agency`   | (agency `&str`, first seq)    | record count of the group `u64`                 |
-//! | `redeemed`    | serial `[u8; 16]`             | seq `u64` ‖ epoch `u32` ‖ caller (UTF-8)        |
-//! | `tallies`     | (minute, agency, reason)      | count `u64`                                     |
-//! | `probe`       | chunk `u64`                   | scratch bytes; empty except during [`Store::probe`] |
-//!
-//! All integers in values are big-endian.
-//!
-//! **Tiles.** Tile `(L, t)` holds the hashes of level `8L` of the tree with
-//! indexes `[256t, 256t + 256)`: level-0 tiles hold leaf hashes, level-1 tiles
-//! the roots of 256-leaf subtrees, and so on. The rightmost tile of each level
-//! is partial and grows in place (read, extended and written once per append
-//! that touches it). A node at a level between two stored ones is hashed
-//! from at most 128 stored nodes of the tile below it.
-//!
-//! **Groups.** A group of more than [`CHUNK`] entries is kept as several
-//! values with the same header, so reading one record decodes at most
-//! [`CHUNK`] entries.
-//!
-//! **Purging** removes a prefix of the groups; `meta.purged` says where the
-//! kept bodies start. Leaf hashes (tiles) always stay.
-//!
-//! # Failures
-//!
-//! After an error inside a write transaction this handle refuses further
-//! writes with [`StoreError::NeedsReopen`]: redb needs the database dropped
-//! and opened again after a failed commit, and the commit may or may not
-//! have reached the disk. [`RedbStore::open`] restores size and frontier from
-//! `meta`, which is written in the same transaction as the records.
+//! The embedded [`Store`]: one redb file. The table layout is documented
+//! on [`RedbStore`].
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -80,6 +42,45 @@ const PROBE_CHUNK: usize = 3_072;
 const PROVISIONS: TableDefinition<&[u8; 16], (u64, u8)> = TableDefinition::new("provisions");
 
 /// The audit log in one redb file, held exclusively by this handle.
+///
+/// # Tables
+///
+/// | table         | key                           | value                                           |
+/// |---------------|-------------------------------|-------------------------------------------------|
+/// | `groups`      | first seq `u64`               | header encoding + packed entries ([`encode_group`](crate::record::encode_group)), at most 256 entries |
+/// | `tiles`       | (level / 8 `u8`, tile `u64`)  | up to 256 hashes of 32 bytes (C2SP tlog-tiles layout) |
+/// | `meta`        | name `&str`                   | `format`, `size`, `frontier`, `indexed`, `purged`, `verifier` |
+/// | `checkpoints` | tree size `u64`               | signed note text                                |
+/// | `policies`    | version `[u8; 32]`            | policy text                                     |
+/// | `by_person`   | (link `[u8; 16]`, seq `u64`)  | `()`                                            |
+/// | `by_agency`   | (agency `&str`, first seq)    | record count of the group `u64`                 |
+/// | `redeemed`    | serial `[u8; 16]`             | seq `u64` ‖ epoch `u32` ‖ caller (UTF-8)        |
+/// | `tallies`     | (minute, agency, reason)      | count `u64`                                     |
+/// | `probe`       | chunk `u64`                   | scratch bytes, empty except during [`Store::probe`](super::Store::probe) |
+///
+/// All integers in values are big-endian.
+///
+/// **Tiles.** Tile `(L, t)` holds the hashes of level `8L` of the tree with
+/// indexes `[256t, 256t + 256)`: level-0 tiles hold leaf hashes, level-1 tiles
+/// the roots of 256-leaf subtrees, and so on. The rightmost tile of each level
+/// is partial and grows in place (read, extended and written once per append
+/// that touches it). A node at a level between two stored ones is hashed
+/// from at most 128 stored nodes of the tile below it.
+///
+/// **Groups.** A group of more than 256 entries (`CHUNK`) is kept as several
+/// values with the same header, so reading one record decodes at most
+/// 256 entries.
+///
+/// **Purging** removes a prefix of the groups; `meta.purged` says where the
+/// kept bodies start. Leaf hashes (tiles) always stay.
+///
+/// # Failures
+///
+/// After an error inside a write transaction this handle refuses further
+/// writes with [`StoreError::NeedsReopen`]: redb needs the database dropped
+/// and opened again after a failed commit, and the commit may or may not
+/// have reached the disk. [`RedbStore::open`] restores size and frontier from
+/// `meta`, which is written in the same transaction as the records.
 pub struct RedbStore {
     db: Database,
     path: PathBuf,
@@ -112,8 +113,11 @@ impl RedbStore {
     }
 
     /// As [`RedbStore::open`], but first checks the checksum of every page
-    /// of the file (reads the whole file): for `fugo audit verify`, where the
-    /// file may have been altered outside redb and a plain open could trust it.
+    /// of the file (reads the whole file). For `fugo audit verify` and
+    /// anything else that reads a file that may have been altered outside
+    /// redb: a plain open trusts such a file, and redb may then panic while
+    /// reading a damaged page (seen when flipping bytes of a copy), where
+    /// this open returns [`StoreError::Damaged`].
     pub fn open_checked(path: impl AsRef<Path>) -> Result<Self, StoreError> {
         Self::open_with(path.as_ref(), true)
     }
@@ -257,6 +261,18 @@ impl RedbStore {
         TileSource::new(&tiles).node(0, seq)
     }
 
+    /// Whether some tally is of a minute before the append's.
+    fn tallies_due(&self, append: &Append) -> Result<bool, StoreError> {
+        let op = "append tallies";
+        let txn = self.read(op)?;
+        let tallies = txn.open_table(TALLIES).map_err(|e| backend(op, e))?;
+        let now_minute = append.now_ms / 60_000;
+        let mut due = tallies
+            .range((0u64, "", "")..(now_minute, "", ""))
+            .map_err(|e| backend(op, e))?;
+        Ok(due.next().is_some())
+    }
+
     fn check_size(&self, what: &'static str, value: u64) -> Result<(), StoreError> {
         if value > self.frontier.size() {
             Err(StoreError::OutOfRange {
@@ -286,6 +302,15 @@ impl Store for RedbStore {
     fn append(&mut self, append: Append) -> Result<Appended, StoreError> {
         self.writable("append")?;
         validate(&append.groups)?;
+        if append.groups.is_empty() && append.refusals.is_empty() && !self.tallies_due(&append)? {
+            // Nothing to write: no commit, no fsync.
+            return Ok(Appended {
+                groups: Vec::new(),
+                tallied: 0,
+                size: self.frontier.size(),
+                root: self.frontier.root(),
+            });
+        }
         let mut next = self.frontier.clone();
         let appended = self.write("append", |txn| write_append(txn, &mut next, append))?;
         self.frontier = next;
@@ -331,7 +356,7 @@ impl Store for RedbStore {
         let tiles = txn.open_table(TILES).map_err(|e| backend("records", e))?;
         let mut reader = GroupReader::new(&groups);
         let mut leaves = TileSource::new(&tiles);
-        let mut out = Vec::with_capacity(end.saturating_sub(from) as usize);
+        let mut out = Vec::with_capacity(end.saturating_sub(from).min(4096) as usize);
         for seq in from..end {
             if seq < self.purged {
                 out.push(StoredRecord::Purged {
@@ -365,11 +390,9 @@ impl Store for RedbStore {
             if out.len() >= limit {
                 break;
             }
-            let (key, ()) = item
-                .map(|(k, v)| (k.value().1, v.value()))
-                .map_err(|e| backend(op, e))?;
-            if key >= self.purged {
-                out.push(reader.record(key)?);
+            let seq = item.map_err(|e| backend(op, e))?.0.value().1;
+            if seq >= self.purged {
+                out.push(reader.record(seq)?);
             }
         }
         Ok(out)
@@ -1354,6 +1377,32 @@ mod tests {
         let done = store.append(derive(4, 30..31)).unwrap();
         assert_eq!(done.groups[0].first_seq, first);
     }
+
+    #[test]
+    fn an_append_with_nothing_to_do_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let fail = Arc::new(AtomicBool::new(false));
+        let mut store = open_failing(&dir.path().join("audit.redb"), &fail);
+        store.append(derive(1, 0..3)).unwrap();
+        // Any write would fail now: an idle append (no groups, no refusals,
+        // no tally due) must not commit.
+        fail.store(true, Ordering::SeqCst);
+        let done = store.append(Append::default()).unwrap();
+        assert_eq!((done.size, done.tallied), (3, 0));
+        assert!(done.groups.is_empty());
+        // A refusal to tally is work: it needs a commit.
+        let tallied = store.append(Append {
+            refusals: vec![crate::store::Refusal {
+                agency: "A".into(),
+                reason: "malformed".into(),
+                minute: 0,
+                count: 1,
+            }],
+            ..Append::default()
+        });
+        assert!(matches!(tallied, Err(StoreError::Io { .. })), "{tallied:?}");
+    }
+
     #[test]
     fn a_probe_writes_and_removes_scratch_and_fails_while_writes_fail() {
         let dir = tempfile::tempdir().unwrap();
