@@ -599,10 +599,11 @@ impl Committer {
         }
         self.probe();
         self.sign(false);
-        if idle && let Ok(store) = self.store() {
-            if let Err(error) = store.index_people(INDEX_STEP) {
-                tracing::warn!(error = %error, "building the person index failed; will retry");
-            }
+        if idle
+            && let Ok(store) = self.store()
+            && let Err(error) = store.index_people(INDEX_STEP)
+        {
+            tracing::warn!(error = %error, "building the person index failed; will retry");
         }
         self.purge();
     }

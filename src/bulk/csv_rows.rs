@@ -397,10 +397,10 @@ fn find_column(header: &Records, options: &CsvOptions) -> Result<usize, BulkErro
     let matches: Vec<usize> = (0..names.len())
         .filter(|&i| names[i] == options.column.as_bytes())
         .collect();
-    if let Some(new) = &options.append {
-        if names.contains(&new.as_bytes()) {
-            return Err(BulkError::Header(format!("column '{new}' already exists")));
-        }
+    if let Some(new) = &options.append
+        && names.contains(&new.as_bytes())
+    {
+        return Err(BulkError::Header(format!("column '{new}' already exists")));
     }
     match matches[..] {
         [only] => Ok(only),

@@ -200,10 +200,10 @@ pub(crate) fn run<W: Work>(work: &W, files: &FileSettings) -> Result<Summary, Cl
         }
     };
     drop(rejects);
-    if let Output::File(pending) = output.get_mut() {
-        if let Some(pending) = pending.take() {
-            pending.commit()?;
-        }
+    if let Output::File(pending) = output.get_mut()
+        && let Some(pending) = pending.take()
+    {
+        pending.commit()?;
     }
     Ok(summary)
 }

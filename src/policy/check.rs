@@ -283,13 +283,13 @@ impl<'t> Checker<'t> {
                 None => epoch.map(|e| BTreeSet::from([e])),
                 Some(list) => list.iter().map(|e| self.epoch(e)).collect(),
             };
-            if let (Some(epoch), Some(accepted)) = (epoch, &accepted) {
-                if !accepted.contains(&epoch) {
-                    self.report(
-                        &entry.epoch,
-                        format!("accepted_epochs must include the current epoch {epoch}"),
-                    );
-                }
+            if let (Some(epoch), Some(accepted)) = (epoch, &accepted)
+                && !accepted.contains(&epoch)
+            {
+                self.report(
+                    &entry.epoch,
+                    format!("accepted_epochs must include the current epoch {epoch}"),
+                );
             }
             let (Some(id), Some(epoch), Some(accepted_epochs)) = (id, epoch, accepted) else {
                 continue;
@@ -408,10 +408,10 @@ impl<'t> Checker<'t> {
             });
             let mut items = BTreeSet::new();
             for item in entry.items.get_ref() {
-                if let Some(id) = self.id(item, ItemId::new) {
-                    if !items.insert(id.clone()) {
-                        self.report(item, format!("data item {id} is listed twice"));
-                    }
+                if let Some(id) = self.id(item, ItemId::new)
+                    && !items.insert(id.clone())
+                {
+                    self.report(item, format!("data item {id} is listed twice"));
                 }
             }
             if entry.items.get_ref().is_empty() {
