@@ -909,9 +909,12 @@ fn syscalls(trace: &str) -> Vec<Syscall> {
     let mut pending: HashMap<&str, Syscall> = HashMap::new();
     let mut done = Vec::new();
     for (index, line) in trace.lines().enumerate() {
-        let mut fields = line.splitn(3, ' ');
-        let (Some(tid), Some(time), Some(rest)) = (fields.next(), fields.next(), fields.next())
-        else {
+        // `PID TIME CALL`; strace pads the pid to a width, so a short pid is
+        // followed by more than one space.
+        let Some((tid, rest)) = line.trim_start().split_once(' ') else {
+            continue;
+        };
+        let Some((time, rest)) = rest.trim_start().split_once(' ') else {
             continue;
         };
         let Ok(time) = time.parse::<f64>() else {
@@ -1064,7 +1067,7 @@ fn without_store_syncs(trace: &str, store: &str) -> String {
     let mut unfinished = HashSet::new();
     let mut kept = Vec::new();
     for line in trace.lines() {
-        let tid = line.split(' ').next().unwrap_or("");
+        let tid = line.split_whitespace().next().unwrap_or("");
         let is_sync = SYNCS
             .iter()
             .any(|name| line.contains(&format!(" {name}(")) && line.contains(store));
@@ -1157,7 +1160,8 @@ fn synthesized(sync: &str) -> String {
     let lines = [
         r#"100 10.000100 write(9<TCP:[127.0.0.1:7443->127.0.0.1:50000]>, "\27\3\3\0\36"..., 39) = 39"#,
         r#"101 10.000200 pwrite64(5</data/audit.redb>, "\1\0\0\0groups"..., 4096, 8192) = 4096"#,
-        r#"101 10.000300 pwrite64(5</data/audit.redb>, "\0\0batch 0123456789abcdef\0"..., 4096, 12288) = 4096"#,
+        // strace pads short pids: two spaces after this one.
+        r#"101  10.000300 pwrite64(5</data/audit.redb>, "\0\0batch 0123456789abcdef\0"..., 4096, 12288) = 4096"#,
         r#"102 10.000350 write(2<pipe:[77]>, "INFO batch done 0123456789abcdef", 32) = 32"#,
         sync,
         r#"100 10.000900 writev(9<TCP:[127.0.0.1:7443->127.0.0.1:50000]>, [{iov_base="\27\3\3\2\0"..., iov_len=600}], 1) = 600"#,
