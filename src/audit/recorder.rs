@@ -12,8 +12,11 @@
 //! **Fail closed, never hang.** A commit that fails answers its callers
 //! with [`RecorderError::Unavailable`] (their responses are not sent), sets
 //! health to not serving, drops the store and opens it again (redb needs
-//! that after a failed write) until a commit succeeds, which sets health
-//! back to serving. A caller waits at most [`Settings::commit_timeout`].
+//! that after a failed write). Health turns back to serving when a commit
+//! succeeds, or, with no call coming (a load balancer sends none to a
+//! server that is not serving), when a probe commit as large as the largest
+//! that failed succeeds: the thread tries one a second. A caller waits at
+//! most [`Settings::commit_timeout`].
 //! An append no caller waits for ([`Recorder::record_detached`]: a policy's
 //! loading) is kept after a failed commit and written with the next one.
 
@@ -143,6 +146,11 @@ const BUSY_INDEX_STEP: usize = 20_000;
 /// Longest the person index waits for an idle moment before it takes a
 /// step anyway (disclosure trails the log by about this much).
 const INDEX_LAG: Duration = Duration::from_secs(1);
+/// How often the thread probes the store while not healthy.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+/// Bounds of a probe's size (see [`commit_bytes`]).
+const MIN_PROBE: usize = 64 << 10;
+const MAX_PROBE: usize = 64 << 20;
 
 impl Recorder {
     /// Opens (or creates) the store in `data_dir` and starts the thread.
@@ -185,6 +193,8 @@ impl Recorder {
             retry: Vec::new(),
             written_from: 0,
             last_space_check: None,
+            probe_bytes: None,
+            last_probe: None,
         };
         let thread = std::thread::Builder::new()
             .name("fugo-audit".into())
@@ -362,6 +372,21 @@ pub fn repeat_of(appended: &Appended, group: usize, entry: usize) -> Option<u32>
         .map(|repeat| repeat.first.epoch)
 }
 
+/// A generous estimate of what a commit of `append` writes: its records,
+/// their tree tiles and index entries, and the pages they touch. The probe
+/// after a failure writes this much (within [`MIN_PROBE`]..[`MAX_PROBE`]),
+/// so a store that can take small commits but not the one that failed
+/// does not say it is serving.
+fn commit_bytes(append: &Append) -> usize {
+    let entries: usize = append.groups.iter().map(|group| group.entries.len()).sum();
+    let policies: usize = append.policies.iter().map(|(_, text)| text.len()).sum();
+    entries
+        .saturating_mul(128)
+        .saturating_add(append.groups.len().saturating_mul(4096))
+        .saturating_add(policies)
+        .clamp(MIN_PROBE, MAX_PROBE)
+}
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -387,6 +412,10 @@ struct Committer {
     /// The store's size before the last commit tried.
     written_from: u64,
     last_space_check: Option<(Instant, bool)>,
+    /// While not healthy: the size of the largest commit that failed, which
+    /// a probe must be able to write before health says serving again.
+    probe_bytes: Option<usize>,
+    last_probe: Option<Instant>,
 }
 
 impl Committer {
@@ -451,6 +480,7 @@ impl Committer {
             callers.push((append.groups.len(), reply));
             merge(&mut all, append);
         }
+        let bytes = commit_bytes(&all);
         let result = self.space().and_then(|()| {
             let store = self.store()?;
             let before = store.size();
@@ -470,6 +500,7 @@ impl Committer {
         }
         match result {
             Ok(appended) => {
+                self.probe_bytes = None;
                 self.set_health(true);
                 if self.unsigned_since.is_none() {
                     self.unsigned_since = Some(Instant::now());
@@ -498,7 +529,7 @@ impl Committer {
                     // redb must be opened again after a failed write.
                     self.store = None;
                 }
-                self.set_health(false);
+                self.unhealthy(bytes);
                 for (_, reply) in callers {
                     let _ = reply.send(Err(RecorderError::Unavailable(error.to_string())));
                 }
@@ -577,6 +608,47 @@ impl Committer {
         }
     }
 
+    /// Health says not serving until a commit, or a probe of `bytes`,
+    /// succeeds.
+    fn unhealthy(&mut self, bytes: usize) {
+        self.probe_bytes = Some(self.probe_bytes.map_or(bytes, |before| before.max(bytes)));
+        self.set_health(false);
+    }
+
+    /// While not healthy, at most once per [`PROBE_EVERY`]: writes and
+    /// removes as many bytes as the largest failed commit; if that works,
+    /// health says serving again without waiting for a call.
+    fn probe(&mut self) {
+        let Some(bytes) = self.probe_bytes else {
+            return;
+        };
+        if self
+            .last_probe
+            .is_some_and(|last| last.elapsed() < PROBE_EVERY)
+        {
+            return;
+        }
+        self.last_probe = Some(Instant::now());
+        if self.space().is_err() {
+            return;
+        }
+        let Ok(store) = self.store() else {
+            return;
+        };
+        match store.probe(bytes) {
+            Ok(()) => {
+                self.probe_bytes = None;
+                self.set_health(true);
+                tracing::info!(bytes, "the audit store can be written again: serving");
+            }
+            Err(error) => {
+                tracing::debug!(error = %error, bytes, "audit store probe failed: still not serving");
+                // redb must be opened again after a failed write.
+                self.store = None;
+            }
+        }
+    }
+
     fn set_health(&self, serving: bool) {
         self.shared.health.send_if_modified(|now| {
             let changed = *now != serving;
@@ -585,11 +657,13 @@ impl Committer {
         });
     }
 
-    /// Between commits: reopen a failed store, sign, index, purge.
+    /// Between commits: reopen a failed store, probe it while not healthy,
+    /// sign, index, purge.
     fn look_after(&mut self, idle: bool) {
         if self.store.is_none() && self.store().is_ok() {
-            // Opened again; the next commit decides health.
+            // Opened again; the next commit or probe decides health.
         }
+        self.probe();
         self.sign(false);
         // The index is built when idle, and under steady traffic (which
         // never leaves the thread idle) at least once a second, in smaller
@@ -663,7 +737,7 @@ impl Committer {
             Err(error) => {
                 tracing::error!(error = %error, "storing a checkpoint failed; will retry");
                 self.store = None;
-                self.set_health(false);
+                self.unhealthy(MIN_PROBE);
             }
         }
     }

@@ -289,6 +289,13 @@ pub trait Store: Send {
     /// verify` compares them with the tree it recomputes from the records.
     fn stored_nodes(&mut self, level: u8, from: u64, limit: usize)
     -> Result<Vec<Hash>, StoreError>;
+    /// Writes about `bytes` of scratch data in one durable commit and
+    /// removes it in a second, leaving records, tree, checkpoints and
+    /// indexes as they were: whether a commit of that size can be written
+    /// now. After a failed append the recorder probes with the size of the
+    /// commit that failed, so it can say it is healthy again without waiting
+    /// for a call (which a load balancer would not send it).
+    fn probe(&mut self, bytes: usize) -> Result<(), StoreError>;
     /// Deletes the bodies of the oldest groups whose time is before
     /// `before_ms` (a prefix of the log: it stops at the first group that is
     /// not); leaf hashes stay. Returns how many records were purged.

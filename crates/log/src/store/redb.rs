@@ -34,6 +34,10 @@ const BY_PERSON: TableDefinition<(&[u8; 16], u64), ()> = TableDefinition::new("b
 const BY_AGENCY: TableDefinition<(&str, u64), u64> = TableDefinition::new("by_agency");
 const REDEEMED: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new("redeemed");
 const TALLIES: TableDefinition<(u64, &str, &str), u64> = TableDefinition::new("tallies");
+/// Scratch values of [`Store::probe`]; empty between probes.
+const PROBE: TableDefinition<u64, &[u8]> = TableDefinition::new("probe");
+/// The size of one probe value: about a page, as records and tiles are.
+const PROBE_CHUNK: usize = 3_072;
 /// serial -> (time ms, outcome code) of its provision confirmation.
 const PROVISIONS: TableDefinition<&[u8; 16], (u64, u8)> = TableDefinition::new("provisions");
 
@@ -52,6 +56,7 @@ const PROVISIONS: TableDefinition<&[u8; 16], (u64, u8)> = TableDefinition::new("
 /// | `by_agency`   | (agency `&str`, first seq)    | record count of the group `u64`                 |
 /// | `redeemed`    | serial `[u8; 16]`             | seq `u64` ‖ epoch `u32` ‖ caller (UTF-8)        |
 /// | `tallies`     | (minute, agency, reason)      | count `u64`                                     |
+/// | `probe`       | chunk `u64`                   | scratch bytes, empty except during [`Store::probe`](super::Store::probe) |
 ///
 /// All integers in values are big-endian.
 ///
@@ -610,6 +615,27 @@ impl Store for RedbStore {
                 .map_err(|e| backend("set verifier", e))?;
             meta.insert("verifier", verifier_text.as_bytes())
                 .map_err(|e| backend("set verifier", e))?;
+            Ok(())
+        })
+    }
+
+    fn probe(&mut self, bytes: usize) -> Result<(), StoreError> {
+        let chunks = bytes.div_ceil(PROBE_CHUNK).max(1) as u64;
+        let filler = [0x5au8; PROBE_CHUNK];
+        self.write("probe", |txn| {
+            let mut probe = txn.open_table(PROBE).map_err(|e| backend("probe", e))?;
+            for key in 0..chunks {
+                probe
+                    .insert(key, filler.as_slice())
+                    .map_err(|e| backend("probe", e))?;
+            }
+            Ok(())
+        })?;
+        self.write("probe", |txn| {
+            let mut probe = txn.open_table(PROBE).map_err(|e| backend("probe", e))?;
+            probe
+                .retain(|_, _| false)
+                .map_err(|e| backend("probe", e))?;
             Ok(())
         })
     }
@@ -1528,5 +1554,41 @@ mod tests {
             ..Append::default()
         });
         assert!(matches!(tallied, Err(StoreError::Io { .. })), "{tallied:?}");
+    }
+
+    #[test]
+    fn a_probe_writes_and_removes_scratch_and_fails_while_writes_fail() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.redb");
+        let fail = Arc::new(AtomicBool::new(false));
+        let mut store = open_failing(&path, &fail);
+        store.append(derive(1, 0..10)).unwrap();
+        let (size, root) = (store.size(), store.root());
+        let before = std::fs::metadata(&path).unwrap().len();
+
+        // A probe of 4 MiB really writes (the file grows to take it) and
+        // leaves nothing behind.
+        store.probe(4 << 20).unwrap();
+        assert!(std::fs::metadata(&path).unwrap().len() >= before + (4 << 20));
+        assert_eq!((store.size(), store.root()), (size, root));
+        {
+            let txn = store.read("test").unwrap();
+            let probe = txn.open_table(PROBE).unwrap();
+            assert!(probe.iter().unwrap().next().is_none());
+        }
+
+        fail.store(true, Ordering::SeqCst);
+        assert!(store.probe(1 << 20).is_err());
+        fail.store(false, Ordering::SeqCst);
+        // Like a failed append, a failed probe asks for a reopen.
+        assert!(matches!(
+            store.probe(1 << 20),
+            Err(StoreError::NeedsReopen { op: "probe" })
+        ));
+        drop(store);
+        let mut store = RedbStore::open(&path).unwrap();
+        assert_eq!((store.size(), store.root()), (size, root));
+        store.probe(1 << 20).unwrap();
+        store.append(derive(2, 10..11)).unwrap();
     }
 }
