@@ -85,7 +85,10 @@ fn the_log_and_the_core_stand_side_by_side() {
     let core_manifest = fs::read_to_string(core().join("Cargo.toml")).unwrap();
     let log_deps = dependencies(&log, "[dependencies]");
     for name in ["fugo", "fugo-core"] {
-        assert!(!log_deps.iter().any(|dep| dep == name), "fugo-log may not depend on {name}");
+        assert!(
+            !log_deps.iter().any(|dep| dep == name),
+            "fugo-log may not depend on {name}"
+        );
     }
     assert!(
         !dependencies(&core_manifest, "[dependencies]")
@@ -95,12 +98,25 @@ fn the_log_and_the_core_stand_side_by_side() {
     );
     let allowed = ["sha2", "ring", "base64", "zeroize", "thiserror", "redb"];
     for name in &log_deps {
-        assert!(allowed.contains(&name.as_str()), "fugo-log may not depend on {name}");
+        assert!(
+            allowed.contains(&name.as_str()),
+            "fugo-log may not depend on {name}"
+        );
     }
     for pure in ["record.rs", "merkle.rs", "checkpoint.rs"] {
         let text = fs::read_to_string(root.join("crates/log/src").join(pure)).unwrap();
-        for word in ["std::fs", "std::net", "std::thread", "SystemTime", "Instant", "redb"] {
-            assert!(!text.contains(word), "{pure} uses {word}; only the store touches the world");
+        for word in [
+            "std::fs",
+            "std::net",
+            "std::thread",
+            "SystemTime",
+            "Instant",
+            "redb",
+        ] {
+            assert!(
+                !text.contains(word),
+                "{pure} uses {word}; only the store touches the world"
+            );
         }
     }
 }

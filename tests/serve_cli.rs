@@ -837,11 +837,17 @@ fn the_client_keeps_every_file_rule_of_derive_and_leaks_no_number() {
             forms.push(common::to_hex(number.as_bytes()).into_bytes());
             forms.push(number.parse::<u64>().unwrap().to_be_bytes().to_vec());
             for form in forms {
-                assert!(!contains(place, &form), "the audit store or export holds a number");
+                assert!(
+                    !contains(place, &form),
+                    "the audit store or export holds a number"
+                );
             }
         }
         for code in client_txt.lines().filter(|line| line.len() == 29) {
-            assert!(!contains(place, code.as_bytes()), "the audit store holds a code");
+            assert!(
+                !contains(place, code.as_bytes()),
+                "the audit store holds a code"
+            );
         }
     }
 }

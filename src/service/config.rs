@@ -305,11 +305,20 @@ mod tests {
     fn the_audit_trail_cannot_be_switched_off_by_configuration() {
         for attempt in ["enabled = false", "off = true", "durability = \"none\""] {
             let error = load(&format!("{BASE}dev_mode = true\n[audit]\n{attempt}\n")).unwrap_err();
-            assert!(error.to_string().contains("unknown field"), "{attempt}: {error}");
+            assert!(
+                error.to_string().contains("unknown field"),
+                "{attempt}: {error}"
+            );
         }
-        let config = load(&format!("{BASE}dev_mode = true\n[audit]\nretention_days = 30\n")).unwrap();
+        let config = load(&format!(
+            "{BASE}dev_mode = true\n[audit]\nretention_days = 30\n"
+        ))
+        .unwrap();
         assert_eq!(config.audit.settings.retention.as_secs(), 30 * 86_400);
-        let error = load(&format!("{BASE}dev_mode = true\n[audit]\norigin = \"a b\"\n")).unwrap_err();
+        let error = load(&format!(
+            "{BASE}dev_mode = true\n[audit]\norigin = \"a b\"\n"
+        ))
+        .unwrap_err();
         assert!(error.to_string().contains("origin"), "{error}");
     }
 }
