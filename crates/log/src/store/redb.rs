@@ -58,7 +58,12 @@ const PROVISIONS: TableDefinition<&[u8; 16], (u64, u8)> = TableDefinition::new("
 /// | `tallies`     | (minute, agency, reason)      | count `u64`                                     |
 /// | `probe`       | chunk `u64`                   | scratch bytes, empty except during [`Store::probe`](super::Store::probe) |
 ///
-/// All integers in values are big-endian.
+/// All integers in values are big-endian. `by_person` and `redeemed` are
+/// built from the log by [`Store::index_people`](super::Store::index_people)
+/// in sorted batches (random-key inserts would dirty a page per record in
+/// the commit a response waits for); until then the first redemptions of
+/// not yet indexed records are held in memory (rebuilt from the log on
+/// open), so a repeated redeem is always found.
 ///
 /// **Tiles.** Tile `(L, t)` holds the hashes of level `8L` of the tree with
 /// indexes `[256t, 256t + 256)`: level-0 tiles hold leaf hashes, level-1 tiles
@@ -89,6 +94,12 @@ pub struct RedbStore {
     purged: u64,
     /// Set when a write transaction failed: redb needs a reopen.
     needs_reopen: bool,
+    /// First redemptions in records not yet indexed (seq ≥ `indexed`): the
+    /// `redeemed` table is built with the person index, in sorted batches,
+    /// off the path of a response — a random-key insert per redeemed token
+    /// in the commit dirtied a page per token and made redeem ten times
+    /// slower. Rebuilt from the log on open; bounded by the index's lag.
+    recent: HashMap<[u8; 16], Redemption>,
 }
 
 impl std::fmt::Debug for RedbStore {
@@ -239,19 +250,41 @@ impl RedbStore {
                 seq: size,
             });
         }
-        let store = Self {
+        let mut store = Self {
             db,
             path: path.to_path_buf(),
             frontier,
             indexed,
             purged,
             needs_reopen: false,
+            recent: HashMap::new(),
         };
         // The last leaf must be in its tile: meta and tiles are one commit.
         if size > 0 {
             store.leaf_at(size - 1)?;
         }
+        store.recent = store.redemptions(indexed.max(purged), size)?;
         Ok(store)
+    }
+
+    /// The first redemptions in records `from..to`, by serial.
+    fn redemptions(&self, from: u64, to: u64) -> Result<HashMap<[u8; 16], Redemption>, StoreError> {
+        let mut found = HashMap::new();
+        if from >= to {
+            return Ok(found);
+        }
+        let txn = self.read("redemptions")?;
+        let groups = txn
+            .open_table(GROUPS)
+            .map_err(|e| backend("redemptions", e))?;
+        let mut reader = GroupReader::new(&groups);
+        for seq in from..to {
+            let (entry, group) = reader.entry(seq)?;
+            if let Some(first) = first_redemption(seq, entry, group) {
+                found.entry(first.0).or_insert(first.1);
+            }
+        }
+        Ok(found)
     }
 
     /// The store file.
@@ -352,8 +385,15 @@ impl Store for RedbStore {
             });
         }
         let mut next = self.frontier.clone();
-        let appended = self.write("append", |txn| write_append(txn, &mut next, append))?;
+        let mut fresh = HashMap::new();
+        let recent = std::mem::take(&mut self.recent);
+        let appended = self.write("append", |txn| {
+            write_append(txn, &mut next, append, &recent, &mut fresh)
+        });
+        self.recent = recent;
+        let appended = appended?;
         self.frontier = next;
+        self.recent.extend(fresh);
         Ok(appended)
     }
 
@@ -487,6 +527,9 @@ impl Store for RedbStore {
     }
 
     fn redemption(&mut self, serial: &[u8; 16]) -> Result<Option<Redemption>, StoreError> {
+        if let Some(first) = self.recent.get(serial) {
+            return Ok(Some(first.clone()));
+        }
         let txn = self.read("redemption")?;
         let table = txn
             .open_table(REDEEMED)
@@ -506,13 +549,17 @@ impl Store for RedbStore {
         self.write("index people", |txn| {
             let op = "index people";
             let mut keys = Vec::new();
+            let mut serials = Vec::new();
             {
                 let groups = txn.open_table(GROUPS).map_err(|e| backend(op, e))?;
                 let mut reader = GroupReader::new(&groups);
                 for seq in from..to {
-                    let (entry, _) = reader.entry(seq)?;
+                    let (entry, group) = reader.entry(seq)?;
                     if let Some(link) = entry.person {
                         keys.push((link.0, seq));
+                    }
+                    if let Some(first) = first_redemption(seq, entry, group) {
+                        serials.push(first);
                     }
                 }
             }
@@ -521,12 +568,24 @@ impl Store for RedbStore {
             for (link, seq) in &keys {
                 index.insert((link, *seq), ()).map_err(|e| backend(op, e))?;
             }
+            // The first redemptions, sorted: the table the idempotency check
+            // reads once they leave the in-memory set.
+            serials.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            let mut redeemed = txn.open_table(REDEEMED).map_err(|e| backend(op, e))?;
+            for (serial, first) in &serials {
+                if redeemed.get(serial).map_err(|e| backend(op, e))?.is_none() {
+                    redeemed
+                        .insert(serial, encode_redemption(first).as_slice())
+                        .map_err(|e| backend(op, e))?;
+                }
+            }
             let mut meta = txn.open_table(META).map_err(|e| backend(op, e))?;
             meta.insert("indexed", to.to_be_bytes().as_slice())
                 .map_err(|e| backend(op, e))?;
             Ok(())
         })?;
         self.indexed = to;
+        self.recent.retain(|_, first| first.seq >= to);
         Ok(to)
     }
 
@@ -770,12 +829,35 @@ fn validate(groups: &[Group]) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// A record's first redemption of a serial: a Redeem entry that succeeded
+/// (repeats are stored as [`Outcome::Repeat`]).
+fn first_redemption(
+    seq: u64,
+    entry: &Entry,
+    group: &DecodedGroup,
+) -> Option<([u8; 16], Redemption)> {
+    if group.header.operation != Operation::Redeem || entry.outcome != Outcome::Done {
+        return None;
+    }
+    let serial = entry.serial?;
+    Some((
+        serial,
+        Redemption {
+            seq,
+            epoch: entry.epoch,
+            caller: group.header.caller.clone(),
+        },
+    ))
+}
+
 /// The body of one append's write transaction. `next` is a copy of the
 /// frontier that the caller keeps only if the commit succeeds.
 fn write_append(
     txn: &WriteTransaction,
     next: &mut Frontier,
     append: Append,
+    recent: &HashMap<[u8; 16], Redemption>,
+    fresh: &mut HashMap<[u8; 16], Redemption>,
 ) -> Result<Appended, StoreError> {
     let op = "append";
     let rolled = roll_tallies(txn, &append)?;
@@ -783,7 +865,7 @@ fn write_append(
 
     let mut groups_table = txn.open_table(GROUPS).map_err(|e| backend(op, e))?;
     let mut by_agency = txn.open_table(BY_AGENCY).map_err(|e| backend(op, e))?;
-    let mut redeemed = txn.open_table(REDEEMED).map_err(|e| backend(op, e))?;
+    let redeemed = txn.open_table(REDEEMED).map_err(|e| backend(op, e))?;
     let mut provisions = txn.open_table(PROVISIONS).map_err(|e| backend(op, e))?;
     let mut policies = txn.open_table(POLICIES).map_err(|e| backend(op, e))?;
     for (version, text) in &append.policies {
@@ -795,8 +877,8 @@ fn write_append(
     }
     // Tile (level / 8, index) -> (position of the first new hash, new hashes).
     let mut tiles: BTreeMap<(u8, u64), (u64, Vec<u8>)> = BTreeMap::new();
-    // Serials redeemed earlier in this same append.
-    let mut fresh: HashMap<[u8; 16], Redemption> = HashMap::new();
+    // `fresh` gathers the serials first redeemed in this append (the
+    // caller keeps them in memory once the commit succeeds).
     let mut placed = Vec::with_capacity(append.groups.len());
 
     let caller_groups = append.groups.into_iter().map(|g| (true, g));
@@ -809,7 +891,7 @@ fn write_append(
                 if entry.outcome != Outcome::Done {
                     continue;
                 }
-                let earlier = match fresh.get(&serial) {
+                let earlier = match fresh.get(&serial).or_else(|| recent.get(&serial)) {
                     Some(first) => Some(first.clone()),
                     None => redeemed
                         .get(&serial)
@@ -832,9 +914,6 @@ fn write_append(
                             epoch: entry.epoch,
                             caller: group.header.caller.clone(),
                         };
-                        redeemed
-                            .insert(&serial, encode_redemption(&first).as_slice())
-                            .map_err(|e| backend(op, e))?;
                         fresh.insert(serial, first);
                     }
                 }
