@@ -263,6 +263,18 @@ fn a_second_redeem_of_a_serial_is_a_repeat_across_appends_and_reopen() {
     assert_eq!((first.seq, first.epoch, first.caller.as_str()), (0, 5, "B"));
     assert_eq!(store.redemption(&[2; 16]).unwrap().unwrap().seq, 5);
     assert_eq!(store.redemption(&[3; 16]).unwrap(), None);
+
+    // Once indexed, the first redemptions live in the `redeemed` table
+    // (not in memory): repeats are still found, before and after reopening.
+    assert_eq!(store.index_people(1_000).unwrap(), store.size());
+    let done = store.append(append(vec![redeem("D", 2, 4)])).unwrap();
+    assert_eq!(done.groups[0].repeats[0].first.seq, 5);
+    assert_eq!(store.redemption(&[1; 16]).unwrap().unwrap().seq, 0);
+    drop(store);
+    let mut store = open(&dir);
+    let done = store.append(append(vec![redeem("D", 1, 4)])).unwrap();
+    assert_eq!(done.groups[0].repeats[0].first.seq, 0);
+    assert_eq!(store.redemption(&[2; 16]).unwrap().unwrap().caller, "B");
 }
 
 #[test]
