@@ -22,7 +22,7 @@ use fugo_log::merkle::{self, Hash, MerkleError};
 use thiserror::Error;
 
 /// The first line of a kept-checkpoint file.
-const MAGIC: &str = "fugo-checkpoint v1";
+pub const MAGIC: &str = "fugo-checkpoint v1";
 /// The largest kept-checkpoint file read.
 const MAX_FILE: u64 = 128 * 1024;
 
@@ -187,6 +187,14 @@ impl Kept {
             },
         )
     }
+}
+
+/// The signed note inside a kept-checkpoint file's text (after its first
+/// line and the verifier key line), or `None` if it is not one: so `fugo
+/// audit verify --checkpoint` takes the file a client kept as it is.
+pub fn kept_note(text: &str) -> Option<&str> {
+    let rest = text.strip_prefix(MAGIC)?.strip_prefix('\n')?;
+    rest.split_once('\n').map(|(_, note)| note)
 }
 
 /// Where a file is written before it is renamed over `path`.

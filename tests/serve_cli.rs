@@ -1392,6 +1392,16 @@ fn the_client_catches_a_rewritten_audit_log() {
     );
     let (code, _) = server.stop();
     assert_eq!(code, 0);
+    // The kept file is also what `fugo audit verify --checkpoint` takes.
+    let verify = |kept: &Path| {
+        Command::new(FUGO)
+            .args(["audit", "verify", "--data-dir", &at("data"), "--checkpoint"])
+            .arg(kept)
+            .output()
+            .unwrap()
+    };
+    let intact = verify(&kept);
+    assert_eq!(intact.status.code(), Some(0), "{}", text(&intact.stderr));
 
     // The operator wipes the log and starts again: same key, new history,
     // more records than before.
@@ -1449,4 +1459,13 @@ fn the_client_catches_a_rewritten_audit_log() {
         text(&rolled.stderr)
     );
     server.stop();
+    // The store that replaced the log fails verify against the kept
+    // checkpoint, though it would pass on its own.
+    let replaced = verify(&kept);
+    assert_eq!(
+        replaced.status.code(),
+        Some(1),
+        "{}",
+        text(&replaced.stdout)
+    );
 }

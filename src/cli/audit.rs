@@ -161,8 +161,9 @@ fn verify(data_dir: &Path, files: &[PathBuf], pubkey: Option<&str>) -> Result<u8
     Ok(0)
 }
 
-/// A checkpoint file: the signed note, or its base64 (as a response's
-/// `x-fugo-checkpoint` metadata carries it).
+/// A checkpoint file: the signed note, its base64 (as a response's
+/// `x-fugo-checkpoint` metadata carries it), or the file `fugo client`
+/// keeps (`OUTPUT.checkpoint`).
 fn read_anchor(path: &Path) -> Result<Anchor, CliError> {
     let shown = path.display().to_string();
     let contents =
@@ -177,7 +178,9 @@ fn read_anchor(path: &Path) -> Result<Anchor, CliError> {
     };
     let text = std::str::from_utf8(&contents.bytes).map_err(|_| not_a_note())?;
     // A note has several lines; its base64 is one.
-    let note = if text.trim().contains('\n') {
+    let note = if let Some(note) = fugo::witness::kept_note(text) {
+        note.to_owned()
+    } else if text.trim().contains('\n') {
         text.to_owned()
     } else {
         decode_note(text.trim()).ok_or_else(not_a_note)?
@@ -271,5 +274,12 @@ mod tests {
         assert_eq!(read_anchor(&encoded).unwrap().note, note);
         fs::write(&encoded, "not base64 at all!").unwrap();
         assert!(read_anchor(&encoded).is_err());
+        let kept = dir.path().join("out.csv.checkpoint");
+        fs::write(
+            &kept,
+            format!("{}\nname+01234567+AQ==\n{note}", fugo::witness::MAGIC),
+        )
+        .unwrap();
+        assert_eq!(read_anchor(&kept).unwrap().note, note);
     }
 }
