@@ -1111,6 +1111,16 @@ async fn checkpoints_cover_records_within_seconds_and_every_response_names_one()
         .await
         .unwrap();
     named_checkpoint(sealed.metadata(), &verifier);
+    // A refused call names it too (mhlw may not reidentify).
+    let refused = mhlw
+        .codes
+        .reidentify(ReidentifyRequest {
+            codes: mhlw_codes.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+    named_checkpoint(refused.metadata(), &verifier);
     let tokens: Vec<Vec<u8>> = sealed
         .into_inner()
         .results

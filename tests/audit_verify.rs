@@ -674,3 +674,45 @@ async fn audit_commands_refuse_a_held_store_and_a_missing_one() {
     assert_eq!(output.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&output.stderr).contains("junk.checkpoint"));
 }
+
+/// The policy in force when a record was made stays readable by its
+/// version (the SHA-256 every response names), after the fact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loaded_policy_is_printed_by_its_version() {
+    let written = write_store().await;
+    let dir = written.copy("policy");
+    let version = fugo::policy::parse(POLICY).unwrap().version().to_string();
+    let output = fugo(&[&"audit", &"policy", &"--data-dir", &dir, &version.as_str()]);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&output.stdout), POLICY);
+    let unknown = "ab".repeat(32);
+    let output = fugo(&[&"audit", &"policy", &"--data-dir", &dir, &unknown.as_str()]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("no policy of version"));
+    let output = fugo(&[&"audit", &"policy", &"--data-dir", &dir, &"xyz"]);
+    assert_eq!(output.status.code(), Some(1), "a bad argument");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("not a policy version"));
+}
+
+/// The disk-space reserve: below it the audit trail refuses to write
+/// (fail closed), so a server that starts on a disk without the reserve
+/// stops with a message saying so instead of serving unrecorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disk_below_the_reserve_stops_the_server_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut config, _ca) = common::server_config(dir.path(), POLICY, MASTER);
+    // More than any disk here has free.
+    config.audit.settings.reserve_bytes = 1 << 60;
+    config.audit.settings.warn_bytes = 1 << 60;
+    let error = fugo::service::start(config, &mut std::io::sink())
+        .await
+        .err()
+        .expect("the server must not start below the reserve")
+        .to_string();
+    assert!(error.contains("disk space reserve reached"), "{error}");
+}

@@ -103,6 +103,17 @@ pub(crate) enum AuditCommand {
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
     },
+    /// Print the text of a policy the server loaded, by its version (the
+    /// SHA-256 every response and record names): the rule that allowed an
+    /// exchange, even after it was withdrawn.
+    Policy {
+        /// The server's data directory (holds audit.redb).
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+        /// The policy version: 64 hex digits.
+        #[arg(value_name = "VERSION")]
+        version: String,
+    },
 }
 
 const VERIFY_ABOUT: &str = "\

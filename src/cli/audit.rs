@@ -46,6 +46,7 @@ pub(crate) fn run(command: AuditCommand) -> Result<u8, CliError> {
             },
             out.as_deref(),
         ),
+        AuditCommand::Policy { data_dir, version } => policy(&data_dir, &version),
     }
 }
 
@@ -93,6 +94,36 @@ fn pubkey(data_dir: &Path) -> Result<u8, CliError> {
     let key = stored_verifier(&mut store, data_dir)?;
     print_line(&key)?;
     Ok(0)
+}
+
+/// Prints a stored policy text; exit 1 if the store has no policy of that
+/// version.
+fn policy(data_dir: &Path, version: &str) -> Result<u8, CliError> {
+    let mut digest = [0u8; 32];
+    if version.len() != 64 || fugo_core::hex::decode_into(version.as_bytes(), &mut digest).is_err()
+    {
+        return Err(CliError::BadArgument(format!(
+            "'{version}' is not a policy version (64 hex digits, as responses name it)"
+        )));
+    }
+    let mut store = open(data_dir, READ_LOCKED)?;
+    match store.policy(&digest).map_err(store_error(data_dir))? {
+        Some(text) => {
+            let mut stdout = io::stdout().lock();
+            stdout
+                .write_all(text.as_bytes())
+                .and_then(|()| stdout.flush())
+                .map_err(CliError::Stdout)?;
+            Ok(0)
+        }
+        None => {
+            let _ = writeln!(
+                io::stderr(),
+                "fugo: no policy of version {version} was ever loaded by this server"
+            );
+            Ok(1)
+        }
+    }
 }
 
 fn verify(data_dir: &Path, files: &[PathBuf], pubkey: Option<&str>) -> Result<u8, CliError> {

@@ -401,7 +401,12 @@ async fn run_batch<Req: Items + Send + 'static, Resp: Tally + Send + 'static>(
             "batch refused"
         ),
     }
-    outcome.map_err(|status| batch.id.tag_status(status))
+    // Refusals name the latest checkpoint too: every response does.
+    outcome.map_err(|status| {
+        let mut status = batch.id.tag_status(status);
+        tag_checkpoint(&state, status.metadata_mut());
+        status
+    })
 }
 
 /// The record of a refused batch: a tally of its items under the reason

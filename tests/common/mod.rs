@@ -134,6 +134,20 @@ pub async fn start_server(
     policy: &str,
     master: [u8; 32],
 ) -> (fugo::service::Running, fugo::certs::DevCa) {
+    let (config, ca) = server_config(dir, policy, master);
+    let running = fugo::service::start(config, &mut std::io::sink())
+        .await
+        .unwrap();
+    (running, ca)
+}
+
+/// The files and configuration [`start_server`] starts with: a production
+/// configuration (real TLS, a 0600 master key) in `dir`, data in `dir/data`.
+pub fn server_config(
+    dir: &Path,
+    policy: &str,
+    master: [u8; 32],
+) -> (fugo::service::ServeConfig, fugo::certs::DevCa) {
     use std::fs;
     use std::os::unix::fs::PermissionsExt;
     use std::time::Duration;
@@ -165,8 +179,5 @@ pub async fn start_server(
         limits: fugo::service::Limits::default(),
         audit: fugo::service::AuditConfig::default(),
     };
-    let running = fugo::service::start(config, &mut std::io::sink())
-        .await
-        .unwrap();
-    (running, ca)
+    (config, ca)
 }

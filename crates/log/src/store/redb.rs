@@ -570,7 +570,7 @@ impl Store for RedbStore {
             }
             // The first redemptions, sorted: the table the idempotency check
             // reads once they leave the in-memory set.
-            serials.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            serials.sort_unstable_by_key(|first| first.0);
             let mut redeemed = txn.open_table(REDEEMED).map_err(|e| backend(op, e))?;
             for (serial, first) in &serials {
                 if redeemed.get(serial).map_err(|e| backend(op, e))?.is_none() {
