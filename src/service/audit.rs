@@ -101,6 +101,16 @@ fn affair_name(policy: &Policy, id: &str) -> String {
         .unwrap_or_default()
 }
 
+/// The shared fields of the records one Audit call makes.
+fn facts<'a>(caller: &'a AgencyId, id: &RequestId, policy: &'a Policy) -> BatchFacts<'a> {
+    BatchFacts {
+        time_ms: now_ms(),
+        caller: caller.as_str(),
+        batch_id: id.as_str().to_owned(),
+        policy,
+    }
+}
+
 fn millis(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
@@ -110,6 +120,15 @@ impl AuditService {
     fn caller<T>(&self, request: &Request<T>) -> Result<(AgencyId, Arc<Policy>), Status> {
         let policy = self.state.policy();
         let caller = caller_of(request, &policy)?;
+        Ok((caller, policy))
+    }
+
+    /// The caller, which must hold `disclose` (the citizen portal).
+    fn portal<T>(&self, request: &Request<T>) -> Result<(AgencyId, Arc<Policy>), Status> {
+        let (caller, policy) = self.caller(request)?;
+        policy
+            .require(&caller, Capability::Disclose)
+            .map_err(status::denied)?;
         Ok((caller, policy))
     }
 
@@ -190,7 +209,7 @@ impl Audit for AuditService {
         Ok(self.respond(
             &id,
             GetConsistencyProofResponse {
-                proof: proof.iter().map(|hash| hash.to_vec()).collect(),
+                proof: wire_proof(&proof),
                 checkpoint,
             },
         ))
@@ -201,10 +220,7 @@ impl Audit for AuditService {
         request: Request<GetInclusionProofRequest>,
     ) -> Result<Response<GetInclusionProofResponse>, Status> {
         let id = RequestId::of(&request);
-        let (caller, policy) = self.caller(&request).map_err(|s| id.tag_status(s))?;
-        policy
-            .require(&caller, Capability::Disclose)
-            .map_err(|denied| id.tag_status(status::denied(denied)))?;
+        self.portal(&request).map_err(|s| id.tag_status(s))?;
         let request = request.into_inner();
         let latest = self.state.recorder.checkpoint();
         let latest_size = latest_size(latest.as_deref()).map_err(|s| id.tag_status(s))?;
@@ -239,7 +255,7 @@ impl Audit for AuditService {
             &id,
             GetInclusionProofResponse {
                 leaf,
-                proof: proof.iter().map(|hash| hash.to_vec()).collect(),
+                proof: wire_proof(&proof),
                 checkpoint,
             },
         ))
@@ -250,10 +266,7 @@ impl Audit for AuditService {
         request: Request<DiscloseRequest>,
     ) -> Result<Response<DiscloseResponse>, Status> {
         let id = RequestId::of(&request);
-        let (caller, policy) = self.caller(&request).map_err(|s| id.tag_status(s))?;
-        policy
-            .require(&caller, Capability::Disclose)
-            .map_err(|denied| id.tag_status(status::denied(denied)))?;
+        let (caller, policy) = self.portal(&request).map_err(|s| id.tag_status(s))?;
         let request = request.into_inner();
         let limit = page_size(request.page_size).map_err(|s| id.tag_status(s))?;
         let before = page_token(&request.page_token).map_err(|s| id.tag_status(s))?;
@@ -316,12 +329,7 @@ impl Audit for AuditService {
             .map_err(|e| id.tag_status(unavailable(e)))?;
         let (shown, next, note) = page;
         // The read itself is an access to the person's records.
-        let facts = BatchFacts {
-            time_ms: now_ms(),
-            caller: caller.as_str(),
-            batch_id: id.as_str().to_owned(),
-            policy: &policy,
-        };
+        let facts = facts(&caller, &id, &policy);
         let mut header = facts.header(Operation::Disclosure);
         header.note = format!("{} records", shown.len());
         self.record(facts.append(vec![fugo_log::record::Group {
@@ -379,12 +387,7 @@ impl Audit for AuditService {
             .map(|record| self.copy_record(&caller, epoch, record))
             .collect();
         // Paging through one's copy is an access too: one record per page.
-        let facts = BatchFacts {
-            time_ms: now_ms(),
-            caller: caller.as_str(),
-            batch_id: id.as_str().to_owned(),
-            policy: &policy,
-        };
+        let facts = facts(&caller, &id, &policy);
         let mut header = facts.header(Operation::CopyPage);
         header.note = match after {
             Some(after) => format!("after {after}, {} records", copy.len()),
@@ -454,12 +457,7 @@ impl Audit for AuditService {
             })
             .await
             .map_err(|e| id.tag_status(unavailable(e)))?;
-        let facts = BatchFacts {
-            time_ms: now_ms(),
-            caller: caller.as_str(),
-            batch_id: id.as_str().to_owned(),
-            policy: &policy,
-        };
+        let facts = facts(&caller, &id, &policy);
         let mut results = Vec::with_capacity(confirmations.len());
         let mut groups: Vec<fugo_log::record::Group> = Vec::new();
         let mut seen = std::collections::HashSet::new();
@@ -564,6 +562,11 @@ impl AuditService {
     }
 }
 
+/// A proof's hashes as protobuf bytes.
+fn wire_proof(proof: &[[u8; 32]]) -> Vec<Vec<u8>> {
+    proof.iter().map(|hash| hash.to_vec()).collect()
+}
+
 /// One record as the person sees it.
 fn disclosed(
     policy: &Policy,
@@ -577,7 +580,7 @@ fn disclosed(
         None => (0, String::new()),
     };
     let (leaf, proof) = match proof {
-        Some((leaf, proof)) => (leaf, proof.iter().map(|hash| hash.to_vec()).collect()),
+        Some((leaf, proof)) => (leaf, wire_proof(&proof)),
         None => (Vec::new(), Vec::new()),
     };
     DisclosedRecord {
