@@ -716,3 +716,62 @@ async fn a_disk_below_the_reserve_stops_the_server_at_start() {
         .to_string();
     assert!(error.contains("disk space reserve reached"), "{error}");
 }
+
+/// Refusals that opened no one are tallied per (agency, reason, minute);
+/// once the minute is over an idle recorder turns the tally into a record
+/// by itself, so junk traffic reaches the log even if no call follows it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_recorder_turns_a_finished_minutes_tally_into_a_record() {
+    use fugo_log::record::Operation;
+    use fugo_log::store::{Append, Refusal, Store};
+    let dir = tempfile::tempdir().unwrap();
+    let recorder =
+        fugo::audit::Recorder::open(dir.path(), signer(), fugo::audit::Settings::default())
+            .unwrap();
+    let now_minute = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        / 60;
+    let minute = now_minute - 2;
+    recorder
+        .record(Append {
+            refusals: vec![Refusal {
+                agency: "mhlw".into(),
+                reason: "unknown_code".into(),
+                minute,
+                count: 7,
+            }],
+            now_ms: minute * 60_000,
+            ..Append::default()
+        })
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let record = loop {
+        let found = recorder
+            .read(|store| match store.size() {
+                0 => Ok(None),
+                size => store.record(size - 1),
+            })
+            .await
+            .unwrap();
+        if let Some(record) = found {
+            break record;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the tally never became a record"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(record.header.operation, Operation::Refusals);
+    assert_eq!(
+        (
+            record.header.caller.as_str(),
+            record.header.note.as_str(),
+            record.header.count
+        ),
+        ("mhlw", "unknown_code", 7)
+    );
+}

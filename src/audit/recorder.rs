@@ -195,6 +195,9 @@ impl Recorder {
             last_space_check: None,
             probe_bytes: None,
             last_probe: None,
+            // Tallies left from before a restart are rolled on the first
+            // idle moment.
+            tallies_until: Some(0),
         };
         let thread = std::thread::Builder::new()
             .name("fugo-audit".into())
@@ -416,6 +419,10 @@ struct Committer {
     /// a probe must be able to write before health says serving again.
     probe_bytes: Option<usize>,
     last_probe: Option<Instant>,
+    /// The latest minute whose refusal tallies may still wait to become a
+    /// record (the store turns a tally into a record at the first commit
+    /// in a later minute; an idle server makes that commit itself).
+    tallies_until: Option<u64>,
 }
 
 impl Committer {
@@ -481,6 +488,7 @@ impl Committer {
             merge(&mut all, append);
         }
         let bytes = commit_bytes(&all);
+        let tallied = all.refusals.iter().map(|refusal| refusal.minute).max();
         let result = self.space().and_then(|()| {
             let store = self.store()?;
             let before = store.size();
@@ -500,6 +508,9 @@ impl Committer {
         }
         match result {
             Ok(appended) => {
+                if let Some(minute) = tallied {
+                    self.tallies_until = Some(self.tallies_until.unwrap_or(0).max(minute));
+                }
                 self.probe_bytes = None;
                 self.set_health(true);
                 if self.unsigned_since.is_none() {
@@ -664,6 +675,7 @@ impl Committer {
             // Opened again; the next commit or probe decides health.
         }
         self.probe();
+        self.roll_tallies();
         self.sign(false);
         // The index is built when idle, and under steady traffic (which
         // never leaves the thread idle) at least once a second, in smaller
@@ -687,6 +699,39 @@ impl Committer {
             self.last_index = Instant::now();
         }
         self.purge();
+    }
+
+    /// Once the minute of the latest refusal tallies is over, an empty
+    /// commit turns them into `Refusals` records (the store rolls every
+    /// tally of an earlier minute in a commit): junk traffic is in the log
+    /// within a minute even if no other call follows it.
+    fn roll_tallies(&mut self) {
+        let Some(until) = self.tallies_until else {
+            return;
+        };
+        let now = now_ms();
+        if now / 60_000 <= until {
+            return;
+        }
+        let Ok(store) = self.store() else {
+            return;
+        };
+        let before = store.size();
+        match store.append(Append {
+            now_ms: now,
+            ..Append::default()
+        }) {
+            Ok(appended) => {
+                self.tallies_until = None;
+                if appended.size > before && self.unsigned_since.is_none() {
+                    self.unsigned_since = Some(Instant::now());
+                }
+            }
+            Err(error) => {
+                tracing::warn!(error = %error, "turning refusal tallies into records failed; will retry");
+                self.store = None;
+            }
+        }
     }
 
     /// Signs a checkpoint of the whole tree if records are unsigned and
