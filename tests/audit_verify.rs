@@ -775,3 +775,17 @@ async fn an_idle_recorder_turns_a_finished_minutes_tally_into_a_record() {
         ("mhlw", "unknown_code", 7)
     );
 }
+
+/// The server creates its data directory 0700 and the store 0600: the log
+/// is the operator's alone, whatever the umask.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_data_directory_and_the_store_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (running, _ca) = common::start_server(dir.path(), POLICY, MASTER).await;
+    let mode = |path: &Path| fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    let data = dir.path().join("data");
+    assert_eq!(mode(&data), 0o700);
+    assert_eq!(mode(&data.join(fugo::audit::STORE_FILE)), 0o600);
+    running.stop().await.unwrap();
+}

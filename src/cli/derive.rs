@@ -73,10 +73,20 @@ fn now_ms() -> u64 {
 fn open_recorder(keys: &KeyHierarchy, data_dir: &Path) -> Result<Recorder, CliError> {
     let locked =
         |path: &Path| CliError::Recorder(RecorderError::Locked(path.display().to_string()));
-    std::fs::create_dir_all(data_dir).map_err(|source| CliError::CreateOutput {
-        path: data_dir.display().to_string(),
-        source,
-    })?;
+    // Private, as the server makes it (mode 0700 when new).
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder
+        .create(data_dir)
+        .map_err(|source| CliError::CreateOutput {
+            path: data_dir.display().to_string(),
+            source,
+        })?;
     let path = data_dir.join(STORE_FILE);
     let stored = match RedbStore::open(&path) {
         Ok(mut store) => store.verifier().map_err(|source| CliError::AuditStore {

@@ -155,7 +155,16 @@ fn open_recorder(
     config: &ServeConfig,
     keys: &crate::keys::KeyHierarchy,
 ) -> Result<Recorder, ServeError> {
-    std::fs::create_dir_all(&config.data_dir).map_err(|error| {
+    // The data directory is the server's alone (the store inside is 0600
+    // too): created with mode 0700 when it does not exist yet.
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder.create(&config.data_dir).map_err(|error| {
         ServeError::Audit(RecorderError::Unavailable(format!(
             "cannot create the data directory {}: {error}",
             config.data_dir.display()

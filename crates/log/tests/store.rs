@@ -688,3 +688,18 @@ fn a_signed_checkpoint_of_the_store_verifies() {
     let proof = store.consistency_proof(old_size, size).unwrap();
     merkle::verify_consistency(old.size, latest.size, &old.root, &latest.root, &proof).unwrap();
 }
+
+/// The store file is the operator's alone: created with mode 0600 whatever
+/// the umask.
+#[cfg(unix)]
+#[test]
+fn a_new_store_file_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let mode = std::fs::metadata(store.path())
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+}

@@ -120,6 +120,7 @@ impl RedbStore {
     /// Fails with [`StoreError::Locked`] while another process or handle
     /// holds the file.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        create_private(path.as_ref())?;
         Self::open_with(path.as_ref(), false)
     }
 
@@ -827,6 +828,24 @@ fn validate(groups: &[Group]) -> Result<(), StoreError> {
         }
     }
     Ok(())
+}
+
+/// Creates the store file empty with mode 0600 if it does not exist (redb
+/// initializes an empty file as a new database): the log is the operator's
+/// alone, whatever the umask.
+fn create_private(path: &Path) -> Result<(), StoreError> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(source) => Err(StoreError::Io { op: "open", source }),
+    }
 }
 
 /// A record's first redemption of a serial: a Redeem entry that succeeded
