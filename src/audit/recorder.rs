@@ -297,6 +297,12 @@ impl Recorder {
         })
     }
 
+    /// Whether appends are written (false only for the benchmark's
+    /// discarding recorder, so "auditing off" does no audit work).
+    pub fn writes(&self) -> bool {
+        !self.discard
+    }
+
     /// The latest signed checkpoint (a C2SP signed note), if any.
     pub fn checkpoint(&self) -> Option<Arc<str>> {
         self.shared
@@ -356,7 +362,14 @@ fn discarded(append: &Append) -> Appended {
 }
 
 /// Adds `append` to the commit being gathered.
-fn merge(all: &mut Append, append: Append) {
+fn merge(all: &mut Append, mut append: Append) {
+    // Prepared groups stay paired with their groups: prepare the rest of
+    // both (here, on the committing thread) when one side was not.
+    if append.prepared.len() != append.groups.len() || all.prepared.len() != all.groups.len() {
+        all.prepare();
+        append.prepare();
+    }
+    all.prepared.extend(append.prepared);
     all.groups.extend(append.groups);
     all.refusals.extend(append.refusals);
     all.policies.extend(append.policies);

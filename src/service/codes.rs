@@ -344,7 +344,14 @@ async fn run_batch<Req: Items + Send + 'static, Resp: Tally + Send + 'static>(
             policy: &worker_policy,
         };
         match handler(&worker_state, &worker_policy, &caller, &facts, request) {
-            Ok(pending) => Ok(pending),
+            Ok(mut pending) => {
+                // Encode and hash the records here, on this batch's thread:
+                // the one thread that commits only places them.
+                if worker_state.recorder.writes() {
+                    pending.append.prepare();
+                }
+                Ok(pending)
+            }
             // A refused batch opened no one: one tally for its items.
             Err(status) => Err((refusal(&facts, &status, items), status)),
         }

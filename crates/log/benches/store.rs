@@ -83,6 +83,7 @@ fn append(store: &mut RedbStore, count: u64) {
             refusals: Vec::new(),
             now_ms: 0,
             policies: Vec::new(),
+            prepared: Vec::new(),
         })
         .unwrap();
 }

@@ -27,14 +27,21 @@
 //! policy_version [32] ‖ batch_id ‖ note ‖ count u64
 //! ```
 //!
-//! Leaf bytes, version 1 (78 bytes):
+//! Leaf bytes, version 1 (74 bytes):
 //!
 //! ```text
-//! 0x01 ‖ header_digest [32] ‖ seq u64 ‖ outcome u8 ‖ epoch u32 ‖ commitment [32]
-//! commitment = SHA-256("fugo-log/v1/link" ‖ seq u64 ‖ flags u8 ‖
-//!              serial [16] if flags & 1 ‖ person link [16] if flags & 2)
+//! 0x01 ‖ header_digest [32] ‖ index u32 ‖ outcome u8 ‖ epoch u32 ‖ commitment [32]
+//! commitment = SHA-256("fugo-log/v1/link" ‖ header_digest [32] ‖ index u32 ‖
+//!              flags u8 ‖ serial [16] if flags & 1 ‖ person link [16] if flags & 2)
 //!              or 32 zero bytes when the record has neither
 //! ```
+//!
+//! `index` is the record's position in its group. A leaf does not hold its
+//! sequence number (its position in the tree is that), so the leaves of a
+//! group can be computed before the group has a place in the log — on the
+//! caller's thread, not the one thread that commits (see [`prepare`]).
+//! Header digests differ between groups (each names its call's batch id
+//! and time), so (header digest, index) names one record.
 
 use std::fmt;
 use std::sync::Arc;
@@ -253,6 +260,8 @@ pub struct Group {
 pub struct Record {
     /// Its position in the log (the leaf index).
     pub seq: u64,
+    /// Its position in its group.
+    pub index: u32,
     /// Its group's header, shared by the records of the group.
     pub header: Arc<Header>,
     /// [`header_digest`] of the header.
@@ -264,7 +273,7 @@ pub struct Record {
 impl Record {
     /// The bytes whose leaf hash is this record's tree leaf.
     pub fn leaf_bytes(&self) -> Vec<u8> {
-        leaf_bytes(self.seq, &self.header_digest, &self.entry)
+        leaf_bytes(self.index, &self.header_digest, &self.entry)
     }
 
     /// The record's tree leaf: RFC 6962 leaf hash of [`Record::leaf_bytes`].
@@ -346,10 +355,16 @@ pub fn header_digest(header: &Header) -> Hash {
 }
 
 /// The commitment to a record's serial and person in its leaf:
-/// SHA-256("fugo-log/v1/link" ‖ seq u64 BE ‖ flags ‖ serial? ‖ person?),
-/// or 32 zero bytes when the record has neither. The seq makes two records
-/// of one person (or one serial) differ.
-pub fn link_commitment(seq: u64, serial: Option<&[u8; 16]>, person: Option<&PersonLink>) -> Hash {
+/// SHA-256("fugo-log/v1/link" ‖ header digest ‖ index u32 BE ‖ flags ‖
+/// serial? ‖ person?), or 32 zero bytes when the record has neither. The
+/// header digest and the index make two records of one person (or one
+/// serial) differ.
+pub fn link_commitment(
+    header_digest: &Hash,
+    index: u32,
+    serial: Option<&[u8; 16]>,
+    person: Option<&PersonLink>,
+) -> Hash {
     if serial.is_none() && person.is_none() {
         return [0; 32];
     }
@@ -362,7 +377,8 @@ pub fn link_commitment(seq: u64, serial: Option<&[u8; 16]>, person: Option<&Pers
     }
     let mut hasher = Sha256::new();
     hasher.update(LINK_LABEL);
-    hasher.update(seq.to_be_bytes());
+    hasher.update(header_digest);
+    hasher.update(index.to_be_bytes());
     hasher.update([flags]);
     if let Some(serial) = serial {
         hasher.update(serial);
@@ -374,22 +390,68 @@ pub fn link_commitment(seq: u64, serial: Option<&[u8; 16]>, person: Option<&Pers
 }
 
 /// Length of [`leaf_bytes`].
-pub const LEAF_BYTES_LEN: usize = 1 + 32 + 8 + 1 + 4 + 32;
+pub const LEAF_BYTES_LEN: usize = 1 + 32 + 4 + 1 + 4 + 32;
 
 /// The bytes whose leaf hash is the tree leaf (see the module doc).
-pub fn leaf_bytes(seq: u64, header_digest: &Hash, entry: &Entry) -> Vec<u8> {
+pub fn leaf_bytes(index: u32, header_digest: &Hash, entry: &Entry) -> Vec<u8> {
     let mut out = Vec::with_capacity(LEAF_BYTES_LEN);
     out.push(ENCODING_VERSION);
     out.extend_from_slice(header_digest);
-    out.extend_from_slice(&seq.to_be_bytes());
+    out.extend_from_slice(&index.to_be_bytes());
     out.push(entry.outcome.code());
     out.extend_from_slice(&entry.epoch.to_be_bytes());
     out.extend_from_slice(&link_commitment(
-        seq,
+        header_digest,
+        index,
         entry.serial.as_ref(),
         entry.person.as_ref(),
     ));
     out
+}
+
+/// Most entries one stored group value holds; a longer group is stored in
+/// several values sharing its header encoding.
+pub const CHUNK: usize = 256;
+
+/// A group made ready for the store off the committing thread: its header
+/// encoding and digest, its stored values (one per [`CHUNK`] entries) and
+/// the tree leaf of every entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Prepared {
+    /// [`header_digest`] of the header.
+    pub header_digest: Hash,
+    /// The stored values, in order; value `k` holds entries
+    /// `k·CHUNK ..` ([`encode_group_with`] with offset `k·CHUNK`).
+    pub values: Vec<Vec<u8>>,
+    /// The RFC 6962 leaf hash of each entry, in order.
+    pub leaves: Vec<Hash>,
+}
+
+/// Encodes `group` and hashes its leaves: everything the store writes for
+/// it except where it lands.
+pub fn prepare(group: &Group) -> Prepared {
+    let header_bytes = encode_header(&group.header);
+    let header_digest: Hash = Sha256::digest(&header_bytes).into();
+    let values = group
+        .entries
+        .chunks(CHUNK)
+        .enumerate()
+        .map(|(k, chunk)| encode_group_with(&header_bytes, (k * CHUNK) as u64, chunk))
+        .collect();
+    let leaves = group
+        .entries
+        .iter()
+        .enumerate()
+        .map(|(index, entry)| {
+            let index = u32::try_from(index).unwrap_or(u32::MAX);
+            crate::merkle::leaf_hash(&leaf_bytes(index, &header_digest, entry))
+        })
+        .collect();
+    Prepared {
+        header_digest,
+        values,
+        leaves,
+    }
 }
 
 /// Flag bit of a packed entry: a serial follows.
@@ -422,15 +484,17 @@ pub fn pack_entry(out: &mut Vec<u8>, entry: &Entry) {
 /// Encodes a group as the store keeps it: the header encoding
 /// (length-prefixed), the entry count, then the packed entries.
 pub fn encode_group(header: &Header, entries: &[Entry]) -> Vec<u8> {
-    encode_group_with(&encode_header(header), entries)
+    encode_group_with(&encode_header(header), 0, entries)
 }
 
-/// [`encode_group`] with the header already encoded (a long group is stored
-/// in several values that share one header encoding).
-pub fn encode_group_with(header_bytes: &[u8], entries: &[Entry]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(header_bytes.len() + 16 + entries.len() * 38);
+/// [`encode_group`] with the header already encoded, for the value holding
+/// the group's entries from `offset` on (a long group is stored in several
+/// values that share one header encoding).
+pub fn encode_group_with(header_bytes: &[u8], offset: u64, entries: &[Entry]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(header_bytes.len() + 24 + entries.len() * 38);
     out.extend_from_slice(&(header_bytes.len() as u64).to_be_bytes());
     out.extend_from_slice(header_bytes);
+    out.extend_from_slice(&offset.to_be_bytes());
     out.extend_from_slice(&(entries.len() as u64).to_be_bytes());
     for entry in entries {
         pack_entry(&mut out, entry);
@@ -446,6 +510,8 @@ pub struct DecodedGroup {
     pub header: Arc<Header>,
     /// SHA-256 of the header's canonical encoding, as stored.
     pub header_digest: Hash,
+    /// The position in its group of the first entry of this value.
+    pub offset: u64,
     /// The entries.
     pub entries: Vec<Entry>,
 }
@@ -457,6 +523,7 @@ pub fn decode_group(bytes: &[u8]) -> Result<DecodedGroup, DecodeError> {
     let header_bytes = reader.take(header_len, "group header")?;
     let header = decode_header(header_bytes)?;
     let header_digest: Hash = Sha256::digest(header_bytes).into();
+    let offset = reader.u64("group offset")?;
     let count = reader.len("entry count")?;
     // Every entry takes at least 6 bytes: a count beyond that is corrupt.
     if count > reader.remaining() / 6 {
@@ -470,6 +537,7 @@ pub fn decode_group(bytes: &[u8]) -> Result<DecodedGroup, DecodeError> {
     Ok(DecodedGroup {
         header: Arc::new(header),
         header_digest,
+        offset,
         entries,
     })
 }
@@ -707,27 +775,61 @@ mod tests {
         assert_eq!(bytes.len(), LEAF_BYTES_LEN);
         assert_eq!(bytes[0], 1);
         assert_eq!(&bytes[1..33], &digest);
-        assert_eq!(&bytes[33..41], &42u64.to_be_bytes());
-        assert_eq!(bytes[41], Outcome::Done.code());
-        assert_eq!(&bytes[42..46], &3u32.to_be_bytes());
+        assert_eq!(&bytes[33..37], &42u32.to_be_bytes());
+        assert_eq!(bytes[37], Outcome::Done.code());
+        assert_eq!(&bytes[38..42], &3u32.to_be_bytes());
         assert_eq!(
-            &bytes[46..],
-            &link_commitment(42, entry.serial.as_ref(), entry.person.as_ref())
+            &bytes[42..],
+            &link_commitment(&digest, 42, entry.serial.as_ref(), entry.person.as_ref())
         );
         // Neither the person link nor the serial is in the leaf.
         assert!(!bytes.windows(16).any(|w| w == [5; 16]));
         assert!(!bytes.windows(16).any(|w| w == [9; 16]));
         let none = leaf_bytes(42, &digest, &entries()[1]);
-        assert_eq!(&none[46..], &[0; 32]);
+        assert_eq!(&none[42..], &[0; 32]);
     }
 
     #[test]
     fn one_person_shares_no_commitment_across_records() {
         let link = PersonLink([5; 16]);
-        assert_ne!(
-            link_commitment(1, None, Some(&link)),
-            link_commitment(2, None, Some(&link))
-        );
+        let (a, b) = ([1; 32], [2; 32]);
+        let commitments = [
+            link_commitment(&a, 0, None, Some(&link)),
+            link_commitment(&a, 1, None, Some(&link)),
+            link_commitment(&b, 0, None, Some(&link)),
+        ];
+        assert_ne!(commitments[0], commitments[1]);
+        assert_ne!(commitments[0], commitments[2]);
+        assert_ne!(commitments[1], commitments[2]);
+    }
+
+    /// What a caller prepares is what the store would write: the values
+    /// decode to the entries with their offsets, and each leaf is the leaf
+    /// of its record.
+    #[test]
+    fn a_prepared_group_holds_its_values_and_leaves() {
+        let group = Group {
+            header: header(),
+            entries: (0..600).map(|i| entries()[i % 2].clone()).collect(),
+        };
+        let prepared = prepare(&group);
+        assert_eq!(prepared.values.len(), 3);
+        assert_eq!(prepared.leaves.len(), 600);
+        for (k, value) in prepared.values.iter().enumerate() {
+            let decoded = decode_group(value).unwrap();
+            assert_eq!(decoded.offset, (k * CHUNK) as u64);
+            assert_eq!(decoded.header_digest, prepared.header_digest);
+            assert_eq!(
+                decoded.entries[..],
+                group.entries[k * CHUNK..][..decoded.entries.len()]
+            );
+        }
+        let leaf = crate::merkle::leaf_hash(&leaf_bytes(
+            300,
+            &prepared.header_digest,
+            &group.entries[300],
+        ));
+        assert_eq!(prepared.leaves[300], leaf);
     }
 
     #[test]

@@ -45,6 +45,7 @@ fn append(groups: Vec<Group>) -> Append {
         refusals: Vec::new(),
         now_ms: 0,
         policies: Vec::new(),
+        prepared: Vec::new(),
     }
 }
 
@@ -169,7 +170,7 @@ fn root_equals_a_frontier_rebuilt_from_all_leaves() {
         // Every leaf is the hash of its record's leaf bytes.
         if seq % 997 == 0 {
             let record = store.record(seq as u64).unwrap().unwrap();
-            let bytes = leaf_bytes(record.seq, &record.header_digest, &record.entry);
+            let bytes = leaf_bytes(record.index, &record.header_digest, &record.entry);
             assert_eq!(merkle::leaf_hash(&bytes), *leaf);
         }
         frontier.append(*leaf, |_, _, _| {});
@@ -298,6 +299,7 @@ fn tallies_become_refusals_records_when_the_minute_changes() {
             ],
             now_ms: now,
             policies: Vec::new(),
+            prepared: Vec::new(),
         })
         .unwrap();
     assert_eq!((done.tallied, done.size), (0, 0));
@@ -315,6 +317,7 @@ fn tallies_become_refusals_records_when_the_minute_changes() {
             refusals: vec![refusal("A", "unknown_code", 4)],
             now_ms: now + 1,
             policies: Vec::new(),
+            prepared: Vec::new(),
         })
         .unwrap();
     assert_eq!(store.size(), 1);
@@ -330,6 +333,7 @@ fn tallies_become_refusals_records_when_the_minute_changes() {
             refusals: Vec::new(),
             now_ms: (minute + 1) * 60_000,
             policies: Vec::new(),
+            prepared: Vec::new(),
         })
         .unwrap();
     assert_eq!(done.tallied, 2);

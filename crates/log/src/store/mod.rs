@@ -39,6 +39,19 @@ pub struct Append {
     /// Policy texts to keep under their version (SHA-256), in the same
     /// commit as the records that name them; a known version is kept once.
     pub policies: Vec<(Hash, String)>,
+    /// [`record::prepare`](crate::record::prepare) of each of `groups`, in
+    /// order, if the caller made them (on its own thread, so the one thread
+    /// that commits does less); missing ones are prepared by the store.
+    pub prepared: Vec<crate::record::Prepared>,
+}
+
+impl Append {
+    /// Prepares every group not yet prepared (see [`Append::prepared`]).
+    pub fn prepare(&mut self) {
+        for group in &self.groups[self.prepared.len().min(self.groups.len())..] {
+            self.prepared.push(crate::record::prepare(group));
+        }
+    }
 }
 
 /// A count of refusals that opened no person, for one (agency, reason,

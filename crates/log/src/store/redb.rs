@@ -8,7 +8,6 @@ use ::redb::{
     Database, DatabaseError, Durability, ReadableDatabase, ReadableTable, TableDefinition,
     WriteTransaction,
 };
-use sha2::{Digest, Sha256};
 
 use super::{Append, Appended, AppendedGroup, Redemption, Repeat, Store, StoreError, StoredRecord};
 use crate::merkle::{self, Frontier, Hash, NodeSource, ProofError};
@@ -17,7 +16,7 @@ use crate::record::{
 };
 
 /// The most entries one `groups` value holds.
-const CHUNK: usize = 256;
+use crate::record::CHUNK;
 
 /// Hashes per tile (C2SP tlog-tiles width).
 const TILE_WIDTH: u64 = 256;
@@ -900,8 +899,15 @@ fn write_append(
     // caller keeps them in memory once the commit succeeds).
     let mut placed = Vec::with_capacity(append.groups.len());
 
-    let caller_groups = append.groups.into_iter().map(|g| (true, g));
-    for (from_caller, mut group) in rolled.into_iter().map(|g| (false, g)).chain(caller_groups) {
+    // Groups the caller prepared (encoded and hashed on its own thread)
+    // come with their `Prepared`; the others are prepared here.
+    let mut prepared_by_caller = append.prepared.into_iter();
+    let caller_groups = append
+        .groups
+        .into_iter()
+        .map(|g| (true, g, prepared_by_caller.next()));
+    let rolled_groups = rolled.into_iter().map(|g| (false, g, None));
+    for (from_caller, mut group, prepared) in rolled_groups.chain(caller_groups) {
         let first_seq = next.size();
         let mut repeats = Vec::new();
         if group.header.operation == Operation::Redeem {
@@ -948,12 +954,17 @@ fn write_append(
                 }
             }
         }
-        let header_bytes = record::encode_header(&group.header);
-        let digest: Hash = Sha256::digest(&header_bytes).into();
-        for (index, entry) in group.entries.iter().enumerate() {
-            let seq = first_seq + index as u64;
-            let leaf = merkle::leaf_hash(&record::leaf_bytes(seq, &digest, entry));
-            next.append(leaf, |level, index, hash| {
+        // A redeem marked as a repeat changed its entry: prepare again.
+        let prepared = match prepared {
+            Some(prepared)
+                if repeats.is_empty() && prepared.leaves.len() == group.entries.len() =>
+            {
+                prepared
+            }
+            _ => record::prepare(&group),
+        };
+        for leaf in &prepared.leaves {
+            next.append(*leaf, |level, index, hash| {
                 if level % 8 == 0 {
                     tiles
                         .entry((level / 8, index / TILE_WIDTH))
@@ -963,13 +974,10 @@ fn write_append(
                 }
             });
         }
-        let mut chunk_seq = first_seq;
-        for chunk in group.entries.chunks(CHUNK) {
-            let value = record::encode_group_with(&header_bytes, chunk);
+        for (k, value) in prepared.values.iter().enumerate() {
             groups_table
-                .insert(chunk_seq, value.as_slice())
+                .insert(first_seq + (k * CHUNK) as u64, value.as_slice())
                 .map_err(|e| backend(op, e))?;
-            chunk_seq += chunk.len() as u64;
         }
         let count = group.entries.len() as u64;
         let header = &group.header;
@@ -1208,11 +1216,20 @@ impl<'t, T: ReadableTable<u64, &'static [u8]>> GroupReader<'t, T> {
 
     fn record(&mut self, seq: u64) -> Result<Record, StoreError> {
         let (entry, group) = self.entry(seq)?;
+        let (entry, header, header_digest, offset) = (
+            entry.clone(),
+            group.header.clone(),
+            group.header_digest,
+            group.offset,
+        );
+        // `entry` left the group value that holds `seq` in `last`.
+        let first = self.last.as_ref().map_or(seq, |(first, _)| *first);
         Ok(Record {
             seq,
-            header: group.header.clone(),
-            header_digest: group.header_digest,
-            entry: entry.clone(),
+            index: u32::try_from(offset + (seq - first)).unwrap_or(u32::MAX),
+            header,
+            header_digest,
+            entry,
         })
     }
 }
@@ -1537,6 +1554,7 @@ mod tests {
             refusals: Vec::new(),
             now_ms: time_ms,
             policies: Vec::new(),
+            prepared: Vec::new(),
         }
     }
 
