@@ -388,3 +388,46 @@ fn the_python_generator_reproduces_the_file() {
          `python3 tests/vectors/gen.py > tests/vectors/v1.json` and review the diff"
     );
 }
+
+/// SPEC §8 from the file: each key's log seed and the Ed25519 public key
+/// the log publishes, and the person link of known handles, all computed
+/// by gen.py alone (`cryptography`'s AES and Ed25519).
+#[test]
+fn audit_keys_and_person_links_match_the_spec() {
+    let v = common::vectors();
+    assert_eq!(v.audit.keys.len(), v.keys.len());
+    for key in &v.audit.keys {
+        let keys = v.keys(&key.key);
+        assert_eq!(common::to_hex(&keys.log_signing_seed()[..]), key.log_seed);
+        let seed: [u8; 32] = common::hex(&key.log_seed).try_into().unwrap();
+        let verifier = fugo_log::checkpoint::LogSigner::from_seed("fugo.test/audit", &seed)
+            .unwrap()
+            .verifier()
+            .to_string();
+        // The verifier key text ends in base64(0x01 ‖ public key).
+        let encoded = verifier.splitn(3, '+').nth(2).unwrap();
+        let public =
+            base64::Engine::decode(&base64::engine::general_purpose::STANDARD, encoded).unwrap();
+        assert_eq!(public[0], 1);
+        assert_eq!(common::to_hex(&public[1..]), key.log_public_key);
+        assert_eq!(key.k_link.len(), 64);
+    }
+    assert!(v.audit.links.len() >= 8);
+    for vector in &v.audit.links {
+        let keys = v.keys(&vector.key);
+        let coder = fugo::code::Coder::new(
+            &keys,
+            AgencyId::new("nta").unwrap(),
+            fugo::agency::Epoch::new(1).unwrap(),
+        );
+        let handle = coder.handle(&MyNumber::parse(vector.number.as_bytes()).unwrap());
+        assert_eq!(common::to_hex(handle.expose_bytes()), vector.handle);
+        let link = fugo::link::Linker::new(&keys).link(&handle);
+        assert_eq!(
+            common::to_hex(&link.to_bytes()),
+            vector.link,
+            "{}",
+            vector.number
+        );
+    }
+}

@@ -33,6 +33,30 @@ pub struct Vectors {
     pub positive: Vec<Positive>,
     pub negative: Vec<Negative>,
     pub tokens: TokenVectors,
+    pub audit: AuditVectors,
+}
+
+/// The audit trail's keys and person links of SPEC §8.
+#[derive(Debug, Deserialize)]
+pub struct AuditVectors {
+    pub keys: Vec<AuditKeyVector>,
+    pub links: Vec<LinkVector>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct AuditKeyVector {
+    pub key: String,
+    pub k_link: String,
+    pub log_seed: String,
+    pub log_public_key: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct LinkVector {
+    pub key: String,
+    pub number: String,
+    pub handle: String,
+    pub link: String,
 }
 
 #[derive(Debug, Deserialize)]

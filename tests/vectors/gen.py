@@ -40,6 +40,8 @@ from cryptography.hazmat.primitives import hmac as c_hmac
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF, HKDFExpand
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives import serialization
 
 
 # ---------------------------------------------------------------------------
@@ -194,6 +196,14 @@ class Keys:
     def fingerprint(self) -> str:
         """§2 Fingerprint: the 16 KCV bytes as 32 lowercase hex characters."""
         return self.kcv.hex()
+
+    def k_link(self) -> bytes:
+        """§8: K_link = HKDF-Expand(PRK, `fugo/v1/audit/link`, 32)."""
+        return hkdf_expand(self.prk, b"fugo/v1/audit/link", 32)
+
+    def log_seed(self) -> bytes:
+        """§8: the log's Ed25519 seed = HKDF-Expand(PRK, `fugo/v1/audit/log-signing`, 32)."""
+        return hkdf_expand(self.prk, b"fugo/v1/audit/log-signing", 32)
 
 
 # ---------------------------------------------------------------------------
@@ -1044,18 +1054,39 @@ def token_negative_vectors(positive: list[dict]) -> list[dict]:
 
 # ---------------------------------------------------------------------------
 
+def audit_vectors(positive: list[dict]) -> dict:
+    """§8: each key's K_link, log seed and Ed25519 public key (RFC 8032,
+    from the seed), and the person link of the first positive vectors'
+    handles: link = AES-256(K_link, h)."""
+    keys = []
+    for name, k in KEYS.items():
+        public = Ed25519PrivateKey.from_private_bytes(k.log_seed()).public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        keys.append({"key": name, "k_link": k.k_link().hex(), "log_seed": k.log_seed().hex(),
+                     "log_public_key": public.hex()})
+    links = []
+    for vector in positive[:8]:
+        k = KEYS[vector["key"]]
+        handle = bytes.fromhex(vector["handle"])
+        links.append({"key": vector["key"], "number": vector["number"], "handle": vector["handle"],
+                      "link": aes256_encrypt_block(k.k_link(), handle).hex()})
+    return {"keys": keys, "links": links}
+
+
 def main() -> None:
     self_check()
     tokens = token_positive_vectors()
     keys = [{"name": name, "master_key": k.master_key.hex(), "fingerprint": k.fingerprint()}
             for name, k in KEYS.items()]
+    positive = positive_vectors()
     doc = {
         "spec": "docs/SPEC.md v1",
         "generator": "tests/vectors/gen.py",
         "keys": keys,
-        "positive": positive_vectors(),
+        "positive": positive,
         "negative": negative_vectors(),
         "tokens": {"positive": tokens, "negative": token_negative_vectors(tokens)},
+        "audit": audit_vectors(positive),
     }
     sys.stdout.buffer.write((json.dumps(doc, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
 
