@@ -14,7 +14,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use fugo::certs::DevCa;
-use fugo::keys::{KeyHierarchy, MasterKey};
 use fugo::proto::fugo::v1::audit_client::AuditClient;
 use fugo::proto::fugo::v1::codes_client::CodesClient;
 use fugo::proto::fugo::v1::{
@@ -24,7 +23,7 @@ use fugo::proto::fugo::v1::{
     SealRequest, Sealed, derive_result, redeem_result, reidentify_result, seal_result,
 };
 use fugo::proto::google::rpc::Code as RpcCode;
-use fugo::service::{self, Running, ServeConfig};
+use fugo::service::{self, Running};
 use fugo_log::checkpoint::{Checkpoint, LogVerifier};
 use fugo_log::merkle::{Hash, leaf_hash, verify_consistency, verify_inclusion};
 use fugo_log::record::{Operation, Outcome};
@@ -86,43 +85,7 @@ struct Agency {
 impl Harness {
     async fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let key = dir.path().join("master.key");
-        fs::write(
-            &key,
-            MasterKey::from_bytes([42; 32])
-                .to_file_contents()
-                .as_bytes(),
-        )
-        .unwrap();
-        let fingerprint = KeyHierarchy::new(&MasterKey::from_bytes([42; 32])).fingerprint();
-        fs::write(dir.path().join("policy.toml"), POLICY).unwrap();
-        let ca = DevCa::new("audit test CA").unwrap();
-        let server = ca.server().unwrap();
-        fs::write(dir.path().join("ca.pem"), ca.cert_pem()).unwrap();
-        fs::write(dir.path().join("server.pem"), &server.cert).unwrap();
-        fs::write(dir.path().join("server.key"), &server.key).unwrap();
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            for file in ["master.key", "server.key"] {
-                let mode = fs::Permissions::from_mode(0o600);
-                fs::set_permissions(dir.path().join(file), mode).unwrap();
-            }
-        }
-        let config = ServeConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            data_dir: dir.path().join("data"),
-            policy: dir.path().join("policy.toml"),
-            master_key: key,
-            fingerprint,
-            shutdown_grace: Duration::from_secs(5),
-            dev_mode: false,
-            client_ca: dir.path().join("ca.pem"),
-            server_cert: dir.path().join("server.pem"),
-            server_key: dir.path().join("server.key"),
-            limits: service::Limits::default(),
-            audit: service::AuditConfig::default(),
-        };
+        let (config, ca) = common::server_config(dir.path(), POLICY, [42; 32]);
         let running = service::start(config, &mut std::io::sink()).await.unwrap();
         Harness {
             dir,

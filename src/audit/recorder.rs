@@ -111,9 +111,33 @@ enum Waiting {
     Detached,
 }
 
+/// A signed checkpoint as the service hands it out, encoded once when
+/// signed (not once per response).
+#[derive(Debug)]
+pub struct Signed {
+    /// The C2SP signed note.
+    pub note: Arc<str>,
+    /// The tree size it signs.
+    pub size: u64,
+    /// Base64 of the note: the `x-fugo-checkpoint` metadata value.
+    pub header: Arc<str>,
+}
+
+impl Signed {
+    fn new(size: u64, note: String) -> Arc<Signed> {
+        use base64::Engine;
+        let header = base64::engine::general_purpose::STANDARD.encode(note.as_bytes());
+        Arc::new(Signed {
+            note: Arc::from(note),
+            size,
+            header: Arc::from(header),
+        })
+    }
+}
+
 /// What the recorder shares with its callers.
 struct Shared {
-    checkpoint: RwLock<Option<Arc<str>>>,
+    checkpoint: RwLock<Option<Arc<Signed>>>,
     verifier: LogVerifier,
     health: watch::Sender<bool>,
 }
@@ -173,7 +197,7 @@ impl Recorder {
         let last_signed = checkpoint.as_ref().map_or(0, |(size, _)| *size);
         let (health, _) = watch::channel(true);
         let shared = Arc::new(Shared {
-            checkpoint: RwLock::new(checkpoint.map(|(_, note)| Arc::from(note))),
+            checkpoint: RwLock::new(checkpoint.map(|(size, note)| Signed::new(size, note))),
             verifier,
             health,
         });
@@ -303,8 +327,8 @@ impl Recorder {
         !self.discard
     }
 
-    /// The latest signed checkpoint (a C2SP signed note), if any.
-    pub fn checkpoint(&self) -> Option<Arc<str>> {
+    /// The latest signed checkpoint, if any.
+    pub fn checkpoint(&self) -> Option<Arc<Signed>> {
         self.shared
             .checkpoint
             .read()
@@ -684,8 +708,9 @@ impl Committer {
     /// Between commits: reopen a failed store, probe it while not healthy,
     /// sign, index, purge.
     fn look_after(&mut self, idle: bool) {
-        if self.store.is_none() && self.store().is_ok() {
-            // Opened again; the next commit or probe decides health.
+        if self.store.is_none() {
+            // Open it again; the next commit or probe decides health.
+            let _ = self.store();
         }
         self.probe();
         self.roll_tallies();
@@ -790,7 +815,7 @@ impl Committer {
                     .shared
                     .checkpoint
                     .write()
-                    .unwrap_or_else(PoisonError::into_inner) = Some(Arc::from(note));
+                    .unwrap_or_else(PoisonError::into_inner) = Some(Signed::new(size, note));
             }
             Err(error) => {
                 tracing::error!(error = %error, "storing a checkpoint failed; will retry");

@@ -78,12 +78,21 @@ fn unavailable(error: crate::audit::RecorderError) -> Status {
 
 /// The latest checkpoint's tree size, or FAILED_PRECONDITION before the
 /// first one is signed.
-fn latest_size(note: Option<&str>) -> Result<u64, Status> {
-    note.and_then(|note| note.lines().nth(1))
-        .and_then(|line| line.parse::<u64>().ok())
+fn latest_size(state: &State) -> Result<u64, Status> {
+    state
+        .recorder
+        .checkpoint()
+        .map(|signed| signed.size)
         .ok_or_else(|| {
             Status::failed_precondition("no checkpoint is signed yet; retry in a second")
         })
+}
+
+/// A tree size asked for (0: the latest signed one), checked to be no
+/// larger than the latest signed one; returns (size, latest).
+fn signed_size(state: &State, asked: u64) -> Result<(u64, u64), Status> {
+    let latest = latest_size(state)?;
+    Ok((if asked == 0 { latest } else { asked }, latest))
 }
 
 /// A display name for an agency id under the policy ("" when unknown).
@@ -164,7 +173,7 @@ impl Audit for AuditService {
             GetCheckpointResponse {
                 checkpoint: recorder
                     .checkpoint()
-                    .map(|note| note.to_string())
+                    .map(|signed| signed.note.to_string())
                     .unwrap_or_default(),
                 verifier_key: recorder.verifier().to_string(),
             },
@@ -178,12 +187,8 @@ impl Audit for AuditService {
         let id = RequestId::of(&request);
         self.caller(&request).map_err(|s| id.tag_status(s))?;
         let request = request.into_inner();
-        let latest = self.state.recorder.checkpoint();
-        let latest_size = latest_size(latest.as_deref()).map_err(|s| id.tag_status(s))?;
-        let new_size = match request.new_size {
-            0 => latest_size,
-            size => size,
-        };
+        let (new_size, latest_size) =
+            signed_size(&self.state, request.new_size).map_err(|s| id.tag_status(s))?;
         if request.old_size > new_size || new_size > latest_size {
             return Err(id.tag_status(status::bad_field(
                 "old_size",
@@ -222,12 +227,8 @@ impl Audit for AuditService {
         let id = RequestId::of(&request);
         self.portal(&request).map_err(|s| id.tag_status(s))?;
         let request = request.into_inner();
-        let latest = self.state.recorder.checkpoint();
-        let latest_size = latest_size(latest.as_deref()).map_err(|s| id.tag_status(s))?;
-        let size = match request.tree_size {
-            0 => latest_size,
-            size => size,
-        };
+        let (size, latest_size) =
+            signed_size(&self.state, request.tree_size).map_err(|s| id.tag_status(s))?;
         if request.sequence >= size || size > latest_size {
             return Err(id.tag_status(status::bad_field(
                 "sequence",
@@ -277,10 +278,7 @@ impl Audit for AuditService {
             .map_err(|error| id.tag_status(status::single("code", &error)))?;
         let person = PersonLink(link.to_bytes());
         let proof_size = if request.with_proofs {
-            Some(
-                latest_size(self.state.recorder.checkpoint().as_deref())
-                    .map_err(|s| id.tag_status(s))?,
-            )
+            Some(latest_size(&self.state).map_err(|s| id.tag_status(s))?)
         } else {
             None
         };

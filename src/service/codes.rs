@@ -124,11 +124,8 @@ pub const CHECKPOINT: &str = "x-fugo-checkpoint";
 /// response's metadata, so a client can keep the newest it has seen and
 /// check the log's consistency from it on its next call.
 pub(crate) fn tag_checkpoint(state: &State, metadata: &mut tonic::metadata::MetadataMap) {
-    use base64::Engine;
-    if let Some(note) = state.recorder.checkpoint()
-        && let Ok(value) = MetadataValue::try_from(
-            base64::engine::general_purpose::STANDARD.encode(note.as_bytes()),
-        )
+    if let Some(signed) = state.recorder.checkpoint()
+        && let Ok(value) = MetadataValue::try_from(&*signed.header)
     {
         metadata.insert(CHECKPOINT, value);
     }
