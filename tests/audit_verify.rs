@@ -240,6 +240,29 @@ fn assert_fails(written: &Written, dir: &Path, expected: &str) {
     println!("caught: {}", stderr.trim());
 }
 
+/// Verify must exit 1 and name `seq` among the records it suspects
+/// ("record N:" or "records A..=B:").
+fn assert_names(written: &Written, dir: &Path, seq: u64) {
+    let (code, stderr) = verify(written, dir);
+    assert_eq!(code, Some(1), "verify must fail: {stderr}");
+    let named = stderr
+        .split_once("FAILED: record")
+        .map(|(_, rest)| rest.trim_start_matches('s').trim_start())
+        .and_then(|rest| rest.split_once(':'))
+        .map(|(range, _)| range.to_owned())
+        .unwrap_or_default();
+    let (from, to) = named.split_once("..=").unwrap_or((&named, &named));
+    let (from, to): (u64, u64) = (
+        from.parse().unwrap_or(u64::MAX),
+        to.parse().unwrap_or(u64::MAX),
+    );
+    assert!(
+        from <= seq && seq <= to && to - from < 16,
+        "verify must name record {seq} among a few: {stderr}"
+    );
+    println!("caught: {}", stderr.trim());
+}
+
 fn edit(dir: &Path, change: impl FnOnce(&redb::WriteTransaction)) {
     let db = redb::Database::open(dir.join(fugo::audit::STORE_FILE)).unwrap();
     let txn = db.begin_write().unwrap();
@@ -272,7 +295,9 @@ async fn verify_catches_every_tampering_of_a_real_store() {
     );
 
     // 1. One byte of a record's body changed (the caller's name), the
-    //    value still decodes: record 3's leaf no longer matches.
+    //    value still decodes: record 3's leaf no longer matches. Leaf
+    //    hashes are not stored (D102), so verify names the records between
+    //    the last checkpoint that still matches and the first that does not.
     let changed = written.copy("changed");
     let mut value = group_value(&changed, 3);
     let at = value.windows(4).position(|w| w == b"mhlw").unwrap();
@@ -283,7 +308,7 @@ async fn verify_catches_every_tampering_of_a_real_store() {
             .insert(3, value.as_slice())
             .unwrap();
     });
-    assert_fails(&written, &changed, "record 3: its body does not match");
+    assert_names(&written, &changed, 3);
 
     // 1b. A byte changed so the body no longer decodes.
     let garbled = written.copy("garbled");
@@ -328,7 +353,7 @@ async fn verify_catches_every_tampering_of_a_real_store() {
         groups.insert(1, second.as_slice()).unwrap();
         groups.insert(2, first.as_slice()).unwrap();
     });
-    assert_fails(&written, &swapped, "record 1: its body does not match");
+    assert_names(&written, &swapped, 1);
 
     // 4. A stored checkpoint changed: its root replaced.
     let forged = written.copy("checkpoint");
@@ -434,18 +459,27 @@ async fn verify_catches_every_tampering_of_a_real_store() {
 /// holds nothing the store reads. So the targets are bytes that are live
 /// by construction: the redb magic, the primary commit slot, and the bytes
 /// that exist exactly once in the file and were written by the last
-/// commits (the last leaf hash in its tile, the last checkpoint's
-/// signature). A sweep over the whole file then checks that no flip
+/// commits (the newest node of the tree's frontier in `meta`, the last
+/// checkpoint's signature). A sweep over the whole file then checks that no flip
 /// anywhere panics or passes while changing what the store holds: a flip
 /// verify lets through must leave the export and the key byte-identical.
 fn raw_flips(written: &Written) {
     let original = fs::read(written.store()).unwrap();
-    let (last_leaf, last_note) = {
+    let last_note = {
         let mut store = RedbStore::open(written.store()).unwrap();
-        let size = store.size();
-        let leaf = store.leaf(size - 1).unwrap();
         let (_, note) = store.latest_checkpoint().unwrap().unwrap();
-        (leaf, note)
+        note
+    };
+    // The frontier's last node: the root of the newest records, made by the
+    // last append and kept only in `meta`.
+    let last_node = {
+        let db = redb::Database::open(written.store()).unwrap();
+        let txn = redb::ReadableDatabase::begin_read(&db).unwrap();
+        let meta = txn
+            .open_table(TableDefinition::<&str, &[u8]>::new("meta"))
+            .unwrap();
+        let frontier = meta.get("frontier").unwrap().unwrap().value().to_vec();
+        frontier[frontier.len() - 32..].to_vec()
     };
     let signature = last_note.trim_end().rsplit(' ').next().unwrap().to_owned();
     let once = |needle: &[u8]| -> usize {
@@ -467,7 +501,7 @@ fn raw_flips(written: &Written) {
     let targets = [
         ("the redb magic", 0),
         ("the primary commit slot", primary_slot + 24),
-        ("the last leaf hash in its tile", once(&last_leaf) + 7),
+        ("the newest frontier node", once(&last_node) + 7),
         (
             "the last checkpoint's signature",
             once(signature.as_bytes()) + 5,

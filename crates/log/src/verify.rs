@@ -6,10 +6,12 @@
 //! is left of it), rebuilds the tree with a [`Frontier`], and checks in this
 //! order, stopping at the first [`Problem`]:
 //!
-//! 1. every record's recomputed leaf equals the leaf hash stored for it, and
-//!    every stored node of the tree (the store's tiles) equals the node
-//!    recomputed from the records; nothing is stored beyond the log's size,
-//!    and the store's own frontier (its size and root) agrees;
+//! 1. every record's body decodes, and every stored node of the tree (the
+//!    store's tiles: the roots of each 256 records, of each 65,536, …)
+//!    equals the node recomputed from the records, so a changed, moved or
+//!    replaced record is named by the 256 records it lies among; nothing is
+//!    stored beyond the log's size, and the store's own frontier (its size
+//!    and root) agrees, which covers the records after the last whole 256;
 //! 2. every checkpoint kept in the store carries a valid signature by the
 //!    trusted key, is kept under its own size, and its root is the root
 //!    recomputed at that size;
@@ -69,6 +71,16 @@ pub enum Problem {
         /// What is wrong.
         what: String,
     },
+    /// Records that no longer match the tree's stored nodes or roots: one
+    /// of them (which one, the log's hashes cannot tell) was changed.
+    Records {
+        /// The first record that may have been changed.
+        from: u64,
+        /// The last.
+        to: u64,
+        /// What is wrong.
+        what: String,
+    },
     /// A stored node of the tree (above the leaves) differs from the one
     /// recomputed from the records.
     Node {
@@ -103,6 +115,10 @@ impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Problem::Record { seq, what } => write!(f, "record {seq}: {what}"),
+            Problem::Records { from, to, what } if from == to => {
+                write!(f, "record {from}: {what}")
+            }
+            Problem::Records { from, to, what } => write!(f, "records {from}..={to}: {what}"),
             Problem::Node { level, index, what } => {
                 let first = index.checked_shl(u32::from(*level)).unwrap_or(u64::MAX);
                 let last = (index + 1)
@@ -222,9 +238,23 @@ pub fn verify<S: Store + ?Sized>(
         }
     }
     if store.root() != frontier.root() {
-        return Err(Problem::Store(format!(
-            "the store's own root for size {size} differs from the root recomputed from its records"
-        )));
+        // The records whose root no longer matches: after the last whole
+        // 256 (the stored nodes below matched) and, where a kept checkpoint
+        // already disagrees, before it.
+        let tail = size - size % 256;
+        let (from, bad) = suspects(&kept, verifier, &roots, tail);
+        let also = bad.map_or(String::new(), |bad| {
+            format!(" and from the checkpoint signed at size {bad}")
+        });
+        return Err(Problem::Records {
+            from,
+            to: bad.unwrap_or(size).saturating_sub(1),
+            what: format!(
+                "one of them was changed, moved or replaced, or the store's size or root was: \
+                 the root recomputed from the records differs from the store's own root for \
+                 size {size}{also}"
+            ),
+        });
     }
 
     // 2. The checkpoints kept in the store.
@@ -243,7 +273,17 @@ pub fn verify<S: Store + ?Sized>(
                 checkpoint.size
             )));
         }
-        check_root(&checkpoint, size, &roots).map_err(bad)?;
+        check_root(&checkpoint, size, &roots).map_err(|what| {
+            // Name the records between the last checkpoint that matched
+            // and this one: one of them is what changed.
+            match suspects(&kept, verifier, &roots, 0) {
+                (from, Some(to)) if to == kept_size && from < to => bad(format!(
+                    "{what}: one of records {from}..={} was changed, moved or replaced",
+                    to - 1
+                )),
+                _ => bad(what),
+            }
+        })?;
     }
 
     // 3. The anchors kept outside.
@@ -272,6 +312,33 @@ pub fn verify<S: Store + ?Sized>(
         signed_size: kept.last().map_or(0, |(size, _)| *size),
         anchors: anchors.len(),
     })
+}
+
+/// Where the records stop matching the kept checkpoints: the size of the
+/// last checkpoint (at or after `floor`) whose root is the recomputed one,
+/// or `floor`, and the size of the first one whose root is not, if any.
+/// Checkpoints with a bad signature are skipped (step 2 names them).
+fn suspects(
+    kept: &[(u64, String)],
+    verifier: &LogVerifier,
+    roots: &BTreeMap<u64, Hash>,
+    floor: u64,
+) -> (u64, Option<u64>) {
+    let mut good = floor;
+    for (kept_size, note) in kept {
+        let Ok(checkpoint) = verifier.open(note) else {
+            continue;
+        };
+        if checkpoint.size != *kept_size {
+            continue;
+        }
+        match roots.get(kept_size) {
+            Some(root) if *root == checkpoint.root => good = good.max(*kept_size),
+            Some(_) if *kept_size > good => return (good, Some(*kept_size)),
+            _ => {}
+        }
+    }
+    (good, None)
 }
 
 /// The checkpoint's root against the recomputed root at its size.
@@ -318,7 +385,10 @@ fn compare_nodes<S: Store + ?Sized>(
                 "its body does not match the leaf hash stored for it \
                  (the record was changed, moved or replaced)"
             }
-            Some(_) => "the stored hash differs from the one recomputed from the records",
+            Some(_) => {
+                "the stored hash differs from the one recomputed from the records \
+                 (one of them was changed, moved or replaced, or the stored node was)"
+            }
             None if level == 0 => "no leaf hash is stored for it",
             None => "it is missing from the store",
         };

@@ -469,7 +469,11 @@ fn purging_keeps_leaf_hashes_and_proofs() {
     store.index_people(usize::MAX).unwrap();
     let before = leaves(&mut store);
     let root = store.root();
+    // Leaf hashes are hashed from the bodies while they are kept (D102)...
+    assert!(store.stored_nodes(0, 0, 1_000).unwrap().is_empty());
     assert_eq!(store.purge_before(4_000).unwrap(), 400);
+    // ... and stored by the purge that deletes the bodies.
+    assert_eq!(store.stored_nodes(0, 0, 1_000).unwrap(), before[..400]);
     drop(store);
     let mut store = open(&dir);
     assert_eq!(store.purged(), 400);

@@ -65,18 +65,26 @@ const PROVISIONS: TableDefinition<&[u8; 16], (u64, u8)> = TableDefinition::new("
 /// open), so a repeated redeem is always found.
 ///
 /// **Tiles.** Tile `(L, t)` holds the hashes of level `8L` of the tree with
-/// indexes `[256t, 256t + 256)`: level-0 tiles hold leaf hashes, level-1 tiles
-/// the roots of 256-leaf subtrees, and so on. The rightmost tile of each level
-/// is partial and grows in place (read, extended and written once per append
-/// that touches it). A node at a level between two stored ones is hashed
-/// from at most 128 stored nodes of the tile below it.
+/// indexes `[256t, 256t + 256)`: level-1 tiles hold the roots of 256-leaf
+/// subtrees, level-2 tiles the roots of 65,536-leaf subtrees, and so on. The
+/// rightmost tile of each level is partial and grows in place (read,
+/// extended and written once per append that touches it). A node at a level
+/// between two stored ones is hashed from at most 128 stored nodes of the
+/// tile below it.
+///
+/// **Leaf hashes** are not stored while a record's body is (D102): a leaf
+/// is hashed from the body when a proof needs it, since storing 32 bytes
+/// beside every 22-byte entry (on pages of twice the tile's size) cost a
+/// third of the commit. Level-0 tiles hold the leaves of purged records
+/// only, written by the purge that deletes their bodies.
 ///
 /// **Groups.** A group of more than 256 entries (`CHUNK`) is kept as several
 /// values with the same header, so reading one record decodes at most
 /// 256 entries.
 ///
 /// **Purging** removes a prefix of the groups; `meta.purged` says where the
-/// kept bodies start. Leaf hashes (tiles) always stay.
+/// kept bodies start. The purged records' leaf hashes go into level-0 tiles
+/// in the same commit, so the tree still verifies.
 ///
 /// # Failures
 ///
@@ -328,10 +336,16 @@ impl RedbStore {
         self.db.begin_read().map_err(|e| backend(op, e))
     }
 
+    /// The leaf hash of `seq`: hashed from its body, or read from its leaf
+    /// tile once the body is purged.
     fn leaf_at(&self, seq: u64) -> Result<Hash, StoreError> {
         let txn = self.read("leaf")?;
+        let groups = txn.open_table(GROUPS).map_err(|e| backend("leaf", e))?;
+        if seq >= self.purged {
+            return GroupReader::new(&groups).record(seq).map(|r| r.leaf_hash());
+        }
         let tiles = txn.open_table(TILES).map_err(|e| backend("leaf", e))?;
-        TileSource::new(&tiles).node(0, seq)
+        TileSource::new(&tiles, &groups, self.frontier.size()).node(0, seq)
     }
 
     /// Whether some tally is of a minute before the append's.
@@ -412,7 +426,9 @@ impl Store for RedbStore {
         }
         let txn = self.read("root")?;
         let tiles = txn.open_table(TILES).map_err(|e| backend("root", e))?;
-        merkle::range_root(&mut TileSource::new(&tiles), 0, size).map_err(proof_error)
+        let groups = txn.open_table(GROUPS).map_err(|e| backend("root", e))?;
+        let mut source = TileSource::new(&tiles, &groups, self.frontier.size());
+        merkle::range_root(&mut source, 0, size).map_err(proof_error)
     }
 
     fn record(&mut self, seq: u64) -> Result<Option<Record>, StoreError> {
@@ -435,7 +451,7 @@ impl Store for RedbStore {
         let groups = txn.open_table(GROUPS).map_err(|e| backend("records", e))?;
         let tiles = txn.open_table(TILES).map_err(|e| backend("records", e))?;
         let mut reader = GroupReader::new(&groups);
-        let mut leaves = TileSource::new(&tiles);
+        let mut leaves = TileSource::new(&tiles, &groups, self.frontier.size());
         let mut out = Vec::with_capacity(end.saturating_sub(from).min(4096) as usize);
         for seq in from..end {
             if seq < self.purged {
@@ -595,20 +611,22 @@ impl Store for RedbStore {
 
     fn inclusion_proof(&mut self, seq: u64, size: u64) -> Result<Vec<Hash>, StoreError> {
         self.check_size("tree size", size)?;
-        let txn = self.read("inclusion proof")?;
-        let tiles = txn
-            .open_table(TILES)
-            .map_err(|e| backend("inclusion proof", e))?;
-        merkle::inclusion_proof(&mut TileSource::new(&tiles), seq, size).map_err(proof_error)
+        let op = "inclusion proof";
+        let txn = self.read(op)?;
+        let tiles = txn.open_table(TILES).map_err(|e| backend(op, e))?;
+        let groups = txn.open_table(GROUPS).map_err(|e| backend(op, e))?;
+        let mut source = TileSource::new(&tiles, &groups, self.frontier.size());
+        merkle::inclusion_proof(&mut source, seq, size).map_err(proof_error)
     }
 
     fn consistency_proof(&mut self, old: u64, new: u64) -> Result<Vec<Hash>, StoreError> {
         self.check_size("tree size", new)?;
-        let txn = self.read("consistency proof")?;
-        let tiles = txn
-            .open_table(TILES)
-            .map_err(|e| backend("consistency proof", e))?;
-        merkle::consistency_proof(&mut TileSource::new(&tiles), old, new).map_err(proof_error)
+        let op = "consistency proof";
+        let txn = self.read(op)?;
+        let tiles = txn.open_table(TILES).map_err(|e| backend(op, e))?;
+        let groups = txn.open_table(GROUPS).map_err(|e| backend(op, e))?;
+        let mut source = TileSource::new(&tiles, &groups, self.frontier.size());
+        merkle::consistency_proof(&mut source, old, new).map_err(proof_error)
     }
 
     fn add_checkpoint(&mut self, size: u64, note: &str) -> Result<(), StoreError> {
@@ -739,8 +757,10 @@ impl Store for RedbStore {
     }
 
     fn stored_levels(&self) -> Vec<u8> {
-        // One band of tiles per 8 levels: levels 0, 8, ..., 56.
-        (0..8).map(|band| band * 8).collect()
+        // One band of tiles per 8 levels: levels 8, 16, ..., 56. Leaf
+        // hashes are stored only for purged records, which verify takes
+        // as they are (D102).
+        (1..8).map(|band| band * 8).collect()
     }
 
     fn stored_nodes(
@@ -893,11 +913,12 @@ fn write_append(
                 .map_err(|e| backend(op, e))?;
         }
     }
-    // Tile (level / 8, index) -> (position of the first new hash, new hashes).
-    let mut tiles: BTreeMap<(u8, u64), (u64, Vec<u8>)> = BTreeMap::new();
     // `fresh` gathers the serials first redeemed in this append (the
     // caller keeps them in memory once the commit succeeds).
     let mut placed = Vec::with_capacity(append.groups.len());
+    // Every group with its place and its prepared values and leaves.
+    let mut ready: Vec<(Group, record::Prepared, u64)> = Vec::new();
+    let mut first_seq = next.size();
 
     // Groups the caller prepared (encoded and hashed on its own thread)
     // come with their `Prepared`; the others are prepared here.
@@ -908,7 +929,6 @@ fn write_append(
         .map(|g| (true, g, prepared_by_caller.next()));
     let rolled_groups = rolled.into_iter().map(|g| (false, g, None));
     for (from_caller, mut group, prepared) in rolled_groups.chain(caller_groups) {
-        let first_seq = next.size();
         let mut repeats = Vec::new();
         if group.header.operation == Operation::Redeem {
             for (index, entry) in group.entries.iter_mut().enumerate() {
@@ -963,17 +983,15 @@ fn write_append(
             }
             _ => record::prepare(&group),
         };
-        for leaf in &prepared.leaves {
-            next.append(*leaf, |level, index, hash| {
-                if level % 8 == 0 {
-                    tiles
-                        .entry((level / 8, index / TILE_WIDTH))
-                        .or_insert_with(|| (index % TILE_WIDTH, Vec::new()))
-                        .1
-                        .extend_from_slice(hash);
-                }
-            });
+        if from_caller {
+            placed.push(AppendedGroup { first_seq, repeats });
         }
+        let count = group.entries.len() as u64;
+        ready.push((group, prepared, first_seq));
+        first_seq += count;
+    }
+
+    for (group, prepared, first_seq) in &ready {
         for (k, value) in prepared.values.iter().enumerate() {
             groups_table
                 .insert(first_seq + (k * CHUNK) as u64, value.as_slice())
@@ -982,17 +1000,18 @@ fn write_append(
         let count = group.entries.len() as u64;
         let header = &group.header;
         by_agency
-            .insert((header.caller.as_str(), first_seq), count)
+            .insert((header.caller.as_str(), *first_seq), count)
             .map_err(|e| backend(op, e))?;
         if !header.counterpart.is_empty() && header.counterpart != header.caller {
             by_agency
-                .insert((header.counterpart.as_str(), first_seq), count)
+                .insert((header.counterpart.as_str(), *first_seq), count)
                 .map_err(|e| backend(op, e))?;
         }
-        if from_caller {
-            placed.push(AppendedGroup { first_seq, repeats });
-        }
     }
+    let leaves = ready
+        .iter()
+        .flat_map(|(_, prepared, _)| prepared.leaves.iter());
+    let tiles = grow_tree(next, leaves);
 
     let mut tiles_table = txn.open_table(TILES).map_err(|e| backend(op, e))?;
     for ((level, tile), (position, new)) in tiles {
@@ -1025,6 +1044,29 @@ fn write_append(
         size: next.size(),
         root: next.root(),
     })
+}
+
+/// Appends `leaves` to `tree` and returns the stored nodes this made, by
+/// tile: (level / 8, tile index) -> (position of the first new hash in the
+/// tile, the new hashes).
+fn grow_tree<'a>(
+    tree: &mut Frontier,
+    leaves: impl Iterator<Item = &'a Hash>,
+) -> BTreeMap<(u8, u64), (u64, Vec<u8>)> {
+    let mut tiles: BTreeMap<(u8, u64), (u64, Vec<u8>)> = BTreeMap::new();
+    for leaf in leaves {
+        tree.append(*leaf, |level, index, hash| {
+            // Leaf hashes (level 0) are not stored: the bodies are (D102).
+            if level % 8 == 0 && level > 0 {
+                tiles
+                    .entry((level / 8, index / TILE_WIDTH))
+                    .or_insert_with(|| (index % TILE_WIDTH, Vec::new()))
+                    .1
+                    .extend_from_slice(hash);
+            }
+        });
+    }
+    tiles
 }
 
 /// Adds the append's refusals to the tallies, and removes and returns, as
@@ -1099,6 +1141,9 @@ fn purge(txn: &WriteTransaction, from: u64, size: u64, before_ms: u64) -> Result
     let mut people = Vec::new();
     let mut agencies = BTreeSet::new();
     let mut doomed = Vec::new();
+    // The leaf hashes of the purged records, from `from` on: all that is
+    // left of them, kept in leaf tiles (D102).
+    let mut leaves = Vec::new();
     for item in groups.range(from..).map_err(|e| backend(op, e))? {
         let (key, value) = item.map_err(|e| backend(op, e))?;
         let first = key.value();
@@ -1119,6 +1164,9 @@ fn purge(txn: &WriteTransaction, from: u64, size: u64, before_ms: u64) -> Result
             if let Some(link) = entry.person {
                 people.push((link.0, first + index as u64));
             }
+            let index = u32::try_from(group.offset + index as u64).unwrap_or(u32::MAX);
+            let leaf = merkle::leaf_hash(&record::leaf_bytes(index, &group.header_digest, entry));
+            leaves.extend_from_slice(&leaf);
         }
         agencies.insert(group.header.caller.clone());
         if !group.header.counterpart.is_empty() {
@@ -1135,6 +1183,30 @@ fn purge(txn: &WriteTransaction, from: u64, size: u64, before_ms: u64) -> Result
     }
     for first in doomed {
         groups.remove(first).map_err(|e| backend(op, e))?;
+    }
+    let mut tiles = txn.open_table(TILES).map_err(|e| backend(op, e))?;
+    let mut seq = from;
+    while seq < cut {
+        let tile = seq / TILE_WIDTH;
+        let end = ((tile + 1) * TILE_WIDTH).min(cut);
+        let mut bytes = tiles
+            .get((0, tile))
+            .map_err(|e| backend(op, e))?
+            .map(|guard| guard.value().to_vec())
+            .unwrap_or_default();
+        if bytes.len() as u64 != (seq - tile * TILE_WIDTH) * 32 {
+            return Err(StoreError::Corrupt { what: "tile", seq });
+        }
+        let at = ((seq - from) * 32) as usize;
+        let upto = ((end - from) * 32) as usize;
+        let Some(new) = leaves.get(at..upto) else {
+            return Err(StoreError::Corrupt { what: "group", seq });
+        };
+        bytes.extend_from_slice(new);
+        tiles
+            .insert((0, tile), bytes.as_slice())
+            .map_err(|e| backend(op, e))?;
+        seq = end;
     }
     let mut by_person = txn.open_table(BY_PERSON).map_err(|e| backend(op, e))?;
     for (link, seq) in &people {
@@ -1237,27 +1309,42 @@ impl<'t, T: ReadableTable<u64, &'static [u8]>> GroupReader<'t, T> {
 /// The tree's perfect-subtree hashes, read from the tiles. Nodes on levels
 /// that are not a multiple of 8 are hashed from the stored level below;
 /// tiles read once are kept for the life of the source (one proof).
-struct TileSource<'t, T> {
+///
+/// Leaf hashes (level 0) are stored only for purged records; the others are
+/// hashed from the records' bodies in `groups` (D102).
+struct TileSource<'t, T, G> {
     table: &'t T,
+    groups: GroupReader<'t, G>,
+    /// The log's size: the last leaf tile ends here.
+    size: u64,
     cache: HashMap<(u8, u64), Vec<u8>>,
 }
 
-impl<'t, T: ReadableTable<(u8, u64), &'static [u8]>> TileSource<'t, T> {
-    fn new(table: &'t T) -> Self {
+impl<'t, T, G> TileSource<'t, T, G>
+where
+    T: ReadableTable<(u8, u64), &'static [u8]>,
+    G: ReadableTable<u64, &'static [u8]>,
+{
+    fn new(table: &'t T, groups: &'t G, size: u64) -> Self {
         Self {
             table,
+            groups: GroupReader::new(groups),
+            size,
             cache: HashMap::new(),
         }
     }
 
     fn tile(&mut self, band: u8, tile: u64) -> Result<&[u8], StoreError> {
         if !self.cache.contains_key(&(band, tile)) {
-            let bytes = self
+            let mut bytes = self
                 .table
                 .get((band, tile))
                 .map_err(|e| backend("read tile", e))?
                 .map(|guard| guard.value().to_vec())
                 .unwrap_or_default();
+            if band == 0 {
+                self.hash_leaves(tile, &mut bytes)?;
+            }
             self.cache.insert((band, tile), bytes);
         }
         Ok(self
@@ -1266,9 +1353,31 @@ impl<'t, T: ReadableTable<(u8, u64), &'static [u8]>> TileSource<'t, T> {
             .map(Vec::as_slice)
             .unwrap_or_default())
     }
+
+    /// Completes leaf tile `tile`, whose stored part (the leaves of purged
+    /// records) is `bytes`, with the leaf hashes of the kept records' bodies.
+    fn hash_leaves(&mut self, tile: u64, bytes: &mut Vec<u8>) -> Result<(), StoreError> {
+        let start = tile.saturating_mul(TILE_WIDTH);
+        let end = start.saturating_add(TILE_WIDTH).min(self.size);
+        if !bytes.len().is_multiple_of(32) || bytes.len() as u64 > TILE_WIDTH * 32 {
+            return Err(StoreError::Corrupt {
+                what: "tile",
+                seq: start,
+            });
+        }
+        let stored = bytes.len() as u64 / 32;
+        for seq in start + stored..end {
+            bytes.extend_from_slice(&self.groups.record(seq)?.leaf_hash());
+        }
+        Ok(())
+    }
 }
 
-impl<T: ReadableTable<(u8, u64), &'static [u8]>> NodeSource for TileSource<'_, T> {
+impl<T, G> NodeSource for TileSource<'_, T, G>
+where
+    T: ReadableTable<(u8, u64), &'static [u8]>,
+    G: ReadableTable<u64, &'static [u8]>,
+{
     type Error = StoreError;
 
     fn node(&mut self, level: u8, index: u64) -> Result<Hash, StoreError> {
