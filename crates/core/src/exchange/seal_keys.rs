@@ -19,8 +19,8 @@
 //! then fail (a bad code): the count bounds the messages a key sealed from
 //! above, never from below.
 
-use std::collections::HashMap;
 use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use super::{Exchange, RandomFailed};
@@ -45,7 +45,7 @@ struct Current {
     used: u64,
     /// Every index this process has sealed under for this addressee and
     /// window, the current one included.
-    spent: Vec<u32>,
+    spent: HashSet<u32>,
 }
 
 impl SealingKeys {
@@ -110,12 +110,12 @@ impl Exchange {
         let current = match map.entry(slot) {
             Entry::Occupied(entry) => entry.into_mut(),
             Entry::Vacant(entry) => {
-                let index = self.draw_key_index(&[])?;
+                let index = self.draw_key_index(&HashSet::new())?;
                 let key = self.new_sealing_key(addressee, KeyName::indexed(window, index));
                 entry.insert(Current {
                     key,
                     used: 0,
-                    spent: vec![index],
+                    spent: HashSet::from([index]),
                 })
             }
         };
@@ -125,7 +125,7 @@ impl Exchange {
                 let index = self.draw_key_index(&current.spent)?;
                 current.key = self.new_sealing_key(addressee, KeyName::indexed(window, index));
                 current.used = 0;
-                current.spent.push(index);
+                current.spent.insert(index);
                 continue;
             }
             let take = room.min(left);
@@ -140,7 +140,7 @@ impl Exchange {
     }
 
     /// A random key index that is not in `spent`.
-    fn draw_key_index(&self, spent: &[u32]) -> Result<u32, RandomFailed> {
+    fn draw_key_index(&self, spent: &HashSet<u32>) -> Result<u32, RandomFailed> {
         for _ in 0..INDEX_DRAWS {
             let mut bytes = [0u8; 4];
             self.random.fill(&mut bytes)?;
