@@ -102,6 +102,8 @@ pub struct TokenPositive {
     pub handle: String,
     pub addressee: String,
     pub window: u32,
+    /// The key index (format 2); `None` for format 1.
+    pub index: Option<u32>,
     pub serial: String,
     pub nonce: String,
     pub requester: String,
@@ -121,6 +123,8 @@ pub struct TokenNegative {
     pub key: String,
     pub addressee: String,
     pub window: u32,
+    /// The key index of the key it is opened with; `None`: format 1's key.
+    pub index: Option<u32>,
     pub token: String,
     pub error: String,
 }
