@@ -544,6 +544,56 @@ async fn a_reload_revokes_an_open_stream_and_a_broken_crl_keeps_the_old_one() {
     server.stop().await;
 }
 
+/// A list that expires while the server runs fails closed: open
+/// connections lose access at their next call, new ones are refused at
+/// the handshake (D132).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crl_that_expires_while_serving_refuses_everyone_of_its_ca() {
+    let ca = Ca::new("agencies CA");
+    let lifetime = Duration::from_secs(5);
+    let crl = CertificateRevocationListParams {
+        this_update: now() - days(1),
+        next_update: now() + lifetime,
+        crl_number: SerialNumber::from(1u64),
+        issuing_distribution_point: None,
+        revoked_certs: Vec::new(),
+        key_identifier_method: KeyIdMethod::Sha256,
+    }
+    .signed_by(&ca.issuer)
+    .unwrap()
+    .pem()
+    .unwrap();
+    let expires = Instant::now() + lifetime;
+    let server = Server::start(ca, Some(&crl)).await;
+    let mhlw = server.ca.client("mhlw", 1);
+    let mut open = server.codes(&mhlw);
+    assert_eq!(derive(&mut open, 1).await.unwrap(), 2);
+    tokio::time::sleep_until((expires + Duration::from_millis(1100)).into()).await;
+
+    let refused = derive(&mut open, 2).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+    assert!(
+        refused
+            .message()
+            .contains("the CRL of the client certificate's CA expired at"),
+        "{}",
+        refused.message()
+    );
+    let alert = tls_refusal(server.addr(), &server.ca.pem(), Some(&mhlw))
+        .await
+        .unwrap();
+    assert!(alert.contains("UnknownCA"), "{alert}");
+    // A fresh list, installed by a reload, lets everyone back.
+    server.reload_with(server.ca.crl(&[]).as_bytes()).unwrap();
+    assert_eq!(derive(&mut open, 3).await.unwrap(), 2);
+    assert!(
+        tls_refusal(server.addr(), &server.ca.pem(), Some(&mhlw))
+            .await
+            .is_none()
+    );
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unusable_crls_stop_the_server_naming_the_file() {
     let ca = Ca::new("agencies CA");
