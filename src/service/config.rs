@@ -163,7 +163,10 @@ struct RawTls {
 
 /// One path or a list of them.
 #[derive(Deserialize)]
-#[serde(untagged)]
+#[serde(
+    untagged,
+    expecting = "a CRL file or a list of them, e.g. crl = \"/etc/fugo/agencies.crl\""
+)]
 enum Paths {
     One(PathBuf),
     Many(Vec<PathBuf>),
@@ -330,7 +333,11 @@ mod tests {
         assert_eq!(two.crls.len(), 2);
         assert!(two.crls[1].ends_with("b.crl.pem"));
         let error = load(&format!("{tls}crl = 3\n")).unwrap_err();
-        assert!(error.to_string().contains("line 8"), "{error}");
+        let message = error.to_string();
+        assert!(
+            message.contains("line 10") && message.contains("a CRL file or a list of them"),
+            "{message}"
+        );
     }
 
     #[test]
