@@ -537,10 +537,39 @@ async fn a_reload_revokes_an_open_stream_and_a_broken_crl_keeps_the_old_one() {
         assert!(alert.contains("CertificateRevoked"), "{what}: {alert}");
         assert_eq!(derive(&mut shinjuku_unary, 9).await.unwrap(), 2, "{what}");
     }
+    // A named pipe or a folder at the CRL's path: refused at once, not
+    // waited on.
+    let path = server.dir.path().join("agencies.crl");
+    for what in ["a named pipe", "a folder"] {
+        fs::remove_file(&path).unwrap();
+        if what == "a named pipe" {
+            assert!(
+                Command::new("mkfifo")
+                    .arg(&path)
+                    .status()
+                    .unwrap()
+                    .success()
+            );
+        } else {
+            fs::create_dir(&path).unwrap();
+        }
+        let started = Instant::now();
+        let error = server.running().reload().unwrap_err().to_string();
+        assert!(error.contains("agencies.crl"), "{what}: {error}");
+        assert!(started.elapsed() < PROMPT, "{what}");
+        let refused = derive(&mut mhlw_unary, 8).await.unwrap_err();
+        assert_eq!(refused.code(), Code::Unauthenticated, "{what}: {refused:?}");
+        assert_eq!(derive(&mut shinjuku_unary, 9).await.unwrap(), 2, "{what}");
+        if what == "a folder" {
+            fs::remove_dir(&path).unwrap();
+            fs::write(&path, "").unwrap();
+        }
+    }
     // A CRL in DER works as well as PEM; one revoking nothing lets mhlw back.
     let der = server.ca.crl_with(&[], 30).der().to_vec();
     server.reload_with(&der).unwrap();
     assert_eq!(derive(&mut mhlw_unary, 10).await.unwrap(), 2);
+    drop((sender, responses));
     server.stop().await;
 }
 
