@@ -9,7 +9,7 @@ mod common;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use fugo::proto::fugo::v1::DeriveRequest;
@@ -20,6 +20,7 @@ use rcgen::{
     DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyIdMethod, KeyPair,
     KeyUsagePurpose, RevokedCertParams, SerialNumber,
 };
+use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
@@ -45,6 +46,42 @@ certificates = ["city-shinjuku"]
 capabilities = ["derive"]
 epoch = 2
 "#;
+
+/// Everything the servers of this test binary log (info and up).
+fn logs() -> &'static Arc<Mutex<Vec<u8>>> {
+    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let buffer = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&buffer);
+        tracing_subscriber::fmt()
+            .with_env_filter("fugo=info")
+            .with_ansi(false)
+            .with_writer(move || LogWriter(Arc::clone(&sink)))
+            .init();
+        buffer
+    })
+}
+
+struct LogWriter(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The logged lines holding every one of `needles`.
+fn logged(needles: &[&str]) -> Vec<String> {
+    String::from_utf8_lossy(&logs().lock().unwrap())
+        .lines()
+        .filter(|line| needles.iter().all(|needle| line.contains(needle)))
+        .map(str::to_owned)
+        .collect()
+}
 
 /// Every refusal must come within this long.
 const PROMPT: Duration = Duration::from_secs(5);
@@ -247,6 +284,7 @@ fn config(dir: &Path, ca: &Ca, crls: &[&str]) -> ServeConfig {
 impl Server {
     /// Starts with `crl` (PEM text) in `agencies.crl`, or without CRLs.
     async fn start(ca: Ca, crl: Option<&str>) -> Self {
+        logs();
         let dir = tempfile::tempdir().unwrap();
         let names: &[&str] = match crl {
             Some(text) => {
@@ -565,10 +603,29 @@ async fn a_reload_revokes_an_open_stream_and_a_broken_crl_keeps_the_old_one() {
             fs::write(&path, "").unwrap();
         }
     }
+    let path = path.display().to_string();
+    assert_eq!(
+        logged(&[
+            "CRL reload refused; the revocation lists in force stay",
+            &path
+        ])
+        .len(),
+        6
+    );
+    // The refusals name the certificate (its SHA-256) and the reason.
+    let fingerprint: String = Sha256::digest(&mhlw.der)
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect();
+    assert!(!logged(&["client certificate refused", &fingerprint, "is revoked"]).is_empty());
     // A CRL in DER works as well as PEM; one revoking nothing lets mhlw back.
     let der = server.ca.crl_with(&[], 30).der().to_vec();
     server.reload_with(&der).unwrap();
     assert_eq!(derive(&mut mhlw_unary, 10).await.unwrap(), 2);
+    assert_eq!(
+        logged(&["certificate revocation lists reloaded", &path, "0 revoked"]).len(),
+        1
+    );
     drop((sender, responses));
     server.stop().await;
 }
@@ -594,6 +651,12 @@ async fn a_crl_that_expires_while_serving_refuses_everyone_of_its_ca() {
     .unwrap();
     let expires = Instant::now() + lifetime;
     let server = Server::start(ca, Some(&crl)).await;
+    let path = server.dir.path().join("agencies.crl").display().to_string();
+    assert_eq!(
+        logged(&["CRL expires within 7 days", &path]).len(),
+        1,
+        "the operator is warned"
+    );
     let mhlw = server.ca.client("mhlw", 1);
     let mut open = server.codes(&mhlw);
     assert_eq!(derive(&mut open, 1).await.unwrap(), 2);
@@ -751,6 +814,8 @@ async fn hostile_certificates_get_their_documented_answer_promptly() {
         Alert(&'static str),
         /// A gRPC status with this message part.
         Status(Code, &'static str),
+        /// Served like any agency.
+        Served,
     }
     let foreign = Ca::new("foreign CA");
     let impostor = Ca::new("agencies CA"); // the CA's name, another key
@@ -762,6 +827,8 @@ async fn hostile_certificates_get_their_documented_answer_promptly() {
     server_only.usage = vec![ExtendedKeyUsagePurpose::ServerAuth];
     let mut sub_ca = Leaf::client("mhlw", 13);
     sub_ca.is_ca = true;
+    let mut no_usage = Leaf::client("mhlw", 16);
+    no_usage.usage = Vec::new();
     let mut two_names = DistinguishedName::new();
     two_names.push(DnType::CommonName, "mhlw");
     two_names.push(DnType::CustomDnType(vec![2, 5, 4, 3]), "city-shinjuku");
@@ -805,6 +872,12 @@ async fn hostile_certificates_get_their_documented_answer_promptly() {
             Some(ca.itself()),
             Answer::Alert("CertificateUnknown"),
         ),
+        // RFC 5280: no extended key usage means any purpose.
+        (
+            "no extended key usage",
+            Some(ca.leaf(no_usage)),
+            Answer::Served,
+        ),
         (
             "unknown identity",
             Some(ca.client("nta", 15)),
@@ -822,20 +895,22 @@ async fn hostile_certificates_get_their_documented_answer_promptly() {
     for (what, cert, answer) in cases {
         let started = Instant::now();
         let refusal = tls_refusal(server.addr(), &ca.pem(), cert.as_ref()).await;
-        match (&answer, &cert) {
-            (Answer::Alert(alert), _) => {
+        match &answer {
+            Answer::Alert(alert) => {
                 let refusal = refusal.unwrap_or_else(|| panic!("{what}: accepted"));
                 assert!(refusal.contains(alert), "{what}: {refusal}");
             }
-            (Answer::Status(..), _) => assert_eq!(refusal, None, "{what}"),
+            Answer::Status(..) | Answer::Served => assert_eq!(refusal, None, "{what}"),
         }
         if let Some(cert) = &cert {
-            let status = derive(&mut server.codes(cert), 2).await.unwrap_err();
+            let answered = derive(&mut server.codes(cert), 2).await;
             match answer {
+                Answer::Served => assert_eq!(answered.unwrap(), 2, "{what}"),
                 Answer::Alert(_) => {
-                    refused_by_transport(&status, what);
+                    refused_by_transport(&answered.unwrap_err(), what);
                 }
                 Answer::Status(code, message) => {
+                    let status = answered.unwrap_err();
                     assert_eq!(status.code(), code, "{what}: {status:?}");
                     assert!(status.message().contains(message), "{what}: {status:?}");
                 }
