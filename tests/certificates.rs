@@ -97,6 +97,8 @@ fn days(count: i64) -> time::Duration {
 /// A test CA: it signs certificates and CRLs.
 struct Ca {
     issuer: CertifiedIssuer<'static, KeyPair>,
+    /// The number of the last CRL it made: each new one is higher.
+    crl_number: std::cell::Cell<u64>,
 }
 
 /// A certificate (PEM and DER) and its key (PEM).
@@ -156,7 +158,10 @@ impl Ca {
         params.not_before = now() - days(1);
         params.not_after = now() + days(365);
         let issuer = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
-        Ca { issuer }
+        Ca {
+            issuer,
+            crl_number: std::cell::Cell::new(0),
+        }
     }
 
     fn pem(&self) -> String {
@@ -210,12 +215,17 @@ impl Ca {
     }
 
     /// A CRL revoking `serials`, issued 3 days ago, its next update
-    /// `next_update` days from now (negative: expired).
-    fn crl_with(&self, serials: &[u64], next_update: i64) -> rcgen::CertificateRevocationList {
+    /// `next_update` from now (negative: expired), numbered after the last.
+    fn crl_with(
+        &self,
+        serials: &[u64],
+        next_update: time::Duration,
+    ) -> rcgen::CertificateRevocationList {
+        self.crl_number.set(self.crl_number.get() + 1);
         CertificateRevocationListParams {
             this_update: now() - days(3),
-            next_update: now() + days(next_update),
-            crl_number: SerialNumber::from(1u64),
+            next_update: now() + next_update,
+            crl_number: SerialNumber::from(self.crl_number.get()),
             issuing_distribution_point: None,
             revoked_certs: serials
                 .iter()
@@ -258,7 +268,7 @@ impl Ca {
 
     /// A CRL revoking `serials`, valid for 30 days, as PEM.
     fn crl(&self, serials: &[u64]) -> String {
-        self.crl_with(serials, 30).pem().unwrap()
+        self.crl_with(serials, days(30)).pem().unwrap()
     }
 }
 
@@ -501,6 +511,7 @@ async fn a_reload_revokes_an_open_stream_and_a_broken_crl_keeps_the_old_one() {
         .unwrap();
     assert_eq!(responses.message().await.unwrap().unwrap().results.len(), 2);
 
+    let stale = server.ca.crl(&[]);
     // The CA revokes mhlw's certificate; the operator installs the CRL.
     let revoking = server.ca.crl(&[1]);
     server.reload_with(revoking.as_bytes()).unwrap();
@@ -543,7 +554,12 @@ async fn a_reload_revokes_an_open_stream_and_a_broken_crl_keeps_the_old_one() {
 
     // Broken CRLs on reload: refused, naming the file; the list in force stays.
     let foreign = Ca::new("agencies CA"); // the same name, another key
-    let cases: [(&str, Vec<u8>, &str); 4] = [
+    let cases: [(&str, Vec<u8>, &str); 5] = [
+        (
+            "an older list (a lower CRL number)",
+            stale.into_bytes(),
+            "older than the CRL of 'CN=agencies CA' in force (CRL number 2",
+        ),
         ("garbage", b"not a CRL\n".to_vec(), "no CRL in it"),
         (
             "cut short",
@@ -557,7 +573,12 @@ async fn a_reload_revokes_an_open_stream_and_a_broken_crl_keeps_the_old_one() {
         ),
         (
             "expired",
-            server.ca.crl_with(&[], -1).pem().unwrap().into_bytes(),
+            server
+                .ca
+                .crl_with(&[], days(-1))
+                .pem()
+                .unwrap()
+                .into_bytes(),
             "expired at",
         ),
     ];
@@ -610,7 +631,7 @@ async fn a_reload_revokes_an_open_stream_and_a_broken_crl_keeps_the_old_one() {
             &path
         ])
         .len(),
-        6
+        7
     );
     // The refusals name the certificate (its SHA-256) and the reason.
     let fingerprint: String = Sha256::digest(&mhlw.der)
@@ -619,7 +640,7 @@ async fn a_reload_revokes_an_open_stream_and_a_broken_crl_keeps_the_old_one() {
         .collect();
     assert!(!logged(&["client certificate refused", &fingerprint, "is revoked"]).is_empty());
     // A CRL in DER works as well as PEM; one revoking nothing lets mhlw back.
-    let der = server.ca.crl_with(&[], 30).der().to_vec();
+    let der = server.ca.crl_with(&[], days(30)).der().to_vec();
     server.reload_with(&der).unwrap();
     assert_eq!(derive(&mut mhlw_unary, 10).await.unwrap(), 2);
     assert_eq!(
@@ -637,18 +658,10 @@ async fn a_reload_revokes_an_open_stream_and_a_broken_crl_keeps_the_old_one() {
 async fn a_crl_that_expires_while_serving_refuses_everyone_of_its_ca() {
     let ca = Ca::new("agencies CA");
     let lifetime = Duration::from_secs(5);
-    let crl = CertificateRevocationListParams {
-        this_update: now() - days(1),
-        next_update: now() + lifetime,
-        crl_number: SerialNumber::from(1u64),
-        issuing_distribution_point: None,
-        revoked_certs: Vec::new(),
-        key_identifier_method: KeyIdMethod::Sha256,
-    }
-    .signed_by(&ca.issuer)
-    .unwrap()
-    .pem()
-    .unwrap();
+    let crl = ca
+        .crl_with(&[], time::Duration::try_from(lifetime).unwrap())
+        .pem()
+        .unwrap();
     let expires = Instant::now() + lifetime;
     let server = Server::start(ca, Some(&crl)).await;
     let path = server.dir.path().join("agencies.crl").display().to_string();
@@ -715,7 +728,7 @@ async fn unusable_crls_stop_the_server_naming_the_file() {
         ),
         (
             "expired",
-            ca.crl_with(&[], -1).pem().unwrap().into_bytes(),
+            ca.crl_with(&[], days(-1)).pem().unwrap().into_bytes(),
             "expired at",
         ),
         (

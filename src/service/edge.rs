@@ -172,6 +172,11 @@ impl Acceptor {
         *self.config.write().unwrap_or_else(PoisonError::into_inner) = config;
     }
 
+    /// The revocation lists in force.
+    pub(crate) fn crls(&self) -> Arc<Crls> {
+        self.revocations.current()
+    }
+
     fn tls(&self) -> TlsAcceptor {
         TlsAcceptor::from(Arc::clone(
             &self.config.read().unwrap_or_else(PoisonError::into_inner),

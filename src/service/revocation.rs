@@ -4,7 +4,8 @@
 //! A CRL is checked when it is loaded, at start and on every reload: it
 //! must parse (PEM `X509 CRL` blocks or one DER list), be issued and signed
 //! by one of the client CAs (whose key usage, if stated, allows cRLSign),
-//! not have expired, and each client CA must have exactly one list. At
+//! not have expired, and each client CA must have exactly one list; on
+//! reload, a list may not be older than the one in force for its CA. At
 //! start a bad list stops the server; on reload the lists in force stay.
 //!
 //! The lists are enforced twice (D130, D131):
@@ -25,6 +26,7 @@ use tokio_rustls::rustls::crypto::CryptoProvider;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, CertificateRevocationListDer};
 use tokio_rustls::rustls::server::WebPkiClientVerifier;
+use x509_parser::num_bigint::BigUint;
 use x509_parser::prelude::{FromDer, X509Certificate};
 use x509_parser::revocation_list::CertificateRevocationList;
 
@@ -52,6 +54,10 @@ struct List {
     serials: HashSet<Vec<u8>>,
     /// When the CA promises a fresher list (seconds since 1970).
     next_update: i64,
+    /// When it was issued (seconds since 1970).
+    this_update: i64,
+    /// Its CRL number, if it has one.
+    number: Option<BigUint>,
 }
 
 impl fmt::Debug for Crls {
@@ -86,6 +92,10 @@ fn now_seconds() -> i64 {
 fn shown_time(seconds: i64) -> String {
     x509_parser::time::ASN1Time::from_timestamp(seconds)
         .map_or_else(|_| seconds.to_string(), |time| time.to_string())
+}
+
+fn shown_number(number: Option<&BigUint>) -> String {
+    number.map_or_else(|| "none".to_owned(), ToString::to_string)
 }
 
 impl Crls {
@@ -241,8 +251,38 @@ impl Crls {
                 .map(|revoked| serial_key(revoked.raw_serial()))
                 .collect(),
             next_update,
+            this_update: crl.last_update().timestamp(),
+            number: crl.crl_number().cloned(),
         });
         self.ders.push(der);
+        Ok(())
+    }
+
+    /// Refuses a list older than the one of the same CA in `current` (a
+    /// lower CRL number, or an earlier thisUpdate): putting it in force
+    /// would bring revoked certificates back (D136).
+    pub(crate) fn not_older_than(&self, current: &Crls) -> Result<(), String> {
+        for list in &self.lists {
+            let Some(old) = current.lists.iter().find(|old| old.issuer == list.issuer) else {
+                continue;
+            };
+            let older_number = match (&list.number, &old.number) {
+                (Some(new), Some(old)) => new < old,
+                _ => false,
+            };
+            if older_number || list.this_update < old.this_update {
+                return Err(format!(
+                    "{}: older than the CRL of '{}' in force (CRL number {}, issued {}; in \
+                     force: number {}, issued {}); a revocation list never goes back",
+                    list.path,
+                    list.issuer_name,
+                    shown_number(list.number.as_ref()),
+                    shown_time(list.this_update),
+                    shown_number(old.number.as_ref()),
+                    shown_time(old.this_update),
+                ));
+            }
+        }
         Ok(())
     }
 

@@ -307,7 +307,12 @@ impl TlsSetup {
             return Ok(0);
         }
         let files = (&self.client_ca, &self.server_cert, &self.server_key);
-        match build_tls(&self.material, files, &self.crls) {
+        let built = build_tls(&self.material, files, &self.crls).and_then(|(server, crls)| {
+            crls.not_older_than(&self.acceptor.crls())
+                .map_err(ServeError::Tls)?;
+            Ok((server, crls))
+        });
+        match built {
             Ok((server, crls)) => {
                 let revoked = crls.revoked();
                 tracing::info!(crls = ?crls, "certificate revocation lists reloaded");
