@@ -129,6 +129,9 @@ impl Crls {
         provider: &Arc<CryptoProvider>,
     ) -> Result<Self, String> {
         let mut crls = Crls::none();
+        if files.is_empty() {
+            return Ok(crls);
+        }
         let (ca_path, ca_ders) = client_ca;
         let mut cas = Vec::new();
         for der in ca_ders {
