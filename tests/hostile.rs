@@ -196,6 +196,7 @@ impl Edge {
             client_ca: dir.path().join("ca.pem"),
             server_cert: dir.path().join("server.pem"),
             server_key: dir.path().join("server.key"),
+            crls: Vec::new(),
             limits,
             audit: fugo::service::AuditConfig::default(),
         };
@@ -1211,6 +1212,7 @@ async fn unusable_tls_files_stop_the_server_naming_the_file() {
         client_ca: dir.join(ca),
         server_cert: dir.join("server.pem"),
         server_key: dir.join(key),
+        crls: Vec::new(),
         limits: limits(),
         audit: fugo::service::AuditConfig::default(),
     };

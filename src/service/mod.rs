@@ -26,6 +26,7 @@ pub mod edge;
 mod framing;
 mod identity;
 pub mod limits;
+mod revocation;
 pub mod server;
 mod status;
 

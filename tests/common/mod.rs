@@ -204,6 +204,7 @@ pub fn server_config(
         client_ca: dir.join("ca.pem"),
         server_cert: dir.join("server.pem"),
         server_key: dir.join("server.key"),
+        crls: Vec::new(),
         limits: fugo::service::Limits::default(),
         audit: fugo::service::AuditConfig::default(),
     };
