@@ -47,13 +47,17 @@
 //! it by searching every output channel for every test number and code.
 
 use fugo_core::hex;
-pub use fugo_core::{agency, batch, code, code_text, exchange, keys, link, mynumber, token};
+pub use fugo_core::{
+    agency, batch, code, code_text, exchange, keys, link, mynumber, shamir, token,
+};
 
 pub mod audit;
 pub mod bulk;
 pub mod certs;
 pub mod client;
+pub mod custody;
 pub mod files;
+pub mod hardening;
 pub mod keyfile;
 pub mod policy;
 pub mod proto;

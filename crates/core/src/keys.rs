@@ -99,6 +99,27 @@ impl MasterKey {
         MasterKey(key)
     }
 
+    /// Splits the key into `shares` shares, any `threshold` of which rebuild
+    /// it ([`crate::shamir`]); `coefficients` are (threshold − 1) · 32
+    /// random bytes from the caller's CSPRNG.
+    pub fn split(
+        &self,
+        shares: u8,
+        threshold: u8,
+        coefficients: &[u8],
+    ) -> Result<Vec<crate::shamir::SecretShare>, crate::shamir::ShamirError> {
+        crate::shamir::split(&self.0, shares, threshold, coefficients)
+    }
+
+    /// Rebuilds a key from `threshold` shares. Shares of another key give
+    /// another key: compare its fingerprint before using it.
+    pub fn combine(
+        shares: &[crate::shamir::SecretShare],
+        threshold: u8,
+    ) -> Result<Self, crate::shamir::ShamirError> {
+        crate::shamir::combine(shares, threshold).map(MasterKey)
+    }
+
     /// The key file form: 64 lowercase hex characters and a newline.
     pub fn to_file_contents(&self) -> Zeroizing<String> {
         let mut text = Zeroizing::new(hex::encode(self.0.as_slice()));

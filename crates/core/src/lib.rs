@@ -59,4 +59,5 @@ pub mod keys;
 pub mod link;
 pub mod mynumber;
 pub mod policy;
+pub mod shamir;
 pub mod token;
