@@ -73,7 +73,15 @@ pub fn lock_memory() -> MemoryLock {
             limit.current.unwrap_or(0)
         ));
     }
-    match mlockall(MlockAllFlags::CURRENT | MlockAllFlags::FUTURE) {
+    // ONFAULT locks pages as they are touched instead of filling every
+    // mapping at once (each thread's whole stack); kernels before 4.4 lack
+    // it and say EINVAL.
+    let all = MlockAllFlags::CURRENT | MlockAllFlags::FUTURE;
+    let locked = match mlockall(all | MlockAllFlags::ONFAULT) {
+        Err(rustix::io::Errno::INVAL) => mlockall(all),
+        other => other,
+    };
+    match locked {
         Ok(()) => MemoryLock::Locked,
         Err(errno) => MemoryLock::NotLocked(format!(
             "memory is not locked against swapping: mlockall failed: {}; use encrypted swap \

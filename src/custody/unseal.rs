@@ -319,8 +319,11 @@ where
                 continue;
             }
         };
+        // Read (bounded in size and time) before judging the peer, so that
+        // a refused client gets its answer instead of a reset connection.
+        let share = read_share(&mut stream).await;
         let reply = match stream.peer_cred().map(|cred| cred.uid()) {
-            Ok(uid) if uid == own_uid => match read_share(&mut stream).await {
+            Ok(uid) if uid == own_uid => match share {
                 Ok(text) => answer(&mut unsealer, &text, &mut open).await,
                 Err(message) => Err(message),
             },
@@ -449,16 +452,21 @@ pub fn send_share(data_dir: &Path, text: &str) -> Result<String, SendError> {
     stream
         .set_read_timeout(Some(Duration::from_secs(60)))
         .map_err(io_error)?;
-    stream.write_all(text.as_bytes()).map_err(io_error)?;
-    stream
-        .shutdown(std::net::Shutdown::Write)
-        .map_err(io_error)?;
+    // A server that refuses the peer answers without reading: the write
+    // then breaks off, and its answer is still there to read.
+    let sent = stream
+        .write_all(text.as_bytes())
+        .and_then(|()| stream.shutdown(std::net::Shutdown::Write));
     let mut reply = String::new();
-    stream
-        .take(4096)
-        .read_to_string(&mut reply)
-        .map_err(io_error)?;
-    Ok(reply.trim_end().to_owned())
+    let read = (&stream).take(4096).read_to_string(&mut reply);
+    match (sent, read) {
+        (_, Ok(_)) if !reply.is_empty() => Ok(reply.trim_end().to_owned()),
+        (Err(error), _) | (Ok(()), Err(error)) => Err(io_error(error)),
+        (Ok(()), Ok(_)) => Err(io_error(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "the server closed the connection without an answer",
+        ))),
+    }
 }
 
 #[cfg(test)]
