@@ -16,7 +16,9 @@
 use std::io;
 
 use rustix::mm::{MlockAllFlags, mlockall};
-use rustix::process::{DumpableBehavior, Resource, Rlimit, getrlimit, set_dumpable_behavior, setrlimit};
+use rustix::process::{
+    DumpableBehavior, Resource, Rlimit, getrlimit, set_dumpable_behavior, setrlimit,
+};
 use thiserror::Error;
 
 /// A protection that must hold could not be set.
@@ -62,7 +64,10 @@ pub fn disable_dumps() -> Result<(), HardeningError> {
 pub fn lock_memory() -> MemoryLock {
     let limit = getrlimit(Resource::Memlock);
     let privileged = rustix::thread::capabilities(None)
-        .map(|sets| sets.effective.contains(rustix::thread::CapabilitySet::IPC_LOCK))
+        .map(|sets| {
+            sets.effective
+                .contains(rustix::thread::CapabilitySet::IPC_LOCK)
+        })
         .unwrap_or(false);
     if limit.current.is_some() && !privileged {
         return MemoryLock::NotLocked(format!(

@@ -355,12 +355,13 @@ fn split_key(
 /// prints the server's answer.
 fn unseal(data_dir: &std::path::Path, share: &std::path::Path) -> Result<(), CliError> {
     let shown = share.display().to_string();
-    let contents = fugo::files::read(share, fugo::custody::share::MAX_SHARE_FILE).map_err(
-        |source| CliError::ReadFile {
-            path: shown.clone(),
-            source,
-        },
-    )?;
+    let contents =
+        fugo::files::read(share, fugo::custody::share::MAX_SHARE_FILE).map_err(|source| {
+            CliError::ReadFile {
+                path: shown.clone(),
+                source,
+            }
+        })?;
     if fugo::files::readable_by_others(&contents.metadata) {
         let _ = writeln!(
             io::stderr(),

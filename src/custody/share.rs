@@ -124,7 +124,9 @@ pub enum SplitError {
     #[error("the system random number generator failed")]
     Random,
     /// A share file already exists.
-    #[error("{0} already exists; refusing to overwrite a share file (choose an empty --out folder)")]
+    #[error(
+        "{0} already exists; refusing to overwrite a share file (choose an empty --out folder)"
+    )]
     Exists(String),
     /// A share file or the folder could not be written.
     #[error("cannot write {path}: {source}")]
@@ -138,17 +140,27 @@ pub enum SplitError {
 }
 
 impl ShareFile {
-    /// The canonical text of the fields the checksum covers.
+    /// The canonical text of the fields the checksum covers. Built in a
+    /// buffer large enough never to grow, so no copy of the value is left
+    /// behind in freed memory.
     fn canonical(&self) -> Zeroizing<String> {
-        Zeroizing::new(format!(
-            "{MAGIC}\nsplit: {}\nkey: {}\nthreshold: {}\nshares: {}\nindex: {}\nvalue: {}\n",
+        let mut text = Zeroizing::new(String::with_capacity(512));
+        let fields = format!(
+            "{MAGIC}\nsplit: {}\nkey: {}\nthreshold: {}\nshares: {}\nindex: {}\nvalue: ",
             self.split,
             self.key,
             self.threshold,
             self.shares,
             self.share.index(),
-            hex::encode(self.share.expose_value())
-        ))
+        );
+        text.push_str(&fields);
+        for byte in self.share.expose_value().iter() {
+            for nibble in [byte >> 4, byte & 0x0f] {
+                text.push(char::from(b"0123456789abcdef"[usize::from(nibble)]));
+            }
+        }
+        text.push('\n');
+        text
     }
 
     fn checksum_of(canonical: &str) -> String {
@@ -158,15 +170,19 @@ impl ShareFile {
     /// The file's text: a comment line, the fields and the checksum.
     pub fn to_text(&self) -> Zeroizing<String> {
         let canonical = self.canonical();
-        Zeroizing::new(format!(
+        let mut text = Zeroizing::new(String::with_capacity(1024));
+        text.push_str(&format!(
             "# fugo master key share {} of {}; any {} rebuild the key. Keep it secret: \
-             one custodian only.\n{}checksum: {}\n",
+             one custodian only.\n",
             self.share.index(),
             self.shares,
             self.threshold,
-            canonical.as_str(),
-            Self::checksum_of(&canonical)
-        ))
+        ));
+        text.push_str(&canonical);
+        text.push_str("checksum: ");
+        text.push_str(&Self::checksum_of(&canonical));
+        text.push('\n');
+        text
     }
 
     /// Parses share text: `#` comments and blank lines are skipped, CRLF
@@ -219,8 +235,10 @@ impl ShareFile {
         let shares = number("shares")?;
         let index = number("index")?;
         let (value_line, text) = field("value")?;
-        let mut value = Zeroizing::new([0u8; KEY_LEN]);
-        if text.len() != 2 * KEY_LEN || hex::decode_into(text.as_bytes(), value.as_mut()).is_err() {
+        let mut value = Box::new(Zeroizing::new([0u8; KEY_LEN]));
+        if text.len() != 2 * KEY_LEN
+            || hex::decode_into(text.as_bytes(), value.as_mut_slice()).is_err()
+        {
             return Err(format(
                 value_line,
                 &format!("value: expected {} hex digits", 2 * KEY_LEN),
@@ -256,10 +274,16 @@ impl ShareFile {
 /// Splits `master` into `shares` share files' contents, any `threshold` of
 /// which rebuild it, drawing the polynomial coefficients and the split id
 /// from the operating system's CSPRNG.
-pub fn split_key(master: &MasterKey, shares: u8, threshold: u8) -> Result<Vec<ShareFile>, SplitError> {
+pub fn split_key(
+    master: &MasterKey,
+    shares: u8,
+    threshold: u8,
+) -> Result<Vec<ShareFile>, SplitError> {
     let random = SystemRandom::new();
-    let mut coefficients =
-        Zeroizing::new(vec![0u8; usize::from(threshold.saturating_sub(1)) * KEY_LEN]);
+    let mut coefficients = Zeroizing::new(vec![
+        0u8;
+        usize::from(threshold.saturating_sub(1)) * KEY_LEN
+    ]);
     random
         .fill(coefficients.as_mut_slice())
         .map_err(|_| SplitError::Random)?;
@@ -395,7 +419,10 @@ mod tests {
             ShareError::Checksum { index: 2 }
         );
         let error = ShareFile::parse(&damaged).unwrap_err().to_string();
-        assert!(error.starts_with("share 2: the checksum does not match"), "{error}");
+        assert!(
+            error.starts_with("share 2: the checksum does not match"),
+            "{error}"
+        );
         let value = hex::encode(shares[1].share.expose_value());
         assert!(!error.contains(&value[..8]));
         let lines = text.replace("threshold: 2", "threshold: 3");
@@ -411,10 +438,22 @@ mod tests {
         let cases = [
             ("", "line 0: the file is empty"),
             ("hello\n", "line 1: not a fugo key share"),
-            (&text.replace("index: 1", "index: x"), "line 7: index: expected a number"),
-            (&text.replace("value: ", "value: 0"), "line 8: value: expected 64 hex digits"),
-            (&text.replace("split:", "spilt:"), "line 3: expected the field 'split:'"),
-            (&format!("{}extra\n", text.as_str()), "line 10: unexpected text"),
+            (
+                &text.replace("index: 1", "index: x"),
+                "line 7: index: expected a number",
+            ),
+            (
+                &text.replace("value: ", "value: 0"),
+                "line 8: value: expected 64 hex digits",
+            ),
+            (
+                &text.replace("split:", "spilt:"),
+                "line 3: expected the field 'split:'",
+            ),
+            (
+                &format!("{}extra\n", text.as_str()),
+                "line 10: unexpected text",
+            ),
         ];
         for (input, expected) in cases {
             let error = ShareFile::parse(input).unwrap_err().to_string();

@@ -199,11 +199,13 @@ impl Unsealer {
     /// Waits for shares of the key with fingerprint `expected`, reporting
     /// progress to `progress` (whose threshold is the configured one).
     pub fn new(expected: Fingerprint, progress: Arc<SealProgress>) -> Self {
+        let progress_threshold = progress.threshold();
         Unsealer {
             expected,
             progress,
             split: None,
-            shares: Vec::new(),
+            // Never grows past the threshold: no reallocation, no copies.
+            shares: Vec::with_capacity(usize::from(progress_threshold)),
         }
     }
 
@@ -304,8 +306,12 @@ pub fn bind(data_dir: &Path) -> io::Result<UnixListener> {
 /// succeeds with it; then removes the socket file and returns. `open`
 /// failing (the audit store cannot be opened, say) discards the shares:
 /// the server stays sealed and the custodians may try again.
-pub async fn serve<F, Fut>(listener: UnixListener, path: PathBuf, mut unsealer: Unsealer, mut open: F)
-where
+pub async fn serve<F, Fut>(
+    listener: UnixListener,
+    path: PathBuf,
+    mut unsealer: Unsealer,
+    mut open: F,
+) where
     F: FnMut(KeyHierarchy) -> Fut,
     Fut: Future<Output = Result<(), String>>,
 {
@@ -350,7 +356,9 @@ where
 }
 
 async fn read_share(stream: &mut UnixStream) -> Result<zeroize::Zeroizing<String>, String> {
-    let mut bytes = zeroize::Zeroizing::new(Vec::new());
+    // Room for the whole share up front: a growing buffer would leave
+    // copies of it in freed memory.
+    let mut bytes = zeroize::Zeroizing::new(Vec::with_capacity(MAX_SHARE_FILE as usize + 64));
     let mut limited = stream.take(MAX_SHARE_FILE + 1);
     match tokio::time::timeout(READ_TIMEOUT, limited.read_to_end(&mut bytes)).await {
         Err(_) => return Err("the share did not arrive within 5 seconds".to_owned()),
@@ -491,17 +499,28 @@ mod tests {
         assert_eq!(progress.reason(), "sealed: 0 of 3 shares supplied");
         assert!(matches!(
             unsealer.supply(&shares[3].to_text()).unwrap(),
-            Supplied::Accepted { index: 4, supplied: 1, threshold: 3 }
+            Supplied::Accepted {
+                index: 4,
+                supplied: 1,
+                threshold: 3
+            }
         ));
         let error = unsealer.supply(&shares[3].to_text()).unwrap_err();
-        assert!(matches!(error, UnsealError::Duplicate { index: 4 }), "{error}");
+        assert!(
+            matches!(error, UnsealError::Duplicate { index: 4 }),
+            "{error}"
+        );
         assert_eq!(progress.reason(), "sealed: 1 of 3 shares supplied");
         unsealer.supply(&shares[0].to_text()).unwrap();
         match unsealer.supply(&shares[2].to_text()).unwrap() {
             Supplied::Complete(keys) => assert_eq!(keys.fingerprint(), fingerprint(&master)),
             other => panic!("{other:?}"),
         }
-        assert_eq!(progress.supplied(), 0, "shares are not kept after combining");
+        assert_eq!(
+            progress.supplied(),
+            0,
+            "shares are not kept after combining"
+        );
     }
 
     #[test]
@@ -514,14 +533,33 @@ mod tests {
         let progress = Arc::new(SealProgress::new(2));
         let mut unsealer = Unsealer::new(fingerprint(&master), Arc::clone(&progress));
         let error = unsealer.supply(&other[0].to_text()).unwrap_err();
-        assert!(matches!(error, UnsealError::ForeignKey { index: 1, .. }), "{error}");
-        assert!(error.to_string().contains("belongs to another key"), "{error}");
+        assert!(
+            matches!(error, UnsealError::ForeignKey { index: 1, .. }),
+            "{error}"
+        );
+        assert!(
+            error.to_string().contains("belongs to another key"),
+            "{error}"
+        );
         let error = unsealer.supply(&wider[0].to_text()).unwrap_err();
-        assert!(matches!(error, UnsealError::Threshold { share: 3, configured: 2, .. }));
+        assert!(matches!(
+            error,
+            UnsealError::Threshold {
+                share: 3,
+                configured: 2,
+                ..
+            }
+        ));
         unsealer.supply(&ours[0].to_text()).unwrap();
         let error = unsealer.supply(&again[1].to_text()).unwrap_err();
-        assert!(matches!(error, UnsealError::OtherSplit { index: 2, .. }), "{error}");
-        assert!(error.to_string().contains("two different splits"), "{error}");
+        assert!(
+            matches!(error, UnsealError::OtherSplit { index: 2, .. }),
+            "{error}"
+        );
+        assert!(
+            error.to_string().contains("two different splits"),
+            "{error}"
+        );
         assert_eq!(progress.supplied(), 1);
         assert!(matches!(
             unsealer.supply(&ours[2].to_text()).unwrap(),
@@ -555,7 +593,10 @@ mod tests {
         let mut unsealer = Unsealer::new(fingerprint(&master), Arc::new(SealProgress::new(2)));
         unsealer.supply(&shares[0].to_text()).unwrap();
         let shown = format!("{unsealer:?}");
-        assert!(shown.contains("[REDACTED]") && shown.contains("supplied: 1"), "{shown}");
+        assert!(
+            shown.contains("[REDACTED]") && shown.contains("supplied: 1"),
+            "{shown}"
+        );
         let value = crate::hex::encode(shares[0].share.expose_value());
         assert!(!shown.contains(&value[..8]));
         let complete = unsealer.supply(&shares[1].to_text()).unwrap();

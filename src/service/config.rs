@@ -343,12 +343,12 @@ mod tests {
 
     #[test]
     fn production_needs_a_client_ca() {
-        let error = load(&format!(
-            "{BASE}[tls]\ncert = \"s.pem\"\nkey = \"s.key\"\n"
-        ))
-        .unwrap_err();
+        let error = load(&format!("{BASE}[tls]\ncert = \"s.pem\"\nkey = \"s.key\"\n")).unwrap_err();
         let message = error.to_string();
-        assert!(message.contains("[tls] has no ca: name the CA"), "{message}");
+        assert!(
+            message.contains("[tls] has no ca: name the CA"),
+            "{message}"
+        );
     }
 
     /// The key is a file, or shares with a threshold of at least 2; not
@@ -356,20 +356,40 @@ mod tests {
     #[test]
     fn the_master_key_is_a_file_or_custody_shares() {
         let config = load(&format!("{BASE}dev_mode = true\n")).unwrap();
-        assert!(matches!(config.master_key, MasterKeySource::File(path) if path.ends_with("master.key")));
+        assert!(
+            matches!(config.master_key, MasterKeySource::File(path) if path.ends_with("master.key"))
+        );
         let sealed = BASE.replace("master_key = \"master.key\"\n", "");
-        let config = load(&format!("{sealed}dev_mode = true\n[custody]\nthreshold = 3\n")).unwrap();
+        let config = load(&format!(
+            "{sealed}dev_mode = true\n[custody]\nthreshold = 3\n"
+        ))
+        .unwrap();
         assert_eq!(config.master_key, MasterKeySource::Shares { threshold: 3 });
-        let message = load(&format!("{sealed}dev_mode = true\n")).unwrap_err().to_string();
-        assert!(message.contains("no master key") && message.contains("[custody]"), "{message}");
-        let message = load(&format!("{sealed}dev_mode = true\n[custody]\nthreshold = 1\n"))
+        let message = load(&format!("{sealed}dev_mode = true\n"))
             .unwrap_err()
             .to_string();
-        assert!(message.contains("threshold must be at least 2"), "{message}");
-        let message = load(&format!("{BASE}dev_mode = true\n[custody]\nthreshold = 2\n"))
-            .unwrap_err()
-            .to_string();
-        assert!(message.contains("both master_key and [custody]"), "{message}");
+        assert!(
+            message.contains("no master key") && message.contains("[custody]"),
+            "{message}"
+        );
+        let message = load(&format!(
+            "{sealed}dev_mode = true\n[custody]\nthreshold = 1\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            message.contains("threshold must be at least 2"),
+            "{message}"
+        );
+        let message = load(&format!(
+            "{BASE}dev_mode = true\n[custody]\nthreshold = 2\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            message.contains("both master_key and [custody]"),
+            "{message}"
+        );
     }
 
     #[test]

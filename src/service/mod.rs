@@ -26,8 +26,8 @@ pub mod config;
 pub mod edge;
 mod framing;
 mod identity;
-pub mod sealed;
 pub mod limits;
+pub mod sealed;
 pub mod server;
 mod status;
 

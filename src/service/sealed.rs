@@ -104,7 +104,11 @@ pub(crate) struct HealthReason<S> {
 
 impl<S> HealthReason<S> {
     /// Wraps `inner`; sealed until `open` is set.
-    pub(crate) fn new(inner: S, open: Arc<OnceLock<()>>, progress: Option<Arc<SealProgress>>) -> Self {
+    pub(crate) fn new(
+        inner: S,
+        open: Arc<OnceLock<()>>,
+        progress: Option<Arc<SealProgress>>,
+    ) -> Self {
         HealthReason {
             inner,
             open,

@@ -23,10 +23,10 @@ use super::config::{ConfigError, MasterKeySource, ServeConfig};
 use super::edge;
 use super::framing::FramingStatus;
 use super::sealed::{Gate, HealthReason};
-use crate::custody::{SealProgress, Unsealer};
 use crate::audit::entries::{BatchFacts, policy_digest};
 use crate::audit::{Recorder, RecorderError};
 use crate::certs::{self, CertError};
+use crate::custody::{SealProgress, Unsealer};
 use crate::exchange::Exchange;
 use crate::files::{self, ReadError};
 use crate::keyfile::{self, KeyLoadError, KeySource};
@@ -434,10 +434,7 @@ impl Opening {
         let recorder = if self.audited {
             open_recorder(config, &keys)?
         } else {
-            Recorder::discarding_for_benchmarks(&log_signer(
-                config.audit.origin.as_deref(),
-                &keys,
-            )?)
+            Recorder::discarding_for_benchmarks(&log_signer(config.audit.origin.as_deref(), &keys)?)
         };
         let state = Arc::new(State {
             exchange: Exchange::new(keys, Box::new(SystemRandomness::new())),
@@ -583,13 +580,12 @@ async fn start_with(
             set_health(&health, tonic_health::ServingStatus::NotServing).await;
             create_data_dir(&config)?;
             let path = crate::custody::unseal::socket_path(&config.data_dir);
-            let listener =
-                crate::custody::unseal::bind(&config.data_dir).map_err(|source| {
-                    ServeError::UnsealSocket {
-                        path: path.display().to_string(),
-                        source,
-                    }
-                })?;
+            let listener = crate::custody::unseal::bind(&config.data_dir).map_err(|source| {
+                ServeError::UnsealSocket {
+                    path: path.display().to_string(),
+                    source,
+                }
+            })?;
             let unsealer = Unsealer::new(config.fingerprint, Arc::clone(progress));
             let opener = Arc::clone(&opening);
             let task = tokio::spawn(crate::custody::unseal::serve(

@@ -94,15 +94,18 @@ pub enum ShamirError {
 }
 
 /// One custodian's share of a 32-byte secret: its index x (1 ≤ x ≤ 255)
-/// and f(x) for every byte. Wiped on drop; `Debug` shows the index only.
+/// and f(x) for every byte. The value lives on the heap, so moving a share
+/// (into a list, out of a function) copies no secret bytes, and it is
+/// wiped on drop; `Debug` shows the index only.
 pub struct SecretShare {
     index: u8,
-    value: Zeroizing<[u8; KEY_LEN]>,
+    value: Box<Zeroizing<[u8; KEY_LEN]>>,
 }
 
 impl SecretShare {
-    /// A share from its index and value (read back from a share file).
-    pub fn new(index: u8, value: Zeroizing<[u8; KEY_LEN]>) -> Self {
+    /// A share from its index and value (read back from a share file:
+    /// decode into a boxed buffer, so the value is never copied).
+    pub fn new(index: u8, value: Box<Zeroizing<[u8; KEY_LEN]>>) -> Self {
         SecretShare { index, value }
     }
 
@@ -121,7 +124,11 @@ impl SecretShare {
 
 impl fmt::Debug for SecretShare {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "SecretShare {{ index: {}, value: [REDACTED] }}", self.index)
+        write!(
+            f,
+            "SecretShare {{ index: {}, value: [REDACTED] }}",
+            self.index
+        )
     }
 }
 
@@ -147,7 +154,7 @@ pub fn split(
     }
     let mut out = Vec::with_capacity(usize::from(shares));
     for x in 1..=shares {
-        let mut value = Zeroizing::new([0u8; KEY_LEN]);
+        let mut value = Box::new(Zeroizing::new([0u8; KEY_LEN]));
         for (byte, slot) in value.iter_mut().enumerate() {
             // Horner's rule from the highest coefficient down to the secret.
             let mut y = 0u8;
@@ -244,7 +251,11 @@ mod tests {
         let shares = split(&[0x57; KEY_LEN], 3, 2, &[0x83; KEY_LEN]).unwrap();
         let values: Vec<u8> = shares.iter().map(|s| s.expose_value()[0]).collect();
         assert_eq!(values, [0xd4, 0x4a, 0xc9]);
-        assert!(shares.iter().all(|s| s.expose_value().iter().all(|&b| b == s.expose_value()[0])));
+        assert!(
+            shares
+                .iter()
+                .all(|s| s.expose_value().iter().all(|&b| b == s.expose_value()[0]))
+        );
         let rebuilt = combine(&shares[..2], 2).unwrap();
         assert_eq!(*rebuilt, [0x57; KEY_LEN]);
         let rebuilt = combine(&[copy(&shares[2]), copy(&shares[0])], 2).unwrap();
@@ -252,7 +263,10 @@ mod tests {
     }
 
     fn copy(share: &SecretShare) -> SecretShare {
-        SecretShare::new(share.index(), Zeroizing::new(*share.expose_value()))
+        SecretShare::new(
+            share.index(),
+            Box::new(Zeroizing::new(*share.expose_value())),
+        )
     }
 
     fn pseudo_random(seed: u8, len: usize) -> Vec<u8> {
@@ -282,9 +296,13 @@ mod tests {
                     .filter(|s| mask & (1 << (s.index() - 1)) != 0)
                     .map(copy)
                     .collect();
-                assert_eq!(*combine(&chosen, m).unwrap(), secret, "n={n} m={m} {mask:b}");
+                assert_eq!(
+                    *combine(&chosen, m).unwrap(),
+                    secret,
+                    "n={n} m={m} {mask:b}"
+                );
                 let mut altered = chosen;
-                let mut value = Zeroizing::new(*altered[0].expose_value());
+                let mut value = Box::new(Zeroizing::new(*altered[0].expose_value()));
                 value[5] ^= 1;
                 altered[0] = SecretShare::new(altered[0].index(), value);
                 assert_ne!(*combine(&altered, m).unwrap(), secret);
@@ -323,7 +341,10 @@ mod tests {
             combine(&twice, 2).unwrap_err(),
             ShamirError::BadIndex { index: 2 }
         );
-        let zero = [SecretShare::new(0, Zeroizing::new([0; KEY_LEN])), copy(&shares[0])];
+        let zero = [
+            SecretShare::new(0, Box::new(Zeroizing::new([0; KEY_LEN]))),
+            copy(&shares[0]),
+        ];
         assert_eq!(
             combine(&zero, 2).unwrap_err(),
             ShamirError::BadIndex { index: 0 }
@@ -332,7 +353,7 @@ mod tests {
 
     #[test]
     fn debug_shows_the_index_only() {
-        let share = SecretShare::new(3, Zeroizing::new([0xab; KEY_LEN]));
+        let share = SecretShare::new(3, Box::new(Zeroizing::new([0xab; KEY_LEN])));
         let shown = format!("{share:?}");
         assert_eq!(shown, "SecretShare { index: 3, value: [REDACTED] }");
         assert!(!shown.to_lowercase().contains("ab"));
