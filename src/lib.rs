@@ -18,6 +18,7 @@
 //!    client   one mTLS stream of batches · witness (kept checkpoint)
 //!    bulk     one file engine: lines or CSV, encodings, local or remote work
 //!    policy (TOML, located problems) · keyfile · certs · files · random
+//!    custody  share files, sealed start, unseal socket · hardening
 //!        │                                   │
 //!        ▼                                   ▼
 //!  fugo-core (crates/core: no I/O,        fugo-log (crates/log: the audit

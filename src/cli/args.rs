@@ -25,7 +25,7 @@ pub(crate) enum Command {
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
     },
-    /// Inspect master key files.
+    /// Inspect master key files, or split one into shares for custodians.
     #[command(subcommand)]
     Keys(KeysCommand),
     /// Derive agency codes from My Numbers, in bulk, offline.

@@ -354,6 +354,8 @@ fn split_key(
 /// `fugo unseal`: checks the share file here (naming it), sends it, and
 /// prints the server's answer.
 fn unseal(data_dir: &std::path::Path, share: &std::path::Path) -> Result<(), CliError> {
+    // A share is in memory: no core file may catch it.
+    fugo::hardening::disable_dumps()?;
     let shown = share.display().to_string();
     let contents =
         fugo::files::read(share, fugo::custody::share::MAX_SHARE_FILE).map_err(|source| {

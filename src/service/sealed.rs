@@ -1,9 +1,9 @@
 //! The services of a server that may start sealed: until the master key is
 //! rebuilt from its shares, the Codes and Audit services do not exist yet,
 //! and every call to them is answered UNAVAILABLE "sealed: N of M shares
-//! supplied" by [`Gate`]; the health service says NOT_SERVING and names
+//! supplied" by `Gate`; the health service says NOT_SERVING and names
 //! the same reason in the `x-fugo-health-reason` response header
-//! ([`HealthReason`]). Once unsealed, the gate hands every call to the real
+//! (`HealthReason`). Once unsealed, the gate hands every call to the real
 //! service, which is built then (it needs the keys and the audit trail).
 
 use std::convert::Infallible;

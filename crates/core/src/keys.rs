@@ -52,6 +52,9 @@ pub const DEMO_FINGERPRINT: &str = "34391a36deac07213d13a6753154bf16";
 /// Length of the master key and of every derived key, in bytes.
 pub const KEY_LEN: usize = 32;
 
+// A master key is what `shamir` splits.
+const _: () = assert!(KEY_LEN == crate::shamir::SECRET_LEN);
+
 /// Why the contents of a master key file were refused. Never contains key
 /// material: only lengths and positions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]

@@ -22,7 +22,8 @@ use std::fmt;
 use thiserror::Error;
 use zeroize::Zeroizing;
 
-use crate::keys::KEY_LEN;
+/// The length of the secret shared: a master key.
+pub const SECRET_LEN: usize = 32;
 
 /// The product of `a` and `b` in GF(2^8) modulo 0x11b, in constant time.
 pub fn gf_mul(a: u8, b: u8) -> u8 {
@@ -99,13 +100,13 @@ pub enum ShamirError {
 /// wiped on drop; `Debug` shows the index only.
 pub struct SecretShare {
     index: u8,
-    value: Box<Zeroizing<[u8; KEY_LEN]>>,
+    value: Box<Zeroizing<[u8; SECRET_LEN]>>,
 }
 
 impl SecretShare {
     /// A share from its index and value (read back from a share file:
     /// decode into a boxed buffer, so the value is never copied).
-    pub fn new(index: u8, value: Box<Zeroizing<[u8; KEY_LEN]>>) -> Self {
+    pub fn new(index: u8, value: Box<Zeroizing<[u8; SECRET_LEN]>>) -> Self {
         SecretShare { index, value }
     }
 
@@ -117,7 +118,7 @@ impl SecretShare {
     /// The share's value, for writing it to its custodian's file. Safe to
     /// hand out alone: fewer than the threshold of shares say nothing about
     /// the secret.
-    pub fn expose_value(&self) -> &[u8; KEY_LEN] {
+    pub fn expose_value(&self) -> &[u8; SECRET_LEN] {
         &self.value
     }
 }
@@ -137,7 +138,7 @@ impl fmt::Debug for SecretShare {
 /// bytes `(k−1)·32 .. k·32` are the coefficients of x^k, one per secret
 /// byte.
 pub fn split(
-    secret: &[u8; KEY_LEN],
+    secret: &[u8; SECRET_LEN],
     shares: u8,
     threshold: u8,
     coefficients: &[u8],
@@ -145,7 +146,7 @@ pub fn split(
     if threshold < 2 || threshold > shares {
         return Err(ShamirError::BadThreshold { shares, threshold });
     }
-    let needed = (usize::from(threshold) - 1) * KEY_LEN;
+    let needed = (usize::from(threshold) - 1) * SECRET_LEN;
     if coefficients.len() != needed {
         return Err(ShamirError::Coefficients {
             needed,
@@ -154,12 +155,12 @@ pub fn split(
     }
     let mut out = Vec::with_capacity(usize::from(shares));
     for x in 1..=shares {
-        let mut value = Box::new(Zeroizing::new([0u8; KEY_LEN]));
+        let mut value = Box::new(Zeroizing::new([0u8; SECRET_LEN]));
         for (byte, slot) in value.iter_mut().enumerate() {
             // Horner's rule from the highest coefficient down to the secret.
             let mut y = 0u8;
             for degree in (1..usize::from(threshold)).rev() {
-                y = gf_mul(y, x) ^ coefficients[(degree - 1) * KEY_LEN + byte];
+                y = gf_mul(y, x) ^ coefficients[(degree - 1) * SECRET_LEN + byte];
             }
             *slot = gf_mul(y, x) ^ secret[byte];
         }
@@ -175,7 +176,7 @@ pub fn split(
 pub fn combine(
     shares: &[SecretShare],
     threshold: u8,
-) -> Result<Zeroizing<[u8; KEY_LEN]>, ShamirError> {
+) -> Result<Zeroizing<[u8; SECRET_LEN]>, ShamirError> {
     if threshold < 2 {
         return Err(ShamirError::BadThreshold {
             shares: u8::try_from(shares.len()).unwrap_or(u8::MAX),
@@ -193,7 +194,7 @@ pub fn combine(
             return Err(ShamirError::BadIndex { index: share.index });
         }
     }
-    let mut secret = Zeroizing::new([0u8; KEY_LEN]);
+    let mut secret = Zeroizing::new([0u8; SECRET_LEN]);
     for (j, share) in used.iter().enumerate() {
         // L_j(0) = Π_{l≠j} x_l / (x_l + x_j); public, from the indexes.
         let mut numerator = 1u8;
@@ -248,7 +249,7 @@ mod tests {
     /// since 57·3 = ae ⊕ 57 = f9.
     #[test]
     fn a_split_worked_by_hand() {
-        let shares = split(&[0x57; KEY_LEN], 3, 2, &[0x83; KEY_LEN]).unwrap();
+        let shares = split(&[0x57; SECRET_LEN], 3, 2, &[0x83; SECRET_LEN]).unwrap();
         let values: Vec<u8> = shares.iter().map(|s| s.expose_value()[0]).collect();
         assert_eq!(values, [0xd4, 0x4a, 0xc9]);
         assert!(
@@ -257,9 +258,9 @@ mod tests {
                 .all(|s| s.expose_value().iter().all(|&b| b == s.expose_value()[0]))
         );
         let rebuilt = combine(&shares[..2], 2).unwrap();
-        assert_eq!(*rebuilt, [0x57; KEY_LEN]);
+        assert_eq!(*rebuilt, [0x57; SECRET_LEN]);
         let rebuilt = combine(&[copy(&shares[2]), copy(&shares[0])], 2).unwrap();
-        assert_eq!(*rebuilt, [0x57; KEY_LEN]);
+        assert_eq!(*rebuilt, [0x57; SECRET_LEN]);
     }
 
     fn copy(share: &SecretShare) -> SecretShare {
@@ -283,9 +284,9 @@ mod tests {
     /// share, or one altered share, does not.
     #[test]
     fn every_threshold_subset_rebuilds_the_secret() {
-        let secret: [u8; KEY_LEN] = std::array::from_fn(|i| (i as u8).wrapping_mul(37));
+        let secret: [u8; SECRET_LEN] = std::array::from_fn(|i| (i as u8).wrapping_mul(37));
         for (n, m) in [(2u8, 2u8), (3, 2), (5, 3), (5, 5), (7, 4)] {
-            let coefficients = pseudo_random(n ^ m, (usize::from(m) - 1) * KEY_LEN);
+            let coefficients = pseudo_random(n ^ m, (usize::from(m) - 1) * SECRET_LEN);
             let shares = split(&secret, n, m, &coefficients).unwrap();
             for mask in 0u32..(1 << n) {
                 if mask.count_ones() != u32::from(m) {
@@ -319,7 +320,7 @@ mod tests {
 
     #[test]
     fn bad_parameters_are_refused() {
-        let secret = [1u8; KEY_LEN];
+        let secret = [1u8; SECRET_LEN];
         assert!(matches!(
             split(&secret, 3, 1, &[]),
             Err(ShamirError::BadThreshold { .. })
@@ -335,14 +336,14 @@ mod tests {
                 given: 31
             }
         );
-        let shares = split(&secret, 3, 2, &[9; KEY_LEN]).unwrap();
+        let shares = split(&secret, 3, 2, &[9; SECRET_LEN]).unwrap();
         let twice = [copy(&shares[1]), copy(&shares[1])];
         assert_eq!(
             combine(&twice, 2).unwrap_err(),
             ShamirError::BadIndex { index: 2 }
         );
         let zero = [
-            SecretShare::new(0, Box::new(Zeroizing::new([0; KEY_LEN]))),
+            SecretShare::new(0, Box::new(Zeroizing::new([0; SECRET_LEN]))),
             copy(&shares[0]),
         ];
         assert_eq!(
@@ -353,7 +354,7 @@ mod tests {
 
     #[test]
     fn debug_shows_the_index_only() {
-        let share = SecretShare::new(3, Box::new(Zeroizing::new([0xab; KEY_LEN])));
+        let share = SecretShare::new(3, Box::new(Zeroizing::new([0xab; SECRET_LEN])));
         let shown = format!("{share:?}");
         assert_eq!(shown, "SecretShare { index: 3, value: [REDACTED] }");
         assert!(!shown.to_lowercase().contains("ab"));
