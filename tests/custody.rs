@@ -698,3 +698,39 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+/// The library's sealed start, in process: `Running::is_sealed`, a policy
+/// reload refused while sealed (the file is read at unsealing), and
+/// serving after the shares arrive through the real socket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sealed_start_refuses_policy_reloads_until_unsealed() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy =
+        fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("policy.example.toml"))
+            .unwrap();
+    let (mut config, _ca) = common::server_config(dir.path(), &policy, [7; 32]);
+    fs::remove_file(dir.path().join("master.key")).unwrap();
+    config.master_key = fugo::service::MasterKeySource::Shares { threshold: 2 };
+    let data_dir = config.data_dir.clone();
+    let running = fugo::service::start(config, &mut std::io::sink())
+        .await
+        .unwrap();
+    assert!(running.is_sealed());
+    let error = running.reload_policy().unwrap_err();
+    assert!(
+        matches!(error, fugo::service::ServeError::Sealed),
+        "{error}"
+    );
+    let shares = fugo::custody::split_key(&MasterKey::from_bytes([7; 32]), 2, 2).unwrap();
+    for share in &shares {
+        let text = share.to_text();
+        let data_dir = data_dir.clone();
+        tokio::task::spawn_blocking(move || fugo::custody::send_share(&data_dir, &text))
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    assert!(!running.is_sealed());
+    running.reload_policy().unwrap();
+    running.stop().await.unwrap();
+}
