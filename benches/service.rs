@@ -524,7 +524,7 @@ fn main() {
             listen: "127.0.0.1:0".parse().unwrap(),
             data_dir: dir.path().to_owned(),
             policy: dir.path().join("policy.toml"),
-            master_key: key,
+            master_key: fugo::service::MasterKeySource::File(key),
             fingerprint: KeyHierarchy::new(&MasterKey::from_bytes([9; 32])).fingerprint(),
             shutdown_grace: Duration::from_secs(5),
             dev_mode: true,

@@ -99,6 +99,22 @@ pub fn load_with_state(
     source: &KeySource,
     warnings: &mut dyn Write,
 ) -> Result<(KeyHierarchy, KeyFileState), KeyLoadError> {
+    load_checked(source, warnings).map(|(_, keys, state)| (keys, state))
+}
+
+/// Like [`load`], also giving the master key itself (`fugo keys split`
+/// splits it). It is wiped on drop.
+pub fn load_master(
+    source: &KeySource,
+    warnings: &mut dyn Write,
+) -> Result<(MasterKey, KeyHierarchy), KeyLoadError> {
+    load_checked(source, warnings).map(|(master, keys, _)| (master, keys))
+}
+
+fn load_checked(
+    source: &KeySource,
+    warnings: &mut dyn Write,
+) -> Result<(MasterKey, KeyHierarchy, KeyFileState), KeyLoadError> {
     let path = &source.path;
     let read_error = |source| KeyLoadError::Read {
         path: path.display().to_string(),
@@ -141,6 +157,7 @@ pub fn load_with_state(
         }
     }
     Ok((
+        master,
         keys,
         KeyFileState {
             demo,

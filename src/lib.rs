@@ -18,6 +18,7 @@
 //!    client   one mTLS stream of batches · witness (kept checkpoint)
 //!    bulk     one file engine: lines or CSV, encodings, local or remote work
 //!    policy (TOML, located problems) · keyfile · certs · files · random
+//!    custody  share files, sealed start, unseal socket · hardening
 //!        │                                   │
 //!        ▼                                   ▼
 //!  fugo-core (crates/core: no I/O,        fugo-log (crates/log: the audit
@@ -47,13 +48,17 @@
 //! it by searching every output channel for every test number and code.
 
 use fugo_core::hex;
-pub use fugo_core::{agency, batch, code, code_text, exchange, keys, link, mynumber, token};
+pub use fugo_core::{
+    agency, batch, code, code_text, exchange, keys, link, mynumber, shamir, token,
+};
 
 pub mod audit;
 pub mod bulk;
 pub mod certs;
 pub mod client;
+pub mod custody;
 pub mod files;
+pub mod hardening;
 pub mod keyfile;
 pub mod policy;
 pub mod proto;

@@ -43,7 +43,7 @@ async fn start(dir: &std::path::Path) -> (Running, DevCa) {
         listen: "127.0.0.1:0".parse().unwrap(),
         data_dir: dir.join("data"),
         policy: dir.join("policy.toml"),
-        master_key: key,
+        master_key: fugo::service::MasterKeySource::File(key),
         fingerprint: keys.fingerprint(),
         shutdown_grace: Duration::from_secs(5),
         dev_mode: false,

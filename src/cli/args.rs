@@ -25,12 +25,22 @@ pub(crate) enum Command {
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
     },
-    /// Inspect master key files.
+    /// Inspect master key files, or split one into shares for custodians.
     #[command(subcommand)]
     Keys(KeysCommand),
     /// Derive agency codes from My Numbers, in bulk, offline.
     #[command(long_about = DERIVE_ABOUT)]
     Derive(DeriveArgs),
+    /// Hand one custodian's share to a sealed server (same host and user,
+    /// through DIR/unseal.sock) and print how many shares it has.
+    Unseal {
+        /// The sealed server's data directory.
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+        /// The share file (from `fugo keys split`).
+        #[arg(value_name = "SHAREFILE")]
+        share: PathBuf,
+    },
     /// Run the gRPC service for agencies (mutual TLS, policy, tokens).
     Serve {
         /// The server configuration (see fugo.example.toml).
@@ -195,7 +205,40 @@ pub(crate) enum KeysCommand {
         #[arg(long, value_name = "HEX", value_parser = parse_fingerprint)]
         expect_fingerprint: Option<Fingerprint>,
     },
+    /// Split a master key file into share files for custodians: any
+    /// THRESHOLD of the N shares rebuild the key, fewer tell nothing about it.
+    #[command(long_about = SPLIT_ABOUT)]
+    Split {
+        /// How many share files to write (one per custodian), 2 to 255.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(2..))]
+        shares: u8,
+        /// How many shares rebuild the key, 2 to N.
+        #[arg(long, value_name = "M", value_parser = clap::value_parser!(u8).range(2..))]
+        threshold: u8,
+        /// Refuse (exit 1) unless the key has this fingerprint.
+        #[arg(long, value_name = "HEX", value_parser = parse_fingerprint)]
+        expect_fingerprint: Option<Fingerprint>,
+        /// The master key file.
+        #[arg(value_name = "KEYFILE")]
+        file: PathBuf,
+        /// Folder for the share files (created with mode 0700; existing
+        /// share files are never overwritten).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
 }
+
+const SPLIT_ABOUT: &str = "\
+Split a master key file into N share files (Shamir's secret sharing over
+GF(256)), any M of which rebuild the key. Each file (mode 0600) names its
+index, the threshold, the fingerprint of the key and the split it belongs to,
+and carries a checksum, so a damaged share or one of another key or split is
+refused by name.
+
+Give each share to one custodian, start the server with [custody] threshold = M
+and no master_key (it waits sealed), and have M custodians run
+`fugo unseal --data-dir DIR SHAREFILE`. Then keep the key file offline or
+destroy it: whoever holds it can start the server alone.";
 
 #[derive(Debug, Args)]
 pub(crate) struct DeriveArgs {

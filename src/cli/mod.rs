@@ -137,6 +137,32 @@ pub(crate) enum CliError {
     /// The audit trail could not be opened or written (`fugo derive`).
     #[error(transparent)]
     Recorder(#[from] fugo::audit::RecorderError),
+    /// A share file is not a valid share.
+    #[error("share file {path}: {source}")]
+    Share {
+        /// The share file.
+        path: String,
+        /// What is wrong.
+        #[source]
+        source: fugo::custody::ShareError,
+    },
+    /// The key could not be split or the shares written.
+    #[error(transparent)]
+    Split(#[from] fugo::custody::SplitError),
+    /// The sealed server could not be reached.
+    #[error(transparent)]
+    UnsealSend(#[from] fugo::custody::SendError),
+    /// The sealed server refused the share.
+    #[error("share file {path} refused by the server: {message}")]
+    UnsealRefused {
+        /// The share file.
+        path: String,
+        /// The server's reason.
+        message: String,
+    },
+    /// Core dumps or dumpability could not be switched off.
+    #[error(transparent)]
+    Hardening(#[from] fugo::hardening::HardeningError),
     /// Writing to standard output failed.
     #[error("writing to standard output: {0}")]
     Stdout(#[source] io::Error),
@@ -189,6 +215,20 @@ fn run(command: Command) -> Result<u8, CliError> {
             };
             let keys = keyfile::load(&source, &mut io::stderr())?;
             print_line(&keys.fingerprint().to_string())?;
+            Ok(0)
+        }
+        Command::Keys(KeysCommand::Split {
+            shares,
+            threshold,
+            expect_fingerprint,
+            file,
+            out,
+        }) => {
+            split_key(&file, expect_fingerprint, shares, threshold, &out)?;
+            Ok(0)
+        }
+        Command::Unseal { data_dir, share } => {
+            unseal(&data_dir, &share)?;
             Ok(0)
         }
         Command::Serve { config } => {
@@ -275,6 +315,80 @@ fn check_policy(path: &std::path::Path) -> Result<(), CliError> {
         path: shown,
         count: problems.len(),
     })
+}
+
+/// `fugo keys split`: the share files, their paths on stdout, and the
+/// configuration of a sealed start.
+fn split_key(
+    file: &std::path::Path,
+    expect: Option<fugo::keys::Fingerprint>,
+    shares: u8,
+    threshold: u8,
+    out: &std::path::Path,
+) -> Result<(), CliError> {
+    // The key is in memory: no core file may catch it.
+    fugo::hardening::disable_dumps()?;
+    let source = KeySource {
+        path: file.to_path_buf(),
+        expect,
+    };
+    let (master, keys) = keyfile::load_master(&source, &mut io::stderr())?;
+    let fingerprint = keys.fingerprint();
+    let files = fugo::custody::split_key(&master, shares, threshold)?;
+    let paths = fugo::custody::write_shares(out, &files)?;
+    let _ = writeln!(
+        io::stderr(),
+        "fugo: wrote {shares} shares of key {fingerprint} (mode 0600); any {threshold} rebuild \
+         it. Give each to one custodian; then keep {} offline or destroy it.",
+        file.display()
+    );
+    for path in &paths {
+        print_line(&path.display().to_string())?;
+    }
+    print_line(&format!(
+        "# fugo.toml for a sealed start (no master_key line):\n\
+         master_key_fingerprint = \"{fingerprint}\"\n[custody]\nthreshold = {threshold}"
+    ))
+}
+
+/// `fugo unseal`: checks the share file here (naming it), sends it, and
+/// prints the server's answer.
+fn unseal(data_dir: &std::path::Path, share: &std::path::Path) -> Result<(), CliError> {
+    // A share is in memory: no core file may catch it.
+    fugo::hardening::disable_dumps()?;
+    let shown = share.display().to_string();
+    let contents =
+        fugo::files::read(share, fugo::custody::share::MAX_SHARE_FILE).map_err(|source| {
+            CliError::ReadFile {
+                path: shown.clone(),
+                source,
+            }
+        })?;
+    if fugo::files::readable_by_others(&contents.metadata) {
+        let _ = writeln!(
+            io::stderr(),
+            "fugo: warning: share file {shown} can be read by group or others; run `chmod 600` on it"
+        );
+    }
+    let text = std::str::from_utf8(&contents.bytes).map_err(|_| CliError::Share {
+        path: shown.clone(),
+        source: fugo::custody::ShareError::Format {
+            line: 0,
+            message: "the file is not UTF-8 text".to_owned(),
+        },
+    })?;
+    fugo::custody::ShareFile::parse(text).map_err(|source| CliError::Share {
+        path: shown.clone(),
+        source,
+    })?;
+    let reply = fugo::custody::send_share(data_dir, text)?;
+    match reply.strip_prefix("refused: ") {
+        Some(message) => Err(CliError::UnsealRefused {
+            path: shown,
+            message: message.to_owned(),
+        }),
+        None => print_line(&reply),
+    }
 }
 
 /// The one place that prints a result line on standard output.

@@ -21,7 +21,18 @@ pub(crate) fn run(config_path: &Path) -> Result<(), CliError> {
         .with_writer(io::stderr)
         .with_ansi(io::stderr().is_terminal())
         .try_init();
+    // Before any key is read and before the runtime's threads exist: no
+    // core dumps, not dumpable (no ptrace, no /proc/PID/mem), and memory
+    // locked where that is safe (D112, D113).
+    fugo::hardening::disable_dumps()?;
+    let memory = fugo::hardening::lock_memory();
     let config = ServeConfig::load(config_path).map_err(service::ServeError::from)?;
+    match memory {
+        fugo::hardening::MemoryLock::Locked => {
+            tracing::info!("memory locked against swapping (mlockall)");
+        }
+        fugo::hardening::MemoryLock::NotLocked(reason) => tracing::warn!("{reason}"),
+    }
     if config.dev_mode {
         let _ = writeln!(
             io::stderr(),

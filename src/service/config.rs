@@ -64,8 +64,9 @@ struct RawConfig {
     listen: String,
     data_dir: PathBuf,
     policy: PathBuf,
-    master_key: PathBuf,
+    master_key: Option<PathBuf>,
     master_key_fingerprint: String,
+    custody: Option<RawCustody>,
     #[serde(default = "default_grace")]
     shutdown_grace_seconds: u64,
     #[serde(default)]
@@ -154,7 +155,7 @@ fn default_grace() -> u64 {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawTls {
-    ca: PathBuf,
+    ca: Option<PathBuf>,
     cert: PathBuf,
     key: PathBuf,
     #[serde(default)]
@@ -187,6 +188,38 @@ impl Paths {
     }
 }
 
+/// The `[custody]` section: the master key held split (D110).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCustody {
+    threshold: u8,
+}
+
+/// `[tls]` without `ca`: production never accepts agencies without
+/// checking their certificates against the CA named here.
+const NO_CLIENT_CA: &str = "[tls] has no ca: name the CA that signs the agencies' client \
+certificates (ca = \"/etc/fugo/client-ca.pem\"); fugo accepts only clients with a certificate \
+it signed, in every mode";
+
+/// Neither a key file nor `[custody]`.
+const NO_KEY: &str = "no master key: name the key file (master_key = \"/etc/fugo/master.key\", \
+mode 0600), or hold the key split among custodians and start sealed with\n[custody]\n\
+threshold = 3\n(the threshold of `fugo keys split`; custodians then run `fugo unseal`)";
+
+/// Where the master key comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MasterKeySource {
+    /// A key file, read at start (mode 0600 outside dev mode).
+    File(PathBuf),
+    /// No key file: the server starts sealed and waits for `threshold`
+    /// shares, supplied with `fugo unseal` (see `custody`).
+    Shares {
+        /// Shares needed to rebuild the key (at least 2).
+        threshold: u8,
+    },
+}
+
 /// A checked configuration, every path absolute or relative to the working
 /// folder.
 #[derive(Debug, Clone)]
@@ -197,8 +230,8 @@ pub struct ServeConfig {
     pub data_dir: PathBuf,
     /// The policy file; reloaded on SIGHUP.
     pub policy: PathBuf,
-    /// The master key file.
-    pub master_key: PathBuf,
+    /// The master key file, or sealed start and shares.
+    pub master_key: MasterKeySource,
     /// The master key's pinned fingerprint; a mismatch refuses to start.
     pub fingerprint: Fingerprint,
     /// How long in-flight calls may take to finish after a stop signal.
@@ -253,16 +286,39 @@ impl ServeConfig {
         let fingerprint = Fingerprint::parse(&raw.master_key_fingerprint)
             .map_err(|error| invalid(format!("master_key_fingerprint: {error}")))?;
         let data_dir = resolve(&raw.data_dir);
+        let master_key = match (raw.master_key, raw.custody) {
+            (Some(path), None) => MasterKeySource::File(resolve(&path)),
+            (None, Some(custody)) if custody.threshold >= 2 => MasterKeySource::Shares {
+                threshold: custody.threshold,
+            },
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "[custody] threshold must be at least 2: one custodian alone must not \
+                     be able to start the server"
+                        .to_owned(),
+                ));
+            }
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "both master_key and [custody] are set: remove master_key to start sealed \
+                     and unseal with shares, or remove [custody] to read the key file"
+                        .to_owned(),
+                ));
+            }
+            (None, None) => return Err(invalid(NO_KEY.to_owned())),
+        };
         let (client_ca, server_cert, server_key, crls) = match raw.tls {
-            Some(tls) => (
-                resolve(&tls.ca),
-                resolve(&tls.cert),
-                resolve(&tls.key),
-                tls.crl
-                    .into_vec()
-                    .iter()
-                    .map(|path| resolve(path))
-                    .collect(),
+            Some(RawTls { ca: None, .. }) => return Err(invalid(NO_CLIENT_CA.to_owned())),
+            Some(RawTls {
+                ca: Some(ca),
+                cert,
+                key,
+                crl,
+            }) => (
+                resolve(&ca),
+                resolve(&cert),
+                resolve(&key),
+                crl.into_vec().iter().map(|path| resolve(path)).collect(),
             ),
             None if !raw.dev_mode => return Err(invalid(NO_TLS.to_owned())),
             None => {
@@ -273,7 +329,7 @@ impl ServeConfig {
         Ok(ServeConfig {
             listen,
             policy: resolve(&raw.policy),
-            master_key: resolve(&raw.master_key),
+            master_key,
             data_dir,
             fingerprint,
             shutdown_grace: Duration::from_secs(raw.shutdown_grace_seconds),
@@ -336,6 +392,57 @@ mod tests {
         let message = error.to_string();
         assert!(
             message.contains("line 10") && message.contains("a CRL file or a list of them"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn production_needs_a_client_ca() {
+        let error = load(&format!("{BASE}[tls]\ncert = \"s.pem\"\nkey = \"s.key\"\n")).unwrap_err();
+        let message = error.to_string();
+        assert!(
+            message.contains("[tls] has no ca: name the CA"),
+            "{message}"
+        );
+    }
+
+    /// The key is a file, or shares with a threshold of at least 2; not
+    /// both, not neither (D110).
+    #[test]
+    fn the_master_key_is_a_file_or_custody_shares() {
+        let config = load(&format!("{BASE}dev_mode = true\n")).unwrap();
+        assert!(
+            matches!(config.master_key, MasterKeySource::File(path) if path.ends_with("master.key"))
+        );
+        let sealed = BASE.replace("master_key = \"master.key\"\n", "");
+        let config = load(&format!(
+            "{sealed}dev_mode = true\n[custody]\nthreshold = 3\n"
+        ))
+        .unwrap();
+        assert_eq!(config.master_key, MasterKeySource::Shares { threshold: 3 });
+        let message = load(&format!("{sealed}dev_mode = true\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.contains("no master key") && message.contains("[custody]"),
+            "{message}"
+        );
+        let message = load(&format!(
+            "{sealed}dev_mode = true\n[custody]\nthreshold = 1\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            message.contains("threshold must be at least 2"),
+            "{message}"
+        );
+        let message = load(&format!(
+            "{BASE}dev_mode = true\n[custody]\nthreshold = 2\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            message.contains("both master_key and [custody]"),
             "{message}"
         );
     }

@@ -10,6 +10,7 @@
 //!                                    └─► exchange (derive / seal / redeem / reidentify)
 //!  status: the one place errors become gRPC codes (framing: tonic's own answers)
 //!  server: checks key, policy and certificates, then serves; reload; graceful stop
+//!  sealed: started without the key, UNAVAILABLE until `fugo unseal` supplies the shares
 //! ```
 //!
 //! `edge` is public so that another service can be served on fugo's exact
@@ -27,10 +28,11 @@ mod framing;
 mod identity;
 pub mod limits;
 mod revocation;
+pub mod sealed;
 pub mod server;
 mod status;
 
 pub use codes::CHECKPOINT;
-pub use config::{AuditConfig, ServeConfig};
+pub use config::{AuditConfig, MasterKeySource, ServeConfig};
 pub use limits::Limits;
 pub use server::{Reloader, Running, ServeError, start, start_unaudited_for_benchmarks};

@@ -7,7 +7,7 @@
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 
 use thiserror::Error;
 use tokio::net::TcpListener;
@@ -18,13 +18,15 @@ use zeroize::Zeroizing;
 
 use super::audit::AuditService;
 use super::codes::{self, CodesService, State};
-use super::config::{ConfigError, ServeConfig};
+use super::config::{ConfigError, MasterKeySource, ServeConfig};
 use super::edge;
 use super::framing::FramingStatus;
 use super::revocation::Crls;
+use super::sealed::{Gate, HealthReason};
 use crate::audit::entries::{BatchFacts, policy_digest};
 use crate::audit::{Recorder, RecorderError};
 use crate::certs::{self, CertError};
+use crate::custody::{SealProgress, Unsealer};
 use crate::exchange::Exchange;
 use crate::files::{self, ReadError};
 use crate::keyfile::{self, KeyLoadError, KeySource};
@@ -49,11 +51,31 @@ pub enum ServeError {
     #[error(transparent)]
     Key(#[from] KeyLoadError),
     /// The public demo key outside dev mode.
-    #[error("{0} is the public demo key; it is refused outside dev mode")]
+    #[error(
+        "{0} is the public demo key; it is refused outside dev mode: make a key of your own \
+         with `fugo keygen --out /etc/fugo/master.key` and set master_key and \
+         master_key_fingerprint to it and the fingerprint it prints"
+    )]
     DemoKey(String),
     /// A key file others can read, outside dev mode.
-    #[error("key file {0} can be read by group or others; run `chmod 600` on it")]
+    #[error(
+        "key file {0} can be read by group or others; run `chmod 600` on it \
+         (allowed only in dev mode)"
+    )]
     KeyFileOpen(String),
+    /// The unseal socket could not be made.
+    #[error("cannot open the unseal socket {path}: {source}")]
+    UnsealSocket {
+        /// The socket file.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A policy reload while sealed: the policy is read when the server
+    /// unseals.
+    #[error("the server is sealed; the policy file is read when it unseals")]
+    Sealed,
     /// A TLS private key others can read, outside dev mode.
     #[error(
         "TLS private key {0} can be read by group or others; run `chmod 600` on it \
@@ -157,19 +179,7 @@ fn open_recorder(
 ) -> Result<Recorder, ServeError> {
     // The data directory is the server's alone (the store inside is 0600
     // too): created with mode 0700 when it does not exist yet.
-    let mut builder = std::fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        builder.mode(0o700);
-    }
-    builder.create(&config.data_dir).map_err(|error| {
-        ServeError::Audit(RecorderError::Unavailable(format!(
-            "cannot create the data directory {}: {error}",
-            config.data_dir.display()
-        )))
-    })?;
+    create_data_dir(config)?;
     let signer = log_signer(config.audit.origin.as_deref(), keys)?;
     Ok(Recorder::open(
         &config.data_dir,
@@ -355,12 +365,14 @@ fn build_tls(
 pub struct Running {
     /// The address it listens on.
     pub addr: SocketAddr,
-    state: Arc<State>,
+    state: Arc<OnceLock<Arc<State>>>,
     policy_path: PathBuf,
     tls: TlsSetup,
     grace: std::time::Duration,
     stop: oneshot::Sender<()>,
     task: JoinHandle<Result<(), tonic::transport::Error>>,
+    /// The unseal socket's task and file, while sealed.
+    unseal: Option<(JoinHandle<()>, PathBuf)>,
 }
 
 impl Running {
@@ -393,9 +405,18 @@ impl Running {
         }
     }
 
+    /// Whether the server still waits for the master key's shares.
+    pub fn is_sealed(&self) -> bool {
+        self.state.get().is_none()
+    }
+
     /// Stops accepting, lets in-flight calls finish within the grace
     /// period, then returns.
     pub async fn stop(self) -> Result<(), ServeError> {
+        if let Some((task, path)) = self.unseal {
+            task.abort();
+            let _ = std::fs::remove_file(path);
+        }
         let _ = self.stop.send(());
         let mut task = self.task;
         match tokio::time::timeout(self.grace, &mut task).await {
@@ -413,7 +434,7 @@ impl Running {
 /// Reloads the policy and the CRLs of a running server (what SIGHUP does).
 #[derive(Clone)]
 pub struct Reloader {
-    state: Arc<State>,
+    state: Arc<OnceLock<Arc<State>>>,
     path: PathBuf,
     tls: TlsSetup,
 }
@@ -430,7 +451,11 @@ impl Reloader {
     }
 }
 
-fn reload(state: &State, path: &Path) -> Result<PolicyVersion, ServeError> {
+fn reload(state: &OnceLock<Arc<State>>, path: &Path) -> Result<PolicyVersion, ServeError> {
+    let Some(state) = state.get() else {
+        tracing::warn!("sealed: the policy file is read when the server unseals");
+        return Err(ServeError::Sealed);
+    };
     match load_policy_text(path) {
         Ok((policy, text)) => {
             let version = policy.version().clone();
@@ -452,6 +477,11 @@ fn reload(state: &State, path: &Path) -> Result<PolicyVersion, ServeError> {
 
 /// Checks everything, binds `config.listen`, and serves until stopped.
 /// `warnings` receives the key file warnings (dev mode, permissions).
+///
+/// With `[custody]` instead of a key file the server starts sealed: it
+/// listens, answers every call UNAVAILABLE and health NOT_SERVING, and
+/// takes shares on `data_dir/unseal.sock` until it can rebuild the key
+/// (see [`crate::custody`]); then it opens as it would have at start.
 pub async fn start(
     config: ServeConfig,
     warnings: &mut (dyn Write + Send),
@@ -470,44 +500,214 @@ pub async fn start_unaudited_for_benchmarks(
     start_with(config, warnings, false).await
 }
 
+/// The caller check in front of both services, by name (the services are
+/// built after unsealing, so their types must be nameable).
+#[derive(Clone)]
+struct Admit(Arc<State>);
+
+impl tonic::service::Interceptor for Admit {
+    fn call(&mut self, request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        codes::admit(&self.0, request)
+    }
+}
+
+type CodesStack = FramingStatus<InterceptedService<CodesServer<CodesService>, Admit>>;
+type AuditStack = FramingStatus<InterceptedService<AuditServer<AuditService>, Admit>>;
+
+/// Everything opening needs, kept until the key is there: at start with a
+/// key file, on the last share when sealed.
+struct Opening {
+    config: ServeConfig,
+    audited: bool,
+    health: tonic_health::server::HealthReporter,
+    codes: Arc<OnceLock<CodesStack>>,
+    audit: Arc<OnceLock<AuditStack>>,
+    state: Arc<OnceLock<Arc<State>>>,
+    open: Arc<OnceLock<()>>,
+}
+
+impl Opening {
+    /// Opens with `keys`: reads the policy, opens the audit trail, records
+    /// the policy in force, builds the services and reports serving.
+    async fn open(&self, keys: crate::keys::KeyHierarchy) -> Result<(), ServeError> {
+        let config = &self.config;
+        let (policy, policy_text) = load_policy_text(&config.policy)?;
+        let recorder = if self.audited {
+            open_recorder(config, &keys)?
+        } else {
+            Recorder::discarding_for_benchmarks(&log_signer(config.audit.origin.as_deref(), &keys)?)
+        };
+        let state = Arc::new(State {
+            exchange: Exchange::new(keys, Box::new(SystemRandomness::new())),
+            policy: RwLock::new(Arc::new(policy)),
+            recorder: Arc::new(recorder),
+        });
+        // The policy in force is stored and its loading recorded before any
+        // call is decided under it.
+        state
+            .recorder
+            .record(policy_loaded(&state.policy(), &policy_text))
+            .await
+            .map_err(ServeError::Audit)?;
+        let limits = &config.limits;
+        let codes = CodesServer::new(CodesService::new(Arc::clone(&state)))
+            .max_decoding_message_size(limits.max_message_bytes);
+        // The caller's identity is checked before the request body is read;
+        // oversized and cut-short requests get the promised codes (`framing`).
+        let codes = FramingStatus::new(InterceptedService::new(codes, Admit(Arc::clone(&state))));
+        let audit = AuditServer::new(AuditService::new(Arc::clone(&state)))
+            .max_decoding_message_size(limits.max_message_bytes);
+        let audit = FramingStatus::new(InterceptedService::new(audit, Admit(Arc::clone(&state))));
+        if self.codes.set(codes).is_err()
+            || self.audit.set(audit).is_err()
+            || self.state.set(Arc::clone(&state)).is_err()
+        {
+            return Err(ServeError::Task);
+        }
+        let _ = self.open.set(());
+        self.report_health(&state).await;
+        Ok(())
+    }
+
+    /// Serving now; from here on health follows the audit trail:
+    /// NOT_SERVING while records cannot be written (every call then gets
+    /// UNAVAILABLE), SERVING again once a commit succeeds.
+    async fn report_health(&self, state: &State) {
+        let health = self.health.clone();
+        set_health(&health, tonic_health::ServingStatus::Serving).await;
+        let mut recorder_health = state.recorder.health();
+        tokio::spawn(async move {
+            while recorder_health.changed().await.is_ok() {
+                let serving = *recorder_health.borrow_and_update();
+                let status = if serving {
+                    tonic_health::ServingStatus::Serving
+                } else {
+                    tonic_health::ServingStatus::NotServing
+                };
+                set_health(&health, status).await;
+            }
+        });
+    }
+}
+
+/// Sets the overall status and both services' to `status`.
+async fn set_health(
+    health: &tonic_health::server::HealthReporter,
+    status: tonic_health::ServingStatus,
+) {
+    health.set_service_status("", status).await;
+    health
+        .set_service_status(
+            <CodesServer<CodesService> as tonic::server::NamedService>::NAME,
+            status,
+        )
+        .await;
+    health
+        .set_service_status(
+            <AuditServer<AuditService> as tonic::server::NamedService>::NAME,
+            status,
+        )
+        .await;
+}
+
+/// Creates the data directory (mode 0700) if it does not exist yet.
+fn create_data_dir(config: &ServeConfig) -> Result<(), ServeError> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder.create(&config.data_dir).map_err(|error| {
+        ServeError::Audit(RecorderError::Unavailable(format!(
+            "cannot create the data directory {}: {error}",
+            config.data_dir.display()
+        )))
+    })
+}
+
 async fn start_with(
     config: ServeConfig,
     warnings: &mut (dyn Write + Send),
     audited: bool,
 ) -> Result<Running, ServeError> {
-    let source = KeySource {
-        path: config.master_key.clone(),
-        expect: Some(config.fingerprint),
+    if !config.dev_mode && config.fingerprint.is_demo() {
+        return Err(ServeError::DemoKey("master_key_fingerprint".to_owned()));
+    }
+    let keys = match &config.master_key {
+        MasterKeySource::File(path) => {
+            let source = KeySource {
+                path: path.clone(),
+                expect: Some(config.fingerprint),
+            };
+            let (keys, key_state) = keyfile::load_with_state(&source, warnings)?;
+            let shown = path.display().to_string();
+            if !config.dev_mode && key_state.demo {
+                return Err(ServeError::DemoKey(shown));
+            }
+            if !config.dev_mode && key_state.readable_by_others {
+                return Err(ServeError::KeyFileOpen(shown));
+            }
+            Some(keys)
+        }
+        MasterKeySource::Shares { .. } => None,
     };
-    let (keys, key_state) = keyfile::load_with_state(&source, warnings)?;
-    let shown = config.master_key.display().to_string();
-    if !config.dev_mode && key_state.demo {
-        return Err(ServeError::DemoKey(shown));
-    }
-    if !config.dev_mode && key_state.readable_by_others {
-        return Err(ServeError::KeyFileOpen(shown));
-    }
-    let (policy, policy_text) = load_policy_text(&config.policy)?;
+    // The policy and the certificates (with the CRLs) are checked before
+    // listening, sealed or not; the policy is read again when the server
+    // opens.
+    let (policy, _) = load_policy_text(&config.policy)?;
     let tls = TlsSetup::start(&config, &policy)?;
     let version = policy.version().clone();
-    let recorder = if audited {
-        open_recorder(&config, &keys)?
-    } else {
-        Recorder::discarding_for_benchmarks(&log_signer(config.audit.origin.as_deref(), &keys)?)
+    drop(policy);
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    let progress = match config.master_key {
+        MasterKeySource::Shares { threshold } => Some(Arc::new(SealProgress::new(threshold))),
+        MasterKeySource::File(_) => None,
     };
-    let state = Arc::new(State {
-        exchange: Exchange::new(keys, Box::new(SystemRandomness::new())),
-        policy: RwLock::new(Arc::new(policy)),
-        recorder: Arc::new(recorder),
+    let opening = Arc::new(Opening {
+        config: config.clone(),
+        audited,
+        health: health.clone(),
+        codes: Arc::new(OnceLock::new()),
+        audit: Arc::new(OnceLock::new()),
+        state: Arc::new(OnceLock::new()),
+        open: Arc::new(OnceLock::new()),
     });
-    // The policy in force is stored and its loading recorded before any
-    // call is decided under it.
-    state
-        .recorder
-        .record(policy_loaded(&state.policy(), &policy_text))
-        .await
-        .map_err(ServeError::Audit)?;
-    let mut recorder_health = state.recorder.health();
+    let mut unseal = None;
+    match (keys, &progress) {
+        (Some(keys), _) => opening.open(keys).await?,
+        (None, Some(progress)) => {
+            set_health(&health, tonic_health::ServingStatus::NotServing).await;
+            create_data_dir(&config)?;
+            let path = crate::custody::unseal::socket_path(&config.data_dir);
+            let listener = crate::custody::unseal::bind(&config.data_dir).map_err(|source| {
+                ServeError::UnsealSocket {
+                    path: path.display().to_string(),
+                    source,
+                }
+            })?;
+            let unsealer = Unsealer::new(config.fingerprint, Arc::clone(progress));
+            let opener = Arc::clone(&opening);
+            let task = tokio::spawn(crate::custody::unseal::serve(
+                listener,
+                path.clone(),
+                unsealer,
+                move |keys| {
+                    let opener = Arc::clone(&opener);
+                    async move { opener.open(keys).await.map_err(|error| error.to_string()) }
+                },
+            ));
+            tracing::warn!(
+                socket = %path.display(),
+                reason = %progress.reason(),
+                "SEALED: waiting for the master key's shares (custodians run `fugo unseal`)"
+            );
+            unseal = Some((task, path));
+        }
+        (None, None) => return Err(ServeError::Task),
+    }
 
     let listener = TcpListener::bind(config.listen)
         .await
@@ -520,35 +720,6 @@ async fn start_with(
         source,
     })?;
 
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<CodesServer<CodesService>>().await;
-    health.set_serving::<AuditServer<AuditService>>().await;
-    // Health follows the audit trail: NOT_SERVING while records cannot be
-    // written (every call then gets UNAVAILABLE), SERVING again once a
-    // commit succeeds.
-    tokio::spawn(async move {
-        while recorder_health.changed().await.is_ok() {
-            let serving = *recorder_health.borrow_and_update();
-            let status = if serving {
-                tonic_health::ServingStatus::Serving
-            } else {
-                tonic_health::ServingStatus::NotServing
-            };
-            health.set_service_status("", status).await;
-            health
-                .set_service_status(
-                    <CodesServer<CodesService> as tonic::server::NamedService>::NAME,
-                    status,
-                )
-                .await;
-            health
-                .set_service_status(
-                    <AuditServer<AuditService> as tonic::server::NamedService>::NAME,
-                    status,
-                )
-                .await;
-        }
-    });
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
@@ -558,18 +729,10 @@ async fn start_with(
     let reflection_v1alpha = reflection().build_v1alpha().map_err(|_| ServeError::Task)?;
     let reflection = reflection().build_v1().map_err(|_| ServeError::Task)?;
     let limits = &config.limits;
-    let codes = CodesServer::new(CodesService::new(Arc::clone(&state)))
-        .max_decoding_message_size(limits.max_message_bytes);
-    // The caller's identity is checked before the request body is read.
-    let admit_state = Arc::clone(&state);
-    let codes = InterceptedService::new(codes, move |request| codes::admit(&admit_state, request));
-    // Oversized and cut-short requests get the promised codes (`framing`).
-    let codes = FramingStatus::new(codes);
-    let audit = AuditServer::new(AuditService::new(Arc::clone(&state)))
-        .max_decoding_message_size(limits.max_message_bytes);
-    let admit_audit = Arc::clone(&state);
-    let audit = InterceptedService::new(audit, move |request| codes::admit(&admit_audit, request));
-    let audit = FramingStatus::new(audit);
+    let codes = Gate::new(Arc::clone(&opening.codes), progress.clone());
+    let audit = Gate::new(Arc::clone(&opening.audit), progress.clone());
+    let health_service =
+        HealthReason::new(health_service, Arc::clone(&opening.open), progress.clone());
     let router = edge::server(limits)
         .add_service(health_service)
         .add_service(reflection)
@@ -585,6 +748,7 @@ async fn start_with(
         %addr,
         policy = %version,
         dev_mode = config.dev_mode,
+        sealed = progress.is_some(),
         max_connections = limits.max_connections,
         max_concurrent_streams = limits.max_concurrent_streams,
         max_message_bytes = limits.max_message_bytes,
@@ -594,11 +758,12 @@ async fn start_with(
     );
     Ok(Running {
         addr,
-        state,
+        state: Arc::clone(&opening.state),
         policy_path: config.policy,
         tls,
         grace: config.shutdown_grace,
         stop,
         task,
+        unseal,
     })
 }

@@ -197,7 +197,7 @@ pub fn server_config(
         listen: "127.0.0.1:0".parse().unwrap(),
         data_dir: dir.join("data"),
         policy: dir.join("policy.toml"),
-        master_key: key,
+        master_key: fugo::service::MasterKeySource::File(key),
         fingerprint: KeyHierarchy::new(&MasterKey::from_bytes(master)).fingerprint(),
         shutdown_grace: Duration::from_secs(5),
         dev_mode: false,

@@ -54,6 +54,9 @@ pub const DEMO_FINGERPRINT: &str = "34391a36deac07213d13a6753154bf16";
 /// Length of the master key and of every derived key, in bytes.
 pub const KEY_LEN: usize = 32;
 
+// A master key is what `shamir` splits.
+const _: () = assert!(KEY_LEN == crate::shamir::SECRET_LEN);
+
 /// Why the contents of a master key file were refused. Never contains key
 /// material: only lengths and positions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
@@ -99,6 +102,27 @@ impl MasterKey {
         let key = Zeroizing::new(bytes);
         bytes.zeroize();
         MasterKey(key)
+    }
+
+    /// Splits the key into `shares` shares, any `threshold` of which rebuild
+    /// it ([`crate::shamir`]); `coefficients` are (threshold − 1) · 32
+    /// random bytes from the caller's CSPRNG.
+    pub fn split(
+        &self,
+        shares: u8,
+        threshold: u8,
+        coefficients: &[u8],
+    ) -> Result<Vec<crate::shamir::SecretShare>, crate::shamir::ShamirError> {
+        crate::shamir::split(&self.0, shares, threshold, coefficients)
+    }
+
+    /// Rebuilds a key from `threshold` shares. Shares of another key give
+    /// another key: compare its fingerprint before using it.
+    pub fn combine(
+        shares: &[crate::shamir::SecretShare],
+        threshold: u8,
+    ) -> Result<Self, crate::shamir::ShamirError> {
+        crate::shamir::combine(shares, threshold).map(MasterKey)
     }
 
     /// The key file form: 64 lowercase hex characters and a newline.

@@ -11,6 +11,7 @@
 //!      └─► batch ─► code ─► code_text (29-character base32 + Luhn mod 32)
 //!                    │
 //!          mynumber ─┴─ keys (HKDF-SHA256 hierarchy) ─ agency (ids, epochs)
+//!                         └─► shamir (GF(256) secret sharing: custodians' shares)
 //!
 //!   number ──parse──► B = n ‖ "fugo-pn1" ──AES(K_person)──► handle h
 //!          ──AES(K_agency(a,e))──► code c ──base32+Luhn──► "1" e c… check
@@ -59,4 +60,5 @@ pub mod keys;
 pub mod link;
 pub mod mynumber;
 pub mod policy;
+pub mod shamir;
 pub mod token;

@@ -1,0 +1,15 @@
+//! Key custody: the master key held split among custodians (Shamir's
+//! secret sharing, [`crate::shamir`]) instead of in one file.
+//!
+//! `fugo keys split` turns a key file into share files ([`share`]); a
+//! server configured with `[custody] threshold = M` and no `master_key`
+//! starts sealed and rebuilds the key from M shares that custodians hand it
+//! with `fugo unseal` over a Unix-domain socket ([`unseal`]). No single
+//! custodian can start it, and shares of another key or of another split
+//! are refused by name.
+
+pub mod share;
+pub mod unseal;
+
+pub use share::{ShareError, ShareFile, SplitError, split_key, write_shares};
+pub use unseal::{SealProgress, SendError, Supplied, UnsealError, Unsealer, send_share};

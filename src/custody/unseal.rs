@@ -1,0 +1,605 @@
+//! Unsealing: a server started without its master key collects shares
+//! until it has the threshold, rebuilds the key, checks its fingerprint and
+//! opens. Shares arrive one per connection on a Unix-domain socket in the
+//! data directory (`unseal.sock`, mode 0600, the peer's uid checked with
+//! SO_PEERCRED), sent by `fugo unseal`, one custodian at a time.
+//!
+//! The protocol is one exchange of text per connection: the client sends
+//! the share file's text (at most [`MAX_SHARE_FILE`] bytes) and closes its
+//! writing side; the server answers one line starting with `accepted:`,
+//! `unsealed:` or `refused:` and closes.
+
+use std::fmt;
+use std::future::Future;
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::Duration;
+
+use thiserror::Error;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+
+use super::share::{MAX_SHARE_FILE, ShareError, ShareFile, SplitId};
+use crate::keys::{Fingerprint, KeyHierarchy, MasterKey};
+use crate::shamir::SecretShare;
+
+/// The socket's file name in the data directory.
+pub const SOCKET_NAME: &str = "unseal.sock";
+
+/// How long one custodian's connection may take to send its share.
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Where `fugo unseal` finds a sealed server of `data_dir`.
+pub fn socket_path(data_dir: &Path) -> PathBuf {
+    data_dir.join(SOCKET_NAME)
+}
+
+/// How far unsealing has come: read by every call answered while sealed
+/// ("sealed: 1 of 3 shares supplied").
+#[derive(Debug)]
+pub struct SealProgress {
+    threshold: u8,
+    supplied: AtomicU8,
+}
+
+impl SealProgress {
+    /// No share supplied yet.
+    pub fn new(threshold: u8) -> Self {
+        SealProgress {
+            threshold,
+            supplied: AtomicU8::new(0),
+        }
+    }
+
+    /// Shares supplied and accepted so far.
+    pub fn supplied(&self) -> u8 {
+        self.supplied.load(Ordering::Relaxed)
+    }
+
+    /// Shares needed.
+    pub fn threshold(&self) -> u8 {
+        self.threshold
+    }
+
+    /// The reason a sealed server gives: `sealed: N of M shares supplied`.
+    pub fn reason(&self) -> String {
+        format!(
+            "sealed: {} of {} shares supplied",
+            self.supplied(),
+            self.threshold
+        )
+    }
+}
+
+/// Why a share was refused. A refused share does not count.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum UnsealError {
+    /// The text is not a valid share (format or checksum).
+    #[error(transparent)]
+    Share(#[from] ShareError),
+    /// The share is of another key than the configured fingerprint.
+    #[error(
+        "share {index} is a share of key {key}, but this server's master_key_fingerprint is \
+         {expected}: it belongs to another key"
+    )]
+    ForeignKey {
+        /// The share's index.
+        index: u8,
+        /// The key it names.
+        key: Fingerprint,
+        /// The configured fingerprint.
+        expected: Fingerprint,
+    },
+    /// The share is from another split than the shares supplied before.
+    #[error(
+        "share {index} is from split {split}, but the shares supplied so far are from split \
+         {first}: shares of two different splits cannot be combined"
+    )]
+    OtherSplit {
+        /// The share's index.
+        index: u8,
+        /// Its split.
+        split: SplitId,
+        /// The split of the shares supplied so far.
+        first: SplitId,
+    },
+    /// The share's threshold is not the configured one.
+    #[error(
+        "share {index} needs {share} shares, but [custody] threshold is {configured}: \
+         fix the configuration or use shares of the right split"
+    )]
+    Threshold {
+        /// The share's index.
+        index: u8,
+        /// Its threshold.
+        share: u8,
+        /// The configured threshold.
+        configured: u8,
+    },
+    /// This index was already supplied.
+    #[error("share {index} was already supplied; each custodian supplies a different share")]
+    Duplicate {
+        /// The index.
+        index: u8,
+    },
+    /// The combined key is not the configured one (shares edited, or their
+    /// fingerprint lines rewritten). Progress starts over.
+    #[error(
+        "the {threshold} shares combine to a key with fingerprint {actual}, not the configured \
+         {expected}; all shares supplied so far are discarded: supply them again, and check \
+         that none was altered"
+    )]
+    WrongKey {
+        /// Shares combined.
+        threshold: u8,
+        /// The combined key's fingerprint.
+        actual: Fingerprint,
+        /// The configured fingerprint.
+        expected: Fingerprint,
+    },
+    /// The shares could not be combined (cannot happen with shares that
+    /// passed the checks above; kept typed rather than unwrapped).
+    #[error("combining the shares: {0}")]
+    Combine(#[from] crate::shamir::ShamirError),
+}
+
+/// What supplying a share achieved.
+pub enum Supplied {
+    /// Accepted; more are needed.
+    Accepted {
+        /// The share's index.
+        index: u8,
+        /// Accepted so far.
+        supplied: u8,
+        /// Needed.
+        threshold: u8,
+    },
+    /// The last share: the key, its fingerprint checked.
+    Complete(KeyHierarchy),
+}
+
+impl fmt::Debug for Supplied {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Supplied::Accepted {
+                index,
+                supplied,
+                threshold,
+            } => write!(f, "Accepted(share {index}, {supplied} of {threshold})"),
+            Supplied::Complete(_) => f.write_str("Complete([REDACTED])"),
+        }
+    }
+}
+
+/// Collects shares for one configured key. The shares held are wiped when
+/// it is dropped or reset.
+pub struct Unsealer {
+    expected: Fingerprint,
+    progress: Arc<SealProgress>,
+    split: Option<SplitId>,
+    shares: Vec<SecretShare>,
+}
+
+impl fmt::Debug for Unsealer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Unsealer")
+            .field("expected", &self.expected)
+            .field("split", &self.split)
+            .field("supplied", &self.shares.len())
+            .field("shares", &"[REDACTED]")
+            .finish()
+    }
+}
+
+impl Unsealer {
+    /// Waits for shares of the key with fingerprint `expected`, reporting
+    /// progress to `progress` (whose threshold is the configured one).
+    pub fn new(expected: Fingerprint, progress: Arc<SealProgress>) -> Self {
+        let progress_threshold = progress.threshold();
+        Unsealer {
+            expected,
+            progress,
+            split: None,
+            // Never grows past the threshold: no reallocation, no copies.
+            shares: Vec::with_capacity(usize::from(progress_threshold)),
+        }
+    }
+
+    /// Checks one share's text and keeps it; with the threshold reached,
+    /// combines the key and checks its fingerprint.
+    pub fn supply(&mut self, text: &str) -> Result<Supplied, UnsealError> {
+        let file = ShareFile::parse(text)?;
+        let index = file.share.index();
+        if file.key != self.expected {
+            return Err(UnsealError::ForeignKey {
+                index,
+                key: file.key,
+                expected: self.expected,
+            });
+        }
+        let threshold = self.progress.threshold();
+        if file.threshold != threshold {
+            return Err(UnsealError::Threshold {
+                index,
+                share: file.threshold,
+                configured: threshold,
+            });
+        }
+        if let Some(first) = self.split
+            && first != file.split
+        {
+            return Err(UnsealError::OtherSplit {
+                index,
+                split: file.split,
+                first,
+            });
+        }
+        if self.shares.iter().any(|share| share.index() == index) {
+            return Err(UnsealError::Duplicate { index });
+        }
+        self.split = Some(file.split);
+        self.shares.push(file.share);
+        let supplied = u8::try_from(self.shares.len()).unwrap_or(u8::MAX);
+        self.progress.supplied.store(supplied, Ordering::Relaxed);
+        if supplied < threshold {
+            return Ok(Supplied::Accepted {
+                index,
+                supplied,
+                threshold,
+            });
+        }
+        let combined = MasterKey::combine(&self.shares, threshold);
+        self.reset();
+        let keys = KeyHierarchy::new(&combined?);
+        let actual = keys.fingerprint();
+        if actual != self.expected {
+            return Err(UnsealError::WrongKey {
+                threshold,
+                actual,
+                expected: self.expected,
+            });
+        }
+        Ok(Supplied::Complete(keys))
+    }
+
+    /// Forgets every share supplied (wiping them).
+    pub fn reset(&mut self) {
+        self.shares.clear();
+        self.split = None;
+        self.progress.supplied.store(0, Ordering::Relaxed);
+    }
+}
+
+/// Binds the unseal socket in `data_dir` (which must exist) with mode
+/// 0600. A socket file left by a server that is gone is replaced; one a
+/// live server answers on is not (two servers on one data directory).
+pub fn bind(data_dir: &Path) -> io::Result<UnixListener> {
+    let path = socket_path(data_dir);
+    if let Ok(metadata) = std::fs::symlink_metadata(&path) {
+        if !metadata.file_type().is_socket() {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{} exists and is not a socket; remove it", path.display()),
+            ));
+        }
+        if std::os::unix::net::UnixStream::connect(&path).is_ok() {
+            return Err(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                format!(
+                    "{}: another sealed fugo server uses this data directory",
+                    path.display()
+                ),
+            ));
+        }
+        std::fs::remove_file(&path)?;
+    }
+    let listener = UnixListener::bind(&path)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Answers custodians on `listener` until the key is rebuilt and `open`
+/// succeeds with it; then removes the socket file and returns. `open`
+/// failing (the audit store cannot be opened, say) discards the shares:
+/// the server stays sealed and the custodians may try again.
+pub async fn serve<F, Fut>(
+    listener: UnixListener,
+    path: PathBuf,
+    mut unsealer: Unsealer,
+    mut open: F,
+) where
+    F: FnMut(KeyHierarchy) -> Fut,
+    Fut: Future<Output = Result<(), String>>,
+{
+    let own_uid = rustix::process::geteuid().as_raw();
+    loop {
+        let mut stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(error) => {
+                tracing::warn!(%error, "unseal socket: accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        // Read (bounded in size and time) before judging the peer, so that
+        // a refused client gets its answer instead of a reset connection.
+        let share = read_share(&mut stream).await;
+        let reply = match stream.peer_cred().map(|cred| cred.uid()) {
+            Ok(uid) if uid == own_uid => match share {
+                Ok(text) => answer(&mut unsealer, &text, &mut open).await,
+                Err(message) => Err(message),
+            },
+            Ok(uid) => Err(format!(
+                "the unseal socket takes shares only from uid {own_uid} (the server's), not {uid}"
+            )),
+            Err(error) => Err(format!("cannot read the peer's credentials: {error}")),
+        };
+        let (line, done) = match reply {
+            Ok((line, done)) => (line, done),
+            Err(message) => {
+                tracing::warn!(reason = %message, "unseal: share refused");
+                (format!("refused: {message}"), false)
+            }
+        };
+        // A custodian who hung up misses the answer; the state is kept.
+        let _ = stream.write_all(format!("{line}\n").as_bytes()).await;
+        let _ = stream.shutdown().await;
+        if done {
+            let _ = std::fs::remove_file(&path);
+            return;
+        }
+    }
+}
+
+async fn read_share(stream: &mut UnixStream) -> Result<zeroize::Zeroizing<String>, String> {
+    // Room for the whole share up front: a growing buffer would leave
+    // copies of it in freed memory.
+    let mut bytes = zeroize::Zeroizing::new(Vec::with_capacity(MAX_SHARE_FILE as usize + 64));
+    let mut limited = stream.take(MAX_SHARE_FILE + 1);
+    match tokio::time::timeout(READ_TIMEOUT, limited.read_to_end(&mut bytes)).await {
+        Err(_) => return Err("the share did not arrive within 5 seconds".to_owned()),
+        Ok(Err(error)) => return Err(format!("reading the share: {error}")),
+        Ok(Ok(_)) => {}
+    }
+    if bytes.len() as u64 > MAX_SHARE_FILE {
+        return Err(format!(
+            "more than {MAX_SHARE_FILE} bytes: not a share file"
+        ));
+    }
+    let text = String::from_utf8(std::mem::take(&mut *bytes))
+        .map_err(|_| "the share is not UTF-8 text".to_owned())?;
+    Ok(zeroize::Zeroizing::new(text))
+}
+
+async fn answer<F, Fut>(
+    unsealer: &mut Unsealer,
+    text: &str,
+    open: &mut F,
+) -> Result<(String, bool), String>
+where
+    F: FnMut(KeyHierarchy) -> Fut,
+    Fut: Future<Output = Result<(), String>>,
+{
+    match unsealer.supply(text).map_err(|error| error.to_string())? {
+        Supplied::Accepted {
+            index,
+            supplied,
+            threshold,
+        } => {
+            tracing::info!(index, supplied, threshold, "unseal: share accepted");
+            Ok((
+                format!("accepted: share {index}; {supplied} of {threshold} shares supplied"),
+                false,
+            ))
+        }
+        Supplied::Complete(keys) => {
+            let fingerprint = keys.fingerprint();
+            match open(keys).await {
+                Ok(()) => {
+                    tracing::info!(%fingerprint, "unsealed: the master key is rebuilt; serving");
+                    Ok((
+                        format!("unsealed: key {fingerprint} rebuilt; the server is serving"),
+                        true,
+                    ))
+                }
+                Err(message) => Err(format!(
+                    "the key {fingerprint} is right, but the server could not open with it: \
+                     {message}; the shares were discarded, supply them again once fixed"
+                )),
+            }
+        }
+    }
+}
+
+/// Why `fugo unseal` could not hand over its share.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum SendError {
+    /// No sealed server listens in the data directory.
+    #[error(
+        "cannot reach a sealed server at {path}: {source} (is the server running, sealed, \
+         with this --data-dir, and are you its user?)"
+    )]
+    Connect {
+        /// The socket.
+        path: String,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// The exchange broke off.
+    #[error("unseal socket {path}: {source}")]
+    Io {
+        /// The socket.
+        path: String,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Sends one share's text to the sealed server of `data_dir` and returns
+/// its one-line answer (`accepted: …`, `unsealed: …` or `refused: …`).
+pub fn send_share(data_dir: &Path, text: &str) -> Result<String, SendError> {
+    let path = socket_path(data_dir);
+    let shown = path.display().to_string();
+    let io_error = |source| SendError::Io {
+        path: shown.clone(),
+        source,
+    };
+    let mut stream =
+        std::os::unix::net::UnixStream::connect(&path).map_err(|source| SendError::Connect {
+            path: shown.clone(),
+            source,
+        })?;
+    // Opening the audit trail on the last share may take a while.
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .map_err(io_error)?;
+    // A server that refuses the peer answers without reading: the write
+    // then breaks off, and its answer is still there to read.
+    let sent = stream
+        .write_all(text.as_bytes())
+        .and_then(|()| stream.shutdown(std::net::Shutdown::Write));
+    let mut reply = String::new();
+    let read = (&stream).take(4096).read_to_string(&mut reply);
+    match (sent, read) {
+        (_, Ok(_)) if !reply.is_empty() => Ok(reply.trim_end().to_owned()),
+        (Err(error), _) | (Ok(()), Err(error)) => Err(io_error(error)),
+        (Ok(()), Ok(_)) => Err(io_error(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "the server closed the connection without an answer",
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::custody::share::split_key;
+
+    fn key(byte: u8) -> MasterKey {
+        MasterKey::from_bytes([byte; 32])
+    }
+
+    fn fingerprint(master: &MasterKey) -> Fingerprint {
+        KeyHierarchy::new(master).fingerprint()
+    }
+
+    #[test]
+    fn threshold_shares_unseal_and_progress_is_counted() {
+        let master = key(7);
+        let shares = split_key(&master, 5, 3).unwrap();
+        let progress = Arc::new(SealProgress::new(3));
+        let mut unsealer = Unsealer::new(fingerprint(&master), Arc::clone(&progress));
+        assert_eq!(progress.reason(), "sealed: 0 of 3 shares supplied");
+        assert!(matches!(
+            unsealer.supply(&shares[3].to_text()).unwrap(),
+            Supplied::Accepted {
+                index: 4,
+                supplied: 1,
+                threshold: 3
+            }
+        ));
+        let error = unsealer.supply(&shares[3].to_text()).unwrap_err();
+        assert!(
+            matches!(error, UnsealError::Duplicate { index: 4 }),
+            "{error}"
+        );
+        assert_eq!(progress.reason(), "sealed: 1 of 3 shares supplied");
+        unsealer.supply(&shares[0].to_text()).unwrap();
+        match unsealer.supply(&shares[2].to_text()).unwrap() {
+            Supplied::Complete(keys) => assert_eq!(keys.fingerprint(), fingerprint(&master)),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            progress.supplied(),
+            0,
+            "shares are not kept after combining"
+        );
+    }
+
+    #[test]
+    fn foreign_and_mixed_shares_are_refused_and_do_not_count() {
+        let master = key(7);
+        let ours = split_key(&master, 3, 2).unwrap();
+        let again = split_key(&master, 3, 2).unwrap();
+        let other = split_key(&key(8), 3, 2).unwrap();
+        let wider = split_key(&master, 4, 3).unwrap();
+        let progress = Arc::new(SealProgress::new(2));
+        let mut unsealer = Unsealer::new(fingerprint(&master), Arc::clone(&progress));
+        let error = unsealer.supply(&other[0].to_text()).unwrap_err();
+        assert!(
+            matches!(error, UnsealError::ForeignKey { index: 1, .. }),
+            "{error}"
+        );
+        assert!(
+            error.to_string().contains("belongs to another key"),
+            "{error}"
+        );
+        let error = unsealer.supply(&wider[0].to_text()).unwrap_err();
+        assert!(matches!(
+            error,
+            UnsealError::Threshold {
+                share: 3,
+                configured: 2,
+                ..
+            }
+        ));
+        unsealer.supply(&ours[0].to_text()).unwrap();
+        let error = unsealer.supply(&again[1].to_text()).unwrap_err();
+        assert!(
+            matches!(error, UnsealError::OtherSplit { index: 2, .. }),
+            "{error}"
+        );
+        assert!(
+            error.to_string().contains("two different splits"),
+            "{error}"
+        );
+        assert_eq!(progress.supplied(), 1);
+        assert!(matches!(
+            unsealer.supply(&ours[2].to_text()).unwrap(),
+            Supplied::Complete(_)
+        ));
+    }
+
+    /// Shares of another key whose `key:` lines were rewritten (and their
+    /// checksums recomputed) pass every per-share check; the combined key's
+    /// fingerprint catches them, and progress starts over.
+    #[test]
+    fn a_combined_key_with_the_wrong_fingerprint_is_refused() {
+        let master = key(7);
+        let progress = Arc::new(SealProgress::new(2));
+        let mut unsealer = Unsealer::new(fingerprint(&master), Arc::clone(&progress));
+        let mut forged = split_key(&key(9), 2, 2).unwrap();
+        for share in &mut forged {
+            share.key = fingerprint(&master);
+        }
+        unsealer.supply(&forged[0].to_text()).unwrap();
+        let error = unsealer.supply(&forged[1].to_text()).unwrap_err();
+        assert!(matches!(error, UnsealError::WrongKey { .. }), "{error}");
+        assert!(error.to_string().contains("discarded"), "{error}");
+        assert_eq!(progress.supplied(), 0);
+    }
+
+    #[test]
+    fn debug_redacts_the_shares() {
+        let master = key(7);
+        let shares = split_key(&master, 3, 2).unwrap();
+        let mut unsealer = Unsealer::new(fingerprint(&master), Arc::new(SealProgress::new(2)));
+        unsealer.supply(&shares[0].to_text()).unwrap();
+        let shown = format!("{unsealer:?}");
+        assert!(
+            shown.contains("[REDACTED]") && shown.contains("supplied: 1"),
+            "{shown}"
+        );
+        let value = crate::hex::encode(shares[0].share.expose_value());
+        assert!(!shown.contains(&value[..8]));
+        let complete = unsealer.supply(&shares[1].to_text()).unwrap();
+        assert_eq!(format!("{complete:?}"), "Complete([REDACTED])");
+    }
+}
