@@ -533,6 +533,7 @@ fn main() {
             server_key: dir.path().join("server.key"),
             limits: service::Limits::default(),
             audit: service::AuditConfig::default(),
+            metrics: None,
         };
         let limits = config.limits.clone();
         let mut bare_config = config.clone();

@@ -198,6 +198,7 @@ impl Edge {
             server_key: dir.path().join("server.key"),
             limits,
             audit: fugo::service::AuditConfig::default(),
+            metrics: None,
         };
         let running = service::start(config, &mut std::io::sink()).await.unwrap();
         Edge {
@@ -1213,6 +1214,7 @@ async fn unusable_tls_files_stop_the_server_naming_the_file() {
         server_key: dir.join(key),
         limits: limits(),
         audit: fugo::service::AuditConfig::default(),
+        metrics: None,
     };
     fs::write(dir.join("garbage.key"), "not a key\n").unwrap();
     #[cfg(unix)]

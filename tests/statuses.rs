@@ -52,6 +52,7 @@ async fn start(dir: &std::path::Path) -> (Running, DevCa) {
         server_key: dir.join("server.key"),
         limits: service::Limits::default(),
         audit: service::AuditConfig::default(),
+        metrics: None,
     };
     let running = service::start(config, &mut std::io::sink()).await.unwrap();
     (running, ca)

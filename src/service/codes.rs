@@ -23,12 +23,14 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::edge::Peer;
 use super::identity::PeerCertificate;
+use super::metrics::Metrics;
+use super::quota::Quotas;
 use super::status;
 use crate::agency::{AffairId, AgencyId, ItemId};
 use crate::audit::Recorder;
 use crate::audit::entries::{BatchFacts, Collector, outcome_of};
 use crate::exchange::{Done, Exchange, SealContext};
-use crate::policy::Policy;
+use crate::policy::{Metered, Policy};
 use crate::proto::fugo::v1::codes_server::Codes;
 use crate::proto::fugo::v1::{
     DeriveRequest, DeriveResponse, DeriveResult, RedeemRequest, RedeemResponse, RedeemResult,
@@ -36,7 +38,7 @@ use crate::proto::fugo::v1::{
     SealResponse, SealResult, Sealed, derive_result, redeem_result, reidentify_result, seal_result,
 };
 use fugo_log::record::{Entry, Operation, Outcome, PersonLink};
-use fugo_log::store::{Append, Appended};
+use fugo_log::store::{Append, Appended, Usage};
 
 /// Everything the service shares between calls.
 pub(crate) struct State {
@@ -44,6 +46,10 @@ pub(crate) struct State {
     pub(crate) policy: RwLock<Arc<Policy>>,
     /// Where every batch is recorded before its response leaves.
     pub(crate) recorder: Arc<Recorder>,
+    /// Every agency's quota use (one state for all its connections).
+    pub(crate) quotas: Quotas,
+    /// Counters for `/metrics`.
+    pub(crate) metrics: Metrics,
 }
 
 impl State {
@@ -159,6 +165,85 @@ fn refused(id: &RequestId, certificate: &PeerCertificate, status: &Status) {
         reason = status.message(),
         "client certificate refused"
     );
+}
+
+/// Counts `items` of `operation` against `caller`'s quota under `policy`
+/// (D120–D126). Admitted: the use to write with the call's records (none
+/// for an empty call, which is refused later as malformed); a warning is
+/// logged once a day when the agency crosses the policy's share of its day
+/// limit. Refused: RESOURCE_EXHAUSTED with RetryInfo, after the refusal is
+/// recorded as a tally (reason `quota.<operation>.<limit>`) and counted in
+/// metrics; nothing of the call runs.
+pub(crate) async fn charge(
+    state: &State,
+    policy: &Policy,
+    caller: &AgencyId,
+    operation: Metered,
+    items: usize,
+    id: &RequestId,
+) -> Result<Option<Usage>, Status> {
+    if items == 0 {
+        return Ok(None);
+    }
+    let limit = policy
+        .agency(caller)
+        .map_err(status::denied)?
+        .quotas
+        .limit(operation);
+    let now_ms = now_millis();
+    let items = items as u64;
+    match state.quotas.admit(
+        caller,
+        operation,
+        limit,
+        policy.warn_percent(),
+        items,
+        Instant::now(),
+        now_ms,
+    ) {
+        Ok(admitted) => {
+            if let Some(used) = admitted.crossed {
+                tracing::warn!(
+                    request_id = id.as_str(),
+                    agency = %caller,
+                    operation = operation.name(),
+                    used,
+                    per_day = limit.per_day,
+                    warn_percent = policy.warn_percent(),
+                    "agency crossed the warning share of its daily quota"
+                );
+            }
+            Ok(Some(admitted.usage))
+        }
+        Err(exceeded) => {
+            let which = exceeded.which();
+            tracing::warn!(
+                request_id = id.as_str(),
+                agency = %caller,
+                operation = operation.name(),
+                limit = which,
+                items,
+                retry_after_ms = exceeded.retry_after().map(|d| d.as_millis() as u64),
+                "quota exceeded; call refused"
+            );
+            state.metrics.quota_refused(caller, operation, which);
+            let reason = format!("quota.{}.{which}", operation.name());
+            let append = Append {
+                refusals: vec![fugo_log::store::Refusal {
+                    minute: now_ms / 60_000,
+                    agency: caller.as_str().to_owned(),
+                    reason,
+                    count: items,
+                }],
+                now_ms,
+                ..Append::default()
+            };
+            match state.recorder.record(append).await {
+                Ok(_) => Err(status::quota(caller, operation, &exceeded)),
+                Err(error) => Err(status::audit(&error)),
+            }
+        }
+    }
 }
 
 /// The gRPC service.
@@ -294,7 +379,7 @@ impl Tally for ReidentifyResponse {
 struct Batch {
     id: RequestId,
     certificate: Arc<PeerCertificate>,
-    operation: &'static str,
+    operation: Metered,
     /// Its position in a stream (none for a unary call).
     index: Option<u64>,
 }
@@ -327,6 +412,18 @@ async fn run_batch<Req: Items + Send + 'static, Resp: Tally + Send + 'static>(
     };
     let agency = caller.clone();
     let items = request.items();
+    let usage = match charge(&state, &policy, &caller, batch.operation, items, &batch.id).await {
+        Ok(usage) => usage,
+        Err(status) => {
+            drop(turn);
+            state
+                .metrics
+                .call(batch.operation.name(), status.code(), items);
+            let mut status = batch.id.tag_status(status);
+            tag_checkpoint(&state, status.metadata_mut());
+            return Err(status);
+        }
+    };
     let batch_id = match batch.index {
         Some(index) => format!("{}/{index}", batch.id.as_str()),
         None => batch.id.as_str().to_owned(),
@@ -361,6 +458,18 @@ async fn run_batch<Req: Items + Send + 'static, Resp: Tally + Send + 'static>(
             .unwrap_or_else(|_| Err((Append::default(), Status::internal("a worker failed"))))
     };
     drop(turn);
+    // The quota use is written with the batch's records, in their commit.
+    let outcome = match (outcome, usage) {
+        (Ok(mut pending), Some(usage)) => {
+            pending.append.usage.push(usage);
+            Ok(pending)
+        }
+        (Err((mut append, status)), Some(usage)) => {
+            append.usage.push(usage);
+            Err((append, status))
+        }
+        (outcome, None) => outcome,
+    };
     // Nothing leaves before its records are committed (fail closed).
     let outcome = match outcome {
         Ok(pending) => match state.recorder.record(pending.append).await {
@@ -379,13 +488,17 @@ async fn run_batch<Req: Items + Send + 'static, Resp: Tally + Send + 'static>(
         },
     };
     let micros = started.elapsed().as_micros() as u64;
+    let code = outcome
+        .as_ref()
+        .map_or_else(Status::code, |_| tonic::Code::Ok);
+    state.metrics.call(batch.operation.name(), code, items);
     match &outcome {
         Ok(response) => {
             let (ok, failed) = response.tally();
             tracing::info!(
                 request_id = batch.id.as_str(),
                 agency = %agency,
-                operation = batch.operation,
+                operation = batch.operation.name(),
                 batch = batch.index,
                 items = ok + failed,
                 ok,
@@ -397,7 +510,7 @@ async fn run_batch<Req: Items + Send + 'static, Resp: Tally + Send + 'static>(
         Err(status) => tracing::info!(
             request_id = batch.id.as_str(),
             agency = %agency,
-            operation = batch.operation,
+            operation = batch.operation.name(),
             batch = batch.index,
             code = ?status.code(),
             reason = status.message(),
@@ -441,7 +554,7 @@ impl CodesService {
     async fn unary<Req: Items + Send + 'static, Resp: Tally + Send + 'static>(
         &self,
         request: Request<Req>,
-        operation: &'static str,
+        operation: Metered,
         handler: Handler<Req, Resp>,
     ) -> Result<Response<Resp>, Status> {
         let id = RequestId::of(&request);
@@ -470,7 +583,7 @@ impl CodesService {
     fn stream<Req: Items + Send + 'static, Resp: Tally + Send + 'static>(
         &self,
         request: Request<Streaming<Req>>,
-        operation: &'static str,
+        operation: Metered,
         handler: Handler<Req, Resp>,
     ) -> Result<Response<BoxStream<Resp>>, Status> {
         let id = RequestId::of(&request);
@@ -835,7 +948,7 @@ impl Codes for CodesService {
         &self,
         request: Request<DeriveRequest>,
     ) -> Result<Response<DeriveResponse>, Status> {
-        self.unary(request, "derive", derive).await
+        self.unary(request, Metered::Derive, derive).await
     }
 
     type DeriveStreamStream = BoxStream<DeriveResponse>;
@@ -844,11 +957,11 @@ impl Codes for CodesService {
         &self,
         request: Request<Streaming<DeriveRequest>>,
     ) -> Result<Response<Self::DeriveStreamStream>, Status> {
-        self.stream(request, "derive", derive)
+        self.stream(request, Metered::Derive, derive)
     }
 
     async fn seal(&self, request: Request<SealRequest>) -> Result<Response<SealResponse>, Status> {
-        self.unary(request, "seal", seal).await
+        self.unary(request, Metered::Seal, seal).await
     }
 
     type SealStreamStream = BoxStream<SealResponse>;
@@ -857,14 +970,14 @@ impl Codes for CodesService {
         &self,
         request: Request<Streaming<SealRequest>>,
     ) -> Result<Response<Self::SealStreamStream>, Status> {
-        self.stream(request, "seal", seal)
+        self.stream(request, Metered::Seal, seal)
     }
 
     async fn redeem(
         &self,
         request: Request<RedeemRequest>,
     ) -> Result<Response<RedeemResponse>, Status> {
-        self.unary(request, "redeem", redeem).await
+        self.unary(request, Metered::Redeem, redeem).await
     }
 
     type RedeemStreamStream = BoxStream<RedeemResponse>;
@@ -873,14 +986,14 @@ impl Codes for CodesService {
         &self,
         request: Request<Streaming<RedeemRequest>>,
     ) -> Result<Response<Self::RedeemStreamStream>, Status> {
-        self.stream(request, "redeem", redeem)
+        self.stream(request, Metered::Redeem, redeem)
     }
 
     async fn reidentify(
         &self,
         request: Request<ReidentifyRequest>,
     ) -> Result<Response<ReidentifyResponse>, Status> {
-        self.unary(request, "reidentify", reidentify).await
+        self.unary(request, Metered::Reidentify, reidentify).await
     }
 
     type ReidentifyStreamStream = BoxStream<ReidentifyResponse>;
@@ -889,6 +1002,6 @@ impl Codes for CodesService {
         &self,
         request: Request<Streaming<ReidentifyRequest>>,
     ) -> Result<Response<Self::ReidentifyStreamStream>, Status> {
-        self.stream(request, "reidentify", reidentify)
+        self.stream(request, Metered::Reidentify, reidentify)
     }
 }

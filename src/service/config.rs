@@ -75,6 +75,23 @@ struct RawConfig {
     limits: super::limits::RawLimits,
     #[serde(default)]
     audit: RawAudit,
+    metrics: Option<RawMetrics>,
+}
+
+/// The `[metrics]` section: present means on (D127).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    #[serde(default = "default_metrics_listen")]
+    listen: String,
+}
+
+/// Where `/metrics` is served when `[metrics]` names no address: loopback
+/// only, on Prometheus' registered port for exporters of this kind.
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9464";
+
+fn default_metrics_listen() -> String {
+    DEFAULT_METRICS_LISTEN.to_owned()
 }
 
 /// The `[audit]` section: every value has a safe default.
@@ -189,6 +206,9 @@ pub struct ServeConfig {
     pub limits: super::limits::Limits,
     /// The audit trail (`[audit]`).
     pub audit: AuditConfig,
+    /// Where `/metrics` is served (plain HTTP), if anywhere (`[metrics]`;
+    /// off when the section is missing).
+    pub metrics: Option<SocketAddr>,
 }
 
 impl ServeConfig {
@@ -221,6 +241,15 @@ impl ServeConfig {
         })?;
         let fingerprint = Fingerprint::parse(&raw.master_key_fingerprint)
             .map_err(|error| invalid(format!("master_key_fingerprint: {error}")))?;
+        let metrics = match &raw.metrics {
+            None => None,
+            Some(section) => Some(section.listen.parse().map_err(|_| {
+                invalid(format!(
+                    "[metrics] listen: '{}' is not an address like {DEFAULT_METRICS_LISTEN}",
+                    section.listen
+                ))
+            })?),
+        };
         let data_dir = resolve(&raw.data_dir);
         let (client_ca, server_cert, server_key) = match raw.tls {
             Some(tls) => (resolve(&tls.ca), resolve(&tls.cert), resolve(&tls.key)),
@@ -243,6 +272,7 @@ impl ServeConfig {
             server_key,
             limits: super::limits::Limits::check(raw.limits).map_err(invalid)?,
             audit: raw.audit.check().map_err(invalid)?,
+            metrics,
         })
     }
 }

@@ -26,6 +26,8 @@ pub mod edge;
 mod framing;
 mod identity;
 pub mod limits;
+mod metrics;
+mod quota;
 pub mod server;
 mod status;
 

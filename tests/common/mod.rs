@@ -202,6 +202,7 @@ pub fn server_config(
         server_key: dir.join("server.key"),
         limits: fugo::service::Limits::default(),
         audit: fugo::service::AuditConfig::default(),
+        metrics: None,
     };
     (config, ca)
 }
