@@ -167,29 +167,41 @@ fn refused(id: &RequestId, certificate: &PeerCertificate, status: &Status) {
     );
 }
 
+/// A call refused by its quota: the record of the refusal, still to be
+/// committed, and the status to answer once it is.
+pub(crate) struct OverQuota {
+    append: Append,
+    status: Status,
+}
+
 /// Counts `items` of `operation` against `caller`'s quota under `policy`
-/// (D120–D126). Admitted: the use to write with the call's records (none
-/// for an empty call, which is refused later as malformed); a warning is
-/// logged once a day when the agency crosses the policy's share of its day
-/// limit. Refused: RESOURCE_EXHAUSTED with RetryInfo, after the refusal is
-/// recorded as a tally (reason `quota.<operation>.<limit>`) and counted in
-/// metrics; nothing of the call runs.
-pub(crate) async fn charge(
+/// (D120–D126), without waiting. Admitted: the use to write with the call's
+/// records (none for an empty call, which is refused later as malformed);
+/// a warning is logged once a day when the agency crosses the policy's
+/// share of its day limit. Refused: logged and counted in metrics, and
+/// [`OverQuota`] holds the tally to record (reason
+/// `quota.<operation>.<limit>`) and RESOURCE_EXHAUSTED with RetryInfo;
+/// nothing of the call runs.
+pub(crate) fn admit_quota(
     state: &State,
     policy: &Policy,
     caller: &AgencyId,
     operation: Metered,
     items: usize,
     id: &RequestId,
-) -> Result<Option<Usage>, Status> {
+) -> Result<Option<Usage>, OverQuota> {
     if items == 0 {
         return Ok(None);
     }
-    let limit = policy
-        .agency(caller)
-        .map_err(status::denied)?
-        .quotas
-        .limit(operation);
+    let limit = match policy.agency(caller) {
+        Ok(agency) => agency.quotas.limit(operation),
+        Err(denied) => {
+            return Err(OverQuota {
+                append: Append::default(),
+                status: status::denied(denied),
+            });
+        }
+    };
     let now_ms = now_millis();
     let items = items as u64;
     match state.quotas.admit(
@@ -227,22 +239,47 @@ pub(crate) async fn charge(
                 "quota exceeded; call refused"
             );
             state.metrics.quota_refused(caller, operation, which);
-            let reason = format!("quota.{}.{which}", operation.name());
             let append = Append {
                 refusals: vec![fugo_log::store::Refusal {
                     minute: now_ms / 60_000,
                     agency: caller.as_str().to_owned(),
-                    reason,
+                    reason: format!("quota.{}.{which}", operation.name()),
                     count: items,
                 }],
                 now_ms,
                 ..Append::default()
             };
-            match state.recorder.record(append).await {
-                Ok(_) => Err(status::quota(caller, operation, &exceeded)),
-                Err(error) => Err(status::audit(&error)),
-            }
+            Err(OverQuota {
+                append,
+                status: status::quota(caller, operation, &exceeded),
+            })
         }
+    }
+}
+
+impl OverQuota {
+    /// Commits the refusal's record and gives the call's status
+    /// (UNAVAILABLE instead if the record cannot be written: fail closed).
+    pub(crate) async fn settle(self, state: &State) -> Status {
+        match state.recorder.record(self.append).await {
+            Ok(_) => self.status,
+            Err(error) => status::audit(&error),
+        }
+    }
+}
+
+/// [`admit_quota`], recording a refusal before answering it.
+pub(crate) async fn charge(
+    state: &State,
+    policy: &Policy,
+    caller: &AgencyId,
+    operation: Metered,
+    items: usize,
+    id: &RequestId,
+) -> Result<Option<Usage>, Status> {
+    match admit_quota(state, policy, caller, operation, items, id) {
+        Ok(usage) => Ok(usage),
+        Err(over) => Err(over.settle(state).await),
     }
 }
 
@@ -394,6 +431,7 @@ async fn run_batch<Req: Items + Send + 'static, Resp: Tally + Send + 'static>(
     request: Req,
     handler: Handler<Req, Resp>,
     gate: Option<Arc<Semaphore>>,
+    quota: Option<Result<Option<Usage>, OverQuota>>,
 ) -> Result<Resp, Status> {
     // A stream's batches take turns for the work; the wait for the commit
     // is outside the turn.
@@ -412,7 +450,13 @@ async fn run_batch<Req: Items + Send + 'static, Resp: Tally + Send + 'static>(
     };
     let agency = caller.clone();
     let items = request.items();
-    let usage = match charge(&state, &policy, &caller, batch.operation, items, &batch.id).await {
+    // A stream's batches were counted in message order as they arrived.
+    let charged = match quota {
+        Some(Ok(usage)) => Ok(usage),
+        Some(Err(over)) => Err(over.settle(&state).await),
+        None => charge(&state, &policy, &caller, batch.operation, items, &batch.id).await,
+    };
+    let usage = match charged {
         Ok(usage) => usage,
         Err(status) => {
             drop(turn);
@@ -572,6 +616,7 @@ impl CodesService {
                 request.into_inner(),
                 handler,
                 None,
+                None,
             )
             .await?,
         );
@@ -604,8 +649,23 @@ impl CodesService {
         tokio::spawn(async move {
             let mut index = 0;
             while let Some(next) = incoming.next().await {
+                let mut over_quota = false;
                 let job = match next {
                     Ok(request) => {
+                        // Counted here, in message order, not when its
+                        // work starts (batches compute out of order).
+                        let policy = state.policy();
+                        let quota = certificate.caller(&policy).ok().map(|caller| {
+                            admit_quota(
+                                &state,
+                                &policy,
+                                &caller,
+                                operation,
+                                request.items(),
+                                &stream_id,
+                            )
+                        });
+                        over_quota = matches!(quota, Some(Err(_)));
                         let batch = Batch {
                             id: stream_id.clone(),
                             certificate: Arc::clone(&certificate),
@@ -613,7 +673,14 @@ impl CodesService {
                             index: Some(index),
                         };
                         let gate = Some(Arc::clone(&computing));
-                        tokio::spawn(run_batch(Arc::clone(&state), batch, request, handler, gate))
+                        tokio::spawn(run_batch(
+                            Arc::clone(&state),
+                            batch,
+                            request,
+                            handler,
+                            gate,
+                            quota,
+                        ))
                     }
                     Err(status) => {
                         let status = stream_id.tag_status(status::incoming(status));
@@ -621,7 +688,9 @@ impl CodesService {
                     }
                 };
                 index += 1;
-                if jobs.send(job).await.is_err() {
+                // The stream ends with a refused batch: later ones are
+                // neither counted nor run (their answers would never leave).
+                if jobs.send(job).await.is_err() || over_quota {
                     break;
                 }
             }
