@@ -24,7 +24,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::edge::Peer;
 use super::identity::PeerCertificate;
 use super::metrics::Metrics;
-use super::quota::Quotas;
+use super::quota::{Moment, Quotas};
 use super::status;
 use crate::agency::{AffairId, AgencyId, ItemId};
 use crate::audit::Recorder;
@@ -189,30 +189,29 @@ pub(crate) fn admit_quota(
     operation: Metered,
     items: usize,
     id: &RequestId,
-) -> Result<Option<Usage>, OverQuota> {
+) -> Result<Option<Usage>, Box<OverQuota>> {
     if items == 0 {
         return Ok(None);
     }
     let limit = match policy.agency(caller) {
         Ok(agency) => agency.quotas.limit(operation),
         Err(denied) => {
-            return Err(OverQuota {
+            return Err(Box::new(OverQuota {
                 append: Append::default(),
                 status: status::denied(denied),
-            });
+            }));
         }
     };
     let now_ms = now_millis();
     let items = items as u64;
-    match state.quotas.admit(
-        caller,
-        operation,
-        limit,
-        policy.warn_percent(),
-        items,
-        Instant::now(),
-        now_ms,
-    ) {
+    let at = Moment {
+        instant: Instant::now(),
+        unix_ms: now_ms,
+    };
+    match state
+        .quotas
+        .admit(caller, operation, limit, policy.warn_percent(), items, at)
+    {
         Ok(admitted) => {
             if let Some(used) = admitted.crossed {
                 tracing::warn!(
@@ -249,10 +248,10 @@ pub(crate) fn admit_quota(
                 now_ms,
                 ..Append::default()
             };
-            Err(OverQuota {
+            Err(Box::new(OverQuota {
                 append,
                 status: status::quota(caller, operation, &exceeded),
-            })
+            }))
         }
     }
 }
@@ -431,7 +430,7 @@ async fn run_batch<Req: Items + Send + 'static, Resp: Tally + Send + 'static>(
     request: Req,
     handler: Handler<Req, Resp>,
     gate: Option<Arc<Semaphore>>,
-    quota: Option<Result<Option<Usage>, OverQuota>>,
+    quota: Option<Result<Option<Usage>, Box<OverQuota>>>,
 ) -> Result<Resp, Status> {
     // A stream's batches take turns for the work; the wait for the commit
     // is outside the turn.
@@ -491,15 +490,18 @@ async fn run_batch<Req: Items + Send + 'static, Resp: Tally + Send + 'static>(
                 Ok(pending)
             }
             // A refused batch opened no one: one tally for its items.
-            Err(status) => Err((refusal(&facts, &status, items), status)),
+            Err(status) => Err(Box::new((refusal(&facts, &status, items), status))),
         }
     };
     let outcome = if items <= IN_PLACE {
         work()
     } else {
-        tokio::task::spawn_blocking(work)
-            .await
-            .unwrap_or_else(|_| Err((Append::default(), Status::internal("a worker failed"))))
+        tokio::task::spawn_blocking(work).await.unwrap_or_else(|_| {
+            Err(Box::new((
+                Append::default(),
+                Status::internal("a worker failed"),
+            )))
+        })
     };
     drop(turn);
     // The quota use is written with the batch's records, in their commit.
@@ -508,9 +510,9 @@ async fn run_batch<Req: Items + Send + 'static, Resp: Tally + Send + 'static>(
             pending.append.usage.push(usage);
             Ok(pending)
         }
-        (Err((mut append, status)), Some(usage)) => {
-            append.usage.push(usage);
-            Err((append, status))
+        (Err(mut refused), Some(usage)) => {
+            refused.0.usage.push(usage);
+            Err(refused)
         }
         (outcome, None) => outcome,
     };
@@ -526,8 +528,8 @@ async fn run_batch<Req: Items + Send + 'static, Resp: Tally + Send + 'static>(
             }
             Err(error) => Err(status::audit(&error)),
         },
-        Err((append, status)) => match state.recorder.record(append).await {
-            Ok(_) => Err(status),
+        Err(refused) => match state.recorder.record(refused.0).await {
+            Ok(_) => Err(refused.1),
             Err(error) => Err(status::audit(&error)),
         },
     };

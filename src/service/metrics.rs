@@ -67,10 +67,13 @@ const COMMIT_FAILURES: Family = Family {
 /// One series: its labels, in order.
 type Labels = Vec<(&'static str, String)>;
 
+/// Calls and items by (operation, code).
+type CallCounts = BTreeMap<(&'static str, &'static str), (u64, u64)>;
+
 /// The server's counters (one per server, shared by every call).
 #[derive(Default)]
 pub(crate) struct Metrics {
-    calls: Mutex<BTreeMap<(&'static str, &'static str), (u64, u64)>>,
+    calls: Mutex<CallCounts>,
     quota_refusals: Mutex<BTreeMap<(AgencyId, Metered, &'static str), u64>>,
 }
 

@@ -88,6 +88,15 @@ impl Exceeded {
     }
 }
 
+/// A point in time, twice: monotonic for the bucket, unix for the day.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Moment {
+    /// For the token bucket.
+    pub(crate) instant: Instant,
+    /// Unix milliseconds, for the day (JST).
+    pub(crate) unix_ms: u64,
+}
+
 /// An admitted call's use: to be written with its records.
 #[derive(Debug)]
 pub(crate) struct Admitted {
@@ -143,8 +152,7 @@ impl Quotas {
         }
     }
 
-    /// Admits `items` of `operation` for `agency` under `limit` at
-    /// `now` (monotonic, for the bucket) and `now_ms` (unix, for the day),
+    /// Admits `items` of `operation` for `agency` under `limit` at `at`,
     /// or refuses them all. `warn_percent`: the share of the day's limit
     /// whose crossing is reported once a day.
     pub(crate) fn admit(
@@ -154,9 +162,9 @@ impl Quotas {
         limit: Limit,
         warn_percent: u8,
         items: u64,
-        now: Instant,
-        now_ms: u64,
+        at: Moment,
     ) -> Result<Admitted, Exceeded> {
+        let (now, now_ms) = (at.instant, at.unix_ms);
         let day = jst_day(now_ms);
         if items > limit.burst || items > limit.per_day {
             return Err(Exceeded::TooLarge { items, limit });
@@ -272,8 +280,10 @@ mod tests {
                 LIMIT,
                 80,
                 items,
-                start + Duration::from_millis(after_ms),
-                NOON_JST + after_ms,
+                Moment {
+                    instant: start + Duration::from_millis(after_ms),
+                    unix_ms: NOON_JST + after_ms,
+                },
             )
         };
         assert!(admit(20, 0).is_ok());
@@ -312,8 +322,10 @@ mod tests {
                 LIMIT,
                 80,
                 21,
-                Instant::now(),
-                NOON_JST,
+                Moment {
+                    instant: Instant::now(),
+                    unix_ms: NOON_JST,
+                },
             )
             .unwrap_err();
         assert_eq!(refused.which(), "batch");
@@ -332,8 +344,10 @@ mod tests {
                 LIMIT,
                 80,
                 items,
-                now + Duration::from_secs(later),
-                NOON_JST + later * 1000,
+                Moment {
+                    instant: now + Duration::from_secs(later),
+                    unix_ms: NOON_JST + later * 1000,
+                },
             )
         };
         assert_eq!(admit(&a, Metered::Derive, 20, 0).unwrap().crossed, None);
@@ -369,7 +383,13 @@ mod tests {
             }],
             now,
         );
-        let admit = |items, at| quotas.admit(&a, Metered::Derive, LIMIT, 80, items, now, at);
+        let admit = |items, unix_ms| {
+            let at = Moment {
+                instant: now,
+                unix_ms,
+            };
+            quotas.admit(&a, Metered::Derive, LIMIT, 80, items, at)
+        };
         assert_eq!(admit(10, NOON_JST).unwrap_err().which(), "day");
         assert!(admit(5, NOON_JST).is_ok());
         // The next day the count starts again (the bucket still holds 15).
