@@ -803,6 +803,25 @@ mod tests {
         assert_eq!(mhlw.quotas.limit(Metered::Derive).per_second, 20_000);
     }
 
+    /// policy.example.toml shows the built-in defaults in its `[quota]`
+    /// table: the two must not drift apart.
+    #[test]
+    fn the_example_policy_shows_the_built_in_quota_defaults() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/policy.example.toml");
+        let text = std::fs::read_to_string(path).unwrap();
+        assert!(text.contains("\n[quota]\n"));
+        let policy = parse(&text).unwrap();
+        assert_eq!(policy.warn_percent(), DEFAULT_WARN_PERCENT);
+        let mhlw = policy.agency(&AgencyId::new("mhlw").unwrap()).unwrap();
+        assert_eq!(mhlw.quotas, Quotas::default());
+        let jps = policy.agency(&AgencyId::new("jps").unwrap()).unwrap();
+        assert_eq!(jps.quotas.limit(Metered::Derive).per_day, 70_000_000);
+        assert_eq!(
+            jps.quotas.limit(Metered::Derive).per_second,
+            super::super::DEFAULT_ITEMS_PER_SECOND
+        );
+    }
+
     #[test]
     fn quota_problems_name_their_line_and_field() {
         let text = format!(

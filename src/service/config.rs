@@ -329,6 +329,36 @@ mod tests {
         );
     }
 
+    /// Metrics are off without `[metrics]`, on loopback 9464 with an empty
+    /// one (D127).
+    #[test]
+    fn metrics_are_off_unless_configured_and_loopback_by_default() {
+        let dev = format!("{BASE}dev_mode = true\n");
+        assert_eq!(load(&dev).unwrap().metrics, None);
+        assert_eq!(
+            load(&format!("{dev}[metrics]\n")).unwrap().metrics,
+            Some("127.0.0.1:9464".parse().unwrap())
+        );
+        assert_eq!(
+            load(&format!("{dev}[metrics]\nlisten = \"[::1]:9100\"\n"))
+                .unwrap()
+                .metrics,
+            Some("[::1]:9100".parse().unwrap())
+        );
+        let error = load(&format!("{dev}[metrics]\nlisten = \"localhost\"\n")).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("[metrics] listen: 'localhost' is not an address"),
+            "{error}"
+        );
+        let error = load(&format!("{dev}[metrics]\npath = \"/x\"\n")).unwrap_err();
+        assert!(
+            error.to_string().contains("unknown field `path`"),
+            "{error}"
+        );
+    }
+
     /// The audit trail has no off switch: an `[audit]` setting that tries
     /// one is an unknown field, refused with its line (D88).
     #[test]
