@@ -22,7 +22,6 @@ use fugo::proto::fugo::v1::{DeriveRequest, DiscloseRequest, ReadCopyRequest};
 use fugo::service::{self, Running};
 use fugo_log::record::{Operation, Outcome};
 use fugo_log::store::{Append, RedbStore, Store};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::Code;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic_types::StatusExt;
@@ -286,21 +285,8 @@ async fn the_day_count_survives_a_restart() {
     running.stop().await.unwrap();
 }
 
-/// `GET path` on the metrics listener: (status line, body).
 async fn scrape(running: &Running, path: &str) -> (String, String) {
-    let addr = running.metrics_addr.expect("metrics are configured");
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream
-        .write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut answer = String::new();
-    tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut answer))
-        .await
-        .unwrap()
-        .unwrap();
-    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
-    (head.lines().next().unwrap().to_owned(), body.to_owned())
+    common::scrape(running.metrics_addr.expect("metrics are configured"), path).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -360,11 +346,7 @@ async fn refusals_are_in_the_trail_and_the_metrics_and_the_warning_fires_once_at
             "{line} missing from\n{page}"
         );
     }
-    let count = |prefix: &str| -> u64 {
-        page.lines()
-            .find_map(|l| l.strip_prefix(prefix))
-            .map_or(0, |v| v.trim().parse().unwrap())
-    };
+    let count = |series: &str| common::metric(&page, series);
     // Other tests' calls run in their own servers: these are ours.
     assert_eq!(
         count("fugo_calls_total{operation=\"derive\",code=\"OK\"}"),
