@@ -64,6 +64,22 @@ epoch = 1
 quota.derive = { per_second = 1000, burst = 100, per_day = 20 }
 
 [[agency]]
+id = "paced"
+name = "a stream paced by its bucket"
+certificates = ["paced"]
+capabilities = ["derive"]
+epoch = 1
+quota.derive = { per_second = 200, burst = 100, per_day = 10000 }
+
+[[agency]]
+id = "slow"
+name = "a stream that would wait too long"
+certificates = ["slow"]
+capabilities = ["derive"]
+epoch = 1
+quota.derive = { per_second = 5, burst = 100, per_day = 10000 }
+
+[[agency]]
 id = "portal"
 name = "citizen portal"
 certificates = ["portal"]
@@ -263,6 +279,63 @@ async fn the_day_limit_holds_across_connections_and_streams_and_refuses_whole_ba
     assert_eq!(
         over.get_details_quota_failure().unwrap().violations[0].description,
         "day limit"
+    );
+    running.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_is_paced_by_the_bucket_and_refused_when_the_wait_is_too_long() {
+    let dir = tempfile::tempdir().unwrap();
+    let (running, ca) = start(dir.path()).await;
+    // 100 at once, then 200 a second: three batches of 100 take about a
+    // second on a stream, and none is refused.
+    let mut paced = CodesClient::new(connect(&running, &ca, "paced").await);
+    let started = Instant::now();
+    let batches: Vec<DeriveRequest> = (0..3)
+        .map(|b| DeriveRequest {
+            numbers: numbers(100, b * 1000),
+        })
+        .collect();
+    let mut answers = paced
+        .derive_stream(tokio_stream::iter(batches))
+        .await
+        .unwrap()
+        .into_inner();
+    for _ in 0..3 {
+        assert_eq!(answers.message().await.unwrap().unwrap().results.len(), 100);
+    }
+    assert!(answers.message().await.unwrap().is_none());
+    assert!(
+        started.elapsed() >= Duration::from_millis(950),
+        "{:?}",
+        started.elapsed()
+    );
+    // A unary call is not paced: refused with the delay.
+    let refused = derive(&mut paced, 100, 5000).await.unwrap_err();
+    assert!(retry_delay(&refused) > Duration::from_millis(400));
+
+    // 5 a second: a second batch of 100 would wait 20 s, more than a
+    // stream waits (10 s): refused at once, with the delay.
+    let mut slow = CodesClient::new(connect(&running, &ca, "slow").await);
+    let started = Instant::now();
+    let batches: Vec<DeriveRequest> = (0..2)
+        .map(|b| DeriveRequest {
+            numbers: numbers(100, b * 1000),
+        })
+        .collect();
+    let mut answers = slow
+        .derive_stream(tokio_stream::iter(batches))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answers.message().await.unwrap().unwrap().results.len(), 100);
+    let refused = answers.message().await.unwrap_err();
+    let delay = retry_delay(&refused);
+    assert!(delay > Duration::from_secs(19), "{delay:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
     );
     running.stop().await.unwrap();
 }

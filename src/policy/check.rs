@@ -826,15 +826,15 @@ mod tests {
     fn quota_problems_name_their_line_and_field() {
         let text = format!(
             "[quota]\nwarn_percent = 0\nredeem = {{ per_day = 0 }}\n{GOOD}\
-             [agency.quota]\ndisclose = {{ burst = -1, per_second = 2000000 }}\n"
+             [agency.quota]\ndisclose = {{ burst = -1, per_second = 200000000 }}\n"
         );
         assert_eq!(
             problems(&text),
             vec![
                 "line 2: quota.warn_percent 0 is outside 1 to 100",
                 "line 3: quota.redeem.per_day 0 is outside 1 to 1300000000",
-                "line 32: agency city-shinjuku: quota.disclose.per_second 2000000 is outside 1 to 1000000",
-                "line 32: agency city-shinjuku: quota.disclose.burst -1 is outside 1 to 10000000",
+                "line 32: agency city-shinjuku: quota.disclose.per_second 200000000 is outside 1 to 100000000",
+                "line 32: agency city-shinjuku: quota.disclose.burst -1 is outside 1 to 1300000000",
             ]
         );
         let found = problems(&format!(

@@ -11,7 +11,7 @@
 
 use std::pin::Pin;
 use std::sync::{Arc, PoisonError, RwLock};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ring::rand::{SecureRandom, SystemRandom};
 use tokio::sync::{Semaphore, mpsc};
@@ -24,7 +24,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::edge::Peer;
 use super::identity::PeerCertificate;
 use super::metrics::Metrics;
-use super::quota::{Moment, Quotas};
+use super::quota::{Exceeded, Moment, Quotas};
 use super::status;
 use crate::agency::{AffairId, AgencyId, ItemId};
 use crate::audit::Recorder;
@@ -190,8 +190,57 @@ pub(crate) fn admit_quota(
     items: usize,
     id: &RequestId,
 ) -> Result<Option<Usage>, Box<OverQuota>> {
+    match try_quota(state, policy, caller, operation, items, id)? {
+        Ok(usage) => Ok(usage),
+        Err(exceeded) => Err(over_quota(state, caller, operation, items, &exceeded, id)),
+    }
+}
+
+/// The most a stream's batch waits for its token bucket before it is
+/// refused (D122).
+const MAX_PACE: Duration = Duration::from_secs(10);
+
+/// [`admit_quota`] for a stream's batch: short of tokens, it waits for
+/// them (up to [`MAX_PACE`]) instead of being refused, so a bulk stream is
+/// paced at the agency's rate (the wait stops reading the stream: HTTP/2
+/// flow control slows the client). A day limit, or a wait longer than
+/// that, refuses it as for a unary call.
+async fn admit_paced(
+    state: &State,
+    policy: &Policy,
+    caller: &AgencyId,
+    operation: Metered,
+    items: usize,
+    id: &RequestId,
+) -> Result<Option<Usage>, Box<OverQuota>> {
+    let mut waited = Duration::ZERO;
+    loop {
+        match try_quota(state, policy, caller, operation, items, id)? {
+            Ok(usage) => return Ok(usage),
+            Err(Exceeded::Rate { retry_after, .. }) if waited + retry_after <= MAX_PACE => {
+                waited += retry_after;
+                tokio::time::sleep(retry_after).await;
+            }
+            Err(exceeded) => {
+                return Err(over_quota(state, caller, operation, items, &exceeded, id));
+            }
+        }
+    }
+}
+
+/// The quota decision alone: the outer error is an agency the policy
+/// does not know; the inner one a limit the call is over.
+#[allow(clippy::type_complexity)]
+fn try_quota(
+    state: &State,
+    policy: &Policy,
+    caller: &AgencyId,
+    operation: Metered,
+    items: usize,
+    id: &RequestId,
+) -> Result<Result<Option<Usage>, Exceeded>, Box<OverQuota>> {
     if items == 0 {
-        return Ok(None);
+        return Ok(Ok(None));
     }
     let limit = match policy.agency(caller) {
         Ok(agency) => agency.quotas.limit(operation),
@@ -202,58 +251,69 @@ pub(crate) fn admit_quota(
             }));
         }
     };
-    let now_ms = now_millis();
-    let items = items as u64;
     let at = Moment {
         instant: Instant::now(),
-        unix_ms: now_ms,
+        unix_ms: now_millis(),
     };
-    match state
-        .quotas
-        .admit(caller, operation, limit, policy.warn_percent(), items, at)
-    {
-        Ok(admitted) => {
-            if let Some(used) = admitted.crossed {
-                tracing::warn!(
-                    request_id = id.as_str(),
-                    agency = %caller,
-                    operation = operation.name(),
-                    used,
-                    per_day = limit.per_day,
-                    warn_percent = policy.warn_percent(),
-                    "agency crossed the warning share of its daily quota"
-                );
-            }
-            Ok(Some(admitted.usage))
-        }
-        Err(exceeded) => {
-            let which = exceeded.which();
+    let admitted = state.quotas.admit(
+        caller,
+        operation,
+        limit,
+        policy.warn_percent(),
+        items as u64,
+        at,
+    );
+    Ok(admitted.map(|admitted| {
+        if let Some(used) = admitted.crossed {
             tracing::warn!(
                 request_id = id.as_str(),
                 agency = %caller,
                 operation = operation.name(),
-                limit = which,
-                items,
-                retry_after_ms = exceeded.retry_after().map(|d| d.as_millis() as u64),
-                "quota exceeded; call refused"
+                used,
+                per_day = limit.per_day,
+                warn_percent = policy.warn_percent(),
+                "agency crossed the warning share of its daily quota"
             );
-            state.metrics.quota_refused(caller, operation, which);
-            let append = Append {
-                refusals: vec![fugo_log::store::Refusal {
-                    minute: now_ms / 60_000,
-                    agency: caller.as_str().to_owned(),
-                    reason: format!("quota.{}.{which}", operation.name()),
-                    count: items,
-                }],
-                now_ms,
-                ..Append::default()
-            };
-            Err(Box::new(OverQuota {
-                append,
-                status: status::quota(caller, operation, &exceeded),
-            }))
         }
-    }
+        Some(admitted.usage)
+    }))
+}
+
+/// A refusal by `exceeded`: logged, counted, and its record and status.
+fn over_quota(
+    state: &State,
+    caller: &AgencyId,
+    operation: Metered,
+    items: usize,
+    exceeded: &Exceeded,
+    id: &RequestId,
+) -> Box<OverQuota> {
+    let which = exceeded.which();
+    tracing::warn!(
+        request_id = id.as_str(),
+        agency = %caller,
+        operation = operation.name(),
+        limit = which,
+        items,
+        retry_after_ms = exceeded.retry_after().map(|d| d.as_millis() as u64),
+        "quota exceeded; call refused"
+    );
+    state.metrics.quota_refused(caller, operation, which);
+    let now_ms = now_millis();
+    let append = Append {
+        refusals: vec![fugo_log::store::Refusal {
+            minute: now_ms / 60_000,
+            agency: caller.as_str().to_owned(),
+            reason: format!("quota.{}.{which}", operation.name()),
+            count: items as u64,
+        }],
+        now_ms,
+        ..Append::default()
+    };
+    Box::new(OverQuota {
+        append,
+        status: status::quota(caller, operation, exceeded),
+    })
 }
 
 impl OverQuota {
@@ -655,18 +715,24 @@ impl CodesService {
                 let job = match next {
                     Ok(request) => {
                         // Counted here, in message order, not when its
-                        // work starts (batches compute out of order).
+                        // work starts (batches compute out of order); a
+                        // batch short of tokens waits for them here, which
+                        // paces the stream (D122).
                         let policy = state.policy();
-                        let quota = certificate.caller(&policy).ok().map(|caller| {
-                            admit_quota(
-                                &state,
-                                &policy,
-                                &caller,
-                                operation,
-                                request.items(),
-                                &stream_id,
-                            )
-                        });
+                        let quota = match certificate.caller(&policy) {
+                            Ok(caller) => Some(
+                                admit_paced(
+                                    &state,
+                                    &policy,
+                                    &caller,
+                                    operation,
+                                    request.items(),
+                                    &stream_id,
+                                )
+                                .await,
+                            ),
+                            Err(_) => None,
+                        };
                         over_quota = matches!(quota, Some(Err(_)));
                         let batch = Batch {
                             id: stream_id.clone(),

@@ -181,9 +181,9 @@ pub struct Limit {
 }
 
 /// Bounds of a [`Limit`]'s fields that a policy may set.
-pub const MAX_PER_SECOND: u64 = 1_000_000;
+pub const MAX_PER_SECOND: u64 = 100_000_000;
 /// See [`MAX_PER_SECOND`].
-pub const MAX_BURST: u64 = 10_000_000;
+pub const MAX_BURST: u64 = 1_300_000_000;
 /// See [`MAX_PER_SECOND`]: ten times Japan's population.
 pub const MAX_PER_DAY: u64 = 1_300_000_000;
 
