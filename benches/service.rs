@@ -539,6 +539,7 @@ fn main() {
             client_ca: dir.path().join("ca.pem"),
             server_cert: dir.path().join("server.pem"),
             server_key: dir.path().join("server.key"),
+            crls: Vec::new(),
             limits: service::Limits::default(),
             audit: service::AuditConfig::default(),
             metrics: None,

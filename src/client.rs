@@ -404,6 +404,22 @@ fn tls_cause(error: &rustls::Error, connection: &Connection, name: &str) -> Stri
             connection.cert.display(),
             connection.key.display()
         ),
+        Error::AlertReceived(AlertDescription::CertificateRevoked) => format!(
+            "the server refused this client's certificate: it has been revoked \
+             (CertificateRevoked). {} can no longer be used; ask the agency's CA for a new \
+             certificate and key",
+            connection.cert.display()
+        ),
+        Error::AlertReceived(AlertDescription::CertificateExpired) => format!(
+            "the server refused this client's certificate: it has expired or is not valid yet \
+             (CertificateExpired). Check the validity dates of {} and this machine's clock",
+            connection.cert.display()
+        ),
+        Error::AlertReceived(AlertDescription::UnsupportedCertificate) => format!(
+            "the server refused this client's certificate: it is not made for client \
+             authentication (UnsupportedCertificate); {} needs the extended key usage clientAuth",
+            connection.cert.display()
+        ),
         Error::AlertReceived(
             alert @ (AlertDescription::BadCertificate
             | AlertDescription::UnknownCA

@@ -823,3 +823,157 @@ async fn the_data_directory_and_the_store_are_private() {
     assert_eq!(mode(&data.join(fugo::audit::STORE_FILE)), 0o600);
     running.stop().await.unwrap();
 }
+
+/// Everything this test binary's servers log (one subscriber per process).
+fn logs() -> &'static std::sync::Arc<std::sync::Mutex<Vec<u8>>> {
+    use std::sync::{Arc, Mutex, OnceLock};
+    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let buffer = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&buffer);
+        tracing_subscriber::fmt()
+            .with_env_filter("fugo=info")
+            .with_ansi(false)
+            .with_writer(move || LogWriter(Arc::clone(&sink)))
+            .init();
+        buffer
+    })
+}
+
+struct LogWriter(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Below `warn_megabytes` of free space the recorder warns before the
+/// reserve is reached, and keeps writing; the warning repeats at most once
+/// a minute (D103), not at every commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn low_disk_space_is_warned_once_a_minute_and_calls_still_succeed() {
+    let logs = logs();
+    let dir = tempfile::tempdir().unwrap();
+    let (mut config, ca) = common::server_config(dir.path(), POLICY, MASTER);
+    config.audit.settings.reserve_bytes = 0;
+    // More than any disk here has free.
+    config.audit.settings.warn_bytes = 1 << 60;
+    let running = service::start(config, &mut std::io::sink()).await.unwrap();
+    let pem = ca.client("mhlw").unwrap();
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca.cert_pem()))
+        .domain_name("localhost")
+        .identity(Identity::from_pem(pem.cert, pem.key));
+    let channel = Endpoint::from_shared(format!("https://{}", running.addr))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .unwrap();
+    let mut client = CodesClient::new(channel);
+    // Commits more than a second apart: each checks the free space again.
+    for seed in 0..3 {
+        let response = client
+            .derive(DeriveRequest {
+                numbers: vec![common::valid_number(7000 + seed)],
+            })
+            .await
+            .expect("below the warning level calls still succeed");
+        assert_eq!(response.into_inner().results.len(), 1);
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    }
+    running.stop().await.unwrap();
+    let text = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
+    let warnings: Vec<&str> = text
+        .lines()
+        .filter(|line| line.contains("disk space for the audit trail is running low"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "one warning, not one per check: {text}");
+    assert!(warnings[0].contains("WARN"), "{}", warnings[0]);
+    assert!(warnings[0].contains("free_bytes="), "{}", warnings[0]);
+}
+
+/// The recorder purges record bodies past retention by itself (hourly in
+/// production; `purge_every` is shortened here), keeps their leaf hashes,
+/// and the whole log still verifies from record 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_recorder_purges_bodies_past_retention_by_itself_and_the_log_still_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = fugo::audit::Settings {
+        retention: Duration::from_secs(3600),
+        purge_every: Duration::from_millis(200),
+        ..fugo::audit::Settings::default()
+    };
+    let recorder = fugo::audit::Recorder::open(dir.path(), signer(), settings).unwrap();
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let group = |time_ms: u64, people: u8| Group {
+        header: Header {
+            time_ms,
+            operation: Operation::Derive,
+            caller: "mhlw".into(),
+            counterpart: String::new(),
+            affair: "a".into(),
+            items: Vec::new(),
+            non_disclosure_until: 0,
+            policy_version: [1; 32],
+            batch_id: format!("batch-{time_ms}"),
+            note: String::new(),
+            count: 0,
+        },
+        entries: (0..people)
+            .map(|p| Entry {
+                outcome: Outcome::Done,
+                epoch: 1,
+                serial: None,
+                person: Some(PersonLink([p; 16])),
+            })
+            .collect(),
+    };
+    // 300 records two hours old (past retention), then 20 of now.
+    recorder
+        .record(Append {
+            groups: vec![
+                group(now_ms - 2 * 3_600_000, 200),
+                group(now_ms - 2 * 3_600_000 + 1, 100),
+                group(now_ms, 20),
+            ],
+            now_ms,
+            ..Append::default()
+        })
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    loop {
+        let purged = recorder.read(|store| Ok(store.purged())).await.unwrap();
+        if purged == 300 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the recorder never purged (purged {purged})"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let verifier = signer().verifier();
+    let report = recorder
+        .read(move |store| {
+            let newest = store.record(300)?.expect("kept records keep their bodies");
+            assert_eq!(newest.header.time_ms, now_ms);
+            assert_eq!(store.record(299)?, None);
+            Ok(fugo_log::verify::verify(store, &verifier, &[]))
+        })
+        .await
+        .unwrap()
+        .expect("the purged log verifies");
+    assert_eq!((report.size, report.purged), (320, 300));
+}

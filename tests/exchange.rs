@@ -461,3 +461,299 @@ fn every_operation_names_the_person_it_opened_by_one_link() {
         ItemError::UnknownCode
     );
 }
+
+/// A random source that counts up in the low-order bytes of each draw, from
+/// `start`: deterministic, and every 4-byte draw (a key index) is new.
+struct LowCounter(AtomicU64);
+
+impl LowCounter {
+    fn from(start: u64) -> Box<Self> {
+        Box::new(LowCounter(AtomicU64::new(start)))
+    }
+}
+
+impl RandomSource for LowCounter {
+    fn fill(&self, out: &mut [u8]) -> Result<(), RandomFailed> {
+        for chunk in out.chunks_mut(8) {
+            let next = self.0.fetch_add(1, Ordering::Relaxed).to_be_bytes();
+            chunk.copy_from_slice(&next[8 - chunk.len()..]);
+        }
+        Ok(())
+    }
+}
+
+fn demo_keys() -> KeyHierarchy {
+    KeyHierarchy::new(&MasterKey::from_bytes([3; 32]))
+}
+
+/// How many tokens each key (window, index) sealed, in the order the keys
+/// were first used.
+fn tokens_per_key(tokens: &[Vec<u8>]) -> Vec<(fugo::token::KeyName, usize)> {
+    let mut counts: Vec<(fugo::token::KeyName, usize)> = Vec::new();
+    for token in tokens {
+        let (name, _) = fugo::token::peek(token).unwrap();
+        match counts.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, count)) => *count += 1,
+            None => counts.push((name, 1)),
+        }
+    }
+    counts
+}
+
+/// Seals `codes` in batches of the given sizes and returns the tokens.
+fn seal_batches(
+    exchange: &Exchange,
+    policy: &Policy,
+    codes: &[String],
+    sizes: &[usize],
+) -> Vec<Vec<u8>> {
+    let mut tokens = Vec::new();
+    let mut start = 0;
+    for &size in sizes {
+        let batch = bytes(&codes[start..start + size]);
+        start += size;
+        let sealed = ok(exchange
+            .seal(
+                policy,
+                &id("mhlw"),
+                &context("city-shinjuku", "local-tax"),
+                &batch,
+                NOW,
+            )
+            .unwrap());
+        tokens.extend(sealed.into_iter().map(|s| s.token.as_bytes().to_vec()));
+    }
+    tokens
+}
+
+/// Redeems every token as city-shinjuku and checks each gives its own code
+/// for the person of the same position in `numbers`.
+fn assert_all_redeem(exchange: &Exchange, policy: &Policy, tokens: &[Vec<u8>], numbers: &[String]) {
+    let own = ok(exchange
+        .derive(policy, &id("city-shinjuku"), &bytes(numbers))
+        .unwrap());
+    let slices: Vec<&[u8]> = tokens.iter().map(Vec::as_slice).collect();
+    let redeemed = ok(exchange
+        .redeem(policy, &id("city-shinjuku"), &slices, NOW + 10)
+        .unwrap());
+    assert_eq!(redeemed.len(), tokens.len());
+    for (r, expected) in redeemed.iter().zip(own.iter().cycle()) {
+        assert_eq!(
+            String::from_utf8(r.code.to_text().to_vec()).unwrap(),
+            *expected
+        );
+    }
+}
+
+/// AES-GCM's per-key bound, lowered to 100: 250 tokens take three keys of
+/// 100, 100 and 50, whether sealed in one batch or in batches that straddle
+/// the rotations, and every token redeems, here and after a restart.
+#[test]
+fn sealing_moves_to_a_fresh_key_at_the_bound() {
+    let policy = fugo::policy::parse(POLICY).unwrap();
+    let numbers = numbers(250);
+    for sizes in [&[250][..], &[30, 120, 99, 1], &[100, 100, 50]] {
+        let exchange = Exchange::new(demo_keys(), LowCounter::from(1)).with_seal_bound(100);
+        assert_eq!(exchange.seal_bound(), 100);
+        let codes = ok(exchange
+            .derive(&policy, &id("mhlw"), &bytes(&numbers))
+            .unwrap());
+        let tokens = seal_batches(&exchange, &policy, &codes, sizes);
+        let per_key = tokens_per_key(&tokens);
+        let counts: Vec<usize> = per_key.iter().map(|(_, count)| *count).collect();
+        assert_eq!(counts, [100, 100, 50], "batches {sizes:?}");
+        // Each key seals one run of tokens: no key is left and resumed.
+        for (name, _) in &per_key {
+            let positions: Vec<usize> = tokens
+                .iter()
+                .enumerate()
+                .filter(|(_, t)| fugo::token::peek(t).unwrap().0 == *name)
+                .map(|(i, _)| i)
+                .collect();
+            assert_eq!(
+                positions.len(),
+                positions.last().unwrap() - positions[0] + 1
+            );
+            assert_eq!(name.window(), fugo::token::Window::containing(NOW));
+            assert_eq!(name.format(), fugo::token::TOKEN_FORMAT);
+        }
+        assert_all_redeem(&exchange, &policy, &tokens, &numbers);
+        // A restart: the counts are gone, the keys are named in the tokens.
+        let restarted = Exchange::new(demo_keys(), LowCounter::from(1 << 40)).with_seal_bound(100);
+        assert_all_redeem(&restarted, &policy, &tokens, &numbers);
+        let after = seal_batches(&restarted, &policy, &codes, &[10]);
+        let fresh = tokens_per_key(&after)[0].0;
+        assert!(per_key.iter().all(|(name, _)| *name != fresh), "{fresh:?}");
+    }
+}
+
+/// The bound cannot be raised past 2^31, nor set to 0.
+#[test]
+fn the_seal_bound_is_only_lowered() {
+    let raised = Exchange::new(demo_keys(), LowCounter::from(1)).with_seal_bound(u64::MAX);
+    assert_eq!(raised.seal_bound(), fugo::token::MAX_SEALS_PER_KEY);
+    assert_eq!(fugo::token::MAX_SEALS_PER_KEY, 1 << 31);
+    let zero = Exchange::new(demo_keys(), LowCounter::from(1)).with_seal_bound(0);
+    assert_eq!(zero.seal_bound(), 1);
+    assert_eq!(
+        Exchange::new(demo_keys(), LowCounter::from(1)).seal_bound(),
+        1 << 31
+    );
+}
+
+/// Batches sealing at once, from eight threads, are counted exactly: every
+/// key but the last seals exactly the bound, none more, and no key index is
+/// used twice.
+#[test]
+fn parallel_batches_reserve_exact_counts() {
+    let policy = fugo::policy::parse(POLICY).unwrap();
+    let exchange = Exchange::new(demo_keys(), LowCounter::from(7)).with_seal_bound(100);
+    let numbers = numbers(37);
+    let codes = ok(exchange
+        .derive(&policy, &id("mhlw"), &bytes(&numbers))
+        .unwrap());
+    let tokens: Vec<Vec<u8>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..8)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut tokens = Vec::new();
+                    for _ in 0..12 {
+                        tokens.extend(seal_batches(&exchange, &policy, &codes, &[37]));
+                    }
+                    tokens
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap())
+            .collect()
+    });
+    assert_eq!(tokens.len(), 8 * 12 * 37);
+    let mut counts: Vec<usize> = tokens_per_key(&tokens)
+        .into_iter()
+        .map(|(_, c)| c)
+        .collect();
+    counts.sort_unstable();
+    // 3,552 tokens: 35 full keys and one of 52.
+    assert_eq!(counts.len(), 36);
+    assert_eq!(counts[0], 52);
+    assert!(counts[1..].iter().all(|&c| c == 100), "{counts:?}");
+    // Tokens come back per thread, in batch order: redeem them against
+    // the codes of the batch they came from.
+    assert_all_redeem(&exchange, &policy, &tokens, &numbers);
+}
+
+/// A random source that gives the same key index again cannot make the
+/// exchange reuse a key: sealing past the bound fails instead.
+#[test]
+fn a_source_repeating_key_indices_stops_sealing_rather_than_reuse_a_key() {
+    let policy = fugo::policy::parse(POLICY).unwrap();
+    // `Counter` puts the high-order bytes of its counter in a 4-byte draw:
+    // index 0, every time.
+    let exchange = Exchange::new(demo_keys(), Box::new(Counter::default())).with_seal_bound(100);
+    let numbers = numbers(150);
+    let codes = ok(exchange
+        .derive(&policy, &id("mhlw"), &bytes(&numbers))
+        .unwrap());
+    let tokens = seal_batches(&exchange, &policy, &codes, &[100]);
+    assert_eq!(tokens_per_key(&tokens).len(), 1);
+    let refused = exchange
+        .seal(
+            &policy,
+            &id("mhlw"),
+            &context("city-shinjuku", "local-tax"),
+            &bytes(&codes[100..]),
+            NOW,
+        )
+        .unwrap_err();
+    assert_eq!(refused, BatchError::Random(RandomFailed));
+}
+
+/// The key index is authenticated: a token whose index was changed fails
+/// authentication (the exchange opens it with the key the new index names),
+/// and so do tokens with indices nobody sealed under.
+#[test]
+fn a_token_whose_key_index_was_changed_is_forged() {
+    let policy = fugo::policy::parse(POLICY).unwrap();
+    let exchange = Exchange::new(demo_keys(), LowCounter::from(1)).with_seal_bound(100);
+    let numbers = numbers(150);
+    let codes = ok(exchange
+        .derive(&policy, &id("mhlw"), &bytes(&numbers))
+        .unwrap());
+    let tokens = seal_batches(&exchange, &policy, &codes, &[150]);
+    let per_key = tokens_per_key(&tokens);
+    let (first, second) = (per_key[0].0.index().unwrap(), per_key[1].0.index().unwrap());
+    // Byte 5..9 is the index (after the format byte and the window).
+    let with_index = |token: &[u8], index: u32| {
+        let mut changed = token.to_vec();
+        changed[5..9].copy_from_slice(&index.to_be_bytes());
+        changed
+    };
+    let altered = [
+        // The other index this exchange really sealed under.
+        with_index(&tokens[0], second),
+        with_index(&tokens[120], first),
+        with_index(&tokens[0], first ^ 1),
+        with_index(&tokens[0], first ^ 0x8000_0000),
+        with_index(&tokens[0], u32::MAX),
+    ];
+    let slices: Vec<&[u8]> = altered.iter().map(Vec::as_slice).collect();
+    let result = exchange
+        .redeem(&policy, &id("city-shinjuku"), &slices, NOW + 10)
+        .unwrap();
+    for (i, item) in result.iter().enumerate() {
+        assert_eq!(
+            item.as_ref().unwrap_err().error,
+            ItemError::Token(TokenError::Forged),
+            "item {i}"
+        );
+    }
+    // The untouched tokens still redeem.
+    assert_all_redeem(&exchange, &policy, &tokens, &numbers);
+}
+
+/// Tokens of format 1 (window only, sealed before key indices) redeem as
+/// before, next to format-2 tokens in the same batch.
+#[test]
+fn format_one_tokens_still_redeem() {
+    use fugo::token::{Claims, KeyName, SealKey, Serial, Window};
+    let policy = fugo::policy::parse(POLICY).unwrap();
+    let exchange = Exchange::new(demo_keys(), LowCounter::from(1));
+    let keys = demo_keys();
+    let numbers = numbers(2);
+    let number = MyNumber::parse(numbers[0].as_bytes()).unwrap();
+    let handle = Coder::new(&keys, id("mhlw"), Epoch::new(1).unwrap()).handle(&number);
+    let claims = Claims {
+        handle,
+        serial: Serial::from_bytes([5; 16]),
+        requester: id("mhlw"),
+        affair: AffairId::new("health").unwrap(),
+        items: vec![ItemId::new("local-tax").unwrap()],
+        expires_at: NOW + 3600,
+        non_disclosure_until: None,
+    };
+    let old_key = SealKey::new(
+        &keys,
+        &id("city-shinjuku"),
+        KeyName::format1(Window::containing(NOW)),
+    );
+    let old = old_key.seal(&claims, [1; 12]).unwrap().as_bytes().to_vec();
+    assert_eq!(old[0], 1);
+    let codes = ok(exchange
+        .derive(&policy, &id("mhlw"), &bytes(&numbers[1..]))
+        .unwrap());
+    let new = seal_batches(&exchange, &policy, &codes, &[1]);
+    assert_eq!(new[0][0], 2);
+    assert_all_redeem(&exchange, &policy, &[old.clone(), new[0].clone()], &numbers);
+    // Format 1 is still authenticated: a changed tag byte opens nothing.
+    let mut changed = old.clone();
+    *changed.last_mut().unwrap() ^= 1;
+    let result = exchange
+        .redeem(&policy, &id("city-shinjuku"), &[&changed], NOW + 10)
+        .unwrap();
+    assert_eq!(
+        result[0].as_ref().unwrap_err().error,
+        ItemError::Token(TokenError::Forged)
+    );
+}

@@ -1469,3 +1469,105 @@ fn the_client_catches_a_rewritten_audit_log() {
         text(&replaced.stdout)
     );
 }
+
+/// A CRL from the dev CA in `pki` (its key in ca.key) revoking `serials`
+/// (DER content of serial numbers), valid for 30 days, as PEM.
+fn crl_from(pki: &Path, serials: &[&[u8]]) -> String {
+    let key = rcgen::KeyPair::from_pem(&fs::read_to_string(pki.join("ca.key")).unwrap()).unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "fugo dev CA");
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.key_usages = vec![rcgen::KeyUsagePurpose::CrlSign];
+    let issuer = rcgen::Issuer::new(params, key);
+    let now = time::OffsetDateTime::now_utc();
+    rcgen::CertificateRevocationListParams {
+        this_update: now - time::Duration::days(1),
+        next_update: now + time::Duration::days(30),
+        crl_number: rcgen::SerialNumber::from(1u64),
+        issuing_distribution_point: None,
+        revoked_certs: serials
+            .iter()
+            .map(|serial| rcgen::RevokedCertParams {
+                serial_number: rcgen::SerialNumber::from_slice(serial),
+                revocation_time: now,
+                reason_code: None,
+                invalidity_date: None,
+            })
+            .collect(),
+        key_identifier_method: rcgen::KeyIdMethod::Sha256,
+    }
+    .signed_by(&issuer)
+    .unwrap()
+    .pem()
+    .unwrap()
+}
+
+#[test]
+fn sighup_installs_a_crl_and_keeps_it_when_the_new_one_is_broken() {
+    use rustls::pki_types::pem::PemObject;
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let dir = tempfile::tempdir().unwrap();
+    let (key, fingerprint) = private_key(dir.path());
+    let pki = test_pki(dir.path());
+    let crl = pki.join("agencies.crl");
+    fs::write(&crl, crl_from(&pki, &[])).unwrap();
+    let config = config_with(dir.path(), false, &key, &fingerprint, Some(&pki));
+    let mut text_config = fs::read_to_string(&config).unwrap();
+    text_config.push_str(&format!("crl = \"{}\"\n", crl.display()));
+    fs::write(&config, text_config).unwrap();
+    let server = Server::start(&config);
+    let numbers = dir.path().join("n");
+    fs::write(&numbers, "123456789018\n").unwrap();
+    let derive = || {
+        client_with(
+            &server,
+            &pki,
+            "mhlw",
+            &["derive", numbers.to_str().unwrap()],
+        )
+    };
+    let out = derive();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+
+    // The CA revokes mhlw's certificate; SIGHUP installs the new list.
+    let pem = fs::read_to_string(pki.join("mhlw.pem")).unwrap();
+    let der = rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
+    let (_, mhlw) = X509Certificate::from_der(&der).unwrap();
+    fs::write(&crl, crl_from(&pki, &[mhlw.raw_serial()])).unwrap();
+    server.signal("HUP");
+    let started = Instant::now();
+    let out = loop {
+        let out = derive();
+        if out.status.code() == Some(1) || started.elapsed() > Duration::from_secs(15) {
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    // The alert names the revocation, unless the closed connection reached
+    // the call first (TLS 1.3: the client already thinks it is connected).
+    assert!(
+        stderr.contains("it has been revoked") || stderr.contains("most likely refused"),
+        "{stderr}"
+    );
+
+    // A broken list is refused; the revocation stays in force.
+    fs::write(&crl, "not a CRL\n").unwrap();
+    server.signal("HUP");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(derive().status.code(), Some(1));
+    let (code, stderr) = server.stop();
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("certificate revocation lists reloaded"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("CRL reload refused; the revocation lists in force stay"),
+        "{stderr}"
+    );
+}

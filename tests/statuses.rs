@@ -50,6 +50,7 @@ async fn start(dir: &std::path::Path) -> (Running, DevCa) {
         client_ca: dir.join("ca.pem"),
         server_cert: dir.join("server.pem"),
         server_key: dir.join("server.key"),
+        crls: Vec::new(),
         limits: service::Limits::default(),
         audit: service::AuditConfig::default(),
         metrics: None,

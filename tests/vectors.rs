@@ -10,7 +10,10 @@ use fugo::agency::{AffairId, AgencyId, ItemId};
 use fugo::code::{AgencyCode, UnknownCode};
 use fugo::code_text::{ALPHABET, CodeTextError, TEXT_LEN};
 use fugo::mynumber::MyNumber;
-use fugo::token::{MAX_ITEMS, NONCE_LEN, SealKey, Serial, SharedClaims, Window, peek};
+use fugo::token::{
+    FORMAT_INDEXED, FORMAT_WINDOW, KeyName, MAX_ITEMS, NONCE_LEN, SealKey, Serial, SharedClaims,
+    Window, peek,
+};
 
 #[test]
 fn the_file_holds_enough_vectors() {
@@ -263,13 +266,27 @@ fn codes_do_not_open_under_another_agency_or_epoch() {
     }
 }
 
-/// The seal key of a token vector's addressee and window.
-fn seal_key(v: &common::Vectors, key: &str, addressee: &str, window: u32) -> SealKey {
+/// The seal key of a token vector's addressee, window and key index
+/// (`None`: the format-1 key of the window).
+fn seal_key(
+    v: &common::Vectors,
+    key: &str,
+    addressee: &str,
+    window: u32,
+    index: Option<u32>,
+) -> SealKey {
     SealKey::new(
         &v.keys(key),
         &AgencyId::new(addressee).unwrap(),
-        Window::new(window),
+        key_name(window, index),
     )
+}
+
+fn key_name(window: u32, index: Option<u32>) -> KeyName {
+    match index {
+        Some(index) => KeyName::indexed(Window::new(window), index),
+        None => KeyName::format1(Window::new(window)),
+    }
 }
 
 #[test]
@@ -284,14 +301,24 @@ fn the_file_holds_enough_token_vectors() {
     );
     assert!(t.positive.iter().any(|p| p.non_disclosure_until.is_some()));
     assert!(t.positive.iter().any(|p| p.non_disclosure_until.is_none()));
-    for error in [
-        "Malformed",
-        "UnknownFormat",
-        "WrongAddressee",
-        "WrongWindow",
-        "Forged",
-    ] {
-        assert!(t.negative.iter().any(|n| n.error == error), "{error}");
+    // Both formats, each with every error of §7.2.
+    for format2 in [false, true] {
+        let positive = t.positive.iter().filter(|p| p.index.is_some() == format2);
+        assert!(positive.count() >= 7, "format 2: {format2}");
+        for error in [
+            "Malformed",
+            "UnknownFormat",
+            "WrongAddressee",
+            "WrongWindow",
+            "Forged",
+        ] {
+            assert!(
+                t.negative
+                    .iter()
+                    .any(|n| n.error == error && n.index.is_some() == format2),
+                "{error}, format 2: {format2}"
+            );
+        }
     }
 }
 
@@ -302,7 +329,7 @@ fn every_token_vector_seals_to_its_bytes_and_opens_to_its_inputs() {
         let keys = v.keys(&p.key);
         let addressee = AgencyId::new(&p.addressee).unwrap();
         assert_eq!(
-            to_hex(&*keys.seal_key_bytes(&addressee, p.window)),
+            to_hex(&*keys.seal_key_bytes(&addressee, p.window, p.index)),
             p.k_seal,
             "{}",
             p.description
@@ -323,13 +350,22 @@ fn every_token_vector_seals_to_its_bytes_and_opens_to_its_inputs() {
         .unwrap();
         let serial = Serial::from_bytes(hex(&p.serial).try_into().unwrap());
         let nonce: [u8; NONCE_LEN] = hex(&p.nonce).try_into().unwrap();
-        let key = seal_key(&v, &p.key, &p.addressee, p.window);
+        let key = seal_key(&v, &p.key, &p.addressee, p.window, p.index);
         let token = key.seal_person(&handle, serial, &shared, nonce).unwrap();
         assert_eq!(to_hex(token.as_bytes()), p.token, "{}", p.description);
         assert!(p.token.starts_with(&format!("{}{}", p.header, p.nonce)));
+        let format = if p.index.is_some() {
+            FORMAT_INDEXED
+        } else {
+            FORMAT_WINDOW
+        };
+        assert_eq!(token.as_bytes()[0], format, "{}", p.description);
 
-        let (window, name) = peek(token.as_bytes()).unwrap();
-        assert_eq!((window.get(), name), (p.window, p.addressee.as_bytes()));
+        let (name, addressee) = peek(token.as_bytes()).unwrap();
+        assert_eq!(
+            (name, addressee),
+            (key_name(p.window, p.index), p.addressee.as_bytes())
+        );
         let claims = key.open_bytes(&hex(&p.token)).unwrap();
         assert_eq!(to_hex(claims.handle.expose_bytes()), p.handle);
         assert_eq!(to_hex(claims.serial.as_bytes()), p.serial);
@@ -358,7 +394,7 @@ fn every_token_vector_seals_to_its_bytes_and_opens_to_its_inputs() {
 fn every_negative_token_vector_fails_as_expected() {
     let v = vectors();
     for n in &v.tokens.negative {
-        let key = seal_key(&v, &n.key, &n.addressee, n.window);
+        let key = seal_key(&v, &n.key, &n.addressee, n.window, n.index);
         let outcome = match key.open_bytes(&hex(&n.token)) {
             Ok(_) => "accepted".to_owned(),
             Err(e) => format!("{e:?}"),

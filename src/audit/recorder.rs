@@ -77,6 +77,8 @@ pub struct Settings {
     pub commit_timeout: Duration,
     /// Longest the newest record waits for a signed checkpoint.
     pub checkpoint_interval: Duration,
+    /// How often the recorder purges record bodies past `retention`.
+    pub purge_every: Duration,
 }
 
 impl Default for Settings {
@@ -87,6 +89,7 @@ impl Default for Settings {
             warn_bytes: 2 << 30,
             commit_timeout: Duration::from_secs(2),
             checkpoint_interval: Duration::from_secs(1),
+            purge_every: Duration::from_secs(3600),
         }
     }
 }
@@ -175,6 +178,8 @@ const BUSY_INDEX_STEP: usize = 20_000;
 const INDEX_LAG: Duration = Duration::from_secs(1);
 /// How often the thread probes the store while not healthy.
 const PROBE_EVERY: Duration = Duration::from_secs(1);
+/// The low-disk-space warning repeats at most this often (D103).
+const SPACE_WARNING_EVERY: Duration = Duration::from_secs(60);
 /// Bounds of a probe's size (see [`commit_bytes`]).
 const MIN_PROBE: usize = 64 << 10;
 const MAX_PROBE: usize = 64 << 20;
@@ -221,6 +226,7 @@ impl Recorder {
             retry: Vec::new(),
             written_from: 0,
             last_space_check: None,
+            last_space_warning: None,
             probe_bytes: None,
             last_probe: None,
             // Tallies left from before a restart are rolled on the first
@@ -464,6 +470,8 @@ struct Committer {
     /// The store's size before the last commit tried.
     written_from: u64,
     last_space_check: Option<(Instant, bool)>,
+    /// When the low-space warning was last logged.
+    last_space_warning: Option<Instant>,
     /// While not healthy: the size of the largest commit that failed, which
     /// a probe must be able to write before health says serving again.
     probe_bytes: Option<usize>,
@@ -647,7 +655,13 @@ impl Committer {
                 false
             }
             Ok(free) => {
-                if free < self.settings.warn_bytes {
+                // Once a minute at most: the check runs every second.
+                if free < self.settings.warn_bytes
+                    && self
+                        .last_space_warning
+                        .is_none_or(|last| last.elapsed() >= SPACE_WARNING_EVERY)
+                {
+                    self.last_space_warning = Some(Instant::now());
                     tracing::warn!(
                         free_bytes = free,
                         reserve_bytes = self.settings.reserve_bytes,
@@ -842,7 +856,7 @@ impl Committer {
     fn purge(&mut self) {
         if self
             .last_purge
-            .is_some_and(|last| last.elapsed() < Duration::from_secs(3600))
+            .is_some_and(|last| last.elapsed() < self.settings.purge_every)
         {
             return;
         }

@@ -1,5 +1,5 @@
 //! `fugo serve`: loads the configuration, starts the server, reloads the
-//! policy on SIGHUP (on a thread of its own), stops gracefully on SIGTERM or
+//! policy and the CRLs on SIGHUP (on a thread of its own), stops gracefully on SIGTERM or
 //! SIGINT.
 
 use std::io::{self, IsTerminal, Write};
@@ -75,7 +75,7 @@ fn reload_thread(reloader: Reloader) -> io::Result<SyncSender<()>> {
         .name("fugo-reload".to_owned())
         .spawn(move || {
             while requests.recv().is_ok() {
-                // Errors are logged by the reload itself; the old policy stays.
+                // Errors are logged by the reload itself; the old policy or CRLs stay.
                 let _ = reloader.reload();
             }
         })?;

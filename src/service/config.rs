@@ -174,6 +174,34 @@ struct RawTls {
     ca: PathBuf,
     cert: PathBuf,
     key: PathBuf,
+    #[serde(default)]
+    crl: Paths,
+}
+
+/// One path or a list of them.
+#[derive(Deserialize)]
+#[serde(
+    untagged,
+    expecting = "a CRL file or a list of them, e.g. crl = \"/etc/fugo/agencies.crl\""
+)]
+enum Paths {
+    One(PathBuf),
+    Many(Vec<PathBuf>),
+}
+
+impl Default for Paths {
+    fn default() -> Self {
+        Paths::Many(Vec::new())
+    }
+}
+
+impl Paths {
+    fn into_vec(self) -> Vec<PathBuf> {
+        match self {
+            Paths::One(path) => vec![path],
+            Paths::Many(paths) => paths,
+        }
+    }
 }
 
 /// A checked configuration, every path absolute or relative to the working
@@ -202,6 +230,9 @@ pub struct ServeConfig {
     pub server_cert: PathBuf,
     /// The server's private key.
     pub server_key: PathBuf,
+    /// Certificate revocation lists of the client CA(s), PEM or DER
+    /// (`[tls] crl`); re-read on SIGHUP. Empty: no revocation checking.
+    pub crls: Vec<PathBuf>,
     /// Connection, stream, size and time limits (`[limits]`).
     pub limits: super::limits::Limits,
     /// The audit trail (`[audit]`).
@@ -251,12 +282,21 @@ impl ServeConfig {
             })?),
         };
         let data_dir = resolve(&raw.data_dir);
-        let (client_ca, server_cert, server_key) = match raw.tls {
-            Some(tls) => (resolve(&tls.ca), resolve(&tls.cert), resolve(&tls.key)),
+        let (client_ca, server_cert, server_key, crls) = match raw.tls {
+            Some(tls) => (
+                resolve(&tls.ca),
+                resolve(&tls.cert),
+                resolve(&tls.key),
+                tls.crl
+                    .into_vec()
+                    .iter()
+                    .map(|path| resolve(path))
+                    .collect(),
+            ),
             None if !raw.dev_mode => return Err(invalid(NO_TLS.to_owned())),
             None => {
                 let files = CertFiles::in_dir(&data_dir.join("certs"));
-                (files.ca, files.server_cert, files.server_key)
+                (files.ca, files.server_cert, files.server_key, Vec::new())
             }
         };
         Ok(ServeConfig {
@@ -270,6 +310,7 @@ impl ServeConfig {
             client_ca,
             server_cert,
             server_key,
+            crls,
             limits: super::limits::Limits::check(raw.limits).map_err(invalid)?,
             audit: raw.audit.check().map_err(invalid)?,
             metrics,
@@ -310,6 +351,23 @@ mod tests {
         .unwrap();
         assert_eq!(config.client_ca, Path::new("/etc/fugo/ca.pem"));
         assert!(config.server_key.ends_with("s.key"));
+    }
+
+    #[test]
+    fn crl_is_one_path_or_several() {
+        let tls = format!("{BASE}[tls]\nca = \"ca.pem\"\ncert = \"s.pem\"\nkey = \"s.key\"\n");
+        assert!(load(&tls).unwrap().crls.is_empty());
+        let one = load(&format!("{tls}crl = \"/etc/fugo/agencies.crl\"\n")).unwrap();
+        assert_eq!(one.crls, vec![PathBuf::from("/etc/fugo/agencies.crl")]);
+        let two = load(&format!("{tls}crl = [\"a.crl\", \"b.crl.pem\"]\n")).unwrap();
+        assert_eq!(two.crls.len(), 2);
+        assert!(two.crls[1].ends_with("b.crl.pem"));
+        let error = load(&format!("{tls}crl = 3\n")).unwrap_err();
+        let message = error.to_string();
+        assert!(
+            message.contains("line 10") && message.contains("a CRL file or a list of them"),
+            "{message}"
+        );
     }
 
     #[test]

@@ -5,7 +5,9 @@
 //!  accept ─► connection cap (a permit per connection, or close at once)
 //!         ─► TCP_NODELAY
 //!         ─► TLS handshake under a timeout (its own task; client
-//!            certificate required, signed by the client CA)
+//!            certificate required, signed by the client CA and not
+//!            revoked by the CRLs in force; the setup is swapped whole
+//!            by a reload, see [`Acceptor`])
 //!         ─► client certificate parsed once (identity::PeerCertificate)
 //!         ─► tonic, which sees a `Connection` with its `Peer`; a
 //!            connection that sends nothing for the idle timeout is closed
@@ -46,7 +48,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -66,6 +68,7 @@ use tonic::transport::server::Connected;
 
 use super::identity::PeerCertificate;
 use super::limits::Limits;
+use super::revocation::{Crls, Revocations};
 
 /// The shortest and longest pause after an accept error.
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(5), Duration::from_secs(1));
@@ -80,23 +83,51 @@ const QUEUE: usize = 64;
 /// server; every client must present a certificate signed by `client_ca`.
 /// Only HTTP/2 is offered (ALPN `h2`). Each file is given as its path
 /// (named in the error) and its PEM text; the error says which file is
-/// unusable and why.
+/// unusable and why. No certificate revocation lists: `fugo serve` adds
+/// those named by `[tls] crl`.
 pub fn tls_acceptor(
     client_ca: (&Path, &[u8]),
     server_cert: (&Path, &[u8]),
     server_key: (&Path, &[u8]),
-) -> Result<TlsAcceptor, String> {
+) -> Result<Acceptor, String> {
+    let (config, crls) = tls_setup(client_ca, server_cert, server_key, &[])?;
+    Ok(Acceptor::new(config, crls))
+}
+
+/// [`tls_acceptor`]'s setup with the revocation lists in `crls` (each its
+/// path and contents, PEM or DER), checked against the client CA (see
+/// `revocation`). With lists, a client certificate is refused at the
+/// handshake when its CA's list revokes it, when its CA has no list, or
+/// when that list has expired (D132).
+pub(crate) fn tls_setup(
+    client_ca: (&Path, &[u8]),
+    server_cert: (&Path, &[u8]),
+    server_key: (&Path, &[u8]),
+    crls: &[(&Path, &[u8])],
+) -> Result<(Arc<ServerConfig>, Crls), String> {
     let shown = |path: &Path, what: &str| format!("{}: {what}", path.display());
     let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
     let mut roots = RootCertStore::empty();
+    let mut anchors = Vec::new();
     for certificate in CertificateDer::pem_slice_iter(client_ca.1) {
         let certificate =
             certificate.map_err(|error| shown(client_ca.0, &format!("not PEM: {error}")))?;
         roots
-            .add(certificate)
+            .add(certificate.clone())
             .map_err(|error| shown(client_ca.0, &format!("not a CA certificate: {error}")))?;
+        anchors.push(certificate);
     }
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+    let crls = Crls::load(crls, (client_ca.0, &anchors), &provider)?;
+    let mut verifier =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
+    if !crls.is_empty() {
+        // The whole chain, unknown status refused (the default), an expired
+        // list refused too: fail closed, as OpenSSL and nginx do (D132).
+        verifier = verifier
+            .with_crls(crls.ders())
+            .enforce_revocation_expiration();
+    }
+    let verifier = verifier
         .build()
         .map_err(|error| shown(client_ca.0, &format!("unusable client CA: {error}")))?;
     let chain = CertificateDer::pem_slice_iter(server_cert.1)
@@ -111,7 +142,46 @@ pub fn tls_acceptor(
         .with_single_cert(chain, key)
         .map_err(|error| shown(server_cert.0, &format!("unusable with its key: {error}")))?;
     config.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(config)))
+    Ok((Arc::new(config), crls))
+}
+
+/// The TLS setup in force, replaceable while the server runs: each
+/// handshake uses the setup in force when it starts, and every accepted
+/// client certificate is checked against the revocation lists in force on
+/// each call (D131).
+#[derive(Clone)]
+pub struct Acceptor {
+    config: Arc<RwLock<Arc<ServerConfig>>>,
+    revocations: Revocations,
+}
+
+impl Acceptor {
+    pub(crate) fn new(config: Arc<ServerConfig>, crls: Crls) -> Self {
+        let revocations = Revocations::default();
+        revocations.install(Arc::new(crls));
+        Acceptor {
+            config: Arc::new(RwLock::new(config)),
+            revocations,
+        }
+    }
+
+    /// Puts a new setup in force: the lists first, so that no call is
+    /// decided under lists older than its connection's handshake.
+    pub(crate) fn install(&self, config: Arc<ServerConfig>, crls: Crls) {
+        self.revocations.install(Arc::new(crls));
+        *self.config.write().unwrap_or_else(PoisonError::into_inner) = config;
+    }
+
+    /// The revocation lists in force.
+    pub(crate) fn crls(&self) -> Arc<Crls> {
+        self.revocations.current()
+    }
+
+    fn tls(&self) -> TlsAcceptor {
+        TlsAcceptor::from(Arc::clone(
+            &self.config.read().unwrap_or_else(PoisonError::into_inner),
+        ))
+    }
 }
 
 /// What the service knows about the other end of a connection; tonic puts
@@ -215,7 +285,7 @@ impl AsyncWrite for Connection {
 /// built on [`server`].
 pub fn incoming(
     listener: TcpListener,
-    acceptor: TlsAcceptor,
+    acceptor: Acceptor,
     limits: &Limits,
 ) -> ReceiverStream<Result<Connection, Infallible>> {
     let (sender, receiver) = mpsc::channel(QUEUE);
@@ -238,7 +308,7 @@ pub fn server(limits: &Limits) -> Server {
 
 type Sender = mpsc::Sender<Result<Connection, Infallible>>;
 
-async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, limits: Limits, sender: Sender) {
+async fn accept_loop(listener: TcpListener, acceptor: Acceptor, limits: Limits, sender: Sender) {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let mut pause = Duration::ZERO;
     let mut full = Throttle::default();
@@ -292,14 +362,18 @@ async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, limits: Limit
 async fn handshake(
     tcp: TcpStream,
     addr: SocketAddr,
-    acceptor: TlsAcceptor,
+    acceptor: Acceptor,
     limits: Limits,
     permit: OwnedSemaphorePermit,
     sender: Sender,
     refused: Arc<Mutex<Throttle>>,
 ) {
-    let error = match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await {
-        Ok(Ok(tls)) => return connected(tls, addr, &limits, permit, sender).await,
+    let accept = acceptor.tls().accept(tcp);
+    let error = match tokio::time::timeout(limits.handshake_timeout, accept).await {
+        Ok(Ok(tls)) => {
+            let revocations = acceptor.revocations.clone();
+            return connected(tls, addr, revocations, &limits, permit, sender).await;
+        }
         Ok(Err(error)) => error.to_string(),
         Err(_) => "timed out".to_owned(),
     };
@@ -318,6 +392,7 @@ async fn handshake(
 async fn connected(
     tls: TlsStream<TcpStream>,
     addr: SocketAddr,
+    revocations: Revocations,
     limits: &Limits,
     permit: OwnedSemaphorePermit,
     sender: Sender,
@@ -326,7 +401,7 @@ async fn connected(
     let Some(leaf) = tls.get_ref().1.peer_certificates().and_then(|c| c.first()) else {
         return;
     };
-    let certificate = Arc::new(PeerCertificate::from_der(leaf.as_ref()));
+    let certificate = Arc::new(PeerCertificate::from_der(leaf.as_ref(), revocations));
     let now = Instant::now();
     let connection = Connection {
         tls,

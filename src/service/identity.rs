@@ -7,13 +7,15 @@
 //! another field such as a DNS name: a second source of identity is a
 //! second way to be someone else. The certificate is parsed once per
 //! connection, after the TLS handshake; which agency the identity is, is
-//! decided per call and per batch against the policy in force.
+//! decided per call and per batch against the policy in force, and so is
+//! whether the certificate has been revoked since (the CRLs in force).
 
 use sha2::{Digest, Sha256};
 use tonic::Status;
 use x509_parser::asn1_rs::Tag;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
+use super::revocation::Revocations;
 use super::status;
 use crate::agency::AgencyId;
 use crate::policy::Policy;
@@ -27,28 +29,45 @@ pub(crate) struct PeerCertificate {
     pub(crate) subject: String,
     /// The identity, or why the certificate has no usable one.
     pub(crate) identity: Result<String, String>,
+    /// The issuer (DER) and serial number, which a CRL names.
+    revocation_key: (Vec<u8>, Vec<u8>),
+    /// The CRLs in force, replaced by reloads.
+    revocations: Revocations,
 }
 
 impl PeerCertificate {
-    /// Parses the leaf certificate `der`.
-    pub(crate) fn from_der(der: &[u8]) -> Self {
+    /// Parses the leaf certificate `der`; `revocations` are the CRLs it is
+    /// checked against on every call.
+    pub(crate) fn from_der(der: &[u8], revocations: Revocations) -> Self {
         let fingerprint = crate::hex::encode(&Sha256::digest(der));
         match X509Certificate::from_der(der) {
             Ok((_, certificate)) => PeerCertificate {
                 fingerprint,
                 subject: certificate.subject().to_string(),
                 identity: common_name(&certificate),
+                revocation_key: (
+                    certificate.issuer().as_raw().to_vec(),
+                    certificate.raw_serial().to_vec(),
+                ),
+                revocations,
             },
             Err(_) => PeerCertificate {
                 fingerprint,
                 subject: String::new(),
                 identity: Err("the client certificate cannot be parsed".to_owned()),
+                revocation_key: (Vec::new(), Vec::new()),
+                revocations,
             },
         }
     }
 
-    /// The agency this certificate acts as under `policy`.
+    /// The agency this certificate acts as under `policy`, if the CRLs in
+    /// force do not revoke it.
     pub(crate) fn caller(&self, policy: &Policy) -> Result<AgencyId, Status> {
+        let (issuer, serial) = &self.revocation_key;
+        if let Some(reason) = self.revocations.current().refusal(issuer, serial) {
+            return Err(status::unauthenticated(&reason));
+        }
         let identity = self
             .identity
             .as_ref()

@@ -28,6 +28,7 @@ mod identity;
 pub mod limits;
 mod metrics;
 mod quota;
+mod revocation;
 pub mod server;
 mod status;
 

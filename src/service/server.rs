@@ -13,7 +13,6 @@ use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tokio_rustls::TlsAcceptor;
 use tonic::service::interceptor::InterceptedService;
 use zeroize::Zeroizing;
 
@@ -24,6 +23,7 @@ use super::edge;
 use super::framing::FramingStatus;
 use super::metrics::{self, Metrics};
 use super::quota::Quotas;
+use super::revocation::Crls;
 use crate::audit::entries::{BatchFacts, policy_digest};
 use crate::audit::{Recorder, RecorderError};
 use crate::certs::{self, CertError};
@@ -262,14 +262,93 @@ pub(crate) fn tls_material(
     })
 }
 
-/// The TLS setup: the server's identity, and client certificates required
-/// and checked against the client CA (see `edge`).
-fn tls_config(config: &ServeConfig, policy: &Policy) -> Result<TlsAcceptor, ServeError> {
-    let material = tls_material(config, policy)?;
-    edge::tls_acceptor(
-        (&config.client_ca, &material.client_ca),
-        (&config.server_cert, &material.server_cert),
-        (&config.server_key, material.server_key.as_slice()),
+/// Largest CRL file: 64 MiB (a list of a million serial numbers is about 40 MB).
+const MAX_CRL: u64 = 64 << 20;
+
+/// The TLS setup and what rebuilding it takes: the files read at start
+/// (the client CA, the server's certificate and key, kept in memory) and
+/// the CRL files, which a reload reads again.
+#[derive(Clone)]
+struct TlsSetup {
+    acceptor: edge::Acceptor,
+    material: Arc<TlsMaterial>,
+    client_ca: PathBuf,
+    server_cert: PathBuf,
+    server_key: PathBuf,
+    crls: Vec<PathBuf>,
+}
+
+impl TlsSetup {
+    /// The server's identity, and client certificates required and checked
+    /// against the client CA and the CRLs (see `edge`).
+    fn start(config: &ServeConfig, policy: &Policy) -> Result<Self, ServeError> {
+        let material = Arc::new(tls_material(config, policy)?);
+        let (server, crls) = build_tls(
+            &material,
+            (&config.client_ca, &config.server_cert, &config.server_key),
+            &config.crls,
+        )?;
+        if !crls.is_empty() {
+            tracing::info!(crls = ?crls, "certificate revocation lists in force");
+        }
+        Ok(TlsSetup {
+            acceptor: edge::Acceptor::new(server, crls),
+            material,
+            client_ca: config.client_ca.clone(),
+            server_cert: config.server_cert.clone(),
+            server_key: config.server_key.clone(),
+            crls: config.crls.clone(),
+        })
+    }
+
+    /// Reads the CRL files again and puts them in force for new handshakes
+    /// and every call after; an unusable list leaves those in force (and
+    /// says why). Returns how many serial numbers are revoked.
+    fn reload(&self) -> Result<usize, ServeError> {
+        if self.crls.is_empty() {
+            return Ok(0);
+        }
+        let files = (&self.client_ca, &self.server_cert, &self.server_key);
+        let built = build_tls(&self.material, files, &self.crls).and_then(|(server, crls)| {
+            crls.not_older_than(&self.acceptor.crls())
+                .map_err(ServeError::Tls)?;
+            Ok((server, crls))
+        });
+        match built {
+            Ok((server, crls)) => {
+                let revoked = crls.revoked();
+                tracing::info!(crls = ?crls, "certificate revocation lists reloaded");
+                self.acceptor.install(server, crls);
+                Ok(revoked)
+            }
+            Err(error) => {
+                tracing::error!(error = %error,
+                    "CRL reload refused; the revocation lists in force stay");
+                Err(error)
+            }
+        }
+    }
+}
+
+/// The rustls setup from the files read at start and the CRL files, read now.
+fn build_tls(
+    material: &TlsMaterial,
+    (client_ca, server_cert, server_key): (&PathBuf, &PathBuf, &PathBuf),
+    crl_paths: &[PathBuf],
+) -> Result<(Arc<tokio_rustls::rustls::ServerConfig>, Crls), ServeError> {
+    let mut crls = Vec::new();
+    for path in crl_paths {
+        crls.push((path.as_path(), read_tls(path, MAX_CRL)?));
+    }
+    let crls: Vec<(&Path, &[u8])> = crls
+        .iter()
+        .map(|(path, contents)| (*path, contents.bytes.as_slice()))
+        .collect();
+    edge::tls_setup(
+        (client_ca, &material.client_ca),
+        (server_cert, &material.server_cert),
+        (server_key, material.server_key.as_slice()),
+        &crls,
     )
     .map_err(ServeError::Tls)
 }
@@ -283,6 +362,7 @@ pub struct Running {
     metrics_task: Option<JoinHandle<()>>,
     state: Arc<State>,
     policy_path: PathBuf,
+    tls: TlsSetup,
     grace: std::time::Duration,
     stop: oneshot::Sender<()>,
     task: JoinHandle<Result<(), tonic::transport::Error>>,
@@ -295,11 +375,26 @@ impl Running {
         reload(&self.state, &self.policy_path)
     }
 
-    /// A handle that can reload the policy from another task.
+    /// Re-reads the CRL files (`[tls] crl`) and puts them in force: new
+    /// handshakes and every later call or stream message are checked
+    /// against them. An unusable list leaves the lists in force and says
+    /// why. Returns how many serial numbers are revoked.
+    pub fn reload_crls(&self) -> Result<usize, ServeError> {
+        self.tls.reload()
+    }
+
+    /// What SIGHUP does: [`reload_policy`](Self::reload_policy) and
+    /// [`reload_crls`](Self::reload_crls), each independent of the other.
+    pub fn reload(&self) -> Result<PolicyVersion, ServeError> {
+        self.reloader().reload()
+    }
+
+    /// A handle that can reload the policy and the CRLs from another task.
     pub fn reloader(&self) -> Reloader {
         Reloader {
             state: Arc::clone(&self.state),
             path: self.policy_path.clone(),
+            tls: self.tls.clone(),
         }
     }
 
@@ -323,17 +418,23 @@ impl Running {
     }
 }
 
-/// Reloads the policy of a running server (what SIGHUP does).
+/// Reloads the policy and the CRLs of a running server (what SIGHUP does).
 #[derive(Clone)]
 pub struct Reloader {
     state: Arc<State>,
     path: PathBuf,
+    tls: TlsSetup,
 }
 
 impl Reloader {
-    /// See [`Running::reload_policy`].
+    /// See [`Running::reload`]: the policy and the CRLs, each kept when
+    /// its new file is unusable; the first error is returned.
     pub fn reload(&self) -> Result<PolicyVersion, ServeError> {
-        reload(&self.state, &self.path)
+        let policy = reload(&self.state, &self.path);
+        let crls = self.tls.reload();
+        let version = policy?;
+        crls?;
+        Ok(version)
     }
 }
 
@@ -395,7 +496,7 @@ async fn start_with(
         return Err(ServeError::KeyFileOpen(shown));
     }
     let (policy, policy_text) = load_policy_text(&config.policy)?;
-    let tls = tls_config(&config, &policy)?;
+    let tls = TlsSetup::start(&config, &policy)?;
     let version = policy.version().clone();
     let recorder = if audited {
         open_recorder(&config, &keys)?
@@ -516,7 +617,7 @@ async fn start_with(
             ))
         }
     };
-    let incoming = edge::incoming(listener, tls, limits);
+    let incoming = edge::incoming(listener, tls.acceptor.clone(), limits);
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
         let _ = stopped.await;
@@ -542,6 +643,7 @@ async fn start_with(
         metrics_task,
         state,
         policy_path: config.policy,
+        tls,
         grace: config.shutdown_grace,
         stop,
         task,

@@ -102,6 +102,8 @@ pub struct TokenPositive {
     pub handle: String,
     pub addressee: String,
     pub window: u32,
+    /// The key index (format 2); `None` for format 1.
+    pub index: Option<u32>,
     pub serial: String,
     pub nonce: String,
     pub requester: String,
@@ -121,6 +123,8 @@ pub struct TokenNegative {
     pub key: String,
     pub addressee: String,
     pub window: u32,
+    /// The key index of the key it is opened with; `None`: format 1's key.
+    pub index: Option<u32>,
     pub token: String,
     pub error: String,
 }
@@ -200,6 +204,7 @@ pub fn server_config(
         client_ca: dir.join("ca.pem"),
         server_cert: dir.join("server.pem"),
         server_key: dir.join("server.key"),
+        crls: Vec::new(),
         limits: fugo::service::Limits::default(),
         audit: fugo::service::AuditConfig::default(),
         metrics: None,

@@ -22,7 +22,9 @@ and every Python version: no clocks, no `random`; every pseudo-random choice
 is taken from SHA-256 of a fixed ASCII seed.
 
 Besides the code vectors of §3 it writes the sealed-token vectors of §7
-(the "tokens" section): AES-256-GCM is the `cryptography` package's AESGCM.
+(the "tokens" section), of both token formats (1: the window names the key;
+2: the window and a key index): AES-256-GCM is the `cryptography` package's
+AESGCM.
 
 Before anything is written the script asserts the known answers of SPEC.md §6
 and the demo-key fingerprint; if they do not reproduce it fails loudly.
@@ -430,6 +432,7 @@ KEYS = {"demo": Keys(DEMO_MASTER_KEY), "second": Keys(SECOND_MASTER_KEY)}
 
 DEMO_FINGERPRINT = "34391a36deac07213d13a6753154bf16"            # §2
 SEAL_KNOWN_ANSWER = "df3302b54de3cbf02cb8f11e4375664e9c861e95cab62b9236d7adb6bb70af16"  # §7.1, nta, 20000
+SEAL2_KNOWN_ANSWER = "776635d232c9e51c792fcddccfec07bd8b56c0642682771c5ebcb3767ad6020a"  # §7.1, nta, 20000, index 7
 
 # §6 known answers: (number, agency, epoch, handle, code bytes, text).
 KNOWN_ANSWERS = [
@@ -490,6 +493,10 @@ def self_check() -> None:
     seal = k_seal(KEYS["demo"], "nta", 20000).hex()
     require(seal == SEAL_KNOWN_ANSWER, f"§7.1 K_seal(nta, 20000) {seal} != {SEAL_KNOWN_ANSWER}")
     require(token_header("nta", 20000).hex() == "0100004e20036e7461", "§7.1 header of nta, 20000")
+    seal2 = k_seal(KEYS["demo"], "nta", 20000, 7).hex()
+    require(seal2 == SEAL2_KNOWN_ANSWER, f"§7.1 K_seal(nta, 20000, 7) {seal2} != {SEAL2_KNOWN_ANSWER}")
+    require(token_header("nta", 20000, 7).hex() == "0200004e2000000007036e7461",
+            "§7.1 header of nta, 20000, index 7")
 
     # §3.2: the two phrasings of the check symbol agree.
     for i in range(200):
@@ -720,12 +727,14 @@ def negative_vectors() -> list[dict]:
 # §7 Sealed tokens
 # ---------------------------------------------------------------------------
 
-TOKEN_FORMAT = 0x01
+FORMAT_WINDOW = 0x01                   # §7.1 format 1: the window names the key
+FORMAT_INDEXED = 0x02                  # §7.1 format 2: the window and a key index
 TOKEN_AAD_LABEL = b"fugo/v1/token"
 NONCE_LEN = 12
 TAG_LEN = 16
 MAX_ITEMS = 64
 WINDOW_MAX = 2**32 - 1                 # the window is a uint32 in the header
+INDEX_MAX = 2**32 - 1                  # so is the key index (format 2)
 ID_RE = AGENCY_ID_RE                    # §7: every id has the §1.2 syntax
 
 
@@ -736,10 +745,14 @@ def check_id(name: str) -> bytes:
     return raw
 
 
-def k_seal(keys: Keys, addressee: str, window: int) -> bytes:
-    """§7: K_seal(b, w) = HKDF-Expand(PRK, `fugo/v1/seal/` ‖ b ‖ `/` ‖ decimal(w), 32)."""
+def k_seal(keys: Keys, addressee: str, window: int, index: int | None = None) -> bytes:
+    """§7: format 1 (index None): K_seal(b, w) = HKDF-Expand(PRK, `fugo/v1/seal/` ‖ b ‖ `/` ‖ decimal(w), 32);
+    format 2: K_seal(b, w, k) = HKDF-Expand(PRK, `fugo/v1/seal/` ‖ b ‖ `/` ‖ decimal(w) ‖ `/` ‖ decimal(k), 32)."""
     assert 0 <= window <= WINDOW_MAX
     info = b"fugo/v1/seal/" + check_id(addressee) + b"/" + str(window).encode("ascii")
+    if index is not None:
+        assert 0 <= index <= INDEX_MAX
+        info += b"/" + str(index).encode("ascii")
     return hkdf_expand(keys.prk, info, 32)
 
 
@@ -749,10 +762,15 @@ def short_string(raw: bytes) -> bytes:
     return bytes([len(raw)]) + raw
 
 
-def token_header(addressee: str, window: int, fmt: int = TOKEN_FORMAT) -> bytes:
-    """§7: header = 0x01 ‖ uint32_be(w) ‖ uint8(len(b)) ‖ b."""
+def token_header(addressee: str, window: int, index: int | None = None) -> bytes:
+    """§7: format 1 (index None): header = 0x01 ‖ uint32_be(w) ‖ uint8(len(b)) ‖ b;
+    format 2: header = 0x02 ‖ uint32_be(w) ‖ uint32_be(k) ‖ uint8(len(b)) ‖ b."""
     assert 0 <= window <= WINDOW_MAX
-    return bytes([fmt]) + window.to_bytes(4, "big") + short_string(check_id(addressee))
+    if index is None:
+        return bytes([FORMAT_WINDOW]) + window.to_bytes(4, "big") + short_string(check_id(addressee))
+    assert 0 <= index <= INDEX_MAX
+    return (bytes([FORMAT_INDEXED]) + window.to_bytes(4, "big") + index.to_bytes(4, "big")
+            + short_string(check_id(addressee)))
 
 
 def token_claims(h: bytes, serial: bytes, requester: str, affair: str, items: list[str],
@@ -789,19 +807,21 @@ class TokenError(Exception):
         self.kind = kind
 
 
-def peek_header(token: bytes) -> tuple[int, bytes, int]:
-    """§7.2 steps 1-2: read a header: (window, addressee bytes, header length) or a refusal."""
+def peek_header(token: bytes) -> tuple[int, int | None, bytes]:
+    """§7.2 steps 1-2: read a header: (window, key index or None, addressee bytes) or a refusal."""
     if len(token) < 1:
         raise TokenError("Malformed")
-    if token[0] != TOKEN_FORMAT:
+    if token[0] not in (FORMAT_WINDOW, FORMAT_INDEXED):
         raise TokenError("UnknownFormat")
-    if len(token) < 6:
+    fixed = 6 if token[0] == FORMAT_WINDOW else 10     # bytes before the addressee
+    if len(token) < fixed:
         raise TokenError("Malformed")
     window = int.from_bytes(token[1:5], "big")
-    length = token[5]
-    if len(token) < 6 + length:
+    index = None if token[0] == FORMAT_WINDOW else int.from_bytes(token[5:9], "big")
+    length = token[fixed - 1]
+    if len(token) < fixed + length:
         raise TokenError("Malformed")
-    return window, token[6:6 + length], 6 + length
+    return window, index, token[fixed:fixed + length]
 
 
 def parse_claims(plain: bytes) -> dict:
@@ -836,17 +856,18 @@ def parse_claims(plain: bytes) -> dict:
             "non_disclosure_until": until if until != 0 else None}
 
 
-def open_token(keys: Keys, addressee: str, window: int, token: bytes) -> dict:
-    """§7.2: open `token` with K_seal(addressee, window); the claims or a TokenError."""
-    expected = token_header(addressee, window)
+def open_token(keys: Keys, addressee: str, window: int, token: bytes, index: int | None = None) -> dict:
+    """§7.2: open `token` with K_seal(addressee, window[, index]); the claims or a TokenError."""
+    expected = token_header(addressee, window, index)
     # Steps 1-2: the token must start with exactly the key's own header H.
     if token[:len(expected)] != expected:
-        got_window, got_addressee, _ = peek_header(token)
+        got_window, got_index, got_addressee = peek_header(token)
         if not ID_RE.fullmatch(got_addressee):
             raise TokenError("Malformed")
         if got_addressee != addressee.encode("ascii"):
             raise TokenError("WrongAddressee")
-        assert got_window != window
+        # Only the key name differs: the window, the index, or the format.
+        assert (got_window, got_index, token[0]) != (window, index, expected[0])
         raise TokenError("WrongWindow")
     rest = token[len(expected):]
     # Step 3: room for a nonce and a tag after H.
@@ -854,7 +875,7 @@ def open_token(keys: Keys, addressee: str, window: int, token: bytes) -> dict:
         raise TokenError("Malformed")
     # Step 4: authenticate and decrypt (AAD = `fugo/v1/token` ‖ H).
     try:
-        plain = AESGCM(k_seal(keys, addressee, window)).decrypt(
+        plain = AESGCM(k_seal(keys, addressee, window, index)).decrypt(
             rest[:NONCE_LEN], rest[NONCE_LEN:], TOKEN_AAD_LABEL + expected)
     except InvalidTag:
         raise TokenError("Forged") from None
@@ -862,9 +883,10 @@ def open_token(keys: Keys, addressee: str, window: int, token: bytes) -> dict:
     return parse_claims(plain)
 
 
-def token_error_of(keys: Keys, addressee: str, window: int, token: bytes) -> str | None:
+def token_error_of(keys: Keys, addressee: str, window: int, token: bytes,
+                   index: int | None = None) -> str | None:
     try:
-        open_token(keys, addressee, window, token)
+        open_token(keys, addressee, window, token, index)
     except TokenError as e:
         return e.kind
     return None
@@ -896,24 +918,47 @@ TOKEN_CASES = [
 ]
 
 
-def token_vector(i: int, case: tuple) -> dict:
+# Format 2: the same shape with the key index after the window.
+TOKEN2_CASES = [
+    ("format 2: one item, key index 0", "demo", "123456789018", "nta", 20000, 0,
+     "city-shinjuku", "local-tax.assessment", ["income"], 20000 * DAY + 3600, None),
+    ("format 2: the same inputs under key index 1 (another key)", "demo", "123456789018", "nta", 20000, 1,
+     "city-shinjuku", "local-tax.assessment", ["income"], 20000 * DAY + 3600, None),
+    ("format 2: three items, non-disclosure date, a random-looking index", "demo", "983205673214",
+     "city-shinjuku", 20001, 0x9E3779B9, "mhlw", "health-insurance-benefit",
+     ["local-tax", "resident", "household"], 20001 * DAY + 7 * DAY, 20001 * DAY + 180 * DAY),
+    ("format 2: one-byte ids, window 0, largest index", "demo", "000000000000", "0", 0, INDEX_MAX,
+     "1", "2", ["3"], 1, 2),
+    ("format 2: 63-byte ids, largest window, index 2^31 (the top bit)", "demo", "000000000019",
+     "a" * 63, WINDOW_MAX, 2**31, "z" * 63, "9" * 63, ["m" * 63, "x"], 2**64 - 1, 2**64 - 1),
+    ("format 2: 64 items", "demo", "123456789018", "jps.pension", 20500, 42,
+     "moj_family-register", "family-register.check", [f"item-{i:02d}" for i in range(64)],
+     20500 * DAY + 86399, None),
+    ("format 2: second key, key index 0", "second", "123456789018", "nta", 20000, 0,
+     "pref-13-welfare", "public-assistance", ["pension.amount", "income"],
+     20000 * DAY + 600, 20000 * DAY + 30 * DAY),
+]
+
+
+def token_vector(i: int, case: tuple, index: int | None = None, seed: str = "token") -> dict:
     (description, key, number, addressee, window, requester, affair, items,
      expires_at, until) = case
     keys = KEYS[key]
     h = person_handle(keys, parse_my_number(number))
-    serial = seeded(f"token/serial/{i}")[:16]
-    nonce = seeded(f"token/nonce/{i}")[:NONCE_LEN]
-    key_bytes = k_seal(keys, addressee, window)
-    header = token_header(addressee, window)
+    serial = seeded(f"{seed}/serial/{i}")[:16]
+    nonce = seeded(f"{seed}/nonce/{i}")[:NONCE_LEN]
+    key_bytes = k_seal(keys, addressee, window, index)
+    header = token_header(addressee, window, index)
     claims = token_claims(h, serial, requester, affair, items, expires_at, until)
     token = seal_raw(key_bytes, header, nonce, claims)
     # Round trip (§7.2): the token opens back to its inputs.
-    opened = open_token(keys, addressee, window, token)
+    opened = open_token(keys, addressee, window, token, index)
     assert opened == {"handle": h.hex(), "serial": serial.hex(), "requester": requester,
                       "affair": affair, "items": items, "expires_at": expires_at,
                       "non_disclosure_until": until}, description
     return {"description": description, "key": key, "number": number, "handle": h.hex(),
-            "addressee": addressee, "window": window, "serial": serial.hex(), "nonce": nonce.hex(),
+            "addressee": addressee, "window": window, "index": index,
+            "serial": serial.hex(), "nonce": nonce.hex(),
             "requester": requester, "affair": affair, "items": items,
             "expires_at": expires_at, "non_disclosure_until": until,
             "k_seal": key_bytes.hex(), "header": header.hex(), "claims": claims.hex(),
@@ -921,11 +966,20 @@ def token_vector(i: int, case: tuple) -> dict:
 
 
 def token_positive_vectors() -> list[dict]:
+    """Format 1 first (the eight vectors of before format 2, unchanged), then format 2."""
     out = [token_vector(i, case) for i, case in enumerate(TOKEN_CASES)]
     # Fresh nonces: the two tokens of the same claims share only the header.
     a, b = bytes.fromhex(out[0]["token"]), bytes.fromhex(out[6]["token"])
     header_len = len(bytes.fromhex(out[0]["header"]))
     assert a[:header_len] == b[:header_len] and a[header_len:] != b[header_len:]
+    for i, case in enumerate(TOKEN2_CASES):
+        (description, key, number, addressee, window, index, *rest) = case
+        out.append(token_vector(i, (description, key, number, addressee, window, *rest),
+                                index=index, seed="token2"))
+    # Another key index is another key: the two keys differ, and so do the tokens.
+    first, other = out[len(TOKEN_CASES)], out[len(TOKEN_CASES) + 1]
+    assert first["k_seal"] != other["k_seal"] and first["claims"] != other["claims"]
+    assert first["k_seal"] != out[0]["k_seal"]          # nor is index 0 the format-1 key
     return out
 
 
@@ -938,11 +992,11 @@ def token_negative_vectors(positive: list[dict]) -> list[dict]:
     demo = KEYS["demo"]
 
     def neg(description: str, token: bytes, expected: str, key: str = "demo",
-            addressee: str = addressee, window: int = window) -> None:
-        got = token_error_of(KEYS[key], addressee, window, token)
+            addressee: str = addressee, window: int = window, index: int | None = None) -> None:
+        got = token_error_of(KEYS[key], addressee, window, token, index)
         assert got == expected, f"{description}: expected {expected}, got {got}"
         out.append({"description": description, "key": key, "addressee": addressee,
-                    "window": window, "token": token.hex(), "error": got})
+                    "window": window, "index": index, "token": token.hex(), "error": got})
 
     def flip(index: int, bit: int) -> bytes:
         changed = bytearray(T)
@@ -955,9 +1009,12 @@ def token_negative_vectors(positive: list[dict]) -> list[dict]:
     # --- §7.2 step 1: format byte ---------------------------------------------
     neg("empty token", b"", "Malformed")
     neg("format byte 0x00", bytes([0x00]) + T[1:], "UnknownFormat")
-    neg("format byte 0x02", bytes([0x02]) + T[1:], "UnknownFormat")
+    neg("format byte 0x03", bytes([0x03]) + T[1:], "UnknownFormat")
     neg("format byte with its top bit flipped (0x81)", flip(0, 7), "UnknownFormat")
-    neg("a lone format byte 0x02: the format is checked before the length", bytes([0x02]), "UnknownFormat")
+    neg("a lone format byte 0x03: the format is checked before the length", bytes([0x03]), "UnknownFormat")
+    neg("a lone format byte 0x02 (format 2, known): too short", bytes([0x02]), "Malformed")
+    neg("format byte 0x02 on a format-1 token: the window and the next four bytes are read as "
+        "window and key index, the addressee length from the nonce", bytes([0x02]) + T[1:], "Malformed")
 
     # --- §7.2 step 2: the rest of the header ---------------------------------
     neg("truncated to the format byte", T[:1], "Malformed")
@@ -1052,6 +1109,78 @@ def token_negative_vectors(positive: list[dict]) -> list[dict]:
     return out
 
 
+def token2_negative_vectors(positive: list[dict]) -> list[dict]:
+    """§7.2 for format 2: the key index is part of the key name and of the AAD."""
+    out = []
+    base = positive[len(TOKEN_CASES)]        # format 2: demo key, nta, window 20000, index 0
+    assert base["index"] == 0
+    T = bytes.fromhex(base["token"])
+    H = len(bytes.fromhex(base["header"]))   # 10 + len("nta") = 13
+    addressee, window, index = base["addressee"], base["window"], base["index"]
+    demo = KEYS["demo"]
+    v1 = bytes.fromhex(positive[0]["token"])  # format 1, same addressee, window and claims
+
+    def neg(description: str, token: bytes, expected: str, key: str = "demo",
+            addressee: str = addressee, window: int = window, index: int | None = index) -> None:
+        got = token_error_of(KEYS[key], addressee, window, token, index)
+        assert got == expected, f"{description}: expected {expected}, got {got}"
+        out.append({"description": description, "key": key, "addressee": addressee,
+                    "window": window, "index": index, "token": token.hex(), "error": got})
+
+    def flip(index: int, bit: int) -> bytes:
+        changed = bytearray(T)
+        changed[index] ^= 1 << bit
+        return bytes(changed)
+
+    # --- steps 1-2: format and header ----------------------------------------
+    neg("format 2: format byte 0x03", bytes([0x03]) + T[1:], "UnknownFormat")
+    neg("format 2: truncated inside the key index (window and 3 of 4 index bytes)", T[:8], "Malformed")
+    neg("format 2: truncated before the addressee length byte", T[:9], "Malformed")
+    neg("format 2: truncated inside the addressee", T[:H - 1], "Malformed")
+    neg("format 2: relabelled format 1 (index byte 0 read as an empty addressee)",
+        bytes([0x01]) + T[1:], "Malformed")
+    neg("format 2: lowest bit of the key index flipped", flip(8, 0), "WrongWindow")
+    neg("format 2: highest bit of the key index flipped", flip(5, 7), "WrongWindow")
+    neg("format 2: lowest bit of the window flipped", flip(4, 0), "WrongWindow")
+    neg("format 2: addressee byte 'n' -> 'o'", flip(10, 0), "WrongAddressee")
+    neg("format 2: opened with the key of the next key index", T, "WrongWindow", index=index + 1)
+    neg("format 2: opened with the largest key index", T, "WrongWindow", index=INDEX_MAX)
+    neg("format 2: opened with the format-1 key of its window", T, "WrongWindow", index=None)
+    neg("format 1 token opened with the format-2 key (index 0) of its window", v1, "WrongWindow")
+    neg("format 2: opened by another addressee's key (mhlw)", T, "WrongAddressee", addressee="mhlw")
+
+    # --- step 3 -------------------------------------------------------------
+    neg("format 2: header only", T[:H], "Malformed")
+    neg("format 2: header, nonce and 15 bytes", T[:H + NONCE_LEN + TAG_LEN - 1], "Malformed")
+
+    # --- step 4: the key index is authenticated ---------------------------------
+    for changed in (1, 2**31, INDEX_MAX):
+        neg(f"format 2: header rewritten to key index {changed}, opened with that index's key",
+            token_header(addressee, window, changed) + T[H:], "Forged", index=changed)
+    neg("format 2: header rewritten to format 1, opened with the window's format-1 key",
+        token_header(addressee, window) + T[H:], "Forged", index=None)
+    neg("format 1 token's nonce and sealed part under a format-2 header (index 0)",
+        token_header(addressee, window, 0) + v1[len(token_header(addressee, window)):], "Forged")
+    neg("format 2: sealed under the second master key", bytes.fromhex(positive[-1]["token"]), "Forged")
+    neg("format 2: first tag byte flipped", flip(len(T) - TAG_LEN, 0), "Forged")
+    neg("format 2: first nonce byte flipped", flip(H, 0), "Forged")
+    neg("format 2: extra trailing zero byte", T + b"\x00", "Forged")
+
+    # --- step 5: authentic claims that do not split -------------------------------
+    key = k_seal(demo, addressee, window, index)
+    h, serial = bytes.fromhex(base["handle"]), bytes.fromhex(base["serial"])
+    head = h + serial + (20000 * DAY).to_bytes(8, "big") + bytes(8)
+    ids = short_string(b"city-shinjuku") + short_string(b"local-tax.assessment")
+    for i, (description, claims) in enumerate([
+        ("65 items claimed", head + ids + bytes([65]) + b"".join(short_string(f"i{k}".encode()) for k in range(65))),
+        ("a trailing byte after the items", head + ids + b"\x01" + short_string(b"income") + b"\x00"),
+        ("handle and serial only", h + serial),
+    ]):
+        token = seal_raw(key, T[:H], seeded(f"token2/negative-nonce/{i}")[:NONCE_LEN], claims)
+        neg(f"format 2: authentic claims that do not split: {description}", token, "Forged")
+    return out
+
+
 # ---------------------------------------------------------------------------
 
 def audit_vectors(positive: list[dict]) -> dict:
@@ -1085,7 +1214,8 @@ def main() -> None:
         "keys": keys,
         "positive": positive,
         "negative": negative_vectors(),
-        "tokens": {"positive": tokens, "negative": token_negative_vectors(tokens)},
+        "tokens": {"positive": tokens,
+                   "negative": token_negative_vectors(tokens) + token2_negative_vectors(tokens)},
         "audit": audit_vectors(positive),
     }
     sys.stdout.buffer.write((json.dumps(doc, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))

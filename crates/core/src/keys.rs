@@ -6,7 +6,8 @@
 //!   └─ PRK = HKDF-Extract(salt = "fugo/v1", IKM = master)
 //!        ├─ K_person     = HKDF-Expand(PRK, "fugo/v1/person", 32)
 //!        ├─ K_agency(a,e)= HKDF-Expand(PRK, "fugo/v1/agency/" ‖ a ‖ "/" ‖ e, 32)
-//!        ├─ K_seal(b,w)  = HKDF-Expand(PRK, "fugo/v1/seal/" ‖ b ‖ "/" ‖ w, 32)
+//!        ├─ K_seal(b,w,k)= HKDF-Expand(PRK, "fugo/v1/seal/" ‖ b ‖ "/" ‖ w ‖ "/" ‖ k, 32)
+//!        ├─ K_seal(b,w)  = HKDF-Expand(PRK, "fugo/v1/seal/" ‖ b ‖ "/" ‖ w, 32)  (format-1 tokens)
 //!        ├─ K_link       = HKDF-Expand(PRK, "fugo/v1/audit/link", 32)
 //!        ├─ log seed     = HKDF-Expand(PRK, "fugo/v1/audit/log-signing", 32)
 //!        └─ KCV          = HKDF-Expand(PRK, "fugo/v1/kcv", 16)   (the fingerprint)
@@ -37,7 +38,8 @@ pub const SALT_V1: &[u8] = b"fugo/v1";
 pub const INFO_PERSON: &[u8] = b"fugo/v1/person";
 /// HKDF-Expand info prefix of agency keys; followed by `agency/epoch`.
 pub const INFO_AGENCY_PREFIX: &[u8] = b"fugo/v1/agency/";
-/// HKDF-Expand info prefix of sealing keys; followed by `addressee/window`.
+/// HKDF-Expand info prefix of sealing keys; followed by `addressee/window`
+/// (format-1 tokens) or `addressee/window/index` (format 2).
 pub const INFO_SEAL_PREFIX: &[u8] = b"fugo/v1/seal/";
 /// HKDF-Expand info of the key check value.
 pub const INFO_KCV: &[u8] = b"fugo/v1/kcv";
@@ -207,16 +209,34 @@ impl KeyHierarchy {
         ]))
     }
 
-    /// K_seal(addressee, window): the AES-256-GCM key of tokens addressed to
-    /// `addressee` in key window `window` (see `token::Window`).
-    pub fn seal_key_bytes(&self, addressee: &AgencyId, window: u32) -> Zeroizing<[u8; KEY_LEN]> {
+    /// K_seal(addressee, window, index): the AES-256-GCM key of tokens
+    /// addressed to `addressee` in key window `window` (see `token::Window`)
+    /// under key index `index`, or without an index (`None`) the one key of
+    /// that window that format-1 tokens were sealed with. The labels cannot
+    /// collide: the window and index are decimal and the addressee holds no
+    /// `/`, so the number of `/` after the prefix tells the two forms apart.
+    pub fn seal_key_bytes(
+        &self,
+        addressee: &AgencyId,
+        window: u32,
+        index: Option<u32>,
+    ) -> Zeroizing<[u8; KEY_LEN]> {
         let window_text = window.to_string();
-        self.expand_key(&[
+        let base: [&[u8]; 4] = [
             INFO_SEAL_PREFIX,
             addressee.as_str().as_bytes(),
             b"/",
             window_text.as_bytes(),
-        ])
+        ];
+        match index {
+            None => self.expand_key(&base),
+            Some(index) => {
+                let index_text = index.to_string();
+                let mut info = base.to_vec();
+                info.extend([b"/".as_slice(), index_text.as_bytes()]);
+                self.expand_key(&info)
+            }
+        }
     }
 
     /// K_link: the key of the audit trail's person links (handles encrypted

@@ -7,7 +7,7 @@
 //!   exchange: derive / seal / redeem / reidentify on batches, typed outcomes
 //!      │  (time and randomness come in from the caller)
 //!      ├─► policy (agencies, affairs, rules; who may ask whom for what)
-//!      ├─► token (AES-256-GCM per addressee and key window)
+//!      ├─► token (AES-256-GCM per addressee, key window and key index)
 //!      └─► batch ─► code ─► code_text (29-character base32 + Luhn mod 32)
 //!                    │
 //!          mynumber ─┴─ keys (HKDF-SHA256 hierarchy) ─ agency (ids, epochs)

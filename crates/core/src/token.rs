@@ -8,21 +8,32 @@
 //! random nonce makes every token unlinkable to every other.
 //!
 //! ```text
-//! token = format (1) ‖ window (u32 BE) ‖ len(b) (1) ‖ b ‖ nonce (12) ‖ AES-256-GCM(K_seal(b, w), nonce, claims, AAD) ‖ tag (16)
-//! AAD   = "fugo/v1/token" ‖ every header byte before the nonce
+//! token  = header ‖ nonce (12) ‖ AES-256-GCM(K_seal, nonce, claims, AAD) ‖ tag (16)
+//! AAD    = "fugo/v1/token" ‖ header (every byte before the nonce)
+//!
+//! format 2 (sealed today):
+//! header = 0x02 ‖ window w (u32 BE) ‖ key index k (u32 BE) ‖ len(b) (1) ‖ b
+//! K_seal(b, w, k) = HKDF-Expand(PRK, "fugo/v1/seal/" ‖ b ‖ "/" ‖ decimal(w) ‖ "/" ‖ decimal(k), 32)
+//!
+//! format 1 (opened only: tokens sealed before format 2):
+//! header = 0x01 ‖ window w (u32 BE) ‖ len(b) (1) ‖ b
 //! K_seal(b, w) = HKDF-Expand(PRK, "fugo/v1/seal/" ‖ b ‖ "/" ‖ decimal(w), 32)
 //! ```
 //!
-//! **Why key windows.** With random 96-bit nonces, AES-GCM should see at most
-//! about 2^32 messages per key (at 2^32 messages the chance of any nonce
-//! repeating is about 2^-33). One busy addressee can receive billions of
-//! tokens over the years, so the key is per addressee *and* per day (window
-//! w = unix time div 86,400): the bound becomes 2^32 tokens per addressee per
-//! day, about 49,000 a second sustained. Windows older than the longest rule
-//! lifetime are refused at redemption, by the caller.
+//! **Why key windows and key indices.** With random 96-bit nonces, AES-GCM
+//! should see at most about 2^32 messages per key (at 2^32 messages the
+//! chance of any nonce repeating is about 2^-33). One busy addressee can
+//! receive billions of tokens over the years, so the key is per addressee,
+//! per day (window w = unix time div 86,400) *and* per key index k: the
+//! exchange counts the tokens each key seals and moves to a fresh index
+//! before [`MAX_SEALS_PER_KEY`] (see `exchange::seal_keys`). A [`KeyName`]
+//! (window and index) says which key sealed a token; it is in the clear and
+//! authenticated. Windows older than the longest rule lifetime are refused
+//! at redemption, by the caller.
 //!
-//! Nonces, serials and the clock come from the caller: this module does no
-//! I/O and draws no randomness, so it is deterministic under test.
+//! Nonces, serials, key indices and the clock come from the caller: this
+//! module does no I/O and draws no randomness, so it is deterministic under
+//! test.
 
 use std::fmt;
 
@@ -36,8 +47,17 @@ use crate::code::PersonHandle;
 use crate::hex;
 use crate::keys::KeyHierarchy;
 
-/// The token format this module writes and reads.
-pub const TOKEN_FORMAT: u8 = 1;
+/// The token format sealing writes: window and key index in the header.
+pub const TOKEN_FORMAT: u8 = FORMAT_INDEXED;
+/// Format 1: the window alone names the key. Opened, never sealed, so
+/// tokens sealed before format 2 still redeem.
+pub const FORMAT_WINDOW: u8 = 1;
+/// Format 2: the window and a key index name the key.
+pub const FORMAT_INDEXED: u8 = 2;
+/// Most tokens one sealing key may seal: 2^31, half NIST SP 800-38D's 2^32
+/// for random 96-bit nonces, so that even two processes that drew the same
+/// key index (SPEC §7.3) stay within 2^32 messages under that key together.
+pub const MAX_SEALS_PER_KEY: u64 = 1 << 31;
 /// Length of a key window, in seconds (one UTC day).
 pub const WINDOW_SECONDS: u64 = 86_400;
 pub use crate::keys::INFO_SEAL_PREFIX;
@@ -68,6 +88,50 @@ impl Window {
     /// The window number.
     pub fn get(self) -> u32 {
         self.0
+    }
+}
+
+/// Which key of an addressee sealed a token: its window and, from format 2
+/// on, its key index within the window. Public (it is in the token header).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct KeyName {
+    window: Window,
+    index: Option<u32>,
+}
+
+impl KeyName {
+    /// Key `index` of `window`: the keys sealing uses (format 2).
+    pub fn indexed(window: Window, index: u32) -> Self {
+        KeyName {
+            window,
+            index: Some(index),
+        }
+    }
+
+    /// The one key of `window` that format-1 tokens were sealed with.
+    pub fn format1(window: Window) -> Self {
+        KeyName {
+            window,
+            index: None,
+        }
+    }
+
+    /// The key window.
+    pub fn window(self) -> Window {
+        self.window
+    }
+
+    /// The key index within the window; `None` for format 1.
+    pub fn index(self) -> Option<u32> {
+        self.index
+    }
+
+    /// The token format whose header names this key.
+    pub fn format(self) -> u8 {
+        match self.index {
+            None => FORMAT_WINDOW,
+            Some(_) => FORMAT_INDEXED,
+        }
     }
 }
 
@@ -148,7 +212,7 @@ impl SealedToken {
         &self.0
     }
 
-    /// The clear header: format, window and addressee.
+    /// The clear header: format, key name and addressee.
     pub fn header(&self) -> Result<TokenHeader, TokenError> {
         TokenHeader::read(&self.0).map(|(header, _)| header)
     }
@@ -163,33 +227,33 @@ impl fmt::Debug for SealedToken {
 /// The part of a token anyone can read: which key opens it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenHeader {
-    /// Format version.
-    pub format: u8,
-    /// The key window it was sealed in.
-    pub window: Window,
+    /// The key that sealed it (which also gives the format).
+    pub key: KeyName,
     /// The only agency that may redeem it.
     pub addressee: AgencyId,
 }
 
 impl TokenHeader {
+    /// Format version.
+    pub fn format(&self) -> u8 {
+        self.key.format()
+    }
+
     /// Reads the header; returns it and its length in bytes.
     fn read(bytes: &[u8]) -> Result<(Self, usize), TokenError> {
-        let (window, name) = peek(bytes)?;
+        let (key, name) = peek(bytes)?;
         let text = std::str::from_utf8(name).map_err(|_| TokenError::Malformed)?;
         let addressee = AgencyId::new(text).map_err(|_| TokenError::Malformed)?;
-        Ok((
-            TokenHeader {
-                format: TOKEN_FORMAT,
-                window,
-                addressee,
-            },
-            1 + 4 + 1 + name.len(),
-        ))
+        let length = fixed_header_len(key.format()) + name.len();
+        Ok((TokenHeader { key, addressee }, length))
     }
 
     fn write(&self, out: &mut Vec<u8>) {
-        out.push(self.format);
-        out.extend_from_slice(&self.window.0.to_be_bytes());
+        out.push(self.format());
+        out.extend_from_slice(&self.key.window.0.to_be_bytes());
+        if let Some(index) = self.key.index {
+            out.extend_from_slice(&index.to_be_bytes());
+        }
         push_short(out, self.addressee.as_str().as_bytes());
     }
 }
@@ -207,8 +271,11 @@ pub enum TokenError {
     /// The token is addressed to another agency.
     #[error("token is addressed to another agency")]
     WrongAddressee,
-    /// The token was sealed in another key window than this key's.
-    #[error("token was sealed in another key window")]
+    /// The token names another key of the same addressee than this one:
+    /// another key window or, in the same window, another key index or
+    /// format. (Redemption picks the key the header names, so it never
+    /// sees this.)
+    #[error("token was sealed under another key window or key index")]
     WrongWindow,
     /// Authentication failed: forged, altered, or sealed under another key.
     /// Opaque on purpose.
@@ -222,11 +289,12 @@ pub enum TokenError {
     TooLarge,
 }
 
-/// The AES-256-GCM key that seals tokens to one addressee in one window,
-/// with that key's token header and associated data, which never change.
+/// The AES-256-GCM key that seals tokens to one addressee under one key
+/// name, with that key's token header and associated data, which never
+/// change. It does not count what it seals: the exchange does.
 pub struct SealKey {
     addressee: AgencyId,
-    window: Window,
+    name: KeyName,
     cipher: Aes256Gcm,
     header: Vec<u8>,
     aad: Vec<u8>,
@@ -326,26 +394,27 @@ impl fmt::Debug for SealKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "SealKey({}, window {}, [REDACTED])",
-            self.addressee, self.window.0
+            "SealKey({}, window {}, index {:?}, [REDACTED])",
+            self.addressee, self.name.window.0, self.name.index
         )
     }
 }
 
 impl SealKey {
-    /// K_seal(addressee, window), ready to seal and open.
-    pub fn new(keys: &KeyHierarchy, addressee: &AgencyId, window: Window) -> SealKey {
-        let key = keys.seal_key_bytes(addressee, window.0);
-        let mut header = Vec::with_capacity(6 + addressee.as_str().len());
+    /// K_seal(addressee, name), ready to seal and open. A format-1 name
+    /// gives the key of format-1 tokens (which the exchange only opens).
+    pub fn new(keys: &KeyHierarchy, addressee: &AgencyId, name: KeyName) -> SealKey {
+        let key = keys.seal_key_bytes(addressee, name.window.0, name.index);
+        let mut header =
+            Vec::with_capacity(fixed_header_len(name.format()) + addressee.as_str().len());
         TokenHeader {
-            format: TOKEN_FORMAT,
-            window,
+            key: name,
             addressee: addressee.clone(),
         }
         .write(&mut header);
         SealKey {
             addressee: addressee.clone(),
-            window,
+            name,
             cipher: Aes256Gcm::new((&*key).into()),
             aad: associated_data(&header),
             header,
@@ -356,7 +425,12 @@ impl SealKey {
 impl SealKey {
     /// The key window this key seals in.
     pub fn window(&self) -> Window {
-        self.window
+        self.name.window
+    }
+
+    /// This key's name (window and index).
+    pub fn name(&self) -> KeyName {
+        self.name
     }
 
     /// Seals `claims` with a fresh random `nonce` (the caller draws it from
@@ -427,6 +501,7 @@ impl SealKey {
         // anything else is parsed only to say what is wrong.
         let Some(rest) = token.strip_prefix(self.header.as_slice()) else {
             let (header, _) = TokenHeader::read(token)?;
+            // Only the key name can differ now (window, index or format).
             return Err(if header.addressee != self.addressee {
                 TokenError::WrongAddressee
             } else {
@@ -458,20 +533,40 @@ impl SealKey {
     }
 }
 
-/// The key window and addressee of token bytes, read without allocating:
+/// The key name and addressee of token bytes, read without allocating:
 /// enough to pick the key and refuse a token addressed to someone else.
-pub fn peek(token: &[u8]) -> Result<(Window, &[u8]), TokenError> {
-    let (&format, rest) = token.split_first().ok_or(TokenError::Malformed)?;
-    if format != TOKEN_FORMAT {
+/// Reads formats 1 and 2; any other first byte is [`TokenError::UnknownFormat`].
+pub fn peek(token: &[u8]) -> Result<(KeyName, &[u8]), TokenError> {
+    let (&format, mut rest) = token.split_first().ok_or(TokenError::Malformed)?;
+    if format != FORMAT_WINDOW && format != FORMAT_INDEXED {
         return Err(TokenError::UnknownFormat);
     }
-    let window = rest.get(..4).ok_or(TokenError::Malformed)?;
-    let window = Window(u32::from_be_bytes([
-        window[0], window[1], window[2], window[3],
-    ]));
-    let length = usize::from(*rest.get(4).ok_or(TokenError::Malformed)?);
-    let addressee = rest.get(5..5 + length).ok_or(TokenError::Malformed)?;
-    Ok((window, addressee))
+    let window = Window(read_u32(&mut rest)?);
+    let index = if format == FORMAT_INDEXED {
+        Some(read_u32(&mut rest)?)
+    } else {
+        None
+    };
+    let (&length, rest) = rest.split_first().ok_or(TokenError::Malformed)?;
+    let addressee = rest
+        .get(..usize::from(length))
+        .ok_or(TokenError::Malformed)?;
+    Ok((KeyName { window, index }, addressee))
+}
+
+/// A big-endian u32 from the front of `bytes`, which then start after it.
+fn read_u32(bytes: &mut &[u8]) -> Result<u32, TokenError> {
+    let (head, tail) = bytes
+        .split_first_chunk::<4>()
+        .ok_or(TokenError::Malformed)?;
+    *bytes = tail;
+    Ok(u32::from_be_bytes(*head))
+}
+
+/// Header bytes before the addressee's: format, window, index if any, and
+/// the addressee's length byte.
+fn fixed_header_len(format: u8) -> usize {
+    if format == FORMAT_INDEXED { 10 } else { 6 }
 }
 
 fn associated_data(header: &[u8]) -> Vec<u8> {
@@ -545,16 +640,22 @@ mod tests {
         let keys = keys();
         let b = AgencyId::new("city-shinjuku").unwrap();
         let window = Window::containing(1_790_000_000);
-        let key = SealKey::new(&keys, &b, window);
+        let name = KeyName::indexed(window, 0xdead_beef);
+        let key = SealKey::new(&keys, &b, name);
         let original = claims(&keys);
         let token = key.seal(&original, [1; 12]).unwrap();
+        let header = token.header().unwrap();
         assert_eq!(
-            token.header().unwrap(),
+            header,
             TokenHeader {
-                format: 1,
-                window,
+                key: name,
                 addressee: b.clone()
             }
+        );
+        assert_eq!(header.format(), TOKEN_FORMAT);
+        assert_eq!(
+            &token.as_bytes()[..10],
+            &[2, 0, 0, 0x50, 0xed, 0xde, 0xad, 0xbe, 0xef, 13]
         );
         let opened = key.open(&token).unwrap();
         assert_eq!(opened.handle.expose_bytes(), original.handle.expose_bytes());
@@ -569,12 +670,13 @@ mod tests {
     #[test]
     fn fresh_nonces_make_tokens_unlinkable() {
         let keys = keys();
-        let key = SealKey::new(&keys, &AgencyId::new("nta").unwrap(), Window::new(20_000));
+        let name = KeyName::indexed(Window::new(20_000), 7);
+        let key = SealKey::new(&keys, &AgencyId::new("nta").unwrap(), name);
         let claims = claims(&keys);
         let a = key.seal(&claims, [1; 12]).unwrap();
         let b = key.seal(&claims, [2; 12]).unwrap();
         let header = a.header().unwrap();
-        let body = 1 + 4 + 1 + header.addressee.as_str().len();
+        let body = 1 + 4 + 4 + 1 + header.addressee.as_str().len();
         let same = a.as_bytes()[body..]
             .iter()
             .zip(&b.as_bytes()[body..])
@@ -591,22 +693,28 @@ mod tests {
         let b = AgencyId::new("city-shinjuku").unwrap();
         let c = AgencyId::new("nta").unwrap();
         let window = Window::new(20_000);
-        let token = SealKey::new(&keys, &b, window)
+        let name = KeyName::indexed(window, 1);
+        let token = SealKey::new(&keys, &b, name)
             .seal(&claims(&keys), [3; 12])
             .unwrap();
         assert_eq!(
-            SealKey::new(&keys, &c, window).open(&token).unwrap_err(),
+            SealKey::new(&keys, &c, name).open(&token).unwrap_err(),
             TokenError::WrongAddressee
         );
-        assert_eq!(
-            SealKey::new(&keys, &b, Window::new(20_001))
-                .open(&token)
-                .unwrap_err(),
-            TokenError::WrongWindow
-        );
+        for other_key in [
+            KeyName::indexed(Window::new(20_001), 1),
+            KeyName::indexed(window, 2),
+            KeyName::format1(window),
+        ] {
+            assert_eq!(
+                SealKey::new(&keys, &b, other_key).open(&token).unwrap_err(),
+                TokenError::WrongWindow,
+                "{other_key:?}"
+            );
+        }
         let other = KeyHierarchy::new(&MasterKey::from_bytes([5; 32]));
         assert_eq!(
-            SealKey::new(&other, &b, window).open(&token).unwrap_err(),
+            SealKey::new(&other, &b, name).open(&token).unwrap_err(),
             TokenError::Forged
         );
     }
@@ -615,7 +723,7 @@ mod tests {
     fn any_altered_byte_is_refused() {
         let keys = keys();
         let b = AgencyId::new("city-shinjuku").unwrap();
-        let key = SealKey::new(&keys, &b, Window::new(20_000));
+        let key = SealKey::new(&keys, &b, KeyName::indexed(Window::new(20_000), 3));
         let token = key.seal(&claims(&keys), [4; 12]).unwrap();
         for index in 0..token.as_bytes().len() {
             let mut bytes = token.as_bytes().to_vec();
@@ -629,6 +737,60 @@ mod tests {
             let cut = SealedToken::from_bytes(token.as_bytes()[..length].to_vec());
             assert!(key.open(&cut).is_err(), "length {length}");
         }
+    }
+
+    /// The key index is authenticated: a token whose index was changed
+    /// does not open under the key the new index names, and every index
+    /// names a different key.
+    #[test]
+    fn a_changed_key_index_fails_authentication() {
+        let keys = keys();
+        let b = AgencyId::new("city-shinjuku").unwrap();
+        let window = Window::new(20_000);
+        let token = SealKey::new(&keys, &b, KeyName::indexed(window, 5))
+            .seal(&claims(&keys), [6; 12])
+            .unwrap();
+        for changed in [4, 6, 5 ^ 0x8000_0000, 0, u32::MAX] {
+            let mut bytes = token.as_bytes().to_vec();
+            bytes[5..9].copy_from_slice(&u32::to_be_bytes(changed));
+            let (name, _) = peek(&bytes).unwrap();
+            assert_eq!(name, KeyName::indexed(window, changed));
+            assert_eq!(
+                SealKey::new(&keys, &b, name)
+                    .open_bytes(&bytes)
+                    .unwrap_err(),
+                TokenError::Forged,
+                "index {changed}"
+            );
+        }
+        let a = keys.seal_key_bytes(&b, 20_000, Some(5));
+        assert_ne!(*a, *keys.seal_key_bytes(&b, 20_000, Some(6)));
+        assert_ne!(*a, *keys.seal_key_bytes(&b, 20_000, None));
+        assert_ne!(*a, *keys.seal_key_bytes(&b, 20_005, None));
+    }
+
+    /// Format 1 (window only) still opens under its own key, and a format-1
+    /// header is six bytes and the addressee.
+    #[test]
+    fn format_one_tokens_still_open() {
+        let keys = keys();
+        let b = AgencyId::new("nta").unwrap();
+        let name = KeyName::format1(Window::new(20_000));
+        let key = SealKey::new(&keys, &b, name);
+        let token = key.seal(&claims(&keys), [8; 12]).unwrap();
+        assert_eq!(
+            &token.as_bytes()[..9],
+            &[1, 0, 0, 0x4e, 0x20, 3, b'n', b't', b'a']
+        );
+        assert_eq!(token.header().unwrap().format(), FORMAT_WINDOW);
+        assert_eq!(peek(token.as_bytes()).unwrap(), (name, &b"nta"[..]));
+        assert!(key.open(&token).is_ok());
+        let mut other = token.as_bytes().to_vec();
+        other[0] = 3;
+        assert_eq!(
+            key.open_bytes(&other).unwrap_err(),
+            TokenError::UnknownFormat
+        );
     }
 
     #[test]

@@ -20,14 +20,16 @@
 //! Nothing here reads a clock or draws randomness of its own: `now` is an
 //! argument and the [`RandomSource`] is given to [`Exchange::new`], so every
 //! operation is reproducible under test. Key schedules are built once per
-//! (agency, epoch) and sealing keys once per (addressee, day) and kept, so
-//! a batch does no key derivation.
+//! (agency, epoch) and sealing keys once per key name and kept, so a batch
+//! rarely does key derivation. Sealing counts the tokens each key seals and
+//! moves to a fresh key before AES-GCM's per-key bound (seal_keys.rs).
 
 mod derive;
 mod outcome;
 mod redeem;
 mod reidentify;
 mod seal;
+mod seal_keys;
 
 use std::collections::HashMap;
 use std::sync::{Arc, PoisonError, RwLock};
@@ -37,7 +39,7 @@ use crate::code::{AgencyCode, Coder, PersonHandle};
 use crate::keys::KeyHierarchy;
 use crate::link::{Linker, PersonLink};
 use crate::policy::{Agency, Policy};
-use crate::token::{SealKey, Window};
+use crate::token::{KeyName, MAX_SEALS_PER_KEY, SealKey};
 
 pub use outcome::{BatchError, Done, ItemError, ItemFailure, RandomFailed, Results};
 pub use redeem::Redeemed;
@@ -57,21 +59,41 @@ pub trait RandomSource: Send + Sync {
 pub struct Exchange {
     keys: KeyHierarchy,
     coders: Cache<(AgencyId, Epoch), Coder>,
-    seal_keys: Cache<(AgencyId, Window), SealKey>,
+    /// Keys that have sealed or opened an authentic token, for redemption.
+    opening_keys: Cache<(AgencyId, KeyName), SealKey>,
+    /// The key each addressee's tokens are sealed under now, and its count.
+    sealing: seal_keys::SealingKeys,
     linker: Linker,
     random: Box<dyn RandomSource>,
 }
 
 impl Exchange {
-    /// An exchange over `keys`, sealing with randomness from `random`.
+    /// An exchange over `keys`, sealing with randomness from `random`; each
+    /// sealing key seals at most [`MAX_SEALS_PER_KEY`] tokens.
     pub fn new(keys: KeyHierarchy, random: Box<dyn RandomSource>) -> Self {
         Exchange {
             coders: Cache::default(),
-            seal_keys: Cache::default(),
+            opening_keys: Cache::default(),
+            sealing: seal_keys::SealingKeys::new(MAX_SEALS_PER_KEY),
             linker: Linker::new(&keys),
             keys,
             random,
         }
+    }
+
+    /// The same exchange with each sealing key sealing at most `bound`
+    /// tokens before the next batch moves to a fresh key. The bound can
+    /// only be lowered: it is taken between 1 and [`MAX_SEALS_PER_KEY`].
+    /// (Tests lower it to see rotation; an operator could lower it to
+    /// rotate sooner.)
+    pub fn with_seal_bound(mut self, bound: u64) -> Self {
+        self.sealing = seal_keys::SealingKeys::new(bound);
+        self
+    }
+
+    /// The most tokens one sealing key seals.
+    pub fn seal_bound(&self) -> u64 {
+        self.sealing.bound()
     }
 
     /// The link of the person behind one of the caller's own codes (of an
@@ -111,13 +133,27 @@ impl Exchange {
         })
     }
 
-    fn seal_key(&self, addressee: &AgencyId, window: Window) -> Arc<SealKey> {
-        let key = self.seal_keys.get_or_make((addressee.clone(), window), || {
-            SealKey::new(&self.keys, addressee, window)
-        });
+    /// The key named `name` of `addressee`'s tokens, for opening: the
+    /// cached one, or a new one that is not cached (see
+    /// [`Exchange::keep_opening_key`]) and `false`.
+    fn opening_key(&self, addressee: &AgencyId, name: KeyName) -> (Arc<SealKey>, bool) {
+        match self.opening_keys.get(&(addressee.clone(), name)) {
+            Some(key) => (key, true),
+            None => (Arc::new(SealKey::new(&self.keys, addressee, name)), false),
+        }
+    }
+
+    /// Caches `key` for opening. Only keys that sealed here or opened an
+    /// authentic token are kept: a key name comes from the token, so
+    /// caching every name asked for would let forged tokens fill memory
+    /// with keys (2^32 indices a day).
+    fn keep_opening_key(&self, addressee: &AgencyId, key: Arc<SealKey>) {
+        let window = key.window();
+        self.opening_keys
+            .insert((addressee.clone(), key.name()), key);
         // Keep the cache small: keys of windows long past are not needed.
-        self.seal_keys.retain(|(_, w)| w.get() + 64 >= window.get());
-        key
+        self.opening_keys
+            .retain(|(_, name)| name.window().get().saturating_add(64) >= window.get());
     }
 }
 
@@ -189,6 +225,23 @@ impl<K: Eq + std::hash::Hash, V> Cache<K, V> {
         let made = Arc::new(make());
         let mut map = self.0.write().unwrap_or_else(PoisonError::into_inner);
         Arc::clone(map.entry(key).or_insert(made))
+    }
+
+    /// The value for `key`, if there is one.
+    fn get(&self, key: &K) -> Option<Arc<V>> {
+        self.0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(key)
+            .map(Arc::clone)
+    }
+
+    /// Stores `value` for `key` (replacing any earlier one).
+    fn insert(&self, key: K, value: Arc<V>) {
+        self.0
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key, value);
     }
 
     /// Drops the entries whose keys fail `keep`.

@@ -11,6 +11,9 @@ use crate::code::AgencyCode;
 use crate::policy::Policy;
 use crate::token::{self, RequestContext, SealKey, Serial, SharedClaims, TokenError, Window};
 
+/// The key of the last token and whether it is in the exchange's cache.
+type LastKey = Option<(Arc<SealKey>, bool)>;
+
 /// What the provider learns from a token.
 #[derive(Debug, Clone)]
 pub struct Redeemed {
@@ -43,25 +46,30 @@ impl Exchange {
         // Tokens from windows older than the longest lifetime cannot be valid.
         let oldest = Window::containing(now.saturating_sub(policy.longest_token_lifetime()));
         let current = Window::containing(now);
-        let mut last_key: Option<Arc<SealKey>> = None;
+        let mut last_key: LastKey = None;
         let mut last_context: Option<(SharedClaims, Verdict)> = None;
         Ok(per_item(tokens, |bytes, person| {
-            let (window, addressee) = token::peek(bytes)?;
+            let (name, addressee) = token::peek(bytes)?;
             if addressee != caller.as_str().as_bytes() {
                 return Err(TokenError::WrongAddressee.into());
             }
-            if window < oldest || window > current {
+            if name.window() < oldest || name.window() > current {
                 return Err(ItemError::StaleWindow);
             }
-            let key = match &last_key {
-                Some(key) if key.window() == window => Arc::clone(key),
-                _ => {
-                    let key = self.seal_key(caller, window);
-                    last_key = Some(Arc::clone(&key));
-                    key
-                }
+            // The key the header names (format 1: its window's; format 2:
+            // that window's key index), so a changed name opens nothing.
+            let (key, cached) = match &last_key {
+                Some((key, cached)) if key.name() == name => (Arc::clone(key), *cached),
+                _ => self.opening_key(caller, name),
             };
+            last_key = Some((Arc::clone(&key), cached));
             let opened = key.open_parts(bytes)?;
+            if !cached {
+                // Authentic: this key really sealed a token (in another
+                // process, or before a restart), so it is worth keeping.
+                self.keep_opening_key(caller, Arc::clone(&key));
+                last_key = Some((key, true));
+            }
             // From here on the token is authentic: its person is known, so
             // a refusal (withdrawn rule, expired) is recorded for them.
             *person = Some(self.linker.link(&opened.handle));

@@ -1,8 +1,8 @@
 //! Seal: the caller's own codes → tokens addressed to a provider, under a
 //! rule of the policy. Each token carries the person's handle, a fresh
-//! serial and the request context, sealed with the provider's key of the
-//! day, so only the provider can open it and neither side learns the
-//! other's code.
+//! serial and the request context, sealed with one of the provider's keys
+//! of the day (the batch reserves them, seal_keys.rs), so only the provider
+//! can open it and neither side learns the other's code.
 
 use std::collections::BTreeSet;
 
@@ -102,15 +102,20 @@ impl Exchange {
             context.non_disclosure_until,
         )
         .map_err(BatchError::Items)?;
-        let key = self.seal_key(&context.provider, Window::containing(now));
         // One draw from the source per batch, not two per token.
         let mut random = vec![0u8; FRESH * codes.len()];
         self.random.fill(&mut random)?;
+        // Every item is counted against its key, sealed or not.
+        let reservation =
+            self.reserve_seals(&context.provider, Window::containing(now), codes.len())?;
         let mut own = OwnCodes::new(self, agency);
         // Every item has its share, sealed or not, so an item's serial and
         // nonce depend only on its position in the batch.
-        let shares = codes.iter().zip(random.chunks_exact(FRESH));
-        Ok(per_item(shares, |(text, share), person| {
+        let shares = codes
+            .iter()
+            .zip(random.chunks_exact(FRESH))
+            .zip(reservation.keys());
+        Ok(per_item(shares, |((text, share), key), person| {
             let (serial, nonce) = split_share(share);
             let handle = own.open(text)?;
             *person = Some(self.linker.link(&handle));
