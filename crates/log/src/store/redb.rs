@@ -1107,19 +1107,24 @@ fn add_usage(txn: &WriteTransaction, usage: &[Usage]) -> Result<(), StoreError> 
         return Ok(());
     };
     let op = "append usage";
+    // A group commit holds one use per call, mostly of a few keys: one
+    // write per key.
+    let mut sums: BTreeMap<(u64, &str, &str), u64> = BTreeMap::new();
+    for used in usage.iter().filter(|used| used.count > 0) {
+        let sum = sums
+            .entry((used.day, used.agency.as_str(), used.operation.as_str()))
+            .or_default();
+        *sum = sum.saturating_add(used.count);
+    }
     let mut table = txn.open_table(USAGE).map_err(|e| backend(op, e))?;
-    for used in usage {
-        if used.count == 0 {
-            continue;
-        }
-        let key = (used.day, used.agency.as_str(), used.operation.as_str());
+    for (key, count) in sums {
         let old = table
             .get(key)
             .map_err(|e| backend(op, e))?
             .map(|guard| guard.value())
             .unwrap_or(0);
         table
-            .insert(key, old.saturating_add(used.count))
+            .insert(key, old.saturating_add(count))
             .map_err(|e| backend(op, e))?;
     }
     let keep_from = newest.saturating_sub(1);
