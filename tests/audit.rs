@@ -85,7 +85,8 @@ struct Agency {
 impl Harness {
     async fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let (config, ca) = common::server_config(dir.path(), POLICY, [42; 32]);
+        let (mut config, ca) = common::server_config(dir.path(), POLICY, [42; 32]);
+        config.metrics = Some("127.0.0.1:0".parse().unwrap());
         let running = service::start(config, &mut std::io::sink()).await.unwrap();
         Harness {
             dir,
@@ -1494,6 +1495,20 @@ async fn policy_reload_during_a_write_failure_in_this_process() {
         .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
     assert!(started.elapsed() < Duration::from_secs(3));
+    // The failed commit and the refused call are in the metrics.
+    let (_, page) = common::scrape(harness.running().metrics_addr.unwrap(), "/metrics").await;
+    assert!(
+        common::metric(&page, "fugo_audit_commit_failures_total") >= 1,
+        "{page}"
+    );
+    assert_eq!(
+        common::metric(
+            &page,
+            "fugo_calls_total{operation=\"derive\",code=\"UNAVAILABLE\"}"
+        ),
+        1,
+        "{page}"
+    );
 
     // Writable again: serving within 10 s, under the new policy.
     fsize_limit(pid, &format!("{original}:"));

@@ -199,6 +199,7 @@ impl Edge {
             crls: Vec::new(),
             limits,
             audit: fugo::service::AuditConfig::default(),
+            metrics: None,
         };
         let running = service::start(config, &mut std::io::sink()).await.unwrap();
         Edge {
@@ -1215,6 +1216,7 @@ async fn unusable_tls_files_stop_the_server_naming_the_file() {
         crls: Vec::new(),
         limits: limits(),
         audit: fugo::service::AuditConfig::default(),
+        metrics: None,
     };
     fs::write(dir.join("garbage.key"), "not a key\n").unwrap();
     #[cfg(unix)]

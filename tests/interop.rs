@@ -113,14 +113,19 @@ impl Drop for Server {
 fn a_python_grpcio_client_works_against_openssl_certificates() {
     let dir = tempfile::tempdir().unwrap();
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    openssl_pki(dir.path(), &["mhlw", "city-shinjuku"]);
+    openssl_pki(dir.path(), &["mhlw", "city-shinjuku", "hellowork-shinjuku"]);
     run(FUGO, &["keygen", "--out", "master.key"], dir.path());
     let fingerprint = run(FUGO, &["keys", "fingerprint", "master.key"], dir.path());
-    fs::copy(
-        root.join("policy.example.toml"),
-        dir.path().join("policy.toml"),
-    )
-    .unwrap();
+    // The example policy, with a low derive quota for Hello Work, whose
+    // refusal the client reads (RetryInfo).
+    let policy = fs::read_to_string(root.join("policy.example.toml")).unwrap();
+    let agency = "certificates = [\"hellowork-shinjuku\"]\n";
+    assert!(policy.contains(agency));
+    let policy = policy.replace(
+        agency,
+        &format!("{agency}quota.derive = {{ per_second = 1, burst = 2, per_day = 100 }}\n"),
+    );
+    fs::write(dir.path().join("policy.toml"), policy).unwrap();
     fs::write(
         dir.path().join("fugo.toml"),
         format!(
@@ -183,7 +188,7 @@ fn a_python_grpcio_client_works_against_openssl_certificates() {
     );
     assert_eq!(
         stdout.lines().filter(|l| l.starts_with("ok: ")).count(),
-        16,
+        18,
         "{stdout}"
     );
     for number in &numbers {

@@ -53,6 +53,7 @@ async fn start(dir: &std::path::Path) -> (Running, DevCa) {
         crls: Vec::new(),
         limits: service::Limits::default(),
         audit: service::AuditConfig::default(),
+        metrics: None,
     };
     let running = service::start(config, &mut std::io::sink()).await.unwrap();
     (running, ca)

@@ -21,6 +21,7 @@
 //! loading) is kept after a failed commit and written with the next one.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, TrySendError};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::thread::JoinHandle;
@@ -143,6 +144,8 @@ struct Shared {
     checkpoint: RwLock<Option<Arc<Signed>>>,
     verifier: LogVerifier,
     health: watch::Sender<bool>,
+    /// Commits that failed since the recorder started (for metrics).
+    commit_failures: AtomicU64,
 }
 
 /// The handle callers use; cheap to share behind an `Arc`.
@@ -205,6 +208,7 @@ impl Recorder {
             checkpoint: RwLock::new(checkpoint.map(|(size, note)| Signed::new(size, note))),
             verifier,
             health,
+            commit_failures: AtomicU64::new(0),
         });
         let (jobs, queue) = mpsc::sync_channel(QUEUE);
         let timeout = settings.commit_timeout;
@@ -255,6 +259,7 @@ impl Recorder {
                 checkpoint: RwLock::new(None),
                 verifier: signer.verifier(),
                 health,
+                commit_failures: AtomicU64::new(0),
             }),
             timeout: Duration::from_secs(1),
             thread: None,
@@ -333,6 +338,12 @@ impl Recorder {
         !self.discard
     }
 
+    /// How many commits failed since the recorder started (each failed
+    /// its calls with UNAVAILABLE).
+    pub fn commit_failures(&self) -> u64 {
+        self.shared.commit_failures.load(Ordering::Relaxed)
+    }
+
     /// The latest signed checkpoint, if any.
     pub fn checkpoint(&self) -> Option<Arc<Signed>> {
         self.shared
@@ -403,6 +414,7 @@ fn merge(all: &mut Append, mut append: Append) {
     all.groups.extend(append.groups);
     all.refusals.extend(append.refusals);
     all.policies.extend(append.policies);
+    all.usage.extend(append.usage);
     all.now_ms = all.now_ms.max(append.now_ms);
 }
 
@@ -581,6 +593,7 @@ impl Committer {
                 }
             }
             Err(error) => {
+                self.shared.commit_failures.fetch_add(1, Ordering::Relaxed);
                 if matches!(error, RecorderError::Unavailable(_)) {
                     // redb must be opened again after a failed write.
                     self.store = None;

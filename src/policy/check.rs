@@ -10,8 +10,9 @@ use thiserror::Error;
 use toml::Spanned;
 
 use super::{
-    Affair, Agency, Capability, DEFAULT_NON_DISCLOSURE_MAX_DAYS, MAX_TOKEN_LIFETIME,
-    NON_DISCLOSURE_MAX_DAYS_LIMIT, Policy, PolicyError, PolicyVersion, Problem, Rule,
+    Affair, Agency, Capability, DEFAULT_NON_DISCLOSURE_MAX_DAYS, DEFAULT_WARN_PERCENT, MAX_BURST,
+    MAX_PER_DAY, MAX_PER_SECOND, MAX_TOKEN_LIFETIME, Metered, NON_DISCLOSURE_MAX_DAYS_LIMIT,
+    Policy, PolicyError, PolicyVersion, Problem, Quotas, Rule,
 };
 use crate::agency::{AffairId, AgencyId, Epoch, ItemId};
 
@@ -103,6 +104,78 @@ pub(super) struct RawPolicy {
     affair: Vec<Spanned<RawAffair>>,
     #[serde(default)]
     rule: Vec<Spanned<RawRule>>,
+    #[serde(default)]
+    quota: Option<RawQuotaDefaults>,
+}
+
+/// The policy's `[quota]` table: defaults for every agency.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawQuotaDefaults {
+    #[serde(default)]
+    warn_percent: Option<Spanned<i64>>,
+    #[serde(default)]
+    derive: Option<RawLimit>,
+    #[serde(default)]
+    seal: Option<RawLimit>,
+    #[serde(default)]
+    redeem: Option<RawLimit>,
+    #[serde(default)]
+    reidentify: Option<RawLimit>,
+    #[serde(default)]
+    disclose: Option<RawLimit>,
+}
+
+/// An agency's `quota` table: what it changes of the defaults.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawQuotas {
+    #[serde(default)]
+    derive: Option<RawLimit>,
+    #[serde(default)]
+    seal: Option<RawLimit>,
+    #[serde(default)]
+    redeem: Option<RawLimit>,
+    #[serde(default)]
+    reidentify: Option<RawLimit>,
+    #[serde(default)]
+    disclose: Option<RawLimit>,
+}
+
+impl RawQuotaDefaults {
+    fn limits(&self) -> [(Metered, Option<&RawLimit>); 5] {
+        [
+            (Metered::Derive, self.derive.as_ref()),
+            (Metered::Seal, self.seal.as_ref()),
+            (Metered::Redeem, self.redeem.as_ref()),
+            (Metered::Reidentify, self.reidentify.as_ref()),
+            (Metered::Disclose, self.disclose.as_ref()),
+        ]
+    }
+}
+
+impl RawQuotas {
+    fn limits(&self) -> [(Metered, Option<&RawLimit>); 5] {
+        [
+            (Metered::Derive, self.derive.as_ref()),
+            (Metered::Seal, self.seal.as_ref()),
+            (Metered::Redeem, self.redeem.as_ref()),
+            (Metered::Reidentify, self.reidentify.as_ref()),
+            (Metered::Disclose, self.disclose.as_ref()),
+        ]
+    }
+}
+
+/// One operation's limits; a field left out keeps the default.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimit {
+    #[serde(default)]
+    per_second: Option<Spanned<i64>>,
+    #[serde(default)]
+    burst: Option<Spanned<i64>>,
+    #[serde(default)]
+    per_day: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -117,6 +190,8 @@ struct RawAgency {
     epoch: Spanned<i64>,
     #[serde(default)]
     accepted_epochs: Option<Vec<Spanned<i64>>>,
+    #[serde(default)]
+    quota: Option<RawQuotas>,
 }
 
 #[derive(Deserialize)]
@@ -198,7 +273,8 @@ impl<'t> Checker<'t> {
         raw: RawPolicy,
         version: PolicyVersion,
     ) -> Result<Policy, PolicyError> {
-        let agencies = self.agencies(&raw.agency);
+        let (defaults, warn_percent) = self.quota_defaults(raw.quota.as_ref());
+        let agencies = self.agencies(&raw.agency, &defaults);
         let affairs = self.affairs(&raw.affair);
         let rules = self.rules(&raw.rule, &agencies, &affairs);
         let mut certificates = HashMap::new();
@@ -234,6 +310,7 @@ impl<'t> Checker<'t> {
             affairs.into_values().collect(),
             rules.into_values().collect(),
         )
+        .map(|policy| policy.with_warn_percent(warn_percent))
         .map_err(|inconsistent| {
             PolicyError(vec![Problem {
                 line: 0,
@@ -242,7 +319,72 @@ impl<'t> Checker<'t> {
         })
     }
 
-    fn agencies(&mut self, raw: &[Spanned<RawAgency>]) -> BTreeMap<AgencyId, Agency> {
+    /// One quota field: `None` (with a problem naming `what`) when outside
+    /// 1 to `max`.
+    fn quota_field(&mut self, at: &Spanned<i64>, what: &str, max: u64) -> Option<u64> {
+        match u64::try_from(*at.get_ref()) {
+            Ok(value) if (1..=max).contains(&value) => Some(value),
+            _ => {
+                self.report(at, format!("{what} {} is outside 1 to {max}", at.get_ref()));
+                None
+            }
+        }
+    }
+
+    /// `base` with what `raw` sets, each field checked; `prefix` names the
+    /// table in messages ("quota" or "agency mhlw: quota").
+    fn quotas<'r>(
+        &mut self,
+        base: &Quotas,
+        raw: impl IntoIterator<Item = (Metered, Option<&'r RawLimit>)>,
+        prefix: &str,
+    ) -> Quotas {
+        let mut quotas = *base;
+        for (operation, limit) in raw {
+            let Some(limit) = limit else { continue };
+            let mut value = quotas.limit(operation);
+            let name = |field: &str| format!("{prefix}.{operation}.{field}");
+            if let Some(at) = &limit.per_second
+                && let Some(v) = self.quota_field(at, &name("per_second"), MAX_PER_SECOND)
+            {
+                value.per_second = v;
+            }
+            if let Some(at) = &limit.burst
+                && let Some(v) = self.quota_field(at, &name("burst"), MAX_BURST)
+            {
+                value.burst = v;
+            }
+            if let Some(at) = &limit.per_day
+                && let Some(v) = self.quota_field(at, &name("per_day"), MAX_PER_DAY)
+            {
+                value.per_day = v;
+            }
+            quotas.set(operation, value);
+        }
+        quotas
+    }
+
+    /// The `[quota]` table: every agency's defaults and the warning share.
+    fn quota_defaults(&mut self, raw: Option<&RawQuotaDefaults>) -> (Quotas, u8) {
+        let Some(raw) = raw else {
+            return (Quotas::default(), DEFAULT_WARN_PERCENT);
+        };
+        let quotas = self.quotas(&Quotas::default(), raw.limits(), "quota");
+        let warn = match &raw.warn_percent {
+            None => DEFAULT_WARN_PERCENT,
+            Some(at) => self
+                .quota_field(at, "quota.warn_percent", 100)
+                .and_then(|v| u8::try_from(v).ok())
+                .unwrap_or(DEFAULT_WARN_PERCENT),
+        };
+        (quotas, warn)
+    }
+
+    fn agencies(
+        &mut self,
+        raw: &[Spanned<RawAgency>],
+        defaults: &Quotas,
+    ) -> BTreeMap<AgencyId, Agency> {
         let mut agencies = BTreeMap::new();
         for entry in raw {
             let entry = entry.get_ref();
@@ -278,6 +420,13 @@ impl<'t> Checker<'t> {
                     );
                 }
             }
+            let quotas = match &entry.quota {
+                None => *defaults,
+                Some(raw) => {
+                    let prefix = format!("agency {}: quota", shown_identity(entry.id.get_ref()));
+                    self.quotas(defaults, raw.limits(), &prefix)
+                }
+            };
             let epoch = self.epoch(&entry.epoch);
             let accepted: Option<BTreeSet<Epoch>> = match &entry.accepted_epochs {
                 None => epoch.map(|e| BTreeSet::from([e])),
@@ -312,6 +461,7 @@ impl<'t> Checker<'t> {
                     capabilities,
                     epoch,
                     accepted_epochs,
+                    quotas,
                 },
             );
         }
@@ -618,6 +768,86 @@ mod tests {
                 "line 13: agency city-shinjuku: certificate identity '../../x' contains a path separator",
                 "line 13: agency city-shinjuku: certificate identity 'tab\\there' contains a control character",
             ]
+        );
+    }
+
+    #[test]
+    fn quotas_default_to_a_municipality_and_are_overridden_per_agency() {
+        let policy = parse(GOOD).unwrap();
+        let mhlw = policy.agency(&AgencyId::new("mhlw").unwrap()).unwrap();
+        assert_eq!(mhlw.quotas, Quotas::default());
+        assert_eq!(policy.warn_percent(), DEFAULT_WARN_PERCENT);
+        let derive = mhlw.quotas.limit(Metered::Derive);
+        assert_eq!(derive.per_day, super::super::DEFAULT_ITEMS_PER_DAY);
+        // A full batch fits in one burst; the whole number space does not
+        // fit in a human lifetime of days.
+        assert!(derive.burst >= crate::exchange::MAX_BATCH as u64);
+        assert!(100_000_000_000 / derive.per_day > 365 * 60);
+
+        let text = format!(
+            "[quota]\nwarn_percent = 50\nseal = {{ per_day = 1000 }}\n{GOOD}\
+             [agency.quota]\nderive = {{ per_second = 5, burst = 10 }}\n"
+        );
+        let policy = parse(&text).unwrap();
+        assert_eq!(policy.warn_percent(), 50);
+        let shinjuku = policy
+            .agency(&AgencyId::new("city-shinjuku").unwrap())
+            .unwrap();
+        let derive = shinjuku.quotas.limit(Metered::Derive);
+        assert_eq!((derive.per_second, derive.burst), (5, 10));
+        assert_eq!(derive.per_day, super::super::DEFAULT_ITEMS_PER_DAY);
+        // The [quota] defaults reach every agency; an override keeps them.
+        assert_eq!(shinjuku.quotas.limit(Metered::Seal).per_day, 1000);
+        let mhlw = policy.agency(&AgencyId::new("mhlw").unwrap()).unwrap();
+        assert_eq!(mhlw.quotas.limit(Metered::Seal).per_day, 1000);
+        assert_eq!(mhlw.quotas.limit(Metered::Derive).per_second, 20_000);
+    }
+
+    /// policy.example.toml shows the built-in defaults in its `[quota]`
+    /// table: the two must not drift apart.
+    #[test]
+    fn the_example_policy_shows_the_built_in_quota_defaults() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/policy.example.toml");
+        let text = std::fs::read_to_string(path).unwrap();
+        assert!(text.contains("\n[quota]\n"));
+        let policy = parse(&text).unwrap();
+        assert_eq!(policy.warn_percent(), DEFAULT_WARN_PERCENT);
+        let mhlw = policy.agency(&AgencyId::new("mhlw").unwrap()).unwrap();
+        assert_eq!(mhlw.quotas, Quotas::default());
+        let jps = policy.agency(&AgencyId::new("jps").unwrap()).unwrap();
+        assert_eq!(jps.quotas.limit(Metered::Derive).per_day, 70_000_000);
+        assert_eq!(
+            jps.quotas.limit(Metered::Derive).per_second,
+            super::super::DEFAULT_ITEMS_PER_SECOND
+        );
+    }
+
+    #[test]
+    fn quota_problems_name_their_line_and_field() {
+        let text = format!(
+            "[quota]\nwarn_percent = 0\nredeem = {{ per_day = 0 }}\n{GOOD}\
+             [agency.quota]\ndisclose = {{ burst = -1, per_second = 200000000 }}\n"
+        );
+        assert_eq!(
+            problems(&text),
+            vec![
+                "line 2: quota.warn_percent 0 is outside 1 to 100",
+                "line 3: quota.redeem.per_day 0 is outside 1 to 1300000000",
+                "line 32: agency city-shinjuku: quota.disclose.per_second 200000000 is outside 1 to 100000000",
+                "line 32: agency city-shinjuku: quota.disclose.burst -1 is outside 1 to 1300000000",
+            ]
+        );
+        let found = problems(&format!(
+            "{GOOD}[agency.quota]\nderive = {{ per_minute = 5 }}\n"
+        ));
+        assert!(
+            found[0].starts_with("line 29: unknown field `per_minute`"),
+            "{found:?}"
+        );
+        let found = problems(&format!("{GOOD}[agency.quota]\nfly = {{ per_day = 5 }}\n"));
+        assert!(
+            found[0].starts_with("line 29: unknown field `fly`"),
+            "{found:?}"
         );
     }
 

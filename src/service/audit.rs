@@ -16,11 +16,11 @@ use fugo_log::record::{Entry, Header, Operation, Outcome, PersonLink, Record};
 use fugo_log::store::{Append, Store};
 use tonic::{Request, Response, Status};
 
-use super::codes::{RequestId, State, caller_of};
+use super::codes::{RequestId, State, caller_of, charge};
 use super::status;
 use crate::agency::{AffairId, AgencyId};
 use crate::audit::entries::BatchFacts;
-use crate::policy::{Capability, Policy};
+use crate::policy::{Capability, Metered, Policy};
 use crate::proto::fugo::v1::audit_server::Audit;
 use crate::proto::fugo::v1::{
     ConfirmProvisionRequest, ConfirmProvisionResponse, ConfirmResult, CopyRecord, DiscloseRequest,
@@ -139,6 +139,165 @@ impl AuditService {
             .require(&caller, Capability::Disclose)
             .map_err(status::denied)?;
         Ok((caller, policy))
+    }
+
+    /// One disclosure page (see `Audit::disclose`); one read of the
+    /// caller's `disclose` quota.
+    async fn disclose_page(
+        &self,
+        request: Request<DiscloseRequest>,
+    ) -> Result<Response<DiscloseResponse>, Status> {
+        let id = RequestId::of(&request);
+        let (caller, policy) = self.portal(&request).map_err(|s| id.tag_status(s))?;
+        let usage = charge(&self.state, &policy, &caller, Metered::Disclose, 1, &id)
+            .await
+            .map_err(|s| id.tag_status(s))?;
+        let request = request.into_inner();
+        let limit = page_size(request.page_size).map_err(|s| id.tag_status(s))?;
+        let before = page_token(&request.page_token).map_err(|s| id.tag_status(s))?;
+        let link = self
+            .state
+            .exchange
+            .link_of_own_code(&policy, &caller, request.code.as_bytes())
+            .map_err(|error| id.tag_status(status::single("code", &error)))?;
+        let person = PersonLink(link.to_bytes());
+        let proof_size = if request.with_proofs {
+            Some(latest_size(&self.state).map_err(|s| id.tag_status(s))?)
+        } else {
+            None
+        };
+        let now_s = now_ms() / 1000;
+        let page = self
+            .state
+            .recorder
+            .read(move |store| {
+                let records = store.person_records(&person, before, limit)?;
+                let mut shown = Vec::with_capacity(records.len());
+                for record in &records {
+                    // 不開示: withheld from the person until the date.
+                    if record.header.non_disclosure_until > now_s {
+                        continue;
+                    }
+                    // A retried redeem is one exchange: the person sees the
+                    // first redemption; the repeat stays in both copies.
+                    if record.entry.outcome == Outcome::Repeat {
+                        continue;
+                    }
+                    let provision = match (record.header.operation, record.entry.serial) {
+                        (Operation::Seal, Some(serial)) => store.provision(&serial)?,
+                        _ => None,
+                    };
+                    let proof = match proof_size {
+                        Some(size) if record.seq < size => Some((
+                            record.leaf_bytes(),
+                            store.inclusion_proof(record.seq, size)?,
+                        )),
+                        _ => None,
+                    };
+                    shown.push((record.clone(), provision, proof));
+                }
+                let next = if records.len() == limit {
+                    records.last().map(|record| record.seq)
+                } else {
+                    None
+                };
+                let note = match proof_size {
+                    Some(size) => store.checkpoint(size)?,
+                    None => None,
+                };
+                Ok((shown, next, note))
+            })
+            .await
+            .map_err(|e| id.tag_status(unavailable(e)))?;
+        let (shown, next, note) = page;
+        // The read itself is an access to the person's records.
+        let facts = facts(&caller, &id, &policy);
+        let mut header = facts.header(Operation::Disclosure);
+        header.note = format!("{} records", shown.len());
+        let mut append = facts.append(vec![fugo_log::record::Group {
+            header,
+            entries: vec![Entry {
+                outcome: Outcome::Done,
+                epoch: 0,
+                serial: None,
+                person: Some(person),
+            }],
+        }]);
+        append.usage.extend(usage);
+        self.record(append).await.map_err(|s| id.tag_status(s))?;
+        let records = shown
+            .into_iter()
+            .map(|(record, provision, proof)| disclosed(&policy, &record, provision, proof))
+            .collect();
+        Ok(self.respond(
+            &id,
+            DiscloseResponse {
+                records,
+                next_page_token: next.map(|seq| seq.to_string()).unwrap_or_default(),
+                checkpoint: note.unwrap_or_default(),
+            },
+        ))
+    }
+
+    /// One page of the caller's copy (see `Audit::read_copy`); one read
+    /// of its `disclose` quota.
+    async fn read_copy_page(
+        &self,
+        request: Request<ReadCopyRequest>,
+    ) -> Result<Response<ReadCopyResponse>, Status> {
+        let id = RequestId::of(&request);
+        let (caller, policy) = self.caller(&request).map_err(|s| id.tag_status(s))?;
+        let usage = charge(&self.state, &policy, &caller, Metered::Disclose, 1, &id)
+            .await
+            .map_err(|s| id.tag_status(s))?;
+        let request = request.into_inner();
+        let limit = page_size(request.page_size).map_err(|s| id.tag_status(s))?;
+        let after = page_token(&request.page_token).map_err(|s| id.tag_status(s))?;
+        let me = caller.as_str().to_owned();
+        let records = self
+            .state
+            .recorder
+            .read(move |store| store.agency_records(&me, after, limit))
+            .await
+            .map_err(|e| id.tag_status(unavailable(e)))?;
+        let next = if records.len() == limit {
+            records.last().map(|record| record.seq)
+        } else {
+            None
+        };
+        let epoch = policy
+            .agency(&caller)
+            .map(|agency| agency.epoch)
+            .map_err(|denied| id.tag_status(status::denied(denied)))?;
+        let copy: Vec<CopyRecord> = records
+            .iter()
+            .map(|record| self.copy_record(&caller, epoch, record))
+            .collect();
+        // Paging through one's copy is an access too: one record per page.
+        let facts = facts(&caller, &id, &policy);
+        let mut header = facts.header(Operation::CopyPage);
+        header.note = match after {
+            Some(after) => format!("after {after}, {} records", copy.len()),
+            None => format!("from the start, {} records", copy.len()),
+        };
+        let mut append = facts.append(vec![fugo_log::record::Group {
+            header,
+            entries: vec![Entry {
+                outcome: Outcome::Done,
+                epoch: 0,
+                serial: None,
+                person: None,
+            }],
+        }]);
+        append.usage.extend(usage);
+        self.record(append).await.map_err(|s| id.tag_status(s))?;
+        Ok(self.respond(
+            &id,
+            ReadCopyResponse {
+                records: copy,
+                next_page_token: next.map(|seq| seq.to_string()).unwrap_or_default(),
+            },
+        ))
     }
 
     /// Commits `append` or fails the call (fail closed).
@@ -266,149 +425,24 @@ impl Audit for AuditService {
         &self,
         request: Request<DiscloseRequest>,
     ) -> Result<Response<DiscloseResponse>, Status> {
-        let id = RequestId::of(&request);
-        let (caller, policy) = self.portal(&request).map_err(|s| id.tag_status(s))?;
-        let request = request.into_inner();
-        let limit = page_size(request.page_size).map_err(|s| id.tag_status(s))?;
-        let before = page_token(&request.page_token).map_err(|s| id.tag_status(s))?;
-        let link = self
-            .state
-            .exchange
-            .link_of_own_code(&policy, &caller, request.code.as_bytes())
-            .map_err(|error| id.tag_status(status::single("code", &error)))?;
-        let person = PersonLink(link.to_bytes());
-        let proof_size = if request.with_proofs {
-            Some(latest_size(&self.state).map_err(|s| id.tag_status(s))?)
-        } else {
-            None
-        };
-        let now_s = now_ms() / 1000;
-        let page = self
-            .state
-            .recorder
-            .read(move |store| {
-                let records = store.person_records(&person, before, limit)?;
-                let mut shown = Vec::with_capacity(records.len());
-                for record in &records {
-                    // 不開示: withheld from the person until the date.
-                    if record.header.non_disclosure_until > now_s {
-                        continue;
-                    }
-                    // A retried redeem is one exchange: the person sees the
-                    // first redemption; the repeat stays in both copies.
-                    if record.entry.outcome == Outcome::Repeat {
-                        continue;
-                    }
-                    let provision = match (record.header.operation, record.entry.serial) {
-                        (Operation::Seal, Some(serial)) => store.provision(&serial)?,
-                        _ => None,
-                    };
-                    let proof = match proof_size {
-                        Some(size) if record.seq < size => Some((
-                            record.leaf_bytes(),
-                            store.inclusion_proof(record.seq, size)?,
-                        )),
-                        _ => None,
-                    };
-                    shown.push((record.clone(), provision, proof));
-                }
-                let next = if records.len() == limit {
-                    records.last().map(|record| record.seq)
-                } else {
-                    None
-                };
-                let note = match proof_size {
-                    Some(size) => store.checkpoint(size)?,
-                    None => None,
-                };
-                Ok((shown, next, note))
-            })
-            .await
-            .map_err(|e| id.tag_status(unavailable(e)))?;
-        let (shown, next, note) = page;
-        // The read itself is an access to the person's records.
-        let facts = facts(&caller, &id, &policy);
-        let mut header = facts.header(Operation::Disclosure);
-        header.note = format!("{} records", shown.len());
-        self.record(facts.append(vec![fugo_log::record::Group {
-            header,
-            entries: vec![Entry {
-                outcome: Outcome::Done,
-                epoch: 0,
-                serial: None,
-                person: Some(person),
-            }],
-        }]))
-        .await
-        .map_err(|s| id.tag_status(s))?;
-        let records = shown
-            .into_iter()
-            .map(|(record, provision, proof)| disclosed(&policy, &record, provision, proof))
-            .collect();
-        Ok(self.respond(
-            &id,
-            DiscloseResponse {
-                records,
-                next_page_token: next.map(|seq| seq.to_string()).unwrap_or_default(),
-                checkpoint: note.unwrap_or_default(),
-            },
-        ))
+        let result = self.disclose_page(request).await;
+        let code = result
+            .as_ref()
+            .map_or_else(Status::code, |_| tonic::Code::Ok);
+        self.state.metrics.call("disclose", code, 1);
+        result
     }
 
     async fn read_copy(
         &self,
         request: Request<ReadCopyRequest>,
     ) -> Result<Response<ReadCopyResponse>, Status> {
-        let id = RequestId::of(&request);
-        let (caller, policy) = self.caller(&request).map_err(|s| id.tag_status(s))?;
-        let request = request.into_inner();
-        let limit = page_size(request.page_size).map_err(|s| id.tag_status(s))?;
-        let after = page_token(&request.page_token).map_err(|s| id.tag_status(s))?;
-        let me = caller.as_str().to_owned();
-        let records = self
-            .state
-            .recorder
-            .read(move |store| store.agency_records(&me, after, limit))
-            .await
-            .map_err(|e| id.tag_status(unavailable(e)))?;
-        let next = if records.len() == limit {
-            records.last().map(|record| record.seq)
-        } else {
-            None
-        };
-        let epoch = policy
-            .agency(&caller)
-            .map(|agency| agency.epoch)
-            .map_err(|denied| id.tag_status(status::denied(denied)))?;
-        let copy: Vec<CopyRecord> = records
-            .iter()
-            .map(|record| self.copy_record(&caller, epoch, record))
-            .collect();
-        // Paging through one's copy is an access too: one record per page.
-        let facts = facts(&caller, &id, &policy);
-        let mut header = facts.header(Operation::CopyPage);
-        header.note = match after {
-            Some(after) => format!("after {after}, {} records", copy.len()),
-            None => format!("from the start, {} records", copy.len()),
-        };
-        self.record(facts.append(vec![fugo_log::record::Group {
-            header,
-            entries: vec![Entry {
-                outcome: Outcome::Done,
-                epoch: 0,
-                serial: None,
-                person: None,
-            }],
-        }]))
-        .await
-        .map_err(|s| id.tag_status(s))?;
-        Ok(self.respond(
-            &id,
-            ReadCopyResponse {
-                records: copy,
-                next_page_token: next.map(|seq| seq.to_string()).unwrap_or_default(),
-            },
-        ))
+        let result = self.read_copy_page(request).await;
+        let code = result
+            .as_ref()
+            .map_or_else(Status::code, |_| tonic::Code::Ok);
+        self.state.metrics.call("read_copy", code, 1);
+        result
     }
 
     async fn confirm_provision(

@@ -11,7 +11,7 @@
 
 use std::pin::Pin;
 use std::sync::{Arc, PoisonError, RwLock};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ring::rand::{SecureRandom, SystemRandom};
 use tokio::sync::{Semaphore, mpsc};
@@ -23,12 +23,14 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::edge::Peer;
 use super::identity::PeerCertificate;
+use super::metrics::Metrics;
+use super::quota::{Exceeded, Moment, Quotas};
 use super::status;
 use crate::agency::{AffairId, AgencyId, ItemId};
 use crate::audit::Recorder;
 use crate::audit::entries::{BatchFacts, Collector, outcome_of};
 use crate::exchange::{Done, Exchange, SealContext};
-use crate::policy::Policy;
+use crate::policy::{Metered, Policy};
 use crate::proto::fugo::v1::codes_server::Codes;
 use crate::proto::fugo::v1::{
     DeriveRequest, DeriveResponse, DeriveResult, RedeemRequest, RedeemResponse, RedeemResult,
@@ -36,7 +38,7 @@ use crate::proto::fugo::v1::{
     SealResponse, SealResult, Sealed, derive_result, redeem_result, reidentify_result, seal_result,
 };
 use fugo_log::record::{Entry, Operation, Outcome, PersonLink};
-use fugo_log::store::{Append, Appended};
+use fugo_log::store::{Append, Appended, Usage};
 
 /// Everything the service shares between calls.
 pub(crate) struct State {
@@ -44,6 +46,10 @@ pub(crate) struct State {
     pub(crate) policy: RwLock<Arc<Policy>>,
     /// Where every batch is recorded before its response leaves.
     pub(crate) recorder: Arc<Recorder>,
+    /// Every agency's quota use (one state for all its connections).
+    pub(crate) quotas: Quotas,
+    /// Counters for `/metrics`.
+    pub(crate) metrics: Metrics,
 }
 
 impl State {
@@ -159,6 +165,181 @@ fn refused(id: &RequestId, certificate: &PeerCertificate, status: &Status) {
         reason = status.message(),
         "client certificate refused"
     );
+}
+
+/// A call refused by its quota: the record of the refusal, still to be
+/// committed, and the status to answer once it is.
+pub(crate) struct OverQuota {
+    append: Append,
+    status: Status,
+}
+
+/// Counts `items` of `operation` against `caller`'s quota under `policy`
+/// (D120–D126), without waiting. Admitted: the use to write with the call's
+/// records (none for an empty call, which is refused later as malformed);
+/// a warning is logged once a day when the agency crosses the policy's
+/// share of its day limit. Refused: logged and counted in metrics, and
+/// [`OverQuota`] holds the tally to record (reason
+/// `quota.<operation>.<limit>`) and RESOURCE_EXHAUSTED with RetryInfo;
+/// nothing of the call runs.
+pub(crate) fn admit_quota(
+    state: &State,
+    policy: &Policy,
+    caller: &AgencyId,
+    operation: Metered,
+    items: usize,
+    id: &RequestId,
+) -> Result<Option<Usage>, Box<OverQuota>> {
+    match try_quota(state, policy, caller, operation, items, id)? {
+        Ok(usage) => Ok(usage),
+        Err(exceeded) => Err(over_quota(state, caller, operation, items, &exceeded, id)),
+    }
+}
+
+/// The most a stream's batch waits for its token bucket before it is
+/// refused (D122).
+const MAX_PACE: Duration = Duration::from_secs(10);
+
+/// [`admit_quota`] for a stream's batch: short of tokens, it waits for
+/// them (up to [`MAX_PACE`]) instead of being refused, so a bulk stream is
+/// paced at the agency's rate (the wait stops reading the stream: HTTP/2
+/// flow control slows the client). A day limit, or a wait longer than
+/// that, refuses it as for a unary call.
+async fn admit_paced(
+    state: &State,
+    policy: &Policy,
+    caller: &AgencyId,
+    operation: Metered,
+    items: usize,
+    id: &RequestId,
+) -> Result<Option<Usage>, Box<OverQuota>> {
+    let mut waited = Duration::ZERO;
+    loop {
+        match try_quota(state, policy, caller, operation, items, id)? {
+            Ok(usage) => return Ok(usage),
+            Err(Exceeded::Rate { retry_after, .. }) if waited + retry_after <= MAX_PACE => {
+                waited += retry_after;
+                tokio::time::sleep(retry_after).await;
+            }
+            Err(exceeded) => {
+                return Err(over_quota(state, caller, operation, items, &exceeded, id));
+            }
+        }
+    }
+}
+
+/// The quota decision alone: the outer error is an agency the policy
+/// does not know; the inner one a limit the call is over.
+#[allow(clippy::type_complexity)]
+fn try_quota(
+    state: &State,
+    policy: &Policy,
+    caller: &AgencyId,
+    operation: Metered,
+    items: usize,
+    id: &RequestId,
+) -> Result<Result<Option<Usage>, Exceeded>, Box<OverQuota>> {
+    if items == 0 {
+        return Ok(Ok(None));
+    }
+    let limit = match policy.agency(caller) {
+        Ok(agency) => agency.quotas.limit(operation),
+        Err(denied) => {
+            return Err(Box::new(OverQuota {
+                append: Append::default(),
+                status: status::denied(denied),
+            }));
+        }
+    };
+    let at = Moment {
+        instant: Instant::now(),
+        unix_ms: now_millis(),
+    };
+    let admitted = state.quotas.admit(
+        caller,
+        operation,
+        limit,
+        policy.warn_percent(),
+        items as u64,
+        at,
+    );
+    Ok(admitted.map(|admitted| {
+        if let Some(used) = admitted.crossed {
+            tracing::warn!(
+                request_id = id.as_str(),
+                agency = %caller,
+                operation = operation.name(),
+                used,
+                per_day = limit.per_day,
+                warn_percent = policy.warn_percent(),
+                "agency crossed the warning share of its daily quota"
+            );
+        }
+        Some(admitted.usage)
+    }))
+}
+
+/// A refusal by `exceeded`: logged, counted, and its record and status.
+fn over_quota(
+    state: &State,
+    caller: &AgencyId,
+    operation: Metered,
+    items: usize,
+    exceeded: &Exceeded,
+    id: &RequestId,
+) -> Box<OverQuota> {
+    let which = exceeded.which();
+    tracing::warn!(
+        request_id = id.as_str(),
+        agency = %caller,
+        operation = operation.name(),
+        limit = which,
+        items,
+        retry_after_ms = exceeded.retry_after().map(|d| d.as_millis() as u64),
+        "quota exceeded; call refused"
+    );
+    state.metrics.quota_refused(caller, operation, which);
+    let now_ms = now_millis();
+    let append = Append {
+        refusals: vec![fugo_log::store::Refusal {
+            minute: now_ms / 60_000,
+            agency: caller.as_str().to_owned(),
+            reason: format!("quota.{}.{which}", operation.name()),
+            count: items as u64,
+        }],
+        now_ms,
+        ..Append::default()
+    };
+    Box::new(OverQuota {
+        append,
+        status: status::quota(caller, operation, exceeded),
+    })
+}
+
+impl OverQuota {
+    /// Commits the refusal's record and gives the call's status
+    /// (UNAVAILABLE instead if the record cannot be written: fail closed).
+    pub(crate) async fn settle(self, state: &State) -> Status {
+        match state.recorder.record(self.append).await {
+            Ok(_) => self.status,
+            Err(error) => status::audit(&error),
+        }
+    }
+}
+
+/// [`admit_quota`], recording a refusal before answering it.
+pub(crate) async fn charge(
+    state: &State,
+    policy: &Policy,
+    caller: &AgencyId,
+    operation: Metered,
+    items: usize,
+    id: &RequestId,
+) -> Result<Option<Usage>, Status> {
+    match admit_quota(state, policy, caller, operation, items, id) {
+        Ok(usage) => Ok(usage),
+        Err(over) => Err(over.settle(state).await),
+    }
 }
 
 /// The gRPC service.
@@ -294,7 +475,7 @@ impl Tally for ReidentifyResponse {
 struct Batch {
     id: RequestId,
     certificate: Arc<PeerCertificate>,
-    operation: &'static str,
+    operation: Metered,
     /// Its position in a stream (none for a unary call).
     index: Option<u64>,
 }
@@ -309,6 +490,7 @@ async fn run_batch<Req: Items + Send + 'static, Resp: Tally + Send + 'static>(
     request: Req,
     handler: Handler<Req, Resp>,
     gate: Option<Arc<Semaphore>>,
+    quota: Option<Result<Option<Usage>, Box<OverQuota>>>,
 ) -> Result<Resp, Status> {
     // A stream's batches take turns for the work; the wait for the commit
     // is outside the turn.
@@ -327,6 +509,24 @@ async fn run_batch<Req: Items + Send + 'static, Resp: Tally + Send + 'static>(
     };
     let agency = caller.clone();
     let items = request.items();
+    // A stream's batches were counted in message order as they arrived.
+    let charged = match quota {
+        Some(Ok(usage)) => Ok(usage),
+        Some(Err(over)) => Err(over.settle(&state).await),
+        None => charge(&state, &policy, &caller, batch.operation, items, &batch.id).await,
+    };
+    let usage = match charged {
+        Ok(usage) => usage,
+        Err(status) => {
+            drop(turn);
+            state
+                .metrics
+                .call(batch.operation.name(), status.code(), items);
+            let mut status = batch.id.tag_status(status);
+            tag_checkpoint(&state, status.metadata_mut());
+            return Err(status);
+        }
+    };
     let batch_id = match batch.index {
         Some(index) => format!("{}/{index}", batch.id.as_str()),
         None => batch.id.as_str().to_owned(),
@@ -350,17 +550,32 @@ async fn run_batch<Req: Items + Send + 'static, Resp: Tally + Send + 'static>(
                 Ok(pending)
             }
             // A refused batch opened no one: one tally for its items.
-            Err(status) => Err((refusal(&facts, &status, items), status)),
+            Err(status) => Err(Box::new((refusal(&facts, &status, items), status))),
         }
     };
     let outcome = if items <= IN_PLACE {
         work()
     } else {
-        tokio::task::spawn_blocking(work)
-            .await
-            .unwrap_or_else(|_| Err((Append::default(), Status::internal("a worker failed"))))
+        tokio::task::spawn_blocking(work).await.unwrap_or_else(|_| {
+            Err(Box::new((
+                Append::default(),
+                Status::internal("a worker failed"),
+            )))
+        })
     };
     drop(turn);
+    // The quota use is written with the batch's records, in their commit.
+    let outcome = match (outcome, usage) {
+        (Ok(mut pending), Some(usage)) => {
+            pending.append.usage.push(usage);
+            Ok(pending)
+        }
+        (Err(mut refused), Some(usage)) => {
+            refused.0.usage.push(usage);
+            Err(refused)
+        }
+        (outcome, None) => outcome,
+    };
     // Nothing leaves before its records are committed (fail closed).
     let outcome = match outcome {
         Ok(pending) => match state.recorder.record(pending.append).await {
@@ -373,19 +588,23 @@ async fn run_batch<Req: Items + Send + 'static, Resp: Tally + Send + 'static>(
             }
             Err(error) => Err(status::audit(&error)),
         },
-        Err((append, status)) => match state.recorder.record(append).await {
-            Ok(_) => Err(status),
+        Err(refused) => match state.recorder.record(refused.0).await {
+            Ok(_) => Err(refused.1),
             Err(error) => Err(status::audit(&error)),
         },
     };
     let micros = started.elapsed().as_micros() as u64;
+    let code = outcome
+        .as_ref()
+        .map_or_else(Status::code, |_| tonic::Code::Ok);
+    state.metrics.call(batch.operation.name(), code, items);
     match &outcome {
         Ok(response) => {
             let (ok, failed) = response.tally();
             tracing::info!(
                 request_id = batch.id.as_str(),
                 agency = %agency,
-                operation = batch.operation,
+                operation = batch.operation.name(),
                 batch = batch.index,
                 items = ok + failed,
                 ok,
@@ -397,7 +616,7 @@ async fn run_batch<Req: Items + Send + 'static, Resp: Tally + Send + 'static>(
         Err(status) => tracing::info!(
             request_id = batch.id.as_str(),
             agency = %agency,
-            operation = batch.operation,
+            operation = batch.operation.name(),
             batch = batch.index,
             code = ?status.code(),
             reason = status.message(),
@@ -441,7 +660,7 @@ impl CodesService {
     async fn unary<Req: Items + Send + 'static, Resp: Tally + Send + 'static>(
         &self,
         request: Request<Req>,
-        operation: &'static str,
+        operation: Metered,
         handler: Handler<Req, Resp>,
     ) -> Result<Response<Resp>, Status> {
         let id = RequestId::of(&request);
@@ -459,6 +678,7 @@ impl CodesService {
                 request.into_inner(),
                 handler,
                 None,
+                None,
             )
             .await?,
         );
@@ -470,7 +690,7 @@ impl CodesService {
     fn stream<Req: Items + Send + 'static, Resp: Tally + Send + 'static>(
         &self,
         request: Request<Streaming<Req>>,
-        operation: &'static str,
+        operation: Metered,
         handler: Handler<Req, Resp>,
     ) -> Result<Response<BoxStream<Resp>>, Status> {
         let id = RequestId::of(&request);
@@ -491,8 +711,29 @@ impl CodesService {
         tokio::spawn(async move {
             let mut index = 0;
             while let Some(next) = incoming.next().await {
+                let mut over_quota = false;
                 let job = match next {
                     Ok(request) => {
+                        // Counted here, in message order, not when its
+                        // work starts (batches compute out of order); a
+                        // batch short of tokens waits for them here, which
+                        // paces the stream (D122).
+                        let policy = state.policy();
+                        let quota = match certificate.caller(&policy) {
+                            Ok(caller) => Some(
+                                admit_paced(
+                                    &state,
+                                    &policy,
+                                    &caller,
+                                    operation,
+                                    request.items(),
+                                    &stream_id,
+                                )
+                                .await,
+                            ),
+                            Err(_) => None,
+                        };
+                        over_quota = matches!(quota, Some(Err(_)));
                         let batch = Batch {
                             id: stream_id.clone(),
                             certificate: Arc::clone(&certificate),
@@ -500,7 +741,14 @@ impl CodesService {
                             index: Some(index),
                         };
                         let gate = Some(Arc::clone(&computing));
-                        tokio::spawn(run_batch(Arc::clone(&state), batch, request, handler, gate))
+                        tokio::spawn(run_batch(
+                            Arc::clone(&state),
+                            batch,
+                            request,
+                            handler,
+                            gate,
+                            quota,
+                        ))
                     }
                     Err(status) => {
                         let status = stream_id.tag_status(status::incoming(status));
@@ -508,7 +756,9 @@ impl CodesService {
                     }
                 };
                 index += 1;
-                if jobs.send(job).await.is_err() {
+                // The stream ends with a refused batch: later ones are
+                // neither counted nor run (their answers would never leave).
+                if jobs.send(job).await.is_err() || over_quota {
                     break;
                 }
             }
@@ -835,7 +1085,7 @@ impl Codes for CodesService {
         &self,
         request: Request<DeriveRequest>,
     ) -> Result<Response<DeriveResponse>, Status> {
-        self.unary(request, "derive", derive).await
+        self.unary(request, Metered::Derive, derive).await
     }
 
     type DeriveStreamStream = BoxStream<DeriveResponse>;
@@ -844,11 +1094,11 @@ impl Codes for CodesService {
         &self,
         request: Request<Streaming<DeriveRequest>>,
     ) -> Result<Response<Self::DeriveStreamStream>, Status> {
-        self.stream(request, "derive", derive)
+        self.stream(request, Metered::Derive, derive)
     }
 
     async fn seal(&self, request: Request<SealRequest>) -> Result<Response<SealResponse>, Status> {
-        self.unary(request, "seal", seal).await
+        self.unary(request, Metered::Seal, seal).await
     }
 
     type SealStreamStream = BoxStream<SealResponse>;
@@ -857,14 +1107,14 @@ impl Codes for CodesService {
         &self,
         request: Request<Streaming<SealRequest>>,
     ) -> Result<Response<Self::SealStreamStream>, Status> {
-        self.stream(request, "seal", seal)
+        self.stream(request, Metered::Seal, seal)
     }
 
     async fn redeem(
         &self,
         request: Request<RedeemRequest>,
     ) -> Result<Response<RedeemResponse>, Status> {
-        self.unary(request, "redeem", redeem).await
+        self.unary(request, Metered::Redeem, redeem).await
     }
 
     type RedeemStreamStream = BoxStream<RedeemResponse>;
@@ -873,14 +1123,14 @@ impl Codes for CodesService {
         &self,
         request: Request<Streaming<RedeemRequest>>,
     ) -> Result<Response<Self::RedeemStreamStream>, Status> {
-        self.stream(request, "redeem", redeem)
+        self.stream(request, Metered::Redeem, redeem)
     }
 
     async fn reidentify(
         &self,
         request: Request<ReidentifyRequest>,
     ) -> Result<Response<ReidentifyResponse>, Status> {
-        self.unary(request, "reidentify", reidentify).await
+        self.unary(request, Metered::Reidentify, reidentify).await
     }
 
     type ReidentifyStreamStream = BoxStream<ReidentifyResponse>;
@@ -889,6 +1139,6 @@ impl Codes for CodesService {
         &self,
         request: Request<Streaming<ReidentifyRequest>>,
     ) -> Result<Response<Self::ReidentifyStreamStream>, Status> {
-        self.stream(request, "reidentify", reidentify)
+        self.stream(request, Metered::Reidentify, reidentify)
     }
 }

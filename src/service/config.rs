@@ -76,6 +76,23 @@ struct RawConfig {
     limits: super::limits::RawLimits,
     #[serde(default)]
     audit: RawAudit,
+    metrics: Option<RawMetrics>,
+}
+
+/// The `[metrics]` section: present means on (D127).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    #[serde(default = "default_metrics_listen")]
+    listen: String,
+}
+
+/// Where `/metrics` is served when `[metrics]` names no address: loopback
+/// only, on Prometheus' registered port for exporters of this kind.
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9464";
+
+fn default_metrics_listen() -> String {
+    DEFAULT_METRICS_LISTEN.to_owned()
 }
 
 /// The `[audit]` section: every value has a safe default.
@@ -253,6 +270,9 @@ pub struct ServeConfig {
     pub limits: super::limits::Limits,
     /// The audit trail (`[audit]`).
     pub audit: AuditConfig,
+    /// Where `/metrics` is served (plain HTTP), if anywhere (`[metrics]`;
+    /// off when the section is missing).
+    pub metrics: Option<SocketAddr>,
 }
 
 impl ServeConfig {
@@ -285,6 +305,15 @@ impl ServeConfig {
         })?;
         let fingerprint = Fingerprint::parse(&raw.master_key_fingerprint)
             .map_err(|error| invalid(format!("master_key_fingerprint: {error}")))?;
+        let metrics = match &raw.metrics {
+            None => None,
+            Some(section) => Some(section.listen.parse().map_err(|_| {
+                invalid(format!(
+                    "[metrics] listen: '{}' is not an address like {DEFAULT_METRICS_LISTEN}",
+                    section.listen
+                ))
+            })?),
+        };
         let data_dir = resolve(&raw.data_dir);
         let master_key = match (raw.master_key, raw.custody) {
             (Some(path), None) => MasterKeySource::File(resolve(&path)),
@@ -340,6 +369,7 @@ impl ServeConfig {
             crls,
             limits: super::limits::Limits::check(raw.limits).map_err(invalid)?,
             audit: raw.audit.check().map_err(invalid)?,
+            metrics,
         })
     }
 }
@@ -461,6 +491,36 @@ mod tests {
         assert!(
             message.ends_with("it is larger than 1048576 bytes, the limit for this file"),
             "{message}"
+        );
+    }
+
+    /// Metrics are off without `[metrics]`, on loopback 9464 with an empty
+    /// one (D127).
+    #[test]
+    fn metrics_are_off_unless_configured_and_loopback_by_default() {
+        let dev = format!("{BASE}dev_mode = true\n");
+        assert_eq!(load(&dev).unwrap().metrics, None);
+        assert_eq!(
+            load(&format!("{dev}[metrics]\n")).unwrap().metrics,
+            Some("127.0.0.1:9464".parse().unwrap())
+        );
+        assert_eq!(
+            load(&format!("{dev}[metrics]\nlisten = \"[::1]:9100\"\n"))
+                .unwrap()
+                .metrics,
+            Some("[::1]:9100".parse().unwrap())
+        );
+        let error = load(&format!("{dev}[metrics]\nlisten = \"localhost\"\n")).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("[metrics] listen: 'localhost' is not an address"),
+            "{error}"
+        );
+        let error = load(&format!("{dev}[metrics]\npath = \"/x\"\n")).unwrap_err();
+        assert!(
+            error.to_string().contains("unknown field `path`"),
+            "{error}"
         );
     }
 

@@ -27,6 +27,8 @@ pub mod edge;
 mod framing;
 mod identity;
 pub mod limits;
+mod metrics;
+mod quota;
 mod revocation;
 pub mod sealed;
 pub mod server;

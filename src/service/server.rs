@@ -21,6 +21,8 @@ use super::codes::{self, CodesService, State};
 use super::config::{ConfigError, MasterKeySource, ServeConfig};
 use super::edge;
 use super::framing::FramingStatus;
+use super::metrics::{self, Metrics};
+use super::quota::Quotas;
 use super::revocation::Crls;
 use super::sealed::{Gate, HealthReason};
 use crate::audit::entries::{BatchFacts, policy_digest};
@@ -37,7 +39,7 @@ use crate::proto::fugo::v1::codes_server::CodesServer;
 use crate::random::SystemRandomness;
 use fugo_log::checkpoint::LogSigner;
 use fugo_log::record::{Entry, Group, Operation, Outcome};
-use fugo_log::store::Append;
+use fugo_log::store::{Append, Store};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Why the server could not start (or reload).
@@ -365,6 +367,9 @@ fn build_tls(
 pub struct Running {
     /// The address it listens on.
     pub addr: SocketAddr,
+    /// Where `/metrics` is served, if `[metrics]` is configured.
+    pub metrics_addr: Option<SocketAddr>,
+    metrics_task: Option<JoinHandle<()>>,
     state: Arc<OnceLock<Arc<State>>>,
     policy_path: PathBuf,
     tls: TlsSetup,
@@ -413,6 +418,9 @@ impl Running {
     /// Stops accepting, lets in-flight calls finish within the grace
     /// period, then returns.
     pub async fn stop(self) -> Result<(), ServeError> {
+        if let Some(task) = &self.metrics_task {
+            task.abort();
+        }
         if let Some((task, path)) = self.unseal {
             task.abort();
             let _ = std::fs::remove_file(path);
@@ -541,7 +549,21 @@ impl Opening {
             exchange: Exchange::new(keys, Box::new(SystemRandomness::new())),
             policy: RwLock::new(Arc::new(policy)),
             recorder: Arc::new(recorder),
+            quotas: Quotas::new(),
+            metrics: Metrics::new(),
         });
+        // Today's quota counts survive a restart: read back from the store.
+        let today = super::quota::jst_day(
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |elapsed| elapsed.as_millis() as u64),
+        );
+        let used = state
+            .recorder
+            .read(move |store| store.usage(today))
+            .await
+            .map_err(ServeError::Audit)?;
+        state.quotas.restore(&used, std::time::Instant::now());
         // The policy in force is stored and its loading recorded before any
         // call is decided under it.
         state
@@ -739,6 +761,25 @@ async fn start_with(
         .add_service(reflection_v1alpha)
         .add_service(codes)
         .add_service(audit);
+    let metrics_task = match config.metrics {
+        None => None,
+        Some(at) => {
+            let listener = TcpListener::bind(at)
+                .await
+                .map_err(|source| ServeError::Bind { addr: at, source })?;
+            let bound = listener
+                .local_addr()
+                .map_err(|source| ServeError::Bind { addr: at, source })?;
+            if !bound.ip().is_loopback() {
+                tracing::warn!(addr = %bound, "metrics are served beyond loopback (plain HTTP, no authentication)");
+            }
+            tracing::info!(addr = %bound, "metrics served at /metrics");
+            Some((
+                bound,
+                tokio::spawn(metrics::serve(listener, Arc::clone(&opening.state))),
+            ))
+        }
+    };
     let incoming = edge::incoming(listener, tls.acceptor.clone(), limits);
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
@@ -756,8 +797,14 @@ async fn start_with(
         idle_timeout_s = limits.idle_timeout.as_secs(),
         "fugo serving"
     );
+    let (metrics_addr, metrics_task) = match metrics_task {
+        Some((addr, task)) => (Some(addr), Some(task)),
+        None => (None, None),
+    };
     Ok(Running {
         addr,
+        metrics_addr,
+        metrics_task,
         state: Arc::clone(&opening.state),
         policy_path: config.policy,
         tls,

@@ -9,9 +9,11 @@
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
+use super::quota::Exceeded;
+use crate::agency::AgencyId;
 use crate::audit::RecorderError;
 use crate::exchange::{BatchError, ItemError, ItemFailure};
-use crate::policy::Denied;
+use crate::policy::{Denied, Metered};
 use crate::proto::fugo::v1::ItemError as WireItemError;
 use crate::proto::google::rpc::Code as RpcCode;
 use crate::token::TokenError;
@@ -39,6 +41,44 @@ pub(crate) fn batch(error: BatchError) -> Status {
 /// returned, the call may be retried (fail closed).
 pub(crate) fn audit(error: &RecorderError) -> Status {
     Status::unavailable(error.to_string())
+}
+
+/// A call over its agency's quota: RESOURCE_EXHAUSTED with a
+/// google.rpc.RetryInfo saying when a retry can succeed (none for a batch
+/// too large to ever pass) and a google.rpc.QuotaFailure naming the agency,
+/// the operation and the limit (D124).
+pub(crate) fn quota(agency: &AgencyId, operation: Metered, exceeded: &Exceeded) -> Status {
+    let unit = if operation == Metered::Disclose {
+        "reads"
+    } else {
+        "items"
+    };
+    let message = match exceeded {
+        Exceeded::Rate { limit, .. } => format!(
+            "agency {agency}: {operation} quota of {} {unit} a second (burst {}) is used up; \
+             retry after the delay in RetryInfo",
+            limit.per_second, limit.burst
+        ),
+        Exceeded::Day { limit, .. } => format!(
+            "agency {agency}: {operation} quota of {} {unit} a day (from 00:00 JST) is used up; \
+             retry after the delay in RetryInfo",
+            limit.per_day
+        ),
+        Exceeded::TooLarge { items, limit } => format!(
+            "agency {agency}: a call of {items} {operation} {unit} is more than its quota allows \
+             at once (burst {}, {} a day); split it",
+            limit.burst, limit.per_day
+        ),
+    };
+    let mut details = ErrorDetails::new();
+    if let Some(delay) = exceeded.retry_after() {
+        details.set_retry_info(Some(delay));
+    }
+    details.add_quota_failure_violation(
+        format!("agency:{agency}/{operation}"),
+        format!("{} limit", exceeded.which()),
+    );
+    Status::with_error_details(Code::ResourceExhausted, message, details)
 }
 
 /// A malformed request field, with a field violation in the details.

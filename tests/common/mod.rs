@@ -207,6 +207,36 @@ pub fn server_config(
         crls: Vec::new(),
         limits: fugo::service::Limits::default(),
         audit: fugo::service::AuditConfig::default(),
+        metrics: None,
     };
     (config, ca)
+}
+
+/// `GET path` on a server's metrics listener (plain HTTP on loopback):
+/// (status line, body).
+pub async fn scrape(addr: std::net::SocketAddr, path: &str) -> (String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        stream.read_to_string(&mut answer),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+    (head.lines().next().unwrap().to_owned(), body.to_owned())
+}
+
+/// The value of the series `series` (name and labels, exactly as written)
+/// on a metrics page, 0 when absent.
+pub fn metric(page: &str, series: &str) -> u64 {
+    page.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .map_or(0, |value| value.trim().parse().unwrap())
 }

@@ -49,6 +49,17 @@ def generate_stubs(out):
     )
     if status != 0:
         raise SystemExit(f"protoc failed with status {status}")
+    status = protoc.main(
+        [
+            "protoc",
+            f"-I{ROOT / 'tests/interop'}",
+            f"-I{include}",
+            f"--python_out={out}",
+            str(ROOT / "tests/interop/google/rpc/status_details.proto"),
+        ]
+    )
+    if status != 0:
+        raise SystemExit(f"protoc failed with status {status}")
     sys.path.insert(0, str(out))
 
 
@@ -290,6 +301,36 @@ def main():
             and all(r.other_agency == "city-shinjuku" and r.batch_id == "" for r in redeems),
             "MHLW's copy holds its derives, seals and Shinjuku's redeems, with MHLW's own codes",
         )
+
+
+        # Quotas: Hello Work's policy entry allows 2 derives at once, 1 a
+        # second; the third is refused with a RetryInfo delay (D124).
+        from google.rpc import status_details_pb2 as rpc_status
+
+        hellowork = rpc.CodesStub(channel(addr, certs, "hellowork-shinjuku"))
+        hellowork.Derive(pb.DeriveRequest(numbers=numbers), timeout=10)
+        try:
+            hellowork.Derive(pb.DeriveRequest(numbers=numbers[:1]), timeout=10)
+            raise AssertionError("a derive over the quota passed")
+        except grpc.RpcError as refused:
+            details = dict(refused.trailing_metadata()).get("grpc-status-details-bin")
+            status = rpc_status.Status.FromString(details)
+            delays = []
+            for detail in status.details:
+                if detail.Is(rpc_status.RetryInfo.DESCRIPTOR):
+                    info = rpc_status.RetryInfo()
+                    detail.Unpack(info)
+                    delays.append(info.retry_delay.ToTimedelta().total_seconds())
+            check(
+                refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                and status.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+                and len(delays) == 1
+                and 0 < delays[0] <= 1.1,
+                "a call over the quota gets RESOURCE_EXHAUSTED with a google.rpc.RetryInfo delay",
+            )
+        time.sleep(delays[0])
+        again = hellowork.Derive(pb.DeriveRequest(numbers=numbers[:1]), timeout=10)
+        check(len(again.results) == 1, "the call passes after the RetryInfo delay")
 
 
 if __name__ == "__main__":

@@ -103,12 +103,142 @@ pub struct Agency {
     pub epoch: Epoch,
     /// Epochs whose codes are still accepted (the current one included).
     pub accepted_epochs: BTreeSet<Epoch>,
+    /// How much it may do per second and per day.
+    pub quotas: Quotas,
 }
 
 impl Agency {
     /// Whether the agency has `capability`.
     pub fn can(&self, capability: Capability) -> bool {
         self.capabilities.contains(&capability)
+    }
+}
+
+/// What a quota counts: the four exchange operations, in items, and the
+/// reads of the log (the portal's `Disclose`, and `ReadCopy` pages), in
+/// calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Metered {
+    /// My Numbers turned into codes.
+    Derive,
+    /// Codes sealed into tokens.
+    Seal,
+    /// Tokens redeemed.
+    Redeem,
+    /// Codes turned back into My Numbers.
+    Reidentify,
+    /// Disclosure pages and copy pages read from the audit trail.
+    Disclose,
+}
+
+impl Metered {
+    /// Every metered operation, in the order of [`Quotas`].
+    pub const ALL: [Metered; 5] = [
+        Metered::Derive,
+        Metered::Seal,
+        Metered::Redeem,
+        Metered::Reidentify,
+        Metered::Disclose,
+    ];
+
+    /// Its name in the policy file, logs, metrics and the audit trail.
+    pub fn name(self) -> &'static str {
+        match self {
+            Metered::Derive => "derive",
+            Metered::Seal => "seal",
+            Metered::Redeem => "redeem",
+            Metered::Reidentify => "reidentify",
+            Metered::Disclose => "disclose",
+        }
+    }
+
+    /// The operation named `text`, if any.
+    pub fn from_name(text: &str) -> Option<Self> {
+        Metered::ALL.into_iter().find(|m| m.name() == text)
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl fmt::Display for Metered {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One operation's limits for one agency: a token bucket (`per_second`
+/// refill, `burst` capacity) and a count per day (Japan Standard Time).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limit {
+    /// Items (or reads) added to the bucket each second.
+    pub per_second: u64,
+    /// The bucket's size: the most one burst (and one batch) may take.
+    pub burst: u64,
+    /// Items (or reads) per day, from 00:00 JST.
+    pub per_day: u64,
+}
+
+/// Bounds of a [`Limit`]'s fields that a policy may set.
+pub const MAX_PER_SECOND: u64 = 100_000_000;
+/// See [`MAX_PER_SECOND`].
+pub const MAX_BURST: u64 = 1_300_000_000;
+/// See [`MAX_PER_SECOND`]: ten times Japan's population.
+pub const MAX_PER_DAY: u64 = 1_300_000_000;
+
+/// The day limit of the exchange operations when the policy does not set
+/// one: 4,000,000, a little above the population of Japan's largest
+/// municipality (Yokohama, about 3.8 million), so a city can run its whole
+/// population through once a day, while the 10^11 valid My Numbers would
+/// take 25,000 days (D121).
+pub const DEFAULT_ITEMS_PER_DAY: u64 = 4_000_000;
+/// The refill rate of the exchange operations by default: a full
+/// population batch of 3.8 million takes about three minutes.
+pub const DEFAULT_ITEMS_PER_SECOND: u64 = 20_000;
+/// The bucket of the exchange operations by default: twenty full batches
+/// (`MAX_BATCH` = 10,000) at once.
+pub const DEFAULT_ITEMS_BURST: u64 = 200_000;
+/// Disclosure and copy pages per day by default.
+pub const DEFAULT_READS_PER_DAY: u64 = 100_000;
+/// Disclosure and copy pages per second by default.
+pub const DEFAULT_READS_PER_SECOND: u64 = 50;
+/// Disclosure and copy pages in one burst by default.
+pub const DEFAULT_READS_BURST: u64 = 500;
+/// The share of its daily limit at which an agency's crossing is logged as
+/// a warning, in percent, by default.
+pub const DEFAULT_WARN_PERCENT: u8 = 80;
+
+/// An agency's limits, one per [`Metered`] operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quotas([Limit; 5]);
+
+impl Quotas {
+    /// The limit of `operation`.
+    pub fn limit(&self, operation: Metered) -> Limit {
+        self.0[operation.index()]
+    }
+
+    /// Sets the limit of `operation`.
+    pub fn set(&mut self, operation: Metered, limit: Limit) {
+        self.0[operation.index()] = limit;
+    }
+}
+
+impl Default for Quotas {
+    /// The defaults (D121): sized to a municipality's population.
+    fn default() -> Self {
+        let items = Limit {
+            per_second: DEFAULT_ITEMS_PER_SECOND,
+            burst: DEFAULT_ITEMS_BURST,
+            per_day: DEFAULT_ITEMS_PER_DAY,
+        };
+        let reads = Limit {
+            per_second: DEFAULT_READS_PER_SECOND,
+            burst: DEFAULT_READS_BURST,
+            per_day: DEFAULT_READS_PER_DAY,
+        };
+        Quotas([items, items, items, items, reads])
     }
 }
 
@@ -275,6 +405,7 @@ pub struct Policy {
     affairs: BTreeMap<AffairId, Affair>,
     rules: HashMap<(AgencyId, AffairId, AgencyId), Rule>,
     certificates: HashMap<String, AgencyId>,
+    warn_percent: u8,
 }
 
 impl Policy {
@@ -378,7 +509,21 @@ impl Policy {
             affairs: affairs_by_id,
             rules: rules_by_key,
             certificates,
+            warn_percent: DEFAULT_WARN_PERCENT,
         })
+    }
+
+    /// This policy with quota warnings at `percent` (1 to 100) of a daily
+    /// limit instead of [`DEFAULT_WARN_PERCENT`]; other values are clamped.
+    pub fn with_warn_percent(mut self, percent: u8) -> Self {
+        self.warn_percent = percent.clamp(1, 100);
+        self
+    }
+
+    /// The share of a daily limit, in percent, at which crossing it is
+    /// logged as a warning.
+    pub fn warn_percent(&self) -> u8 {
+        self.warn_percent
     }
 
     /// The version (SHA-256 of the file).
@@ -495,6 +640,7 @@ mod tests {
             capabilities: BTreeSet::new(),
             epoch,
             accepted_epochs: BTreeSet::from([epoch]),
+            quotas: Quotas::default(),
         }
     }
 

@@ -84,6 +84,7 @@ fn append(store: &mut RedbStore, count: u64) {
             now_ms: 0,
             policies: Vec::new(),
             prepared: Vec::new(),
+            usage: Vec::new(),
         })
         .unwrap();
 }

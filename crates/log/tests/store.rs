@@ -46,6 +46,7 @@ fn append(groups: Vec<Group>) -> Append {
         now_ms: 0,
         policies: Vec::new(),
         prepared: Vec::new(),
+        usage: Vec::new(),
     }
 }
 
@@ -300,6 +301,7 @@ fn tallies_become_refusals_records_when_the_minute_changes() {
             now_ms: now,
             policies: Vec::new(),
             prepared: Vec::new(),
+            usage: Vec::new(),
         })
         .unwrap();
     assert_eq!((done.tallied, done.size), (0, 0));
@@ -318,6 +320,7 @@ fn tallies_become_refusals_records_when_the_minute_changes() {
             now_ms: now + 1,
             policies: Vec::new(),
             prepared: Vec::new(),
+            usage: Vec::new(),
         })
         .unwrap();
     assert_eq!(store.size(), 1);
@@ -334,6 +337,7 @@ fn tallies_become_refusals_records_when_the_minute_changes() {
             now_ms: (minute + 1) * 60_000,
             policies: Vec::new(),
             prepared: Vec::new(),
+            usage: Vec::new(),
         })
         .unwrap();
     assert_eq!(done.tallied, 2);

@@ -270,6 +270,7 @@ mod tests {
             capabilities: BTreeSet::new(),
             epoch: Epoch::new(1).unwrap(),
             accepted_epochs: [Epoch::new(1).unwrap()].into(),
+            quotas: Default::default(),
         };
         Policy::new(
             PolicyVersion::of_text("test"),

@@ -43,6 +43,9 @@ pub struct Append {
     /// order, if the caller made them (on its own thread, so the one thread
     /// that commits does less); missing ones are prepared by the store.
     pub prepared: Vec<crate::record::Prepared>,
+    /// Quota use to add to the durable daily counts, in the same commit as
+    /// the records of the calls that used it (see [`Store::usage`]).
+    pub usage: Vec<Usage>,
 }
 
 impl Append {
@@ -72,6 +75,21 @@ pub struct Refusal {
     /// The minute, as unix milliseconds / 60 000.
     pub minute: u64,
     /// How many items were refused.
+    pub count: u64,
+}
+
+/// Quota use of one agency and operation on one day, as the server's
+/// quotas count it (the day is the server's choice: fugo counts days in
+/// Japan Standard Time, see `fugo::service::quota`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Usage {
+    /// The day (days since 1970-01-01 in the server's time zone).
+    pub day: u64,
+    /// The agency.
+    pub agency: String,
+    /// The operation (a fixed name such as `"derive"`).
+    pub operation: String,
+    /// How many items (or reads).
     pub count: u64,
 }
 
@@ -228,6 +246,11 @@ pub trait Store: Send {
     /// `Refusals` records (one per tally), before the groups, in the same
     /// commit. On error nothing in memory advances.
     fn append(&mut self, append: Append) -> Result<Appended, StoreError>;
+    /// The quota use counted on `day` (each agency and operation once),
+    /// as the appends' [`Append::usage`] added it up. An append's usage of
+    /// a day removes the counts of days before the day before it, so the
+    /// table holds about two days.
+    fn usage(&mut self, day: u64) -> Result<Vec<Usage>, StoreError>;
     /// The number of records (the tree size).
     fn size(&self) -> u64;
     /// The root of the whole tree.

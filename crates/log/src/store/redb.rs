@@ -9,7 +9,9 @@ use ::redb::{
     WriteTransaction,
 };
 
-use super::{Append, Appended, AppendedGroup, Redemption, Repeat, Store, StoreError, StoredRecord};
+use super::{
+    Append, Appended, AppendedGroup, Redemption, Repeat, Store, StoreError, StoredRecord, Usage,
+};
 use crate::merkle::{self, Frontier, Hash, NodeSource, ProofError};
 use crate::record::{
     self, DecodedGroup, Entry, Group, Header, Operation, Outcome, PersonLink, Record,
@@ -33,6 +35,8 @@ const BY_PERSON: TableDefinition<(&[u8; 16], u64), ()> = TableDefinition::new("b
 const BY_AGENCY: TableDefinition<(&str, u64), u64> = TableDefinition::new("by_agency");
 const REDEEMED: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new("redeemed");
 const TALLIES: TableDefinition<(u64, &str, &str), u64> = TableDefinition::new("tallies");
+/// Quota use: (day, agency, operation) → count.
+const USAGE: TableDefinition<(u64, &str, &str), u64> = TableDefinition::new("usage");
 /// Scratch values of [`Store::probe`]; empty between probes.
 const PROBE: TableDefinition<u64, &[u8]> = TableDefinition::new("probe");
 /// The size of one probe value: about a page, as records and tiles are.
@@ -245,6 +249,7 @@ impl RedbStore {
         txn.open_table(BY_AGENCY).map_err(|e| backend("open", e))?;
         txn.open_table(REDEEMED).map_err(|e| backend("open", e))?;
         txn.open_table(TALLIES).map_err(|e| backend("open", e))?;
+        txn.open_table(USAGE).map_err(|e| backend("open", e))?;
         txn.open_table(PROVISIONS).map_err(|e| backend("open", e))?;
         txn.commit().map_err(|e| backend("open", e))?;
 
@@ -389,7 +394,11 @@ impl Store for RedbStore {
     fn append(&mut self, append: Append) -> Result<Appended, StoreError> {
         self.writable("append")?;
         validate(&append.groups)?;
-        if append.groups.is_empty() && append.refusals.is_empty() && !self.tallies_due(&append)? {
+        if append.groups.is_empty()
+            && append.refusals.is_empty()
+            && append.usage.is_empty()
+            && !self.tallies_due(&append)?
+        {
             // Nothing to write: no commit, no fsync.
             return Ok(Appended {
                 groups: Vec::new(),
@@ -409,6 +418,27 @@ impl Store for RedbStore {
         self.frontier = next;
         self.recent.extend(fresh);
         Ok(appended)
+    }
+
+    fn usage(&mut self, day: u64) -> Result<Vec<Usage>, StoreError> {
+        let op = "usage";
+        let txn = self.read(op)?;
+        let table = txn.open_table(USAGE).map_err(|e| backend(op, e))?;
+        let mut found = Vec::new();
+        for item in table
+            .range((day, "", "")..(day.saturating_add(1), "", ""))
+            .map_err(|e| backend(op, e))?
+        {
+            let (key, count) = item.map_err(|e| backend(op, e))?;
+            let (day, agency, operation) = key.value();
+            found.push(Usage {
+                day,
+                agency: agency.to_owned(),
+                operation: operation.to_owned(),
+                count: count.value(),
+            });
+        }
+        Ok(found)
     }
 
     fn size(&self) -> u64 {
@@ -898,6 +928,7 @@ fn write_append(
     fresh: &mut HashMap<[u8; 16], Redemption>,
 ) -> Result<Appended, StoreError> {
     let op = "append";
+    add_usage(txn, &append.usage)?;
     let rolled = roll_tallies(txn, &append)?;
     let tallied = rolled.len() as u64;
 
@@ -1067,6 +1098,51 @@ fn grow_tree<'a>(
         });
     }
     tiles
+}
+
+/// Adds quota use to the daily counts and drops the counts of days before
+/// the day before the newest day added.
+fn add_usage(txn: &WriteTransaction, usage: &[Usage]) -> Result<(), StoreError> {
+    let Some(newest) = usage.iter().map(|u| u.day).max() else {
+        return Ok(());
+    };
+    let op = "append usage";
+    // A group commit holds one use per call, mostly of a few keys: one
+    // write per key.
+    let mut sums: BTreeMap<(u64, &str, &str), u64> = BTreeMap::new();
+    for used in usage.iter().filter(|used| used.count > 0) {
+        let sum = sums
+            .entry((used.day, used.agency.as_str(), used.operation.as_str()))
+            .or_default();
+        *sum = sum.saturating_add(used.count);
+    }
+    let mut table = txn.open_table(USAGE).map_err(|e| backend(op, e))?;
+    for (key, count) in sums {
+        let old = table
+            .get(key)
+            .map_err(|e| backend(op, e))?
+            .map(|guard| guard.value())
+            .unwrap_or(0);
+        table
+            .insert(key, old.saturating_add(count))
+            .map_err(|e| backend(op, e))?;
+    }
+    let keep_from = newest.saturating_sub(1);
+    let mut stale = Vec::new();
+    for item in table
+        .range((0u64, "", "")..(keep_from, "", ""))
+        .map_err(|e| backend(op, e))?
+    {
+        let (key, _) = item.map_err(|e| backend(op, e))?;
+        let (day, agency, operation) = key.value();
+        stale.push((day, agency.to_owned(), operation.to_owned()));
+    }
+    for (day, agency, operation) in stale {
+        table
+            .remove((day, agency.as_str(), operation.as_str()))
+            .map_err(|e| backend(op, e))?;
+    }
+    Ok(())
 }
 
 /// Adds the append's refusals to the tallies, and removes and returns, as
@@ -1664,6 +1740,7 @@ mod tests {
             now_ms: time_ms,
             policies: Vec::new(),
             prepared: Vec::new(),
+            usage: Vec::new(),
         }
     }
 
@@ -1779,6 +1856,59 @@ mod tests {
             ..Append::default()
         });
         assert!(matches!(tallied, Err(StoreError::Io { .. })), "{tallied:?}");
+    }
+
+    #[test]
+    fn quota_usage_adds_up_with_the_records_survives_reopening_and_keeps_two_days() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.redb");
+        let used = |day, agency: &str, count| Usage {
+            day,
+            agency: agency.into(),
+            operation: "derive".into(),
+            count,
+        };
+        {
+            let mut store = RedbStore::open(&path).unwrap();
+            // Usage rides with the records of the call that used it.
+            let mut append = derive(1, 0..3);
+            append.usage = vec![used(10, "A", 3)];
+            store.append(append).unwrap();
+            // Usage alone is work too: it needs a commit.
+            store
+                .append(Append {
+                    usage: vec![used(10, "A", 2), used(10, "B", 7)],
+                    ..Append::default()
+                })
+                .unwrap();
+            assert_eq!(
+                store.usage(10).unwrap(),
+                vec![used(10, "A", 5), used(10, "B", 7)]
+            );
+            assert!(store.usage(11).unwrap().is_empty());
+        }
+        let mut store = RedbStore::open(&path).unwrap();
+        assert_eq!(
+            store.usage(10).unwrap(),
+            vec![used(10, "A", 5), used(10, "B", 7)]
+        );
+        store
+            .append(Append {
+                usage: vec![used(11, "A", 1)],
+                ..Append::default()
+            })
+            .unwrap();
+        // Yesterday stays (a count written just before midnight may land
+        // after it); the day before is dropped.
+        assert_eq!(store.usage(10).unwrap().len(), 2);
+        store
+            .append(Append {
+                usage: vec![used(12, "A", 1)],
+                ..Append::default()
+            })
+            .unwrap();
+        assert!(store.usage(10).unwrap().is_empty());
+        assert_eq!(store.usage(11).unwrap(), vec![used(11, "A", 1)]);
     }
 
     #[test]
