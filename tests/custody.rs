@@ -711,11 +711,19 @@ async fn a_sealed_start_refuses_policy_reloads_until_unsealed() {
     let (mut config, _ca) = common::server_config(dir.path(), &policy, [7; 32]);
     fs::remove_file(dir.path().join("master.key")).unwrap();
     config.master_key = fugo::service::MasterKeySource::Shares { threshold: 2 };
+    config.metrics = Some("127.0.0.1:0".parse().unwrap());
     let data_dir = config.data_dir.clone();
     let running = fugo::service::start(config, &mut std::io::sink())
         .await
         .unwrap();
     assert!(running.is_sealed());
+    // While sealed there is nothing to count: /metrics answers 503.
+    let metrics = running.metrics_addr.unwrap();
+    let page = scrape(metrics).await;
+    assert!(
+        page.starts_with("HTTP/1.1 503") && page.contains("sealed"),
+        "{page}"
+    );
     let error = running.reload_policy().unwrap_err();
     assert!(
         matches!(error, fugo::service::ServeError::Sealed),
@@ -731,6 +739,30 @@ async fn a_sealed_start_refuses_policy_reloads_until_unsealed() {
             .unwrap();
     }
     assert!(!running.is_sealed());
+    let page = scrape(metrics).await;
+    assert!(
+        page.starts_with("HTTP/1.1 200") && page.contains("fugo_audit_commit_failures_total"),
+        "{page}"
+    );
     running.reload_policy().unwrap();
     running.stop().await.unwrap();
+}
+
+/// `GET /metrics` on `addr`: the whole HTTP answer.
+async fn scrape(addr: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut page = String::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        stream.read_to_string(&mut page),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    page
 }
