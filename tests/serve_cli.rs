@@ -39,6 +39,11 @@ fn config_with(
          shutdown_grace_seconds = 5\ndev_mode = {dev_mode}\n",
         master_key.display()
     );
+    // These tests run the debug binary beside each other on two cores: a
+    // commit may wait longer than the 2 s default there (the fail-closed
+    // timing is durability.rs's to test).
+    text.push_str("\n[audit]\ncommit_timeout_ms = 15000\n");
+    // [tls] last: a test may add lines to it.
     if let Some(pki) = tls {
         text.push_str(&format!(
             "\n[tls]\nca = \"{0}/ca.pem\"\ncert = \"{0}/server.pem\"\nkey = \"{0}/server.key\"\n",
