@@ -469,6 +469,9 @@ async fn start_with(
     let admit_audit = Arc::clone(&state);
     let audit = InterceptedService::new(audit, move |request| codes::admit(&admit_audit, request));
     let audit = FramingStatus::new(audit);
+    // Health is tonic's, with tonic's codec: an undecodable request is
+    // INVALID_ARGUMENT there too, not INTERNAL (`framing`).
+    let health_service = FramingStatus::new(health_service);
     let router = edge::server(limits)
         .add_service(health_service)
         .add_service(reflection)
