@@ -19,6 +19,7 @@
 //! | invalid UTF-8, wrong wire types, truncated fields (raw protobuf via h2) | INVALID_ARGUMENT | `undecodable_messages_are_invalid_argument` (Derive, DeriveStream); `undecodable_and_misframed_requests_to_every_method_are_invalid_argument` (all 16 methods, health included) |
 //! | misframed gRPC: cut short, compressed flag without `grpc-encoding`, flag not 0/1 | INVALID_ARGUMENT (was INTERNAL: D141) | `undecodable_and_misframed_requests_to_every_method_are_invalid_argument` |
 //! | gzip-compressed request, unknown method | UNIMPLEMENTED | `undecodable_and_misframed_requests_to_every_method_are_invalid_argument` |
+//! | metadata (headers) over `max_header_bytes` | HTTP 431 from the HTTP/2 layer, which clients report as UNKNOWN: the one exception (D144) | `oversized_metadata_is_refused_with_http_431_which_clients_call_unknown` |
 //! | control characters (NUL, CR/LF, tab, ESC, DEL, NEL, BOM, RLO, zero-width space, full-width digits) in numbers and codes | item INVALID_ARGUMENT, never echoed | `control_characters_in_numbers_codes_and_fields_are_invalid_argument` |
 //! | control characters in request fields (provider, affair, items) | INVALID_ARGUMENT naming the field | `control_characters_in_numbers_codes_and_fields_are_invalid_argument` |
 //! | tokens truncated at every length | item INVALID_ARGUMENT | `tampered_replayed_and_expired_tokens_are_refused_item_by_item` |
@@ -2504,5 +2505,58 @@ async fn a_policy_path_that_becomes_a_fifo_a_folder_or_a_device_does_not_hang_a_
     }
     honest.finish("policy path").await;
     drop(child);
+    edge.stop().await;
+}
+
+/// The one exception to "never UNKNOWN" (D144): metadata over
+/// `max_header_bytes` is refused by the HTTP/2 layer with HTTP 431 before
+/// fugo sees the call, with no gRPC status, and gRPC clients map 431 to
+/// UNKNOWN. The connection stays usable and others are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_metadata_is_refused_with_http_431_which_clients_call_unknown() {
+    let edge = Edge::start(limits()).await;
+    let honest = Honest::start(&edge, edge.addr()).await;
+    let mut mhlw = edge.codes(&edge.pki.client("mhlw")).await;
+    let big = || {
+        "a".repeat(20_000)
+            .parse::<tonic::metadata::MetadataValue<_>>()
+            .unwrap()
+    };
+    let mut request = tonic::Request::new(DeriveRequest {
+        numbers: numbers(1, 101),
+    });
+    request.metadata_mut().insert("x-padding", big());
+    let refused = within_5s("big metadata", mhlw.derive(request))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unknown, "{refused:?}");
+    assert!(
+        refused.message().contains("HTTP status code 431"),
+        "{refused:?}"
+    );
+    // The same connection goes on.
+    let answer = within_5s(
+        "after",
+        mhlw.derive(DeriveRequest {
+            numbers: numbers(1, 102),
+        }),
+    )
+    .await;
+    call_code(&answer, &[Code::Ok], "after big metadata");
+    // What the server sent: HTTP 431, no grpc-status.
+    let mut send = edge.h2(&edge.pki.client("mhlw")).await;
+    let mut request = grpc_request("/fugo.v1.Codes/Derive");
+    request
+        .headers_mut()
+        .insert("x-padding", "a".repeat(20_000).parse().unwrap());
+    let (response, mut body) = send.send_request(request, false).unwrap();
+    let _ = body.send_data(frame(&[]), true);
+    let response = within_5s("raw big metadata", response).await.unwrap();
+    assert_eq!(
+        response.status(),
+        http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+    );
+    assert!(response.headers().get("grpc-status").is_none());
+    honest.finish("big metadata").await;
     edge.stop().await;
 }
