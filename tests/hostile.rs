@@ -32,6 +32,7 @@
 //! | certificates: foreign CA, expired, unknown identity, two Common Names | (the certificate part of issue 8) | tests/statuses.rs `handshake_refusals_are_transport_errors_and_an_unknown_identity_unauthenticated`; `identity_is_one_plain_common_name_and_nothing_else`; `a_stranger_is_refused_before_its_body_is_read_and_logged` |
 //! | many streams opened and never read | bounded memory, cut at the idle timeout (UNAVAILABLE) | `a_client_that_never_reads_its_responses_is_bounded_and_cut_when_idle`; stream cap: `a_connection_gets_at_most_max_concurrent_streams` |
 //! | a client that stalls mid-message | cut at the idle timeout (UNAVAILABLE) | `a_client_that_stalls_mid_message_is_cut_at_the_idle_timeout`; memory: `unfinished_bodies_pin_bounded_memory` |
+//! | HTTP/2 rapid reset: calls opened and reset at once, 20,000 or 5 s | others served; h2 may end that connection | `a_client_that_resets_every_call_at_once_does_not_stop_others` |
 //! | a ClientHello sent byte by byte | cut at the handshake timeout | `a_client_hello_sent_byte_by_byte_is_cut_at_the_handshake_timeout` |
 //! | thousands of idle connections | at most `max_connections` held, the rest closed at once, all cut at the handshake timeout | `thousands_of_idle_connections_are_bounded_by_max_connections`; `connections_past_the_cap_are_closed_until_one_ends`; `an_idle_connection_is_closed_and_a_busy_one_is_not`; `out_of_file_descriptors_the_server_pauses_instead_of_spinning` |
 //! | policy path becomes a FIFO, a folder or a device at SIGHUP | reload refused, server keeps serving, next good reload applies | `a_policy_path_that_becomes_a_fifo_a_folder_or_a_device_does_not_hang_a_reload`; tests/serve_cli.rs `a_named_pipe_at_the_policy_path_is_refused_on_sighup_and_the_server_keeps_going` (the refusal's log line) |
@@ -2558,5 +2559,58 @@ async fn oversized_metadata_is_refused_with_http_431_which_clients_call_unknown(
     );
     assert!(response.headers().get("grpc-status").is_none());
     honest.finish("big metadata").await;
+    edge.stop().await;
+}
+
+/// HTTP/2 "rapid reset" (CVE-2023-44487): a client opens calls and resets
+/// each at once, as fast as it can. The server stays up, serves others,
+/// and may end that connection (h2 limits resets); the loop is bounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_resets_every_call_at_once_does_not_stop_others() {
+    let edge = Edge::start(limits()).await;
+    let honest = Honest::start(&edge, edge.addr()).await;
+    let tls = edge.tls(&edge.pki.client("mhlw")).await.unwrap();
+    let (send, connection) = h2::client::handshake(tls).await.unwrap();
+    let connection = tokio::spawn(connection);
+    let mut send = send;
+    let payload = frame(&prost::Message::encode_to_vec(&DeriveRequest {
+        numbers: numbers(16, 111),
+    }));
+    let started = Instant::now();
+    let mut resets = 0;
+    while resets < 20_000 && started.elapsed() < Duration::from_secs(5) {
+        send = match tokio::time::timeout(Duration::from_secs(2), send.ready()).await {
+            Ok(Ok(ready)) => ready,
+            _ => break, // the server ended the connection
+        };
+        let Ok((_response, mut body)) =
+            send.send_request(grpc_request("/fugo.v1.Codes/Derive"), false)
+        else {
+            break;
+        };
+        let _ = body.send_data(payload.clone(), false);
+        body.send_reset(h2::Reason::CANCEL);
+        resets += 1;
+    }
+    println!(
+        "{resets} calls opened and reset in {:?}; the connection {}",
+        started.elapsed(),
+        if connection.is_finished() {
+            "was ended by the server"
+        } else {
+            "is still open"
+        }
+    );
+    // A fresh connection is served within 5 s.
+    let mut fresh = edge.codes(&edge.pki.client("city-shinjuku")).await;
+    let answer = within_5s(
+        "after resets",
+        fresh.derive(DeriveRequest {
+            numbers: numbers(1, 112),
+        }),
+    )
+    .await;
+    call_code(&answer, &[Code::Ok], "after resets");
+    honest.finish("rapid reset").await;
     edge.stop().await;
 }
