@@ -15,7 +15,7 @@
 //! with the rest of `cargo test` and other work, where p99 measures the
 //! machine's load more than fugo (D143); the short form still fails on a
 //! p99 of 5 s or more (the bound for any answer: a stall), and
-//! allows 4 MiB of memory growth beyond the 10%.
+//! allows the store's 16 MiB page cache to fill beyond the 10% (D145).
 //!
 //! Each client is one connection with one agency's certificate (64 clients,
 //! 16 per agency, a stranger certificate among them) and runs a loop: an
@@ -751,10 +751,10 @@ async fn soak_mixed_traffic_from_64_clients() {
         &tally.wrong[..tally.wrong.len().min(10)]
     );
     assert!(tally.valid.len() > 100, "too few valid calls answered");
-    // The short form allows 4 MiB more than 10%: a few seconds after a
-    // 2 s warm-up, allocator arenas and the store's page cache are still
-    // settling, and 10% of ~35 MiB is within that noise (D143).
-    let slack = if full { 0 } else { 4 << 20 };
+    // The short form ends before the store's 16 MiB page cache is full
+    // (D145), so it allows that cache beyond the 10%: it catches only a
+    // gross leak; the full form is the measure (D143).
+    let slack = if full { 0 } else { 16 << 20 };
     assert!(
         end <= baseline + baseline / 10 + slack,
         "resident memory grew {:.1} MiB → {:.1} MiB after the warm-up",
