@@ -40,6 +40,14 @@ const PROBE_CHUNK: usize = 3_072;
 /// serial -> (time ms, outcome code) of its provision confirmation.
 const PROVISIONS: TableDefinition<&[u8; 16], (u64, u8)> = TableDefinition::new("provisions");
 
+/// redb's page cache. redb's default is 1 GiB, which an append-only log
+/// fills with pages it never reads again: the server's resident memory grew
+/// with the store, about 1.5 MiB a second under the soak test's traffic
+/// (40 → 125 MiB in a minute, on its way to 1 GiB). What is read back (the
+/// right edge of the tree, `meta`, recent index pages) fits in far less;
+/// the 30 s soak ran as fast with 16 MiB (D145).
+const CACHE_BYTES: usize = 16 << 20;
+
 /// The audit log in one redb file, held exclusively by this handle.
 ///
 /// # Tables
@@ -93,14 +101,6 @@ const PROVISIONS: TableDefinition<&[u8; 16], (u64, u8)> = TableDefinition::new("
 /// and opened again after a failed commit, and the commit may or may not
 /// have reached the disk. [`RedbStore::open`] restores size and frontier from
 /// `meta`, which is written in the same transaction as the records.
-/// redb's page cache. redb's default is 1 GiB, which an append-only log
-/// fills with pages it never reads again: the server's resident memory grew
-/// with the store, about 1.5 MiB a second under the soak test's traffic
-/// (40 → 125 MiB in a minute, on its way to 1 GiB). What is read back (the
-/// right edge of the tree, `meta`, recent index pages) fits in far less;
-/// the 30 s soak ran as fast with 16 MiB (D145).
-const CACHE_BYTES: usize = 16 << 20;
-
 pub struct RedbStore {
     db: Database,
     path: PathBuf,
