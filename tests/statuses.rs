@@ -1,9 +1,14 @@
 //! The gRPC statuses a client really sees for refusals that happen before
 //! fugo's own code runs — the TLS handshake and tonic's message size limit —
 //! pinned against a real server on 127.0.0.1:0, so docs/PROTOCOL.md can say
-//! what clients get.
+//! what clients get; and that every status the service's code can answer is
+//! listed in docs/PROTOCOL.md (the hostile and soak tests check each status
+//! they see against the same tables, through `common::assert_call_status`).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
 
+mod common;
+
+use std::collections::BTreeSet;
 use std::fs;
 use std::time::Duration;
 
@@ -149,4 +154,94 @@ async fn a_message_over_the_size_limit_is_out_of_range() {
     // The connection stays usable.
     assert!(client.derive(one_number()).await.is_ok());
     running.stop().await.unwrap();
+}
+
+/// The gRPC code names a Rust source constructs or names:
+/// `Status::snake_case(` and `Code::CamelCase` (tonic's or google.rpc's).
+fn codes_in(source: &str) -> BTreeSet<String> {
+    let mut found = BTreeSet::new();
+    for (marker, snake) in [("Status::", true), ("Code::", false)] {
+        for (at, _) in source.match_indices(marker) {
+            let rest = &source[at + marker.len()..];
+            let word: String = rest
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            let name = if snake {
+                word.to_ascii_uppercase()
+            } else {
+                // CamelCase → UPPER_SNAKE
+                let mut name = String::new();
+                for (i, c) in word.chars().enumerate() {
+                    if c.is_ascii_uppercase() && i > 0 {
+                        name.push('_');
+                    }
+                    name.push(c.to_ascii_uppercase());
+                }
+                name
+            };
+            if common::CODE_NAMES.contains(&name.as_str()) {
+                found.insert(name);
+            }
+        }
+    }
+    found
+}
+
+/// A source file without its unit tests.
+fn without_tests(source: &str) -> &str {
+    source.split("#[cfg(test)]").next().unwrap()
+}
+
+#[test]
+fn every_status_the_service_constructs_is_documented() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let calls = common::documented_call_codes();
+    let items = common::documented_item_codes();
+    let audit = common::protocol_codes("## The audit service (`fugo.v1.Audit`)", None);
+    let documented: BTreeSet<String> = calls.iter().chain(items).chain(&audit).cloned().collect();
+    let mut constructed = BTreeSet::new();
+    for entry in fs::read_dir(root.join("src/service")).unwrap() {
+        let path = entry.unwrap().path();
+        let source = fs::read_to_string(&path).unwrap();
+        let codes = codes_in(without_tests(&source));
+        for code in &codes {
+            assert!(
+                documented.contains(code),
+                "{} can answer {code}, which docs/PROTOCOL.md does not list",
+                path.display()
+            );
+        }
+        constructed.extend(codes);
+    }
+    // The scan is not vacuous: it sees the codes status.rs maps to.
+    for code in [
+        "PERMISSION_DENIED",
+        "RESOURCE_EXHAUSTED",
+        "UNAVAILABLE",
+        "NOT_FOUND",
+    ] {
+        assert!(constructed.contains(code), "the scan missed {code}");
+    }
+    // Item codes: what `status::item_code` gives must be in the per-item
+    // table (its `_ =>` arm is the catch-all a #[non_exhaustive] enum of
+    // another crate needs; every variant is matched above it).
+    let status = fs::read_to_string(root.join("src/service/status.rs")).unwrap();
+    let start = status.find("fn item_code(").unwrap();
+    let body = &status[start..start + status[start..].find("\n}\n").unwrap()];
+    let mapped: String = body
+        .lines()
+        .filter(|line| !line.trim_start().starts_with("_ =>"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let item_codes = codes_in(&mapped);
+    assert!(item_codes.len() >= 4, "{item_codes:?}");
+    for code in &item_codes {
+        assert!(
+            items.contains(code),
+            "an item can fail with {code}, which the per-item table does not list"
+        );
+    }
+    // INTERNAL is documented as fugo's own fault, never an answer to input.
+    assert!(calls.contains("INTERNAL") && !items.contains("INTERNAL"));
 }

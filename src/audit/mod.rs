@@ -6,8 +6,8 @@
 //!  Recorder: one thread ◄─────────────── record(Append).await ───────┘
 //!    ├─ group commit: every waiting Append, one fsync, then the answers
 //!    ├─ signs a checkpoint ≤ 1 s after the tree grows (C2SP, Ed25519)
-//!    ├─ builds the person index when idle, at least once a second (disclosure
-//!    │  trails by about a second)
+//!    ├─ builds the person index when idle, and every 100 ms under traffic
+//!    │  (disclosure trails by a fraction of a second)
 //!    └─ fails closed: a failed write → UNAVAILABLE, health NOT_SERVING,
 //!       the store opened again until a commit succeeds
 //!  fugo-log (crates/log): records, Merkle tree, checkpoints, redb store

@@ -1,7 +1,11 @@
-//! A request whose last message is cut short ("Unexpected EOF decoding
-//! stream."), which tonic finds while framing messages before any fugo code
-//! runs, gets the code the proto promises for a malformed request,
-//! INVALID_ARGUMENT, not INTERNAL.
+//! A request that tonic cannot frame or decode before any fugo code runs
+//! gets the code the proto promises for a malformed request,
+//! INVALID_ARGUMENT, not tonic's INTERNAL: a last message cut short
+//! ("Unexpected EOF decoding stream."), a message whose compressed flag is
+//! set although no `grpc-encoding` was sent, or whose flag is neither 0
+//! nor 1 (the gRPC compression document asks for INTERNAL there; fugo
+//! keeps INTERNAL for its own faults, D141), and a message the services
+//! fugo does not generate (health) cannot decode.
 //!
 //! On a stream the error reaches the handler (see `status::incoming`); a
 //! unary call tonic answers by itself, so this layer rewrites the code of
@@ -32,8 +36,17 @@ impl<S: NamedService> NamedService for FramingStatus<S> {
     const NAME: &'static str = S::NAME;
 }
 
-/// tonic's message for a request cut short, as it travels (percent-encoded).
-const TRUNCATED: &[u8] = b"Unexpected%20EOF%20decoding%20stream.";
+/// Whether `status` is tonic's INTERNAL for a request it could not frame
+/// or decode (see the module documentation): the caller's fault.
+pub(crate) fn malformed_request(status: &tonic::Status) -> bool {
+    let message = status.message();
+    status.code() == tonic::Code::Internal
+        && (message == "Unexpected EOF decoding stream."
+            || message.starts_with("protocol error: received message with compressed-flag")
+            || message
+                .starts_with("protocol error: received message with invalid compression flag")
+            || message.starts_with("failed to decode Protobuf message"))
+}
 
 type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
 
@@ -55,10 +68,11 @@ where
         Box::pin(async move {
             let mut response = answer.await?;
             let headers = response.headers_mut();
-            let code = headers.get("grpc-status").map(http::HeaderValue::as_bytes);
-            let message = headers.get("grpc-message").map(http::HeaderValue::as_bytes);
-            // 13 INTERNAL with tonic's "cut short" message → 3 INVALID_ARGUMENT.
-            if (code, message) == (Some(b"13".as_slice()), Some(TRUNCATED)) {
+            // A trailers-only answer: 13 INTERNAL with one of tonic's
+            // framing or decoding messages → 3 INVALID_ARGUMENT.
+            if let Some(status) = tonic::Status::from_header_map(headers)
+                && malformed_request(&status)
+            {
                 headers.insert("grpc-status", http::HeaderValue::from_static("3"));
             }
             Ok(response)

@@ -753,8 +753,13 @@ async fn start_with(
     let limits = &config.limits;
     let codes = Gate::new(Arc::clone(&opening.codes), progress.clone());
     let audit = Gate::new(Arc::clone(&opening.audit), progress.clone());
-    let health_service =
-        HealthReason::new(health_service, Arc::clone(&opening.open), progress.clone());
+    // Health is tonic's, with tonic's codec: an undecodable request is
+    // INVALID_ARGUMENT there too, not INTERNAL (`framing`, D141).
+    let health_service = FramingStatus::new(HealthReason::new(
+        health_service,
+        Arc::clone(&opening.open),
+        progress.clone(),
+    ));
     let router = edge::server(limits)
         .add_service(health_service)
         .add_service(reflection)

@@ -90,16 +90,18 @@ pub(crate) fn bad_field(field: &str, reason: &str) -> Status {
     )
 }
 
-/// A stream's next message could not be read: one over the size limit is
-/// RESOURCE_EXHAUSTED (tonic says OUT_OF_RANGE), one cut short is
-/// INVALID_ARGUMENT (tonic says INTERNAL); see `framing`. Anything else
-/// stays as tonic said.
+/// A stream's next message could not be read: one over the size limit
+/// stays OUT_OF_RANGE as tonic says; one cut short or framed wrongly (a
+/// compressed flag without an encoding) is INVALID_ARGUMENT, where tonic
+/// says INTERNAL; see `framing`. Anything else stays as tonic said.
 pub(crate) fn incoming(status: Status) -> Status {
-    match status.code() {
-        Code::Internal if status.message() == "Unexpected EOF decoding stream." => {
-            Status::invalid_argument("the last message is cut short (Unexpected EOF)")
-        }
-        _ => status,
+    if !super::framing::malformed_request(&status) {
+        return status;
+    }
+    if status.message() == "Unexpected EOF decoding stream." {
+        Status::invalid_argument("the last message is cut short (Unexpected EOF)")
+    } else {
+        Status::invalid_argument(status.message().to_owned())
     }
 }
 

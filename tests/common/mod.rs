@@ -240,3 +240,112 @@ pub fn metric(page: &str, series: &str) -> u64 {
         .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
         .map_or(0, |value| value.trim().parse().unwrap())
 }
+
+/// The gRPC code names, by number (google.rpc.Code).
+pub const CODE_NAMES: [&str; 17] = [
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+];
+
+/// The name of gRPC code `code` ("INVALID_ARGUMENT"), or "code N".
+pub fn code_name(code: i32) -> String {
+    usize::try_from(code)
+        .ok()
+        .and_then(|i| CODE_NAMES.get(i))
+        .map_or_else(|| format!("code {code}"), |name| (*name).to_owned())
+}
+
+/// The code names in column `column` (from 0) of the first table after the
+/// heading `heading` of docs/PROTOCOL.md (`None`: in every column).
+pub fn protocol_codes(heading: &str, column: Option<usize>) -> std::collections::BTreeSet<String> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/PROTOCOL.md");
+    let text = std::fs::read_to_string(path).unwrap();
+    let start = text
+        .find(&format!("\n{heading}\n"))
+        .unwrap_or_else(|| panic!("PROTOCOL.md has no heading {heading:?}"));
+    let rows = text[start..]
+        .lines()
+        .skip_while(|line| !line.starts_with('|'))
+        .take_while(|line| line.starts_with('|'))
+        .skip(2); // the header and its separator
+    let mut codes = std::collections::BTreeSet::new();
+    for row in rows {
+        let cells: Vec<&str> = row.split('|').skip(1).collect();
+        let text = match column {
+            Some(column) => cells.get(column).copied().unwrap_or_default().to_owned(),
+            None => cells.join(" "),
+        };
+        for word in text.split(|c: char| !(c.is_ascii_uppercase() || c == '_')) {
+            if CODE_NAMES.contains(&word) {
+                codes.insert(word.to_owned());
+            }
+        }
+    }
+    assert!(!codes.is_empty(), "no codes under {heading:?}");
+    codes
+}
+
+/// The statuses docs/PROTOCOL.md says a `fugo.v1.Codes` call can end with.
+pub fn documented_call_codes() -> &'static std::collections::BTreeSet<String> {
+    static CODES: std::sync::OnceLock<std::collections::BTreeSet<String>> =
+        std::sync::OnceLock::new();
+    CODES.get_or_init(|| protocol_codes("## What a call can end with", Some(0)))
+}
+
+/// The codes docs/PROTOCOL.md says one item of a batch can fail with.
+pub fn documented_item_codes() -> &'static std::collections::BTreeSet<String> {
+    static CODES: std::sync::OnceLock<std::collections::BTreeSet<String>> =
+        std::sync::OnceLock::new();
+    CODES.get_or_init(|| protocol_codes("## Failure, per item and per batch", Some(0)))
+}
+
+/// Every status a hostile or soak test sees passes here: it is never
+/// INTERNAL or UNKNOWN (those mean fugo failed, not the caller), it is
+/// one docs/PROTOCOL.md lists for a call, and it is one of `expected`.
+pub fn assert_call_status(code: i32, expected: &[tonic::Code], what: &str) {
+    let name = code_name(code);
+    assert!(
+        code != tonic::Code::Internal as i32 && code != tonic::Code::Unknown as i32,
+        "{what}: answered {name}"
+    );
+    assert!(
+        documented_call_codes().contains(&name),
+        "{what}: {name} is not in docs/PROTOCOL.md"
+    );
+    assert!(
+        expected.iter().any(|e| *e as i32 == code),
+        "{what}: answered {name}, expected one of {expected:?}"
+    );
+}
+
+/// The same for one item's error code (google.rpc.Code).
+pub fn assert_item_status(code: i32, expected: &[tonic::Code], what: &str) {
+    let name = code_name(code);
+    assert!(
+        code != tonic::Code::Internal as i32 && code != tonic::Code::Unknown as i32,
+        "{what}: item answered {name}"
+    );
+    assert!(
+        documented_item_codes().contains(&name),
+        "{what}: item code {name} is not in docs/PROTOCOL.md"
+    );
+    assert!(
+        expected.iter().any(|e| *e as i32 == code),
+        "{what}: item answered {name}, expected one of {expected:?}"
+    );
+}
