@@ -208,7 +208,7 @@ fn seal_needs_a_rule_and_reidentify_a_capability() {
         .seal(
             &policy,
             &id("mhlw"),
-            &context("city-shinjuku", "pension"),
+            &context("city-shinjuku", "family-register"),
             &bytes(&code),
             NOW,
         )
@@ -216,7 +216,7 @@ fn seal_needs_a_rule_and_reidentify_a_capability() {
     assert!(
         denied
             .to_string()
-            .contains("does not include data item pension"),
+            .contains("does not include data item family-register"),
         "{denied}"
     );
     let reverse = exchange

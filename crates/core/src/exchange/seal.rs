@@ -83,7 +83,10 @@ impl Exchange {
     ) -> Result<Done<Sealed>, BatchError> {
         check_size(codes.len())?;
         let agency = policy.agency(caller)?;
-        policy.agency(&context.provider)?;
+        // Named by the caller: refused without repeating it (D152).
+        policy
+            .agency(&context.provider)
+            .map_err(|_| crate::policy::Denied::NotInPolicy { field: "provider" })?;
         context.check_items()?;
         let rule = policy.authorize(
             caller,
