@@ -24,9 +24,12 @@ use fugo::mynumber::{self, MyNumber, ParseError};
 use fugo::proto::fugo::v1 as pb;
 use fugo::token::{SealKey, TokenError, Window};
 
+/// A target body: arbitrary bytes in, a panic on a broken property.
+pub type Body = fn(&[u8]);
+
 /// The fuzz targets, by name: the same names as the files in
 /// `fuzz/fuzz_targets/`.
-pub const TARGETS: [(&str, fn(&[u8])); 6] = [
+pub const TARGETS: [(&str, Body); 6] = [
     ("number", number),
     ("code_text", code_text),
     ("token", token),

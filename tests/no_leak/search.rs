@@ -6,6 +6,7 @@
 //! way); binary forms byte for byte. One Aho-Corasick pass per place finds
 //! every form of every secret at once, so a store file of megabytes is
 //! searched for thousands of values in well under a second.
+#![allow(unreachable_pub)] // a module of one test binary
 
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 use base64::Engine;

@@ -757,12 +757,18 @@ mod tests {
         let health = AffairId::new("health").unwrap();
         let tax = ItemId::new("local-tax").unwrap();
         let refusals = [
-            policy.authorize(&id("mhlw"), &health, &id(number), &[tax.clone()], false),
+            policy.authorize(
+                &id("mhlw"),
+                &health,
+                &id(number),
+                std::slice::from_ref(&tax),
+                false,
+            ),
             policy.authorize(
                 &id("mhlw"),
                 &AffairId::new(number).unwrap(),
                 &id("nta"),
-                &[tax.clone()],
+                std::slice::from_ref(&tax),
                 false,
             ),
             policy.authorize(
