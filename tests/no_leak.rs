@@ -1175,6 +1175,54 @@ fn every_rpc_and_command_at_full_tracing_leaks_nothing() {
     ));
     drop(runtime);
 
+    // Both sides of every service were exercised: these answered, those
+    // were refused.
+    let answered = |name: &str| {
+        let response = seen
+            .places
+            .iter()
+            .any(|p| p.name == format!("{name} response"));
+        let status = seen
+            .places
+            .iter()
+            .any(|p| p.name == format!("{name} status"));
+        (response, status)
+    };
+    for name in [
+        "Derive mhlw",
+        "Seal mhlw",
+        "Redeem city-shinjuku",
+        "Reidentify city-shinjuku",
+        "GetCheckpoint",
+        "GetConsistencyProof",
+        "GetInclusionProof portal",
+        "Disclose portal",
+        "ReadCopy mhlw page 0",
+        "ConfirmProvision city-shinjuku",
+        "health \"\"",
+        "DeriveStream mhlw message 1",
+        "SealStream mhlw message 1",
+        "RedeemStream city-shinjuku message 1",
+        "ReidentifyStream city-shinjuku message 1",
+    ] {
+        assert_eq!(answered(name), (true, false), "{name} answered");
+    }
+    for name in [
+        "Derive unknown certificate",
+        "Derive without capability",
+        "Seal no rule",
+        "Seal a number as provider",
+        "Reidentify without capability",
+        "GetConsistencyProof too large",
+        "GetInclusionProof without disclose",
+        "Disclose another agency's code",
+        "Disclose a number",
+        "ReadCopy bad request",
+        "health \"no.such.Service\"",
+    ] {
+        assert_eq!(answered(name), (false, true), "{name} refused");
+    }
+
     let (code, stdout, stderr) = server.stop();
     assert_eq!(code, Some(0), "{}", text(&stderr));
     assert!(text(&stderr).contains("TRACE"), "full tracing was on");
