@@ -293,7 +293,8 @@ fn debug_of_every_type_holding_a_secret_is_redacted() {
         format!("{:?}", keys.link_key()),
     ];
     let window = fugo::token::Window::new(20_000);
-    let seal_key = fugo::token::SealKey::new(&keys, &shinjuku, window);
+    let seal_key =
+        fugo::token::SealKey::new(&keys, &shinjuku, fugo::token::KeyName::indexed(window, 7));
     printed.push(format!("{seal_key:?}"));
     for number in &numbers {
         let parsed = MyNumber::parse(number.as_bytes()).unwrap();

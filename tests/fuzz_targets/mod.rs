@@ -22,7 +22,7 @@ use fugo::code_text::{self, CodeTextError};
 use fugo::keys::{KeyHierarchy, MasterKey};
 use fugo::mynumber::{self, MyNumber, ParseError};
 use fugo::proto::fugo::v1 as pb;
-use fugo::token::{SealKey, TokenError, Window};
+use fugo::token::{KeyName, SealKey, TokenError, Window};
 
 /// A target body: arbitrary bytes in, a panic on a broken property.
 pub type Body = fn(&[u8]);
@@ -201,19 +201,26 @@ pub fn code_text(data: &[u8]) {
 const WINDOW: u32 = 20_000;
 
 struct TokenFixture {
-    key: SealKey,
-    /// Tokens sealed under `key`: the only bytes that may open.
-    tokens: Vec<Vec<u8>>,
+    /// Keys of one addressee: format 2 (window and key index) and format 1
+    /// (window only), which still opens.
+    keys: [SealKey; 2],
+    /// Tokens sealed under each key (index into `keys`): the only bytes
+    /// that may open, and only under their own key.
+    tokens: Vec<(usize, Vec<u8>)>,
 }
 
 fn token_fixture() -> &'static TokenFixture {
     static FIXTURE: OnceLock<TokenFixture> = OnceLock::new();
     FIXTURE.get_or_init(|| {
-        let keys = KeyHierarchy::new(&master());
+        let hierarchy = KeyHierarchy::new(&master());
         let shinjuku = AgencyId::new("city-shinjuku").unwrap();
-        let key = SealKey::new(&keys, &shinjuku, Window::new(WINDOW));
+        let window = Window::new(WINDOW);
+        let keys = [
+            SealKey::new(&hierarchy, &shinjuku, KeyName::indexed(window, 0x1234_5678)),
+            SealKey::new(&hierarchy, &shinjuku, KeyName::format1(window)),
+        ];
         let coder = Coder::new(
-            &keys,
+            &hierarchy,
             AgencyId::new("mhlw").unwrap(),
             Epoch::new(1).unwrap(),
         );
@@ -231,26 +238,27 @@ fn token_fixture() -> &'static TokenFixture {
                     expires_at: u64::from(WINDOW) * 86_400 + 3600,
                     non_disclosure_until: (i % 2 == 1).then_some(1_800_000_000),
                 };
-                key.seal(&claims, [i as u8; 12])
-                    .unwrap()
-                    .as_bytes()
-                    .to_vec()
+                let key = (i % 2) as usize;
+                let token = keys[key].seal(&claims, [i as u8; 12]).unwrap();
+                (key, token.as_bytes().to_vec())
             })
             .collect();
-        TokenFixture { key, tokens }
+        TokenFixture { keys, tokens }
     })
 }
 
-/// Opening a token (`token::peek`, `SealKey::open_bytes`, `open_parts`):
-/// the documented [`TokenError`]s, and nothing opens but a token sealed
-/// under the key, unchanged. With the first byte odd, the rest is XORed
-/// into a valid token (so a fuzzer without a corpus still mutates real
-/// tokens); otherwise it is the token.
+/// Opening a token (`token::peek`, `SealKey::open_bytes`, `open_parts`,
+/// under a format-2 and a format-1 key): the documented [`TokenError`]s,
+/// and nothing opens but a token sealed under that very key, unchanged.
+/// With the first byte odd, the rest is XORed into a genuine token (so a
+/// fuzzer without a corpus still mutates real tokens); otherwise it is the
+/// token.
 pub fn token(data: &[u8]) {
     let fixture = token_fixture();
     let bytes: Vec<u8> = match data.split_first() {
         Some((mode, rest)) if mode & 1 == 1 => {
-            let mut token = fixture.tokens[usize::from(mode >> 1) % fixture.tokens.len()].clone();
+            let (_, genuine) = &fixture.tokens[usize::from(mode >> 1) % fixture.tokens.len()];
+            let mut token = genuine.clone();
             for (i, x) in rest.iter().enumerate() {
                 if let Some(byte) = token.get_mut(i) {
                     *byte ^= x;
@@ -266,28 +274,30 @@ pub fn token(data: &[u8]) {
         Ok(_) | Err(TokenError::Malformed | TokenError::UnknownFormat) => {}
         Err(other) => panic!("peek: undocumented error {other:?}"),
     }
-    let genuine = fixture.tokens.contains(&bytes);
-    match fixture.key.open_bytes(&bytes) {
-        Ok(claims) => {
-            assert!(genuine, "a changed token opened");
-            assert!(claims.items.len() <= fugo::token::MAX_ITEMS);
+    for (index, key) in fixture.keys.iter().enumerate() {
+        let genuine = fixture.tokens.contains(&(index, bytes.clone()));
+        match key.open_bytes(&bytes) {
+            Ok(claims) => {
+                assert!(genuine, "a changed token opened");
+                assert!(claims.items.len() <= fugo::token::MAX_ITEMS);
+            }
+            Err(error) => {
+                assert!(!genuine, "a genuine token was refused: {error}");
+                assert!(
+                    matches!(
+                        error,
+                        TokenError::Malformed
+                            | TokenError::UnknownFormat
+                            | TokenError::WrongAddressee
+                            | TokenError::WrongWindow
+                            | TokenError::Forged
+                    ),
+                    "open: undocumented error {error:?}"
+                );
+            }
         }
-        Err(error) => {
-            assert!(!genuine, "a genuine token was refused: {error}");
-            assert!(
-                matches!(
-                    error,
-                    TokenError::Malformed
-                        | TokenError::UnknownFormat
-                        | TokenError::WrongAddressee
-                        | TokenError::WrongWindow
-                        | TokenError::Forged
-                ),
-                "open: undocumented error {error:?}"
-            );
-        }
+        assert_eq!(key.open_parts(&bytes).is_ok(), genuine);
     }
-    assert_eq!(fixture.key.open_parts(&bytes).is_ok(), genuine);
 }
 
 // ── policy ──────────────────────────────────────────────────────────────
@@ -740,7 +750,7 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
         "token" => token_fixture()
             .tokens
             .iter()
-            .map(|token| [&[0u8][..], token].concat())
+            .map(|(_, token)| [&[0u8][..], token].concat())
             .chain([vec![1u8], vec![3u8, 0, 0, 0, 0, 0, 1]])
             .collect(),
         "policy" => vec![
