@@ -4,7 +4,8 @@
 //! - `every_rpc_and_command_at_full_tracing_leaks_nothing`: one production
 //!   server at `RUST_LOG=trace`; every RPC of fugo.v1.Codes (unary and
 //!   stream), fugo.v1.Audit and health, and every CLI command, each with
-//!   good and bad input; then the server's logs, every stdout and stderr,
+//!   good and bad input, then a key split and a sealed start unsealed with
+//!   bad and good shares; then the server's logs, every stdout and stderr,
 //!   output, reject and checkpoint files, statuses (message, details,
 //!   metadata), responses, the data directory (audit.redb), an export and
 //!   a backup copy are searched for every number, person handle, person
@@ -396,6 +397,20 @@ fn debug_of_every_type_holding_a_secret_is_redacted() {
         format!("{:?}", redeemed.results),
         format!("{:?}", reidentified.people),
     ]);
+    // Key custody: share files, their values, the unsealer on the way.
+    let shares = fugo::custody::split_key(&master, 3, 2).unwrap();
+    let mut unsealer = fugo::custody::Unsealer::new(
+        keys.fingerprint(),
+        std::sync::Arc::new(fugo::custody::SealProgress::new(2)),
+    );
+    for (i, share) in shares.iter().enumerate() {
+        secrets.key(&format!("share {i}"), share.share.expose_value());
+        printed.push(format!("{share:?} {:?}", share.share));
+        if i < 2 {
+            let supplied = unsealer.supply(&share.to_text()).unwrap();
+            printed.push(format!("{supplied:?} {unsealer:?}"));
+        }
+    }
     let signer =
         fugo_log::checkpoint::LogSigner::from_seed("leak.test", &keys.log_signing_seed()).unwrap();
     printed.push(format!("{signer:?}"));
@@ -836,7 +851,8 @@ fn mistyped(code: &str) -> String {
 /// | `fugo audit export` (stdout and --out), pubkey,    | no      | none          | no    |
 /// |   verify, policy; checkpoint files; `keys`, `keygen` |       |               |       |
 ///
-/// Person handles and key material: nowhere. The inputs the test writes
+/// Person handles and key material (master key, log seed, share values):
+/// nowhere. The inputs the test writes
 /// (numbers and codes, as agencies hold them) and the key and certificate
 /// files are not searched.
 #[test]
@@ -846,6 +862,7 @@ fn every_rpc_and_command_at_full_tracing_leaks_nothing() {
     let at = |name: &str| root.join(name).to_str().unwrap().to_owned();
     let mut seen = Seen::default();
     let mut secrets = Secrets::default();
+    let mut printed_shares: Vec<String> = Vec::new();
 
     // People: valid numbers, and malformed ones that still hold a number.
     let valid: Vec<String> = (0..24u64)
@@ -1363,6 +1380,124 @@ fn every_rpc_and_command_at_full_tracing_leaks_nothing() {
         &out,
         Allowed::nothing(),
     );
+    // ── key custody: split, a sealed start, unseal (refused and taken) ──
+    let out = run_fugo(&[
+        "keys",
+        "split",
+        "--shares",
+        "3",
+        "--threshold",
+        "2",
+        &at("master.key"),
+        "--out",
+        &at("shares"),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    seen.output("keys split", &out, Allowed::nothing());
+    let share_files: Vec<PathBuf> = text(&out.stdout)
+        .lines()
+        .take(3)
+        .map(PathBuf::from)
+        .collect();
+    for (i, file) in share_files.iter().enumerate() {
+        let share = fugo::custody::ShareFile::parse(&fs::read_to_string(file).unwrap()).unwrap();
+        secrets.key(&format!("share {}", i + 1), share.share.expose_value());
+        printed_shares.push(format!("{share:?}"));
+    }
+    let out = run_fugo(&[
+        "keys",
+        "split",
+        "--shares",
+        "3",
+        "--threshold",
+        "2",
+        "--expect-fingerprint",
+        "00000000000000000000000000000000",
+        &at("master.key"),
+        "--out",
+        &at("shares-refused"),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "a wrong fingerprint is refused");
+    seen.output("keys split, wrong fingerprint", &out, Allowed::nothing());
+    let sealed_config = root.join("sealed.toml");
+    fs::write(
+        &sealed_config,
+        fs::read_to_string(&config)
+            .unwrap()
+            .replace(&format!("master_key = \"{}\"\n", at("master.key")), "")
+            + "\n[custody]\nthreshold = 2\n",
+    )
+    .unwrap();
+    let sealed = Server::start(&sealed_config);
+    // A damaged share: one digit of its value changed.
+    let first = fs::read_to_string(&share_files[0]).unwrap();
+    let value_at = first.find("value: ").unwrap() + "value: ".len();
+    let mut damaged = first.clone().into_bytes();
+    damaged[value_at] = if damaged[value_at] == b'0' {
+        b'1'
+    } else {
+        b'0'
+    };
+    fs::write(at("in-damaged-share.txt"), &damaged).unwrap();
+    for (name, share) in [
+        ("unseal, damaged share", at("in-damaged-share.txt")),
+        (
+            "unseal, share 1",
+            share_files[0].to_str().unwrap().to_owned(),
+        ),
+        (
+            "unseal, share 1 again",
+            share_files[0].to_str().unwrap().to_owned(),
+        ),
+        (
+            "unseal, share 2",
+            share_files[1].to_str().unwrap().to_owned(),
+        ),
+        (
+            "unseal, once unsealed",
+            share_files[2].to_str().unwrap().to_owned(),
+        ),
+    ] {
+        let out = run_fugo(&["unseal", "--data-dir", &data, &share]);
+        match name {
+            "unseal, damaged share" => assert!(!out.status.success()),
+            "unseal, share 1" => assert!(out.status.success(), "{}", text(&out.stderr)),
+            "unseal, share 2" => assert!(text(&out.stdout).starts_with("unsealed:")),
+            _ => {}
+        }
+        seen.output(name, &out, Allowed::nothing());
+    }
+    // Unsealed: it serves (a derive through the CLI, its output mhlw's).
+    let out = Command::new(FUGO)
+        .args([
+            "client",
+            "derive",
+            "--server",
+            &format!("https://{}", sealed.addr),
+        ])
+        .args(["--ca", pki.join("ca.pem").to_str().unwrap()])
+        .args(["--cert", pki.join("mhlw.pem").to_str().unwrap()])
+        .args(["--key", pki.join("mhlw.key").to_str().unwrap()])
+        .args([
+            &at("in-numbers.txt"),
+            "-o",
+            &at("out-mhlw-after-unseal.txt"),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    seen.output("client derive, after unsealing", &out, Allowed::nothing());
+    let (code, stdout, stderr) = sealed.stop();
+    assert_eq!(code, Some(0), "{}", text(&stderr));
+    assert!(text(&stderr).contains("TRACE"), "full tracing was on");
+    seen.add("sealed server stdout", stdout, Allowed::nothing());
+    seen.add("sealed server stderr (trace)", stderr, Allowed::nothing());
+    seen.add(
+        "Debug of the share files",
+        printed_shares.join("\n"),
+        Allowed::nothing(),
+    );
+
     // The server refuses the demo key in production mode.
     let demo_config = root.join("demo.toml");
     fs::write(
