@@ -371,7 +371,7 @@ fn seal_refuses_repeated_items_and_unbounded_secrecy() {
     twice.items.push(ItemId::new("family-register").unwrap());
     assert_eq!(
         seal(&twice).unwrap_err(),
-        BatchError::DuplicateItem(ItemId::new("family-register").unwrap())
+        BatchError::DuplicateItem { position: 2 }
     );
     let mut none = context("moj", "family-register");
     none.items.clear();

@@ -1714,6 +1714,8 @@ async fn rpcs(
     number_affair.affair = valid[4].clone();
     let mut number_item = seal_request(codes.clone());
     number_item.items = vec!["local-tax".to_owned(), valid[5].clone()];
+    let mut number_twice = seal_request(codes.clone());
+    number_twice.items = vec![valid[7].clone(), valid[7].clone()];
     for (name, caller, request) in [
         ("Seal bad provider", m.clone(), bad_provider),
         ("Seal no rule", m.clone(), no_rule),
@@ -1722,6 +1724,7 @@ async fn rpcs(
         ("Seal a number as provider", m.clone(), number_provider),
         ("Seal a number as affair", m.clone(), number_affair),
         ("Seal a number as item", m.clone(), number_item),
+        ("Seal a number twice as item", m.clone(), number_twice),
         (
             "Seal by another requester",
             s.clone(),

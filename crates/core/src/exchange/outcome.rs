@@ -5,7 +5,7 @@
 
 use thiserror::Error;
 
-use crate::agency::{Epoch, ItemId};
+use crate::agency::Epoch;
 use crate::code_text::CodeTextError;
 use crate::link::PersonLink;
 use crate::mynumber::ParseError;
@@ -129,9 +129,13 @@ pub enum BatchError {
     /// A seal that names no data item.
     #[error("name at least one data item")]
     NoItems,
-    /// A seal that names a data item twice.
-    #[error("data item {0} is named twice")]
-    DuplicateItem(ItemId),
+    /// A seal that names a data item twice. The item is not repeated: a
+    /// caller may have typed anything there (D152).
+    #[error("data item {position} (from 1) is named twice")]
+    DuplicateItem {
+        /// 1-based position of the second mention.
+        position: usize,
+    },
     /// The data items cannot be sealed (too many).
     #[error(transparent)]
     Items(TokenError),

@@ -46,8 +46,10 @@ impl SealContext {
             return Err(BatchError::NoItems);
         }
         let mut seen = BTreeSet::new();
-        if let Some(again) = self.items.iter().find(|item| !seen.insert(*item)) {
-            return Err(BatchError::DuplicateItem(again.clone()));
+        if let Some(again) = self.items.iter().position(|item| !seen.insert(item)) {
+            return Err(BatchError::DuplicateItem {
+                position: again + 1,
+            });
         }
         Ok(())
     }
