@@ -1933,6 +1933,11 @@ async fn rpcs(
             disclose(&portal[0], "AAAA"),
         ),
         (
+            "Disclose a number as page token",
+            p.clone(),
+            disclose(&portal[0], &valid[9]),
+        ),
+        (
             "Disclose without disclose",
             m.clone(),
             disclose(&mhlw[0], ""),
@@ -1975,6 +1980,14 @@ async fn rpcs(
         })
         .await;
     seen.answer("ReadCopy bad request", &answer, own("mhlw"));
+    let answer = m
+        .audit
+        .read_copy(pb::ReadCopyRequest {
+            page_size: 10,
+            page_token: valid[10].clone(),
+        })
+        .await;
+    seen.answer("ReadCopy a number as page token", &answer, own("mhlw"));
     let mut confirmations: Vec<pb::Confirmation> = serials
         .iter()
         .take(3)
