@@ -178,7 +178,7 @@ fn the_seeds_are_valid_inputs() {
     for policy in targets::seeds("policy").iter().take(2) {
         assert!(fugo::policy::parse(std::str::from_utf8(policy).unwrap()).is_ok());
     }
-    assert_eq!(targets::seeds("request").len(), 32);
+    assert_eq!(targets::seeds("request").len(), 36);
 }
 
 /// The properties can fail: an echoed number is caught, a genuine token
