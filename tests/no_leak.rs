@@ -544,6 +544,14 @@ certificates = ["nta"]
 capabilities = []
 epoch = 1
 
+[[agency]]
+id = "jps"
+name = "Japan Pension Service"
+certificates = ["jps"]
+capabilities = ["derive"]
+epoch = 1
+quota.derive = { per_day = 5 }
+
 [[affair]]
 id = "health"
 name = "health insurance benefits"
@@ -560,7 +568,7 @@ non_disclosure_max_days = 365
 "#;
 
 /// Agencies with a certificate, and one the policy does not know.
-const AGENCIES: [&str; 4] = ["mhlw", "city-shinjuku", "portal", "nta"];
+const AGENCIES: [&str; 5] = ["mhlw", "city-shinjuku", "portal", "nta", "jps"];
 const STRANGER: &str = "stranger";
 
 /// Everything the run saw, with what may be in each place.
@@ -672,6 +680,21 @@ fn run_fugo(args: &[&str]) -> std::process::Output {
         stdout: stdout.join().unwrap(),
         stderr: stderr.join().unwrap(),
     }
+}
+
+/// `GET path` on the metrics listener: the whole answer, head and body.
+fn scrape(addr: &str, path: &str) -> Vec<u8> {
+    use std::io::Write;
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes())
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    answer
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -955,6 +978,13 @@ fn every_rpc_and_command_at_full_tracing_leaks_nothing() {
     }
 
     // ── the server, production mode, full tracing ─────────────────────────
+    // A free loopback port for /metrics (the binary prints only the gRPC
+    // address).
+    let metrics = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
     let config = root.join("fugo.toml");
     fs::write(
         &config,
@@ -962,11 +992,13 @@ fn every_rpc_and_command_at_full_tracing_leaks_nothing() {
             "listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\npolicy = \"{}\"\n\
              master_key = \"{}\"\nmaster_key_fingerprint = \"{fingerprint}\"\n\
              shutdown_grace_seconds = 5\ndev_mode = false\n\n[tls]\n\
-             ca = \"{3}/ca.pem\"\ncert = \"{3}/server.pem\"\nkey = \"{3}/server.key\"\n",
+             ca = \"{3}/ca.pem\"\ncert = \"{3}/server.pem\"\nkey = \"{3}/server.key\"\n\n\
+             [metrics]\nlisten = \"{4}\"\n",
             at("data"),
             at("policy.toml"),
             at("master.key"),
             pki.display(),
+            metrics,
         ),
     )
     .unwrap();
@@ -1231,6 +1263,7 @@ fn every_rpc_and_command_at_full_tracing_leaks_nothing() {
         "Seal no rule",
         "Seal a number as provider",
         "Reidentify without capability",
+        "Derive over quota",
         "GetConsistencyProof too large",
         "GetInclusionProof without disclose",
         "Disclose another agency's code",
@@ -1241,6 +1274,15 @@ fn every_rpc_and_command_at_full_tracing_leaks_nothing() {
         assert_eq!(answered(name), (false, true), "{name} refused");
     }
 
+    let page = scrape(&metrics, "/metrics");
+    assert!(text(&page).contains("200 OK"), "{}", text(&page));
+    assert!(text(&page).contains("jps"), "the quota refusal is counted");
+    seen.add("/metrics", page, Allowed::nothing());
+    seen.add(
+        "/elsewhere",
+        scrape(&metrics, "/x?123456789018"),
+        Allowed::nothing(),
+    );
     let (code, stdout, stderr) = server.stop();
     assert_eq!(code, Some(0), "{}", text(&stderr));
     assert!(text(&stderr).contains("TRACE"), "full tracing was on");
@@ -1429,6 +1471,11 @@ fn every_rpc_and_command_at_full_tracing_leaks_nothing() {
     )
     .unwrap();
     let sealed = Server::start(&sealed_config);
+    seen.add(
+        "/metrics while sealed",
+        scrape(&metrics, "/metrics"),
+        Allowed::nothing(),
+    );
     // A damaged share: one digit of its value changed.
     let first = fs::read_to_string(&share_files[0]).unwrap();
     let value_at = first.find("value: ").unwrap() + "value: ".len();
@@ -1487,6 +1534,11 @@ fn every_rpc_and_command_at_full_tracing_leaks_nothing() {
         .unwrap();
     assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
     seen.output("client derive, after unsealing", &out, Allowed::nothing());
+    seen.add(
+        "/metrics once unsealed",
+        scrape(&metrics, "/metrics"),
+        Allowed::nothing(),
+    );
     let (code, stdout, stderr) = sealed.stop();
     assert_eq!(code, Some(0), "{}", text(&stderr));
     assert!(text(&stderr).contains("TRACE"), "full tracing was on");
@@ -1614,6 +1666,7 @@ async fn rpcs(
     let mut p = caller(addr, pki, "portal").await;
     let n = caller(addr, pki, "nta").await;
     let x = caller(addr, pki, STRANGER).await;
+    let mut j = caller(addr, pki, "jps").await;
     let own = Allowed::codes_of;
 
     // Derive: good and bad numbers; empty and duplicated batches; an
@@ -1655,6 +1708,17 @@ async fn rpcs(
             .await;
         seen.answer(name, &answer, allowed);
     }
+    // An empty batch; a batch over jps's day quota (5): RESOURCE_EXHAUSTED
+    // with RetryInfo.
+    let answer = m.codes.derive(pb::DeriveRequest { numbers: vec![] }).await;
+    seen.answer("Derive empty", &answer, own("mhlw"));
+    let answer = j
+        .codes
+        .derive(pb::DeriveRequest {
+            numbers: numbers.clone(),
+        })
+        .await;
+    seen.answer("Derive over quota", &answer, own("jps"));
     let batches = vec![
         pb::DeriveRequest {
             numbers: valid[..5].to_vec(),

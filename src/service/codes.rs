@@ -1148,7 +1148,8 @@ impl Codes for CodesService {
 /// a call runs through (its field checks, the exchange, the mapping of
 /// every outcome to a status or an item error, the records it would write
 /// and, for a refused batch, its refusal record), and the response or the
-/// status comes back. For the fuzz targets (`fuzz/`, `tests/fuzz.rs`;
+/// status comes back. Quotas, which `run_batch` applies before the
+/// handler, are not. For the fuzz targets (`fuzz/`, `tests/fuzz.rs`;
 /// DECISIONS D153); no configuration reaches it.
 #[doc(hidden)]
 pub struct Handlers {
@@ -1169,6 +1170,8 @@ impl Handlers {
                 exchange: Exchange::new(keys, random),
                 policy: RwLock::new(Arc::new(policy)),
                 recorder: Arc::new(crate::audit::Recorder::discarding_for_benchmarks(&signer)),
+                quotas: Quotas::new(),
+                metrics: Metrics::new(),
             },
         })
     }
