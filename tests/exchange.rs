@@ -208,7 +208,7 @@ fn seal_needs_a_rule_and_reidentify_a_capability() {
         .seal(
             &policy,
             &id("mhlw"),
-            &context("city-shinjuku", "pension"),
+            &context("city-shinjuku", "family-register"),
             &bytes(&code),
             NOW,
         )
@@ -216,7 +216,7 @@ fn seal_needs_a_rule_and_reidentify_a_capability() {
     assert!(
         denied
             .to_string()
-            .contains("does not include data item pension"),
+            .contains("does not include data item family-register"),
         "{denied}"
     );
     let reverse = exchange
@@ -371,7 +371,7 @@ fn seal_refuses_repeated_items_and_unbounded_secrecy() {
     twice.items.push(ItemId::new("family-register").unwrap());
     assert_eq!(
         seal(&twice).unwrap_err(),
-        BatchError::DuplicateItem(ItemId::new("family-register").unwrap())
+        BatchError::DuplicateItem { position: 2 }
     );
     let mut none = context("moj", "family-register");
     none.items.clear();

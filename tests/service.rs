@@ -346,7 +346,7 @@ async fn whole_request_failures_have_their_status_codes() {
         .seal(seal_request(
             "city-shinjuku",
             "health",
-            &["pension"],
+            &["family-register"],
             code.clone(),
         ))
         .await
@@ -355,7 +355,7 @@ async fn whole_request_failures_have_their_status_codes() {
     assert!(
         no_rule
             .message()
-            .contains("does not include data item pension"),
+            .contains("does not include data item family-register"),
         "{}",
         no_rule.message()
     );

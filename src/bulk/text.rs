@@ -318,11 +318,17 @@ impl<W: Write> Write for EncodeWriter<W> {
             match result {
                 EncoderResult::InputEmpty => return Ok(buf.len()),
                 EncoderResult::OutputFull => continue,
-                EncoderResult::Unmappable(_) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        "a character of the output has no cp932 form",
-                    ));
+                EncoderResult::Unmappable(character) => {
+                    // The decoder reads user-defined characters (外字) as
+                    // private-use code points, which the WHATWG encoder
+                    // refuses; they go back to the bytes they came from.
+                    let Some(bytes) = user_defined(character) else {
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            "a character of the output has no cp932 form",
+                        ));
+                    };
+                    self.inner.write_all(&bytes)?;
                 }
             }
         }
@@ -331,6 +337,21 @@ impl<W: Write> Write for EncodeWriter<W> {
     fn flush(&mut self) -> io::Result<()> {
         self.inner.flush()
     }
+}
+
+/// The Shift_JIS bytes of a user-defined character (lead bytes F0–F9),
+/// which the WHATWG decoder maps to U+E000–U+E757 (pointers 8836–10715)
+/// and its encoder does not map back (D155).
+fn user_defined(character: char) -> Option<[u8; 2]> {
+    let code = u32::from(character);
+    if !(0xE000..=0xE757).contains(&code) {
+        return None;
+    }
+    let pointer = code - 0xE000 + 8836;
+    let (lead, trail) = (pointer / 188, pointer % 188);
+    let lead = lead + if lead < 0x1F { 0x81 } else { 0xC1 };
+    let trail = trail + if trail < 0x3F { 0x40 } else { 0x41 };
+    Some([lead as u8, trail as u8])
 }
 
 impl<W: Write> Drop for EncodeWriter<W> {
@@ -372,6 +393,26 @@ mod tests {
             decode_all(&with_bom, TextEncoding::Utf8, 2).unwrap(),
             b"a\n"
         );
+    }
+
+    /// Found by the csv fuzz target (tests/fuzz.rs): a cp932 file with a
+    /// user-defined character stopped the run when its row was written.
+    #[test]
+    fn every_user_defined_character_is_written_back_as_it_was_read() {
+        let mut input = Vec::new();
+        for lead in 0xF0..=0xF9u8 {
+            for trail in (0x40..=0xFCu8).filter(|t| *t != 0x7F) {
+                input.extend_from_slice(&[b'a', lead, trail, b'\n']);
+            }
+        }
+        let decoded = decode_all(&input, TextEncoding::Cp932, 1000).unwrap();
+        assert_eq!(std::str::from_utf8(&decoded).unwrap().lines().count(), 1880);
+        let mut encoded = EncodeWriter::new(Vec::new(), TextEncoding::Cp932);
+        encoded.write_all(&decoded).unwrap();
+        assert_eq!(encoded.get_mut().as_slice(), input.as_slice());
+        // Other private-use characters still have no cp932 form.
+        let mut other = EncodeWriter::new(Vec::new(), TextEncoding::Cp932);
+        assert!(other.write_all("\u{E758}".as_bytes()).is_err());
     }
 
     #[test]

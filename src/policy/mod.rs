@@ -140,10 +140,11 @@ token_lifetime_seconds = 3600
                 .to_string(),
             "no rule lets city-shinjuku ask mhlw under affair health-insurance-benefit"
         );
+        // An item no rule names is refused without being repeated (D152).
         let pension = ItemId::new("pension").unwrap();
         assert!(matches!(
             policy.authorize(&mhlw, &affair, &shinjuku, &[pension], false),
-            Err(Denied::ItemNotAllowed { .. })
+            Err(Denied::UnknownItem { position: 1 })
         ));
         assert!(matches!(
             policy.authorize(&mhlw, &affair, &shinjuku, &[tax], true),

@@ -10,6 +10,7 @@
 use std::marker::PhantomData;
 
 use prost::Message;
+use prost::bytes::Buf;
 use tonic::Status;
 use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder};
 use tonic_prost::{ProstCodec, ProstDecoder, ProstEncoder};
@@ -50,6 +51,15 @@ where
     }
 }
 
+/// Decodes one message as the service does: prost's decoding, any failure
+/// `INVALID_ARGUMENT`. prost's messages name the message, the field and the
+/// problem, never the bytes. (The fuzz targets decode through this too.)
+pub fn decode<U: Message + Default>(bytes: impl Buf) -> Result<U, Status> {
+    U::decode(bytes).map_err(|error| {
+        Status::invalid_argument(format!("the message cannot be decoded: {error}"))
+    })
+}
+
 /// prost's decoder with decode errors answered `INVALID_ARGUMENT`.
 #[derive(Debug)]
 pub struct StrictDecoder<U> {
@@ -62,11 +72,7 @@ impl<U: Message + Default> Decoder for StrictDecoder<U> {
     type Error = Status;
 
     fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
-        // prost's messages name the message, the field and the problem,
-        // never the bytes.
-        U::decode(buf).map(Some).map_err(|error| {
-            Status::invalid_argument(format!("the message cannot be decoded: {error}"))
-        })
+        decode(buf).map(Some)
     }
 
     fn buffer_settings(&self) -> BufferSettings {

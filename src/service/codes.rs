@@ -1142,3 +1142,110 @@ impl Codes for CodesService {
         self.stream(request, Metered::Reidentify, reidentify)
     }
 }
+
+/// The Codes service's request handling without a connection, a client
+/// certificate or an audit trail: a request runs through the very handler
+/// a call runs through (its field checks, the exchange, the mapping of
+/// every outcome to a status or an item error, the records it would write
+/// and, for a refused batch, its refusal record), and the response or the
+/// status comes back. Quotas, which `run_batch` applies before the
+/// handler, are not. For the fuzz targets (`fuzz/`, `tests/fuzz.rs`;
+/// DECISIONS D153); no configuration reaches it.
+#[doc(hidden)]
+pub struct Handlers {
+    state: State,
+}
+
+impl Handlers {
+    /// Handlers over `keys` and `policy`, sealing with `random`; records
+    /// are made and discarded.
+    pub fn new(
+        keys: crate::keys::KeyHierarchy,
+        random: Box<dyn crate::exchange::RandomSource>,
+        policy: Policy,
+    ) -> Result<Self, super::ServeError> {
+        let signer = super::server::log_signer(None, &keys)?;
+        Ok(Handlers {
+            state: State {
+                exchange: Exchange::new(keys, random),
+                policy: RwLock::new(Arc::new(policy)),
+                recorder: Arc::new(crate::audit::Recorder::discarding_for_benchmarks(&signer)),
+                quotas: Quotas::new(),
+                metrics: Metrics::new(),
+            },
+        })
+    }
+
+    /// `Derive` for `caller`.
+    pub fn derive(
+        &self,
+        caller: &AgencyId,
+        request: DeriveRequest,
+    ) -> Result<DeriveResponse, Status> {
+        self.answer(caller, request, derive)
+    }
+
+    /// `Seal` for `caller`.
+    pub fn seal(&self, caller: &AgencyId, request: SealRequest) -> Result<SealResponse, Status> {
+        self.answer(caller, request, seal)
+    }
+
+    /// `Redeem` for `caller`.
+    pub fn redeem(
+        &self,
+        caller: &AgencyId,
+        request: RedeemRequest,
+    ) -> Result<RedeemResponse, Status> {
+        self.answer(caller, request, redeem)
+    }
+
+    /// `Reidentify` for `caller`.
+    pub fn reidentify(
+        &self,
+        caller: &AgencyId,
+        request: ReidentifyRequest,
+    ) -> Result<ReidentifyResponse, Status> {
+        self.answer(caller, request, reidentify)
+    }
+
+    /// What `run_batch` does between deciding the caller and committing.
+    fn answer<Req: Items, Resp>(
+        &self,
+        caller: &AgencyId,
+        request: Req,
+        handler: Handler<Req, Resp>,
+    ) -> Result<Resp, Status> {
+        let policy = self.state.policy();
+        let items = request.items();
+        let facts = BatchFacts {
+            time_ms: now_millis(),
+            caller: caller.as_str(),
+            batch_id: "handlers".to_owned(),
+            policy: &policy,
+        };
+        match handler(&self.state, &policy, caller, &facts, request) {
+            Ok(mut pending) => {
+                pending.append.prepare();
+                let appended = self
+                    .state
+                    .recorder
+                    .record_blocking(pending.append)
+                    .map_err(|error| status::audit(&error))?;
+                let mut response = pending.response;
+                if let Some(finish) = pending.finish {
+                    finish(&self.state, &mut response, &appended);
+                }
+                Ok(response)
+            }
+            Err(status) => {
+                let mut append = refusal(&facts, &status, items);
+                append.prepare();
+                self.state
+                    .recorder
+                    .record_blocking(append)
+                    .map_err(|error| status::audit(&error))?;
+                Err(status)
+            }
+        }
+    }
+}

@@ -34,7 +34,7 @@ pub mod sealed;
 pub mod server;
 mod status;
 
-pub use codes::CHECKPOINT;
+pub use codes::{CHECKPOINT, Handlers};
 pub use config::{AuditConfig, MasterKeySource, ServeConfig};
 pub use limits::Limits;
 pub use server::{Reloader, Running, ServeError, start, start_unaudited_for_benchmarks};

@@ -26,7 +26,7 @@ pub(crate) fn batch(error: BatchError) -> Status {
             Status::permission_denied(message)
         }
         BatchError::TooLarge(_) => Status::resource_exhausted(message),
-        BatchError::NoItems | BatchError::DuplicateItem(_) | BatchError::Items(_) => {
+        BatchError::NoItems | BatchError::DuplicateItem { .. } | BatchError::Items(_) => {
             bad_field("items", &message)
         }
         BatchError::NonDisclosurePast | BatchError::NonDisclosureTooFar { .. } => {

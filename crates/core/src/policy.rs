@@ -387,6 +387,22 @@ pub enum Denied {
         /// Whom.
         provider: AgencyId,
     },
+    /// The provider or affair a request named is not in the policy. The
+    /// value is not repeated: a caller may have typed anything there, a
+    /// My Number included, and this message reaches logs and the audit
+    /// trail (D152).
+    #[error("the {field} named is not in the policy")]
+    NotInPolicy {
+        /// "provider" or "affair".
+        field: &'static str,
+    },
+    /// A data item asked for is named by no rule of the policy (not
+    /// repeated, as above).
+    #[error("data item {position} (from 1) is not in the policy")]
+    UnknownItem {
+        /// 1-based position in the request's items.
+        position: usize,
+    },
     /// The agency lacks a capability.
     #[error("agency {agency} does not have the {capability} capability")]
     MissingCapability {
@@ -588,13 +604,27 @@ impl Policy {
         items: &[ItemId],
         non_disclosure: bool,
     ) -> Result<&Rule, Denied> {
+        // Values the policy does not know are refused without repeating
+        // them; values it knows (its own ids) may be named.
+        if !self.agencies.contains_key(provider) {
+            return Err(Denied::NotInPolicy { field: "provider" });
+        }
+        if !self.affairs.contains_key(affair) {
+            return Err(Denied::NotInPolicy { field: "affair" });
+        }
         let key = (requester.clone(), affair.clone(), provider.clone());
         let rule = self.rules.get(&key).ok_or_else(|| Denied::NoRule {
             requester: requester.clone(),
             affair: affair.clone(),
             provider: provider.clone(),
         })?;
-        if let Some(item) = items.iter().find(|item| !rule.items.contains(*item)) {
+        if let Some(position) = items.iter().position(|item| !rule.items.contains(item)) {
+            let item = &items[position];
+            if !self.rules.values().any(|rule| rule.items.contains(item)) {
+                return Err(Denied::UnknownItem {
+                    position: position + 1,
+                });
+            }
             return Err(Denied::ItemNotAllowed {
                 requester: requester.clone(),
                 affair: affair.clone(),
@@ -714,6 +744,61 @@ mod tests {
             build(vec![drifting], vec![]),
             Err(Inconsistent::EpochNotAccepted(_))
         ));
+    }
+
+    #[test]
+    fn a_refusal_never_repeats_a_value_the_policy_does_not_know() {
+        let policy = build(
+            vec![agency("mhlw", "mhlw"), agency("nta", "nta")],
+            vec![rule("mhlw", "nta", 60)],
+        )
+        .unwrap();
+        let number = "123456789018";
+        let health = AffairId::new("health").unwrap();
+        let tax = ItemId::new("local-tax").unwrap();
+        let refusals = [
+            policy.authorize(
+                &id("mhlw"),
+                &health,
+                &id(number),
+                std::slice::from_ref(&tax),
+                false,
+            ),
+            policy.authorize(
+                &id("mhlw"),
+                &AffairId::new(number).unwrap(),
+                &id("nta"),
+                std::slice::from_ref(&tax),
+                false,
+            ),
+            policy.authorize(
+                &id("mhlw"),
+                &health,
+                &id("nta"),
+                &[tax.clone(), ItemId::new(number).unwrap()],
+                false,
+            ),
+        ];
+        let shown: Vec<String> = refusals
+            .iter()
+            .map(|refusal| refusal.as_ref().unwrap_err().to_string())
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                "the provider named is not in the policy",
+                "the affair named is not in the policy",
+                "data item 2 (from 1) is not in the policy",
+            ]
+        );
+        // Ids the policy knows are named, as before.
+        assert_eq!(
+            policy
+                .authorize(&id("nta"), &health, &id("mhlw"), &[tax], false)
+                .unwrap_err()
+                .to_string(),
+            "no rule lets nta ask mhlw under affair health"
+        );
     }
 
     #[test]

@@ -5,7 +5,7 @@
 
 use thiserror::Error;
 
-use crate::agency::{Epoch, ItemId};
+use crate::agency::Epoch;
 use crate::code_text::CodeTextError;
 use crate::link::PersonLink;
 use crate::mynumber::ParseError;
@@ -18,8 +18,8 @@ pub type Results<T> = Vec<Result<T, ItemFailure>>;
 /// A batch's results and, per item, the person it opened (if any): for
 /// the audit trail, which records one entry per person, refusals that
 /// opened a person (an expired token, a withdrawn rule) included.
-/// Derefs to the results.
-#[derive(Debug)]
+/// Derefs to the results. `Debug` shows counts and failures only: the
+/// results are codes, tokens and numbers.
 pub struct Done<T> {
     /// One result per item, in input order.
     pub results: Results<T>,
@@ -34,6 +34,21 @@ impl<T> Done<T> {
             results: Vec::with_capacity(items),
             people: Vec::with_capacity(items),
         }
+    }
+}
+
+impl<T> std::fmt::Debug for Done<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let failures: Vec<&ItemFailure> = self
+            .results
+            .iter()
+            .filter_map(|result| result.as_ref().err())
+            .collect();
+        f.debug_struct("Done")
+            .field("results", &self.results.len())
+            .field("failures", &failures)
+            .field("people", &self.people.iter().flatten().count())
+            .finish()
     }
 }
 
@@ -114,9 +129,13 @@ pub enum BatchError {
     /// A seal that names no data item.
     #[error("name at least one data item")]
     NoItems,
-    /// A seal that names a data item twice.
-    #[error("data item {0} is named twice")]
-    DuplicateItem(ItemId),
+    /// A seal that names a data item twice. The item is not repeated: a
+    /// caller may have typed anything there (D152).
+    #[error("data item {position} (from 1) is named twice")]
+    DuplicateItem {
+        /// 1-based position of the second mention.
+        position: usize,
+    },
     /// The data items cannot be sealed (too many).
     #[error(transparent)]
     Items(TokenError),

@@ -46,8 +46,10 @@ impl SealContext {
             return Err(BatchError::NoItems);
         }
         let mut seen = BTreeSet::new();
-        if let Some(again) = self.items.iter().find(|item| !seen.insert(*item)) {
-            return Err(BatchError::DuplicateItem(again.clone()));
+        if let Some(again) = self.items.iter().position(|item| !seen.insert(item)) {
+            return Err(BatchError::DuplicateItem {
+                position: again + 1,
+            });
         }
         Ok(())
     }
@@ -83,7 +85,10 @@ impl Exchange {
     ) -> Result<Done<Sealed>, BatchError> {
         check_size(codes.len())?;
         let agency = policy.agency(caller)?;
-        policy.agency(&context.provider)?;
+        // Named by the caller: refused without repeating it (D152).
+        policy
+            .agency(&context.provider)
+            .map_err(|_| crate::policy::Denied::NotInPolicy { field: "provider" })?;
         context.check_items()?;
         let rule = policy.authorize(
             caller,

@@ -1,0 +1,8 @@
+//! cargo-fuzz target `number`: the body shared with the stable property
+//! tests (tests/fuzz.rs), in tests/fuzz_targets/mod.rs.
+#![no_main]
+
+#[path = "../../tests/fuzz_targets/mod.rs"]
+mod targets;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| targets::number(data));
