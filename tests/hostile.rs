@@ -1889,9 +1889,10 @@ async fn tampered_replayed_and_expired_tokens_are_refused_item_by_item() {
     )
     .await
     .remove(0);
-    // format (1) ‖ window (4) ‖ len (1) ‖ "city-shinjuku"
-    let header = 1 + 4 + 1 + "city-shinjuku".len();
-    assert_eq!(&token[6..header], b"city-shinjuku");
+    // format 2 (1) ‖ window (4) ‖ key index (4) ‖ len (1) ‖ "city-shinjuku"
+    let header = 1 + 4 + 4 + 1 + "city-shinjuku".len();
+    assert_eq!(token[0], 2);
+    assert_eq!(&token[10..header], b"city-shinjuku");
 
     // One batch: the token cut at every length, every bit flipped, other
     // format versions, one byte more, and the token itself last.
@@ -1903,7 +1904,9 @@ async fn tampered_replayed_and_expired_tokens_are_refused_item_by_item() {
         batch.push(flipped);
     }
     let flipped = truncated.end..batch.len();
-    for version in [0x00, 0x02, 0x7f, 0xff] {
+    // Formats 1 and 2 are known (a format-1 reading of a format-2 header
+    // fails otherwise); every other byte is an unknown format.
+    for version in [0x00, 0x03, 0x7f, 0xff] {
         let mut changed = token.clone();
         changed[0] = version;
         batch.push(changed);

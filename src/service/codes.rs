@@ -239,7 +239,9 @@ fn try_quota(
     items: usize,
     id: &RequestId,
 ) -> Result<Result<Option<Usage>, Exceeded>, Box<OverQuota>> {
-    if items == 0 {
+    // Nothing to count, or a batch the exchange refuses as too large before
+    // reading any item: it is not metered (D105).
+    if items == 0 || items > fugo_core::exchange::MAX_BATCH {
         return Ok(Ok(None));
     }
     let limit = match policy.agency(caller) {
