@@ -203,6 +203,10 @@ fn every_status_the_service_constructs_is_documented() {
     let mut constructed = BTreeSet::new();
     for entry in fs::read_dir(root.join("src/service")).unwrap() {
         let path = entry.unwrap().path();
+        // metrics.rs names every code to label its counters; it answers none.
+        if path.ends_with("metrics.rs") {
+            continue;
+        }
         let source = fs::read_to_string(&path).unwrap();
         let codes = codes_in(without_tests(&source));
         for code in &codes {
