@@ -9,7 +9,9 @@
 //! refused at once with a message that says what the file is.
 
 use std::fs::{File, Metadata, OpenOptions};
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
+#[cfg(unix)]
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use thiserror::Error;
@@ -109,6 +111,20 @@ pub fn read_text(path: &Path, limit: u64) -> Result<Zeroizing<String>, ReadError
             )))
         }
     }
+}
+
+/// Writes `contents` to a new file at `path` that only its owner can read
+/// (mode 0600), synced before this returns. An existing file is never
+/// overwritten: that is an error of kind `AlreadyExists`. For key files
+/// and key shares.
+pub fn write_private_new(path: &Path, contents: &[u8]) -> io::Result<()> {
+    let mut options = OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    options.mode(0o600);
+    let mut file = options.open(path)?;
+    file.write_all(contents)?;
+    file.sync_all()
 }
 
 /// Whether group or others may read the file (always false off Unix).

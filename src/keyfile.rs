@@ -2,10 +2,7 @@
 //! fingerprints. The parsing itself is [`crate::keys`]; this is the I/O,
 //! shared by the CLI and the server.
 
-use std::fs::OpenOptions;
 use std::io::{self, Write};
-#[cfg(unix)]
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use ring::rand::{SecureRandom, SystemRandom};
@@ -186,13 +183,6 @@ pub fn generate(path: &Path) -> Result<KeyHierarchy, KeyLoadError> {
             }
         }
     };
-    let mut options = OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    options.mode(0o600);
-    let mut file = options.open(path).map_err(write_error)?;
-    file.write_all(master.to_file_contents().as_bytes())
-        .and_then(|()| file.sync_all())
-        .map_err(write_error)?;
+    files::write_private_new(path, master.to_file_contents().as_bytes()).map_err(write_error)?;
     Ok(KeyHierarchy::new(&master))
 }

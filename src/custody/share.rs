@@ -23,10 +23,7 @@
 //! caught later, when the combined key's fingerprint is checked.)
 
 use std::fmt;
-use std::fs::OpenOptions;
-use std::io::{self, Write};
-#[cfg(unix)]
-use std::os::unix::fs::OpenOptionsExt;
+use std::io;
 use std::path::{Path, PathBuf};
 
 use ring::rand::{SecureRandom, SystemRandom};
@@ -354,14 +351,7 @@ fn write_one(path: &Path, share: &ShareFile) -> Result<(), SplitError> {
             }
         }
     };
-    let mut options = OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    options.mode(0o600);
-    let mut file = options.open(path).map_err(write_error)?;
-    file.write_all(share.to_text().as_bytes())
-        .and_then(|()| file.sync_all())
-        .map_err(write_error)
+    crate::files::write_private_new(path, share.to_text().as_bytes()).map_err(write_error)
 }
 
 #[cfg(test)]
