@@ -535,11 +535,19 @@ struct Opening {
 }
 
 impl Opening {
-    /// Opens with `keys`: reads the policy, opens the audit trail, records
-    /// the policy in force, builds the services and reports serving.
-    async fn open(&self, keys: crate::keys::KeyHierarchy) -> Result<(), ServeError> {
+    /// Opens with `keys`: reads the policy (unless `loaded` holds it, read
+    /// at start), opens the audit trail, records the policy in force,
+    /// builds the services and reports serving.
+    async fn open(
+        &self,
+        keys: crate::keys::KeyHierarchy,
+        loaded: Option<(Policy, String)>,
+    ) -> Result<(), ServeError> {
         let config = &self.config;
-        let (policy, policy_text) = load_policy_text(&config.policy)?;
+        let (policy, policy_text) = match loaded {
+            Some(loaded) => loaded,
+            None => load_policy_text(&config.policy)?,
+        };
         let recorder = if self.audited {
             open_recorder(config, &keys)?
         } else {
@@ -679,12 +687,12 @@ async fn start_with(
         MasterKeySource::Shares { .. } => None,
     };
     // The policy and the certificates (with the CRLs) are checked before
-    // listening, sealed or not; the policy is read again when the server
-    // opens.
-    let (policy, _) = load_policy_text(&config.policy)?;
+    // listening, sealed or not; a sealed server reads the policy again when
+    // it is unsealed, one with its key opens with this reading.
+    let (policy, policy_text) = load_policy_text(&config.policy)?;
     let tls = TlsSetup::start(&config, &policy)?;
     let version = policy.version().clone();
-    drop(policy);
+    let mut loaded = Some((policy, policy_text));
 
     let (health, health_service) = tonic_health::server::health_reporter();
     let progress = match config.master_key {
@@ -702,7 +710,7 @@ async fn start_with(
     });
     let mut unseal = None;
     match (keys, &progress) {
-        (Some(keys), _) => opening.open(keys).await?,
+        (Some(keys), _) => opening.open(keys, loaded.take()).await?,
         (None, Some(progress)) => {
             set_health(&health, tonic_health::ServingStatus::NotServing).await;
             create_data_dir(&config)?;
@@ -721,7 +729,12 @@ async fn start_with(
                 unsealer,
                 move |keys| {
                     let opener = Arc::clone(&opener);
-                    async move { opener.open(keys).await.map_err(|error| error.to_string()) }
+                    async move {
+                        opener
+                            .open(keys, None)
+                            .await
+                            .map_err(|error| error.to_string())
+                    }
                 },
             ));
             tracing::warn!(
