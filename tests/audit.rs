@@ -1307,6 +1307,7 @@ fn a_derive_record(person: u8) -> Append {
                 batch_id: format!("batch-{person}"),
                 note: String::new(),
                 count: 0,
+                agent: String::new(),
             },
             entries: vec![Entry {
                 outcome: Outcome::Done,

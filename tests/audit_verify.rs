@@ -406,6 +406,7 @@ async fn verify_catches_every_tampering_of_a_real_store() {
                         batch_id: "rewritten".into(),
                         note: String::new(),
                         count: 0,
+                        agent: String::new(),
                     },
                     entries: (0..size + 5)
                         .map(|i| Entry {
@@ -929,6 +930,7 @@ async fn the_recorder_purges_bodies_past_retention_by_itself_and_the_log_still_v
             batch_id: format!("batch-{time_ms}"),
             note: String::new(),
             count: 0,
+            agent: String::new(),
         },
         entries: (0..people)
             .map(|p| Entry {

@@ -38,6 +38,7 @@ impl BatchFacts<'_> {
             batch_id: self.batch_id.clone(),
             note: String::new(),
             count: 0,
+            agent: String::new(),
         }
     }
 
