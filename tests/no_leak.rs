@@ -1677,6 +1677,7 @@ async fn rpcs(
         .codes
         .derive(pb::DeriveRequest {
             numbers: numbers.clone(),
+            on_behalf_of: String::new(),
         })
         .await;
     let policy_version = answer.as_ref().unwrap().get_ref().policy_version.clone();
@@ -1704,27 +1705,39 @@ async fn rpcs(
         let mut caller = caller;
         let answer = caller
             .codes
-            .derive(pb::DeriveRequest { numbers: request })
+            .derive(pb::DeriveRequest {
+                numbers: request,
+                on_behalf_of: String::new(),
+            })
             .await;
         seen.answer(name, &answer, allowed);
     }
     // An empty batch; a batch over jps's day quota (5): RESOURCE_EXHAUSTED
     // with RetryInfo.
-    let answer = m.codes.derive(pb::DeriveRequest { numbers: vec![] }).await;
+    let answer = m
+        .codes
+        .derive(pb::DeriveRequest {
+            numbers: vec![],
+            on_behalf_of: String::new(),
+        })
+        .await;
     seen.answer("Derive empty", &answer, own("mhlw"));
     let answer = j
         .codes
         .derive(pb::DeriveRequest {
             numbers: numbers.clone(),
+            on_behalf_of: String::new(),
         })
         .await;
     seen.answer("Derive over quota", &answer, own("jps"));
     let batches = vec![
         pb::DeriveRequest {
             numbers: valid[..5].to_vec(),
+            on_behalf_of: String::new(),
         },
         pb::DeriveRequest {
             numbers: malformed.to_vec(),
+            on_behalf_of: String::new(),
         },
     ];
     let stream = m.codes.derive_stream(tokio_stream::iter(batches)).await;
@@ -1733,6 +1746,7 @@ async fn rpcs(
         .codes
         .derive_stream(tokio_stream::iter(vec![pb::DeriveRequest {
             numbers: vec![],
+            on_behalf_of: String::new(),
         }]))
         .await;
     collect_stream("DeriveStream empty", stream, own("mhlw"), seen).await;
@@ -1744,6 +1758,7 @@ async fn rpcs(
         items: vec!["local-tax".to_owned()],
         non_disclosure_until: 0,
         codes,
+        on_behalf_of: String::new(),
     };
     let mut codes: Vec<String> = mhlw[..8].to_vec();
     codes.push(shinjuku[9].clone());
@@ -1820,6 +1835,7 @@ async fn rpcs(
         .codes
         .redeem(pb::RedeemRequest {
             tokens: redeem_tokens.clone(),
+            on_behalf_of: String::new(),
         })
         .await;
     let serials: Vec<Vec<u8>> = answer
@@ -1839,19 +1855,28 @@ async fn rpcs(
         .codes
         .redeem(pb::RedeemRequest {
             tokens: tokens.clone(),
+            on_behalf_of: String::new(),
         })
         .await;
     seen.answer("Redeem not the addressee", &answer, own("portal"));
-    let answer = s.codes.redeem(pb::RedeemRequest { tokens: vec![] }).await;
+    let answer = s
+        .codes
+        .redeem(pb::RedeemRequest {
+            tokens: vec![],
+            on_behalf_of: String::new(),
+        })
+        .await;
     seen.answer("Redeem empty", &answer, own("city-shinjuku"));
     let stream = s
         .codes
         .redeem_stream(tokio_stream::iter(vec![
             pb::RedeemRequest {
                 tokens: tokens[..2].to_vec(),
+                on_behalf_of: String::new(),
             },
             pb::RedeemRequest {
                 tokens: redeem_tokens[8..].to_vec(),
+                on_behalf_of: String::new(),
             },
         ]))
         .await;

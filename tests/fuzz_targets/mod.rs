@@ -508,6 +508,7 @@ fn service() -> &'static Service {
             .collect();
         let derive = pb::DeriveRequest {
             numbers: numbers.clone(),
+            on_behalf_of: String::new(),
         };
         let codes: Vec<String> = handlers
             .derive(&mhlw, derive.clone())
@@ -525,6 +526,7 @@ fn service() -> &'static Service {
             items: vec!["local-tax".to_owned()],
             non_disclosure_until: 0,
             codes,
+            on_behalf_of: String::new(),
         };
         let tokens: Vec<Vec<u8>> = handlers
             .seal(&mhlw, seal.clone())
@@ -550,7 +552,11 @@ fn service() -> &'static Service {
         let valid = [
             derive.encode_to_vec(),
             seal.encode_to_vec(),
-            pb::RedeemRequest { tokens }.encode_to_vec(),
+            pb::RedeemRequest {
+                tokens,
+                on_behalf_of: String::new(),
+            }
+            .encode_to_vec(),
             pb::ReidentifyRequest {
                 codes: shinjuku_codes,
             }
@@ -794,6 +800,7 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
                     items: items.into_iter().map(str::to_owned).collect(),
                     non_disclosure_until: 0,
                     codes: Vec::new(),
+                    on_behalf_of: String::new(),
                 };
                 seeds.push([&[0x11u8][..], &request.encode_to_vec()].concat());
             }
