@@ -31,3 +31,113 @@ impl Exchange {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+    use crate::agency::Epoch;
+    use crate::code::Coder;
+    use crate::exchange::{BatchError, ItemError, RandomFailed, RandomSource};
+    use crate::keys::{KeyHierarchy, MasterKey};
+    use crate::mynumber::MyNumber;
+    use crate::policy::{Agency, Denied, Merger, PolicyVersion};
+
+    struct NoRandom;
+
+    impl RandomSource for NoRandom {
+        fn fill(&self, _: &mut [u8]) -> Result<(), RandomFailed> {
+            Err(RandomFailed)
+        }
+    }
+
+    fn id(text: &str) -> AgencyId {
+        AgencyId::new(text).unwrap()
+    }
+
+    fn epoch(n: u8) -> Epoch {
+        Epoch::new(n).unwrap()
+    }
+
+    fn agency(name: &str, current: u8, accepted: &[u8]) -> Agency {
+        Agency {
+            id: id(name),
+            name: name.to_owned(),
+            certificates: vec![name.to_owned()],
+            capabilities: BTreeSet::new(),
+            epoch: epoch(current),
+            accepted_epochs: accepted.iter().map(|&e| epoch(e)).collect(),
+            quotas: Default::default(),
+        }
+    }
+
+    /// A code of any epoch the merged agency accepts becomes the
+    /// survivor's code in its current epoch; a retired epoch, another
+    /// agency's code and a survivor the merger does not name are refused.
+    #[test]
+    fn old_codes_of_any_accepted_epoch_become_current_codes_of_the_survivor() {
+        let keys = KeyHierarchy::new(&MasterKey::from_bytes([3; 32]));
+        let policy = Policy::new(
+            PolicyVersion::of_text("migrate"),
+            vec![
+                agency("town", 2, &[1, 2]),
+                agency("city", 3, &[3]),
+                agency("other", 1, &[1]),
+            ],
+            vec![],
+            vec![],
+        )
+        .unwrap()
+        .with_relations(
+            vec![],
+            vec![Merger {
+                merged: id("town"),
+                survivor: id("city"),
+                retired: true,
+            }],
+        )
+        .unwrap();
+        let exchange = Exchange::new(
+            KeyHierarchy::new(&MasterKey::from_bytes([3; 32])),
+            Box::new(NoRandom),
+        );
+        let number = MyNumber::parse(b"123456789018").unwrap();
+        let code = |agency: &str, e: u8| {
+            let coder = Coder::new(&keys, id(agency), epoch(e));
+            coder.code_of(&coder.handle(&number)).to_text().to_vec()
+        };
+        let expected = String::from_utf8(code("city", 3)).unwrap();
+        let (old1, old2, stale, foreign) = (
+            code("town", 1),
+            code("town", 2),
+            code("town", 4),
+            code("other", 1),
+        );
+        let done = exchange
+            .migrate(
+                &policy,
+                &id("city"),
+                &id("town"),
+                &[&old1, &old2, &stale, &foreign],
+            )
+            .unwrap();
+        assert_eq!(done.results[0].as_ref().unwrap(), &expected);
+        assert_eq!(done.results[1].as_ref().unwrap(), &expected);
+        assert!(matches!(
+            done.results[2].as_ref().unwrap_err().error,
+            ItemError::RetiredEpoch(_)
+        ));
+        assert!(matches!(
+            done.results[3].as_ref().unwrap_err().error,
+            ItemError::UnknownCode
+        ));
+        // One person, opened twice: the same link; none for the refusals.
+        assert_eq!(done.people[0], done.people[1]);
+        assert!(done.people[0].is_some() && done.people[2].is_none());
+        assert!(matches!(
+            exchange.migrate(&policy, &id("other"), &id("town"), &[&old1]),
+            Err(BatchError::Denied(Denied::NoMerger { .. }))
+        ));
+    }
+}
