@@ -436,6 +436,18 @@ async fn an_agent_derives_seals_and_redeems_for_the_agencies_it_acts_for() {
             .all(|r| r.agent_name == "社会保険診療報酬支払基金")
     );
     assert!(by_agent.iter().any(|r| r.agency == "insurer-a"));
+
+    // A reload that ends the delegation stops the agent's next batch, on
+    // the connection it already has.
+    let ended = POLICY.replace(
+        "[[delegation]]\nagent = \"shiharai-kikin\"\non_behalf_of = [\"insurer-a\", \"insurer-b\"]\n",
+        "",
+    );
+    assert_ne!(ended, POLICY);
+    std::fs::write(dir.path().join("policy.toml"), ended).unwrap();
+    running.reload_policy().unwrap();
+    let stopped = derive(&mut agent, &people, "insurer-a").await.unwrap_err();
+    assert_eq!(stopped.code(), Code::PermissionDenied);
     running.stop().await.unwrap();
 
     // The store: every record of the agent's calls names both.
@@ -460,6 +472,59 @@ async fn an_agent_derives_seals_and_redeems_for_the_agencies_it_acts_for() {
         }
     }
     assert_eq!(named, 20);
+    drop(store);
+
+    // An export names the agent, and its fields give the header digest
+    // back (version 2 for the agent's records, version 1 for the others).
+    let export = dir.path().join("export.jsonl");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fugo"))
+        .args(["audit", "export", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .arg("--out")
+        .arg(&export)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let mut exported_agents = 0;
+    for line in std::fs::read_to_string(&export).unwrap().lines() {
+        let record: serde_json::Value = serde_json::from_str(line).unwrap();
+        if record["type"] != "record" {
+            continue;
+        }
+        let text = |field: &str| record[field].as_str().unwrap().to_owned();
+        let mut policy_version = [0u8; 32];
+        policy_version.copy_from_slice(&common::hex(&text("policy_version")));
+        let header = fugo_log::record::Header {
+            time_ms: record["time_ms"].as_u64().unwrap(),
+            operation: fugo_log::record::Operation::ALL
+                .into_iter()
+                .find(|op| op.name() == text("operation"))
+                .unwrap(),
+            caller: text("caller"),
+            counterpart: text("counterpart"),
+            affair: text("affair"),
+            items: record["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|item| item.as_str().unwrap().to_owned())
+                .collect(),
+            non_disclosure_until: record["non_disclosure_until"].as_u64().unwrap(),
+            policy_version,
+            batch_id: text("batch_id"),
+            note: text("note"),
+            count: record["count"].as_u64().unwrap(),
+            agent: text("agent"),
+        };
+        assert_eq!(
+            common::to_hex(&fugo_log::record::header_digest(&header)),
+            text("header_digest")
+        );
+        if header.agent == "shiharai-kikin" {
+            exported_agents += 1;
+        }
+    }
+    assert_eq!(exported_agents, 20);
 }
 
 fn migrated(
