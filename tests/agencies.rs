@@ -104,6 +104,13 @@ provider = "insurer-b"
 items = ["benefit"]
 token_lifetime_seconds = 600
 
+[[rule]]
+requester = "insurer-b"
+affair = "health"
+provider = "shiharai-kikin"
+items = ["claims"]
+token_lifetime_seconds = 600
+
 [[delegation]]
 agent = "shiharai-kikin"
 on_behalf_of = ["insurer-a", "insurer-b"]
@@ -525,6 +532,71 @@ async fn an_agent_derives_seals_and_redeems_for_the_agencies_it_acts_for() {
         }
     }
     assert_eq!(exported_agents, 20);
+}
+
+/// An agent that is also the provider of a seal it made on behalf of
+/// another reads that record as counterpart, with its own code, like any
+/// provider: the code it gets by redeeming the tokens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_that_is_the_provider_of_its_seal_reads_it_as_counterpart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (running, ca) = common::start_server(dir.path(), POLICY, [11; 32]).await;
+    let people = numbers(3, 7_000);
+    let mut agent = codes(&running, &ca, "shiharai-kikin").await;
+    let for_b = derive(&mut agent, &people, "insurer-b").await.unwrap();
+    let sealed = agent
+        .seal(SealRequest {
+            provider: "shiharai-kikin".into(),
+            affair: "health".into(),
+            items: vec!["claims".into()],
+            non_disclosure_until: 0,
+            codes: for_b,
+            on_behalf_of: "insurer-b".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let tokens: Vec<Vec<u8>> = sealed
+        .results
+        .into_iter()
+        .map(|r| match r.result {
+            Some(seal_result::Result::Sealed(s)) => s.token,
+            other => panic!("not sealed: {other:?}"),
+        })
+        .collect();
+    let redeemed = agent
+        .redeem(RedeemRequest {
+            tokens,
+            on_behalf_of: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let own: BTreeSet<String> = redeemed
+        .results
+        .into_iter()
+        .map(|r| match r.result {
+            Some(redeem_result::Result::Redeemed(r)) => r.code,
+            other => panic!("not redeemed: {other:?}"),
+        })
+        .collect();
+    let copy = read_copy(&running, &ca, "shiharai-kikin").await;
+    let seals: Vec<&CopyRecord> = copy.iter().filter(|r| r.operation == "seal").collect();
+    assert_eq!(seals.len(), 3);
+    assert!(seals.iter().all(|r| r.role == "counterpart"
+        && r.other_agency == "insurer-b"
+        && r.agent == "shiharai-kikin"));
+    let seen: BTreeSet<String> = seals.iter().map(|r| r.code.clone()).collect();
+    assert_eq!(seen, own);
+    // Its derives for insurer B stay agent records without a code.
+    let derives: Vec<&CopyRecord> = copy.iter().filter(|r| r.operation == "derive").collect();
+    assert_eq!(derives.len(), 3);
+    assert!(
+        derives
+            .iter()
+            .all(|r| r.role == "agent" && r.code.is_empty())
+    );
+    running.stop().await.unwrap();
 }
 
 fn migrated(

@@ -561,7 +561,10 @@ impl AuditService {
         // The reader made this call on behalf of the caller (D214): it
         // sees the call, not a code of its own for the person (an agent
         // acting for many agencies must not link their people).
-        let is_agent = !is_caller && header.agent == reader.as_str();
+        // (An agent that is also the counterpart, e.g. the provider of a
+        // seal it made for another, reads the record as counterpart.)
+        let is_agent =
+            !is_caller && header.counterpart != reader.as_str() && header.agent == reader.as_str();
         let code = record
             .entry
             .person
