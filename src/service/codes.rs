@@ -1328,6 +1328,15 @@ impl Handlers {
         self.answer(caller, request, reidentify)
     }
 
+    /// `Migrate` for `caller`.
+    pub fn migrate(
+        &self,
+        caller: &AgencyId,
+        request: MigrateRequest,
+    ) -> Result<MigrateResponse, Status> {
+        self.answer(caller, request, migrate)
+    }
+
     /// What `run_batch` does between deciding the caller and committing.
     fn answer<Req: Items, Resp>(
         &self,
