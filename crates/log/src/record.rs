@@ -79,11 +79,18 @@ pub enum Operation {
     PolicyLoaded = 8,
     /// A tally of refusals that opened no person (per agency, reason, minute).
     Refusals = 9,
+    /// An administrator acted through the admin plane (caller
+    /// `admin:<identity>`, note: what was done).
+    Admin = 14,
+    /// The log was restored from a backup: the first record of a new log
+    /// origin, whose note says from which checkpoint (see
+    /// [`crate::restore`]).
+    Restored = 15,
 }
 
 impl Operation {
     /// Every operation, in code order.
-    pub const ALL: [Operation; 9] = [
+    pub const ALL: [Operation; 11] = [
         Operation::Derive,
         Operation::Seal,
         Operation::Redeem,
@@ -93,6 +100,8 @@ impl Operation {
         Operation::CopyPage,
         Operation::PolicyLoaded,
         Operation::Refusals,
+        Operation::Admin,
+        Operation::Restored,
     ];
 
     /// The stored code.
@@ -117,6 +126,8 @@ impl Operation {
             Operation::CopyPage => "copy_page",
             Operation::PolicyLoaded => "policy_loaded",
             Operation::Refusals => "refusals",
+            Operation::Admin => "admin",
+            Operation::Restored => "restored",
         }
     }
 }
