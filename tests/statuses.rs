@@ -59,6 +59,7 @@ async fn start(dir: &std::path::Path) -> (Running, DevCa) {
         limits: service::Limits::default(),
         audit: service::AuditConfig::default(),
         metrics: None,
+        admin: None,
     };
     let running = service::start(config, &mut std::io::sink()).await.unwrap();
     (running, ca)

@@ -100,8 +100,7 @@ struct Keys {
 }
 
 impl Keys {
-    fn new(keys: &KeyHierarchy, header_bytes: &[u8], salt: &[u8]) -> Result<Self, BackupError> {
-        let backup_key = keys.backup_key();
+    fn new(backup_key: &[u8; 32], header_bytes: &[u8], salt: &[u8]) -> Result<Self, BackupError> {
         let mut file_key = Zeroizing::new([0u8; 32]);
         Hkdf::<Sha256>::new(Some(salt), backup_key.as_slice())
             .expand(FILE_INFO, file_key.as_mut_slice())
@@ -142,13 +141,13 @@ impl Sealer {
     /// random hex of 32 bytes); returns the sealer and the file's first
     /// bytes (magic, header).
     pub fn start(
-        keys: &KeyHierarchy,
+        backup_key: &[u8; 32],
         header: &BackupHeader,
     ) -> Result<(Self, Vec<u8>), BackupError> {
         let salt = salt_of(header)?;
         let header_bytes =
             serde_json::to_vec(header).map_err(|error| BackupError::Format(error.to_string()))?;
-        let keys = Keys::new(keys, &header_bytes, &salt)?;
+        let keys = Keys::new(backup_key, &header_bytes, &salt)?;
         let mut start = Vec::with_capacity(12 + header_bytes.len());
         start.extend_from_slice(MAGIC);
         start.extend_from_slice(&(header_bytes.len() as u32).to_be_bytes());
@@ -260,7 +259,7 @@ impl Opener {
         }
         let salt = salt_of(header)?;
         Ok(Opener {
-            keys: Keys::new(keys, header_bytes, &salt)?,
+            keys: Keys::new(&keys.backup_key(), header_bytes, &salt)?,
             index: 0,
             done: false,
         })
@@ -331,7 +330,7 @@ mod tests {
     }
 
     fn seal(keys: &KeyHierarchy, parts: &[&[u8]]) -> Vec<u8> {
-        let (mut sealer, mut file) = Sealer::start(keys, &header(keys)).unwrap();
+        let (mut sealer, mut file) = Sealer::start(&keys.backup_key(), &header(keys)).unwrap();
         for (index, part) in parts.iter().enumerate() {
             file.extend(sealer.chunk(part, index + 1 == parts.len()).unwrap());
         }

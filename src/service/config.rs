@@ -77,7 +77,38 @@ struct RawConfig {
     #[serde(default)]
     audit: RawAudit,
     metrics: Option<RawMetrics>,
+    admin: Option<RawAdmin>,
 }
+
+/// The `[admin]` section: present means on (D230).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    listen: String,
+    ca: Option<PathBuf>,
+    #[serde(default)]
+    identities: Vec<String>,
+}
+
+/// The admin listener (`[admin]`): its own address, its own client CA and
+/// the identities (certificate Common Names) that are admins.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminConfig {
+    /// Where the `fugo.v1.Admin` service listens.
+    pub listen: SocketAddr,
+    /// The CA that signs admin client certificates (never the agencies').
+    pub ca: PathBuf,
+    /// The admins: Common Names of admin client certificates.
+    pub identities: Vec<String>,
+}
+
+/// The identity dev mode makes an admin certificate for.
+pub const DEV_ADMIN: &str = "admin";
+
+/// `[admin]` outside dev mode without its CA or admins.
+const ADMIN_NEEDS: &str = "[admin] needs its own CA and its admins outside dev mode:\n\
+[admin]\nlisten = \"127.0.0.1:7444\"\nca = \"/etc/fugo/admin-ca.pem\"\n\
+identities = [\"ops-tanaka\"]\n(the admin CA must not be the CA of the agencies' certificates)";
 
 /// The `[metrics]` section: present means on (D127).
 #[derive(Deserialize)]
@@ -273,6 +304,8 @@ pub struct ServeConfig {
     /// Where `/metrics` is served (plain HTTP), if anywhere (`[metrics]`;
     /// off when the section is missing).
     pub metrics: Option<SocketAddr>,
+    /// The admin listener (`[admin]`; off when the section is missing).
+    pub admin: Option<AdminConfig>,
 }
 
 impl ServeConfig {
@@ -355,7 +388,45 @@ impl ServeConfig {
                 (files.ca, files.server_cert, files.server_key, Vec::new())
             }
         };
+        let admin = match raw.admin {
+            None => None,
+            Some(section) => {
+                let at = section.listen.parse().map_err(|_| {
+                    invalid(format!(
+                        "[admin] listen: '{}' is not an address like 127.0.0.1:7444",
+                        section.listen
+                    ))
+                })?;
+                let (ca, identities) = match (section.ca, raw.dev_mode) {
+                    (Some(ca), _) if !section.identities.is_empty() => {
+                        (resolve(&ca), section.identities)
+                    }
+                    (None, true) => (
+                        data_dir.join("certs").join("admin").join("ca.pem"),
+                        if section.identities.is_empty() {
+                            vec![DEV_ADMIN.to_owned()]
+                        } else {
+                            section.identities
+                        },
+                    ),
+                    _ => return Err(invalid(ADMIN_NEEDS.to_owned())),
+                };
+                if ca == client_ca {
+                    return Err(invalid(format!(
+                        "[admin] ca is the agencies' CA ({}): admin certificates need a CA of \
+                         their own, or any agency could be made an admin",
+                        ca.display()
+                    )));
+                }
+                Some(AdminConfig {
+                    listen: at,
+                    ca,
+                    identities,
+                })
+            }
+        };
         Ok(ServeConfig {
+            admin,
             listen,
             policy: resolve(&raw.policy),
             master_key,

@@ -369,6 +369,9 @@ pub struct Running {
     pub addr: SocketAddr,
     /// Where `/metrics` is served, if `[metrics]` is configured.
     pub metrics_addr: Option<SocketAddr>,
+    /// Where the Admin service listens, if `[admin]` is configured.
+    pub admin_addr: Option<SocketAddr>,
+    admin: Option<AdminTask>,
     metrics_task: Option<JoinHandle<()>>,
     state: Arc<OnceLock<Arc<State>>>,
     policy_path: PathBuf,
@@ -425,6 +428,13 @@ impl Running {
             task.abort();
             let _ = std::fs::remove_file(path);
         }
+        if let Some(admin) = self.admin {
+            let _ = admin.stop.send(());
+            let mut task = admin.task;
+            if tokio::time::timeout(self.grace, &mut task).await.is_err() {
+                task.abort();
+            }
+        }
         let _ = self.stop.send(());
         let mut task = self.task;
         match tokio::time::timeout(self.grace, &mut task).await {
@@ -459,7 +469,10 @@ impl Reloader {
     }
 }
 
-fn reload(state: &OnceLock<Arc<State>>, path: &Path) -> Result<PolicyVersion, ServeError> {
+pub(crate) fn reload(
+    state: &OnceLock<Arc<State>>,
+    path: &Path,
+) -> Result<PolicyVersion, ServeError> {
     let Some(state) = state.get() else {
         tracing::warn!("sealed: the policy file is read when the server unseals");
         return Err(ServeError::Sealed);
@@ -532,6 +545,8 @@ struct Opening {
     audit: Arc<OnceLock<AuditStack>>,
     state: Arc<OnceLock<Arc<State>>>,
     open: Arc<OnceLock<()>>,
+    /// The backup key, for the Admin service.
+    backup_key: Arc<OnceLock<super::admin::BackupKey>>,
 }
 
 impl Opening {
@@ -553,6 +568,10 @@ impl Opening {
         } else {
             Recorder::discarding_for_benchmarks(&log_signer(config.audit.origin.as_deref(), &keys)?)
         };
+        let _ = self.backup_key.set(super::admin::BackupKey {
+            key: keys.backup_key(),
+            fingerprint: keys.fingerprint().to_string(),
+        });
         let state = Arc::new(State {
             exchange: Exchange::new(keys, Box::new(SystemRandomness::new())),
             policy: RwLock::new(Arc::new(policy)),
@@ -707,6 +726,7 @@ async fn start_with(
         audit: Arc::new(OnceLock::new()),
         state: Arc::new(OnceLock::new()),
         open: Arc::new(OnceLock::new()),
+        backup_key: Arc::new(OnceLock::new()),
     });
     let mut unseal = None;
     match (keys, &progress) {
@@ -801,6 +821,10 @@ async fn start_with(
             ))
         }
     };
+    let admin = match &config.admin {
+        None => None,
+        Some(admin) => Some(start_admin(admin, &config, &tls, &opening).await?),
+    };
     let incoming = edge::incoming(listener, tls.acceptor.clone(), limits);
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
@@ -825,6 +849,8 @@ async fn start_with(
     Ok(Running {
         addr,
         metrics_addr,
+        admin_addr: admin.as_ref().map(|admin| admin.addr),
+        admin,
         metrics_task,
         state: Arc::clone(&opening.state),
         policy_path: config.policy,
@@ -834,4 +860,64 @@ async fn start_with(
         task,
         unseal,
     })
+}
+
+/// The admin listener's task.
+struct AdminTask {
+    addr: SocketAddr,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+/// Binds `[admin] listen` and serves the Admin service there: the server's
+/// own certificate, client certificates of the admin CA only (in dev mode,
+/// a demo admin CA and certificates in `data_dir/certs/admin` are written
+/// if the CA is missing).
+async fn start_admin(
+    admin: &super::config::AdminConfig,
+    config: &ServeConfig,
+    tls: &TlsSetup,
+    opening: &Opening,
+) -> Result<AdminTask, ServeError> {
+    use crate::proto::fugo::v1::admin_server::AdminServer;
+    if config.dev_mode && !admin.ca.exists() {
+        let dir = admin.ca.parent().unwrap_or(Path::new("."));
+        tracing::warn!(dir = %dir.display(), "DEV MODE: writing demo admin certificates");
+        certs::write_dev_certs(dir, &admin.identities)?;
+    }
+    let ca = read_tls(&admin.ca, files::MAX_CERTIFICATES)?;
+    let acceptor = edge::tls_acceptor(
+        (&admin.ca, &ca.bytes),
+        (&tls.server_cert, &tls.material.server_cert),
+        (&tls.server_key, tls.material.server_key.as_slice()),
+    )
+    .map_err(ServeError::Tls)?;
+    let listener = TcpListener::bind(admin.listen)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: admin.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| ServeError::Bind {
+        addr: admin.listen,
+        source,
+    })?;
+    let service = super::admin::AdminService::new(
+        Arc::clone(&opening.state),
+        Arc::clone(&opening.backup_key),
+        config.policy.clone(),
+        config.data_dir.clone(),
+    );
+    let service = InterceptedService::new(
+        AdminServer::new(service).max_decoding_message_size(config.limits.max_message_bytes),
+        super::admin::AdminAdmit::new(&admin.identities),
+    );
+    let router = edge::server(&config.limits).add_service(service);
+    let incoming = edge::incoming(listener, acceptor, &config.limits);
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
+        let _ = stopped.await;
+    }));
+    tracing::info!(%addr, admins = admin.identities.len(), "admin service listening");
+    Ok(AdminTask { addr, stop, task })
 }
