@@ -1,0 +1,470 @@
+//! The admin plane against the real server: a listener of its own for
+//! admin certificates only, every admin call audited, and backup → more
+//! traffic → restore → verify, with the restore record checked.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)] // test code
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use fugo::certs::DevCa;
+use fugo::proto::fugo::v1::admin_client::AdminClient;
+use fugo::proto::fugo::v1::codes_client::CodesClient;
+use fugo::proto::fugo::v1::{DeriveRequest, GetStatusRequest, ReloadPolicyRequest};
+use fugo::service::{self, AdminConfig, Running, ServeConfig};
+use fugo_log::record::{Operation, Outcome};
+use fugo_log::store::{RedbStore, Store, StoredRecord};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+const POLICY: &str = r#"
+[[agency]]
+id = "mhlw"
+name = "MHLW health insurance"
+certificates = ["mhlw"]
+capabilities = ["derive"]
+epoch = 1
+"#;
+
+const MASTER: [u8; 32] = [5; 32];
+
+struct Setup {
+    dir: tempfile::TempDir,
+    config: ServeConfig,
+    ca: DevCa,
+}
+
+/// A production configuration with `[admin]`: its own CA, admin "ops".
+fn setup() -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut config, ca) = common::server_config(dir.path(), POLICY, MASTER);
+    let admin_ca = DevCa::new("admin CA").unwrap();
+    fs::write(dir.path().join("admin-ca.pem"), admin_ca.cert_pem()).unwrap();
+    for (name, identity) in [("ops", "ops"), ("intruder", "intruder")] {
+        let pem = admin_ca.client(identity).unwrap();
+        fs::write(dir.path().join(format!("{name}.pem")), &pem.cert).unwrap();
+        fs::write(dir.path().join(format!("{name}.key")), &pem.key).unwrap();
+    }
+    let agency = ca.client("mhlw").unwrap();
+    fs::write(dir.path().join("mhlw.pem"), &agency.cert).unwrap();
+    fs::write(dir.path().join("mhlw.key"), &agency.key).unwrap();
+    config.admin = Some(AdminConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ca: dir.path().join("admin-ca.pem"),
+        identities: vec!["ops".to_owned()],
+    });
+    // The same configuration as a file, for the CLI's restore.
+    let toml = format!(
+        "listen = \"127.0.0.1:0\"\ndata_dir = \"data\"\npolicy = \"policy.toml\"\n\
+         master_key = \"master.key\"\nmaster_key_fingerprint = \"{}\"\n\
+         [tls]\nca = \"ca.pem\"\ncert = \"server.pem\"\nkey = \"server.key\"\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\nca = \"admin-ca.pem\"\nidentities = [\"ops\"]\n",
+        config.fingerprint
+    );
+    fs::write(dir.path().join("fugo.toml"), toml).unwrap();
+    Setup {
+        dir,
+        config,
+        ca,
+    }
+}
+
+async fn start(config: &ServeConfig) -> Running {
+    service::start(config.clone(), &mut std::io::sink())
+        .await
+        .unwrap()
+}
+
+async fn channel(
+    addr: std::net::SocketAddr,
+    ca: &DevCa,
+    cert: &str,
+    key: &str,
+) -> Result<Channel, tonic::transport::Error> {
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca.cert_pem()))
+        .domain_name("localhost")
+        .identity(Identity::from_pem(cert, key));
+    Endpoint::from_shared(format!("https://{addr}"))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+}
+
+fn file(dir: &Path, name: &str) -> String {
+    fs::read_to_string(dir.join(name)).unwrap()
+}
+
+async fn admin(setup: &Setup, running: &Running, who: &str) -> AdminClient<Channel> {
+    let dir = setup.dir.path();
+    let channel = channel(
+        running.admin_addr.unwrap(),
+        &setup.ca,
+        &file(dir, &format!("{who}.pem")),
+        &file(dir, &format!("{who}.key")),
+    )
+    .await
+    .unwrap();
+    AdminClient::new(channel)
+}
+
+async fn derive_some(setup: &Setup, running: &Running, seed: u64) {
+    let dir = setup.dir.path();
+    let channel = channel(
+        running.addr,
+        &setup.ca,
+        &file(dir, "mhlw.pem"),
+        &file(dir, "mhlw.key"),
+    )
+    .await
+    .unwrap();
+    let numbers = (0..5).map(|i| common::valid_number(seed + i * 7)).collect();
+    CodesClient::new(channel)
+        .derive(DeriveRequest { numbers })
+        .await
+        .unwrap();
+}
+
+fn fugo(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_fugo"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Opens the store once the stopped server has let it go.
+fn open_store(data: &Path) -> RedbStore {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match RedbStore::open(data.join(fugo::audit::STORE_FILE)) {
+            Ok(store) => return store,
+            Err(error) if Instant::now() > deadline => panic!("{error}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+fn admin_args<'a>(dir: &'a Path, running: &Running, rest: &[&'a str]) -> Vec<String> {
+    let mut args: Vec<String> = rest.iter().map(|s| (*s).to_owned()).collect();
+    args.extend([
+        "--server".to_owned(),
+        format!("https://{}", running.admin_addr.unwrap()),
+        "--server-name".to_owned(),
+        "localhost".to_owned(),
+        "--ca".to_owned(),
+        dir.join("ca.pem").display().to_string(),
+        "--cert".to_owned(),
+        dir.join("ops.pem").display().to_string(),
+        "--key".to_owned(),
+        dir.join("ops.key").display().to_string(),
+    ]);
+    args
+}
+
+fn run_fugo(args: Vec<String>) -> Output {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    fugo(&args)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_then_traffic_then_restore_keeps_the_log_honest() {
+    let setup = setup();
+    let dir = setup.dir.path().to_path_buf();
+    let data = setup.config.data_dir.clone();
+    let running = start(&setup.config).await;
+    derive_some(&setup, &running, 1_000).await;
+    let status = admin(&setup, &running, "ops")
+        .await
+        .get_status(GetStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let first_origin = status.origin.clone();
+
+    // The backup, by the CLI, while the server serves.
+    let out = dir.join("backup");
+    let args = admin_args(
+        &dir,
+        &running,
+        &["admin", "backup", "--out", out.to_str().unwrap()],
+    );
+    let backup = tokio::task::spawn_blocking(move || run_fugo(args))
+        .await
+        .unwrap();
+    assert!(backup.status.success(), "{}", text(&backup.stderr));
+    let said = text(&backup.stdout);
+    let n: u64 = said
+        .strip_prefix("backup of checkpoint ")
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{said}"));
+    assert!(n >= 6, "a policy record and five derives at least: {said}");
+    let raw = fs::read(out.join("fugo.backup")).unwrap();
+    assert!(raw.starts_with(b"FUGOBAK1"));
+    // Encrypted: the store's own bytes do not appear in it.
+    assert!(
+        !raw.windows(7).any(|window| window == b"mhlw\0\0\0") && !text(&raw).contains("derive"),
+        "the store travels encrypted"
+    );
+
+    // More traffic after the backup; then the server stops (signing it all).
+    derive_some(&setup, &running, 2_000).await;
+    derive_some(&setup, &running, 3_000).await;
+    running.stop().await.unwrap();
+    let (later_size, later_note, early_note) = {
+        let mut store = open_store(&data);
+        let (size, note) = store.latest_checkpoint().unwrap().unwrap();
+        (size, note, store.checkpoint(n).unwrap().unwrap())
+    };
+    assert!(later_size > n);
+    fs::write(dir.join("later.cp"), &later_note).unwrap();
+    fs::write(dir.join("early.cp"), &early_note).unwrap();
+
+    // Restore over the store that is there: refused without --force.
+    let config = dir.join("fugo.toml");
+    let from = out.to_str().unwrap();
+    let restore = [
+        "admin",
+        "restore",
+        "--config",
+        config.to_str().unwrap(),
+        "--from",
+        from,
+        "--admin",
+        "ops",
+    ];
+    let refused = fugo(&restore);
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused.stderr).contains("already holds an audit store"),
+        "{}",
+        text(&refused.stderr)
+    );
+    let mut forced = restore.to_vec();
+    forced.push("--force");
+    let restored = fugo(&forced);
+    assert!(restored.status.success(), "{}", text(&restored.stderr));
+    let said = text(&restored.stdout);
+    assert!(
+        said.contains(&format!(
+            "restored from checkpoint {n} of {first_origin}; records after {n} lost"
+        )),
+        "{said}"
+    );
+    let new_key = said.lines().last().unwrap().trim().to_owned();
+    assert!(
+        new_key.starts_with(&format!("{first_origin}/restored-{n}-")),
+        "{new_key}"
+    );
+    // The store that was there is kept, not deleted.
+    assert!(fs::read_dir(&data).unwrap().any(|entry| {
+        entry
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .starts_with("audit.redb.before-restore-")
+    }));
+
+    // Record N is the restore, naming the admin; the admin's earlier
+    // status call is on record too; nothing after N survived.
+    {
+        let mut store = open_store(&data);
+        assert_eq!(store.size(), n + 1);
+        let restore_record = store.record(n).unwrap().unwrap();
+        assert_eq!(restore_record.header.operation, Operation::Restored);
+        assert_eq!(restore_record.header.caller, "admin:ops");
+        assert_eq!(
+            restore_record.header.note,
+            format!("restored from checkpoint {n} of {first_origin}; records after {n} lost")
+        );
+        let records = store.records(0, 1000).unwrap();
+        assert!(records.iter().any(|record| matches!(record,
+            StoredRecord::Body(record) if record.header.operation == Operation::Admin
+                && record.header.caller == "admin:ops"
+                && record.header.note == "get_status"
+                && record.entry.outcome == Outcome::Done)));
+    }
+
+    // Verify: intact under the new key; the backup's checkpoint still fits;
+    // a checkpoint of the lost records is named as lost by the restore.
+    let data_arg = data.to_str().unwrap();
+    let ok = fugo(&[
+        "audit",
+        "verify",
+        "--data-dir",
+        data_arg,
+        "--pubkey",
+        &new_key,
+        "--checkpoint",
+        dir.join("early.cp").to_str().unwrap(),
+    ]);
+    assert!(
+        ok.status.success(),
+        "{}{}",
+        text(&ok.stdout),
+        text(&ok.stderr)
+    );
+    let lost = fugo(&[
+        "audit",
+        "verify",
+        "--data-dir",
+        data_arg,
+        "--pubkey",
+        &new_key,
+        "--checkpoint",
+        dir.join("later.cp").to_str().unwrap(),
+    ]);
+    assert!(!lost.status.success());
+    let message = text(&lost.stderr);
+    assert!(
+        message.contains(&format!("before the log was restored from checkpoint {n}"))
+            && message.contains(&format!("records after {n}"))
+            && message.contains(&format!("signed at size {later_size}")),
+        "{message}"
+    );
+
+    // The server continues under the new origin; the log verifies after.
+    let running = start(&setup.config).await;
+    derive_some(&setup, &running, 4_000).await;
+    let status = admin(&setup, &running, "ops")
+        .await
+        .get_status(GetStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        new_key.starts_with(&format!("{}+", status.origin)),
+        "{} / {new_key}",
+        status.origin
+    );
+    assert!(status.log_size > n + 1);
+    running.stop().await.unwrap();
+    drop(open_store(&data));
+    let again = fugo(&[
+        "audit",
+        "verify",
+        "--data-dir",
+        data_arg,
+        "--pubkey",
+        &new_key,
+        "--checkpoint",
+        dir.join("early.cp").to_str().unwrap(),
+    ]);
+    assert!(again.status.success(), "{}", text(&again.stderr));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_listener_takes_only_listed_admin_certificates() {
+    let setup = setup();
+    let dir = setup.dir.path();
+    let running = start(&setup.config).await;
+    let admin_addr = running.admin_addr.unwrap();
+    assert_ne!(admin_addr, running.addr);
+
+    // An agency certificate (the agencies' CA) on the admin listener:
+    // refused at the handshake, or by the first call.
+    let agency = channel(
+        admin_addr,
+        &setup.ca,
+        &file(dir, "mhlw.pem"),
+        &file(dir, "mhlw.key"),
+    )
+    .await;
+    if let Ok(channel) = agency {
+        let error = AdminClient::new(channel)
+            .get_status(GetStatusRequest {})
+            .await
+            .unwrap_err();
+        assert_ne!(error.code(), tonic::Code::Ok);
+    }
+    // An admin certificate on the agencies' listener: refused likewise.
+    let ops = channel(
+        running.addr,
+        &setup.ca,
+        &file(dir, "ops.pem"),
+        &file(dir, "ops.key"),
+    )
+    .await;
+    if let Ok(channel) = ops {
+        let error = CodesClient::new(channel)
+            .derive(DeriveRequest {
+                numbers: vec![common::valid_number(1)],
+            })
+            .await
+            .unwrap_err();
+        assert_ne!(error.code(), tonic::Code::Ok);
+    }
+    // The admin CA's certificate of someone not listed: PERMISSION_DENIED.
+    let error = admin(&setup, &running, "intruder")
+        .await
+        .get_status(GetStatusRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), tonic::Code::PermissionDenied, "{error:?}");
+    assert!(error.message().contains("'intruder' is not an admin"));
+
+    // A reload of a broken policy: FAILED_PRECONDITION, the old one stays,
+    // and the attempt is on record under the admin's name.
+    let mut ops = admin(&setup, &running, "ops").await;
+    let before = ops
+        .get_status(GetStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    fs::write(dir.join("policy.toml"), "[[agency]]\nid = \n").unwrap();
+    let error = ops.reload_policy(ReloadPolicyRequest {}).await.unwrap_err();
+    assert_eq!(error.code(), tonic::Code::FailedPrecondition, "{error:?}");
+    let after = ops
+        .get_status(GetStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(before.policy_version, after.policy_version);
+    fs::write(dir.join("policy.toml"), format!("{POLICY}\n# edited\n")).unwrap();
+    let reloaded = ops
+        .reload_policy(ReloadPolicyRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_ne!(reloaded.policy_version, before.policy_version);
+    drop(ops);
+    running.stop().await.unwrap();
+
+    let mut store = open_store(&setup.config.data_dir);
+    let admin_records: Vec<(String, Outcome)> = store
+        .records(0, 1000)
+        .unwrap()
+        .into_iter()
+        .filter_map(|record| match record {
+            StoredRecord::Body(record) if record.header.operation == Operation::Admin => {
+                assert_eq!(record.header.caller, "admin:ops");
+                Some((record.header.note.to_string(), record.entry.outcome))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        admin_records,
+        vec![
+            ("get_status".to_owned(), Outcome::Done),
+            (
+                "reload_policy: refused, the policy in force stays".to_owned(),
+                Outcome::Refused
+            ),
+            ("get_status".to_owned(), Outcome::Done),
+            (
+                format!("reload_policy: policy {} in force", reloaded.policy_version),
+                Outcome::Done
+            ),
+        ]
+    );
+}
