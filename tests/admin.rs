@@ -64,11 +64,7 @@ fn setup() -> Setup {
         config.fingerprint
     );
     fs::write(dir.path().join("fugo.toml"), toml).unwrap();
-    Setup {
-        dir,
-        config,
-        ca,
-    }
+    Setup { dir, config, ca }
 }
 
 async fn start(config: &ServeConfig) -> Running {

@@ -176,7 +176,18 @@ pub fn restore(request: &RestoreRequest<'_>) -> Result<Restored, RestoreError> {
         }
     }
 
-    // Decrypt beside it.
+    // Decrypt beside it (a data directory not there yet is made, 0700,
+    // as the server makes it).
+    let mut folder = fs::DirBuilder::new();
+    folder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        folder.mode(0o700);
+    }
+    folder
+        .create(request.data_dir)
+        .map_err(io("cannot create the data directory", request.data_dir))?;
     let restoring = request.data_dir.join(format!("{STORE_FILE}.restoring"));
     let _ = fs::remove_file(&restoring);
     let result = decrypt_and_seal(request, &header, &mut opener, &mut reader, &restoring);
