@@ -420,14 +420,15 @@ fn restored_origin(store: &mut RedbStore, signer: LogSigner) -> Result<LogSigner
         .name()
         .strip_prefix(base)
         .is_some_and(|rest| rest.starts_with("/restored-"));
-    if restored && kept.same_key(&configured) {
-        if let Ok(renamed) = signer.renamed(kept.name()) {
-            tracing::info!(
-                origin = kept.name(),
-                "the audit log continues under its restored origin"
-            );
-            return Ok(renamed);
-        }
+    if restored
+        && kept.same_key(&configured)
+        && let Ok(renamed) = signer.renamed(kept.name())
+    {
+        tracing::info!(
+            origin = kept.name(),
+            "the audit log continues under its restored origin"
+        );
+        return Ok(renamed);
     }
     Ok(signer)
 }
