@@ -11,10 +11,12 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use fugo::certs::DevCa;
+use fugo::client::{ClientError, Witnessed};
 use fugo::proto::fugo::v1::admin_client::AdminClient;
 use fugo::proto::fugo::v1::codes_client::CodesClient;
 use fugo::proto::fugo::v1::{DeriveRequest, GetStatusRequest, ReloadPolicyRequest};
 use fugo::service::{self, AdminConfig, Running, ServeConfig};
+use fugo::witness::WitnessError;
 use fugo_log::record::{Operation, Outcome};
 use fugo_log::store::{RedbStore, Store, StoredRecord};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
@@ -109,6 +111,27 @@ async fn admin(setup: &Setup, running: &Running, who: &str) -> AdminClient<Chann
     AdminClient::new(channel)
 }
 
+async fn agency_channel(setup: &Setup, running: &Running) -> Channel {
+    let dir = setup.dir.path();
+    channel(
+        running.addr,
+        &setup.ca,
+        &file(dir, "mhlw.pem"),
+        &file(dir, "mhlw.key"),
+    )
+    .await
+    .unwrap()
+}
+
+/// What an agency's client keeps: the newest checkpoint it has seen.
+fn kept_size(path: &Path) -> u64 {
+    fugo::witness::Kept::load(path)
+        .unwrap()
+        .unwrap()
+        .checkpoint
+        .size
+}
+
 async fn derive_some(setup: &Setup, running: &Running, seed: u64) {
     let dir = setup.dir.path();
     let channel = channel(
@@ -185,6 +208,12 @@ async fn backup_then_traffic_then_restore_keeps_the_log_honest() {
         .unwrap()
         .into_inner();
     let first_origin = status.origin.clone();
+    // An agency's client keeps the checkpoint it saw before the backup.
+    let early_kept = dir.join("early.kept");
+    let first = fugo::client::witness(&agency_channel(&setup, &running).await, &early_kept)
+        .await
+        .unwrap();
+    assert!(matches!(first, Witnessed::FirstUse(_)), "{first:?}");
 
     // The backup, by the CLI, while the server serves.
     let out = dir.join("backup");
@@ -215,6 +244,24 @@ async fn backup_then_traffic_then_restore_keeps_the_log_honest() {
     // More traffic after the backup; then the server stops (signing it all).
     derive_some(&setup, &running, 2_000).await;
     derive_some(&setup, &running, 3_000).await;
+    // Another client keeps a checkpoint beyond the backup's.
+    let late_kept = dir.join("late.kept");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        fugo::client::witness(&agency_channel(&setup, &running).await, &late_kept)
+            .await
+            .unwrap();
+        if kept_size(&late_kept) > n {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no checkpoint beyond the backup was signed"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let late_size = kept_size(&late_kept);
+    assert!(kept_size(&early_kept) <= n);
     running.stop().await.unwrap();
     let (later_size, later_note, early_note) = {
         let mut store = open_store(&data);
@@ -343,6 +390,33 @@ async fn backup_then_traffic_then_restore_keeps_the_log_honest() {
         status.origin
     );
     assert!(status.log_size > n + 1);
+    // The clients see exactly what happened: the one that saw only what
+    // the backup holds goes on under the new origin (a consistency proof
+    // from its checkpoint still holds); the one that saw later records is
+    // told they were lost, and stops.
+    let early = fugo::client::witness(&agency_channel(&setup, &running).await, &early_kept)
+        .await
+        .unwrap();
+    assert!(
+        matches!(early, Witnessed::Restored { restored, .. } if restored == n),
+        "{early:?}"
+    );
+    let late = fugo::client::witness(&agency_channel(&setup, &running).await, &late_kept)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            &late,
+            ClientError::Witness(WitnessError::Restored { restored, kept, .. })
+                if *restored == n && *kept == late_size
+        ),
+        "{late}"
+    );
+    assert!(
+        late.to_string()
+            .contains(&format!("restored from checkpoint {n}")),
+        "{late}"
+    );
     running.stop().await.unwrap();
     drop(open_store(&data));
     let again = fugo(&[
