@@ -600,4 +600,115 @@ mod tests {
         let report = verify(&mut store, &signer.verifier(), &[]).unwrap();
         assert_eq!((report.size, report.purged), (700, 700));
     }
+
+    fn sign_as(store: &mut RedbStore, signer: &LogSigner) -> String {
+        let note = signer
+            .sign(&Checkpoint {
+                origin: signer.verifier().name().into(),
+                size: store.size(),
+                root: store.root(),
+            })
+            .unwrap();
+        store.add_checkpoint(store.size(), &note).unwrap();
+        note
+    }
+
+    fn restored_record(store: &mut RedbStore, note: &str) {
+        let group = Group {
+            header: Header {
+                time_ms: 2_000,
+                operation: Operation::Restored,
+                caller: "admin:ops".into(),
+                counterpart: String::new(),
+                affair: String::new(),
+                items: Vec::new(),
+                non_disclosure_until: 0,
+                policy_version: [0; 32],
+                batch_id: String::new(),
+                note: note.into(),
+                count: 0,
+            },
+            entries: vec![Entry {
+                outcome: Outcome::Done,
+                epoch: 0,
+                serial: None,
+                person: None,
+            }],
+        };
+        store
+            .append(Append {
+                groups: vec![group],
+                now_ms: 0,
+                ..Append::default()
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn a_restored_log_verifies_under_its_origins_and_names_what_was_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = LogSigner::from_seed(NAME, &[3; 32]).unwrap();
+        let new = old
+            .renamed(&format!("{NAME}/restored-10-1700000000"))
+            .unwrap();
+        // The log that went on after the backup (to 20), as a client saw it.
+        let mut lost = RedbStore::open(dir.path().join("lost.redb")).unwrap();
+        append(&mut lost, 0..10);
+        let at_ten = sign_as(&mut lost, &old);
+        append(&mut lost, 10..20);
+        let at_twenty = sign_as(&mut lost, &old);
+        // The restored log: 0..10, then the Restored record, under the new origin.
+        let mut store = RedbStore::open(dir.path().join("restored.redb")).unwrap();
+        append(&mut store, 0..10);
+        sign_as(&mut store, &old);
+        restored_record(
+            &mut store,
+            &format!("restored from checkpoint 10 of {NAME}; records after 10 lost"),
+        );
+        sign_as(&mut store, &new);
+        append(&mut store, 30..35);
+        sign_as(&mut store, &new);
+        let anchor = |name: &str, note: &str| Anchor {
+            name: name.into(),
+            note: note.into(),
+        };
+        let report = verify(&mut store, &new.verifier(), &[anchor("ten", &at_ten)]).unwrap();
+        assert_eq!(report.restores.len(), 1);
+        assert_eq!((report.size, report.checkpoints), (16, 3));
+        // The client that saw 20 records is told ten of them were lost.
+        let problem =
+            verify(&mut store, &new.verifier(), &[anchor("twenty", &at_twenty)]).unwrap_err();
+        let text = problem.to_string();
+        assert!(
+            text.contains("before the log was restored from checkpoint 10")
+                && text.contains("signed at size 20"),
+            "{text}"
+        );
+        // The old origin may not sign past the restore, nor the new one before it.
+        let mut forged = RedbStore::open(dir.path().join("forged.redb")).unwrap();
+        append(&mut forged, 0..10);
+        sign_as(&mut forged, &old);
+        restored_record(
+            &mut forged,
+            &format!("restored from checkpoint 10 of {NAME}; records after 10 lost"),
+        );
+        sign_as(&mut forged, &old);
+        let problem = verify(&mut forged, &new.verifier(), &[]).unwrap_err();
+        assert!(
+            matches!(&problem, Problem::Checkpoint { size: 11, what } if what.contains("belongs to origin")),
+            "{problem}"
+        );
+        // A Restored record that is not right after its checkpoint.
+        let mut misplaced = RedbStore::open(dir.path().join("misplaced.redb")).unwrap();
+        append(&mut misplaced, 0..10);
+        restored_record(
+            &mut misplaced,
+            &format!("restored from checkpoint 9 of {NAME}; records after 9 lost"),
+        );
+        let problem = verify(&mut misplaced, &new.verifier(), &[]).unwrap_err();
+        assert!(
+            matches!(problem, Problem::Record { seq: 10, .. }),
+            "{problem}"
+        );
+    }
 }
