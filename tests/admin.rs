@@ -241,6 +241,25 @@ async fn backup_then_traffic_then_restore_keeps_the_log_honest() {
         "the store travels encrypted"
     );
 
+    // Restore refuses while the server holds the store, even with --force.
+    let live = fugo(&[
+        "admin",
+        "restore",
+        "--config",
+        dir.join("fugo.toml").to_str().unwrap(),
+        "--from",
+        out.to_str().unwrap(),
+        "--admin",
+        "ops",
+        "--force",
+    ]);
+    assert!(!live.status.success());
+    assert!(
+        text(&live.stderr).contains("is in use (a running server?)"),
+        "{}",
+        text(&live.stderr)
+    );
+
     // More traffic after the backup; then the server stops (signing it all).
     derive_some(&setup, &running, 2_000).await;
     derive_some(&setup, &running, 3_000).await;
@@ -271,6 +290,37 @@ async fn backup_then_traffic_then_restore_keeps_the_log_honest() {
     assert!(later_size > n);
     fs::write(dir.join("later.cp"), &later_note).unwrap();
     fs::write(dir.join("early.cp"), &early_note).unwrap();
+
+    // A damaged backup is refused and leaves the store as it was.
+    let damaged = dir.join("damaged");
+    fs::create_dir_all(&damaged).unwrap();
+    let mut bytes = raw.clone();
+    let last = bytes.len() - 3;
+    bytes[last] ^= 0x20;
+    fs::write(damaged.join("fugo.backup"), &bytes).unwrap();
+    let refused = fugo(&[
+        "admin",
+        "restore",
+        "--config",
+        dir.join("fugo.toml").to_str().unwrap(),
+        "--from",
+        damaged.to_str().unwrap(),
+        "--admin",
+        "ops",
+        "--force",
+    ]);
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused.stderr).contains("damaged or was changed"),
+        "{}",
+        text(&refused.stderr)
+    );
+    assert_eq!(
+        open_store(&data).size(),
+        later_size,
+        "the store is untouched"
+    );
+    assert!(!data.join("audit.redb.restoring").exists());
 
     // Restore over the store that is there: refused without --force.
     let config = dir.join("fugo.toml");
