@@ -588,3 +588,57 @@ async fn the_admin_listener_takes_only_listed_admin_certificates() {
         ]
     );
 }
+
+/// Dev mode with only `[admin] listen`: a demo admin CA and a certificate
+/// for "admin" are written into data_dir/certs/admin, and it is an admin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_mode_makes_an_admin_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("policy.toml"), POLICY).unwrap();
+    fs::write(
+        dir.path().join("fugo.toml"),
+        format!(
+            "listen = \"127.0.0.1:0\"\ndata_dir = \"data\"\npolicy = \"policy.toml\"\n\
+             master_key = \"{}\"\nmaster_key_fingerprint = \"{}\"\ndev_mode = true\n\
+             [admin]\nlisten = \"127.0.0.1:0\"\n",
+            common::demo_key_path().display(),
+            common::DEMO_FINGERPRINT
+        ),
+    )
+    .unwrap();
+    let config = ServeConfig::load(&dir.path().join("fugo.toml")).unwrap();
+    let running = start(&config).await;
+    let certs = dir.path().join("data/certs");
+    let admin_dir = certs.join("admin");
+    for name in ["ca.pem", "admin.pem", "admin.key"] {
+        assert!(admin_dir.join(name).exists(), "{name}");
+    }
+    // Not the agencies' CA.
+    assert_ne!(
+        fs::read(admin_dir.join("ca.pem")).unwrap(),
+        fs::read(certs.join("ca.pem")).unwrap()
+    );
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(
+            fs::read(certs.join("ca.pem")).unwrap(),
+        ))
+        .domain_name("localhost")
+        .identity(Identity::from_pem(
+            fs::read(admin_dir.join("admin.pem")).unwrap(),
+            fs::read(admin_dir.join("admin.key")).unwrap(),
+        ));
+    let channel = Endpoint::from_shared(format!("https://{}", running.admin_addr.unwrap()))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let status = AdminClient::new(channel)
+        .get_status(GetStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(status.log_size >= 1);
+    running.stop().await.unwrap();
+}

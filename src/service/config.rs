@@ -617,4 +617,51 @@ mod tests {
         .unwrap_err();
         assert!(error.to_string().contains("origin"), "{error}");
     }
+
+    /// `[admin]` is off unless present; outside dev mode it needs its own
+    /// CA and its admins; the agencies' CA is refused (D230).
+    #[test]
+    fn the_admin_section_needs_a_ca_of_its_own() {
+        let tls = format!("{BASE}[tls]\nca = \"ca.pem\"\ncert = \"s.pem\"\nkey = \"s.key\"\n");
+        assert_eq!(load(&tls).unwrap().admin, None);
+        let config = load(&format!(
+            "{tls}[admin]\nlisten = \"127.0.0.1:7444\"\nca = \"admin-ca.pem\"\nidentities = [\"ops\"]\n"
+        ))
+        .unwrap();
+        let admin = config.admin.unwrap();
+        assert!(admin.ca.ends_with("admin-ca.pem"));
+        assert_eq!(admin.identities, vec!["ops".to_owned()]);
+        for section in [
+            "[admin]\nlisten = \"127.0.0.1:7444\"\n",
+            "[admin]\nlisten = \"127.0.0.1:7444\"\nca = \"admin-ca.pem\"\n",
+        ] {
+            let message = load(&format!("{tls}{section}")).unwrap_err().to_string();
+            assert!(message.contains("[admin] needs its own CA"), "{message}");
+        }
+        let message = load(&format!(
+            "{tls}[admin]\nlisten = \"127.0.0.1:7444\"\nca = \"ca.pem\"\nidentities = [\"ops\"]\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(message.contains("is the agencies' CA"), "{message}");
+        let message = load(&format!("{tls}[admin]\nlisten = \"nowhere\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("[admin] listen: 'nowhere'"), "{message}");
+        let message = load(&format!(
+            "{tls}[admin]\nlisten = \"127.0.0.1:7444\"\nport = 1\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(message.contains("unknown field"), "{message}");
+        // Dev mode: a demo admin CA in the data directory, admin "admin".
+        let dev = load(&format!(
+            "{BASE}dev_mode = true\n[admin]\nlisten = \"127.0.0.1:7444\"\n"
+        ))
+        .unwrap()
+        .admin
+        .unwrap();
+        assert!(dev.ca.ends_with("data/certs/admin/ca.pem"), "{:?}", dev.ca);
+        assert_eq!(dev.identities, vec![DEV_ADMIN.to_owned()]);
+    }
 }
