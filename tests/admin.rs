@@ -486,7 +486,12 @@ async fn backup_then_traffic_then_restore_keeps_the_log_honest() {
 async fn the_admin_listener_takes_only_listed_admin_certificates() {
     let setup = setup();
     let dir = setup.dir.path();
+    // A plain snapshot left by a backup the server stopped during.
+    fs::create_dir_all(&setup.config.data_dir).unwrap();
+    let stale = setup.config.data_dir.join(".backup-0011223344556677.tmp");
+    fs::write(&stale, b"plain store bytes").unwrap();
     let running = start(&setup.config).await;
+    assert!(!stale.exists(), "a left snapshot is removed at start");
     let admin_addr = running.admin_addr.unwrap();
     assert_ne!(admin_addr, running.addr);
 

@@ -606,6 +606,17 @@ impl Committer {
             )));
         };
         let from = store.path().to_path_buf();
+        // The copy must not eat the reserve the audit trail writes into.
+        let bytes = std::fs::metadata(&from).map_or(0, |meta| meta.len());
+        let reserve = self.settings.reserve_bytes;
+        if let Ok(free) = fs4::available_space(to.parent().unwrap_or(Path::new(".")))
+            && free < bytes.saturating_add(reserve)
+        {
+            return Err(RecorderError::Unavailable(format!(
+                "not enough free disk space for a snapshot of {bytes} bytes above the \
+                 {reserve}-byte reserve ({free} bytes free)"
+            )));
+        }
         let copied = (|| -> std::io::Result<()> {
             let mut source = std::fs::File::open(&from)?;
             let mut options = std::fs::OpenOptions::new();

@@ -885,6 +885,7 @@ async fn start_admin(
         tracing::warn!(dir = %dir.display(), "DEV MODE: writing demo admin certificates");
         certs::write_dev_certs(dir, &admin.identities)?;
     }
+    remove_stale_snapshots(&config.data_dir);
     let ca = read_tls(&admin.ca, files::MAX_CERTIFICATES)?;
     let acceptor = edge::tls_acceptor(
         (&admin.ca, &ca.bytes),
@@ -920,4 +921,26 @@ async fn start_admin(
     }));
     tracing::info!(%addr, admins = admin.identities.len(), "admin service listening");
     Ok(AdminTask { addr, stop, task })
+}
+
+/// Removes plain snapshots a backup left when the server stopped during it
+/// (`.backup-<hex>.tmp` in the data directory; see `service::admin`).
+fn remove_stale_snapshots(data_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(data_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with(".backup-") && name.ends_with(".tmp") {
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => {
+                    tracing::info!(file = %name, "removed a snapshot left by an interrupted backup")
+                }
+                Err(error) => {
+                    tracing::warn!(file = %name, error = %error, "cannot remove a snapshot left by an interrupted backup")
+                }
+            }
+        }
+    }
 }
