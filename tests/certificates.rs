@@ -1137,3 +1137,68 @@ impl OpensslCa {
         }
     }
 }
+
+/// An admin reloads the agencies' CRLs through the admin plane (what
+/// SIGHUP does): a revoking list is put in force at once; an older one is
+/// refused with FAILED_PRECONDITION and the list in force stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_reloads_the_crls_through_the_admin_plane() {
+    use fugo::proto::fugo::v1::ReloadCrlsRequest;
+    use fugo::proto::fugo::v1::admin_client::AdminClient;
+    logs();
+    let ca = Ca::new("agencies CA");
+    let stale = ca.crl(&[]);
+    let current = ca.crl(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("agencies.crl"), &current).unwrap();
+    let mut config = config(dir.path(), &ca, &["agencies.crl"]);
+    let admin_ca = fugo::certs::DevCa::new("admin CA").unwrap();
+    fs::write(dir.path().join("admin-ca.pem"), admin_ca.cert_pem()).unwrap();
+    config.admin = Some(fugo::service::AdminConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ca: dir.path().join("admin-ca.pem"),
+        identities: vec!["ops".to_owned()],
+    });
+    let running = service::start(config, &mut std::io::sink()).await.unwrap();
+    let ops = admin_ca.client("ops").unwrap();
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca.pem()))
+        .domain_name("localhost")
+        .identity(Identity::from_pem(ops.cert, ops.key));
+    let channel = Endpoint::from_shared(format!("https://{}", running.admin_addr.unwrap()))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut admin = AdminClient::new(channel);
+    let mhlw = ca.client("mhlw", 1);
+    let mut codes = codes_at(running.addr, &ca.pem(), &mhlw);
+    assert_eq!(derive(&mut codes, 1).await.unwrap(), 2);
+
+    fs::write(dir.path().join("agencies.crl"), ca.crl(&[1])).unwrap();
+    let reloaded = admin
+        .reload_crls(ReloadCrlsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reloaded.revoked, 1);
+    let refused = derive(&mut codes, 2).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+
+    // An older list: refused by name, the revoking list stays in force.
+    fs::write(dir.path().join("agencies.crl"), &stale).unwrap();
+    let error = admin.reload_crls(ReloadCrlsRequest {}).await.unwrap_err();
+    assert_eq!(error.code(), Code::FailedPrecondition, "{error:?}");
+    assert!(
+        error.message().contains("CRL reload refused") && error.message().contains("agencies.crl"),
+        "{}",
+        error.message()
+    );
+    let refused = derive(&mut codes_at(running.addr, &ca.pem(), &mhlw), 3)
+        .await
+        .unwrap_err();
+    assert_ne!(refused.code(), Code::Ok);
+    running.stop().await.unwrap();
+}

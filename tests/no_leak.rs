@@ -1323,6 +1323,8 @@ fn every_rpc_and_command_at_full_tracing_leaks_nothing() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let out = admin("admin reload-policy", "ops", &["admin", "reload-policy"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = admin("admin reload-crls", "ops", &["admin", "reload-crls"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
     let out = admin(
         "admin backup",
         "ops",

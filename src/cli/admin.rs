@@ -11,7 +11,9 @@ use fugo::admin::restore::{self, RestoreRequest};
 use fugo::client::{ClientError, Connection};
 use fugo::keyfile::{self, KeySource};
 use fugo::proto::fugo::v1::admin_client::AdminClient;
-use fugo::proto::fugo::v1::{BackupRequest, GetStatusRequest, ReloadPolicyRequest};
+use fugo::proto::fugo::v1::{
+    BackupRequest, GetStatusRequest, ReloadCrlsRequest, ReloadPolicyRequest,
+};
 use fugo::service::{MasterKeySource, ServeConfig};
 use tonic::transport::Channel;
 
@@ -33,6 +35,19 @@ pub(crate) fn run(command: AdminCommand) -> Result<u8, CliError> {
                 print_line(&format!(
                     "policy {} in force",
                     response.into_inner().policy_version
+                ))?;
+                Ok(0)
+            })
+        }),
+        AdminCommand::ReloadCrls { connection } => call(connection, |mut client| {
+            Box::pin(async move {
+                let response = client
+                    .reload_crls(ReloadCrlsRequest {})
+                    .await
+                    .map_err(ClientError::Refused)?;
+                print_line(&format!(
+                    "CRLs in force: {} serial numbers revoked",
+                    response.into_inner().revoked
                 ))?;
                 Ok(0)
             })

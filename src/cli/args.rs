@@ -111,6 +111,12 @@ pub(crate) enum AdminCommand {
         #[command(flatten)]
         connection: AdminConnection,
     },
+    /// Make the server re-read the agencies' CRL files (audited under your
+    /// name).
+    ReloadCrls {
+        #[command(flatten)]
+        connection: AdminConnection,
+    },
     /// Print the server's policy version, log size, checkpoint and origin.
     Status {
         #[command(flatten)]

@@ -24,8 +24,8 @@ use crate::admin::backup::{BackupHeader, CHUNK, Sealer};
 use crate::audit::entries::BatchFacts;
 use crate::proto::fugo::v1::admin_server::Admin;
 use crate::proto::fugo::v1::{
-    BackupChunk, BackupRequest, GetStatusRequest, GetStatusResponse, ReloadPolicyRequest,
-    ReloadPolicyResponse,
+    BackupChunk, BackupRequest, GetStatusRequest, GetStatusResponse, ReloadCrlsRequest,
+    ReloadCrlsResponse, ReloadPolicyRequest, ReloadPolicyResponse,
 };
 use fugo_log::record::{Entry, Group, Operation, Outcome};
 
@@ -84,9 +84,14 @@ impl tonic::service::Interceptor for AdminAdmit {
     }
 }
 
+/// Reloads the agencies' CRLs (the server's TLS setup); the count of
+/// revoked serial numbers.
+pub(crate) type CrlReload = Arc<dyn Fn() -> Result<usize, super::ServeError> + Send + Sync>;
+
 /// The Admin service.
 pub(crate) struct AdminService {
     state: Arc<OnceLock<Arc<State>>>,
+    crls: CrlReload,
     key: Arc<OnceLock<BackupKey>>,
     policy_path: PathBuf,
     data_dir: PathBuf,
@@ -95,12 +100,14 @@ pub(crate) struct AdminService {
 impl AdminService {
     pub(crate) fn new(
         state: Arc<OnceLock<Arc<State>>>,
+        crls: CrlReload,
         key: Arc<OnceLock<BackupKey>>,
         policy_path: PathBuf,
         data_dir: PathBuf,
     ) -> Self {
         AdminService {
             state,
+            crls,
             key,
             policy_path,
             data_dir,
@@ -206,6 +213,44 @@ impl Admin for AdminService {
                 )
                 .await?;
                 Err(id.tag_status(status::reload_refused(&error)))
+            }
+        }
+    }
+
+    async fn reload_crls(
+        &self,
+        request: Request<ReloadCrlsRequest>,
+    ) -> Result<Response<ReloadCrlsResponse>, Status> {
+        let id = RequestId::of(&request);
+        let admin = admin_of(&request)?;
+        let state = self.state().map_err(|s| id.tag_status(s))?;
+        match (self.crls)() {
+            Ok(revoked) => {
+                record(
+                    state,
+                    &admin,
+                    &id,
+                    format!("reload_crls: {revoked} serial numbers revoked"),
+                    Outcome::Done,
+                )
+                .await?;
+                tracing::info!(request_id = id.as_str(), admin = %admin, revoked, "admin: CRLs reloaded");
+                let mut response = Response::new(ReloadCrlsResponse {
+                    revoked: revoked as u64,
+                });
+                id.tag(response.metadata_mut());
+                Ok(response)
+            }
+            Err(error) => {
+                record(
+                    state,
+                    &admin,
+                    &id,
+                    "reload_crls: refused, the lists in force stay".to_owned(),
+                    Outcome::Refused,
+                )
+                .await?;
+                Err(id.tag_status(status::crl_reload_refused(&error)))
             }
         }
     }

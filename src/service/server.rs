@@ -903,8 +903,10 @@ async fn start_admin(
         addr: admin.listen,
         source,
     })?;
+    let crls = tls.clone();
     let service = super::admin::AdminService::new(
         Arc::clone(&opening.state),
+        Arc::new(move || crls.reload()),
         Arc::clone(&opening.backup_key),
         config.policy.clone(),
         config.data_dir.clone(),

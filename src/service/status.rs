@@ -126,6 +126,14 @@ pub(crate) fn reload_refused(error: &super::ServeError) -> Status {
     ))
 }
 
+/// A CRL reload refused (the lists in force stay): FAILED_PRECONDITION
+/// naming the file and the problem.
+pub(crate) fn crl_reload_refused(error: &super::ServeError) -> Status {
+    Status::failed_precondition(format!(
+        "CRL reload refused, the lists in force stay: {error}"
+    ))
+}
+
 /// A backup that could not be made or sent: INTERNAL naming why.
 pub(crate) fn backup_failed(reason: &str) -> Status {
     Status::internal(format!("backup failed: {reason}"))
