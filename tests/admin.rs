@@ -389,6 +389,68 @@ async fn backup_then_traffic_then_restore_keeps_the_log_honest() {
 
     // Verify: intact under the new key; the backup's checkpoint still fits;
     // a checkpoint of the lost records is named as lost by the restore.
+    // The same backup restored with the key held by custodians: their
+    // shares open it (one too few is refused), into a fresh data directory.
+    let split = fugo(&[
+        "keys",
+        "split",
+        "--shares",
+        "3",
+        "--threshold",
+        "2",
+        dir.join("master.key").to_str().unwrap(),
+        "--out",
+        dir.join("shares").to_str().unwrap(),
+    ]);
+    assert!(split.status.success(), "{}", text(&split.stderr));
+    let shares: Vec<String> = fs::read_dir(dir.join("shares"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path().display().to_string())
+        .collect();
+    assert_eq!(shares.len(), 3);
+    let custody = fs::read_to_string(dir.join("fugo.toml"))
+        .unwrap()
+        .replace("master_key = \"master.key\"\n", "")
+        .replace("data_dir = \"data\"", "data_dir = \"custody-data\"")
+        + "[custody]\nthreshold = 2\n";
+    fs::write(dir.join("custody.toml"), custody).unwrap();
+    let with_shares = |shares: &[String]| {
+        let mut args = vec![
+            "admin".to_owned(),
+            "restore".to_owned(),
+            "--config".to_owned(),
+            dir.join("custody.toml").display().to_string(),
+            "--from".to_owned(),
+            out.display().to_string(),
+            "--admin".to_owned(),
+            "ops".to_owned(),
+        ];
+        for share in shares {
+            args.extend(["--share".to_owned(), share.clone()]);
+        }
+        run_fugo(args)
+    };
+    let short = with_shares(&shares[..1]);
+    assert!(!short.status.success());
+    assert!(
+        text(&short.stderr).contains("give 2 share files"),
+        "{}",
+        text(&short.stderr)
+    );
+    let by_custodians = with_shares(&shares[1..]);
+    assert!(
+        by_custodians.status.success(),
+        "{}",
+        text(&by_custodians.stderr)
+    );
+    assert!(
+        text(&by_custodians.stdout)
+            .contains(&format!("restored from checkpoint {n} of {first_origin}")),
+        "{}",
+        text(&by_custodians.stdout)
+    );
+    assert_eq!(open_store(&dir.join("custody-data")).size(), n + 1);
+
     let data_arg = data.to_str().unwrap();
     let ok = fugo(&[
         "audit",

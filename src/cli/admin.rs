@@ -4,12 +4,15 @@
 
 use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use fugo::admin::backup::BACKUP_FILE;
 use fugo::admin::restore::{self, RestoreRequest};
 use fugo::client::{ClientError, Connection};
+use fugo::custody::{SealProgress, Supplied, Unsealer};
 use fugo::keyfile::{self, KeySource};
+use fugo::keys::KeyHierarchy;
 use fugo::proto::fugo::v1::admin_client::AdminClient;
 use fugo::proto::fugo::v1::{
     BackupRequest, GetStatusRequest, ReloadCrlsRequest, ReloadPolicyRequest,
@@ -70,8 +73,9 @@ pub(crate) fn run(command: AdminCommand) -> Result<u8, CliError> {
             config,
             from,
             admin,
+            shares,
             force,
-        } => restore(&config, &from, &admin, force),
+        } => restore(&config, &from, &admin, &shares, force),
     }
 }
 
@@ -158,22 +162,62 @@ async fn backup(mut client: AdminClient<Channel>, out: std::path::PathBuf) -> Re
     Ok(0)
 }
 
-fn restore(config: &Path, from: &Path, admin: &str, force: bool) -> Result<u8, CliError> {
-    let config = ServeConfig::load(config).map_err(fugo::service::ServeError::from)?;
-    let MasterKeySource::File(path) = &config.master_key else {
-        return Err(CliError::BadArgument(
-            "restore needs the master key file (master_key); a key held by custodians \
-             ([custody]) cannot open a backup offline yet"
+/// The master key of `config`: its key file, or the custodians' shares.
+fn master_key(config: &ServeConfig, shares: &[PathBuf]) -> Result<KeyHierarchy, CliError> {
+    match (&config.master_key, shares.is_empty()) {
+        (MasterKeySource::File(path), true) => Ok(keyfile::load(
+            &KeySource {
+                path: path.clone(),
+                expect: Some(config.fingerprint),
+            },
+            &mut io::stderr(),
+        )?),
+        (MasterKeySource::File(_), false) => Err(CliError::BadArgument(
+            "--share is for a key held by custodians ([custody]); this configuration names \
+             a key file"
                 .into(),
-        ));
-    };
-    let keys = keyfile::load(
-        &KeySource {
-            path: path.clone(),
-            expect: Some(config.fingerprint),
-        },
-        &mut io::stderr(),
-    )?;
+        )),
+        (MasterKeySource::Shares { threshold }, _) => {
+            // Shares are in memory: no core file may catch them.
+            fugo::hardening::disable_dumps()?;
+            let progress = Arc::new(SealProgress::new(*threshold));
+            let mut unsealer = Unsealer::new(config.fingerprint, progress);
+            for path in shares {
+                let shown = path.display().to_string();
+                let text = fugo::files::read_text(path, fugo::custody::share::MAX_SHARE_FILE)
+                    .map_err(|source| CliError::ReadFile {
+                        path: shown.clone(),
+                        source,
+                    })?;
+                match unsealer.supply(&text) {
+                    Ok(Supplied::Complete(keys)) => return Ok(keys),
+                    Ok(_) => {}
+                    Err(error) => {
+                        return Err(CliError::BadArgument(format!("share {shown}: {error}")));
+                    }
+                }
+            }
+            Err(CliError::BadArgument(format!(
+                "the key is held by custodians ([custody], threshold {threshold}): give \
+                 {threshold} share files with --share (got {})",
+                shares.len()
+            )))
+        }
+        _ => Err(CliError::BadArgument(
+            "no master key in the configuration".into(),
+        )),
+    }
+}
+
+fn restore(
+    config: &Path,
+    from: &Path,
+    admin: &str,
+    shares: &[PathBuf],
+    force: bool,
+) -> Result<u8, CliError> {
+    let config = ServeConfig::load(config).map_err(fugo::service::ServeError::from)?;
+    let keys = master_key(&config, shares)?;
     let origin = match &config.audit.origin {
         Some(origin) => origin.clone(),
         None => fugo::audit::default_origin(&keys.fingerprint()),

@@ -136,6 +136,10 @@ pub(crate) enum AdminCommand {
         /// Who restores: recorded in the Restored record as admin:NAME.
         #[arg(long, value_name = "NAME")]
         admin: String,
+        /// With the key held by custodians (`[custody]`): a share file
+        /// (`fugo keys split`); give as many as the threshold.
+        #[arg(long = "share", value_name = "SHAREFILE")]
+        shares: Vec<PathBuf>,
         /// Replace an audit store that is there (it is kept beside,
         /// renamed audit.redb.before-restore-<time>).
         #[arg(long)]
