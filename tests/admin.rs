@@ -709,3 +709,25 @@ async fn dev_mode_makes_an_admin_certificate() {
     assert!(status.log_size >= 1);
     running.stop().await.unwrap();
 }
+
+/// The agencies' CA under another file name is refused as the admin CA.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agencies_ca_is_refused_as_the_admin_ca() {
+    let setup = setup();
+    let dir = setup.dir.path();
+    fs::copy(dir.join("ca.pem"), dir.join("copy-of-ca.pem")).unwrap();
+    let mut config = setup.config.clone();
+    if let Some(admin) = config.admin.as_mut() {
+        admin.ca = dir.join("copy-of-ca.pem");
+    }
+    let error = service::start(config, &mut std::io::sink())
+        .await
+        .err()
+        .expect("the server must not start");
+    assert!(
+        error
+            .to_string()
+            .contains("the admin CA holds a certificate of the agencies' CA"),
+        "{error}"
+    );
+}

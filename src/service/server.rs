@@ -802,6 +802,10 @@ async fn start_with(
         .add_service(reflection_v1alpha)
         .add_service(codes)
         .add_service(audit);
+    let admin = match &config.admin {
+        None => None,
+        Some(admin) => Some(start_admin(admin, &config, &tls, &opening).await?),
+    };
     let metrics_task = match config.metrics {
         None => None,
         Some(at) => {
@@ -820,10 +824,6 @@ async fn start_with(
                 tokio::spawn(metrics::serve(listener, Arc::clone(&opening.state))),
             ))
         }
-    };
-    let admin = match &config.admin {
-        None => None,
-        Some(admin) => Some(start_admin(admin, &config, &tls, &opening).await?),
     };
     let incoming = edge::incoming(listener, tls.acceptor.clone(), limits);
     let (stop, stopped) = oneshot::channel::<()>();
@@ -887,6 +887,14 @@ async fn start_admin(
     }
     remove_stale_snapshots(&config.data_dir);
     let ca = read_tls(&admin.ca, files::MAX_CERTIFICATES)?;
+    if shares_a_certificate(&ca.bytes, &tls.material.client_ca) {
+        return Err(ServeError::Tls(format!(
+            "{}: the admin CA holds a certificate of the agencies' CA ({}): admin \
+             certificates need a CA of their own, or an agency could be made an admin",
+            admin.ca.display(),
+            tls.client_ca.display()
+        )));
+    }
     let acceptor = edge::tls_acceptor(
         (&admin.ca, &ca.bytes),
         (&tls.server_cert, &tls.material.server_cert),
@@ -923,6 +931,18 @@ async fn start_admin(
     }));
     tracing::info!(%addr, admins = admin.identities.len(), "admin service listening");
     Ok(AdminTask { addr, stop, task })
+}
+
+/// Whether two PEM bundles hold a certificate in common (by DER).
+fn shares_a_certificate(one: &[u8], other: &[u8]) -> bool {
+    use tokio_rustls::rustls::pki_types::CertificateDer;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    let theirs: Vec<CertificateDer<'_>> = CertificateDer::pem_slice_iter(other)
+        .filter_map(Result::ok)
+        .collect();
+    CertificateDer::pem_slice_iter(one)
+        .filter_map(Result::ok)
+        .any(|certificate| theirs.contains(&certificate))
 }
 
 /// Removes plain snapshots a backup left when the server stopped during it
