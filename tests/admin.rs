@@ -56,6 +56,7 @@ fn setup() -> Setup {
         listen: "127.0.0.1:0".parse().unwrap(),
         ca: dir.path().join("admin-ca.pem"),
         identities: vec!["ops".to_owned()],
+        crls: Vec::new(),
     });
     // The same configuration as a file, for the CLI's restore.
     let toml = format!(

@@ -64,6 +64,9 @@ impl tonic::service::Interceptor for AdminAdmit {
             .get::<Peer>()
             .map(|peer| Arc::clone(&peer.certificate))
             .ok_or_else(|| id.tag_status(status::unauthenticated("no client certificate")))?;
+        if let Some(reason) = certificate.revoked() {
+            return Err(id.tag_status(status::unauthenticated(&reason)));
+        }
         let identity = certificate
             .identity
             .as_ref()

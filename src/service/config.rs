@@ -88,6 +88,8 @@ struct RawAdmin {
     ca: Option<PathBuf>,
     #[serde(default)]
     identities: Vec<String>,
+    #[serde(default)]
+    crl: Paths,
 }
 
 /// The admin listener (`[admin]`): its own address, its own client CA and
@@ -100,6 +102,9 @@ pub struct AdminConfig {
     pub ca: PathBuf,
     /// The admins: Common Names of admin client certificates.
     pub identities: Vec<String>,
+    /// Revocation lists of the admin CA (`[admin] crl`); re-read on SIGHUP
+    /// and by the Admin service's ReloadCrls. Empty: none.
+    pub crls: Vec<PathBuf>,
 }
 
 /// The identity dev mode makes an admin certificate for.
@@ -422,6 +427,12 @@ impl ServeConfig {
                     listen: at,
                     ca,
                     identities,
+                    crls: section
+                        .crl
+                        .into_vec()
+                        .iter()
+                        .map(|path| resolve(path))
+                        .collect(),
                 })
             }
         };
@@ -631,6 +642,15 @@ mod tests {
         let admin = config.admin.unwrap();
         assert!(admin.ca.ends_with("admin-ca.pem"));
         assert_eq!(admin.identities, vec!["ops".to_owned()]);
+        assert!(admin.crls.is_empty());
+        let with_crl = load(&format!(
+            "{tls}[admin]\nlisten = \"127.0.0.1:7444\"\nca = \"admin-ca.pem\"\nidentities = [\"ops\"]\ncrl = \"admins.crl\"\n"
+        ))
+        .unwrap()
+        .admin
+        .unwrap();
+        assert_eq!(with_crl.crls.len(), 1);
+        assert!(with_crl.crls[0].ends_with("admins.crl"));
         for section in [
             "[admin]\nlisten = \"127.0.0.1:7444\"\n",
             "[admin]\nlisten = \"127.0.0.1:7444\"\nca = \"admin-ca.pem\"\n",

@@ -395,7 +395,7 @@ impl Running {
     /// against them. An unusable list leaves the lists in force and says
     /// why. Returns how many serial numbers are revoked.
     pub fn reload_crls(&self) -> Result<usize, ServeError> {
-        self.tls.reload()
+        self.reloader().reload_crls()
     }
 
     /// What SIGHUP does: [`reload_policy`](Self::reload_policy) and
@@ -410,6 +410,7 @@ impl Running {
             state: Arc::clone(&self.state),
             path: self.policy_path.clone(),
             tls: self.tls.clone(),
+            admin_tls: self.admin.as_ref().map(|admin| admin.tls.clone()),
         }
     }
 
@@ -455,6 +456,8 @@ pub struct Reloader {
     state: Arc<OnceLock<Arc<State>>>,
     path: PathBuf,
     tls: TlsSetup,
+    /// The admin listener's TLS setup, if `[admin]` is configured.
+    admin_tls: Option<TlsSetup>,
 }
 
 impl Reloader {
@@ -462,10 +465,19 @@ impl Reloader {
     /// its new file is unusable; the first error is returned.
     pub fn reload(&self) -> Result<PolicyVersion, ServeError> {
         let policy = reload(&self.state, &self.path);
-        let crls = self.tls.reload();
+        let crls = self.reload_crls();
         let version = policy?;
         crls?;
         Ok(version)
+    }
+
+    /// The agencies' CRLs (`[tls] crl`) and the admin CA's (`[admin]
+    /// crl`), each kept when its new files are unusable; the serial numbers
+    /// revoked by both, or the first error.
+    pub fn reload_crls(&self) -> Result<usize, ServeError> {
+        let agencies = self.tls.reload();
+        let admins = self.admin_tls.as_ref().map_or(Ok(0), TlsSetup::reload);
+        Ok(agencies? + admins?)
     }
 }
 
@@ -865,6 +877,7 @@ async fn start_with(
 /// The admin listener's task.
 struct AdminTask {
     addr: SocketAddr,
+    tls: TlsSetup,
     stop: oneshot::Sender<()>,
     task: JoinHandle<Result<(), tonic::transport::Error>>,
 }
@@ -895,12 +908,24 @@ async fn start_admin(
             tls.client_ca.display()
         )));
     }
-    let acceptor = edge::tls_acceptor(
-        (&admin.ca, &ca.bytes),
-        (&tls.server_cert, &tls.material.server_cert),
-        (&tls.server_key, tls.material.server_key.as_slice()),
-    )
-    .map_err(ServeError::Tls)?;
+    let material = Arc::new(TlsMaterial {
+        client_ca: ca.bytes.to_vec(),
+        server_cert: tls.material.server_cert.clone(),
+        server_key: tls.material.server_key.clone(),
+    });
+    let (server, crls) = build_tls(
+        &material,
+        (&admin.ca, &tls.server_cert, &tls.server_key),
+        &admin.crls,
+    )?;
+    let admin_tls = TlsSetup {
+        acceptor: edge::Acceptor::new(server, crls),
+        material,
+        client_ca: admin.ca.clone(),
+        server_cert: tls.server_cert.clone(),
+        server_key: tls.server_key.clone(),
+        crls: admin.crls.clone(),
+    };
     let listener = TcpListener::bind(admin.listen)
         .await
         .map_err(|source| ServeError::Bind {
@@ -911,10 +936,15 @@ async fn start_admin(
         addr: admin.listen,
         source,
     })?;
-    let crls = tls.clone();
+    let reloader = Reloader {
+        state: Arc::clone(&opening.state),
+        path: config.policy.clone(),
+        tls: tls.clone(),
+        admin_tls: Some(admin_tls.clone()),
+    };
     let service = super::admin::AdminService::new(
         Arc::clone(&opening.state),
-        Arc::new(move || crls.reload()),
+        Arc::new(move || reloader.reload_crls()),
         Arc::clone(&opening.backup_key),
         config.policy.clone(),
         config.data_dir.clone(),
@@ -924,13 +954,18 @@ async fn start_admin(
         super::admin::AdminAdmit::new(&admin.identities),
     );
     let router = edge::server(&config.limits).add_service(service);
-    let incoming = edge::incoming(listener, acceptor, &config.limits);
+    let incoming = edge::incoming(listener, admin_tls.acceptor.clone(), &config.limits);
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
         let _ = stopped.await;
     }));
     tracing::info!(%addr, admins = admin.identities.len(), "admin service listening");
-    Ok(AdminTask { addr, stop, task })
+    Ok(AdminTask {
+        addr,
+        tls: admin_tls,
+        stop,
+        task,
+    })
 }
 
 /// Whether two PEM bundles hold a certificate in common (by DER).
