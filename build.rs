@@ -4,13 +4,22 @@
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out_dir = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
-    let mut compiler = protox::Compiler::new(["proto"])?;
-    compiler.include_imports(true).include_source_info(true);
-    compiler.open_files(["fugo/v1/codes.proto", "fugo/v1/audit.proto"])?;
+    // What the agencies' listener serves, and so advertises by reflection;
+    // the admin plane (admin.proto) is served on its own listener only.
+    let mut served = protox::Compiler::new(["proto"])?;
+    served.include_imports(true).include_source_info(true);
+    served.open_files(["fugo/v1/codes.proto", "fugo/v1/audit.proto"])?;
     std::fs::write(
         out_dir.join("fugo_descriptor.bin"),
-        compiler.encode_file_descriptor_set(),
+        served.encode_file_descriptor_set(),
     )?;
+    let mut compiler = protox::Compiler::new(["proto"])?;
+    compiler.include_imports(true).include_source_info(true);
+    compiler.open_files([
+        "fugo/v1/codes.proto",
+        "fugo/v1/audit.proto",
+        "fugo/v1/admin.proto",
+    ])?;
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)

@@ -570,6 +570,7 @@ fn main() {
             limits: service::Limits::default(),
             audit: service::AuditConfig::default(),
             metrics: None,
+            admin: None,
         };
         let limits = config.limits.clone();
         let mut bare_config = config.clone();

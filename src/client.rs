@@ -207,6 +207,20 @@ pub enum Witnessed {
         /// Records now.
         to: u64,
     },
+    /// The server's log was restored from checkpoint `restored` (a new
+    /// origin, same key) and extends the kept checkpoint, which was not
+    /// beyond it: nothing this client saw was lost; the new origin is
+    /// kept from now on.
+    Restored {
+        /// The checkpoint the log was restored from.
+        restored: u64,
+        /// Records in the kept checkpoint.
+        from: u64,
+        /// Records now.
+        to: u64,
+        /// The log key now (verifier key text).
+        key: String,
+    },
     /// The server has signed no checkpoint yet; nothing was kept.
     NoCheckpoint,
 }
@@ -264,6 +278,16 @@ pub async fn witness(channel: &Channel, path: &Path) -> Result<Witnessed, Client
             };
             kept.check_newer(&newest, &proof, path)?;
             newest.save(path)?;
+            if let Some(restored) = crate::witness::restored_from(&kept.verifier, &newest.verifier)
+                && kept.verifier != newest.verifier
+            {
+                return Ok(Witnessed::Restored {
+                    restored,
+                    from,
+                    to: newest.checkpoint.size,
+                    key: newest.verifier.to_string(),
+                });
+            }
             return Ok(Witnessed::Extended {
                 from,
                 to: newest.checkpoint.size,

@@ -52,6 +52,7 @@ pub use fugo_core::{
     agency, batch, code, code_text, exchange, keys, link, mynumber, shamir, token,
 };
 
+pub mod admin;
 pub mod audit;
 pub mod bulk;
 pub mod certs;

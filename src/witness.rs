@@ -51,6 +51,24 @@ pub enum WitnessError {
         /// The kept file.
         path: String,
     },
+    /// The server's log was restored from a backup at a checkpoint before
+    /// the one kept: records seen before are gone from it.
+    #[error(
+        "the server's audit log was restored from checkpoint {restored} and continues as {now} \
+         (same key): the checkpoint of {kept} records kept in {path} is beyond it, so records \
+         after {restored} that this client saw were lost. Report it to the operator with that \
+         file; move {path} away to go on"
+    )]
+    Restored {
+        /// The checkpoint the log was restored from.
+        restored: u64,
+        /// Size kept.
+        kept: u64,
+        /// The server's log key now.
+        now: String,
+        /// The kept file.
+        path: String,
+    },
     /// A note did not verify under the key.
     #[error("the server's {what} does not verify: {source}")]
     Note {
@@ -165,7 +183,21 @@ impl Kept {
         proof: &[Hash],
         path: &Path,
     ) -> Result<(), WitnessError> {
-        if newer.verifier != self.verifier {
+        if newer.verifier != self.verifier
+            && let Some(restored) = restored_from(&self.verifier, &newer.verifier)
+        {
+            // A restore (same key, the kept origin plus `/restored-N-…`):
+            // what was seen up to N must still be there (checked below);
+            // a kept checkpoint beyond N saw records that are lost.
+            if self.checkpoint.size > restored {
+                return Err(WitnessError::Restored {
+                    restored,
+                    kept: self.checkpoint.size,
+                    now: newer.verifier.to_string(),
+                    path: path.display().to_string(),
+                });
+            }
+        } else if newer.verifier != self.verifier {
             return Err(WitnessError::KeyChanged {
                 kept: self.verifier.to_string(),
                 now: newer.verifier.to_string(),
@@ -187,6 +219,22 @@ impl Kept {
             },
         )
     }
+}
+
+/// The checkpoint a restore started `now`'s origin at, when `now` is the
+/// same key as `kept` under the same base origin with a
+/// `/restored-<N>-<time>` suffix (see `fugo_log::restore`).
+pub fn restored_from(kept: &LogVerifier, now: &LogVerifier) -> Option<u64> {
+    use fugo_log::restore::base_origin;
+    if !kept.same_key(now) || base_origin(kept.name()) != base_origin(now.name()) {
+        return None;
+    }
+    let suffix = now.name()[base_origin(now.name()).len()..].strip_prefix("/restored-")?;
+    let (checkpoint, time) = suffix.split_once('-')?;
+    if time.is_empty() || !time.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    checkpoint.parse().ok()
 }
 
 /// The signed note inside a kept-checkpoint file's text (after its first
@@ -306,5 +354,36 @@ mod tests {
         std::fs::write(&path, text.replace("\n1\n", "\n2\n")).unwrap();
         let error = Kept::load(&path).unwrap_err().to_string();
         assert!(error.contains("checkpoint"), "{error}");
+    }
+
+    #[test]
+    fn a_restored_origin_is_recognised_only_for_the_same_key_and_base() {
+        let seed = [9u8; 32];
+        let base = LogSigner::from_seed("fugo.test/audit", &seed).unwrap();
+        let restored = base
+            .renamed("fugo.test/audit/restored-12-1700000000")
+            .unwrap();
+        assert_eq!(
+            restored_from(&base.verifier(), &restored.verifier()),
+            Some(12)
+        );
+        // Restored twice: the second name replaces the first suffix.
+        let again = base
+            .renamed("fugo.test/audit/restored-30-1700000100")
+            .unwrap();
+        assert_eq!(
+            restored_from(&restored.verifier(), &again.verifier()),
+            Some(30)
+        );
+        // Another key, another base, or no time: not a restore.
+        let other =
+            LogSigner::from_seed("fugo.test/audit/restored-12-1700000000", &[8; 32]).unwrap();
+        assert_eq!(restored_from(&base.verifier(), &other.verifier()), None);
+        let elsewhere = base
+            .renamed("other.test/audit/restored-12-1700000000")
+            .unwrap();
+        assert_eq!(restored_from(&base.verifier(), &elsewhere.verifier()), None);
+        let no_time = base.renamed("fugo.test/audit/restored-12").unwrap();
+        assert_eq!(restored_from(&base.verifier(), &no_time.verifier()), None);
     }
 }

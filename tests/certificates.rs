@@ -1140,3 +1140,98 @@ impl OpensslCa {
         }
     }
 }
+
+/// An admin reloads the agencies' CRLs through the admin plane (what
+/// SIGHUP does): a revoking list is put in force at once; an older one is
+/// refused with FAILED_PRECONDITION and the list in force stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_reloads_the_crls_through_the_admin_plane() {
+    use fugo::proto::fugo::v1::ReloadCrlsRequest;
+    use fugo::proto::fugo::v1::admin_client::AdminClient;
+    logs();
+    let ca = Ca::new("agencies CA");
+    let stale = ca.crl(&[]);
+    let current = ca.crl(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("agencies.crl"), &current).unwrap();
+    let mut config = config(dir.path(), &ca, &["agencies.crl"]);
+    // The admin CA has a revocation list of its own.
+    let admin_ca = Ca::new("admin CA");
+    fs::write(dir.path().join("admin-ca.pem"), admin_ca.pem()).unwrap();
+    fs::write(dir.path().join("admins.crl"), admin_ca.crl(&[])).unwrap();
+    config.admin = Some(fugo::service::AdminConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ca: dir.path().join("admin-ca.pem"),
+        identities: vec!["ops".to_owned(), "ops-2".to_owned()],
+        crls: vec![dir.path().join("admins.crl")],
+    });
+    let running = service::start(config, &mut std::io::sink()).await.unwrap();
+    let admin_at = |cert: &Cert| {
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(ca.pem()))
+            .domain_name("localhost")
+            .identity(Identity::from_pem(&cert.pem, &cert.key));
+        let channel = Endpoint::from_shared(format!("https://{}", running.admin_addr.unwrap()))
+            .unwrap()
+            .tls_config(tls)
+            .unwrap()
+            .connect_lazy();
+        AdminClient::new(channel)
+    };
+    let ops = admin_ca.client("ops", 5);
+    let ops_2 = admin_ca.client("ops-2", 6);
+    let mut admin = admin_at(&ops);
+    let mhlw = ca.client("mhlw", 1);
+    let mut codes = codes_at(running.addr, &ca.pem(), &mhlw);
+    assert_eq!(derive(&mut codes, 1).await.unwrap(), 2);
+
+    fs::write(dir.path().join("agencies.crl"), ca.crl(&[1])).unwrap();
+    let reloaded = admin
+        .reload_crls(ReloadCrlsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reloaded.revoked, 1);
+    let refused = derive(&mut codes, 2).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+
+    // An older list: refused by name, the revoking list stays in force.
+    fs::write(dir.path().join("agencies.crl"), &stale).unwrap();
+    let error = admin.reload_crls(ReloadCrlsRequest {}).await.unwrap_err();
+    assert_eq!(error.code(), Code::FailedPrecondition, "{error:?}");
+    assert!(
+        error.message().contains("CRL reload refused") && error.message().contains("agencies.crl"),
+        "{}",
+        error.message()
+    );
+    let refused = derive(&mut codes_at(running.addr, &ca.pem(), &mhlw), 3)
+        .await
+        .unwrap_err();
+    assert_ne!(refused.code(), Code::Ok);
+
+    // An admin revoked by the admin CA's list: once another admin reloads,
+    // the open connection is refused at its next call, a new one at the
+    // handshake; the other admin goes on.
+    fs::write(dir.path().join("agencies.crl"), ca.crl(&[1])).unwrap();
+    fs::write(dir.path().join("admins.crl"), admin_ca.crl(&[5])).unwrap();
+    let mut other = admin_at(&ops_2);
+    let reloaded = other
+        .reload_crls(ReloadCrlsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reloaded.revoked, 2, "one agency and one admin");
+    let refused = admin.reload_crls(ReloadCrlsRequest {}).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+    assert!(
+        refused.message().contains("revoked"),
+        "{}",
+        refused.message()
+    );
+    let alert = tls_refusal(running.admin_addr.unwrap(), &ca.pem(), Some(&ops))
+        .await
+        .unwrap();
+    assert!(alert.contains("CertificateRevoked"), "{alert}");
+    assert!(other.reload_crls(ReloadCrlsRequest {}).await.is_ok());
+    running.stop().await.unwrap();
+}

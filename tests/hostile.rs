@@ -241,6 +241,7 @@ impl Edge {
             limits,
             audit: fugo::service::AuditConfig::default(),
             metrics: None,
+            admin: None,
         };
         let running = service::start(config, &mut std::io::sink()).await.unwrap();
         Edge {
@@ -1274,6 +1275,7 @@ async fn unusable_tls_files_stop_the_server_naming_the_file() {
         limits: limits(),
         audit: fugo::service::AuditConfig::default(),
         metrics: None,
+        admin: None,
     };
     fs::write(dir.join("garbage.key"), "not a key\n").unwrap();
     #[cfg(unix)]

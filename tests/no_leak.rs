@@ -993,6 +993,14 @@ fn every_rpc_and_command_at_full_tracing_leaks_nothing() {
         .local_addr()
         .unwrap()
         .to_string();
+    // The admin listener: a CA of its own, admin "ops".
+    let admin_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let out = run_fugo(&["dev-certs", "--out", &at("pki-admin"), "--agencies", "ops"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
     let config = root.join("fugo.toml");
     fs::write(
         &config,
@@ -1001,12 +1009,15 @@ fn every_rpc_and_command_at_full_tracing_leaks_nothing() {
              master_key = \"{}\"\nmaster_key_fingerprint = \"{fingerprint}\"\n\
              shutdown_grace_seconds = 5\ndev_mode = false\n\n[tls]\n\
              ca = \"{3}/ca.pem\"\ncert = \"{3}/server.pem\"\nkey = \"{3}/server.key\"\n\n\
-             [metrics]\nlisten = \"{4}\"\n",
+             [metrics]\nlisten = \"{4}\"\n\n[admin]\nlisten = \"{5}\"\n\
+             ca = \"{6}/ca.pem\"\nidentities = [\"ops\"]\n",
             at("data"),
             at("policy.toml"),
             at("master.key"),
             pki.display(),
             metrics,
+            admin_port,
+            at("pki-admin"),
         ),
     )
     .unwrap();
@@ -1380,12 +1391,90 @@ fn every_rpc_and_command_at_full_tracing_leaks_nothing() {
         scrape(&metrics, "/x?123456789018"),
         Allowed::nothing(),
     );
+    // ── the admin plane: every admin command, and one refused ────────────
+    let mut admin = |name: &str, identity: &str, args: &[&str]| {
+        let mut all: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        let (cert_dir, ca) = if identity == "ops" {
+            (at("pki-admin"), pki.join("ca.pem"))
+        } else {
+            (pki.display().to_string(), pki.join("ca.pem"))
+        };
+        all.extend([
+            "--server".to_owned(),
+            format!("https://{admin_port}"),
+            "--server-name".to_owned(),
+            "localhost".to_owned(),
+            "--ca".to_owned(),
+            ca.display().to_string(),
+            "--cert".to_owned(),
+            format!("{cert_dir}/{identity}.pem"),
+            "--key".to_owned(),
+            format!("{cert_dir}/{identity}.key"),
+        ]);
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
+        let out = run_fugo(&all);
+        seen.output(name, &out, Allowed::nothing());
+        out
+    };
+    let out = admin("admin status", "ops", &["admin", "status"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = admin("admin reload-policy", "ops", &["admin", "reload-policy"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = admin("admin reload-crls", "ops", &["admin", "reload-crls"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = admin(
+        "admin backup",
+        "ops",
+        &["admin", "backup", "--out", &at("admin-backup")],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = admin(
+        "admin status, agency certificate",
+        "mhlw",
+        &["admin", "status"],
+    );
+    assert!(!out.status.success(), "an agency is no admin");
+
     let (code, stdout, stderr) = server.stop();
     assert_eq!(code, Some(0), "{}", text(&stderr));
     assert!(text(&stderr).contains("TRACE"), "full tracing was on");
     assert!(text(&stderr).contains("batch done"), "calls were logged");
     seen.add("server stdout", stdout, Allowed::nothing());
     seen.add("server stderr (trace)", stderr, Allowed::nothing());
+
+    // ── restore of the admin backup into a data directory of its own ────
+    let restore_config = root.join("restore.toml");
+    fs::write(
+        &restore_config,
+        fs::read_to_string(&config).unwrap().replace(
+            &format!("data_dir = \"{}\"", at("data")),
+            &format!("data_dir = \"{}\"", at("restored")),
+        ),
+    )
+    .unwrap();
+    let out = run_fugo(&[
+        "admin",
+        "restore",
+        "--config",
+        restore_config.to_str().unwrap(),
+        "--from",
+        &at("admin-backup"),
+        "--admin",
+        "ops",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    seen.output("admin restore", &out, Allowed::nothing());
+    let out = run_fugo(&["audit", "verify", "--data-dir", &at("restored")]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    seen.output("audit verify, restored", &out, Allowed::nothing());
+    // The backup file itself: encrypted, nothing in any form.
+    for (relative, bytes) in files_under(&root.join("admin-backup")) {
+        seen.add(
+            format!("admin backup {}", relative.display()),
+            bytes,
+            Allowed::nothing(),
+        );
+    }
 
     // ── commands on the data directory, with the server stopped ─────────
     let data = at("data");
@@ -1664,7 +1753,11 @@ fn every_rpc_and_command_at_full_tracing_leaks_nothing() {
     // ── the data directory and a backup copy of it ──────────────────────
     copy_dir(&root.join("data"), &root.join("backup"));
     let mut store_files = 0;
-    for (top, label) in [("data", "data dir"), ("backup", "backup")] {
+    for (top, label) in [
+        ("data", "data dir"),
+        ("backup", "backup"),
+        ("restored", "restored data dir"),
+    ] {
         for (relative, bytes) in files_under(&root.join(top)) {
             store_files += usize::from(relative.ends_with(fugo::audit::STORE_FILE));
             seen.add(
@@ -1674,7 +1767,10 @@ fn every_rpc_and_command_at_full_tracing_leaks_nothing() {
             );
         }
     }
-    assert_eq!(store_files, 2, "the store and its copy were searched");
+    assert_eq!(
+        store_files, 3,
+        "the store, its copy and its restored backup were searched"
+    );
 
     // ── every output file, by whom it is addressed to ───────────────────
     for (relative, bytes) in files_under(root) {

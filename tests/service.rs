@@ -593,6 +593,8 @@ async fn health_and_reflection_are_served() {
         names.contains(&"grpc.health.v1.Health".to_owned()),
         "{names:?}"
     );
+    // The admin plane is served elsewhere and not advertised here (D236).
+    assert!(!names.contains(&"fugo.v1.Admin".to_owned()), "{names:?}");
 
     // v1alpha too: grpcio's reflection client speaks only it.
     use tonic_reflection::pb::v1alpha as alpha;

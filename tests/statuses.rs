@@ -59,6 +59,7 @@ async fn start(dir: &std::path::Path) -> (Running, DevCa) {
         limits: service::Limits::default(),
         audit: service::AuditConfig::default(),
         metrics: None,
+        admin: None,
     };
     let running = service::start(config, &mut std::io::sink()).await.unwrap();
     (running, ca)
@@ -201,7 +202,14 @@ fn every_status_the_service_constructs_is_documented() {
     let calls = common::documented_call_codes();
     let items = common::documented_item_codes();
     let audit = common::protocol_codes("## The audit service (`fugo.v1.Audit`)", None);
-    let documented: BTreeSet<String> = calls.iter().chain(items).chain(&audit).cloned().collect();
+    let admin = common::protocol_codes("## The admin service (`fugo.v1.Admin`)", None);
+    let documented: BTreeSet<String> = calls
+        .iter()
+        .chain(items)
+        .chain(&audit)
+        .chain(&admin)
+        .cloned()
+        .collect();
     let mut constructed = BTreeSet::new();
     for entry in fs::read_dir(root.join("src/service")).unwrap() {
         let path = entry.unwrap().path();

@@ -100,9 +100,13 @@ type ReadJob = Box<dyn FnOnce(Result<&mut RedbStore, RecorderError>) + Send>;
 /// Who waits for an append: a caller (its answer), or no one.
 type Reply = oneshot::Sender<Result<Appended, RecorderError>>;
 
+/// Who waits for a snapshot: its checkpoint (size, signed note).
+type SnapshotReply = oneshot::Sender<Result<(u64, String), RecorderError>>;
+
 enum Job {
     Append(Append, Reply, Waiting),
     Read(ReadJob),
+    Snapshot(PathBuf, SnapshotReply),
 }
 
 /// Whether a caller waits for an append's commit.
@@ -198,6 +202,10 @@ impl Recorder {
     ) -> Result<Recorder, RecorderError> {
         let path = data_dir.join(STORE_FILE);
         let mut store = open_store(&path)?;
+        let signer = restored_origin(&mut store, signer).map_err(|source| RecorderError::Open {
+            path: path.display().to_string(),
+            source,
+        })?;
         let verifier = signer.verifier();
         let checkpoint = store
             .set_verifier(&verifier.to_string())
@@ -310,6 +318,19 @@ impl Recorder {
         }
     }
 
+    /// Copies the store file to `to` (a new file, mode 0600) between two
+    /// commits, after signing a checkpoint of everything recorded: a
+    /// consistent snapshot that holds exactly the records the returned
+    /// checkpoint (size, signed note) covers. Commits wait meanwhile.
+    pub async fn snapshot(&self, to: PathBuf) -> Result<(u64, String), RecorderError> {
+        if self.discard {
+            return Err(RecorderError::Unavailable("no audit store".into()));
+        }
+        let (reply, answer) = oneshot::channel();
+        self.submit(Job::Snapshot(to, reply))?;
+        answer.await.map_err(|_| RecorderError::Stopped)?
+    }
+
     /// Runs `read` on the store between commits and returns its answer.
     pub async fn read<T: Send + 'static>(
         &self,
@@ -380,6 +401,36 @@ impl Drop for Recorder {
             let _ = thread.join();
         }
     }
+}
+
+/// The signer of a store restored from backup (`fugo admin restore`): the
+/// same key under the origin the restore started, which the store keeps
+/// as its log key, when that is the configured origin plus a
+/// `/restored-…` suffix. Any other store keeps the configured signer.
+fn restored_origin(store: &mut RedbStore, signer: LogSigner) -> Result<LogSigner, StoreError> {
+    let Some(text) = store.verifier()? else {
+        return Ok(signer);
+    };
+    let Ok(kept) = LogVerifier::parse(&text) else {
+        return Ok(signer);
+    };
+    let configured = signer.verifier();
+    let base = configured.name();
+    let restored = kept
+        .name()
+        .strip_prefix(base)
+        .is_some_and(|rest| rest.starts_with("/restored-"));
+    if restored
+        && kept.same_key(&configured)
+        && let Ok(renamed) = signer.renamed(kept.name())
+    {
+        tracing::info!(
+            origin = kept.name(),
+            "the audit log continues under its restored origin"
+        );
+        return Ok(renamed);
+    }
+    Ok(signer)
 }
 
 fn open_store(path: &Path) -> Result<RedbStore, RecorderError> {
@@ -517,10 +568,12 @@ impl Committer {
     fn serve(&mut self, jobs: Vec<Job>) {
         let mut appends = Vec::new();
         let mut reads = Vec::new();
+        let mut snapshots = Vec::new();
         for job in jobs {
             match job {
                 Job::Append(append, reply, waiting) => appends.push((append, reply, waiting)),
                 Job::Read(read) => reads.push(read),
+                Job::Snapshot(to, reply) => snapshots.push((to, reply)),
             }
         }
         if !appends.is_empty() {
@@ -532,6 +585,59 @@ impl Committer {
                 Err(error) => read(Err(error)),
             }
         }
+        for (to, reply) in snapshots {
+            let _ = reply.send(self.snapshot(&to));
+        }
+    }
+
+    /// See [`Recorder::snapshot`]: signs what is unsigned, then copies the
+    /// file while no commit runs (redb's file is consistent between
+    /// commits: each is durable before `append` returns).
+    fn snapshot(&mut self, to: &Path) -> Result<(u64, String), RecorderError> {
+        self.sign(true);
+        let store = self.store()?;
+        let size = store.size();
+        let checkpoint = store
+            .latest_checkpoint()
+            .map_err(|error| RecorderError::Unavailable(error.to_string()))?;
+        let Some((signed, note)) = checkpoint.filter(|(signed, _)| *signed == size) else {
+            return Err(RecorderError::Unavailable(format!(
+                "records up to {size} are not covered by a signed checkpoint; retry"
+            )));
+        };
+        let from = store.path().to_path_buf();
+        // The copy must not eat the reserve the audit trail writes into.
+        let bytes = std::fs::metadata(&from).map_or(0, |meta| meta.len());
+        let reserve = self.settings.reserve_bytes;
+        if let Ok(free) = fs4::available_space(to.parent().unwrap_or(Path::new(".")))
+            && free < bytes.saturating_add(reserve)
+        {
+            return Err(RecorderError::Unavailable(format!(
+                "not enough free disk space for a snapshot of {bytes} bytes above the \
+                 {reserve}-byte reserve ({free} bytes free)"
+            )));
+        }
+        let copied = (|| -> std::io::Result<()> {
+            let mut source = std::fs::File::open(&from)?;
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create_new(true);
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::OpenOptionsExt;
+                options.mode(0o600);
+            }
+            let mut target = options.open(to)?;
+            std::io::copy(&mut source, &mut target)?;
+            target.sync_all()
+        })();
+        copied.map_err(|error| {
+            let _ = std::fs::remove_file(to);
+            RecorderError::Unavailable(format!(
+                "cannot copy the store to {}: {error}",
+                to.display()
+            ))
+        })?;
+        Ok((signed, note))
     }
 
     fn commit(&mut self, appends: Vec<(Append, Reply, Waiting)>) {

@@ -67,6 +67,84 @@ pub(crate) enum Command {
     /// and export (the server must be stopped: one process opens the store).
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// The admin plane: calls to a server's admin listener (admin client
+    /// certificate), and restoring a backup with the server stopped.
+    #[command(subcommand)]
+    Admin(AdminCommand),
+}
+
+/// Where the admin listener is and the admin certificate to call it with.
+#[derive(Debug, Args)]
+pub(crate) struct AdminConnection {
+    /// The admin listener, e.g. https://127.0.0.1:7444.
+    #[arg(long, value_name = "URL")]
+    pub(crate) server: String,
+    /// The name the server's certificate must carry; by default the host of
+    /// --server.
+    #[arg(long, value_name = "NAME")]
+    pub(crate) server_name: Option<String>,
+    /// The CA that signed the server's certificate.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) ca: PathBuf,
+    /// The admin's client certificate (signed by the admin CA).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) cert: PathBuf,
+    /// Its private key.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) key: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum AdminCommand {
+    /// Take a consistent, encrypted backup of the running server's audit
+    /// store into DIR/fugo.backup (the file appears only when complete).
+    Backup {
+        #[command(flatten)]
+        connection: AdminConnection,
+        /// Folder to write fugo.backup into (created if absent); an
+        /// existing backup there is never overwritten.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+    /// Make the server re-read its policy file (audited under your name).
+    ReloadPolicy {
+        #[command(flatten)]
+        connection: AdminConnection,
+    },
+    /// Make the server re-read the agencies' CRL files (audited under your
+    /// name).
+    ReloadCrls {
+        #[command(flatten)]
+        connection: AdminConnection,
+    },
+    /// Print the server's policy version, log size, checkpoint and origin.
+    Status {
+        #[command(flatten)]
+        connection: AdminConnection,
+    },
+    /// Restore DIR/fugo.backup as the audit store of the configuration's
+    /// data directory, the server STOPPED. The log continues under a new
+    /// origin whose first record says "restored from checkpoint N; records
+    /// after N lost"; prints the new log key to publish.
+    Restore {
+        /// The server's configuration (master key, data directory, origin).
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// The folder holding fugo.backup (as `fugo admin backup --out`).
+        #[arg(long, value_name = "DIR")]
+        from: PathBuf,
+        /// Who restores: recorded in the Restored record as admin:NAME.
+        #[arg(long, value_name = "NAME")]
+        admin: String,
+        /// With the key held by custodians (`[custody]`): a share file
+        /// (`fugo keys split`); give as many as the threshold.
+        #[arg(long = "share", value_name = "SHAREFILE")]
+        shares: Vec<PathBuf>,
+        /// Replace an audit store that is there (it is kept beside,
+        /// renamed audit.redb.before-restore-<time>).
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -80,6 +80,19 @@ pub(crate) fn run(args: ClientArgs) -> Result<Summary, CliError> {
             "first contact: the server's audit log key {key} is trusted from now on (kept in {})",
             path.display()
         )),
+        (
+            Some(path),
+            Some(Witnessed::Restored {
+                restored,
+                from,
+                key,
+                ..
+            }),
+        ) => note(&format!(
+            "the server's audit log was restored from checkpoint {restored}; the {from} records \
+             this client had seen are all in it. It continues under the log key {key} (kept in {})",
+            path.display()
+        )),
         (_, Some(Witnessed::NoCheckpoint)) => {
             note("the server has signed no audit log checkpoint yet; nothing to check")
         }

@@ -4,6 +4,7 @@
 //! lives in its own module; every fatal error is one [`CliError`], printed
 //! once by [`main`] and mapped to an exit status there.
 
+mod admin;
 mod args;
 mod audit;
 mod client;
@@ -116,6 +117,9 @@ pub(crate) enum CliError {
         /// What to do.
         hint: &'static str,
     },
+    /// A restore was refused or failed.
+    #[error(transparent)]
+    Restore(#[from] fugo::admin::restore::RestoreError),
     /// The audit store could not be opened or read.
     #[error("audit store {path}: {source}")]
     AuditStore {
@@ -256,6 +260,7 @@ fn run(command: Command) -> Result<u8, CliError> {
             Ok(0)
         }
         Command::Audit(command) => audit::run(command),
+        Command::Admin(command) => admin::run(command),
         Command::Client(args) => finish(client::run(args)?),
         Command::Derive(args) => finish(derive::run(args.into())?),
     }

@@ -77,7 +77,43 @@ struct RawConfig {
     #[serde(default)]
     audit: RawAudit,
     metrics: Option<RawMetrics>,
+    admin: Option<RawAdmin>,
 }
+
+/// The `[admin]` section: present means on (D230).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    listen: String,
+    ca: Option<PathBuf>,
+    #[serde(default)]
+    identities: Vec<String>,
+    #[serde(default)]
+    crl: Paths,
+}
+
+/// The admin listener (`[admin]`): its own address, its own client CA and
+/// the identities (certificate Common Names) that are admins.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminConfig {
+    /// Where the `fugo.v1.Admin` service listens.
+    pub listen: SocketAddr,
+    /// The CA that signs admin client certificates (never the agencies').
+    pub ca: PathBuf,
+    /// The admins: Common Names of admin client certificates.
+    pub identities: Vec<String>,
+    /// Revocation lists of the admin CA (`[admin] crl`); re-read on SIGHUP
+    /// and by the Admin service's ReloadCrls. Empty: none.
+    pub crls: Vec<PathBuf>,
+}
+
+/// The identity dev mode makes an admin certificate for.
+pub const DEV_ADMIN: &str = "admin";
+
+/// `[admin]` outside dev mode without its CA or admins.
+const ADMIN_NEEDS: &str = "[admin] needs its own CA and its admins outside dev mode:\n\
+[admin]\nlisten = \"127.0.0.1:7444\"\nca = \"/etc/fugo/admin-ca.pem\"\n\
+identities = [\"ops-tanaka\"]\n(the admin CA must not be the CA of the agencies' certificates)";
 
 /// The `[metrics]` section: present means on (D127).
 #[derive(Deserialize)]
@@ -273,6 +309,8 @@ pub struct ServeConfig {
     /// Where `/metrics` is served (plain HTTP), if anywhere (`[metrics]`;
     /// off when the section is missing).
     pub metrics: Option<SocketAddr>,
+    /// The admin listener (`[admin]`; off when the section is missing).
+    pub admin: Option<AdminConfig>,
 }
 
 impl ServeConfig {
@@ -355,7 +393,51 @@ impl ServeConfig {
                 (files.ca, files.server_cert, files.server_key, Vec::new())
             }
         };
+        let admin = match raw.admin {
+            None => None,
+            Some(section) => {
+                let at = section.listen.parse().map_err(|_| {
+                    invalid(format!(
+                        "[admin] listen: '{}' is not an address like 127.0.0.1:7444",
+                        section.listen
+                    ))
+                })?;
+                let (ca, identities) = match (section.ca, raw.dev_mode) {
+                    (Some(ca), _) if !section.identities.is_empty() => {
+                        (resolve(&ca), section.identities)
+                    }
+                    (None, true) => (
+                        data_dir.join("certs").join("admin").join("ca.pem"),
+                        if section.identities.is_empty() {
+                            vec![DEV_ADMIN.to_owned()]
+                        } else {
+                            section.identities
+                        },
+                    ),
+                    _ => return Err(invalid(ADMIN_NEEDS.to_owned())),
+                };
+                if ca == client_ca {
+                    return Err(invalid(format!(
+                        "[admin] ca is the agencies' CA ({}): admin certificates need a CA of \
+                         their own, or any agency could be made an admin",
+                        ca.display()
+                    )));
+                }
+                Some(AdminConfig {
+                    listen: at,
+                    ca,
+                    identities,
+                    crls: section
+                        .crl
+                        .into_vec()
+                        .iter()
+                        .map(|path| resolve(path))
+                        .collect(),
+                })
+            }
+        };
         Ok(ServeConfig {
+            admin,
             listen,
             policy: resolve(&raw.policy),
             master_key,
@@ -545,5 +627,61 @@ mod tests {
         ))
         .unwrap_err();
         assert!(error.to_string().contains("origin"), "{error}");
+    }
+
+    /// `[admin]` is off unless present; outside dev mode it needs its own
+    /// CA and its admins; the agencies' CA is refused (D230).
+    #[test]
+    fn the_admin_section_needs_a_ca_of_its_own() {
+        let tls = format!("{BASE}[tls]\nca = \"ca.pem\"\ncert = \"s.pem\"\nkey = \"s.key\"\n");
+        assert_eq!(load(&tls).unwrap().admin, None);
+        let config = load(&format!(
+            "{tls}[admin]\nlisten = \"127.0.0.1:7444\"\nca = \"admin-ca.pem\"\nidentities = [\"ops\"]\n"
+        ))
+        .unwrap();
+        let admin = config.admin.unwrap();
+        assert!(admin.ca.ends_with("admin-ca.pem"));
+        assert_eq!(admin.identities, vec!["ops".to_owned()]);
+        assert!(admin.crls.is_empty());
+        let with_crl = load(&format!(
+            "{tls}[admin]\nlisten = \"127.0.0.1:7444\"\nca = \"admin-ca.pem\"\nidentities = [\"ops\"]\ncrl = \"admins.crl\"\n"
+        ))
+        .unwrap()
+        .admin
+        .unwrap();
+        assert_eq!(with_crl.crls.len(), 1);
+        assert!(with_crl.crls[0].ends_with("admins.crl"));
+        for section in [
+            "[admin]\nlisten = \"127.0.0.1:7444\"\n",
+            "[admin]\nlisten = \"127.0.0.1:7444\"\nca = \"admin-ca.pem\"\n",
+        ] {
+            let message = load(&format!("{tls}{section}")).unwrap_err().to_string();
+            assert!(message.contains("[admin] needs its own CA"), "{message}");
+        }
+        let message = load(&format!(
+            "{tls}[admin]\nlisten = \"127.0.0.1:7444\"\nca = \"ca.pem\"\nidentities = [\"ops\"]\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(message.contains("is the agencies' CA"), "{message}");
+        let message = load(&format!("{tls}[admin]\nlisten = \"nowhere\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("[admin] listen: 'nowhere'"), "{message}");
+        let message = load(&format!(
+            "{tls}[admin]\nlisten = \"127.0.0.1:7444\"\nport = 1\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(message.contains("unknown field"), "{message}");
+        // Dev mode: a demo admin CA in the data directory, admin "admin".
+        let dev = load(&format!(
+            "{BASE}dev_mode = true\n[admin]\nlisten = \"127.0.0.1:7444\"\n"
+        ))
+        .unwrap()
+        .admin
+        .unwrap();
+        assert!(dev.ca.ends_with("data/certs/admin/ca.pem"), "{:?}", dev.ca);
+        assert_eq!(dev.identities, vec![DEV_ADMIN.to_owned()]);
     }
 }

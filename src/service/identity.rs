@@ -61,6 +61,12 @@ impl PeerCertificate {
         }
     }
 
+    /// Why the CRLs in force revoke this certificate, if they do.
+    pub(crate) fn revoked(&self) -> Option<String> {
+        let (issuer, serial) = &self.revocation_key;
+        self.revocations.current().refusal(issuer, serial)
+    }
+
     /// The agency this certificate acts as under `policy`, if the CRLs in
     /// force do not revoke it.
     pub(crate) fn caller(&self, policy: &Policy) -> Result<AgencyId, Status> {

@@ -19,6 +19,7 @@
 //! Logs name the request id, the agency, the operation, counts and timings;
 //! never a number, a code or a token.
 
+mod admin;
 mod audit;
 pub mod codec;
 mod codes;
@@ -35,6 +36,6 @@ pub mod server;
 mod status;
 
 pub use codes::{CHECKPOINT, Handlers};
-pub use config::{AuditConfig, MasterKeySource, ServeConfig};
+pub use config::{AdminConfig, AuditConfig, MasterKeySource, ServeConfig};
 pub use limits::Limits;
 pub use server::{Reloader, Running, ServeError, start, start_unaudited_for_benchmarks};

@@ -370,6 +370,9 @@ pub struct Running {
     pub addr: SocketAddr,
     /// Where `/metrics` is served, if `[metrics]` is configured.
     pub metrics_addr: Option<SocketAddr>,
+    /// Where the Admin service listens, if `[admin]` is configured.
+    pub admin_addr: Option<SocketAddr>,
+    admin: Option<AdminTask>,
     metrics_task: Option<JoinHandle<()>>,
     state: Arc<OnceLock<Arc<State>>>,
     policy_path: PathBuf,
@@ -393,7 +396,7 @@ impl Running {
     /// against them. An unusable list leaves the lists in force and says
     /// why. Returns how many serial numbers are revoked.
     pub fn reload_crls(&self) -> Result<usize, ServeError> {
-        self.tls.reload()
+        self.reloader().reload_crls()
     }
 
     /// What SIGHUP does: [`reload_policy`](Self::reload_policy) and
@@ -408,6 +411,7 @@ impl Running {
             state: Arc::clone(&self.state),
             path: self.policy_path.clone(),
             tls: self.tls.clone(),
+            admin_tls: self.admin.as_ref().map(|admin| admin.tls.clone()),
         }
     }
 
@@ -425,6 +429,13 @@ impl Running {
         if let Some((task, path)) = self.unseal {
             task.abort();
             let _ = std::fs::remove_file(path);
+        }
+        if let Some(admin) = self.admin {
+            let _ = admin.stop.send(());
+            let mut task = admin.task;
+            if tokio::time::timeout(self.grace, &mut task).await.is_err() {
+                task.abort();
+            }
         }
         let _ = self.stop.send(());
         let mut task = self.task;
@@ -446,6 +457,8 @@ pub struct Reloader {
     state: Arc<OnceLock<Arc<State>>>,
     path: PathBuf,
     tls: TlsSetup,
+    /// The admin listener's TLS setup, if `[admin]` is configured.
+    admin_tls: Option<TlsSetup>,
 }
 
 impl Reloader {
@@ -453,14 +466,26 @@ impl Reloader {
     /// its new file is unusable; the first error is returned.
     pub fn reload(&self) -> Result<PolicyVersion, ServeError> {
         let policy = reload(&self.state, &self.path);
-        let crls = self.tls.reload();
+        let crls = self.reload_crls();
         let version = policy?;
         crls?;
         Ok(version)
     }
+
+    /// The agencies' CRLs (`[tls] crl`) and the admin CA's (`[admin]
+    /// crl`), each kept when its new files are unusable; the serial numbers
+    /// revoked by both, or the first error.
+    pub fn reload_crls(&self) -> Result<usize, ServeError> {
+        let agencies = self.tls.reload();
+        let admins = self.admin_tls.as_ref().map_or(Ok(0), TlsSetup::reload);
+        Ok(agencies? + admins?)
+    }
 }
 
-fn reload(state: &OnceLock<Arc<State>>, path: &Path) -> Result<PolicyVersion, ServeError> {
+pub(crate) fn reload(
+    state: &OnceLock<Arc<State>>,
+    path: &Path,
+) -> Result<PolicyVersion, ServeError> {
     let Some(state) = state.get() else {
         tracing::warn!("sealed: the policy file is read when the server unseals");
         return Err(ServeError::Sealed);
@@ -584,6 +609,8 @@ struct Opening {
     audit: Arc<OnceLock<AuditStack>>,
     state: Arc<OnceLock<Arc<State>>>,
     open: Arc<OnceLock<()>>,
+    /// The backup key, for the Admin service.
+    backup_key: Arc<OnceLock<super::admin::BackupKey>>,
 }
 
 impl Opening {
@@ -605,6 +632,10 @@ impl Opening {
         } else {
             Recorder::discarding_for_benchmarks(&log_signer(config.audit.origin.as_deref(), &keys)?)
         };
+        let _ = self.backup_key.set(super::admin::BackupKey {
+            key: keys.backup_key(),
+            fingerprint: keys.fingerprint().to_string(),
+        });
         let state = Arc::new(State {
             exchange: Exchange::new(keys, Box::new(SystemRandomness::new())),
             policy: RwLock::new(Arc::new(policy)),
@@ -771,6 +802,7 @@ async fn start_with(
         audit: Arc::new(OnceLock::new()),
         state: Arc::new(OnceLock::new()),
         open: Arc::new(OnceLock::new()),
+        backup_key: Arc::new(OnceLock::new()),
     });
     let mut unseal = None;
     match (keys, &progress) {
@@ -846,6 +878,10 @@ async fn start_with(
         .add_service(reflection_v1alpha)
         .add_service(codes)
         .add_service(audit);
+    let admin = match &config.admin {
+        None => None,
+        Some(admin) => Some(start_admin(admin, &config, &tls, &opening).await?),
+    };
     let metrics_task = match config.metrics {
         None => None,
         Some(at) => {
@@ -889,6 +925,8 @@ async fn start_with(
     Ok(Running {
         addr,
         metrics_addr,
+        admin_addr: admin.as_ref().map(|admin| admin.addr),
+        admin,
         metrics_task,
         state: Arc::clone(&opening.state),
         policy_path: config.policy,
@@ -898,4 +936,132 @@ async fn start_with(
         task,
         unseal,
     })
+}
+
+/// The admin listener's task.
+struct AdminTask {
+    addr: SocketAddr,
+    tls: TlsSetup,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+/// Binds `[admin] listen` and serves the Admin service there: the server's
+/// own certificate, client certificates of the admin CA only (in dev mode,
+/// a demo admin CA and certificates in `data_dir/certs/admin` are written
+/// if the CA is missing).
+async fn start_admin(
+    admin: &super::config::AdminConfig,
+    config: &ServeConfig,
+    tls: &TlsSetup,
+    opening: &Opening,
+) -> Result<AdminTask, ServeError> {
+    use crate::proto::fugo::v1::admin_server::AdminServer;
+    if config.dev_mode && !admin.ca.exists() {
+        let dir = admin.ca.parent().unwrap_or(Path::new("."));
+        tracing::warn!(dir = %dir.display(), "DEV MODE: writing demo admin certificates");
+        certs::write_dev_certs(dir, &admin.identities)?;
+    }
+    remove_stale_snapshots(&config.data_dir);
+    let ca = read_tls(&admin.ca, files::MAX_CERTIFICATES)?;
+    if shares_a_certificate(&ca.bytes, &tls.material.client_ca) {
+        return Err(ServeError::Tls(format!(
+            "{}: the admin CA holds a certificate of the agencies' CA ({}): admin \
+             certificates need a CA of their own, or an agency could be made an admin",
+            admin.ca.display(),
+            tls.client_ca.display()
+        )));
+    }
+    let material = Arc::new(TlsMaterial {
+        client_ca: ca.bytes.to_vec(),
+        server_cert: tls.material.server_cert.clone(),
+        server_key: tls.material.server_key.clone(),
+    });
+    let (server, crls) = build_tls(
+        &material,
+        (&admin.ca, &tls.server_cert, &tls.server_key),
+        &admin.crls,
+    )?;
+    let admin_tls = TlsSetup {
+        acceptor: edge::Acceptor::new(server, crls),
+        material,
+        client_ca: admin.ca.clone(),
+        server_cert: tls.server_cert.clone(),
+        server_key: tls.server_key.clone(),
+        crls: admin.crls.clone(),
+    };
+    let listener = TcpListener::bind(admin.listen)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: admin.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| ServeError::Bind {
+        addr: admin.listen,
+        source,
+    })?;
+    let reloader = Reloader {
+        state: Arc::clone(&opening.state),
+        path: config.policy.clone(),
+        tls: tls.clone(),
+        admin_tls: Some(admin_tls.clone()),
+    };
+    let service = super::admin::AdminService::new(
+        Arc::clone(&opening.state),
+        Arc::new(move || reloader.reload_crls()),
+        Arc::clone(&opening.backup_key),
+        config.policy.clone(),
+        config.data_dir.clone(),
+    );
+    let service = InterceptedService::new(
+        AdminServer::new(service).max_decoding_message_size(config.limits.max_message_bytes),
+        super::admin::AdminAdmit::new(&admin.identities),
+    );
+    let router = edge::server(&config.limits).add_service(service);
+    let incoming = edge::incoming(listener, admin_tls.acceptor.clone(), &config.limits);
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
+        let _ = stopped.await;
+    }));
+    tracing::info!(%addr, admins = admin.identities.len(), "admin service listening");
+    Ok(AdminTask {
+        addr,
+        tls: admin_tls,
+        stop,
+        task,
+    })
+}
+
+/// Whether two PEM bundles hold a certificate in common (by DER).
+fn shares_a_certificate(one: &[u8], other: &[u8]) -> bool {
+    use tokio_rustls::rustls::pki_types::CertificateDer;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    let theirs: Vec<CertificateDer<'_>> = CertificateDer::pem_slice_iter(other)
+        .filter_map(Result::ok)
+        .collect();
+    CertificateDer::pem_slice_iter(one)
+        .filter_map(Result::ok)
+        .any(|certificate| theirs.contains(&certificate))
+}
+
+/// Removes plain snapshots a backup left when the server stopped during it
+/// (`.backup-<hex>.tmp` in the data directory; see `service::admin`).
+fn remove_stale_snapshots(data_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(data_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with(".backup-") && name.ends_with(".tmp") {
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => {
+                    tracing::info!(file = %name, "removed a snapshot left by an interrupted backup")
+                }
+                Err(error) => {
+                    tracing::warn!(file = %name, error = %error, "cannot remove a snapshot left by an interrupted backup")
+                }
+            }
+        }
+    }
 }

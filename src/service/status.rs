@@ -105,6 +105,40 @@ pub(crate) fn incoming(status: Status) -> Status {
     }
 }
 
+/// An admin-listener certificate whose identity is not in `[admin]
+/// identities`: PERMISSION_DENIED.
+pub(crate) fn not_admin(identity: &str) -> Status {
+    Status::permission_denied(format!(
+        "certificate identity '{identity}' is not an admin ([admin] identities)"
+    ))
+}
+
+/// An admin call while the server is sealed: UNAVAILABLE.
+pub(crate) fn admin_sealed() -> Status {
+    Status::unavailable("the server is sealed: admin calls work once it is unsealed")
+}
+
+/// A policy reload refused (the policy in force stays): FAILED_PRECONDITION
+/// naming the problem.
+pub(crate) fn reload_refused(error: &super::ServeError) -> Status {
+    Status::failed_precondition(format!(
+        "policy reload refused, the policy in force stays: {error}"
+    ))
+}
+
+/// A CRL reload refused (the lists in force stay): FAILED_PRECONDITION
+/// naming the file and the problem.
+pub(crate) fn crl_reload_refused(error: &super::ServeError) -> Status {
+    Status::failed_precondition(format!(
+        "CRL reload refused, the lists in force stay: {error}"
+    ))
+}
+
+/// A backup that could not be made or sent: INTERNAL naming why.
+pub(crate) fn backup_failed(reason: &str) -> Status {
+    Status::internal(format!("backup failed: {reason}"))
+}
+
 /// The caller has no usable identity.
 pub(crate) fn unauthenticated(reason: &str) -> Status {
     Status::unauthenticated(reason.to_owned())

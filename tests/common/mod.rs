@@ -208,6 +208,7 @@ pub fn server_config(
         limits: fugo::service::Limits::default(),
         audit: fugo::service::AuditConfig::default(),
         metrics: None,
+        admin: None,
     };
     (config, ca)
 }

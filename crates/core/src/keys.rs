@@ -10,6 +10,7 @@
 //!        ├─ K_seal(b,w)  = HKDF-Expand(PRK, "fugo/v1/seal/" ‖ b ‖ "/" ‖ w, 32)  (format-1 tokens)
 //!        ├─ K_link       = HKDF-Expand(PRK, "fugo/v1/audit/link", 32)
 //!        ├─ log seed     = HKDF-Expand(PRK, "fugo/v1/audit/log-signing", 32)
+//!        ├─ K_backup     = HKDF-Expand(PRK, "fugo/v1/backup", 32)
 //!        └─ KCV          = HKDF-Expand(PRK, "fugo/v1/kcv", 16)   (the fingerprint)
 //! ```
 //!
@@ -47,6 +48,10 @@ pub const INFO_KCV: &[u8] = b"fugo/v1/kcv";
 pub const INFO_LINK: &[u8] = b"fugo/v1/audit/link";
 /// HKDF-Expand info of the seed of the audit log's Ed25519 signing key.
 pub const INFO_LOG_SIGNING: &[u8] = b"fugo/v1/audit/log-signing";
+/// HKDF-Expand info of the key that encrypts backups of the server's
+/// state (`fugo admin backup`); each backup expands it once more with its
+/// own random salt.
+pub const INFO_BACKUP: &[u8] = b"fugo/v1/backup";
 
 /// Fingerprint of the public demo key `00 01 02 … 1f` (keys-example/).
 pub const DEMO_FINGERPRINT: &str = "34391a36deac07213d13a6753154bf16";
@@ -273,6 +278,12 @@ impl KeyHierarchy {
     /// key is as safe as the master key and needs no file of its own.
     pub fn log_signing_seed(&self) -> Zeroizing<[u8; KEY_LEN]> {
         self.expand_key(&[INFO_LOG_SIGNING])
+    }
+
+    /// K_backup: the key backups are encrypted under (a backup is as safe
+    /// as the master key, and restoring one needs it).
+    pub fn backup_key(&self) -> Zeroizing<[u8; KEY_LEN]> {
+        self.expand_key(&[INFO_BACKUP])
     }
 
     fn aes_key(&self, info: &[&[u8]]) -> Aes256 {

@@ -320,6 +320,11 @@ impl LogSigner {
         Ed25519KeyPair::from_seed_unchecked(seed).map_err(|_| NoteError::BadSeed)
     }
 
+    /// The same key under another name (a restored log's new origin).
+    pub fn renamed(&self, name: &str) -> Result<Self, NoteError> {
+        Self::from_seed(name, &self.seed)
+    }
+
     /// The public half: what verifiers need, published as its `Display` text.
     pub fn verifier(&self) -> LogVerifier {
         LogVerifier {
@@ -426,6 +431,22 @@ impl LogVerifier {
     /// The key's name: the log's origin.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The same public key under another name (an origin of the same log
+    /// before or after a restore, see [`crate::restore`]).
+    pub fn renamed(&self, name: &str) -> Result<Self, NoteError> {
+        check_name(name)?;
+        Ok(Self {
+            name: name.to_owned(),
+            key_id: key_id(name, &self.public_key),
+            public_key: self.public_key,
+        })
+    }
+
+    /// Whether `other` is the same public key (under any name).
+    pub fn same_key(&self, other: &LogVerifier) -> bool {
+        self.public_key == other.public_key
     }
 
     /// Checks the note's signature by this key (other signers' lines are

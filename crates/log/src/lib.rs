@@ -73,5 +73,6 @@
 pub mod checkpoint;
 pub mod merkle;
 pub mod record;
+pub mod restore;
 pub mod store;
 pub mod verify;

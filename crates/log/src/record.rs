@@ -97,11 +97,19 @@ pub enum Operation {
     /// The surviving agency of a merger converted the merged agency's
     /// codes into its own (the counterpart is the merged agency).
     Migrate = 13,
+
+    /// An administrator acted through the admin plane (caller
+    /// `admin:<identity>`, note: what was done).
+    Admin = 14,
+    /// The log was restored from a backup: the first record of a new log
+    /// origin, whose note says from which checkpoint (see
+    /// [`crate::restore`]).
+    Restored = 15,
 }
 
 impl Operation {
     /// Every operation, in code order.
-    pub const ALL: [Operation; 10] = [
+    pub const ALL: [Operation; 12] = [
         Operation::Derive,
         Operation::Seal,
         Operation::Redeem,
@@ -112,6 +120,8 @@ impl Operation {
         Operation::PolicyLoaded,
         Operation::Refusals,
         Operation::Migrate,
+        Operation::Admin,
+        Operation::Restored,
     ];
 
     /// The stored code.
@@ -137,6 +147,9 @@ impl Operation {
             Operation::PolicyLoaded => "policy_loaded",
             Operation::Refusals => "refusals",
             Operation::Migrate => "migrate",
+
+            Operation::Admin => "admin",
+            Operation::Restored => "restored",
         }
     }
 }

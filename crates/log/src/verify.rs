@@ -22,12 +22,21 @@
 //!
 //! Records come before checkpoints because a bad record is the cause a bad
 //! checkpoint would only be the symptom of.
+//!
+//! A restored log (see [`crate::restore`]) is signed under more than one
+//! origin, all with the trusted key: the `Restored` records in the log say
+//! which origin signed which sizes. A checkpoint must be signed under the
+//! origin of its size; an anchor of an earlier origin larger than that
+//! origin's restored checkpoint is reported as records lost by the restore.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
+use crate::checkpoint::NoteError;
 use crate::checkpoint::{Checkpoint, LogVerifier};
 use crate::merkle::{Frontier, Hash, empty_root};
+use crate::record::Operation;
+use crate::restore::RestoreNote;
 use crate::store::{Store, StoreError, StoredRecord};
 
 /// Records read per step.
@@ -58,6 +67,8 @@ pub struct Report {
     pub signed_size: u64,
     /// Anchors checked.
     pub anchors: usize,
+    /// The restores the log records, oldest first.
+    pub restores: Vec<RestoreNote>,
 }
 
 /// The first thing found wrong.
@@ -169,7 +180,7 @@ pub fn verify<S: Store + ?Sized>(
         wanted.insert(*kept_size);
     }
     for anchor in anchors {
-        let opened = verifier.open(&anchor.note);
+        let opened = open_any(verifier, &anchor.note);
         if let Ok(checkpoint) = &opened {
             wanted.insert(checkpoint.size);
         }
@@ -184,6 +195,7 @@ pub fn verify<S: Store + ?Sized>(
     let levels: Vec<u8> = store.stored_levels();
     let mut frontier = Frontier::new();
     let mut purged = 0u64;
+    let mut restores: Vec<RestoreNote> = Vec::new();
     let mut from = 0u64;
     while from < size {
         let records = store.records(from, PAGE).map_err(read_problem)?;
@@ -204,7 +216,12 @@ pub fn verify<S: Store + ?Sized>(
                 });
             }
             let leaf = match record {
-                StoredRecord::Body(record) => record.leaf_hash(),
+                StoredRecord::Body(record) => {
+                    if record.header.operation == Operation::Restored {
+                        restores.push(restore_at(record.seq, &record.header.note)?);
+                    }
+                    record.leaf_hash()
+                }
                 StoredRecord::Purged { leaf, .. } => {
                     purged += 1;
                     *leaf
@@ -264,9 +281,15 @@ pub fn verify<S: Store + ?Sized>(
             size: kept_size,
             what,
         };
-        let checkpoint = verifier
-            .open(note)
+        let checkpoint = open_any(verifier, note)
             .map_err(|error| bad(format!("its signature does not verify: {error}")))?;
+        let origin = origin_of(&restores, verifier, checkpoint.size);
+        if checkpoint.origin != origin {
+            return Err(bad(format!(
+                "it is signed under origin {}, but size {kept_size} belongs to origin {origin}",
+                checkpoint.origin
+            )));
+        }
         if checkpoint.size != kept_size {
             return Err(bad(format!(
                 "it says size {}, but is kept under size {kept_size}",
@@ -297,6 +320,28 @@ pub fn verify<S: Store + ?Sized>(
                 "its signature does not verify under the log's key: {error}"
             ))
         })?;
+        let origin = origin_of(&restores, verifier, checkpoint.size);
+        if checkpoint.origin != origin {
+            return Err(bad(
+                match restores
+                    .iter()
+                    .find(|restore| restore.previous_origin == checkpoint.origin)
+                {
+                    Some(restore) if checkpoint.size > restore.checkpoint => format!(
+                        "it was signed at size {} under origin {}, before the log was restored \
+                     from checkpoint {n} (record {n}: \"{restore}\"): records after {n} \
+                     that it covers were lost",
+                        checkpoint.size,
+                        checkpoint.origin,
+                        n = restore.checkpoint
+                    ),
+                    _ => format!(
+                        "it is signed under origin {}, but size {} belongs to origin {origin}",
+                        checkpoint.origin, checkpoint.size
+                    ),
+                },
+            ));
+        }
         check_root(&checkpoint, size, &roots).map_err(|what| {
             bad(format!(
                 "{what}: the log was rewritten, cut or replaced after this checkpoint was seen"
@@ -311,7 +356,43 @@ pub fn verify<S: Store + ?Sized>(
         checkpoints: kept.len(),
         signed_size: kept.last().map_or(0, |(size, _)| *size),
         anchors: anchors.len(),
+        restores,
     })
+}
+
+/// Opens a signed note under the trusted key, by the name the note itself
+/// gives (which origin it may have, [`origin_of`] decides afterwards).
+fn open_any(verifier: &LogVerifier, note: &str) -> Result<Checkpoint, NoteError> {
+    let origin = note.split('\n').next().unwrap_or_default();
+    verifier.renamed(origin)?.open(note)
+}
+
+/// The Restored record at `seq`: its note must say it restores checkpoint
+/// `seq` (it is the first record after the restored ones).
+fn restore_at(seq: u64, note: &str) -> Result<RestoreNote, Problem> {
+    let restore = RestoreNote::parse(note).ok_or_else(|| Problem::Record {
+        seq,
+        what: "a Restored record whose note does not say which checkpoint it restores".into(),
+    })?;
+    if restore.checkpoint != seq {
+        return Err(Problem::Record {
+            seq,
+            what: format!(
+                "a Restored record says it restores checkpoint {}, but stands at record {seq}",
+                restore.checkpoint
+            ),
+        });
+    }
+    Ok(restore)
+}
+
+/// The origin that signs checkpoints of `size`: the previous origin of the
+/// first restore at or after it, else the trusted key's name.
+fn origin_of<'a>(restores: &'a [RestoreNote], verifier: &'a LogVerifier, size: u64) -> &'a str {
+    restores
+        .iter()
+        .find(|restore| size <= restore.checkpoint)
+        .map_or(verifier.name(), |restore| restore.previous_origin.as_str())
 }
 
 /// Where the records stop matching the kept checkpoints: the size of the
@@ -326,7 +407,7 @@ fn suspects(
 ) -> (u64, Option<u64>) {
     let mut good = floor;
     for (kept_size, note) in kept {
-        let Ok(checkpoint) = verifier.open(note) else {
+        let Ok(checkpoint) = open_any(verifier, note) else {
             continue;
         };
         if checkpoint.size != *kept_size {
@@ -519,5 +600,117 @@ mod tests {
         assert_eq!(store.purge_before(2_000).unwrap(), 700);
         let report = verify(&mut store, &signer.verifier(), &[]).unwrap();
         assert_eq!((report.size, report.purged), (700, 700));
+    }
+
+    fn sign_as(store: &mut RedbStore, signer: &LogSigner) -> String {
+        let note = signer
+            .sign(&Checkpoint {
+                origin: signer.verifier().name().into(),
+                size: store.size(),
+                root: store.root(),
+            })
+            .unwrap();
+        store.add_checkpoint(store.size(), &note).unwrap();
+        note
+    }
+
+    fn restored_record(store: &mut RedbStore, note: &str) {
+        let group = Group {
+            header: Header {
+                time_ms: 2_000,
+                operation: Operation::Restored,
+                caller: "admin:ops".into(),
+                counterpart: String::new(),
+                affair: String::new(),
+                items: Vec::new(),
+                non_disclosure_until: 0,
+                policy_version: [0; 32],
+                batch_id: String::new(),
+                note: note.into(),
+                count: 0,
+                agent: String::new(),
+            },
+            entries: vec![Entry {
+                outcome: Outcome::Done,
+                epoch: 0,
+                serial: None,
+                person: None,
+            }],
+        };
+        store
+            .append(Append {
+                groups: vec![group],
+                now_ms: 0,
+                ..Append::default()
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn a_restored_log_verifies_under_its_origins_and_names_what_was_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = LogSigner::from_seed(NAME, &[3; 32]).unwrap();
+        let new = old
+            .renamed(&format!("{NAME}/restored-10-1700000000"))
+            .unwrap();
+        // The log that went on after the backup (to 20), as a client saw it.
+        let mut lost = RedbStore::open(dir.path().join("lost.redb")).unwrap();
+        append(&mut lost, 0..10);
+        let at_ten = sign_as(&mut lost, &old);
+        append(&mut lost, 10..20);
+        let at_twenty = sign_as(&mut lost, &old);
+        // The restored log: 0..10, then the Restored record, under the new origin.
+        let mut store = RedbStore::open(dir.path().join("restored.redb")).unwrap();
+        append(&mut store, 0..10);
+        sign_as(&mut store, &old);
+        restored_record(
+            &mut store,
+            &format!("restored from checkpoint 10 of {NAME}; records after 10 lost"),
+        );
+        sign_as(&mut store, &new);
+        append(&mut store, 30..35);
+        sign_as(&mut store, &new);
+        let anchor = |name: &str, note: &str| Anchor {
+            name: name.into(),
+            note: note.into(),
+        };
+        let report = verify(&mut store, &new.verifier(), &[anchor("ten", &at_ten)]).unwrap();
+        assert_eq!(report.restores.len(), 1);
+        assert_eq!((report.size, report.checkpoints), (16, 3));
+        // The client that saw 20 records is told ten of them were lost.
+        let problem =
+            verify(&mut store, &new.verifier(), &[anchor("twenty", &at_twenty)]).unwrap_err();
+        let text = problem.to_string();
+        assert!(
+            text.contains("before the log was restored from checkpoint 10")
+                && text.contains("signed at size 20"),
+            "{text}"
+        );
+        // The old origin may not sign past the restore, nor the new one before it.
+        let mut forged = RedbStore::open(dir.path().join("forged.redb")).unwrap();
+        append(&mut forged, 0..10);
+        sign_as(&mut forged, &old);
+        restored_record(
+            &mut forged,
+            &format!("restored from checkpoint 10 of {NAME}; records after 10 lost"),
+        );
+        sign_as(&mut forged, &old);
+        let problem = verify(&mut forged, &new.verifier(), &[]).unwrap_err();
+        assert!(
+            matches!(&problem, Problem::Checkpoint { size: 11, what } if what.contains("belongs to origin")),
+            "{problem}"
+        );
+        // A Restored record that is not right after its checkpoint.
+        let mut misplaced = RedbStore::open(dir.path().join("misplaced.redb")).unwrap();
+        append(&mut misplaced, 0..10);
+        restored_record(
+            &mut misplaced,
+            &format!("restored from checkpoint 9 of {NAME}; records after 9 lost"),
+        );
+        let problem = verify(&mut misplaced, &new.verifier(), &[]).unwrap_err();
+        assert!(
+            matches!(problem, Problem::Record { seq: 10, .. }),
+            "{problem}"
+        );
     }
 }

@@ -1,0 +1,393 @@
+//! The admin plane: the `fugo.v1.Admin` service on a listener of its own
+//! (`[admin]` in fugo.toml), for client certificates of the admin CA whose
+//! identity is listed as an admin. Agencies' certificates are signed by
+//! another CA and are refused at the handshake; an admin certificate is
+//! refused on the agencies' listener the same way.
+//!
+//! Every admin call is an audit record (operation `admin`, caller
+//! `admin:<identity>`, the note saying what was done) committed before the
+//! answer leaves, like every agency call.
+
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use ring::rand::{SecureRandom, SystemRandom};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+use zeroize::Zeroizing;
+
+use super::codes::{RequestId, State};
+use super::edge::Peer;
+use super::status;
+use crate::admin::backup::{BackupHeader, CHUNK, Sealer};
+use crate::audit::entries::BatchFacts;
+use crate::proto::fugo::v1::admin_server::Admin;
+use crate::proto::fugo::v1::{
+    BackupChunk, BackupRequest, GetStatusRequest, GetStatusResponse, ReloadCrlsRequest,
+    ReloadCrlsResponse, ReloadPolicyRequest, ReloadPolicyResponse,
+};
+use fugo_log::record::{Entry, Group, Operation, Outcome};
+
+/// The backup key and the master key's fingerprint, set when the server
+/// opens (a sealed server has neither).
+pub(crate) struct BackupKey {
+    /// K_backup.
+    pub(crate) key: Zeroizing<[u8; 32]>,
+    /// The master key's fingerprint (hex), named in the backup's header.
+    pub(crate) fingerprint: String,
+}
+
+/// The admin identity of a call, put in its extensions by [`AdminAdmit`].
+#[derive(Clone, Debug)]
+struct AdminIdentity(Arc<str>);
+
+/// Admits a call only from a certificate whose identity is an admin.
+#[derive(Clone)]
+pub(crate) struct AdminAdmit {
+    identities: Arc<[String]>,
+}
+
+impl AdminAdmit {
+    pub(crate) fn new(identities: &[String]) -> Self {
+        AdminAdmit {
+            identities: identities.into(),
+        }
+    }
+}
+
+impl tonic::service::Interceptor for AdminAdmit {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        let id = RequestId::of(&request);
+        let certificate = request
+            .extensions()
+            .get::<Peer>()
+            .map(|peer| Arc::clone(&peer.certificate))
+            .ok_or_else(|| id.tag_status(status::unauthenticated("no client certificate")))?;
+        if let Some(reason) = certificate.revoked() {
+            return Err(id.tag_status(status::unauthenticated(&reason)));
+        }
+        let identity = certificate
+            .identity
+            .as_ref()
+            .map_err(|reason| id.tag_status(status::unauthenticated(reason)))?;
+        if !self.identities.iter().any(|admin| admin == identity) {
+            tracing::warn!(
+                request_id = id.as_str(),
+                fingerprint = %certificate.fingerprint,
+                identity = %identity,
+                "admin call refused: not an admin"
+            );
+            return Err(id.tag_status(status::not_admin(identity)));
+        }
+        let identity = AdminIdentity(identity.as_str().into());
+        request.extensions_mut().insert(identity);
+        request.extensions_mut().insert(id);
+        Ok(request)
+    }
+}
+
+/// Reloads the agencies' CRLs (the server's TLS setup); the count of
+/// revoked serial numbers.
+pub(crate) type CrlReload = Arc<dyn Fn() -> Result<usize, super::ServeError> + Send + Sync>;
+
+/// The Admin service.
+pub(crate) struct AdminService {
+    state: Arc<OnceLock<Arc<State>>>,
+    crls: CrlReload,
+    key: Arc<OnceLock<BackupKey>>,
+    policy_path: PathBuf,
+    data_dir: PathBuf,
+}
+
+impl AdminService {
+    pub(crate) fn new(
+        state: Arc<OnceLock<Arc<State>>>,
+        crls: CrlReload,
+        key: Arc<OnceLock<BackupKey>>,
+        policy_path: PathBuf,
+        data_dir: PathBuf,
+    ) -> Self {
+        AdminService {
+            state,
+            crls,
+            key,
+            policy_path,
+            data_dir,
+        }
+    }
+
+    fn state(&self) -> Result<&Arc<State>, Status> {
+        self.state.get().ok_or_else(status::admin_sealed)
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as u64)
+}
+
+fn admin_of<T>(request: &Request<T>) -> Result<Arc<str>, Status> {
+    request
+        .extensions()
+        .get::<AdminIdentity>()
+        .map(|admin| Arc::clone(&admin.0))
+        .ok_or_else(|| status::unauthenticated("no admin identity"))
+}
+
+/// Records one admin action and waits for its commit.
+async fn record(
+    state: &State,
+    admin: &str,
+    id: &RequestId,
+    note: String,
+    outcome: Outcome,
+) -> Result<(), Status> {
+    let policy = state.policy();
+    let caller = format!("admin:{admin}");
+    let facts = BatchFacts {
+        time_ms: now_ms(),
+        caller: &caller,
+        agent: "",
+        batch_id: id.as_str().to_owned(),
+        policy: &policy,
+    };
+    let mut header = facts.header(Operation::Admin);
+    header.note = note;
+    let append = facts.append(vec![Group {
+        header,
+        entries: vec![Entry {
+            outcome,
+            epoch: 0,
+            serial: None,
+            person: None,
+        }],
+    }]);
+    state
+        .recorder
+        .record(append)
+        .await
+        .map(|_| ())
+        .map_err(|error| id.tag_status(status::audit(&error)))
+}
+
+/// Removes the plain snapshot when the backup ends, however it ends.
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn reload_policy(
+        &self,
+        request: Request<ReloadPolicyRequest>,
+    ) -> Result<Response<ReloadPolicyResponse>, Status> {
+        let id = RequestId::of(&request);
+        let admin = admin_of(&request)?;
+        let state = self.state().map_err(|s| id.tag_status(s))?;
+        match super::server::reload(&self.state, &self.policy_path) {
+            Ok(version) => {
+                record(
+                    state,
+                    &admin,
+                    &id,
+                    format!("reload_policy: policy {version} in force"),
+                    Outcome::Done,
+                )
+                .await?;
+                tracing::info!(request_id = id.as_str(), admin = %admin, policy = %version, "admin: policy reloaded");
+                let mut response = Response::new(ReloadPolicyResponse {
+                    policy_version: version.to_string(),
+                });
+                id.tag(response.metadata_mut());
+                Ok(response)
+            }
+            Err(error) => {
+                record(
+                    state,
+                    &admin,
+                    &id,
+                    "reload_policy: refused, the policy in force stays".to_owned(),
+                    Outcome::Refused,
+                )
+                .await?;
+                Err(id.tag_status(status::reload_refused(&error)))
+            }
+        }
+    }
+
+    async fn reload_crls(
+        &self,
+        request: Request<ReloadCrlsRequest>,
+    ) -> Result<Response<ReloadCrlsResponse>, Status> {
+        let id = RequestId::of(&request);
+        let admin = admin_of(&request)?;
+        let state = self.state().map_err(|s| id.tag_status(s))?;
+        match (self.crls)() {
+            Ok(revoked) => {
+                record(
+                    state,
+                    &admin,
+                    &id,
+                    format!("reload_crls: {revoked} serial numbers revoked"),
+                    Outcome::Done,
+                )
+                .await?;
+                tracing::info!(request_id = id.as_str(), admin = %admin, revoked, "admin: CRLs reloaded");
+                let mut response = Response::new(ReloadCrlsResponse {
+                    revoked: revoked as u64,
+                });
+                id.tag(response.metadata_mut());
+                Ok(response)
+            }
+            Err(error) => {
+                record(
+                    state,
+                    &admin,
+                    &id,
+                    "reload_crls: refused, the lists in force stay".to_owned(),
+                    Outcome::Refused,
+                )
+                .await?;
+                Err(id.tag_status(status::crl_reload_refused(&error)))
+            }
+        }
+    }
+
+    type BackupStream = ReceiverStream<Result<BackupChunk, Status>>;
+
+    async fn backup(
+        &self,
+        request: Request<BackupRequest>,
+    ) -> Result<Response<Self::BackupStream>, Status> {
+        let id = RequestId::of(&request);
+        let admin = admin_of(&request)?;
+        let state = self.state().map_err(|s| id.tag_status(s))?;
+        let key = self
+            .key
+            .get()
+            .ok_or_else(|| id.tag_status(status::admin_sealed()))?;
+        let mut salt = [0u8; 32];
+        let mut name = [0u8; 8];
+        SystemRandom::new()
+            .fill(&mut salt)
+            .and_then(|()| SystemRandom::new().fill(&mut name))
+            .map_err(|_| id.tag_status(status::backup_failed("no random numbers")))?;
+        let scratch = Scratch(
+            self.data_dir
+                .join(format!(".backup-{}.tmp", crate::hex::encode(&name))),
+        );
+        let (checkpoint, note) = state
+            .recorder
+            .snapshot(scratch.0.clone())
+            .await
+            .map_err(|error| id.tag_status(status::audit(&error)))?;
+        let store_bytes = std::fs::metadata(&scratch.0)
+            .map_err(|error| id.tag_status(status::backup_failed(&error.to_string())))?
+            .len();
+        let header = BackupHeader {
+            format: 1,
+            key_fingerprint: key.fingerprint.clone(),
+            origin: state.recorder.verifier().name().to_owned(),
+            checkpoint,
+            checkpoint_note: note,
+            store_bytes,
+            created_ms: now_ms(),
+            salt: crate::hex::encode(&salt),
+        };
+        let (mut sealer, start) = Sealer::start(&key.key, &header)
+            .map_err(|error| id.tag_status(status::backup_failed(&error.to_string())))?;
+        record(
+            state,
+            &admin,
+            &id,
+            format!("backup: checkpoint {checkpoint}, {store_bytes} bytes"),
+            Outcome::Done,
+        )
+        .await?;
+        tracing::info!(request_id = id.as_str(), admin = %admin, checkpoint, store_bytes, "admin: backup");
+        let (sender, receiver) = tokio::sync::mpsc::channel(4);
+        let file = std::fs::File::open(&scratch.0)
+            .map_err(|error| id.tag_status(status::backup_failed(&error.to_string())))?;
+        let task_id = id.clone();
+        tokio::task::spawn_blocking(move || {
+            let _scratch = scratch;
+            let mut file = std::io::BufReader::new(file);
+            let send = |message: Result<BackupChunk, Status>| sender.blocking_send(message).is_ok();
+            if !send(Ok(BackupChunk {
+                data: start,
+                checkpoint,
+                done: false,
+            })) {
+                return;
+            }
+            let mut left = store_bytes;
+            let mut buffer = Zeroizing::new(vec![0u8; CHUNK]);
+            loop {
+                let take = left.min(CHUNK as u64) as usize;
+                if let Err(error) = std::io::Read::read_exact(&mut file, &mut buffer[..take]) {
+                    let _ = send(Err(
+                        task_id.tag_status(status::backup_failed(&error.to_string()))
+                    ));
+                    return;
+                }
+                left -= take as u64;
+                let chunk = match sealer.chunk(&buffer[..take], left == 0) {
+                    Ok(chunk) => chunk,
+                    Err(error) => {
+                        let _ = send(Err(
+                            task_id.tag_status(status::backup_failed(&error.to_string()))
+                        ));
+                        return;
+                    }
+                };
+                if !send(Ok(BackupChunk {
+                    data: chunk,
+                    checkpoint: 0,
+                    done: false,
+                })) {
+                    return;
+                }
+                if left == 0 {
+                    break;
+                }
+            }
+            let _ = send(Ok(BackupChunk {
+                data: Vec::new(),
+                checkpoint: 0,
+                done: true,
+            }));
+        });
+        let mut response = Response::new(ReceiverStream::new(receiver));
+        id.tag(response.metadata_mut());
+        Ok(response)
+    }
+
+    async fn get_status(
+        &self,
+        request: Request<GetStatusRequest>,
+    ) -> Result<Response<GetStatusResponse>, Status> {
+        let id = RequestId::of(&request);
+        let admin = admin_of(&request)?;
+        let state = self.state().map_err(|s| id.tag_status(s))?;
+        record(state, &admin, &id, "get_status".to_owned(), Outcome::Done).await?;
+        let log_size = state
+            .recorder
+            .read(|store| Ok(fugo_log::store::Store::size(store)))
+            .await
+            .map_err(|error| id.tag_status(status::audit(&error)))?;
+        let mut response = Response::new(GetStatusResponse {
+            policy_version: state.policy().version().to_string(),
+            log_size,
+            checkpoint: state.recorder.checkpoint().map_or(0, |signed| signed.size),
+            origin: state.recorder.verifier().name().to_owned(),
+        });
+        id.tag(response.metadata_mut());
+        Ok(response)
+    }
+}
