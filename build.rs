@@ -6,7 +6,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out_dir = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     let mut compiler = protox::Compiler::new(["proto"])?;
     compiler.include_imports(true).include_source_info(true);
-    compiler.open_files(["fugo/v1/codes.proto", "fugo/v1/audit.proto"])?;
+    compiler.open_files([
+        "fugo/v1/codes.proto",
+        "fugo/v1/audit.proto",
+        "fugo/v1/persons.proto",
+    ])?;
     std::fs::write(
         out_dir.join("fugo_descriptor.bin"),
         compiler.encode_file_descriptor_set(),

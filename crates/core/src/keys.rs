@@ -10,6 +10,8 @@
 //!        ├─ K_seal(b,w)  = HKDF-Expand(PRK, "fugo/v1/seal/" ‖ b ‖ "/" ‖ w, 32)  (format-1 tokens)
 //!        ├─ K_link       = HKDF-Expand(PRK, "fugo/v1/audit/link", 32)
 //!        ├─ log seed     = HKDF-Expand(PRK, "fugo/v1/audit/log-signing", 32)
+//!        ├─ K_ref        = HKDF-Expand(PRK, "fugo/v1/persons/reference", 32)  (persons.rs)
+//!        ├─ K_persons    = HKDF-Expand(PRK, "fugo/v1/persons/seal", 32)       (persons.rs)
 //!        └─ KCV          = HKDF-Expand(PRK, "fugo/v1/kcv", 16)   (the fingerprint)
 //! ```
 //!
@@ -273,6 +275,12 @@ impl KeyHierarchy {
     /// key is as safe as the master key and needs no file of its own.
     pub fn log_signing_seed(&self) -> Zeroizing<[u8; KEY_LEN]> {
         self.expand_key(&[INFO_LOG_SIGNING])
+    }
+
+    /// A 32-byte key under a label another module of this crate owns
+    /// (`persons`: `fugo/v1/persons/...`).
+    pub(crate) fn expand_labelled(&self, label: &[u8]) -> Zeroizing<[u8; KEY_LEN]> {
+        self.expand_key(&[label])
     }
 
     fn aes_key(&self, info: &[&[u8]]) -> Aes256 {

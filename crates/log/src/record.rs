@@ -79,11 +79,17 @@ pub enum Operation {
     PolicyLoaded = 8,
     /// A tally of refusals that opened no person (per agency, reason, minute).
     Refusals = 9,
+    /// A person's My Number was re-issued (old → new); the record is
+    /// about the person (their link stays the same).
+    Reissue = 11,
+    /// A person was suspended, the suspension lifted, or its reason read
+    /// (the note says which; the reason itself is not in the log).
+    Suspension = 12,
 }
 
 impl Operation {
     /// Every operation, in code order.
-    pub const ALL: [Operation; 9] = [
+    pub const ALL: [Operation; 11] = [
         Operation::Derive,
         Operation::Seal,
         Operation::Redeem,
@@ -93,6 +99,8 @@ impl Operation {
         Operation::CopyPage,
         Operation::PolicyLoaded,
         Operation::Refusals,
+        Operation::Reissue,
+        Operation::Suspension,
     ];
 
     /// The stored code.
@@ -117,6 +125,8 @@ impl Operation {
             Operation::CopyPage => "copy_page",
             Operation::PolicyLoaded => "policy_loaded",
             Operation::Refusals => "refusals",
+            Operation::Reissue => "reissue",
+            Operation::Suspension => "suspension",
         }
     }
 }

@@ -47,6 +47,7 @@ fn append(groups: Vec<Group>) -> Append {
         policies: Vec::new(),
         prepared: Vec::new(),
         usage: Vec::new(),
+        persons: Vec::new(),
     }
 }
 
@@ -302,6 +303,7 @@ fn tallies_become_refusals_records_when_the_minute_changes() {
             policies: Vec::new(),
             prepared: Vec::new(),
             usage: Vec::new(),
+            persons: Vec::new(),
         })
         .unwrap();
     assert_eq!((done.tallied, done.size), (0, 0));
@@ -321,6 +323,7 @@ fn tallies_become_refusals_records_when_the_minute_changes() {
             policies: Vec::new(),
             prepared: Vec::new(),
             usage: Vec::new(),
+            persons: Vec::new(),
         })
         .unwrap();
     assert_eq!(store.size(), 1);
@@ -338,6 +341,7 @@ fn tallies_become_refusals_records_when_the_minute_changes() {
             policies: Vec::new(),
             prepared: Vec::new(),
             usage: Vec::new(),
+            persons: Vec::new(),
         })
         .unwrap();
     assert_eq!(done.tallied, 2);
