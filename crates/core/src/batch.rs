@@ -179,14 +179,13 @@ fn refuse<E>(outcomes: &mut [Result<(), E>], removed: &[usize], superseded: &dyn
     if removed.is_empty() {
         return;
     }
-    let mut parsed = 0;
     let mut next = removed.iter().peekable();
-    for outcome in outcomes.iter_mut().filter(|outcome| outcome.is_ok()) {
-        if next.peek() == Some(&&parsed) {
+    let parsed = outcomes.iter_mut().filter(|outcome| outcome.is_ok());
+    for (position, outcome) in parsed.enumerate() {
+        if next.peek() == Some(&&position) {
             *outcome = Err(superseded());
             next.next();
         }
-        parsed += 1;
     }
 }
 
