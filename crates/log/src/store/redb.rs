@@ -1808,6 +1808,51 @@ mod tests {
         }
     }
 
+    /// The persons table: entries replace by (table, key), are written
+    /// with the append's records and survive reopening; `person_seen`
+    /// finds a person in indexed and not yet indexed records alike.
+    #[test]
+    fn persons_entries_and_person_seen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.redb");
+        let mut store = RedbStore::open(&path).unwrap();
+        let entry = |table: u8, key: u8, value: &[u8]| PersonsEntry {
+            table,
+            key: [key; 16],
+            value: value.to_vec(),
+        };
+        let mut append = derive(1_000, 0..4);
+        append.persons = vec![entry(1, 9, b"first"), entry(2, 9, b"person")];
+        store.append(append).unwrap();
+        assert_eq!(store.size(), 4);
+        // Only the persons entries: a commit of its own.
+        store
+            .append(Append {
+                persons: vec![entry(1, 9, b"second"), entry(1, 8, b"other")],
+                now_ms: 1_000,
+                ..Append::default()
+            })
+            .unwrap();
+        let expected = vec![
+            entry(1, 8, b"other"),
+            entry(1, 9, b"second"),
+            entry(2, 9, b"person"),
+        ];
+        assert_eq!(store.persons().unwrap(), expected);
+        // Not indexed yet, then indexed: seen both ways; others never.
+        assert_eq!(store.indexed(), 0);
+        assert!(store.person_seen(&PersonLink([2; 16])).unwrap());
+        assert!(!store.person_seen(&PersonLink([7; 16])).unwrap());
+        store.index_people(100).unwrap();
+        assert_eq!(store.indexed(), 4);
+        assert!(store.person_seen(&PersonLink([3; 16])).unwrap());
+        assert!(!store.person_seen(&PersonLink([7; 16])).unwrap());
+        drop(store);
+        let mut store = RedbStore::open(&path).unwrap();
+        assert_eq!(store.persons().unwrap(), expected);
+        assert!(store.person_seen(&PersonLink([0; 16])).unwrap());
+    }
+
     /// A copy taken while the store is open is what a crash leaves: its
     /// last commit is a plain (one-phase) one. A flipped byte in a page of
     /// that commit makes redb fall back to the commit before, silently
