@@ -100,7 +100,8 @@ struct Agency {
 impl Harness {
     async fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let (config, ca) = common::server_config(dir.path(), POLICY, MASTER);
+        let (mut config, ca) = common::server_config(dir.path(), POLICY, MASTER);
+        config.metrics = Some("127.0.0.1:0".parse().unwrap());
         let running = service::start(config, &mut std::io::sink()).await.unwrap();
         Harness {
             dir,
@@ -347,7 +348,23 @@ async fn a_reissued_person_keeps_every_code_and_the_old_number_is_superseded() {
         assert!(after.iter().any(|r| r.sequence == old.sequence));
     }
 
-    // A chain: the new number is re-issued in turn.
+    // A chain: the new number is re-issued in turn. Looking the next
+    // number up first gives it no history.
+    let unknown = jlis
+        .persons
+        .get_status(GetStatusRequest { number: n2.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!unknown.superseded && !unknown.reissued);
+    assert_eq!(unknown.suspension(), SuspensionReason::Unspecified);
+    let old = jlis
+        .persons
+        .get_status(GetStatusRequest { number: n0.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(old.superseded && !old.reissued);
     reissue(&mut jlis, &n1, &n2).await.unwrap();
     assert_eq!(derive(&mut shinjuku, &n2).await.unwrap(), shinjuku_code);
     superseded(derive(&mut shinjuku, &n1).await, "derive(middle)");
@@ -654,6 +671,24 @@ async fn a_suspended_person_is_unavailable_to_seal_and_redeem_only() {
         .await
         .unwrap_err();
     assert_eq!(old.code(), Code::FailedPrecondition);
+
+    // Counted on /metrics by operation and status, as Codes calls are.
+    let addr = harness.running.as_ref().unwrap().metrics_addr.unwrap();
+    let (_, page) = common::scrape(addr, "/metrics").await;
+    let calls = |operation: &str, code: &str| {
+        let series = format!("fugo_calls_total{{operation=\"{operation}\",code=\"{code}\"}}");
+        common::metric(&page, &series)
+    };
+    assert_eq!(calls("suspend", "OK"), 1);
+    assert_eq!(calls("suspend", "PERMISSION_DENIED"), 1);
+    assert_eq!(calls("suspend", "INVALID_ARGUMENT"), 1);
+    assert_eq!(calls("suspend", "FAILED_PRECONDITION"), 1);
+    assert_eq!(calls("lift", "OK"), 1);
+    assert_eq!(calls("lift", "FAILED_PRECONDITION"), 1);
+    assert_eq!(calls("get_status", "OK"), 3);
+    assert_eq!(calls("get_status", "PERMISSION_DENIED"), 1);
+    assert_eq!(calls("reissue", "OK"), 1);
+    assert!(!page.contains("fraud"));
 
     // Audited: suspend, read, read, lift; the reason is in no record.
     let (_dir, data) = harness.stop().await;

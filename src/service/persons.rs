@@ -94,6 +94,14 @@ impl PersonsService {
         Ok(appended.groups.first().map_or(0, |group| group.first_seq))
     }
 
+    /// Counts the call on `/metrics` (operation and status, as Codes calls).
+    fn count<T>(&self, operation: &'static str, result: &Result<T, Status>) {
+        let code = result
+            .as_ref()
+            .map_or_else(Status::code, |_| tonic::Code::Ok);
+        self.state.metrics.call(operation, code, 1);
+    }
+
     fn respond<T>(&self, id: &RequestId, message: T) -> Response<T> {
         let mut response = Response::new(message);
         id.tag(response.metadata_mut());
@@ -139,6 +147,50 @@ impl PersonsService {
             .await?;
         tracing::info!(request = %id.as_str(), agency = %caller, "a My Number re-issue was recorded");
         Ok(ReissueResponse { seq })
+    }
+
+    async fn get_status(
+        &self,
+        request: Request<GetStatusRequest>,
+    ) -> Result<GetStatusResponse, Status> {
+        let id = RequestId::of(&request);
+        let (caller, policy) =
+            self.caller(&request, &[Capability::Suspend, Capability::Reissue])?;
+        let person = number("number", &request.get_ref().number)?;
+        let found = self.state.exchange.persons().status(&person);
+        // Reading a reason is an access to the person: recorded first. A
+        // number the tables know nothing of is recorded without a person,
+        // so looking up a number about to be re-issued gives it no history
+        // (D198).
+        let known = found.superseded || found.reissued || found.suspension.is_some();
+        let facts = facts(&caller, &id, &policy);
+        let mut header = facts.header(Operation::Suspension);
+        header.note = "status read".to_owned();
+        let person_link =
+            known.then(|| PersonLink(self.state.exchange.person_link(&person).to_bytes()));
+        let append = facts.append(vec![Group {
+            header,
+            entries: vec![Entry {
+                outcome: Outcome::Done,
+                epoch: 0,
+                serial: None,
+                person: person_link,
+            }],
+        }]);
+        self.state
+            .recorder
+            .record(append)
+            .await
+            .map_err(|error| status::audit(&error))?;
+        Ok(GetStatusResponse {
+            superseded: found.superseded,
+            reissued: found.reissued,
+            suspension: found
+                .suspension
+                .map_or(SuspensionReason::Unspecified, |s| wire_reason(s.reason))
+                .into(),
+            suspended_since_ms: found.suspension.map_or(0, |s| s.since_ms),
+        })
     }
 
     async fn suspend(
@@ -220,10 +272,9 @@ impl Persons for PersonsService {
         request: Request<ReissueRequest>,
     ) -> Result<Response<ReissueResponse>, Status> {
         let id = RequestId::of(&request);
-        let answer = PersonsService::reissue(self, request)
-            .await
-            .map_err(|s| id.tag_status(s))?;
-        Ok(self.respond(&id, answer))
+        let answer = PersonsService::reissue(self, request).await;
+        self.count("reissue", &answer);
+        Ok(self.respond(&id, answer.map_err(|s| id.tag_status(s))?))
     }
 
     async fn suspend(
@@ -232,10 +283,14 @@ impl Persons for PersonsService {
     ) -> Result<Response<SuspendResponse>, Status> {
         let id = RequestId::of(&request);
         let (reason, number) = (request.get_ref().reason, request.get_ref().number.clone());
-        let seq = PersonsService::suspend(self, request, false, reason, &number)
-            .await
-            .map_err(|s| id.tag_status(s))?;
-        Ok(self.respond(&id, SuspendResponse { seq }))
+        let seq = PersonsService::suspend(self, request, false, reason, &number).await;
+        self.count("suspend", &seq);
+        Ok(self.respond(
+            &id,
+            SuspendResponse {
+                seq: seq.map_err(|s| id.tag_status(s))?,
+            },
+        ))
     }
 
     async fn lift(&self, request: Request<LiftRequest>) -> Result<Response<LiftResponse>, Status> {
@@ -243,10 +298,14 @@ impl Persons for PersonsService {
         let number = request.get_ref().number.clone();
         let (metadata, extensions, _) = request.into_parts();
         let request = Request::from_parts(metadata, extensions, SuspendRequest::default());
-        let seq = PersonsService::suspend(self, request, true, 0, &number)
-            .await
-            .map_err(|s| id.tag_status(s))?;
-        Ok(self.respond(&id, LiftResponse { seq }))
+        let seq = PersonsService::suspend(self, request, true, 0, &number).await;
+        self.count("lift", &seq);
+        Ok(self.respond(
+            &id,
+            LiftResponse {
+                seq: seq.map_err(|s| id.tag_status(s))?,
+            },
+        ))
     }
 
     async fn get_status(
@@ -254,41 +313,8 @@ impl Persons for PersonsService {
         request: Request<GetStatusRequest>,
     ) -> Result<Response<GetStatusResponse>, Status> {
         let id = RequestId::of(&request);
-        let (caller, policy) = self
-            .caller(&request, &[Capability::Suspend, Capability::Reissue])
-            .map_err(|s| id.tag_status(s))?;
-        let person = number("number", &request.get_ref().number).map_err(|s| id.tag_status(s))?;
-        let found = self.state.exchange.persons().status(&person);
-        // Reading a reason is an access to the person: recorded first.
-        {
-            let link = self.state.exchange.person_link(&person);
-            let facts = facts(&caller, &id, &policy);
-            let mut header = facts.header(Operation::Suspension);
-            header.note = "status read".to_owned();
-            let append = facts.append(vec![Group {
-                header,
-                entries: vec![Entry {
-                    outcome: Outcome::Done,
-                    epoch: 0,
-                    serial: None,
-                    person: Some(PersonLink(link.to_bytes())),
-                }],
-            }]);
-            self.state
-                .recorder
-                .record(append)
-                .await
-                .map_err(|error| id.tag_status(status::audit(&error)))?;
-        }
-        let answer = GetStatusResponse {
-            superseded: found.superseded,
-            reissued: found.reissued,
-            suspension: found
-                .suspension
-                .map_or(SuspensionReason::Unspecified, |s| wire_reason(s.reason))
-                .into(),
-            suspended_since_ms: found.suspension.map_or(0, |s| s.since_ms),
-        };
-        Ok(self.respond(&id, answer))
+        let answer = PersonsService::get_status(self, request).await;
+        self.count("get_status", &answer);
+        Ok(self.respond(&id, answer.map_err(|s| id.tag_status(s))?))
     }
 }
