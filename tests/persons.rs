@@ -716,3 +716,74 @@ async fn a_suspended_person_is_unavailable_to_seal_and_redeem_only() {
         ]
     );
 }
+
+/// The demo key records nothing, but reads the re-issues of a data
+/// directory it is given; without one there are none (D193).
+#[test]
+fn the_offline_derive_with_the_demo_key_reads_a_data_directorys_reissues() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    fs::create_dir(&data).unwrap();
+    let demo = KeyHierarchy::new(&MasterKey::from_bytes(std::array::from_fn(|i| i as u8)));
+    let (old, new) = (
+        common::valid_number(33_000_000_001),
+        common::valid_number(33_000_000_002),
+    );
+    let persons = fugo::persons::Persons::new(&demo);
+    let parse = |n: &str| MyNumber::parse(n.as_bytes()).unwrap();
+    let change = persons
+        .plan_reissue(&parse(&old), &parse(&new), &[5; 36])
+        .unwrap();
+    let mut store = RedbStore::open(data.join(fugo::audit::STORE_FILE)).unwrap();
+    store
+        .append(fugo_log::store::Append {
+            persons: fugo::audit::persons::stored(&change),
+            now_ms: 1,
+            ..Default::default()
+        })
+        .unwrap();
+    drop(store);
+    let input = dir.path().join("numbers.txt");
+    fs::write(&input, format!("{new}\n{old}\n")).unwrap();
+    let out = dir.path().join("codes.txt");
+    let run = |with_data: bool| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_fugo"));
+        command
+            .arg("derive")
+            .arg("--master-key")
+            .arg(common::demo_key_path())
+            .args(["--agency", "city-shinjuku", "--epoch", "1"])
+            .arg(&input)
+            .arg("-o")
+            .arg(&out);
+        if with_data {
+            command.arg("--data-dir").arg(&data);
+        }
+        let output = command.output().unwrap();
+        let lines: Vec<String> = fs::read_to_string(&out)
+            .unwrap()
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        (output, lines)
+    };
+    let demo_code = |n: &str| {
+        let coder = Coder::new(
+            &demo,
+            AgencyId::new("city-shinjuku").unwrap(),
+            Epoch::new(1).unwrap(),
+        );
+        String::from_utf8(coder.derive(&parse(n)).to_text().to_vec()).unwrap()
+    };
+    let (output, lines) = run(true);
+    assert_eq!(output.status.code(), Some(3), "{}", text(&output.stderr));
+    assert_eq!(lines[0], demo_code(&old));
+    assert!(text(&output.stderr).contains("line 2: number superseded"));
+    // Nothing was recorded: the store holds no record.
+    let mut store = RedbStore::open(data.join(fugo::audit::STORE_FILE)).unwrap();
+    assert_eq!(store.size(), 0);
+    drop(store);
+    let (output, lines) = run(false);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    assert_eq!(lines, [demo_code(&new), demo_code(&old)]);
+}
