@@ -780,7 +780,7 @@ fn the_offline_derive_with_the_demo_key_reads_a_data_directorys_reissues() {
     assert_eq!(lines[0], demo_code(&old));
     assert!(text(&output.stderr).contains("line 2: number superseded"));
     // Nothing was recorded: the store holds no record.
-    let mut store = RedbStore::open(data.join(fugo::audit::STORE_FILE)).unwrap();
+    let store = RedbStore::open(data.join(fugo::audit::STORE_FILE)).unwrap();
     assert_eq!(store.size(), 0);
     drop(store);
     let (output, lines) = run(false);

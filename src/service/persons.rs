@@ -193,23 +193,23 @@ impl PersonsService {
         })
     }
 
-    async fn suspend(
+    /// Suspends the person of `number_text` for `reason` (`Some`: a
+    /// SuspensionReason value) or lifts the suspension (`None`).
+    async fn change_suspension<T>(
         &self,
-        request: Request<SuspendRequest>,
-        lift: bool,
-        reason: i32,
+        request: &Request<T>,
         number_text: &str,
+        reason: Option<i32>,
     ) -> Result<u64, Status> {
-        let id = RequestId::of(&request);
-        let (caller, policy) = self.caller(&request, &[Capability::Suspend])?;
+        let id = RequestId::of(request);
+        let (caller, policy) = self.caller(request, &[Capability::Suspend])?;
         let person = number("number", number_text)?;
-        let suspension = if lift {
-            None
-        } else {
-            Some(Suspension {
+        let suspension = match reason {
+            None => None,
+            Some(reason) => Some(Suspension {
                 reason: reason_of(reason)?,
                 since_ms: now_ms(),
-            })
+            }),
         };
         let _changing = self.changing.lock().await;
         let planned = self
@@ -219,7 +219,7 @@ impl PersonsService {
             .map_err(|error| status::persons(&error))?;
         // The reason stays under AEAD in the tables: the record says only
         // that a suspension changed (D195).
-        let note = if lift { "lift" } else { "suspend" };
+        let note = if reason.is_some() { "suspend" } else { "lift" };
         self.commit(&caller, &policy, &id, Operation::Suspension, note, planned)
             .await
     }
@@ -282,8 +282,10 @@ impl Persons for PersonsService {
         request: Request<SuspendRequest>,
     ) -> Result<Response<SuspendResponse>, Status> {
         let id = RequestId::of(&request);
-        let (reason, number) = (request.get_ref().reason, request.get_ref().number.clone());
-        let seq = PersonsService::suspend(self, request, false, reason, &number).await;
+        let body = request.get_ref();
+        let seq = self
+            .change_suspension(&request, &body.number, Some(body.reason))
+            .await;
         self.count("suspend", &seq);
         Ok(self.respond(
             &id,
@@ -295,10 +297,9 @@ impl Persons for PersonsService {
 
     async fn lift(&self, request: Request<LiftRequest>) -> Result<Response<LiftResponse>, Status> {
         let id = RequestId::of(&request);
-        let number = request.get_ref().number.clone();
-        let (metadata, extensions, _) = request.into_parts();
-        let request = Request::from_parts(metadata, extensions, SuspendRequest::default());
-        let seq = PersonsService::suspend(self, request, true, 0, &number).await;
+        let seq = self
+            .change_suspension(&request, &request.get_ref().number, None)
+            .await;
         self.count("lift", &seq);
         Ok(self.respond(
             &id,

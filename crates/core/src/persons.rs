@@ -170,6 +170,10 @@ pub enum PersonsError {
     /// Lift of a person who is not suspended.
     #[error("field number: the person is not suspended")]
     NotSuspended,
+    /// A value could not be sealed (AES-GCM refused it: cannot happen for
+    /// these 9- and 17-byte values, and is not hidden if it does).
+    #[error("a persons table value could not be sealed")]
+    Sealing,
     /// A stored entry that does not open or decode under this key.
     #[error("the persons table is corrupt or of another master key: {table:?} entry {position}")]
     Corrupt {
@@ -549,7 +553,7 @@ impl Persons {
                 },
             ),
         ];
-        Ok(self.change(updates, nonces, original, Some(new.duplicate())))
+        self.change(updates, nonces, original, Some(new.duplicate()))
     }
 
     /// The change that suspends the person of `number` (a current number)
@@ -582,7 +586,7 @@ impl Persons {
                 suspension,
             },
         )];
-        Ok(self.change(updates, nonce, original, None))
+        self.change(updates, nonce, original, None)
     }
 
     fn change(
@@ -591,18 +595,18 @@ impl Persons {
         nonces: &[u8],
         original: MyNumber,
         new_number: Option<MyNumber>,
-    ) -> Change {
+    ) -> Result<Change, PersonsError> {
         let entries = updates
             .iter()
             .zip(nonces.chunks_exact(NONCE_LEN))
             .map(|(update, nonce)| self.seal(update, nonce))
-            .collect();
-        Change {
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Change {
             entries,
             updates,
             original,
             new_number,
-        }
+        })
     }
 
     /// Takes a change into memory, once the store has committed it.
@@ -613,27 +617,22 @@ impl Persons {
         }
     }
 
-    fn seal(&self, update: &Update, nonce: &[u8]) -> StoredEntry {
+    fn seal(&self, update: &Update, nonce: &[u8]) -> Result<StoredEntry, PersonsError> {
         let (table, key, mut plain) = encode(update);
         let aad = aad(table, &key);
         let mut nonce_bytes = [0u8; NONCE_LEN];
         nonce_bytes.copy_from_slice(nonce);
-        // Encryption fails only past GCM's 64 GiB message limit; these
-        // values are 17 bytes.
-        let sealed = self
-            .seal
-            .encrypt(
-                &Nonce::from(nonce_bytes),
-                Payload {
-                    msg: &plain[..],
-                    aad: &aad,
-                },
-            )
-            .unwrap_or_default();
+        let sealed = self.seal.encrypt(
+            &Nonce::from(nonce_bytes),
+            Payload {
+                msg: &plain[..],
+                aad: &aad,
+            },
+        );
         plain.zeroize();
         let mut value = nonce_bytes.to_vec();
-        value.extend_from_slice(&sealed);
-        StoredEntry { table, key, value }
+        value.extend_from_slice(&sealed.map_err(|_| PersonsError::Sealing)?);
+        Ok(StoredEntry { table, key, value })
     }
 
     fn open(&self, entry: &StoredEntry) -> Option<Zeroizing<Vec<u8>>> {
