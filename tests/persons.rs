@@ -787,3 +787,39 @@ fn the_offline_derive_with_the_demo_key_reads_a_data_directorys_reissues() {
     assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
     assert_eq!(lines, [demo_code(&new), demo_code(&old)]);
 }
+
+/// A persons table that does not open under the server's key stops the
+/// server at start, naming the tables: serving without them would give a
+/// superseded number codes.
+#[tokio::test]
+async fn a_server_whose_tables_do_not_open_does_not_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, _ca) = common::server_config(dir.path(), POLICY, MASTER);
+    fs::create_dir_all(&config.data_dir).unwrap();
+    let mut store = RedbStore::open(config.data_dir.join(fugo::audit::STORE_FILE)).unwrap();
+    // Entries sealed under another master key.
+    let other = KeyHierarchy::new(&MasterKey::from_bytes([43; 32]));
+    let persons = fugo::persons::Persons::new(&other);
+    let parse = |seed: u64| MyNumber::parse(common::valid_number(seed).as_bytes()).unwrap();
+    let change = persons
+        .plan_reissue(&parse(34_000_000_001), &parse(34_000_000_002), &[6; 36])
+        .unwrap();
+    store
+        .append(fugo_log::store::Append {
+            persons: fugo::audit::persons::stored(&change),
+            now_ms: 1,
+            ..Default::default()
+        })
+        .unwrap();
+    drop(store);
+    let error = service::start(config, &mut std::io::sink())
+        .await
+        .err()
+        .expect("the server started");
+    let message = error.to_string();
+    assert!(
+        message.contains("re-issue and suspension tables")
+            && message.contains("of another master key"),
+        "{message}"
+    );
+}

@@ -48,6 +48,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum ServeError {
+    /// The re-issue and suspension tables of the data directory do not
+    /// open under this master key (the server does not start without them:
+    /// derive would give a superseded number codes).
+    #[error("the data directory's re-issue and suspension tables: {0}")]
+    Persons(#[from] crate::audit::persons::LoadError),
     /// The configuration file is wrong.
     #[error(transparent)]
     Config(#[from] ConfigError),
@@ -585,10 +590,7 @@ impl Opening {
                 .read(|store| store.persons())
                 .await
                 .map_err(ServeError::Audit)?;
-            let loaded = crate::audit::persons::load_entries(entries, state.exchange.persons())
-                .map_err(|error| {
-                    ServeError::Audit(RecorderError::Unavailable(error.to_string()))
-                })?;
+            let loaded = crate::audit::persons::load_entries(entries, state.exchange.persons())?;
             if loaded > 0 {
                 tracing::info!(entries = loaded, "re-issue and suspension tables loaded");
             }
