@@ -45,8 +45,8 @@ use crate::bulk::{BulkError, RowError, Work};
 use crate::hex;
 use crate::proto::fugo::v1::codes_client::CodesClient;
 use crate::proto::fugo::v1::{
-    DeriveRequest, ItemError, RedeemRequest, ReidentifyRequest, RequestContext, SealRequest,
-    derive_result, redeem_result, reidentify_result, seal_result,
+    DeriveRequest, ItemError, MigrateRequest, RedeemRequest, ReidentifyRequest, RequestContext,
+    SealRequest, derive_result, migrate_result, redeem_result, reidentify_result, seal_result,
 };
 
 /// Items per request message.
@@ -441,8 +441,12 @@ fn tls_cause(error: &rustls::Error, connection: &Connection, name: &str) -> Stri
 /// Which operation, with the context a seal needs.
 #[derive(Debug, Clone)]
 pub enum Operation {
-    /// Numbers → the caller's codes.
-    Derive,
+    /// Numbers → the caller's codes (or, with `on_behalf_of`, the codes of
+    /// an agency it acts for under a delegation).
+    Derive {
+        /// Empty, or the agency acted for.
+        on_behalf_of: String,
+    },
     /// The caller's codes → tokens for `provider`.
     Seal {
         /// Addressee.
@@ -453,11 +457,22 @@ pub enum Operation {
         items: Vec<String>,
         /// Non-disclosure date, unix seconds, 0 for none.
         non_disclosure_until: i64,
+        /// Empty, or the agency acted for (the requester).
+        on_behalf_of: String,
     },
     /// Tokens → the caller's codes and request context.
-    Redeem,
+    Redeem {
+        /// Empty, or the agency acted for (the tokens' addressee).
+        on_behalf_of: String,
+    },
     /// The caller's codes → numbers.
     Reidentify,
+    /// Codes of a merged agency → the caller's codes (the caller survived
+    /// the merger).
+    Migrate {
+        /// The merged agency.
+        merged: String,
+    },
 }
 
 /// The send side of the stream, taken by one chunk at a time.
@@ -555,7 +570,7 @@ impl Remote {
     fn item_text(&self, item: &str) -> String {
         match self.operation {
             // A redeem item is its token, up to the first space.
-            Operation::Redeem => item.split(' ').next().unwrap_or_default().to_owned(),
+            Operation::Redeem { .. } => item.split(' ').next().unwrap_or_default().to_owned(),
             _ => item.to_owned(),
         }
     }
@@ -685,9 +700,9 @@ impl Work for Remote {
 
     fn extra_columns(&self) -> &[&'static str] {
         match self.operation {
-            Operation::Derive | Operation::Reidentify => &[],
+            Operation::Derive { .. } | Operation::Reidentify | Operation::Migrate { .. } => &[],
             Operation::Seal { .. } => &["serial"],
-            Operation::Redeem => &[
+            Operation::Redeem { .. } => &[
                 "serial",
                 "requester",
                 "affair",
@@ -808,6 +823,7 @@ enum Responses {
     Seal(tonic::Streaming<crate::proto::fugo::v1::SealResponse>),
     Redeem(tonic::Streaming<crate::proto::fugo::v1::RedeemResponse>),
     Reidentify(tonic::Streaming<crate::proto::fugo::v1::ReidentifyResponse>),
+    Migrate(tonic::Streaming<crate::proto::fugo::v1::MigrateResponse>),
 }
 
 async fn open_stream(
@@ -818,9 +834,12 @@ async fn open_stream(
     let items = ReceiverStream::new(items);
     use tokio_stream::StreamExt;
     Ok(match operation.clone() {
-        Operation::Derive => Responses::Derive(
+        Operation::Derive { on_behalf_of } => Responses::Derive(
             client
-                .derive_stream(items.map(|numbers| DeriveRequest { numbers }))
+                .derive_stream(items.map(move |numbers| DeriveRequest {
+                    numbers,
+                    on_behalf_of: on_behalf_of.clone(),
+                }))
                 .await?
                 .into_inner(),
         ),
@@ -829,6 +848,7 @@ async fn open_stream(
             affair,
             items: data_items,
             non_disclosure_until,
+            on_behalf_of,
         } => Responses::Seal(
             client
                 .seal_stream(items.map(move |codes| SealRequest {
@@ -837,13 +857,14 @@ async fn open_stream(
                     items: data_items.clone(),
                     non_disclosure_until,
                     codes,
+                    on_behalf_of: on_behalf_of.clone(),
                 }))
                 .await?
                 .into_inner(),
         ),
-        Operation::Redeem => Responses::Redeem(
+        Operation::Redeem { on_behalf_of } => Responses::Redeem(
             client
-                .redeem_stream(items.map(|texts| {
+                .redeem_stream(items.map(move |texts| {
                     RedeemRequest {
                         // An undecodable token is sent empty; the server rejects
                         // it as malformed at its index.
@@ -854,6 +875,7 @@ async fn open_stream(
                                 URL_SAFE_NO_PAD.decode(token).unwrap_or_default()
                             })
                             .collect(),
+                        on_behalf_of: on_behalf_of.clone(),
                     }
                 }))
                 .await?
@@ -862,6 +884,15 @@ async fn open_stream(
         Operation::Reidentify => Responses::Reidentify(
             client
                 .reidentify_stream(items.map(|codes| ReidentifyRequest { codes }))
+                .await?
+                .into_inner(),
+        ),
+        Operation::Migrate { merged } => Responses::Migrate(
+            client
+                .migrate_stream(items.map(move |codes| MigrateRequest {
+                    merged: merged.clone(),
+                    codes,
+                }))
                 .await?
                 .into_inner(),
         ),
@@ -922,6 +953,17 @@ async fn next_results(responses: &mut Responses) -> Result<Option<Vec<ItemResult
                 .map(|r| match r.result {
                     Some(reidentify_result::Result::Number(n)) => Ok(n),
                     Some(reidentify_result::Result::Error(e)) => Err(e),
+                    None => Err(missing()),
+                })
+                .collect()
+        }),
+        Responses::Migrate(stream) => stream.message().await?.map(|response| {
+            response
+                .results
+                .into_iter()
+                .map(|r| match r.result {
+                    Some(migrate_result::Result::Migrated(m)) => Ok(m.new_code),
+                    Some(migrate_result::Result::Error(e)) => Err(e),
                     None => Err(missing()),
                 })
                 .collect()

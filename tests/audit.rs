@@ -161,6 +161,7 @@ async fn derive(agency: &mut Agency, numbers: &[String]) -> Vec<Option<String>> 
         .codes
         .derive(DeriveRequest {
             numbers: numbers.to_vec(),
+            on_behalf_of: String::new(),
         })
         .await
         .unwrap()
@@ -193,6 +194,7 @@ async fn seal(agency: &mut Agency, codes: &[String], non_disclosure_until: i64) 
             items: vec!["local-tax".into()],
             non_disclosure_until,
             codes: codes.to_vec(),
+            on_behalf_of: String::new(),
         })
         .await
         .unwrap()
@@ -210,7 +212,10 @@ async fn seal(agency: &mut Agency, codes: &[String], non_disclosure_until: i64) 
 async fn redeem(agency: &mut Agency, tokens: Vec<Vec<u8>>) -> Vec<Redeemed> {
     let response = agency
         .codes
-        .redeem(RedeemRequest { tokens })
+        .redeem(RedeemRequest {
+            tokens,
+            on_behalf_of: String::new(),
+        })
         .await
         .unwrap()
         .into_inner();
@@ -1032,6 +1037,7 @@ async fn checkpoints_cover_records_within_seconds_and_every_response_names_one()
         .codes
         .derive(DeriveRequest {
             numbers: people.clone(),
+            on_behalf_of: String::new(),
         })
         .await
         .unwrap();
@@ -1071,6 +1077,7 @@ async fn checkpoints_cover_records_within_seconds_and_every_response_names_one()
             items: vec!["local-tax".into()],
             non_disclosure_until: 0,
             codes: mhlw_codes.clone(),
+            on_behalf_of: String::new(),
         })
         .await
         .unwrap();
@@ -1096,7 +1103,10 @@ async fn checkpoints_cover_records_within_seconds_and_every_response_names_one()
         .collect();
     let redeemed = shinjuku
         .codes
-        .redeem(RedeemRequest { tokens })
+        .redeem(RedeemRequest {
+            tokens,
+            on_behalf_of: String::new(),
+        })
         .await
         .unwrap();
     named_checkpoint(redeemed.metadata(), &verifier);
@@ -1117,6 +1127,7 @@ async fn checkpoints_cover_records_within_seconds_and_every_response_names_one()
         .codes
         .derive_stream(tokio_stream::iter(vec![DeriveRequest {
             numbers: people.clone(),
+            on_behalf_of: String::new(),
         }]))
         .await
         .unwrap();
@@ -1307,6 +1318,7 @@ fn a_derive_record(person: u8) -> Append {
                 batch_id: format!("batch-{person}"),
                 note: String::new(),
                 count: 0,
+                agent: String::new(),
             },
             entries: vec![Entry {
                 outcome: Outcome::Done,
@@ -1398,6 +1410,7 @@ async fn every_policy_text_loaded_is_kept_by_version_and_its_loading_recorded() 
         .codes
         .derive(DeriveRequest {
             numbers: people.clone(),
+            on_behalf_of: String::new(),
         })
         .await
         .unwrap()
@@ -1414,6 +1427,7 @@ async fn every_policy_text_loaded_is_kept_by_version_and_its_loading_recorded() 
         .codes
         .derive(DeriveRequest {
             numbers: people.clone(),
+            on_behalf_of: String::new(),
         })
         .await
         .unwrap()
@@ -1468,6 +1482,7 @@ async fn policy_reload_during_a_write_failure_in_this_process() {
         .codes
         .derive(DeriveRequest {
             numbers: people.clone(),
+            on_behalf_of: String::new(),
         })
         .await
         .unwrap()
@@ -1490,6 +1505,7 @@ async fn policy_reload_during_a_write_failure_in_this_process() {
         .codes
         .derive(DeriveRequest {
             numbers: people.clone(),
+            on_behalf_of: String::new(),
         })
         .await
         .unwrap_err();
@@ -1518,6 +1534,7 @@ async fn policy_reload_during_a_write_failure_in_this_process() {
             .codes
             .derive(DeriveRequest {
                 numbers: people.clone(),
+                on_behalf_of: String::new(),
             })
             .await
         {

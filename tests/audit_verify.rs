@@ -104,7 +104,13 @@ async fn write_store() -> Written {
         .unwrap();
     let mut client = CodesClient::new(channel);
     let mut derive = async |numbers: Vec<String>| {
-        let response = client.derive(DeriveRequest { numbers }).await.unwrap();
+        let response = client
+            .derive(DeriveRequest {
+                numbers,
+                on_behalf_of: String::new(),
+            })
+            .await
+            .unwrap();
         response
             .metadata()
             .get(service::CHECKPOINT)
@@ -132,6 +138,7 @@ async fn write_store() -> Written {
     let codes: Vec<String> = client
         .derive(DeriveRequest {
             numbers: vec![common::valid_number(4000), common::valid_number(4001)],
+            on_behalf_of: String::new(),
         })
         .await
         .unwrap()
@@ -150,12 +157,14 @@ async fn write_store() -> Written {
             items: vec!["family-register".into()],
             non_disclosure_until: 0,
             codes,
+            on_behalf_of: String::new(),
         })
         .await
         .unwrap();
     client
         .derive(DeriveRequest {
             numbers: vec![common::valid_number(3001)],
+            on_behalf_of: String::new(),
         })
         .await
         .unwrap();
@@ -406,6 +415,7 @@ async fn verify_catches_every_tampering_of_a_real_store() {
                         batch_id: "rewritten".into(),
                         note: String::new(),
                         count: 0,
+                        agent: String::new(),
                     },
                     entries: (0..size + 5)
                         .map(|i| Entry {
@@ -883,6 +893,7 @@ async fn low_disk_space_is_warned_once_a_minute_and_calls_still_succeed() {
         let response = client
             .derive(DeriveRequest {
                 numbers: vec![common::valid_number(7000 + seed)],
+                on_behalf_of: String::new(),
             })
             .await
             .expect("below the warning level calls still succeed");
@@ -929,6 +940,7 @@ async fn the_recorder_purges_bodies_past_retention_by_itself_and_the_log_still_v
             batch_id: format!("batch-{time_ms}"),
             note: String::new(),
             count: 0,
+            agent: String::new(),
         },
         entries: (0..people)
             .map(|p| Entry {

@@ -242,6 +242,7 @@ async fn derive(channel: &Channel) -> Result<(), (Code, String)> {
     CodesClient::new(channel.clone())
         .derive(DeriveRequest {
             numbers: vec![common::valid_number(1)],
+            on_behalf_of: String::new(),
         })
         .await
         .map(|_| ())

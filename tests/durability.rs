@@ -470,6 +470,7 @@ async fn a_store_that_cannot_grow_fails_calls_closed_and_recovers_without_a_rest
         let response = codes
             .derive(DeriveRequest {
                 numbers: derive(BATCH),
+                on_behalf_of: String::new(),
             })
             .await
             .unwrap();
@@ -492,6 +493,7 @@ async fn a_store_that_cannot_grow_fails_calls_closed_and_recovers_without_a_rest
         let answer = codes
             .derive(DeriveRequest {
                 numbers: batch.clone(),
+                on_behalf_of: String::new(),
             })
             .await;
         let took = started.elapsed();
@@ -527,7 +529,10 @@ async fn a_store_that_cannot_grow_fails_calls_closed_and_recovers_without_a_rest
         let batch = derive(BATCH);
         let started = Instant::now();
         let status = codes
-            .derive(DeriveRequest { numbers: batch })
+            .derive(DeriveRequest {
+                numbers: batch,
+                on_behalf_of: String::new(),
+            })
             .await
             .unwrap_err();
         let took = started.elapsed();
@@ -544,6 +549,7 @@ async fn a_store_that_cannot_grow_fails_calls_closed_and_recovers_without_a_rest
     let status = codes
         .derive(DeriveRequest {
             numbers: derive(BATCH),
+            on_behalf_of: String::new(),
         })
         .await
         .unwrap_err();
@@ -571,6 +577,7 @@ async fn a_store_that_cannot_grow_fails_calls_closed_and_recovers_without_a_rest
         match codes
             .derive(DeriveRequest {
                 numbers: derive(BATCH),
+                on_behalf_of: String::new(),
             })
             .await
         {
@@ -658,6 +665,7 @@ const CHECKPOINT_WAIT: Duration = Duration::from_millis(1_300);
 async fn derive_until_killed(channel: Channel, first: u64) -> Vec<String> {
     let requests = (0..STREAM_BATCHES).map(move |batch| DeriveRequest {
         numbers: numbers(first + batch * STREAM_BATCH, STREAM_BATCH),
+        on_behalf_of: String::new(),
     });
     let mut client = CodesClient::new(channel);
     let mut acknowledged = Vec::new();
@@ -684,6 +692,7 @@ async fn seal_until_killed(channel: Channel, codes: Vec<String>) -> Vec<([u8; 16
         items: vec!["local-tax".to_owned()],
         non_disclosure_until: 0,
         codes,
+        on_behalf_of: String::new(),
     });
     let mut client = CodesClient::new(channel);
     let mut acknowledged = Vec::new();
@@ -732,6 +741,7 @@ async fn killing_the_server_at_random_loses_no_acknowledged_record_and_keeps_the
         let response = CodesClient::new(channel)
             .derive(DeriveRequest {
                 numbers: numbers(0, 2_000),
+                on_behalf_of: String::new(),
             })
             .await
             .unwrap();
@@ -795,6 +805,7 @@ async fn killing_the_server_at_random_loses_no_acknowledged_record_and_keeps_the
     let response = CodesClient::new(channel)
         .derive(DeriveRequest {
             numbers: numbers(500_000, 10),
+            on_behalf_of: String::new(),
         })
         .await
         .unwrap();
@@ -1100,6 +1111,7 @@ async fn every_acknowledged_call_is_fsynced_before_its_response_is_written() {
     codes
         .derive(DeriveRequest {
             numbers: numbers(1_000, 1),
+            on_behalf_of: String::new(),
         })
         .await
         .unwrap();
@@ -1109,6 +1121,7 @@ async fn every_acknowledged_call_is_fsynced_before_its_response_is_written() {
         let response = codes
             .derive(DeriveRequest {
                 numbers: numbers(call * 10, 10),
+                on_behalf_of: String::new(),
             })
             .await
             .unwrap();

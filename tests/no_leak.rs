@@ -582,6 +582,14 @@ items = ["local-tax"]
 token_lifetime_seconds = 3600
 non_disclosure = true
 non_disclosure_max_days = 365
+
+[[delegation]]
+agent = "nta"
+on_behalf_of = ["mhlw"]
+
+[[merger]]
+merged = "jps"
+into = "city-shinjuku"
 "#;
 
 /// Agencies with a certificate, and one the policy does not know.
@@ -1226,6 +1234,88 @@ fn every_rpc_and_command_at_full_tracing_leaks_nothing() {
     let out = client("mhlw", &["reidentify", &at("in-mhlw-codes.txt")]);
     assert_eq!(out.status.code(), Some(1), "mhlw may not reidentify");
     seen.output("client reidentify, no capability", &out, Allowed::nothing());
+    // Delegation: nta derives mhlw's codes (the output is mhlw's); a
+    // number typed as the agency acted for is refused without repeating it.
+    let out = client(
+        "nta",
+        &[
+            "derive",
+            "--on-behalf-of",
+            "mhlw",
+            &at("in-numbers.txt"),
+            "-o",
+            &at("out-mhlw-derive-by-nta.txt"),
+            "--rejects",
+            &at("out-mhlw-derive-by-nta.rejects"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    seen.output("client derive --on-behalf-of", &out, Allowed::nothing());
+    assert_eq!(
+        first_fields(&fs::read_to_string(at("out-mhlw-derive-by-nta.txt")).unwrap()),
+        mhlw
+    );
+    let out = client(
+        "nta",
+        &["derive", "--on-behalf-of", &valid[7], &at("in-numbers.txt")],
+    );
+    assert_eq!(out.status.code(), Some(1), "not an agency in the policy");
+    seen.output(
+        "client derive --on-behalf-of a number",
+        &out,
+        Allowed::nothing(),
+    );
+    // Merger: Shinjuku migrates jps's codes (three, an mhlw code that is
+    // not jps's, a mistyped one) into its own.
+    fs::write(at("in-jps-numbers.txt"), valid[..3].join("\n")).unwrap();
+    let out = client(
+        "jps",
+        &[
+            "derive",
+            &at("in-jps-numbers.txt"),
+            "-o",
+            &at("out-jps-derive.txt"),
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    seen.output("client derive jps", &out, Allowed::nothing());
+    let jps = first_fields(&fs::read_to_string(at("out-jps-derive.txt")).unwrap());
+    for code in &jps {
+        secrets.code("jps", code);
+    }
+    let mut migrate_in = jps.join("\n");
+    migrate_in.push_str(&format!("\n{}\n{}\n", mhlw[3], mistyped(&jps[0])));
+    fs::write(at("in-jps-codes.txt"), &migrate_in).unwrap();
+    let out = client(
+        "city-shinjuku",
+        &[
+            "migrate",
+            "--merged",
+            "jps",
+            &at("in-jps-codes.txt"),
+            "-o",
+            &at("out-city-shinjuku-migrate.txt"),
+            "--rejects",
+            &at("out-city-shinjuku-migrate.rejects"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    seen.output("client migrate", &out, Allowed::nothing());
+    assert_eq!(
+        first_fields(&fs::read_to_string(at("out-city-shinjuku-migrate.txt")).unwrap()),
+        shinjuku[..3]
+    );
+    let out = client(
+        "city-shinjuku",
+        &["migrate", "--merged", &valid[8], &at("in-jps-codes.txt")],
+    );
+    assert_eq!(out.status.code(), Some(1), "not an agency in the policy");
+    seen.output(
+        "client migrate, a number as merged",
+        &out,
+        Allowed::nothing(),
+    );
+
     let out = client(STRANGER, &["derive", &at("in-numbers.txt")]);
     assert_eq!(out.status.code(), Some(1), "an unknown certificate");
     seen.output(
@@ -1291,6 +1381,9 @@ fn every_rpc_and_command_at_full_tracing_leaks_nothing() {
         "SealStream mhlw message 1",
         "RedeemStream city-shinjuku message 1",
         "ReidentifyStream city-shinjuku message 1",
+        "Derive nta for mhlw",
+        "Migrate city-shinjuku",
+        "MigrateStream city-shinjuku message 1",
     ] {
         assert_eq!(answered(name), (true, false), "{name} answered");
     }
@@ -1301,6 +1394,10 @@ fn every_rpc_and_command_at_full_tracing_leaks_nothing() {
         "Seal a number as provider",
         "Reidentify without capability",
         "Derive over quota",
+        "Derive nta for city-shinjuku",
+        "Derive nta for a number",
+        "Migrate a number as merged",
+        "Migrate no merger",
         "GetConsistencyProof too large",
         "GetInclusionProof without disclose",
         "Disclose another agency's code",
@@ -1720,6 +1817,7 @@ async fn rpcs(
         .codes
         .derive(pb::DeriveRequest {
             numbers: numbers.clone(),
+            on_behalf_of: String::new(),
         })
         .await;
     let policy_version = answer.as_ref().unwrap().get_ref().policy_version.clone();
@@ -1747,27 +1845,120 @@ async fn rpcs(
         let mut caller = caller;
         let answer = caller
             .codes
-            .derive(pb::DeriveRequest { numbers: request })
+            .derive(pb::DeriveRequest {
+                numbers: request,
+                on_behalf_of: String::new(),
+            })
             .await;
         seen.answer(name, &answer, allowed);
     }
+    // On behalf of another agency: nta for mhlw (mhlw's codes); for an
+    // agency it may not act for; a number typed as the agency.
+    for (name, on_behalf_of, allowed) in [
+        ("Derive nta for mhlw", "mhlw".to_owned(), own("mhlw")),
+        (
+            "Derive nta for city-shinjuku",
+            "city-shinjuku".to_owned(),
+            Allowed::nothing(),
+        ),
+        (
+            "Derive nta for a number",
+            valid[9].clone(),
+            Allowed::nothing(),
+        ),
+    ] {
+        let mut caller = n.clone();
+        let answer = caller
+            .codes
+            .derive(pb::DeriveRequest {
+                numbers: numbers.clone(),
+                on_behalf_of,
+            })
+            .await;
+        seen.answer(name, &answer, allowed);
+    }
+    // Migrate: codes that are not jps's, mistyped ones, and malformed;
+    // a number typed as the merged agency; mhlw, which merged no one.
+    let mut old_codes: Vec<String> = mhlw[..4].to_vec();
+    old_codes.push(mistyped(&mhlw[4]));
+    old_codes.extend(malformed.iter().cloned());
+    for (name, caller, merged, allowed) in [
+        (
+            "Migrate city-shinjuku",
+            s.clone(),
+            "jps".to_owned(),
+            own("city-shinjuku"),
+        ),
+        (
+            "Migrate a number as merged",
+            s.clone(),
+            valid[10].clone(),
+            Allowed::nothing(),
+        ),
+        (
+            "Migrate no merger",
+            m.clone(),
+            "jps".to_owned(),
+            Allowed::nothing(),
+        ),
+    ] {
+        let mut caller = caller;
+        let answer = caller
+            .codes
+            .migrate(pb::MigrateRequest {
+                merged,
+                codes: old_codes.clone(),
+            })
+            .await;
+        seen.answer(name, &answer, allowed);
+    }
+    let stream = s
+        .codes
+        .migrate_stream(tokio_stream::iter(vec![
+            pb::MigrateRequest {
+                merged: "jps".to_owned(),
+                codes: old_codes.clone(),
+            },
+            pb::MigrateRequest {
+                merged: "jps".to_owned(),
+                codes: malformed.to_vec(),
+            },
+        ]))
+        .await;
+    collect_stream(
+        "MigrateStream city-shinjuku",
+        stream,
+        own("city-shinjuku"),
+        seen,
+    )
+    .await;
+
     // An empty batch; a batch over jps's day quota (5): RESOURCE_EXHAUSTED
     // with RetryInfo.
-    let answer = m.codes.derive(pb::DeriveRequest { numbers: vec![] }).await;
+    let answer = m
+        .codes
+        .derive(pb::DeriveRequest {
+            numbers: vec![],
+            on_behalf_of: String::new(),
+        })
+        .await;
     seen.answer("Derive empty", &answer, own("mhlw"));
     let answer = j
         .codes
         .derive(pb::DeriveRequest {
             numbers: numbers.clone(),
+            on_behalf_of: String::new(),
         })
         .await;
     seen.answer("Derive over quota", &answer, own("jps"));
     let batches = vec![
         pb::DeriveRequest {
             numbers: valid[..5].to_vec(),
+            on_behalf_of: String::new(),
         },
         pb::DeriveRequest {
             numbers: malformed.to_vec(),
+            on_behalf_of: String::new(),
         },
     ];
     let stream = m.codes.derive_stream(tokio_stream::iter(batches)).await;
@@ -1776,6 +1967,7 @@ async fn rpcs(
         .codes
         .derive_stream(tokio_stream::iter(vec![pb::DeriveRequest {
             numbers: vec![],
+            on_behalf_of: String::new(),
         }]))
         .await;
     collect_stream("DeriveStream empty", stream, own("mhlw"), seen).await;
@@ -1787,6 +1979,7 @@ async fn rpcs(
         items: vec!["local-tax".to_owned()],
         non_disclosure_until: 0,
         codes,
+        on_behalf_of: String::new(),
     };
     let mut codes: Vec<String> = mhlw[..8].to_vec();
     codes.push(shinjuku[9].clone());
@@ -1863,6 +2056,7 @@ async fn rpcs(
         .codes
         .redeem(pb::RedeemRequest {
             tokens: redeem_tokens.clone(),
+            on_behalf_of: String::new(),
         })
         .await;
     let serials: Vec<Vec<u8>> = answer
@@ -1882,19 +2076,28 @@ async fn rpcs(
         .codes
         .redeem(pb::RedeemRequest {
             tokens: tokens.clone(),
+            on_behalf_of: String::new(),
         })
         .await;
     seen.answer("Redeem not the addressee", &answer, own("portal"));
-    let answer = s.codes.redeem(pb::RedeemRequest { tokens: vec![] }).await;
+    let answer = s
+        .codes
+        .redeem(pb::RedeemRequest {
+            tokens: vec![],
+            on_behalf_of: String::new(),
+        })
+        .await;
     seen.answer("Redeem empty", &answer, own("city-shinjuku"));
     let stream = s
         .codes
         .redeem_stream(tokio_stream::iter(vec![
             pb::RedeemRequest {
                 tokens: tokens[..2].to_vec(),
+                on_behalf_of: String::new(),
             },
             pb::RedeemRequest {
                 tokens: redeem_tokens[8..].to_vec(),
+                on_behalf_of: String::new(),
             },
         ]))
         .await;
@@ -2199,6 +2402,7 @@ async fn persons_rpcs(
     let answer = mhlw_codes
         .derive(pb::DeriveRequest {
             numbers: fresh.to_vec(),
+            ..Default::default()
         })
         .await;
     seen.answer("Derive re-issued mhlw", &answer, Allowed::codes_of("mhlw"));

@@ -181,6 +181,7 @@ async fn derive(agency: &mut Agency, number: &str) -> Result<String, (i32, Strin
         .codes
         .derive(DeriveRequest {
             numbers: vec![number.to_owned()],
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -319,6 +320,7 @@ async fn a_reissued_person_keeps_every_code_and_the_old_number_is_superseded() {
         .codes
         .derive(DeriveRequest {
             numbers: vec![n0.clone(), n1.clone(), unrelated.clone()],
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -520,6 +522,7 @@ async fn a_suspended_person_is_unavailable_to_seal_and_redeem_only() {
         items: vec!["local-tax".to_owned()],
         non_disclosure_until: 0,
         codes,
+        ..Default::default()
     };
     // A token sealed before the suspension.
     let sealed = mhlw
@@ -582,6 +585,7 @@ async fn a_suspended_person_is_unavailable_to_seal_and_redeem_only() {
         .codes
         .redeem(RedeemRequest {
             tokens: vec![early.token.clone()],
+            ..Default::default()
         })
         .await
         .unwrap()

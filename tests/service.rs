@@ -138,6 +138,7 @@ async fn derive(client: &mut CodesClient<Channel>, numbers: &[String]) -> Vec<St
     let response = client
         .derive(DeriveRequest {
             numbers: numbers.to_vec(),
+            on_behalf_of: String::new(),
         })
         .await
         .unwrap()
@@ -159,6 +160,7 @@ fn seal_request(provider: &str, affair: &str, items: &[&str], codes: Vec<String>
         items: items.iter().map(|s| (*s).to_owned()).collect(),
         non_disclosure_until: 0,
         codes,
+        on_behalf_of: String::new(),
     }
 }
 
@@ -179,7 +181,10 @@ async fn redeem(
     tokens: Vec<Vec<u8>>,
 ) -> Vec<Result<String, ItemError>> {
     let response = client
-        .redeem(RedeemRequest { tokens })
+        .redeem(RedeemRequest {
+            tokens,
+            on_behalf_of: String::new(),
+        })
         .await
         .unwrap()
         .into_inner();
@@ -250,6 +255,7 @@ async fn streams_answer_batch_by_batch_in_order() {
         .chunks(1000)
         .map(|chunk| DeriveRequest {
             numbers: chunk.to_vec(),
+            on_behalf_of: String::new(),
         })
         .collect();
     let mut responses = mhlw
@@ -285,6 +291,7 @@ async fn item_errors_carry_index_and_code_never_the_value() {
     let response = shinjuku
         .derive(DeriveRequest {
             numbers: vec![good[0].clone(), "123456789012".to_owned(), good[1].clone()],
+            on_behalf_of: String::new(),
         })
         .await
         .unwrap()
@@ -373,6 +380,7 @@ async fn whole_request_failures_have_their_status_codes() {
     let no_capability = moj
         .derive(DeriveRequest {
             numbers: numbers(1, 2),
+            on_behalf_of: String::new(),
         })
         .await
         .unwrap_err();
@@ -401,6 +409,7 @@ async fn whole_request_failures_have_their_status_codes() {
     let too_many = mhlw
         .derive(DeriveRequest {
             numbers: vec!["123456789018".to_owned(); 10_001],
+            on_behalf_of: String::new(),
         })
         .await
         .unwrap_err();
@@ -464,6 +473,7 @@ async fn other_cas_and_missing_certificates_are_refused() {
     let refused = client
         .derive(DeriveRequest {
             numbers: numbers(1, 1),
+            on_behalf_of: String::new(),
         })
         .await;
     assert!(
@@ -475,7 +485,8 @@ async fn other_cas_and_missing_certificates_are_refused() {
     assert!(
         anonymous
             .derive(DeriveRequest {
-                numbers: numbers(1, 1)
+                numbers: numbers(1, 1),
+                on_behalf_of: String::new()
             })
             .await
             .is_err()
@@ -520,6 +531,7 @@ async fn policy_reload_takes_effect_and_a_bad_one_is_refused() {
     let response = mhlw
         .derive(DeriveRequest {
             numbers: numbers(1, 5),
+            on_behalf_of: String::new(),
         })
         .await
         .unwrap()
@@ -623,6 +635,7 @@ async fn a_small_unary_call_does_not_wait_for_delayed_acks() {
     let mut mhlw = harness.client("mhlw").await;
     let request = DeriveRequest {
         numbers: numbers(10, 11),
+        on_behalf_of: String::new(),
     };
     let mut latencies = Vec::new();
     for _ in 0..50 {
@@ -652,6 +665,7 @@ async fn a_stop_lets_an_in_flight_stream_finish() {
     sender
         .send(DeriveRequest {
             numbers: numbers(100, 1),
+            on_behalf_of: String::new(),
         })
         .await
         .unwrap();
@@ -667,6 +681,7 @@ async fn a_stop_lets_an_in_flight_stream_finish() {
         sender
             .send(DeriveRequest {
                 numbers: numbers(100, 10 + batch),
+                on_behalf_of: String::new(),
             })
             .await
             .unwrap();

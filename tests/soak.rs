@@ -301,6 +301,7 @@ async fn run_client(
             let answer = codes
                 .derive(DeriveRequest {
                     numbers: numbers(&mut rng, 1),
+                    on_behalf_of: String::new(),
                 })
                 .await;
             let code = answer.as_ref().err().map_or(Code::Ok, tonic::Status::code);
@@ -340,6 +341,7 @@ async fn run_one(
         let answer = codes
             .derive(DeriveRequest {
                 numbers: numbers(rng, size),
+                on_behalf_of: String::new(),
             })
             .await;
         return match answer {
@@ -377,6 +379,7 @@ async fn run_one(
                     items: vec![item.to_owned()],
                     non_disclosure_until: 0,
                     codes: picked,
+                    on_behalf_of: String::new(),
                 })
                 .await;
             match answer {
@@ -413,7 +416,12 @@ async fn run_one(
                 let keep = waiting.len().saturating_sub(size);
                 waiting.split_off(keep)
             };
-            let answer = codes.redeem(RedeemRequest { tokens }).await;
+            let answer = codes
+                .redeem(RedeemRequest {
+                    tokens,
+                    on_behalf_of: String::new(),
+                })
+                .await;
             match answer {
                 Ok(response) => {
                     seen.call("redeem", Code::Ok, &[Code::Ok], "");
@@ -458,7 +466,12 @@ async fn run_one(
                 let keep = waiting.len().saturating_sub(size);
                 waiting.split_off(keep)
             };
-            let answer = codes.redeem(RedeemRequest { tokens }).await;
+            let answer = codes
+                .redeem(RedeemRequest {
+                    tokens,
+                    on_behalf_of: String::new(),
+                })
+                .await;
             let code = answer.as_ref().err().map_or(Code::Ok, tonic::Status::code);
             seen.call("redeem", code, &[Code::Ok], "");
             match answer {
@@ -477,6 +490,7 @@ async fn run_one(
             let answer = codes
                 .derive(DeriveRequest {
                     numbers: numbers(rng, size),
+                    on_behalf_of: String::new(),
                 })
                 .await;
             let code = answer.as_ref().err().map_or(Code::Ok, tonic::Status::code);
@@ -505,6 +519,7 @@ async fn invalid(
             let answer = codes
                 .derive(DeriveRequest {
                     numbers: numbers(rng, size),
+                    on_behalf_of: String::new(),
                 })
                 .await
                 .map(|_| ());
@@ -538,7 +553,12 @@ async fn invalid(
                     format!("{}{last}", &n[..11])
                 })
                 .collect();
-            let answer = codes.derive(DeriveRequest { numbers: bad }).await;
+            let answer = codes
+                .derive(DeriveRequest {
+                    numbers: bad,
+                    on_behalf_of: String::new(),
+                })
+                .await;
             match answer {
                 Ok(response) => {
                     seen.call("bad numbers", Code::Ok, &[Code::Ok], "");
@@ -573,7 +593,12 @@ async fn invalid(
                     token
                 })
                 .collect();
-            let answer = codes.redeem(RedeemRequest { tokens }).await;
+            let answer = codes
+                .redeem(RedeemRequest {
+                    tokens,
+                    on_behalf_of: String::new(),
+                })
+                .await;
             match answer {
                 Ok(response) => {
                     seen.call("tampered tokens", Code::Ok, &[Code::Ok], "");
@@ -621,6 +646,7 @@ async fn invalid(
                     items: vec!["family-register".to_owned()],
                     non_disclosure_until: 0,
                     codes: own.iter().take(size).cloned().collect(),
+                    on_behalf_of: String::new(),
                 })
                 .await
                 .map(|_| ());

@@ -90,6 +90,7 @@ fn channel(running: &Running, tls: ClientTlsConfig) -> CodesClient<Channel> {
 fn one_number() -> DeriveRequest {
     DeriveRequest {
         numbers: vec!["123456789018".to_owned()],
+        on_behalf_of: String::new(),
     }
 }
 
@@ -144,6 +145,7 @@ async fn a_message_over_the_size_limit_is_out_of_range() {
     // tonic's default limit for a decoded message is 4 MiB.
     let oversized = DeriveRequest {
         numbers: vec!["1".repeat((4 << 20) + 1)],
+        on_behalf_of: String::new(),
     };
     let refused = client.derive(oversized).await.unwrap_err();
     assert_eq!(refused.code(), Code::OutOfRange, "{refused:?}");

@@ -21,9 +21,27 @@ pub struct BatchFacts<'a> {
     pub batch_id: String,
     /// The policy in force.
     pub policy: &'a Policy,
+    /// The agency that made the call on behalf of `caller` (D213); empty
+    /// when the caller called itself.
+    pub agent: &'a str,
 }
 
-impl BatchFacts<'_> {
+impl<'a> BatchFacts<'a> {
+    /// These facts for a call made on behalf of `principal`: its records
+    /// name `principal` as caller and this batch's caller as agent.
+    pub fn on_behalf_of<'b>(&'b self, principal: &'b str) -> BatchFacts<'b>
+    where
+        'a: 'b,
+    {
+        BatchFacts {
+            time_ms: self.time_ms,
+            caller: principal,
+            batch_id: self.batch_id.clone(),
+            policy: self.policy,
+            agent: self.caller,
+        }
+    }
+
     /// A header for `operation` with no counterpart, affair or items.
     pub fn header(&self, operation: Operation) -> Header {
         Header {
@@ -38,6 +56,7 @@ impl BatchFacts<'_> {
             batch_id: self.batch_id.clone(),
             note: String::new(),
             count: 0,
+            agent: self.agent.to_owned(),
         }
     }
 
@@ -55,11 +74,17 @@ impl BatchFacts<'_> {
         }
     }
 
-    /// A tally of `count` items refused for `reason` that opened no one.
+    /// A tally of `count` items refused for `reason` that opened no one,
+    /// counted for the agency that made the call (the agent, if any).
     pub fn tally(&self, reason: &str, count: u64) -> Refusal {
         Refusal {
             minute: self.minute(),
-            agency: self.caller.to_owned(),
+            agency: if self.agent.is_empty() {
+                self.caller
+            } else {
+                self.agent
+            }
+            .to_owned(),
             reason: reason.to_owned(),
             count,
         }

@@ -8,9 +8,13 @@
 //!  "operation":"derive","caller":"mhlw","counterpart":"","affair":"",
 //!  "items":[],"outcome":"done","epoch":1,"serial":null,
 //!  "non_disclosure_until":0,"policy_version":"<64 hex>","batch_id":"…",
-//!  "note":"","count":0,"header_digest":"<64 hex>","leaf":"<190 hex>",
-//!  "leaf_hash":"<64 hex>"}
+//!  "note":"","count":0,"agent":"","header_digest":"<64 hex>",
+//!  "leaf":"<190 hex>","leaf_hash":"<64 hex>"}
 //! ```
+//!
+//! `agent` is the agency that made the call on behalf of `caller` (a
+//! delegation, D214), empty when none: the header digest is over header
+//! encoding version 2 when it is set, version 1 otherwise.
 //!
 //! `leaf` is the record's leaf bytes ([`fugo_log::record::leaf_bytes`]): a
 //! reviewer recomputes `leaf_hash` = SHA-256(0x00 ‖ leaf) and, from the
@@ -98,6 +102,7 @@ struct RecordLine<'a> {
     batch_id: &'a str,
     note: &'a str,
     count: u64,
+    agent: &'a str,
     header_digest: String,
     leaf: String,
     leaf_hash: String,
@@ -201,6 +206,7 @@ fn record_line(record: &Record) -> RecordLine<'_> {
         batch_id: &header.batch_id,
         note: &header.note,
         count: header.count,
+        agent: &header.agent,
         header_digest: hex::encode(&record.header_digest),
         leaf_hash: hex::encode(&fugo_log::merkle::leaf_hash(&leaf)),
         leaf: hex::encode(&leaf),

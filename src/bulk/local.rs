@@ -91,6 +91,7 @@ impl Recording<'_> {
                     batch_id: self.batch_id.clone(),
                     note: "offline fugo derive".to_owned(),
                     count: 0,
+                    agent: String::new(),
                 },
                 entries,
             });

@@ -278,7 +278,7 @@ fn parse_epoch(text: &str) -> Result<Epoch, String> {
         .map_err(|e: fugo::agency::EpochError| e.to_string())
 }
 
-/// The four operations of the service.
+/// The operations of the service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub(crate) enum ClientOperation {
     /// My Numbers → this agency's codes.
@@ -290,6 +290,9 @@ pub(crate) enum ClientOperation {
     Redeem,
     /// This agency's codes → My Numbers.
     Reidentify,
+    /// Codes of an agency merged into this one (--merged) → this agency's
+    /// codes; with --csv --append-column, (old, new) pairs.
+    Migrate,
 }
 
 #[derive(Debug, Args)]
@@ -330,6 +333,14 @@ pub(crate) struct ClientArgs {
     /// Seal: unix seconds until which the person may not see the exchange.
     #[arg(long, value_name = "UNIX_SECONDS", default_value_t = 0)]
     pub(crate) non_disclosure_until: i64,
+    /// Derive, seal, redeem: act on behalf of this agency, under a
+    /// delegation of the policy; the results are its codes.
+    #[arg(long, value_name = "ID")]
+    pub(crate) on_behalf_of: Option<String>,
+    /// Migrate: the agency merged into this one, whose codes the input
+    /// holds.
+    #[arg(long, value_name = "ID", required_if_eq("operation", "migrate"))]
+    pub(crate) merged: Option<String>,
     /// Where to keep the newest audit log checkpoint seen; each run first
     /// checks the server's log extends it (a consistency proof) and stops
     /// if not. By default OUTPUT.checkpoint beside the output file; with

@@ -15,16 +15,39 @@ fn note(text: &str) {
 
 /// Runs `fugo client`; returns the run's counts.
 pub(crate) fn run(args: ClientArgs) -> Result<Summary, CliError> {
+    if args.on_behalf_of.is_some()
+        && matches!(
+            args.operation,
+            ClientOperation::Reidentify | ClientOperation::Migrate
+        )
+    {
+        return Err(CliError::BadArgument(
+            "--on-behalf-of goes with derive, seal and redeem only".to_owned(),
+        ));
+    }
+    if args.merged.is_some() && args.operation != ClientOperation::Migrate {
+        return Err(CliError::BadArgument(
+            "--merged goes with migrate only".to_owned(),
+        ));
+    }
     let operation = match args.operation {
-        ClientOperation::Derive => Operation::Derive,
+        ClientOperation::Derive => Operation::Derive {
+            on_behalf_of: args.on_behalf_of.unwrap_or_default(),
+        },
         ClientOperation::Seal => Operation::Seal {
             provider: args.provider.unwrap_or_default(),
             affair: args.affair.unwrap_or_default(),
             items: args.items,
             non_disclosure_until: args.non_disclosure_until,
+            on_behalf_of: args.on_behalf_of.unwrap_or_default(),
         },
-        ClientOperation::Redeem => Operation::Redeem,
+        ClientOperation::Redeem => Operation::Redeem {
+            on_behalf_of: args.on_behalf_of.unwrap_or_default(),
+        },
         ClientOperation::Reidentify => Operation::Reidentify,
+        ClientOperation::Migrate => Operation::Migrate {
+            merged: args.merged.unwrap_or_default(),
+        },
     };
     let kept = args
         .checkpoint

@@ -10,9 +10,9 @@ use thiserror::Error;
 use toml::Spanned;
 
 use super::{
-    Affair, Agency, Capability, DEFAULT_NON_DISCLOSURE_MAX_DAYS, DEFAULT_WARN_PERCENT, MAX_BURST,
-    MAX_PER_DAY, MAX_PER_SECOND, MAX_TOKEN_LIFETIME, Metered, NON_DISCLOSURE_MAX_DAYS_LIMIT,
-    Policy, PolicyError, PolicyVersion, Problem, Quotas, Rule,
+    Affair, Agency, Capability, DEFAULT_NON_DISCLOSURE_MAX_DAYS, DEFAULT_WARN_PERCENT, Delegation,
+    MAX_BURST, MAX_PER_DAY, MAX_PER_SECOND, MAX_TOKEN_LIFETIME, Merger, Metered,
+    NON_DISCLOSURE_MAX_DAYS_LIMIT, Policy, PolicyError, PolicyVersion, Problem, Quotas, Rule,
 };
 use crate::agency::{AffairId, AgencyId, Epoch, ItemId};
 
@@ -106,6 +106,29 @@ pub(super) struct RawPolicy {
     rule: Vec<Spanned<RawRule>>,
     #[serde(default)]
     quota: Option<RawQuotaDefaults>,
+    #[serde(default)]
+    delegation: Vec<Spanned<RawDelegation>>,
+    #[serde(default)]
+    merger: Vec<Spanned<RawMerger>>,
+}
+
+/// A `[[delegation]]`: an agent and the agencies it acts for.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDelegation {
+    agent: Spanned<String>,
+    on_behalf_of: Spanned<Vec<Spanned<String>>>,
+}
+
+/// A `[[merger]]`: the merged agency, its survivor, and whether it is
+/// retired yet.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMerger {
+    merged: Spanned<String>,
+    into: Spanned<String>,
+    #[serde(default)]
+    retired: bool,
 }
 
 /// The policy's `[quota]` table: defaults for every agency.
@@ -124,6 +147,8 @@ struct RawQuotaDefaults {
     reidentify: Option<RawLimit>,
     #[serde(default)]
     disclose: Option<RawLimit>,
+    #[serde(default)]
+    migrate: Option<RawLimit>,
 }
 
 /// An agency's `quota` table: what it changes of the defaults.
@@ -140,28 +165,32 @@ struct RawQuotas {
     reidentify: Option<RawLimit>,
     #[serde(default)]
     disclose: Option<RawLimit>,
+    #[serde(default)]
+    migrate: Option<RawLimit>,
 }
 
 impl RawQuotaDefaults {
-    fn limits(&self) -> [(Metered, Option<&RawLimit>); 5] {
+    fn limits(&self) -> [(Metered, Option<&RawLimit>); 6] {
         [
             (Metered::Derive, self.derive.as_ref()),
             (Metered::Seal, self.seal.as_ref()),
             (Metered::Redeem, self.redeem.as_ref()),
             (Metered::Reidentify, self.reidentify.as_ref()),
             (Metered::Disclose, self.disclose.as_ref()),
+            (Metered::Migrate, self.migrate.as_ref()),
         ]
     }
 }
 
 impl RawQuotas {
-    fn limits(&self) -> [(Metered, Option<&RawLimit>); 5] {
+    fn limits(&self) -> [(Metered, Option<&RawLimit>); 6] {
         [
             (Metered::Derive, self.derive.as_ref()),
             (Metered::Seal, self.seal.as_ref()),
             (Metered::Redeem, self.redeem.as_ref()),
             (Metered::Reidentify, self.reidentify.as_ref()),
             (Metered::Disclose, self.disclose.as_ref()),
+            (Metered::Migrate, self.migrate.as_ref()),
         ]
     }
 }
@@ -274,9 +303,19 @@ impl<'t> Checker<'t> {
         version: PolicyVersion,
     ) -> Result<Policy, PolicyError> {
         let (defaults, warn_percent) = self.quota_defaults(raw.quota.as_ref());
-        let agencies = self.agencies(&raw.agency, &defaults);
+        // A retired agency may list no certificate: it no longer acts.
+        let retired: BTreeSet<String> = raw
+            .merger
+            .iter()
+            .filter(|merger| merger.get_ref().retired)
+            .map(|merger| merger.get_ref().merged.get_ref().clone())
+            .collect();
+        let agencies = self.agencies(&raw.agency, &defaults, &retired);
         let affairs = self.affairs(&raw.affair);
         let rules = self.rules(&raw.rule, &agencies, &affairs);
+        let mergers = self.mergers(&raw.merger, &agencies);
+        self.retired_in_rules(&raw.rule, &mergers);
+        let delegations = self.delegations(&raw.delegation, &agencies, &mergers);
         let mut certificates = HashMap::new();
         for raw_agency in &raw.agency {
             for certificate in &raw_agency.get_ref().certificates {
@@ -310,6 +349,7 @@ impl<'t> Checker<'t> {
             affairs.into_values().collect(),
             rules.into_values().collect(),
         )
+        .and_then(|policy| policy.with_relations(delegations, mergers))
         .map(|policy| policy.with_warn_percent(warn_percent))
         .map_err(|inconsistent| {
             PolicyError(vec![Problem {
@@ -384,6 +424,7 @@ impl<'t> Checker<'t> {
         &mut self,
         raw: &[Spanned<RawAgency>],
         defaults: &Quotas,
+        retired: &BTreeSet<String>,
     ) -> BTreeMap<AgencyId, Agency> {
         let mut agencies = BTreeMap::new();
         for entry in raw {
@@ -405,7 +446,7 @@ impl<'t> Checker<'t> {
                     ),
                 }
             }
-            if entry.certificates.is_empty() {
+            if entry.certificates.is_empty() && !retired.contains(entry.id.get_ref()) {
                 self.report(&entry.id, "agency lists no certificate identity");
             }
             for certificate in &entry.certificates {
@@ -466,6 +507,152 @@ impl<'t> Checker<'t> {
             );
         }
         agencies
+    }
+
+    /// An agency named in a delegation or merger: known, else a problem
+    /// naming `what` refers to it.
+    fn listed_agency(
+        &mut self,
+        at: &Spanned<String>,
+        agencies: &BTreeMap<AgencyId, Agency>,
+        what: &str,
+    ) -> Option<AgencyId> {
+        let id = self.id(at, AgencyId::new)?;
+        if agencies.contains_key(&id) {
+            Some(id)
+        } else {
+            self.report(at, format!("{what} names unknown agency {id}"));
+            None
+        }
+    }
+
+    /// The `[[merger]]` entries (D212).
+    fn mergers(
+        &mut self,
+        raw: &[Spanned<RawMerger>],
+        agencies: &BTreeMap<AgencyId, Agency>,
+    ) -> Vec<Merger> {
+        let mut mergers: Vec<Merger> = Vec::new();
+        for entry in raw {
+            let entry = entry.get_ref();
+            let merged = self.listed_agency(&entry.merged, agencies, "merger");
+            let survivor = self.listed_agency(&entry.into, agencies, "merger");
+            let (Some(merged), Some(survivor)) = (merged, survivor) else {
+                continue;
+            };
+            if merged == survivor {
+                self.report(&entry.into, "an agency cannot be merged into itself");
+                continue;
+            }
+            if mergers.iter().any(|m| m.merged == merged) {
+                self.report(&entry.merged, format!("agency {merged} is merged twice"));
+                continue;
+            }
+            mergers.push(Merger {
+                merged,
+                survivor,
+                retired: entry.retired,
+            });
+        }
+        let retired: Vec<AgencyId> = mergers
+            .iter()
+            .filter(|m| m.retired)
+            .map(|m| m.merged.clone())
+            .collect();
+        for (entry, merger) in raw.iter().filter_map(|entry| {
+            let merged = AgencyId::new(entry.get_ref().merged.get_ref()).ok()?;
+            mergers
+                .iter()
+                .find(|m| m.merged == merged)
+                .map(|m| (entry, m))
+        }) {
+            if retired.contains(&merger.survivor) {
+                self.report(
+                    &entry.get_ref().into,
+                    format!(
+                        "the survivor {} is itself retired; name the agency it was merged into",
+                        merger.survivor
+                    ),
+                );
+            }
+        }
+        mergers
+    }
+
+    /// A retired agency may be in no rule.
+    fn retired_in_rules(&mut self, raw: &[Spanned<RawRule>], mergers: &[Merger]) {
+        for entry in raw {
+            let entry = entry.get_ref();
+            for at in [&entry.requester, &entry.provider] {
+                if let Some(merger) = mergers
+                    .iter()
+                    .find(|m| m.retired && m.merged.as_str() == at.get_ref())
+                {
+                    self.report(
+                        at,
+                        format!(
+                            "agency {} is retired (merged into {}): remove its rules",
+                            merger.merged, merger.survivor
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
+    /// The `[[delegation]]` entries (D213).
+    fn delegations(
+        &mut self,
+        raw: &[Spanned<RawDelegation>],
+        agencies: &BTreeMap<AgencyId, Agency>,
+        mergers: &[Merger],
+    ) -> Vec<Delegation> {
+        let retired = |id: &AgencyId| mergers.iter().any(|m| m.retired && m.merged == *id);
+        let mut delegations: Vec<Delegation> = Vec::new();
+        for entry in raw {
+            let entry = entry.get_ref();
+            let agent = self.listed_agency(&entry.agent, agencies, "delegation");
+            let mut principals = BTreeSet::new();
+            for principal in entry.on_behalf_of.get_ref() {
+                let Some(id) = self.listed_agency(principal, agencies, "delegation") else {
+                    continue;
+                };
+                if retired(&id) {
+                    self.report(
+                        principal,
+                        format!("agency {id} is retired: no one acts for it"),
+                    );
+                } else if Some(&id) == agent.as_ref() {
+                    self.report(principal, "an agency cannot act on behalf of itself");
+                } else if !principals.insert(id.clone()) {
+                    self.report(principal, format!("agency {id} is listed twice"));
+                }
+            }
+            if entry.on_behalf_of.get_ref().is_empty() {
+                self.report(&entry.on_behalf_of, "delegation names no agency to act for");
+            }
+            let Some(agent) = agent else { continue };
+            if retired(&agent) {
+                self.report(
+                    &entry.agent,
+                    format!("agency {agent} is retired: it cannot act"),
+                );
+                continue;
+            }
+            if delegations.iter().any(|d| d.agent == agent) {
+                self.report(
+                    &entry.agent,
+                    format!(
+                        "agency {agent} has a delegation already; list all its agencies in one"
+                    ),
+                );
+                continue;
+            }
+            if !principals.is_empty() {
+                delegations.push(Delegation { agent, principals });
+            }
+        }
+        delegations
     }
 
     fn affairs(&mut self, raw: &[Spanned<RawAffair>]) -> BTreeMap<AffairId, Affair> {
@@ -849,6 +1036,151 @@ mod tests {
             found[0].starts_with("line 29: unknown field `fly`"),
             "{found:?}"
         );
+    }
+
+    const RELATIONS: &str = r#"
+[[agency]]
+id = "kikin"
+name = "支払基金"
+certificates = ["kikin"]
+epoch = 1
+
+[[agency]]
+id = "insurer-a"
+name = "A"
+certificates = ["insurer-a"]
+epoch = 1
+
+[[agency]]
+id = "city"
+name = "city"
+certificates = ["city"]
+epoch = 1
+
+[[agency]]
+id = "town"
+name = "town"
+epoch = 1
+
+[[delegation]]
+agent = "kikin"
+on_behalf_of = ["insurer-a", "city"]
+
+[[merger]]
+merged = "town"
+into = "city"
+retired = true
+"#;
+
+    #[test]
+    fn delegations_and_mergers_are_read_and_answer_questions() {
+        let policy = parse(RELATIONS).unwrap();
+        let id = |text: &str| AgencyId::new(text).unwrap();
+        assert_eq!(
+            policy.acting_for(&id("kikin"), &id("city")).unwrap().id,
+            id("city")
+        );
+        assert!(matches!(
+            policy.acting_for(&id("city"), &id("kikin")),
+            Err(super::super::Denied::NotRepresented { .. })
+        ));
+        assert!(matches!(
+            policy.acting_for(&id("kikin"), &id("nowhere")),
+            Err(super::super::Denied::NotInPolicy {
+                field: "on_behalf_of"
+            })
+        ));
+        assert_eq!(policy.retired(&id("town")).unwrap().survivor, id("city"));
+        assert!(policy.retired(&id("city")).is_none());
+        assert_eq!(
+            policy.merger(&id("city"), &id("town")).unwrap().id,
+            id("town")
+        );
+        assert!(policy.merger(&id("kikin"), &id("town")).is_err());
+        // A retired agency may list no certificate; a working one must.
+        assert_eq!(
+            problems(&RELATIONS.replace("retired = true\n", "")),
+            vec!["line 21: agency lists no certificate identity"]
+        );
+    }
+
+    #[test]
+    fn bad_delegations_and_mergers_are_located() {
+        let bad = RELATIONS
+            .replace(
+                "on_behalf_of = [\"insurer-a\", \"city\"]",
+                "on_behalf_of = [\"insurer-a\", \"kikin\", \"town\", \"insurer-a\", \"ghost\"]",
+            )
+            .replace("into = \"city\"", "into = \"town\"");
+        assert_eq!(
+            problems(&bad),
+            vec![
+                "line 27: an agency cannot act on behalf of itself",
+                "line 27: agency insurer-a is listed twice",
+                "line 27: delegation names unknown agency ghost",
+                "line 31: an agency cannot be merged into itself",
+            ]
+        );
+        // A retired agency in a delegation or a rule; a retired survivor.
+        let retired = format!(
+            "{RELATIONS}\n[[affair]]\nid = \"x\"\nname = \"x\"\nlegal_basis = \"x\"\n\n\
+             [[rule]]\nrequester = \"town\"\naffair = \"x\"\nprovider = \"city\"\n\
+             items = [\"y\"]\ntoken_lifetime_seconds = 60\n\n\
+             [[merger]]\nmerged = \"insurer-a\"\ninto = \"town\"\n"
+        )
+        .replace(
+            "on_behalf_of = [\"insurer-a\", \"city\"]",
+            "on_behalf_of = [\"town\"]",
+        );
+        assert_eq!(
+            problems(&retired),
+            vec![
+                "line 27: agency town is retired: no one acts for it",
+                "line 40: agency town is retired (merged into city): remove its rules",
+                "line 48: the survivor town is itself retired; name the agency it was merged into",
+            ]
+        );
+        let twice = format!("{RELATIONS}\n[[merger]]\nmerged = \"town\"\ninto = \"kikin\"\n");
+        assert_eq!(
+            problems(&twice),
+            vec!["line 35: agency town is merged twice"]
+        );
+        let again = format!(
+            "{RELATIONS}\n[[delegation]]\nagent = \"kikin\"\non_behalf_of = [\"insurer-a\"]\n"
+        );
+        assert_eq!(
+            problems(&again),
+            vec!["line 35: agency kikin has a delegation already; list all its agencies in one"]
+        );
+    }
+
+    #[test]
+    fn a_policy_may_not_drop_an_agency_or_revive_a_retired_one() {
+        let before = parse(RELATIONS).unwrap();
+        let renamed = parse(&RELATIONS.replace("name = \"A\"", "name = \"A (renamed)\"")).unwrap();
+        assert_eq!(renamed.may_follow(&before), Ok(()));
+        let dropped = parse(&RELATIONS.replace(
+            "[[agency]]\nid = \"insurer-a\"\nname = \"A\"\ncertificates = [\"insurer-a\"]\nepoch = 1\n",
+            "",
+        ).replace("[\"insurer-a\", \"city\"]", "[\"city\"]"))
+        .unwrap();
+        let refused = dropped.may_follow(&before).unwrap_err();
+        assert_eq!(refused.len(), 1);
+        assert!(
+            refused[0].starts_with("agency insurer-a is in the policy in force"),
+            "{refused:?}"
+        );
+        let revived = parse(&RELATIONS.replace("retired = true\n", "").replace(
+            "id = \"town\"\nname = \"town\"\n",
+            "id = \"town\"\nname = \"town\"\ncertificates = [\"town\"]\n",
+        ))
+        .unwrap();
+        assert_eq!(
+            revived.may_follow(&before).unwrap_err(),
+            vec!["agency town is retired in the policy in force and stays retired"]
+        );
+        // Retiring is a step forward.
+        assert_eq!(before.may_follow(&revived), Ok(()));
     }
 
     #[test]

@@ -113,6 +113,7 @@ fn affair_name(policy: &Policy, id: &str) -> String {
 /// The shared fields of the records one Audit call makes.
 fn facts<'a>(caller: &'a AgencyId, id: &RequestId, policy: &'a Policy) -> BatchFacts<'a> {
     BatchFacts {
+        agent: "",
         time_ms: now_ms(),
         caller: caller.as_str(),
         batch_id: id.as_str().to_owned(),
@@ -563,9 +564,17 @@ impl AuditService {
     ) -> CopyRecord {
         let header: &Header = &record.header;
         let is_caller = header.caller == reader.as_str();
+        // The reader made this call on behalf of the caller (D214): it
+        // sees the call, not a code of its own for the person (an agent
+        // acting for many agencies must not link their people).
+        // (An agent that is also the counterpart, e.g. the provider of a
+        // seal it made for another, reads the record as counterpart.)
+        let is_agent =
+            !is_caller && header.counterpart != reader.as_str() && header.agent == reader.as_str();
         let code = record
             .entry
             .person
+            .filter(|_| !is_agent)
             .and_then(|link| {
                 self.state
                     .exchange
@@ -578,7 +587,14 @@ impl AuditService {
             sequence: record.seq,
             time_ms: millis(header.time_ms),
             operation: header.operation.name().to_owned(),
-            role: if is_caller { "caller" } else { "counterpart" }.to_owned(),
+            role: if is_caller {
+                "caller"
+            } else if is_agent {
+                "agent"
+            } else {
+                "counterpart"
+            }
+            .to_owned(),
             other_agency: if is_caller {
                 header.counterpart.clone()
             } else {
@@ -588,7 +604,7 @@ impl AuditService {
             items: header.items.clone(),
             outcome: record.entry.outcome.name().to_owned(),
             code,
-            batch_id: if is_caller {
+            batch_id: if is_caller || is_agent {
                 header.batch_id.clone()
             } else {
                 String::new()
@@ -596,6 +612,7 @@ impl AuditService {
             count: header.count,
             note: header.note.clone(),
             non_disclosure_until: i64::try_from(header.non_disclosure_until).unwrap_or(i64::MAX),
+            agent: header.agent.clone(),
         }
     }
 }
@@ -637,5 +654,7 @@ fn disclosed(
         provision,
         leaf,
         proof,
+        agent: header.agent.clone(),
+        agent_name: agency_name(policy, &header.agent),
     }
 }

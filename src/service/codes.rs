@@ -33,9 +33,10 @@ use crate::exchange::{Done, Exchange, SealContext};
 use crate::policy::{Metered, Policy};
 use crate::proto::fugo::v1::codes_server::Codes;
 use crate::proto::fugo::v1::{
-    DeriveRequest, DeriveResponse, DeriveResult, RedeemRequest, RedeemResponse, RedeemResult,
-    Redeemed, ReidentifyRequest, ReidentifyResponse, ReidentifyResult, RequestContext, SealRequest,
-    SealResponse, SealResult, Sealed, derive_result, redeem_result, reidentify_result, seal_result,
+    DeriveRequest, DeriveResponse, DeriveResult, MigrateRequest, MigrateResponse, MigrateResult,
+    Migrated, RedeemRequest, RedeemResponse, RedeemResult, Redeemed, ReidentifyRequest,
+    ReidentifyResponse, ReidentifyResult, RequestContext, SealRequest, SealResponse, SealResult,
+    Sealed, derive_result, migrate_result, redeem_result, reidentify_result, seal_result,
 };
 use fugo_log::record::{Entry, Operation, Outcome, PersonLink};
 use fugo_log::store::{Append, Appended, Usage};
@@ -430,6 +431,12 @@ impl Items for ReidentifyRequest {
     }
 }
 
+impl Items for MigrateRequest {
+    fn items(&self) -> usize {
+        self.codes.len()
+    }
+}
+
 /// A response that can say how many of its items succeeded and failed.
 trait Tally {
     /// (succeeded, failed)
@@ -461,6 +468,14 @@ impl Tally for RedeemResponse {
     fn tally(&self) -> (usize, usize) {
         tally(&self.results, |r| {
             matches!(r.result, Some(redeem_result::Result::Error(_)) | None)
+        })
+    }
+}
+
+impl Tally for MigrateResponse {
+    fn tally(&self) -> (usize, usize) {
+        tally(&self.results, |r| {
+            matches!(r.result, Some(migrate_result::Result::Error(_)) | None)
         })
     }
 }
@@ -537,6 +552,7 @@ async fn run_batch<Req: Items + Send + 'static, Resp: Tally + Send + 'static>(
     let worker_policy = Arc::clone(&policy);
     let work = move || {
         let facts = BatchFacts {
+            agent: "",
             time_ms: now_millis(),
             caller: caller.as_str(),
             batch_id,
@@ -792,6 +808,25 @@ fn parse_field<T, E: ToString>(
     parse(text).map_err(|error| status::bad_field(field, &error.to_string()))
 }
 
+/// The agency a call acts for: the caller itself when `on_behalf_of` is
+/// empty, else the agency it names, if a delegation of the policy lets the
+/// caller act for it (D213); PERMISSION_DENIED otherwise, without repeating
+/// a value the policy does not know.
+fn principal<'p>(
+    policy: &'p Policy,
+    caller: &AgencyId,
+    on_behalf_of: &str,
+) -> Result<Option<&'p AgencyId>, Status> {
+    if on_behalf_of.is_empty() {
+        return Ok(None);
+    }
+    let named = parse_field("on_behalf_of", on_behalf_of, AgencyId::new)?;
+    policy
+        .acting_for(caller, &named)
+        .map(|agency| Some(&agency.id))
+        .map_err(status::denied)
+}
+
 fn derive(
     state: &State,
     policy: &Policy,
@@ -799,6 +834,14 @@ fn derive(
     facts: &BatchFacts<'_>,
     request: DeriveRequest,
 ) -> Result<Pending<DeriveResponse>, Status> {
+    let delegated;
+    let (caller, facts) = match principal(policy, caller, &request.on_behalf_of)? {
+        None => (caller, facts),
+        Some(principal) => {
+            delegated = facts.on_behalf_of(principal.as_str());
+            (principal, &delegated)
+        }
+    };
     let numbers: Vec<&[u8]> = request.numbers.iter().map(String::as_bytes).collect();
     let done = state
         .exchange
@@ -836,6 +879,14 @@ fn seal(
     facts: &BatchFacts<'_>,
     request: SealRequest,
 ) -> Result<Pending<SealResponse>, Status> {
+    let delegated;
+    let (caller, facts) = match principal(policy, caller, &request.on_behalf_of)? {
+        None => (caller, facts),
+        Some(principal) => {
+            delegated = facts.on_behalf_of(principal.as_str());
+            (principal, &delegated)
+        }
+    };
     let context = SealContext {
         provider: parse_field("provider", &request.provider, AgencyId::new)?,
         affair: parse_field("affair", &request.affair, AffairId::new)?,
@@ -894,6 +945,14 @@ fn redeem(
     facts: &BatchFacts<'_>,
     request: RedeemRequest,
 ) -> Result<Pending<RedeemResponse>, Status> {
+    let delegated;
+    let (caller, facts) = match principal(policy, caller, &request.on_behalf_of)? {
+        None => (caller, facts),
+        Some(principal) => {
+            delegated = facts.on_behalf_of(principal.as_str());
+            (principal, &delegated)
+        }
+    };
     let tokens: Vec<&[u8]> = request.tokens.iter().map(Vec::as_slice).collect();
     let done = state
         .exchange
@@ -1047,6 +1106,49 @@ fn mark_repeats(
     }
 }
 
+/// Migrate: the caller (a merger's survivor) converts the merged agency's
+/// codes into its own current-epoch codes (D215).
+fn migrate(
+    state: &State,
+    policy: &Policy,
+    caller: &AgencyId,
+    facts: &BatchFacts<'_>,
+    request: MigrateRequest,
+) -> Result<Pending<MigrateResponse>, Status> {
+    let merged = parse_field("merged", &request.merged, AgencyId::new)?;
+    let codes: Vec<&[u8]> = request.codes.iter().map(String::as_bytes).collect();
+    let done = state
+        .exchange
+        .migrate(policy, caller, &merged, &codes)
+        .map_err(status::batch)?;
+    let epoch = policy
+        .agency(caller)
+        .map_or(0, |agency| u32::from(agency.epoch.get()));
+    let mut collector = Collector::new();
+    let mut header = facts.header(Operation::Migrate);
+    header.counterpart = merged.to_string();
+    let group = collector.group(header);
+    collector.items(group, &done, |_| (None, epoch));
+    let append = collector.finish(facts);
+    let results = done
+        .into_iter()
+        .zip(request.codes)
+        .map(|(result, old_code)| MigrateResult {
+            result: Some(match result {
+                Ok(new_code) => migrate_result::Result::Migrated(Migrated { old_code, new_code }),
+                Err(failure) => migrate_result::Result::Error(status::item(failure)),
+            }),
+        })
+        .collect();
+    Ok(Pending::new(
+        MigrateResponse {
+            results,
+            policy_version: policy.version().to_string(),
+        },
+        append,
+    ))
+}
+
 fn reidentify(
     state: &State,
     policy: &Policy,
@@ -1143,6 +1245,22 @@ impl Codes for CodesService {
     ) -> Result<Response<Self::ReidentifyStreamStream>, Status> {
         self.stream(request, Metered::Reidentify, reidentify)
     }
+
+    async fn migrate(
+        &self,
+        request: Request<MigrateRequest>,
+    ) -> Result<Response<MigrateResponse>, Status> {
+        self.unary(request, Metered::Migrate, migrate).await
+    }
+
+    type MigrateStreamStream = BoxStream<MigrateResponse>;
+
+    async fn migrate_stream(
+        &self,
+        request: Request<Streaming<MigrateRequest>>,
+    ) -> Result<Response<Self::MigrateStreamStream>, Status> {
+        self.stream(request, Metered::Migrate, migrate)
+    }
 }
 
 /// The Codes service's request handling without a connection, a client
@@ -1210,6 +1328,15 @@ impl Handlers {
         self.answer(caller, request, reidentify)
     }
 
+    /// `Migrate` for `caller`.
+    pub fn migrate(
+        &self,
+        caller: &AgencyId,
+        request: MigrateRequest,
+    ) -> Result<MigrateResponse, Status> {
+        self.answer(caller, request, migrate)
+    }
+
     /// What `run_batch` does between deciding the caller and committing.
     fn answer<Req: Items, Resp>(
         &self,
@@ -1220,6 +1347,7 @@ impl Handlers {
         let policy = self.state.policy();
         let items = request.items();
         let facts = BatchFacts {
+            agent: "",
             time_ms: now_millis(),
             caller: caller.as_str(),
             batch_id: "handlers".to_owned(),

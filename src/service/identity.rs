@@ -72,14 +72,19 @@ impl PeerCertificate {
             .identity
             .as_ref()
             .map_err(|reason| status::unauthenticated(reason))?;
-        policy
-            .agency_for_certificate(identity)
-            .map(|agency| agency.id.clone())
-            .ok_or_else(|| {
-                status::unauthenticated(&format!(
-                    "certificate identity '{identity}' is not an agency in the policy"
-                ))
-            })
+        let agency = policy.agency_for_certificate(identity).ok_or_else(|| {
+            status::unauthenticated(&format!(
+                "certificate identity '{identity}' is not an agency in the policy"
+            ))
+        })?;
+        // A retired (merged) agency is known but no longer acts (D212).
+        if let Some(merger) = policy.retired(&agency.id) {
+            return Err(status::denied(crate::policy::Denied::Retired {
+                agency: agency.id.clone(),
+                survivor: merger.survivor.clone(),
+            }));
+        }
+        Ok(agency.id.clone())
     }
 }
 

@@ -233,6 +233,8 @@ fn now_ms() -> u64 {
 
 fn facts<'a>(caller: &'a AgencyId, id: &RequestId, policy: &'a Policy) -> BatchFacts<'a> {
     BatchFacts {
+        // Persons calls are made by the agency itself (no delegation).
+        agent: "",
         time_ms: now_ms(),
         caller: caller.as_str(),
         batch_id: id.as_str().to_owned(),

@@ -202,6 +202,7 @@ fn open_recorder(
 fn policy_loaded(policy: &Policy, text: &str) -> Append {
     let digest = policy_digest(policy);
     let facts = BatchFacts {
+        agent: "",
         time_ms: SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |elapsed| elapsed.as_millis() as u64),
@@ -471,7 +472,11 @@ fn reload(state: &OnceLock<Arc<State>>, path: &Path) -> Result<PolicyVersion, Se
         tracing::warn!("sealed: the policy file is read when the server unseals");
         return Err(ServeError::Sealed);
     };
-    match load_policy_text(path) {
+    let loaded = load_policy_text(path).and_then(|(policy, text)| {
+        succeeds(&policy, &state.policy(), path)?;
+        Ok((policy, text))
+    });
+    match loaded {
         Ok((policy, text)) => {
             let version = policy.version().clone();
             // Queued before the swap, so it commits before (or with) the
@@ -488,6 +493,53 @@ fn reload(state: &OnceLock<Arc<State>>, path: &Path) -> Result<PolicyVersion, Se
             Err(error)
         }
     }
+}
+
+/// Refuses `policy` when it may not follow `previous` (D211: an agency id
+/// removed or renamed, a retired agency revived), naming each problem.
+fn succeeds(policy: &Policy, previous: &Policy, path: &Path) -> Result<(), ServeError> {
+    policy
+        .may_follow(previous)
+        .map_err(|problems| ServeError::Policy {
+            path: path.display().to_string(),
+            problems: crate::policy::PolicyError(
+                problems
+                    .into_iter()
+                    .map(|message| crate::policy::Problem { line: 0, message })
+                    .collect(),
+            ),
+        })
+}
+
+/// The policy last recorded in force in the store (the latest
+/// `policy_loaded` record, whose text is stored under its version), if the
+/// store has one that still reads: what a starting server's policy must
+/// follow (D211).
+fn last_policy(
+    store: &mut fugo_log::store::RedbStore,
+) -> Result<Option<Policy>, fugo_log::store::StoreError> {
+    use fugo_log::store::Store;
+    let mut after = None;
+    let mut last = None;
+    loop {
+        let page = store.agency_records("fugo", after, 1000)?;
+        let Some(end) = page.last() else { break };
+        after = Some(end.seq);
+        if let Some(loaded) = page
+            .iter()
+            .rev()
+            .find(|record| record.header.operation == Operation::PolicyLoaded)
+        {
+            last = Some(loaded.header.policy_version);
+        }
+        if page.len() < 1000 {
+            break;
+        }
+    }
+    let Some(version) = last else { return Ok(None) };
+    Ok(store
+        .policy(&version)?
+        .and_then(|text| crate::policy::parse(&text).ok()))
 }
 
 /// Checks everything, binds `config.listen`, and serves until stopped.
@@ -593,6 +645,18 @@ impl Opening {
             let loaded = crate::audit::persons::load_entries(entries, state.exchange.persons())?;
             if loaded > 0 {
                 tracing::info!(entries = loaded, "re-issue and suspension tables loaded");
+            }
+        }
+        // Agency ids are immutable: the policy must follow the one last in
+        // force (D211).
+        if self.audited {
+            let previous = state
+                .recorder
+                .read(last_policy)
+                .await
+                .map_err(ServeError::Audit)?;
+            if let Some(previous) = previous {
+                succeeds(&state.policy(), &previous, &config.policy)?;
             }
         }
         // The policy in force is stored and its loading recorded before any

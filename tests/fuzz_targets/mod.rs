@@ -82,6 +82,14 @@ items = ["local-tax", "resident-register"]
 token_lifetime_seconds = 3600
 non_disclosure = true
 non_disclosure_max_days = 30
+
+[[delegation]]
+agent = "nta"
+on_behalf_of = ["mhlw"]
+
+[[merger]]
+merged = "mhlw"
+into = "city-shinjuku"
 "#;
 
 const CALLERS: [&str; 4] = ["mhlw", "city-shinjuku", "portal", "nta"];
@@ -476,8 +484,8 @@ pub fn csv(data: &[u8]) {
 struct Service {
     handlers: fugo::service::Handlers,
     /// One valid request of each operation, encoded: derive, seal,
-    /// redeem, reidentify.
-    valid: [Vec<u8>; 4],
+    /// redeem, reidentify, migrate.
+    valid: [Vec<u8>; 5],
 }
 
 /// Randomness for the fixtures: a counter, never the OS.
@@ -508,6 +516,7 @@ fn service() -> &'static Service {
             .collect();
         let derive = pb::DeriveRequest {
             numbers: numbers.clone(),
+            on_behalf_of: String::new(),
         };
         let codes: Vec<String> = handlers
             .derive(&mhlw, derive.clone())
@@ -519,12 +528,17 @@ fn service() -> &'static Service {
                 _ => None,
             })
             .collect();
+        let migrate = pb::MigrateRequest {
+            merged: "mhlw".to_owned(),
+            codes: codes.clone(),
+        };
         let seal = pb::SealRequest {
             provider: "city-shinjuku".to_owned(),
             affair: "health".to_owned(),
             items: vec!["local-tax".to_owned()],
             non_disclosure_until: 0,
             codes,
+            on_behalf_of: String::new(),
         };
         let tokens: Vec<Vec<u8>> = handlers
             .seal(&mhlw, seal.clone())
@@ -550,11 +564,16 @@ fn service() -> &'static Service {
         let valid = [
             derive.encode_to_vec(),
             seal.encode_to_vec(),
-            pb::RedeemRequest { tokens }.encode_to_vec(),
+            pb::RedeemRequest {
+                tokens,
+                on_behalf_of: String::new(),
+            }
+            .encode_to_vec(),
             pb::ReidentifyRequest {
                 codes: shinjuku_codes,
             }
             .encode_to_vec(),
+            migrate.encode_to_vec(),
         ];
         Service { handlers, valid }
     })
@@ -612,8 +631,9 @@ fn check_results<R>(
 }
 
 /// Protobuf request decoding and the service's own handling: the first
-/// byte picks the operation (bits 0-1), the caller (bits 2-3), and whether
-/// the rest is appended to a valid request of that operation (bit 4:
+/// byte picks the operation (bits 0-1: derive, seal, redeem, reidentify;
+/// bit 5 set: migrate), the caller (bits 2-3), and whether the rest is
+/// appended to a valid request of that operation (bit 4:
 /// protobuf merges, so valid tokens and codes stay in play); the rest is
 /// decoded as the service's codec decodes (`INVALID_ARGUMENT` if it cannot
 /// be) and answered by the handler a call runs through. Whole-request
@@ -625,7 +645,11 @@ pub fn request(data: &[u8]) {
         return;
     };
     let service = service();
-    let operation = usize::from(mode & 3);
+    let operation = if mode & 0x20 != 0 {
+        4
+    } else {
+        usize::from(mode & 3)
+    };
     let caller = AgencyId::new(CALLERS[usize::from((mode >> 2) & 3)]).unwrap();
     let mut message = Vec::new();
     if mode & 0x10 != 0 {
@@ -692,6 +716,21 @@ pub fn request(data: &[u8]) {
                             }
                         }
                     }
+                    Err(status) => assert_request_status(&status),
+                }
+            }
+        },
+        4 => match decode::<pb::MigrateRequest>(&message[..]) {
+            Err(status) => decoded_error(status),
+            Ok(request) => {
+                let items = request.codes.len();
+                match handlers.migrate(&caller, request) {
+                    Ok(response) => check_results(&response.results, items, |r| {
+                        r.result.as_ref().map(|r| match r {
+                            pb::migrate_result::Result::Error(e) => Some(e),
+                            pb::migrate_result::Result::Migrated(_) => None,
+                        })
+                    }),
                     Err(status) => assert_request_status(&status),
                 }
             }
@@ -794,12 +833,27 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
                     items: items.into_iter().map(str::to_owned).collect(),
                     non_disclosure_until: 0,
                     codes: Vec::new(),
+                    on_behalf_of: String::new(),
                 };
                 seeds.push([&[0x11u8][..], &request.encode_to_vec()].concat());
             }
+            // On behalf of another agency: nta for mhlw (allowed), for
+            // Shinjuku (not), and a number where the agency belongs.
+            for on_behalf_of in ["mhlw", "city-shinjuku", "123456789018"] {
+                let request = pb::DeriveRequest {
+                    numbers: vec!["123456789018".to_owned()],
+                    on_behalf_of: on_behalf_of.to_owned(),
+                };
+                seeds.push([&[3u8 << 2][..], &request.encode_to_vec()].concat());
+            }
             for (operation, valid) in service.valid.iter().enumerate() {
                 for caller in 0..4u8 {
-                    let mode = operation as u8 | (caller << 2);
+                    let op = if operation == 4 {
+                        0x20
+                    } else {
+                        operation as u8
+                    };
+                    let mode = op | (caller << 2);
                     seeds.push([&[mode][..], valid].concat());
                     seeds.push(vec![mode | 0x10]);
                 }

@@ -124,9 +124,9 @@ impl Agency {
     }
 }
 
-/// What a quota counts: the four exchange operations, in items, and the
-/// reads of the log (the portal's `Disclose`, and `ReadCopy` pages), in
-/// calls.
+/// What a quota counts: the four exchange operations and `Migrate`, in
+/// items, and the reads of the log (the portal's `Disclose`, and `ReadCopy`
+/// pages), in calls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Metered {
     /// My Numbers turned into codes.
@@ -139,16 +139,19 @@ pub enum Metered {
     Reidentify,
     /// Disclosure pages and copy pages read from the audit trail.
     Disclose,
+    /// A merged agency's codes converted into the surviving agency's.
+    Migrate,
 }
 
 impl Metered {
     /// Every metered operation, in the order of [`Quotas`].
-    pub const ALL: [Metered; 5] = [
+    pub const ALL: [Metered; 6] = [
         Metered::Derive,
         Metered::Seal,
         Metered::Redeem,
         Metered::Reidentify,
         Metered::Disclose,
+        Metered::Migrate,
     ];
 
     /// Its name in the policy file, logs, metrics and the audit trail.
@@ -159,6 +162,7 @@ impl Metered {
             Metered::Redeem => "redeem",
             Metered::Reidentify => "reidentify",
             Metered::Disclose => "disclose",
+            Metered::Migrate => "migrate",
         }
     }
 
@@ -221,7 +225,7 @@ pub const DEFAULT_WARN_PERCENT: u8 = 80;
 
 /// An agency's limits, one per [`Metered`] operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Quotas([Limit; 5]);
+pub struct Quotas([Limit; 6]);
 
 impl Quotas {
     /// The limit of `operation`.
@@ -248,7 +252,7 @@ impl Default for Quotas {
             burst: DEFAULT_READS_BURST,
             per_day: DEFAULT_READS_PER_DAY,
         };
-        Quotas([items, items, items, items, reads])
+        Quotas([items, items, items, items, reads, items])
     }
 }
 
@@ -282,6 +286,32 @@ pub struct Rule {
     /// `Some` exactly when `non_disclosure` is true (default
     /// [`DEFAULT_NON_DISCLOSURE_MAX_DAYS`]).
     pub non_disclosure_max_days: Option<u32>,
+}
+
+/// A merger (合併): `merged` joined `survivor`, which converts the merged
+/// agency's codes into its own (`Migrate`). Agency ids are immutable (they
+/// are inside the keys), so the merged agency stays in the policy; once
+/// `retired`, it can no longer act (D212).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Merger {
+    /// The agency that ends.
+    pub merged: AgencyId,
+    /// The agency that takes its people over.
+    pub survivor: AgencyId,
+    /// Whether the merged agency is retired: its certificates are refused
+    /// and no rule or delegation may name it. `Migrate` keeps working.
+    pub retired: bool,
+}
+
+/// A delegation (代理): `agent` may derive, seal and redeem on behalf of
+/// each of `principals` (as 支払基金 and 国保中央会 do for insurers). The
+/// results are the principal's codes; every record names both (D213).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delegation {
+    /// The agency that acts.
+    pub agent: AgencyId,
+    /// The agencies it may act for.
+    pub principals: BTreeSet<AgencyId>,
 }
 
 /// The SHA-256 of the policy file, as 64 lowercase hex characters.
@@ -337,6 +367,24 @@ pub enum Inconsistent {
         provider: AgencyId,
         /// What is missing: "requester", "provider" or "affair".
         missing: &'static str,
+    },
+    /// A delegation naming an unknown or retired agency, an agent acting
+    /// for itself, no principal, or an agent listed twice.
+    #[error("delegation of {agent}: {reason}")]
+    BadDelegation {
+        /// The delegation's agent.
+        agent: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A merger naming an unknown agency, an agency merged into itself or
+    /// twice, a retired survivor, or a retired agency still in a rule.
+    #[error("merger of {merged}: {reason}")]
+    BadMerger {
+        /// The merged agency.
+        merged: String,
+        /// What is wrong.
+        reason: String,
     },
     /// A rule whose requester is its provider, with no item, or with a
     /// token lifetime outside 1 s to [`MAX_TOKEN_LIFETIME`].
@@ -413,6 +461,31 @@ pub enum Denied {
         /// 1-based position in the request's items.
         position: usize,
     },
+    /// No delegation lets `agent` act for `principal` (both ids the policy
+    /// knows; an unknown one is [`Denied::NotInPolicy`]).
+    #[error("no delegation lets {agent} act on behalf of {principal}")]
+    NotRepresented {
+        /// The agency that asked.
+        agent: AgencyId,
+        /// The agency it named.
+        principal: AgencyId,
+    },
+    /// No merger lets `survivor` migrate `merged`'s codes.
+    #[error("no merger lets {survivor} migrate the codes of {merged}")]
+    NoMerger {
+        /// The agency that asked.
+        survivor: AgencyId,
+        /// The agency it named.
+        merged: AgencyId,
+    },
+    /// The agency is retired: it was merged into `survivor`.
+    #[error("agency {agency} is retired: it was merged into {survivor}")]
+    Retired {
+        /// The retired agency.
+        agency: AgencyId,
+        /// The agency it was merged into.
+        survivor: AgencyId,
+    },
     /// The agency lacks a capability.
     #[error("agency {agency} does not have the {capability} capability")]
     MissingCapability {
@@ -432,6 +505,10 @@ pub struct Policy {
     rules: HashMap<(AgencyId, AffairId, AgencyId), Rule>,
     certificates: HashMap<String, AgencyId>,
     warn_percent: u8,
+    /// Agent → the agencies it may act for.
+    delegations: BTreeMap<AgencyId, BTreeSet<AgencyId>>,
+    /// Merged agency → its merger.
+    mergers: BTreeMap<AgencyId, Merger>,
 }
 
 impl Policy {
@@ -536,7 +613,164 @@ impl Policy {
             rules: rules_by_key,
             certificates,
             warn_percent: DEFAULT_WARN_PERCENT,
+            delegations: BTreeMap::new(),
+            mergers: BTreeMap::new(),
         })
+    }
+
+    /// This policy with `delegations` and `mergers`, if they are
+    /// consistent with it: every agency they name is listed; an agent does
+    /// not act for itself, names at least one principal and is listed
+    /// once; an agency is merged once, not into itself, into a survivor
+    /// that is not retired; and a retired agency is in no rule and no
+    /// delegation.
+    pub fn with_relations(
+        mut self,
+        delegations: Vec<Delegation>,
+        mergers: Vec<Merger>,
+    ) -> Result<Self, Inconsistent> {
+        for merger in mergers {
+            let bad = |reason: &str| Inconsistent::BadMerger {
+                merged: merger.merged.to_string(),
+                reason: reason.to_owned(),
+            };
+            if !self.agencies.contains_key(&merger.merged)
+                || !self.agencies.contains_key(&merger.survivor)
+            {
+                return Err(bad("names an agency the policy does not list"));
+            }
+            if merger.merged == merger.survivor {
+                return Err(bad("an agency cannot be merged into itself"));
+            }
+            if self.mergers.contains_key(&merger.merged) {
+                return Err(bad("the agency is merged twice"));
+            }
+            self.mergers.insert(merger.merged.clone(), merger);
+        }
+        for merger in self.mergers.values() {
+            if self.retired(&merger.survivor).is_some() {
+                return Err(Inconsistent::BadMerger {
+                    merged: merger.merged.to_string(),
+                    reason: format!(
+                        "the survivor {} is itself retired; name the agency it was merged into",
+                        merger.survivor
+                    ),
+                });
+            }
+        }
+        for rule in self.rules.values() {
+            for named in [&rule.requester, &rule.provider] {
+                if let Some(merger) = self.retired(named) {
+                    return Err(Inconsistent::BadMerger {
+                        merged: merger.merged.to_string(),
+                        reason: "a retired agency cannot be in a rule".to_owned(),
+                    });
+                }
+            }
+        }
+        for delegation in delegations {
+            let bad = |reason: String| Inconsistent::BadDelegation {
+                agent: delegation.agent.to_string(),
+                reason,
+            };
+            if delegation.principals.is_empty() {
+                return Err(bad("names no agency to act for".to_owned()));
+            }
+            if delegation.principals.contains(&delegation.agent) {
+                return Err(bad("an agency cannot act for itself".to_owned()));
+            }
+            for named in std::iter::once(&delegation.agent).chain(&delegation.principals) {
+                if !self.agencies.contains_key(named) {
+                    return Err(bad(format!("names unknown agency {named}")));
+                }
+                if self.retired(named).is_some() {
+                    return Err(bad(format!("names retired agency {named}")));
+                }
+            }
+            if self.delegations.contains_key(&delegation.agent) {
+                return Err(bad("the agent is listed twice".to_owned()));
+            }
+            self.delegations
+                .insert(delegation.agent, delegation.principals);
+        }
+        Ok(self)
+    }
+
+    /// The merger that retired `agency`, if it is retired.
+    pub fn retired(&self, agency: &AgencyId) -> Option<&Merger> {
+        self.mergers.get(agency).filter(|merger| merger.retired)
+    }
+
+    /// All mergers, by merged agency.
+    pub fn mergers(&self) -> impl Iterator<Item = &Merger> {
+        self.mergers.values()
+    }
+
+    /// The agencies `agent` may act for (empty if none).
+    pub fn principals_of(&self, agent: &AgencyId) -> impl Iterator<Item = &AgencyId> {
+        self.delegations.get(agent).into_iter().flatten()
+    }
+
+    /// The agency `agent` acts for when it names `principal`: refused
+    /// without repeating the value when the policy does not know it (the
+    /// field is the caller's text), and when no delegation allows it.
+    pub fn acting_for(&self, agent: &AgencyId, principal: &AgencyId) -> Result<&Agency, Denied> {
+        let Some(found) = self.agencies.get(principal) else {
+            return Err(Denied::NotInPolicy {
+                field: "on_behalf_of",
+            });
+        };
+        let allowed = self
+            .delegations
+            .get(agent)
+            .is_some_and(|principals| principals.contains(principal));
+        if !allowed {
+            return Err(Denied::NotRepresented {
+                agent: agent.clone(),
+                principal: principal.clone(),
+            });
+        }
+        Ok(found)
+    }
+
+    /// The merged agency whose codes `survivor` may migrate when it names
+    /// `merged` (unknown values are not repeated, as above).
+    pub fn merger(&self, survivor: &AgencyId, merged: &AgencyId) -> Result<&Agency, Denied> {
+        let Some(found) = self.agencies.get(merged) else {
+            return Err(Denied::NotInPolicy { field: "merged" });
+        };
+        match self.mergers.get(merged) {
+            Some(merger) if merger.survivor == *survivor => Ok(found),
+            _ => Err(Denied::NoMerger {
+                survivor: survivor.clone(),
+                merged: merged.clone(),
+            }),
+        }
+    }
+
+    /// Whether this policy may follow `previous` (at a reload or a start
+    /// after it): agency ids are immutable (D211), so every agency of
+    /// `previous` must still be listed, and a retired one stays retired.
+    /// Each problem is one message.
+    pub fn may_follow(&self, previous: &Policy) -> Result<(), Vec<String>> {
+        let mut problems = Vec::new();
+        for id in previous.agencies.keys() {
+            if !self.agencies.contains_key(id) {
+                problems.push(format!(
+                    "agency {id} is in the policy in force and may not be removed or renamed \
+                     (ids are inside the keys); change its name, or retire it with a [[merger]]"
+                ));
+            } else if previous.retired(id).is_some() && self.retired(id).is_none() {
+                problems.push(format!(
+                    "agency {id} is retired in the policy in force and stays retired"
+                ));
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
     }
 
     /// This policy with quota warnings at `percent` (1 to 100) of a daily

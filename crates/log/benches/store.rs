@@ -48,6 +48,7 @@ fn header(time_ms: u64) -> Header {
         batch_id: format!("bench-{time_ms}"),
         note: String::new(),
         count: 0,
+        agent: String::new(),
     }
 }
 

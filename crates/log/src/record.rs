@@ -27,6 +27,17 @@
 //! policy_version [32] ‖ batch_id ‖ note ‖ count u64
 //! ```
 //!
+//! Header encoding, version 2: a call made by an agency on behalf of another
+//! (D214). The caller is the agency acted for (whose codes were made or
+//! opened), `agent` the agency that made the call. A header without an
+//! agent is always encoded as version 1, so every version-1 record keeps
+//! its bytes and digest; version 2 is version 1's fields with the version
+//! byte 0x02 and one more string, never empty:
+//!
+//! ```text
+//! 0x02 ‖ (the fields of version 1) ‖ agent
+//! ```
+//!
 //! Leaf bytes, version 1 (74 bytes):
 //!
 //! ```text
@@ -52,6 +63,10 @@ use crate::merkle::Hash;
 
 /// The version byte that starts a header encoding and the leaf bytes.
 pub const ENCODING_VERSION: u8 = 0x01;
+
+/// The version byte of a header encoding that names an agent (see the
+/// module doc); leaf bytes stay version 1.
+pub const AGENT_HEADER_VERSION: u8 = 0x02;
 
 /// Domain-separation label of [`link_commitment`].
 const LINK_LABEL: &[u8] = b"fugo-log/v1/link";
@@ -85,11 +100,14 @@ pub enum Operation {
     /// A person was suspended, the suspension lifted, or its reason read
     /// (the note says which; the reason itself is not in the log).
     Suspension = 12,
+    /// The surviving agency of a merger converted the merged agency's
+    /// codes into its own (the counterpart is the merged agency).
+    Migrate = 13,
 }
 
 impl Operation {
     /// Every operation, in code order.
-    pub const ALL: [Operation; 11] = [
+    pub const ALL: [Operation; 12] = [
         Operation::Derive,
         Operation::Seal,
         Operation::Redeem,
@@ -101,6 +119,7 @@ impl Operation {
         Operation::Refusals,
         Operation::Reissue,
         Operation::Suspension,
+        Operation::Migrate,
     ];
 
     /// The stored code.
@@ -127,6 +146,7 @@ impl Operation {
             Operation::Refusals => "refusals",
             Operation::Reissue => "reissue",
             Operation::Suspension => "suspension",
+            Operation::Migrate => "migrate",
         }
     }
 }
@@ -241,6 +261,9 @@ pub struct Header {
     pub note: String,
     /// Refusals: how many items were refused; otherwise 0.
     pub count: u64,
+    /// The agency that made the call on behalf of `caller` (a delegation,
+    /// D213); empty when the caller called itself.
+    pub agent: String,
 }
 
 /// What one record adds to its group's header.
@@ -332,8 +355,12 @@ pub fn encode_header(header: &Header) -> Vec<u8> {
     .map(|s| s.len() + 8)
     .sum::<usize>()
         + header.items.iter().map(|s| s.len() + 8).sum::<usize>();
-    let mut out = Vec::with_capacity(1 + 8 + 1 + 8 + 8 + 32 + 8 + strings);
-    out.push(ENCODING_VERSION);
+    let mut out = Vec::with_capacity(1 + 8 + 1 + 8 + 8 + 32 + 8 + strings + 8 + header.agent.len());
+    out.push(if header.agent.is_empty() {
+        ENCODING_VERSION
+    } else {
+        AGENT_HEADER_VERSION
+    });
     out.extend_from_slice(&header.time_ms.to_be_bytes());
     out.push(header.operation.code());
     put_str(&mut out, &header.caller);
@@ -348,6 +375,9 @@ pub fn encode_header(header: &Header) -> Vec<u8> {
     put_str(&mut out, &header.batch_id);
     put_str(&mut out, &header.note);
     out.extend_from_slice(&header.count.to_be_bytes());
+    if !header.agent.is_empty() {
+        put_str(&mut out, &header.agent);
+    }
     out
 }
 
@@ -585,7 +615,7 @@ fn put_str(out: &mut Vec<u8>, text: &str) {
 
 fn read_header(reader: &mut Reader<'_>) -> Result<Header, DecodeError> {
     let version = reader.u8("version")?;
-    if version != ENCODING_VERSION {
+    if version != ENCODING_VERSION && version != AGENT_HEADER_VERSION {
         return Err(DecodeError::UnknownVersion(version));
     }
     let time_ms = reader.u64("time_ms")?;
@@ -608,6 +638,16 @@ fn read_header(reader: &mut Reader<'_>) -> Result<Header, DecodeError> {
     let batch_id = reader.string("batch_id")?;
     let note = reader.string("note")?;
     let count = reader.u64("count")?;
+    let agent = if version == AGENT_HEADER_VERSION {
+        let agent = reader.string("agent")?;
+        // One header, one encoding: no agent is version 1.
+        if agent.is_empty() {
+            return Err(DecodeError::Truncated("agent"));
+        }
+        agent
+    } else {
+        String::new()
+    };
     Ok(Header {
         time_ms,
         operation,
@@ -620,6 +660,7 @@ fn read_header(reader: &mut Reader<'_>) -> Result<Header, DecodeError> {
         batch_id,
         note,
         count,
+        agent,
     })
 }
 
@@ -701,6 +742,7 @@ mod tests {
             batch_id: "req-1/3".into(),
             note: String::new(),
             count: 0,
+            agent: String::new(),
         }
     }
 
@@ -733,6 +775,35 @@ mod tests {
         assert_eq!(decode_header(&encode_header(&header)), Ok(header));
     }
 
+    /// A header without an agent keeps its version-1 bytes (the digest of
+    /// every record written before version 2 existed); one with an agent is
+    /// version 2, round-trips, and differs from the same header without.
+    #[test]
+    fn an_agent_makes_a_version_2_header_and_nothing_else_changes() {
+        let plain = header();
+        let v1 = encode_header(&plain);
+        assert_eq!(v1[0], ENCODING_VERSION);
+        // The version-1 layout, byte for byte: nothing follows `count`.
+        assert_eq!(&v1[v1.len() - 8..], &0u64.to_be_bytes());
+        let mut acted = header();
+        acted.agent = "shiharai-kikin".into();
+        let v2 = encode_header(&acted);
+        assert_eq!(v2[0], AGENT_HEADER_VERSION);
+        assert_eq!(&v2[1..v1.len()], &v1[1..]);
+        assert_eq!(&v2[v1.len()..v1.len() + 8], &14u64.to_be_bytes());
+        assert_eq!(decode_header(&v2), Ok(acted.clone()));
+        assert_ne!(header_digest(&acted), header_digest(&plain));
+        // Version 2 with an empty agent is not canonical: refused.
+        let mut empty = v1.clone();
+        empty[0] = AGENT_HEADER_VERSION;
+        empty.extend_from_slice(&0u64.to_be_bytes());
+        assert!(decode_header(&empty).is_err());
+        // Every truncation of a version-2 header is refused.
+        for cut in 0..v2.len() {
+            assert!(decode_header(&v2[..cut]).is_err(), "cut at {cut}");
+        }
+    }
+
     #[test]
     fn group_round_trips_with_digest() {
         let header = header();
@@ -761,8 +832,8 @@ mod tests {
             decode_header(&bytes),
             Err(DecodeError::UnknownOperation(200))
         );
-        bytes[0] = 2;
-        assert_eq!(decode_header(&bytes), Err(DecodeError::UnknownVersion(2)));
+        bytes[0] = 3;
+        assert_eq!(decode_header(&bytes), Err(DecodeError::UnknownVersion(3)));
     }
 
     #[test]

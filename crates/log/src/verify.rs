@@ -431,6 +431,7 @@ mod tests {
                 batch_id: String::new(),
                 note: String::new(),
                 count: 0,
+                agent: String::new(),
             },
             entries: people
                 .map(|p| Entry {

@@ -20,6 +20,7 @@ fn header(operation: Operation, caller: &str, counterpart: &str, time_ms: u64) -
         batch_id: format!("req-{time_ms}"),
         note: String::new(),
         count: 0,
+        agent: String::new(),
     }
 }
 

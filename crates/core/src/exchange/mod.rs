@@ -6,6 +6,7 @@
 //!  seal        the caller's codes ─► tokens for a provider      (seal.rs)
 //!  redeem      tokens addressed to the caller ─► its codes      (redeem.rs)
 //!  reidentify  the caller's codes ─► numbers                    (reidentify.rs)
+//!  migrate     a merged agency's codes ─► the survivor's codes  (migrate.rs)
 //!  outcome     what each item and batch can end in              (outcome.rs)
 //! ```
 //!
@@ -25,6 +26,7 @@
 //! moves to a fresh key before AES-GCM's per-key bound (seal_keys.rs).
 
 mod derive;
+mod migrate;
 mod outcome;
 mod persons;
 mod redeem;

@@ -1101,6 +1101,15 @@ fn write_append(
                 .insert((header.counterpart.as_str(), *first_seq), count)
                 .map_err(|e| backend(op, e))?;
         }
+        // An agent's calls are in its own copy too (D214).
+        if !header.agent.is_empty()
+            && header.agent != header.caller
+            && header.agent != header.counterpart
+        {
+            by_agency
+                .insert((header.agent.as_str(), *first_seq), count)
+                .map_err(|e| backend(op, e))?;
+        }
     }
     let leaves = ready
         .iter()
@@ -1259,6 +1268,7 @@ fn roll_tallies(txn: &WriteTransaction, append: &Append) -> Result<Vec<Group>, S
                 batch_id: String::new(),
                 note: reason,
                 count,
+                agent: String::new(),
             },
             entries: vec![Entry {
                 outcome: Outcome::Refused,
@@ -1310,6 +1320,9 @@ fn purge(txn: &WriteTransaction, from: u64, size: u64, before_ms: u64) -> Result
         agencies.insert(group.header.caller.clone());
         if !group.header.counterpart.is_empty() {
             agencies.insert(group.header.counterpart.clone());
+        }
+        if !group.header.agent.is_empty() {
+            agencies.insert(group.header.agent.clone());
         }
         doomed.push(first);
         cut = first + group.entries.len() as u64;
@@ -1789,6 +1802,7 @@ mod tests {
                     batch_id: String::new(),
                     note: String::new(),
                     count: 0,
+                    agent: String::new(),
                 },
                 entries: people
                     .map(|p| Entry {

@@ -1,0 +1,143 @@
+//! Migrate: after a merger, a merged agency's codes → the surviving
+//! agency's codes in its current epoch (D215).
+//!
+//! The conversion is one step on a person handle: open the old code with
+//! the merged agency's key of its epoch, make the survivor's code from the
+//! handle. No My Number is involved and none is returned.
+
+use super::{BatchError, Done, Exchange, OwnCodes, check_size, per_item};
+use crate::agency::AgencyId;
+use crate::policy::Policy;
+
+impl Exchange {
+    /// `survivor`'s current-epoch codes for `codes` of `merged` (of any of
+    /// its accepted epochs), under a merger of `policy` naming both.
+    pub fn migrate(
+        &self,
+        policy: &Policy,
+        survivor: &AgencyId,
+        merged: &AgencyId,
+        codes: &[&[u8]],
+    ) -> Result<Done<String>, BatchError> {
+        check_size(codes.len())?;
+        let from = policy.merger(survivor, merged)?;
+        let to = policy.agency(survivor)?;
+        let coder = self.coder(survivor, to.epoch);
+        let mut old = OwnCodes::new(self, from);
+        Ok(per_item(codes, |text, person| {
+            let handle = old.open(text)?;
+            *person = Some(self.linker.link(&handle));
+            Ok(String::from_utf8_lossy(&coder.code_of(&handle).to_text()).into_owned())
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+    use crate::agency::Epoch;
+    use crate::code::Coder;
+    use crate::exchange::{BatchError, ItemError, RandomFailed, RandomSource};
+    use crate::keys::{KeyHierarchy, MasterKey};
+    use crate::mynumber::MyNumber;
+    use crate::policy::{Agency, Denied, Merger, PolicyVersion};
+
+    struct NoRandom;
+
+    impl RandomSource for NoRandom {
+        fn fill(&self, _: &mut [u8]) -> Result<(), RandomFailed> {
+            Err(RandomFailed)
+        }
+    }
+
+    fn id(text: &str) -> AgencyId {
+        AgencyId::new(text).unwrap()
+    }
+
+    fn epoch(n: u8) -> Epoch {
+        Epoch::new(n).unwrap()
+    }
+
+    fn agency(name: &str, current: u8, accepted: &[u8]) -> Agency {
+        Agency {
+            id: id(name),
+            name: name.to_owned(),
+            certificates: vec![name.to_owned()],
+            capabilities: BTreeSet::new(),
+            epoch: epoch(current),
+            accepted_epochs: accepted.iter().map(|&e| epoch(e)).collect(),
+            quotas: Default::default(),
+        }
+    }
+
+    /// A code of any epoch the merged agency accepts becomes the
+    /// survivor's code in its current epoch; a retired epoch, another
+    /// agency's code and a survivor the merger does not name are refused.
+    #[test]
+    fn old_codes_of_any_accepted_epoch_become_current_codes_of_the_survivor() {
+        let keys = KeyHierarchy::new(&MasterKey::from_bytes([3; 32]));
+        let policy = Policy::new(
+            PolicyVersion::of_text("migrate"),
+            vec![
+                agency("town", 2, &[1, 2]),
+                agency("city", 3, &[3]),
+                agency("other", 1, &[1]),
+            ],
+            vec![],
+            vec![],
+        )
+        .unwrap()
+        .with_relations(
+            vec![],
+            vec![Merger {
+                merged: id("town"),
+                survivor: id("city"),
+                retired: true,
+            }],
+        )
+        .unwrap();
+        let exchange = Exchange::new(
+            KeyHierarchy::new(&MasterKey::from_bytes([3; 32])),
+            Box::new(NoRandom),
+        );
+        let number = MyNumber::parse(b"123456789018").unwrap();
+        let code = |agency: &str, e: u8| {
+            let coder = Coder::new(&keys, id(agency), epoch(e));
+            coder.code_of(&coder.handle(&number)).to_text().to_vec()
+        };
+        let expected = String::from_utf8(code("city", 3)).unwrap();
+        let (old1, old2, stale, foreign) = (
+            code("town", 1),
+            code("town", 2),
+            code("town", 4),
+            code("other", 1),
+        );
+        let done = exchange
+            .migrate(
+                &policy,
+                &id("city"),
+                &id("town"),
+                &[&old1, &old2, &stale, &foreign],
+            )
+            .unwrap();
+        assert_eq!(done.results[0].as_ref().unwrap(), &expected);
+        assert_eq!(done.results[1].as_ref().unwrap(), &expected);
+        assert!(matches!(
+            done.results[2].as_ref().unwrap_err().error,
+            ItemError::RetiredEpoch(_)
+        ));
+        assert!(matches!(
+            done.results[3].as_ref().unwrap_err().error,
+            ItemError::UnknownCode
+        ));
+        // One person, opened twice: the same link; none for the refusals.
+        assert_eq!(done.people[0], done.people[1]);
+        assert!(done.people[0].is_some() && done.people[2].is_none());
+        assert!(matches!(
+            exchange.migrate(&policy, &id("other"), &id("town"), &[&old1]),
+            Err(BatchError::Denied(Denied::NoMerger { .. }))
+        ));
+    }
+}
