@@ -8,7 +8,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // the admin plane (admin.proto) is served on its own listener only.
     let mut served = protox::Compiler::new(["proto"])?;
     served.include_imports(true).include_source_info(true);
-    served.open_files(["fugo/v1/codes.proto", "fugo/v1/audit.proto"])?;
+    served.open_files([
+        "fugo/v1/codes.proto",
+        "fugo/v1/audit.proto",
+        "fugo/v1/persons.proto",
+    ])?;
     std::fs::write(
         out_dir.join("fugo_descriptor.bin"),
         served.encode_file_descriptor_set(),
@@ -18,6 +22,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     compiler.open_files([
         "fugo/v1/codes.proto",
         "fugo/v1/audit.proto",
+        "fugo/v1/persons.proto",
         "fugo/v1/admin.proto",
     ])?;
     tonic_prost_build::configure()

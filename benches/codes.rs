@@ -17,7 +17,30 @@ use fugo::batch::BatchDeriver;
 use fugo::code::{AgencyCode, Coder};
 use fugo::code_text;
 use fugo::keys::{KeyHierarchy, MasterKey};
-use fugo::mynumber::{self, DIGITS};
+use fugo::mynumber::{self, DIGITS, MyNumber};
+use fugo::persons::Persons;
+
+/// Re-issues on record in the re-issue benchmark's tables.
+const REISSUES: u64 = 10_000;
+
+/// A derive row's failure in the re-issue benchmark.
+#[derive(Debug)]
+enum Row {
+    Bad,
+    Superseded,
+}
+
+impl From<mynumber::ParseError> for Row {
+    fn from(_: mynumber::ParseError) -> Self {
+        Row::Bad
+    }
+}
+
+impl From<fugo::persons::Superseded> for Row {
+    fn from(_: fugo::persons::Superseded) -> Self {
+        Row::Superseded
+    }
+}
 
 /// Items per measured iteration.
 const N: usize = 4096;
@@ -38,6 +61,9 @@ fn numbers() -> Vec<[u8; DIGITS]> {
 struct Fixture {
     raw: Aes256,
     coder: Coder,
+    /// Tables holding [`REISSUES`] re-issues, one of every 16 numbers
+    /// of `numbers` among the new numbers (and one of every 16 superseded).
+    persons: Persons,
     numbers: Vec<[u8; DIGITS]>,
     texts: Vec<[u8; code_text::TEXT_LEN]>,
     codes: Vec<AgencyCode>,
@@ -63,9 +89,29 @@ impl Fixture {
             .iter()
             .map(|t| AgencyCode::parse(t).unwrap())
             .collect();
+        let persons = Persons::new(&keys);
+        let parse = |digits: &[u8]| MyNumber::parse(digits).unwrap();
+        let mut made = 0u64;
+        for (i, pair) in numbers.chunks_exact(2).enumerate().step_by(8) {
+            // Old → new within the benchmark's numbers: the new one resolves,
+            // the old one is superseded.
+            let change = persons
+                .plan_reissue(&parse(&pair[0]), &parse(&pair[1]), &[i as u8; 36])
+                .unwrap();
+            persons.apply(change);
+            made += 1;
+        }
+        for seed in 0..REISSUES.saturating_sub(made) {
+            let old = parse(&mynumber::with_check_digit(90_000_000_000 + 2 * seed));
+            let new = parse(&mynumber::with_check_digit(90_000_000_001 + 2 * seed));
+            if let Ok(change) = persons.plan_reissue(&old, &new, &[1; 36]) {
+                persons.apply(change);
+            }
+        }
         Fixture {
             raw: Aes256::new(&[7u8; 32].into()),
             coder,
+            persons,
             numbers,
             texts,
             codes,
@@ -82,6 +128,20 @@ impl Fixture {
             self.numbers
                 .iter()
                 .map(|n| Ok::<_, mynumber::ParseError>(&n[..])),
+            |r| {
+                if let Ok(text) = r {
+                    *sink = sink.wrapping_add(u64::from(text[28]));
+                }
+            },
+        );
+    }
+
+    /// [`derive`](Self::derive) after re-issue resolution, with
+    /// [`REISSUES`] re-issues on record.
+    fn derive_resolved(&self, deriver: &mut BatchDeriver<'_>, sink: &mut u64) {
+        deriver.derive_resolved(
+            &self.persons,
+            self.numbers.iter().map(|n| Ok::<_, Row>(&n[..])),
             |r| {
                 if let Ok(text) = r {
                     *sink = sink.wrapping_add(u64::from(text[28]));
@@ -122,6 +182,9 @@ fn criterion_benches(c: &mut Criterion, fx: &Fixture) {
     group.bench_function("derive ascii→text, batched", |b| {
         b.iter(|| fx.derive(&mut deriver, &mut sink))
     });
+    group.bench_function("derive, 10,000 re-issues on record", |b| {
+        b.iter(|| fx.derive_resolved(&mut deriver, &mut sink))
+    });
     group.bench_function("open text→number", |b| b.iter(|| fx.open()));
     group.bench_function("encode text only", |b| b.iter(|| fx.encode()));
     group.finish();
@@ -141,7 +204,7 @@ fn rate(time: Duration, mut f: impl FnMut()) -> f64 {
 
 fn ratio_table(fx: &Fixture) {
     let slice = Duration::from_millis(300);
-    let mut best = [0f64; 4];
+    let mut best = [0f64; 5];
     let mut blocks = vec![[0u8; 16]; N];
     let mut deriver = BatchDeriver::new(&fx.coder);
     let mut sink = 0u64;
@@ -157,6 +220,7 @@ fn ratio_table(fx: &Fixture) {
             rate(slice, || {
                 black_box(fx.encode());
             }),
+            rate(slice, || fx.derive_resolved(&mut deriver, &mut sink)),
         ];
         for (b, r) in best.iter_mut().zip(rates) {
             *b = b.max(r);
@@ -173,6 +237,7 @@ fn ratio_table(fx: &Fixture) {
         ("derive ascii→text", best[1]),
         ("open text→number", best[2]),
         ("encode text only", best[3]),
+        ("derive, 10k re-issues", best[4]),
     ] {
         println!("{name:<28} {:>14.2} {:>16.4}", value / 1e6, value / best[0]);
     }

@@ -14,7 +14,7 @@ use fugo::certs::DevCa;
 use fugo::client::{ClientError, Witnessed};
 use fugo::proto::fugo::v1::admin_client::AdminClient;
 use fugo::proto::fugo::v1::codes_client::CodesClient;
-use fugo::proto::fugo::v1::{DeriveRequest, GetStatusRequest, ReloadPolicyRequest};
+use fugo::proto::fugo::v1::{DeriveRequest, AdminStatusRequest, ReloadPolicyRequest};
 use fugo::service::{self, AdminConfig, Running, ServeConfig};
 use fugo::witness::WitnessError;
 use fugo_log::record::{Operation, Outcome};
@@ -207,7 +207,7 @@ async fn backup_then_traffic_then_restore_keeps_the_log_honest() {
     derive_some(&setup, &running, 1_000).await;
     let status = admin(&setup, &running, "ops")
         .await
-        .get_status(GetStatusRequest {})
+        .get_status(AdminStatusRequest {})
         .await
         .unwrap()
         .into_inner();
@@ -496,7 +496,7 @@ async fn backup_then_traffic_then_restore_keeps_the_log_honest() {
     derive_some(&setup, &running, 4_000).await;
     let status = admin(&setup, &running, "ops")
         .await
-        .get_status(GetStatusRequest {})
+        .get_status(AdminStatusRequest {})
         .await
         .unwrap()
         .into_inner();
@@ -572,7 +572,7 @@ async fn the_admin_listener_takes_only_listed_admin_certificates() {
     .await;
     if let Ok(channel) = agency {
         let error = AdminClient::new(channel)
-            .get_status(GetStatusRequest {})
+            .get_status(AdminStatusRequest {})
             .await
             .unwrap_err();
         assert_ne!(error.code(), tonic::Code::Ok);
@@ -598,7 +598,7 @@ async fn the_admin_listener_takes_only_listed_admin_certificates() {
     // The admin CA's certificate of someone not listed: PERMISSION_DENIED.
     let error = admin(&setup, &running, "intruder")
         .await
-        .get_status(GetStatusRequest {})
+        .get_status(AdminStatusRequest {})
         .await
         .unwrap_err();
     assert_eq!(error.code(), tonic::Code::PermissionDenied, "{error:?}");
@@ -608,7 +608,7 @@ async fn the_admin_listener_takes_only_listed_admin_certificates() {
     // and the attempt is on record under the admin's name.
     let mut ops = admin(&setup, &running, "ops").await;
     let before = ops
-        .get_status(GetStatusRequest {})
+        .get_status(AdminStatusRequest {})
         .await
         .unwrap()
         .into_inner();
@@ -616,7 +616,7 @@ async fn the_admin_listener_takes_only_listed_admin_certificates() {
     let error = ops.reload_policy(ReloadPolicyRequest {}).await.unwrap_err();
     assert_eq!(error.code(), tonic::Code::FailedPrecondition, "{error:?}");
     let after = ops
-        .get_status(GetStatusRequest {})
+        .get_status(AdminStatusRequest {})
         .await
         .unwrap()
         .into_inner();
@@ -707,7 +707,7 @@ async fn dev_mode_makes_an_admin_certificate() {
         .await
         .unwrap();
     let status = AdminClient::new(channel)
-        .get_status(GetStatusRequest {})
+        .get_status(AdminStatusRequest {})
         .await
         .unwrap()
         .into_inner();

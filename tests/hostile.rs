@@ -2194,9 +2194,9 @@ async fn codes_of_every_other_agency_are_not_found() {
     edge.stop().await;
 }
 
-/// Paths of every method a client can call, with the `Codes` and `Audit`
-/// methods behind the identity check and health's open to all.
-const METHODS: [&str; 16] = [
+/// Paths of every method a client can call, with the `Codes`, `Audit` and
+/// `Persons` methods behind the identity check and health's open to all.
+const METHODS: [&str; 20] = [
     "/fugo.v1.Codes/Derive",
     "/fugo.v1.Codes/DeriveStream",
     "/fugo.v1.Codes/Seal",
@@ -2211,6 +2211,10 @@ const METHODS: [&str; 16] = [
     "/fugo.v1.Audit/Disclose",
     "/fugo.v1.Audit/ReadCopy",
     "/fugo.v1.Audit/ConfirmProvision",
+    "/fugo.v1.Persons/Reissue",
+    "/fugo.v1.Persons/Suspend",
+    "/fugo.v1.Persons/Lift",
+    "/fugo.v1.Persons/GetStatus",
     "/grpc.health.v1.Health/Check",
     "/grpc.health.v1.Health/Watch",
 ];

@@ -38,6 +38,7 @@ use fugo::link::Linker;
 use fugo::proto::fugo::v1 as pb;
 use fugo::proto::fugo::v1::audit_client::AuditClient;
 use fugo::proto::fugo::v1::codes_client::CodesClient;
+use fugo::proto::fugo::v1::persons_client::PersonsClient;
 use search::{Allowed, Place, Secrets};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
@@ -344,6 +345,15 @@ fn debug_of_every_type_holding_a_secret_is_redacted() {
         KeyHierarchy::new(&master),
         Box::new(Counter(std::sync::atomic::AtomicU8::new(0))),
     );
+    // The persons tables: a plan, its entries, the tables in memory.
+    let parsed = |i: usize| MyNumber::parse(numbers[i].as_bytes()).unwrap();
+    let planned = exchange.plan_reissue(&parsed(0), &parsed(1)).unwrap();
+    printed.push(format!("{planned:?}"));
+    printed.extend(planned.change.entries.iter().map(|e| format!("{e:?}")));
+    printed.push(format!("{:?}", exchange.persons()));
+    printed.push(format!("{:?}", exchange.persons().status(&parsed(1))));
+    let stored = fugo::audit::persons::stored(&planned.change);
+    printed.extend(stored.iter().map(|e| format!("{e:?}")));
     let as_bytes =
         |list: &[String]| -> Vec<Vec<u8>> { list.iter().map(|s| s.as_bytes().to_vec()).collect() };
     let number_bytes = as_bytes(&numbers);
@@ -552,6 +562,13 @@ capabilities = ["derive"]
 epoch = 1
 quota.derive = { per_day = 5 }
 
+[[agency]]
+id = "jlis"
+name = "J-LIS"
+certificates = ["jlis"]
+capabilities = ["reissue", "suspend"]
+epoch = 1
+
 [[affair]]
 id = "health"
 name = "health insurance benefits"
@@ -576,7 +593,7 @@ into = "city-shinjuku"
 "#;
 
 /// Agencies with a certificate, and one the policy does not know.
-const AGENCIES: [&str; 5] = ["mhlw", "city-shinjuku", "portal", "nta", "jps"];
+const AGENCIES: [&str; 6] = ["mhlw", "city-shinjuku", "portal", "nta", "jps", "jlis"];
 const STRANGER: &str = "stranger";
 
 /// Everything the run saw, with what may be in each place.
@@ -911,6 +928,14 @@ fn every_rpc_and_command_at_full_tracing_leaks_nothing() {
         });
     }
     for number in valid.iter().chain(&malformed) {
+        secrets.number(number);
+    }
+    // Numbers only the persons service sees (re-issued, suspended): they
+    // must be nowhere either, the store's tables included.
+    let fresh: Vec<String> = (0..2u64)
+        .map(|i| valid_number(i * 5_003_011 + 88_123_457))
+        .collect();
+    for number in &fresh {
         secrets.number(number);
     }
 
@@ -1324,6 +1349,14 @@ fn every_rpc_and_command_at_full_tracing_leaks_nothing() {
         [&mhlw, &shinjuku, &portal],
         &mut seen,
     ));
+    runtime.block_on(persons_rpcs(
+        &server.addr,
+        &pki,
+        &valid,
+        &malformed,
+        &fresh,
+        &mut seen,
+    ));
     drop(runtime);
 
     // Both sides of every service were exercised: these answered, those
@@ -1350,6 +1383,10 @@ fn every_rpc_and_command_at_full_tracing_leaks_nothing() {
         "Disclose portal",
         "ReadCopy mhlw page 0",
         "ConfirmProvision city-shinjuku",
+        "Reissue jlis",
+        "Suspend jlis",
+        "GetStatus jlis",
+        "Lift jlis",
         "health \"\"",
         "DeriveStream mhlw message 1",
         "SealStream mhlw message 1",
@@ -1377,6 +1414,12 @@ fn every_rpc_and_command_at_full_tracing_leaks_nothing() {
         "Disclose another agency's code",
         "Disclose a number",
         "ReadCopy bad request",
+        "Reissue to a number with a history",
+        "Reissue a malformed number",
+        "Reissue without capability",
+        "Suspend a malformed number",
+        "GetStatus without capability",
+        "Lift again",
         "health \"no.such.Service\"",
     ] {
         assert_eq!(answered(name), (false, true), "{name} refused");
@@ -2403,6 +2446,84 @@ async fn rpcs(
         seen.answer(&format!("health {service:?}"), &answer, Allowed::nothing());
     }
     policy_version
+}
+
+/// Every `fugo.v1.Persons` RPC, answered and refused, and derives of the
+/// numbers it changed (`fresh`: used nowhere else).
+async fn persons_rpcs(
+    addr: &str,
+    pki: &Path,
+    valid: &[String],
+    malformed: &[String],
+    fresh: &[String],
+    seen: &mut Seen,
+) {
+    let channel = |identity: &'static str| async move {
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(fs::read(pki.join("ca.pem")).unwrap()))
+            .domain_name("localhost")
+            .identity(Identity::from_pem(
+                fs::read(pki.join(format!("{identity}.pem"))).unwrap(),
+                fs::read(pki.join(format!("{identity}.key"))).unwrap(),
+            ));
+        Endpoint::from_shared(format!("https://{addr}"))
+            .unwrap()
+            .tls_config(tls)
+            .unwrap()
+            .connect_timeout(Duration::from_secs(5))
+            .connect()
+            .await
+            .unwrap()
+    };
+    let mut jlis = PersonsClient::new(channel("jlis").await);
+    let mut mhlw = PersonsClient::new(channel("mhlw").await);
+    let mut mhlw_codes = CodesClient::new(channel("mhlw").await);
+    let reissue = |old: &str, new: &str| pb::ReissueRequest {
+        old_number: old.to_owned(),
+        new_number: new.to_owned(),
+    };
+    let answer = jlis.reissue(reissue(&fresh[0], &fresh[1])).await;
+    seen.answer("Reissue jlis", &answer, Allowed::nothing());
+    let answer = jlis.reissue(reissue(&fresh[1], &valid[3])).await;
+    seen.answer(
+        "Reissue to a number with a history",
+        &answer,
+        Allowed::nothing(),
+    );
+    let answer = jlis.reissue(reissue(&fresh[1], &malformed[0])).await;
+    seen.answer("Reissue a malformed number", &answer, Allowed::nothing());
+    let answer = mhlw.reissue(reissue(&fresh[1], &valid[4])).await;
+    seen.answer("Reissue without capability", &answer, Allowed::nothing());
+    // Derive of both: the person's code, and "number superseded".
+    let answer = mhlw_codes
+        .derive(pb::DeriveRequest {
+            numbers: fresh.to_vec(),
+            ..Default::default()
+        })
+        .await;
+    seen.answer("Derive re-issued mhlw", &answer, Allowed::codes_of("mhlw"));
+    let suspend = |number: &str| pb::SuspendRequest {
+        number: number.to_owned(),
+        reason: pb::SuspensionReason::FraudHold.into(),
+    };
+    let answer = jlis.suspend(suspend(&fresh[1])).await;
+    seen.answer("Suspend jlis", &answer, Allowed::nothing());
+    let answer = jlis.suspend(suspend(&malformed[1])).await;
+    seen.answer("Suspend a malformed number", &answer, Allowed::nothing());
+    let status = |number: &str| pb::GetStatusRequest {
+        number: number.to_owned(),
+    };
+    let answer = jlis.get_status(status(&fresh[1])).await;
+    seen.answer("GetStatus jlis", &answer, Allowed::nothing());
+    let answer = mhlw.get_status(status(&fresh[1])).await;
+    seen.answer("GetStatus without capability", &answer, Allowed::nothing());
+    let lift = |number: &str| pb::LiftRequest {
+        number: number.to_owned(),
+    };
+    let answer = jlis.lift(lift(&fresh[1])).await;
+    seen.answer("Lift jlis", &answer, Allowed::nothing());
+    let answer = jlis.lift(lift(&fresh[1])).await;
+    seen.answer("Lift again", &answer, Allowed::nothing());
 }
 
 /// Reads a stream to its end (or its failing status), recording each.

@@ -108,6 +108,9 @@ pub fn outcome_of(error: &ItemError) -> Outcome {
         ItemError::StaleWindow => Outcome::StaleWindow,
         ItemError::Expired => Outcome::Expired,
         ItemError::Withdrawn(_) => Outcome::Withdrawn,
+        // A superseded number (derive) or a suspended person (seal,
+        // redeem): refused by the persons tables, not malformed.
+        ItemError::Superseded | ItemError::Unavailable => Outcome::Refused,
         _ => Outcome::Malformed,
     }
 }

@@ -17,6 +17,7 @@
 
 pub mod entries;
 pub mod export;
+pub mod persons;
 pub mod recorder;
 
 pub use recorder::{Recorder, RecorderError, STORE_FILE, Settings, Signed};

@@ -352,6 +352,22 @@ impl Recorder {
         }
     }
 
+    /// [`read`](Self::read) from a thread outside the async runtime (the
+    /// CLI).
+    pub fn read_blocking<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&mut RedbStore) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, RecorderError> {
+        let (reply, answer) = oneshot::channel();
+        self.submit(Job::Read(Box::new(move |store| {
+            let result = store.and_then(|store| {
+                read(store).map_err(|error| RecorderError::Unavailable(error.to_string()))
+            });
+            let _ = reply.send(result);
+        })))?;
+        answer.blocking_recv().map_err(|_| RecorderError::Stopped)?
+    }
+
     fn submit(&self, job: Job) -> Result<(), RecorderError> {
         let jobs = self.jobs.as_ref().ok_or(RecorderError::Stopped)?;
         jobs.try_send(job).map_err(|error| match error {
@@ -473,6 +489,7 @@ fn merge(all: &mut Append, mut append: Append) {
     all.refusals.extend(append.refusals);
     all.policies.extend(append.policies);
     all.usage.extend(append.usage);
+    all.persons.extend(append.persons);
     all.now_ms = all.now_ms.max(append.now_ms);
 }
 

@@ -9,12 +9,15 @@ use crate::audit::Recorder;
 use crate::batch::BatchDeriver;
 use crate::code::Coder;
 use crate::link::Linker;
+use crate::persons::Persons;
 
 /// Derives codes with a [`Coder`] on `threads` worker threads.
 pub struct LocalDerive<'c> {
     coder: &'c Coder,
     threads: usize,
     recording: Option<Recording<'c>>,
+    /// The re-issue tables of the store, when the run has one (D193).
+    persons: Option<&'c Persons>,
 }
 
 /// Where and as whom `fugo derive` records what it derives: one record per
@@ -42,7 +45,16 @@ impl<'c> LocalDerive<'c> {
             coder,
             threads: threads.max(1),
             recording: None,
+            persons: None,
         }
+    }
+
+    /// The same derivation after re-issue resolution with `persons`: a
+    /// re-issued number gives its person's codes, a superseded one is
+    /// rejected (as the server does).
+    pub fn resolving(mut self, persons: &'c Persons) -> Self {
+        self.persons = Some(persons);
+        self
     }
 
     /// Derivation recorded as `recording` says.
@@ -56,7 +68,7 @@ impl<'c> LocalDerive<'c> {
 
 impl Recording<'_> {
     /// Commits one chunk's records and waits for the fsync.
-    fn commit(&self, entries: Vec<Entry>, refused: u64) -> Result<(), BulkError> {
+    fn commit(&self, entries: Vec<Entry>, refused: u64, superseded: u64) -> Result<(), BulkError> {
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |elapsed| elapsed.as_millis() as u64);
@@ -90,6 +102,14 @@ impl Recording<'_> {
                 reason: Outcome::Malformed.name().to_owned(),
                 minute: now_ms / 60_000,
                 count: refused,
+            });
+        }
+        if superseded > 0 {
+            append.refusals.push(Refusal {
+                agency: self.caller.clone(),
+                reason: Outcome::Refused.name().to_owned(),
+                minute: now_ms / 60_000,
+                count: superseded,
             });
         }
         if append.groups.is_empty() && append.refusals.is_empty() {
@@ -130,14 +150,24 @@ impl<'c> Work for LocalDerive<'c> {
         F: FnMut(Result<&[u8], RowError>),
     {
         let Some(recording) = &self.recording else {
-            deriver.derive(inputs, |result| emit(result.map(|text| &text[..])));
+            let emit = |result: Result<&[u8; crate::code_text::TEXT_LEN], RowError>| {
+                emit(result.map(|text| &text[..]))
+            };
+            match self.persons {
+                Some(persons) => deriver.derive_resolved(persons, inputs, emit),
+                None => deriver.derive(inputs, emit),
+            }
             return Ok(());
         };
         // `emit` only fills this chunk's buffer; the engine writes it out
         // after this returns Ok, i.e. after the commit below.
         let mut entries = Vec::new();
         let mut refused = 0u64;
-        deriver.derive_linked(recording.linker, inputs, |result| match result {
+        let mut superseded = 0u64;
+        let each = |result: Result<
+            (&[u8; crate::code_text::TEXT_LEN], crate::link::PersonLink),
+            RowError,
+        >| match result {
             Ok((text, link)) => {
                 entries.push(Entry {
                     outcome: Outcome::Done,
@@ -147,11 +177,21 @@ impl<'c> Work for LocalDerive<'c> {
                 });
                 emit(Ok(&text[..]));
             }
+            Err(RowError::Superseded) => {
+                superseded += 1;
+                emit(Err(RowError::Superseded));
+            }
             Err(error) => {
                 refused += 1;
                 emit(Err(error));
             }
-        });
-        recording.commit(entries, refused)
+        };
+        match self.persons {
+            Some(persons) => {
+                deriver.derive_linked_resolved(persons, recording.linker, inputs, each)
+            }
+            None => deriver.derive_linked(recording.linker, inputs, each),
+        }
+        recording.commit(entries, refused, superseded)
     }
 }

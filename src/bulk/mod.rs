@@ -53,10 +53,20 @@ pub enum RowError {
         /// Fields in the header.
         expected: usize,
     },
+    /// The number was replaced by a re-issue (個人番号の変更): derive the
+    /// person's codes from their current number.
+    #[error("number superseded")]
+    Superseded,
     /// The server rejected this item; the reason is the server's (its
     /// messages never carry the value).
     #[error("{0}")]
     Server(String),
+}
+
+impl From<crate::persons::Superseded> for RowError {
+    fn from(_: crate::persons::Superseded) -> Self {
+        RowError::Superseded
+    }
 }
 
 /// One rejected row: where it is and why.

@@ -15,7 +15,7 @@ use fugo::keyfile::{self, KeySource};
 use fugo::keys::KeyHierarchy;
 use fugo::proto::fugo::v1::admin_client::AdminClient;
 use fugo::proto::fugo::v1::{
-    BackupRequest, GetStatusRequest, ReloadCrlsRequest, ReloadPolicyRequest,
+    BackupRequest, AdminStatusRequest, ReloadCrlsRequest, ReloadPolicyRequest,
 };
 use fugo::service::{MasterKeySource, ServeConfig};
 use tonic::transport::Channel;
@@ -58,7 +58,7 @@ pub(crate) fn run(command: AdminCommand) -> Result<u8, CliError> {
         AdminCommand::Status { connection } => call(connection, |mut client| {
             Box::pin(async move {
                 let status = client
-                    .get_status(GetStatusRequest {})
+                    .get_status(AdminStatusRequest {})
                     .await
                     .map_err(ClientError::Refused)?
                     .into_inner();

@@ -10,12 +10,14 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 
 use super::CliError;
 use super::settings::DeriveSettings;
+use fugo::audit::persons as load_persons;
 use fugo::audit::{Recorder, RecorderError, STORE_FILE, Settings, default_origin};
 use fugo::bulk::{LocalDerive, Recording, Summary};
 use fugo::code::Coder;
 use fugo::keyfile;
 use fugo::keys::KeyHierarchy;
 use fugo::link::Linker;
+use fugo::persons::Persons;
 use fugo_log::checkpoint::{LogSigner, LogVerifier};
 use fugo_log::store::{RedbStore, Store, StoreError};
 
@@ -29,11 +31,19 @@ use fugo_log::store::{RedbStore, Store, StoreError};
 pub(crate) fn run(settings: DeriveSettings) -> Result<Summary, CliError> {
     let (keys, state) = keyfile::load_with_state(&settings.key, &mut io::stderr())?;
     let coder = Coder::new(&keys, settings.agency.clone(), settings.epoch);
+    // Re-issued and superseded numbers resolve as on the server: from the
+    // tables of the store in --data-dir (D193).
+    let persons = Persons::new(&keys);
     if state.demo {
         // Development only (the help text says so); the demo key's warning
-        // is already on stderr.
+        // is already on stderr. A demo run records nothing, but a data
+        // directory given is read for its re-issues.
+        if let Some(data_dir) = settings.data_dir.as_deref() {
+            load_persons_of(data_dir, &persons)?;
+        }
         drop(keys);
-        return super::files::run(&LocalDerive::new(&coder, settings.threads), &settings.files);
+        let work = LocalDerive::new(&coder, settings.threads).resolving(&persons);
+        return super::files::run(&work, &settings.files);
     }
     let data_dir = settings.data_dir.as_deref().ok_or_else(|| {
         CliError::BadArgument(
@@ -43,6 +53,11 @@ pub(crate) fn run(settings: DeriveSettings) -> Result<Summary, CliError> {
         )
     })?;
     let recorder = open_recorder(&keys, data_dir)?;
+    let entries = recorder
+        .read_blocking(|store| store.persons())
+        .map_err(CliError::Recorder)?;
+    load_persons::load_entries(entries, &persons)
+        .map_err(|error| persons_error(data_dir, &error))?;
     let linker = Linker::new(&keys);
     drop(keys);
     let recording = Recording {
@@ -53,12 +68,44 @@ pub(crate) fn run(settings: DeriveSettings) -> Result<Summary, CliError> {
         batch_id: format!("fugo-derive/{}/{}", now_ms(), std::process::id()),
     };
     let summary = super::files::run(
-        &LocalDerive::recorded(&coder, settings.threads, recording),
+        &LocalDerive::recorded(&coder, settings.threads, recording).resolving(&persons),
         &settings.files,
     )?;
     // Dropping the recorder signs a checkpoint over the run's records.
     drop(recorder);
     Ok(summary)
+}
+
+/// Loads the re-issue tables of the store in `data_dir` (if there is one)
+/// without recording anything.
+fn load_persons_of(data_dir: &Path, persons: &Persons) -> Result<(), CliError> {
+    let path = data_dir.join(STORE_FILE);
+    if !path.exists() {
+        return Ok(());
+    }
+    let mut store = match RedbStore::open(&path) {
+        Ok(store) => store,
+        Err(StoreError::Locked { .. }) => {
+            return Err(CliError::Recorder(RecorderError::Locked(
+                path.display().to_string(),
+            )));
+        }
+        Err(source) => {
+            return Err(CliError::AuditStore {
+                path: path.display().to_string(),
+                source,
+            });
+        }
+    };
+    load_persons::load(&mut store, persons).map_err(|error| persons_error(data_dir, &error))?;
+    Ok(())
+}
+
+fn persons_error(data_dir: &Path, error: &load_persons::LoadError) -> CliError {
+    CliError::BadArgument(format!(
+        "the data directory {}: {error}",
+        data_dir.display()
+    ))
 }
 
 fn now_ms() -> u64 {

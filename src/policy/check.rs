@@ -440,7 +440,7 @@ impl<'t> Checker<'t> {
                     None => self.report(
                         capability,
                         format!(
-                            "unknown capability '{}' (known: derive, reidentify, disclose)",
+                            "unknown capability '{}' (known: derive, reidentify, disclose, reissue, suspend)",
                             capability.get_ref()
                         ),
                     ),
@@ -850,7 +850,7 @@ mod tests {
         assert_eq!(
             problems(&bad),
             vec![
-                "line 6: unknown capability 'fly' (known: derive, reidentify, disclose)",
+                "line 6: unknown capability 'fly' (known: derive, reidentify, disclose, reissue, suspend)",
                 "line 7: accepted_epochs must include the current epoch 3",
                 "line 25: rule names unknown agency city-minato",
                 "line 27: token_lifetime_seconds 0 is outside 1 to 2592000 (30 days)",

@@ -24,7 +24,7 @@ use crate::admin::backup::{BackupHeader, CHUNK, Sealer};
 use crate::audit::entries::BatchFacts;
 use crate::proto::fugo::v1::admin_server::Admin;
 use crate::proto::fugo::v1::{
-    BackupChunk, BackupRequest, GetStatusRequest, GetStatusResponse, ReloadCrlsRequest,
+    BackupChunk, BackupRequest, AdminStatusRequest, AdminStatusResponse, ReloadCrlsRequest,
     ReloadCrlsResponse, ReloadPolicyRequest, ReloadPolicyResponse,
 };
 use fugo_log::record::{Entry, Group, Operation, Outcome};
@@ -370,8 +370,8 @@ impl Admin for AdminService {
 
     async fn get_status(
         &self,
-        request: Request<GetStatusRequest>,
-    ) -> Result<Response<GetStatusResponse>, Status> {
+        request: Request<AdminStatusRequest>,
+    ) -> Result<Response<AdminStatusResponse>, Status> {
         let id = RequestId::of(&request);
         let admin = admin_of(&request)?;
         let state = self.state().map_err(|s| id.tag_status(s))?;
@@ -381,7 +381,7 @@ impl Admin for AdminService {
             .read(|store| Ok(fugo_log::store::Store::size(store)))
             .await
             .map_err(|error| id.tag_status(status::audit(&error)))?;
-        let mut response = Response::new(GetStatusResponse {
+        let mut response = Response::new(AdminStatusResponse {
             policy_version: state.policy().version().to_string(),
             log_size,
             checkpoint: state.recorder.checkpoint().map_or(0, |signed| signed.size),

@@ -184,6 +184,12 @@ impl AuditService {
                     if record.entry.outcome == Outcome::Repeat {
                         continue;
                     }
+                    // A suspension (a fraud hold above all) must not tip
+                    // the person off: its records stay in the agencies'
+                    // copies and the log, not in disclosure (D196).
+                    if record.header.operation == Operation::Suspension {
+                        continue;
+                    }
                     let provision = match (record.header.operation, record.entry.serial) {
                         (Operation::Seal, Some(serial)) => store.provision(&serial)?,
                         _ => None,

@@ -14,6 +14,9 @@
 //! | `fugo_quota_used_today` | gauge | agency, operation |
 //! | `fugo_audit_commit_failures_total` | counter | — |
 //!
+//! `fugo.v1.Persons` calls count as operations `reissue`, `suspend`,
+//! `lift` and `get_status` (one item each).
+//!
 //! A call is a unary call or one batch of a stream; its items are counted
 //! under the call's code (per-item failures inside an OK batch stay OK).
 

@@ -29,6 +29,7 @@ mod framing;
 mod identity;
 pub mod limits;
 mod metrics;
+mod persons;
 mod quota;
 mod revocation;
 pub mod sealed;

@@ -22,6 +22,7 @@ use super::config::{ConfigError, MasterKeySource, ServeConfig};
 use super::edge;
 use super::framing::FramingStatus;
 use super::metrics::{self, Metrics};
+use super::persons::PersonsService;
 use super::quota::Quotas;
 use super::revocation::Crls;
 use super::sealed::{Gate, HealthReason};
@@ -36,6 +37,7 @@ use crate::policy::{Policy, PolicyError, PolicyVersion};
 use crate::proto::FILE_DESCRIPTOR_SET;
 use crate::proto::fugo::v1::audit_server::AuditServer;
 use crate::proto::fugo::v1::codes_server::CodesServer;
+use crate::proto::fugo::v1::persons_server::PersonsServer;
 use crate::random::SystemRandomness;
 use fugo_log::checkpoint::LogSigner;
 use fugo_log::record::{Entry, Group, Operation, Outcome};
@@ -46,6 +48,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum ServeError {
+    /// The re-issue and suspension tables of the data directory do not
+    /// open under this master key (the server does not start without them:
+    /// derive would give a superseded number codes).
+    #[error("the data directory's re-issue and suspension tables: {0}")]
+    Persons(#[from] crate::audit::persons::LoadError),
     /// The configuration file is wrong.
     #[error(transparent)]
     Config(#[from] ConfigError),
@@ -598,6 +605,7 @@ impl tonic::service::Interceptor for Admit {
 
 type CodesStack = FramingStatus<InterceptedService<CodesServer<CodesService>, Admit>>;
 type AuditStack = FramingStatus<InterceptedService<AuditServer<AuditService>, Admit>>;
+type PersonsStack = FramingStatus<InterceptedService<PersonsServer<PersonsService>, Admit>>;
 
 /// Everything opening needs, kept until the key is there: at start with a
 /// key file, on the last share when sealed.
@@ -607,6 +615,7 @@ struct Opening {
     health: tonic_health::server::HealthReporter,
     codes: Arc<OnceLock<CodesStack>>,
     audit: Arc<OnceLock<AuditStack>>,
+    persons: Arc<OnceLock<PersonsStack>>,
     state: Arc<OnceLock<Arc<State>>>,
     open: Arc<OnceLock<()>>,
     /// The backup key, for the Admin service.
@@ -657,6 +666,17 @@ impl Opening {
                 .await
                 .map_err(ServeError::Audit)?;
             state.quotas.restore(&used, std::time::Instant::now());
+            // Re-issues and suspensions, into memory before any call is
+            // served, so derive resolves numbers without reading the store.
+            let entries = state
+                .recorder
+                .read(|store| store.persons())
+                .await
+                .map_err(ServeError::Audit)?;
+            let loaded = crate::audit::persons::load_entries(entries, state.exchange.persons())?;
+            if loaded > 0 {
+                tracing::info!(entries = loaded, "re-issue and suspension tables loaded");
+            }
         }
         // Agency ids are immutable: the policy must follow the one last in
         // force (D211).
@@ -686,8 +706,13 @@ impl Opening {
         let audit = AuditServer::new(AuditService::new(Arc::clone(&state)))
             .max_decoding_message_size(limits.max_message_bytes);
         let audit = FramingStatus::new(InterceptedService::new(audit, Admit(Arc::clone(&state))));
+        let persons = PersonsServer::new(PersonsService::new(Arc::clone(&state)))
+            .max_decoding_message_size(limits.max_message_bytes);
+        let persons =
+            FramingStatus::new(InterceptedService::new(persons, Admit(Arc::clone(&state))));
         if self.codes.set(codes).is_err()
             || self.audit.set(audit).is_err()
+            || self.persons.set(persons).is_err()
             || self.state.set(Arc::clone(&state)).is_err()
         {
             return Err(ServeError::Task);
@@ -733,6 +758,12 @@ async fn set_health(
     health
         .set_service_status(
             <AuditServer<AuditService> as tonic::server::NamedService>::NAME,
+            status,
+        )
+        .await;
+    health
+        .set_service_status(
+            <PersonsServer<PersonsService> as tonic::server::NamedService>::NAME,
             status,
         )
         .await;
@@ -800,6 +831,7 @@ async fn start_with(
         health: health.clone(),
         codes: Arc::new(OnceLock::new()),
         audit: Arc::new(OnceLock::new()),
+        persons: Arc::new(OnceLock::new()),
         state: Arc::new(OnceLock::new()),
         open: Arc::new(OnceLock::new()),
         backup_key: Arc::new(OnceLock::new()),
@@ -865,6 +897,7 @@ async fn start_with(
     let limits = &config.limits;
     let codes = Gate::new(Arc::clone(&opening.codes), progress.clone());
     let audit = Gate::new(Arc::clone(&opening.audit), progress.clone());
+    let persons = Gate::new(Arc::clone(&opening.persons), progress.clone());
     // Health is tonic's, with tonic's codec: an undecodable request is
     // INVALID_ARGUMENT there too, not INTERNAL (`framing`, D141).
     let health_service = FramingStatus::new(HealthReason::new(
@@ -877,7 +910,8 @@ async fn start_with(
         .add_service(reflection)
         .add_service(reflection_v1alpha)
         .add_service(codes)
-        .add_service(audit);
+        .add_service(audit)
+        .add_service(persons);
     let admin = match &config.admin {
         None => None,
         Some(admin) => Some(start_admin(admin, &config, &tls, &opening).await?),

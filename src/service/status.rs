@@ -12,8 +12,9 @@ use tonic_types::{ErrorDetails, StatusExt};
 use super::quota::Exceeded;
 use crate::agency::AgencyId;
 use crate::audit::RecorderError;
-use crate::exchange::{BatchError, ItemError, ItemFailure};
-use crate::policy::{Denied, Metered};
+use crate::exchange::{BatchError, ItemError, ItemFailure, PlanError};
+use crate::persons::PersonsError;
+use crate::policy::{Capability, Denied, Metered};
 use crate::proto::fugo::v1::ItemError as WireItemError;
 use crate::proto::google::rpc::Code as RpcCode;
 use crate::token::TokenError;
@@ -157,6 +158,7 @@ fn item_code(error: &ItemError) -> RpcCode {
         }
         ItemError::Token(_) => RpcCode::InvalidArgument,
         ItemError::Withdrawn(_) => RpcCode::PermissionDenied,
+        ItemError::Superseded | ItemError::Unavailable => RpcCode::FailedPrecondition,
         _ => RpcCode::Internal,
     }
 }
@@ -172,6 +174,41 @@ pub(crate) fn single(field: &str, error: &ItemError) -> Status {
         RpcCode::PermissionDenied => Status::permission_denied(message),
         _ => Status::internal(message),
     }
+}
+
+/// A re-issue, suspension or lift the tables refuse (see
+/// `fugo_core::persons`): a malformed pair is INVALID_ARGUMENT, a number
+/// in the wrong state FAILED_PRECONDITION.
+pub(crate) fn persons(error: &PlanError) -> Status {
+    let message = error.to_string();
+    match error {
+        PlanError::Persons(PersonsError::SameNumber) => {
+            bad_field("new_number", "the new number is the old number")
+        }
+        PlanError::Persons(
+            PersonsError::Superseded { .. }
+            | PersonsError::NewNumberKnown
+            | PersonsError::NotSuspended,
+        ) => Status::failed_precondition(message),
+        PlanError::Random(_) => Status::internal("the server could not draw random numbers"),
+        _ => Status::internal(message),
+    }
+}
+
+/// A re-issue to a number that already has records in the audit trail.
+pub(crate) fn new_number_has_history() -> Status {
+    Status::failed_precondition(
+        "field new_number: the new number already has a history in the audit trail;          a re-issue must be recorded before the new number is released or used",
+    )
+}
+
+/// A caller without any of the capabilities a call needs.
+pub(crate) fn missing_capability(caller: &AgencyId, needed: &[Capability]) -> Status {
+    let names: Vec<String> = needed.iter().map(ToString::to_string).collect();
+    Status::permission_denied(format!(
+        "agency {caller} lacks the {} capability",
+        names.join(" or ")
+    ))
 }
 
 /// A capability or agency refusal of a whole call.
@@ -222,6 +259,8 @@ mod tests {
             ),
             (ItemError::StaleWindow, RpcCode::FailedPrecondition),
             (ItemError::Expired, RpcCode::FailedPrecondition),
+            (ItemError::Superseded, RpcCode::FailedPrecondition),
+            (ItemError::Unavailable, RpcCode::FailedPrecondition),
             (
                 ItemError::Withdrawn(Denied::NoRule {
                     requester: agency.clone(),

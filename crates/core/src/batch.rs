@@ -12,6 +12,7 @@ use crate::code::{Coder, person_block};
 use crate::code_text::{self, TEXT_LEN};
 use crate::link::{Linker, PersonLink};
 use crate::mynumber::{self, ParseError};
+use crate::persons::{Persons, Superseded};
 
 /// Rows per batch: large enough to keep the AES pipeline full, small enough
 /// to stay in L1/L2 cache.
@@ -22,7 +23,13 @@ pub struct BatchDeriver<'c> {
     coder: &'c Coder,
     blocks: Vec<[u8; 16]>,
     links: Vec<[u8; 16]>,
+    /// Working space of re-issue resolution.
+    scratch: Vec<[u8; 16]>,
 }
+
+/// Re-issue resolution of one call: the tables and how a superseded
+/// number's error is made.
+type Resolve<'p, E> = Option<(&'p Persons, &'p dyn Fn() -> E)>;
 
 impl<'c> BatchDeriver<'c> {
     /// A deriver for `coder`'s agency and epoch.
@@ -31,6 +38,7 @@ impl<'c> BatchDeriver<'c> {
             coder,
             blocks: Vec::with_capacity(BATCH),
             links: Vec::new(),
+            scratch: Vec::new(),
         }
     }
 
@@ -46,7 +54,42 @@ impl<'c> BatchDeriver<'c> {
         E: From<ParseError>,
         F: FnMut(Result<&[u8; TEXT_LEN], E>),
     {
-        self.run(inputs, None, |result| emit(result.map(|(text, _)| text)));
+        self.run(inputs, None, None, |result| {
+            emit(result.map(|(text, _)| text))
+        });
+    }
+
+    /// [`derive`](Self::derive) after re-issue resolution: a re-issued
+    /// number gives its person's original codes, a superseded one the
+    /// error [`Superseded`] (see [`crate::persons`]).
+    pub fn derive_resolved<'a, I, E, F>(&mut self, persons: &Persons, inputs: I, mut emit: F)
+    where
+        I: IntoIterator<Item = Result<&'a [u8], E>>,
+        E: From<ParseError> + From<Superseded>,
+        F: FnMut(Result<&[u8; TEXT_LEN], E>),
+    {
+        let superseded = || E::from(Superseded);
+        self.run(inputs, None, Some((persons, &superseded)), |result| {
+            emit(result.map(|(text, _)| text))
+        });
+    }
+
+    /// [`derive_linked`](Self::derive_linked) after re-issue resolution
+    /// (see [`derive_resolved`](Self::derive_resolved)): the link is the
+    /// person's, made from the original number.
+    pub fn derive_linked_resolved<'a, I, E, F>(
+        &mut self,
+        persons: &Persons,
+        linker: &Linker,
+        inputs: I,
+        emit: F,
+    ) where
+        I: IntoIterator<Item = Result<&'a [u8], E>>,
+        E: From<ParseError> + From<Superseded>,
+        F: FnMut(Result<(&[u8; TEXT_LEN], PersonLink), E>),
+    {
+        let superseded = || E::from(Superseded);
+        self.run(inputs, Some(linker), Some((persons, &superseded)), emit);
     }
 
     /// [`derive`](Self::derive), also handing `emit` each person's link for
@@ -58,13 +101,18 @@ impl<'c> BatchDeriver<'c> {
         E: From<ParseError>,
         F: FnMut(Result<(&[u8; TEXT_LEN], PersonLink), E>),
     {
-        self.run(inputs, Some(linker), emit);
+        self.run(inputs, Some(linker), None, emit);
     }
 
     /// Both forms; without a linker every link handed to `emit` is all
     /// zeros (and `derive` drops it).
-    fn run<'a, I, E, F>(&mut self, inputs: I, linker: Option<&Linker>, mut emit: F)
-    where
+    fn run<'a, I, E, F>(
+        &mut self,
+        inputs: I,
+        linker: Option<&Linker>,
+        resolve: Resolve<'_, E>,
+        mut emit: F,
+    ) where
         I: IntoIterator<Item = Result<&'a [u8], E>>,
         E: From<ParseError>,
         F: FnMut(Result<(&[u8; TEXT_LEN], PersonLink), E>),
@@ -83,6 +131,10 @@ impl<'c> BatchDeriver<'c> {
                     }
                     Err(error) => outcomes.push(Err(error)),
                 }
+            }
+            if let Some((persons, superseded)) = resolve {
+                let removed = persons.resolve_blocks(&mut self.blocks, &mut self.scratch);
+                refuse(&mut outcomes, &removed, superseded);
             }
             self.coder.person_layer(&mut self.blocks);
             if let Some(linker) = linker {
@@ -117,6 +169,23 @@ impl Drop for BatchDeriver<'_> {
     fn drop(&mut self) {
         self.blocks.zeroize();
         self.links.zeroize();
+        self.scratch.zeroize();
+    }
+}
+
+/// Turns the outcomes of the parsed items at positions `removed` (counting
+/// parsed items only, ascending) into the superseded error.
+fn refuse<E>(outcomes: &mut [Result<(), E>], removed: &[usize], superseded: &dyn Fn() -> E) {
+    if removed.is_empty() {
+        return;
+    }
+    let mut next = removed.iter().peekable();
+    let parsed = outcomes.iter_mut().filter(|outcome| outcome.is_ok());
+    for (position, outcome) in parsed.enumerate() {
+        if next.peek() == Some(&&position) {
+            *outcome = Err(superseded());
+            next.next();
+        }
     }
 }
 

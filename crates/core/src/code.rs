@@ -138,6 +138,19 @@ fn handle_of(person: &PersonKey, number: &MyNumber) -> PersonHandle {
     handle
 }
 
+/// h = AES-256(K_person, B), for the crate's other layers (`persons`).
+pub(crate) fn handle_with(person: &PersonKey, number: &MyNumber) -> PersonHandle {
+    handle_of(person, number)
+}
+
+/// The number behind a handle, for the crate's other layers (`persons`).
+pub(crate) fn number_with(
+    person: &PersonKey,
+    handle: &PersonHandle,
+) -> Result<MyNumber, UnknownCode> {
+    number_of(person, handle)
+}
+
 /// Inverts [`handle_of`], accepting only a well-formed block: the
 /// `fugo-pn1` label and a valid 12-digit number.
 fn number_of(person: &PersonKey, handle: &PersonHandle) -> Result<MyNumber, UnknownCode> {

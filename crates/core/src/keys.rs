@@ -11,6 +11,8 @@
 //!        ├─ K_link       = HKDF-Expand(PRK, "fugo/v1/audit/link", 32)
 //!        ├─ log seed     = HKDF-Expand(PRK, "fugo/v1/audit/log-signing", 32)
 //!        ├─ K_backup     = HKDF-Expand(PRK, "fugo/v1/backup", 32)
+//!        ├─ K_ref        = HKDF-Expand(PRK, "fugo/v1/persons/reference", 32)  (persons.rs)
+//!        ├─ K_persons    = HKDF-Expand(PRK, "fugo/v1/persons/seal", 32)       (persons.rs)
 //!        └─ KCV          = HKDF-Expand(PRK, "fugo/v1/kcv", 16)   (the fingerprint)
 //! ```
 //!
@@ -284,6 +286,12 @@ impl KeyHierarchy {
     /// as the master key, and restoring one needs it).
     pub fn backup_key(&self) -> Zeroizing<[u8; KEY_LEN]> {
         self.expand_key(&[INFO_BACKUP])
+    }
+
+    /// A 32-byte key under a label another module of this crate owns
+    /// (`persons`: `fugo/v1/persons/...`).
+    pub(crate) fn expand_labelled(&self, label: &[u8]) -> Zeroizing<[u8; KEY_LEN]> {
+        self.expand_key(&[label])
     }
 
     fn aes_key(&self, info: &[&[u8]]) -> Aes256 {

@@ -59,6 +59,7 @@ pub mod hex;
 pub mod keys;
 pub mod link;
 pub mod mynumber;
+pub mod persons;
 pub mod policy;
 pub mod shamir;
 pub mod token;

@@ -99,6 +99,12 @@ impl MyNumber {
         }
     }
 
+    /// A second copy of the number (wiped on drop like the first), for
+    /// the tables that keep one (`persons`).
+    pub(crate) fn duplicate(&self) -> Self {
+        MyNumber(self.0)
+    }
+
     /// The number as an integer below 10^12.
     ///
     /// This exposes the secret: callers feed it to the cipher and nowhere else.

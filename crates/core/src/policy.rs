@@ -64,6 +64,12 @@ pub enum Capability {
     Reidentify,
     /// Read exchange records for the citizen portal.
     Disclose,
+    /// Record that a person's My Number was re-issued (old → new): the
+    /// issuing authority's role (J-LIS).
+    Reissue,
+    /// Suspend a person (deceased, removed from the register, fraud hold)
+    /// and lift it.
+    Suspend,
 }
 
 impl Capability {
@@ -73,6 +79,8 @@ impl Capability {
             "derive" => Some(Capability::Derive),
             "reidentify" => Some(Capability::Reidentify),
             "disclose" => Some(Capability::Disclose),
+            "reissue" => Some(Capability::Reissue),
+            "suspend" => Some(Capability::Suspend),
             _ => None,
         }
     }
@@ -84,6 +92,8 @@ impl fmt::Display for Capability {
             Capability::Derive => "derive",
             Capability::Reidentify => "reidentify",
             Capability::Disclose => "disclose",
+            Capability::Reissue => "reissue",
+            Capability::Suspend => "suspend",
         })
     }
 }

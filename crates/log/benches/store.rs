@@ -86,6 +86,7 @@ fn append(store: &mut RedbStore, count: u64) {
             policies: Vec::new(),
             prepared: Vec::new(),
             usage: Vec::new(),
+            persons: Vec::new(),
         })
         .unwrap();
 }

@@ -94,6 +94,12 @@ pub enum Operation {
     PolicyLoaded = 8,
     /// A tally of refusals that opened no person (per agency, reason, minute).
     Refusals = 9,
+    /// A person's My Number was re-issued (old → new); the record is
+    /// about the person (their link stays the same).
+    Reissue = 11,
+    /// A person was suspended, the suspension lifted, or its reason read
+    /// (the note says which; the reason itself is not in the log).
+    Suspension = 12,
     /// The surviving agency of a merger converted the merged agency's
     /// codes into its own (the counterpart is the merged agency).
     Migrate = 13,
@@ -109,7 +115,7 @@ pub enum Operation {
 
 impl Operation {
     /// Every operation, in code order.
-    pub const ALL: [Operation; 12] = [
+    pub const ALL: [Operation; 14] = [
         Operation::Derive,
         Operation::Seal,
         Operation::Redeem,
@@ -119,6 +125,8 @@ impl Operation {
         Operation::CopyPage,
         Operation::PolicyLoaded,
         Operation::Refusals,
+        Operation::Reissue,
+        Operation::Suspension,
         Operation::Migrate,
         Operation::Admin,
         Operation::Restored,
@@ -146,6 +154,8 @@ impl Operation {
             Operation::CopyPage => "copy_page",
             Operation::PolicyLoaded => "policy_loaded",
             Operation::Refusals => "refusals",
+            Operation::Reissue => "reissue",
+            Operation::Suspension => "suspension",
             Operation::Migrate => "migrate",
 
             Operation::Admin => "admin",

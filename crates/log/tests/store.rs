@@ -48,6 +48,7 @@ fn append(groups: Vec<Group>) -> Append {
         policies: Vec::new(),
         prepared: Vec::new(),
         usage: Vec::new(),
+        persons: Vec::new(),
     }
 }
 
@@ -303,6 +304,7 @@ fn tallies_become_refusals_records_when_the_minute_changes() {
             policies: Vec::new(),
             prepared: Vec::new(),
             usage: Vec::new(),
+            persons: Vec::new(),
         })
         .unwrap();
     assert_eq!((done.tallied, done.size), (0, 0));
@@ -322,6 +324,7 @@ fn tallies_become_refusals_records_when_the_minute_changes() {
             policies: Vec::new(),
             prepared: Vec::new(),
             usage: Vec::new(),
+            persons: Vec::new(),
         })
         .unwrap();
     assert_eq!(store.size(), 1);
@@ -339,6 +342,7 @@ fn tallies_become_refusals_records_when_the_minute_changes() {
             policies: Vec::new(),
             prepared: Vec::new(),
             usage: Vec::new(),
+            persons: Vec::new(),
         })
         .unwrap();
     assert_eq!(done.tallied, 2);

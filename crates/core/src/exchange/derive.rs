@@ -4,11 +4,13 @@
 use super::{BatchError, Done, Exchange, ItemError, ItemFailure, check_size};
 use crate::agency::AgencyId;
 use crate::batch::BatchDeriver;
-use crate::mynumber::ParseError;
 use crate::policy::{Capability, Policy};
 
 impl Exchange {
-    /// The caller's codes for `numbers` (ASCII digits), in its current epoch.
+    /// The caller's codes for `numbers` (ASCII digits), in its current
+    /// epoch. A re-issued number gives its person's codes (those of the
+    /// original number); a superseded one fails with
+    /// [`ItemError::Superseded`].
     pub fn derive(
         &self,
         policy: &Policy,
@@ -19,22 +21,17 @@ impl Exchange {
         let agency = policy.require(caller, Capability::Derive)?;
         let coder = self.coder(caller, agency.epoch);
         let mut done = Done::with_capacity(numbers.len());
-        BatchDeriver::new(&coder).derive_linked(
+        BatchDeriver::new(&coder).derive_linked_resolved(
+            &self.persons,
             &self.linker,
-            numbers.iter().map(|n| Ok::<_, ParseError>(*n)),
+            numbers.iter().map(|n| Ok::<_, ItemError>(*n)),
             |result| {
                 let index = done.results.len();
                 let (result, person) = match result {
                     Ok((text, link)) => {
                         (Ok(String::from_utf8_lossy(text).into_owned()), Some(link))
                     }
-                    Err(error) => (
-                        Err(ItemFailure {
-                            index,
-                            error: ItemError::Number(error),
-                        }),
-                        None,
-                    ),
+                    Err(error) => (Err(ItemFailure { index, error }), None),
                 };
                 done.results.push(result);
                 done.people.push(person);

@@ -28,6 +28,7 @@
 mod derive;
 mod migrate;
 mod outcome;
+mod persons;
 mod redeem;
 mod reidentify;
 mod seal;
@@ -40,10 +41,12 @@ use crate::agency::{AgencyId, Epoch};
 use crate::code::{AgencyCode, Coder, PersonHandle};
 use crate::keys::KeyHierarchy;
 use crate::link::{Linker, PersonLink};
+use crate::persons::Persons;
 use crate::policy::{Agency, Policy};
 use crate::token::{KeyName, MAX_SEALS_PER_KEY, SealKey};
 
 pub use outcome::{BatchError, Done, ItemError, ItemFailure, RandomFailed, Results};
+pub use persons::{PlanError, Planned};
 pub use redeem::Redeemed;
 pub use seal::{SealContext, Sealed};
 
@@ -66,6 +69,8 @@ pub struct Exchange {
     /// The key each addressee's tokens are sealed under now, and its count.
     sealing: seal_keys::SealingKeys,
     linker: Linker,
+    /// Re-issued numbers and suspended people, in memory (persons.rs).
+    persons: Persons,
     random: Box<dyn RandomSource>,
 }
 
@@ -78,6 +83,7 @@ impl Exchange {
             opening_keys: Cache::default(),
             sealing: seal_keys::SealingKeys::new(MAX_SEALS_PER_KEY),
             linker: Linker::new(&keys),
+            persons: Persons::new(&keys),
             keys,
             random,
         }

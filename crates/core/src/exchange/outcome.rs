@@ -99,6 +99,26 @@ pub enum ItemError {
     /// sealed.
     #[error("the rule behind this token no longer allows it: {0}")]
     Withdrawn(Denied),
+    /// A number a re-issue replaced (derive): the person's codes come from
+    /// their current number only.
+    #[error("number superseded")]
+    Superseded,
+    /// The person is suspended (seal, redeem). Says no more, on purpose:
+    /// the reason is for holders of `suspend` or `reissue` (D195).
+    #[error("person unavailable")]
+    Unavailable,
+}
+
+impl From<crate::persons::Superseded> for ItemError {
+    fn from(_: crate::persons::Superseded) -> Self {
+        ItemError::Superseded
+    }
+}
+
+impl From<crate::persons::Unavailable> for ItemError {
+    fn from(_: crate::persons::Unavailable) -> Self {
+        ItemError::Unavailable
+    }
 }
 
 /// One item's failure: its position and why. Never holds the value.

@@ -73,6 +73,7 @@ impl Exchange {
             // From here on the token is authentic: its person is known, so
             // a refusal (withdrawn rule, expired) is recorded for them.
             *person = Some(self.linker.link(&opened.handle));
+            self.persons.check_available(&opened.handle)?;
             let verdict = match &last_context {
                 Some((shared, verdict)) if *shared == opened.shared => verdict.clone(),
                 _ => {

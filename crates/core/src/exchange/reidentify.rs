@@ -9,7 +9,8 @@ use crate::policy::{Capability, Policy};
 
 impl Exchange {
     /// My Numbers (12 ASCII digits, wiped on drop) for the caller's codes of
-    /// any accepted epoch.
+    /// any accepted epoch: each person's current number (after a re-issue,
+    /// the new one).
     pub fn reidentify(
         &self,
         policy: &Policy,
@@ -26,6 +27,7 @@ impl Exchange {
             let number = coder
                 .reidentify(&code)
                 .map_err(|_| ItemError::UnknownCode)?;
+            let number = self.persons.current(number);
             let digits = number.expose_digits();
             Ok(Zeroizing::new(
                 String::from_utf8_lossy(&digits[..]).into_owned(),

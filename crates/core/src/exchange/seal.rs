@@ -124,6 +124,7 @@ impl Exchange {
             let (serial, nonce) = split_share(share);
             let handle = own.open(text)?;
             *person = Some(self.linker.link(&handle));
+            self.persons.check_available(&handle)?;
             let token = key.seal_person(&handle, serial, &shared, nonce)?;
             Ok(Sealed {
                 token,

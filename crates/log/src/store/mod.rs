@@ -46,6 +46,32 @@ pub struct Append {
     /// Quota use to add to the durable daily counts, in the same commit as
     /// the records of the calls that used it (see [`Store::usage`]).
     pub usage: Vec<Usage>,
+    /// Entries of the re-issue and suspension tables to write (each
+    /// replacing any under its table and key), in the same commit as the
+    /// records of the call that made them. The store holds them as given:
+    /// keyed references and sealed values (see `fugo_core::persons`).
+    pub persons: Vec<PersonsEntry>,
+}
+
+/// One entry of the re-issue and suspension tables, as stored: the table's
+/// code, a keyed reference, a sealed value. `Debug` shows no bytes.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct PersonsEntry {
+    /// The table's code.
+    pub table: u8,
+    /// The keyed reference.
+    pub key: [u8; 16],
+    /// The sealed value.
+    pub value: Vec<u8>,
+}
+
+impl std::fmt::Debug for PersonsEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PersonsEntry")
+            .field("table", &self.table)
+            .field("bytes", &self.value.len())
+            .finish()
+    }
 }
 
 impl Append {
@@ -332,6 +358,12 @@ pub trait Store: Send {
     /// commit that failed, so it can say it is healthy again without waiting
     /// for a call (which a load balancer would not send it).
     fn probe(&mut self, bytes: usize) -> Result<(), StoreError>;
+    /// Every entry of the re-issue and suspension tables (see
+    /// [`Append::persons`]), by table and key.
+    fn persons(&mut self) -> Result<Vec<PersonsEntry>, StoreError>;
+    /// Whether any record, purged or not, indexed or not yet, is about
+    /// `person`: whether the person has a history in the log.
+    fn person_seen(&mut self, person: &PersonLink) -> Result<bool, StoreError>;
     /// Deletes the bodies of the oldest groups whose time is before
     /// `before_ms` (a prefix of the log: it stops at the first group that is
     /// not); leaf hashes stay. Returns how many records were purged.

@@ -10,7 +10,8 @@ use ::redb::{
 };
 
 use super::{
-    Append, Appended, AppendedGroup, Redemption, Repeat, Store, StoreError, StoredRecord, Usage,
+    Append, Appended, AppendedGroup, PersonsEntry, Redemption, Repeat, Store, StoreError,
+    StoredRecord, Usage,
 };
 use crate::merkle::{self, Frontier, Hash, NodeSource, ProofError};
 use crate::record::{
@@ -38,6 +39,9 @@ const TALLIES: TableDefinition<(u64, &str, &str), u64> = TableDefinition::new("t
 /// Quota use: (day, agency, operation) → count.
 const USAGE: TableDefinition<(u64, &str, &str), u64> = TableDefinition::new("usage");
 /// Scratch values of [`Store::probe`]; empty between probes.
+/// The re-issue and suspension tables: (table, keyed reference) → sealed
+/// value (D191).
+const PERSONS: TableDefinition<(u8, &[u8; 16]), &[u8]> = TableDefinition::new("persons");
 const PROBE: TableDefinition<u64, &[u8]> = TableDefinition::new("probe");
 /// The size of one probe value: about a page, as records and tiles are.
 const PROBE_CHUNK: usize = 3_072;
@@ -261,6 +265,7 @@ impl RedbStore {
         txn.open_table(TALLIES).map_err(|e| backend("open", e))?;
         txn.open_table(USAGE).map_err(|e| backend("open", e))?;
         txn.open_table(PROVISIONS).map_err(|e| backend("open", e))?;
+        txn.open_table(PERSONS).map_err(|e| backend("open", e))?;
         txn.commit().map_err(|e| backend("open", e))?;
 
         let frontier = Frontier::from_parts(size, nodes).map_err(|_| StoreError::Corrupt {
@@ -407,6 +412,7 @@ impl Store for RedbStore {
         if append.groups.is_empty()
             && append.refusals.is_empty()
             && append.usage.is_empty()
+            && append.persons.is_empty()
             && !self.tallies_due(&append)?
         {
             // Nothing to write: no commit, no fsync.
@@ -854,6 +860,45 @@ impl Store for RedbStore {
         Ok(out)
     }
 
+    fn persons(&mut self) -> Result<Vec<PersonsEntry>, StoreError> {
+        let op = "persons";
+        let txn = self.read(op)?;
+        let table = txn.open_table(PERSONS).map_err(|e| backend(op, e))?;
+        let mut out = Vec::new();
+        for item in table.iter().map_err(|e| backend(op, e))? {
+            let (key, value) = item.map_err(|e| backend(op, e))?;
+            let (table, key) = key.value();
+            out.push(PersonsEntry {
+                table,
+                key: *key,
+                value: value.value().to_vec(),
+            });
+        }
+        Ok(out)
+    }
+
+    fn person_seen(&mut self, person: &PersonLink) -> Result<bool, StoreError> {
+        let op = "person seen";
+        let txn = self.read(op)?;
+        let index = txn.open_table(BY_PERSON).map_err(|e| backend(op, e))?;
+        let mut range = index
+            .range((&person.0, 0)..=(&person.0, u64::MAX))
+            .map_err(|e| backend(op, e))?;
+        if range.next().is_some() {
+            return Ok(true);
+        }
+        // Records not yet in the index.
+        let groups = txn.open_table(GROUPS).map_err(|e| backend(op, e))?;
+        let mut reader = GroupReader::new(&groups);
+        for seq in self.indexed.max(self.purged)..self.frontier.size() {
+            let (entry, _) = reader.entry(seq)?;
+            if entry.person.as_ref() == Some(person) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     fn purge_before(&mut self, before_ms: u64) -> Result<u64, StoreError> {
         let from = self.purged;
         let size = self.frontier.size();
@@ -939,6 +984,14 @@ fn write_append(
 ) -> Result<Appended, StoreError> {
     let op = "append";
     add_usage(txn, &append.usage)?;
+    if !append.persons.is_empty() {
+        let mut persons = txn.open_table(PERSONS).map_err(|e| backend(op, e))?;
+        for entry in &append.persons {
+            persons
+                .insert((entry.table, &entry.key), entry.value.as_slice())
+                .map_err(|e| backend(op, e))?;
+        }
+    }
     let rolled = roll_tallies(txn, &append)?;
     let tallied = rolled.len() as u64;
 
@@ -1765,7 +1818,53 @@ mod tests {
             policies: Vec::new(),
             prepared: Vec::new(),
             usage: Vec::new(),
+            persons: Vec::new(),
         }
+    }
+
+    /// The persons table: entries replace by (table, key), are written
+    /// with the append's records and survive reopening; `person_seen`
+    /// finds a person in indexed and not yet indexed records alike.
+    #[test]
+    fn persons_entries_and_person_seen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.redb");
+        let mut store = RedbStore::open(&path).unwrap();
+        let entry = |table: u8, key: u8, value: &[u8]| PersonsEntry {
+            table,
+            key: [key; 16],
+            value: value.to_vec(),
+        };
+        let mut append = derive(1_000, 0..4);
+        append.persons = vec![entry(1, 9, b"first"), entry(2, 9, b"person")];
+        store.append(append).unwrap();
+        assert_eq!(store.size(), 4);
+        // Only the persons entries: a commit of its own.
+        store
+            .append(Append {
+                persons: vec![entry(1, 9, b"second"), entry(1, 8, b"other")],
+                now_ms: 1_000,
+                ..Append::default()
+            })
+            .unwrap();
+        let expected = vec![
+            entry(1, 8, b"other"),
+            entry(1, 9, b"second"),
+            entry(2, 9, b"person"),
+        ];
+        assert_eq!(store.persons().unwrap(), expected);
+        // Not indexed yet, then indexed: seen both ways; others never.
+        assert_eq!(store.indexed(), 0);
+        assert!(store.person_seen(&PersonLink([2; 16])).unwrap());
+        assert!(!store.person_seen(&PersonLink([7; 16])).unwrap());
+        store.index_people(100).unwrap();
+        assert_eq!(store.indexed(), 4);
+        assert!(store.person_seen(&PersonLink([3; 16])).unwrap());
+        assert!(!store.person_seen(&PersonLink([7; 16])).unwrap());
+        drop(store);
+        let mut store = RedbStore::open(&path).unwrap();
+        assert_eq!(store.persons().unwrap(), expected);
+        assert!(store.person_seen(&PersonLink([0; 16])).unwrap());
     }
 
     /// A copy taken while the store is open is what a crash leaves: its
