@@ -425,11 +425,18 @@ impl Audit for AuditService {
         &self,
         request: Request<DiscloseRequest>,
     ) -> Result<Response<DiscloseResponse>, Status> {
+        let started = std::time::Instant::now();
+        let id = RequestId::of(&request);
+        let agency = caller_of(&request, &self.state.policy()).ok();
         let result = self.disclose_page(request).await;
-        let code = result
-            .as_ref()
-            .map_or_else(Status::code, |_| tonic::Code::Ok);
-        self.state.metrics.call("disclose", code, 1);
+        observed(
+            &self.state,
+            "disclose",
+            &id,
+            agency.as_ref(),
+            started,
+            &result,
+        );
         result
     }
 
@@ -437,11 +444,18 @@ impl Audit for AuditService {
         &self,
         request: Request<ReadCopyRequest>,
     ) -> Result<Response<ReadCopyResponse>, Status> {
+        let started = std::time::Instant::now();
+        let id = RequestId::of(&request);
+        let agency = caller_of(&request, &self.state.policy()).ok();
         let result = self.read_copy_page(request).await;
-        let code = result
-            .as_ref()
-            .map_or_else(Status::code, |_| tonic::Code::Ok);
-        self.state.metrics.call("read_copy", code, 1);
+        observed(
+            &self.state,
+            "read_copy",
+            &id,
+            agency.as_ref(),
+            started,
+            &result,
+        );
         result
     }
 
@@ -591,6 +605,43 @@ impl AuditService {
             note: header.note.clone(),
             non_disclosure_until: i64::try_from(header.non_disclosure_until).unwrap_or(i64::MAX),
         }
+    }
+}
+
+/// Counts and logs one Audit call: its id, agency, operation, code and
+/// time (never what it asked or answered).
+fn observed<T>(
+    state: &State,
+    operation: &'static str,
+    id: &RequestId,
+    agency: Option<&AgencyId>,
+    started: std::time::Instant,
+    result: &Result<Response<T>, Status>,
+) {
+    let elapsed = started.elapsed();
+    let code = result
+        .as_ref()
+        .map_or_else(Status::code, |_| tonic::Code::Ok);
+    state.metrics.call(operation, agency, code, 1, elapsed);
+    let agency = agency.map_or("-", AgencyId::as_str);
+    let micros = elapsed.as_micros() as u64;
+    match result {
+        Ok(_) => tracing::info!(
+            request_id = id.as_str(),
+            agency,
+            operation,
+            micros,
+            "call done"
+        ),
+        Err(status) => tracing::info!(
+            request_id = id.as_str(),
+            agency,
+            operation,
+            code = ?status.code(),
+            reason = status.message(),
+            micros,
+            "call refused"
+        ),
     }
 }
 
