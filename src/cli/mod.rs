@@ -9,6 +9,7 @@ mod audit;
 mod client;
 mod derive;
 mod files;
+mod logging;
 mod serve;
 mod settings;
 

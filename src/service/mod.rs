@@ -28,6 +28,7 @@ mod framing;
 mod identity;
 pub mod limits;
 mod metrics;
+mod overrides;
 mod quota;
 mod revocation;
 pub mod sealed;
@@ -35,6 +36,6 @@ pub mod server;
 mod status;
 
 pub use codes::{CHECKPOINT, Handlers};
-pub use config::{AuditConfig, MasterKeySource, ServeConfig};
+pub use config::{AuditConfig, LogConfig, LogFormat, MasterKeySource, ServeConfig};
 pub use limits::Limits;
 pub use server::{Reloader, Running, ServeError, start, start_unaudited_for_benchmarks};
