@@ -12,8 +12,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use fugo::proto::fugo::v1::DeriveRequest;
+use fugo::proto::fugo::v1::audit_client::AuditClient;
 use fugo::proto::fugo::v1::codes_client::CodesClient;
+use fugo::proto::fugo::v1::{DeriveRequest, GetCheckpointRequest};
 use serde_json::Value;
 use tonic::Code;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
@@ -133,7 +134,7 @@ impl Server {
     }
 }
 
-async fn connect(addr: &str, certs: &Path, identity: &str) -> CodesClient<Channel> {
+async fn connect(addr: &str, certs: &Path, identity: &str) -> Channel {
     let read = |name: &str| fs::read_to_string(certs.join(name)).unwrap();
     let tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(read("ca.pem")))
@@ -142,7 +143,7 @@ async fn connect(addr: &str, certs: &Path, identity: &str) -> CodesClient<Channe
             read(&format!("{identity}.pem")),
             read(&format!("{identity}.key")),
         ));
-    let channel = Endpoint::from_shared(format!("https://{addr}"))
+    Endpoint::from_shared(format!("https://{addr}"))
         .unwrap()
         .tls_config(tls)
         .unwrap()
@@ -150,8 +151,7 @@ async fn connect(addr: &str, certs: &Path, identity: &str) -> CodesClient<Channe
         .timeout(Duration::from_secs(30))
         .connect()
         .await
-        .unwrap();
-    CodesClient::new(channel)
+        .unwrap()
 }
 
 fn request_id(metadata: &tonic::metadata::MetadataMap) -> String {
@@ -202,7 +202,8 @@ async fn json_log_lines_carry_request_ids_and_metrics_count_the_calls() {
 
     let certs = dir.path().join("data/certs");
     let numbers: Vec<String> = (0..5).map(|i| common::valid_number(900 + i)).collect();
-    let mut mhlw = connect(&server.addr, &certs, "mhlw").await;
+    let channel = connect(&server.addr, &certs, "mhlw").await;
+    let mut mhlw = CodesClient::new(channel.clone());
 
     // A unary call with one bad item among three good ones.
     let mut batch = numbers[..3].to_vec();
@@ -231,7 +232,7 @@ async fn json_log_lines_carry_request_ids_and_metrics_count_the_calls() {
     assert_eq!(answered, 2);
     // An agency without derive: refused, counted under its own id; the
     // refusal names its request id too.
-    let mut moj = connect(&server.addr, &certs, "moj-family-register").await;
+    let mut moj = CodesClient::new(connect(&server.addr, &certs, "moj-family-register").await);
     let denied = moj
         .derive(DeriveRequest {
             numbers: numbers[..1].to_vec(),
@@ -240,11 +241,17 @@ async fn json_log_lines_carry_request_ids_and_metrics_count_the_calls() {
         .unwrap_err();
     assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
     let denied_id = request_id(denied.metadata());
-    let ids = [&unary_id, &stream_id, &denied_id];
+    // An Audit call is counted and logged the same way.
+    let checkpoint = AuditClient::new(channel)
+        .get_checkpoint(GetCheckpointRequest::default())
+        .await
+        .unwrap();
+    let checkpoint_id = request_id(checkpoint.metadata());
+    let ids = [&unary_id, &stream_id, &denied_id, &checkpoint_id];
     let mut unique = ids.to_vec();
     unique.sort();
     unique.dedup();
-    assert_eq!(unique.len(), 3, "one id per call");
+    assert_eq!(unique.len(), 4, "one id per call");
 
     let page = scrape(&metrics_addr);
     let value = |series: &str| common::metric(&page, series);
@@ -262,6 +269,10 @@ async fn json_log_lines_carry_request_ids_and_metrics_count_the_calls() {
         value(
             "fugo_calls_total{operation=\"derive\",agency=\"moj-family-register\",code=\"PERMISSION_DENIED\"}"
         ),
+        1
+    );
+    assert_eq!(
+        value("fugo_calls_total{operation=\"checkpoint\",agency=\"mhlw\",code=\"OK\"}"),
         1
     );
     assert_eq!(
@@ -346,6 +357,14 @@ async fn json_log_lines_carry_request_ids_and_metrics_count_the_calls() {
             .any(|line| line["message"] == "batch refused"
                 && line["agency"] == "moj-family-register"
                 && line["code"] == "PermissionDenied"),
+        "{lines:#?}"
+    );
+    assert!(
+        of(&checkpoint_id)
+            .iter()
+            .any(|line| line["message"] == "call done"
+                && line["operation"] == "checkpoint"
+                && line["agency"] == "mhlw"),
         "{lines:#?}"
     );
     // The dev-mode banner is a JSON line too.
