@@ -1,9 +1,10 @@
 //! The server's log lines on stderr, as `[log]` in fugo.toml says: text
 //! for people, or JSON lines for collectors (D253).
 //!
-//! A JSON line is one object: `time` (RFC 3339, UTC), `level`, `target`,
-//! `message`, the fields of the spans the event is in (a call's span gives
-//! `request_id`), then the event's own fields. What fields exist is fixed
+//! A JSON line is one object (keys in alphabetical order): `time` (RFC
+//! 3339, UTC), `level`, `target`, `message`, the fields of the spans the
+//! event is in (a call's span gives `request_id`) and the event's own
+//! fields; an event's field wins over a span's of the same name. What fields exist is fixed
 //! by the code that logs (ids, names, counts, timings, reasons that name a
 //! rule); this formatter adds nothing from a request.
 
