@@ -60,6 +60,7 @@ pub mod client;
 pub mod custody;
 pub mod files;
 pub mod hardening;
+mod histogram;
 pub mod keyfile;
 pub mod policy;
 pub mod proto;

@@ -14,7 +14,7 @@ use fugo::certs::DevCa;
 use fugo::client::{ClientError, Witnessed};
 use fugo::proto::fugo::v1::admin_client::AdminClient;
 use fugo::proto::fugo::v1::codes_client::CodesClient;
-use fugo::proto::fugo::v1::{DeriveRequest, AdminStatusRequest, ReloadPolicyRequest};
+use fugo::proto::fugo::v1::{AdminStatusRequest, DeriveRequest, ReloadPolicyRequest};
 use fugo::service::{self, AdminConfig, Running, ServeConfig};
 use fugo::witness::WitnessError;
 use fugo_log::record::{Operation, Outcome};

@@ -1520,7 +1520,7 @@ async fn policy_reload_during_a_write_failure_in_this_process() {
     assert_eq!(
         common::metric(
             &page,
-            "fugo_calls_total{operation=\"derive\",code=\"UNAVAILABLE\"}"
+            "fugo_calls_total{operation=\"derive\",agency=\"mhlw\",code=\"UNAVAILABLE\"}"
         ),
         1,
         "{page}"

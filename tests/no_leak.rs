@@ -1696,7 +1696,8 @@ fn every_rpc_and_command_at_full_tracing_leaks_nothing() {
         fs::read_to_string(&config)
             .unwrap()
             .replace(&format!("master_key = \"{}\"\n", at("master.key")), "")
-            + "\n[custody]\nthreshold = 2\n",
+            // This server writes JSON lines, so both log formats are searched.
+            + "\n[custody]\nthreshold = 2\n\n[log]\nformat = \"json\"\n",
     )
     .unwrap();
     let sealed = Server::start(&sealed_config);
@@ -1771,8 +1772,18 @@ fn every_rpc_and_command_at_full_tracing_leaks_nothing() {
     let (code, stdout, stderr) = sealed.stop();
     assert_eq!(code, Some(0), "{}", text(&stderr));
     assert!(text(&stderr).contains("TRACE"), "full tracing was on");
+    for line in text(&stderr).lines() {
+        assert!(
+            serde_json::from_str::<serde_json::Value>(line).is_ok(),
+            "not a JSON line: {line}"
+        );
+    }
     seen.add("sealed server stdout", stdout, Allowed::nothing());
-    seen.add("sealed server stderr (trace)", stderr, Allowed::nothing());
+    seen.add(
+        "sealed server stderr (JSON lines, trace)",
+        stderr,
+        Allowed::nothing(),
+    );
     seen.add(
         "Debug of the share files",
         printed_shares.join("\n"),

@@ -427,15 +427,15 @@ async fn refusals_are_in_the_trail_and_the_metrics_and_the_warning_fires_once_at
     let count = |series: &str| common::metric(&page, series);
     // Other tests' calls run in their own servers: these are ours.
     assert_eq!(
-        count("fugo_calls_total{operation=\"derive\",code=\"OK\"}"),
+        count("fugo_calls_total{operation=\"derive\",agency=\"nta\",code=\"OK\"}"),
         3
     );
     assert_eq!(
-        count("fugo_calls_total{operation=\"derive\",code=\"RESOURCE_EXHAUSTED\"}"),
+        count("fugo_calls_total{operation=\"derive\",agency=\"nta\",code=\"RESOURCE_EXHAUSTED\"}"),
         1
     );
     assert_eq!(
-        count("fugo_items_total{operation=\"derive\",code=\"OK\"}"),
+        count("fugo_items_total{operation=\"derive\",agency=\"nta\",code=\"OK\"}"),
         13
     );
     // Labels are agency ids and fixed names: no number is on the page.
@@ -522,8 +522,8 @@ async fn disclosure_and_copy_reads_have_a_quota() {
     for line in [
         "fugo_quota_refusals_total{agency=\"portal\",operation=\"disclose\",limit=\"rate\"} 1",
         "fugo_quota_refusals_total{agency=\"reader\",operation=\"disclose\",limit=\"day\"} 1",
-        "fugo_calls_total{operation=\"read_copy\",code=\"OK\"} 2",
-        "fugo_calls_total{operation=\"disclose\",code=\"RESOURCE_EXHAUSTED\"} 1",
+        "fugo_calls_total{operation=\"read_copy\",agency=\"reader\",code=\"OK\"} 2",
+        "fugo_calls_total{operation=\"disclose\",agency=\"portal\",code=\"RESOURCE_EXHAUSTED\"} 1",
     ] {
         assert!(
             metrics.lines().any(|l| l == line),

@@ -20,7 +20,7 @@ pub mod export;
 pub mod persons;
 pub mod recorder;
 
-pub use recorder::{Recorder, RecorderError, STORE_FILE, Settings, Signed};
+pub use recorder::{Disk, Recorder, RecorderError, STORE_FILE, Settings, Signed};
 
 /// The log's name (C2SP origin) when `[audit] origin` is not set:
 /// `fugo.local/audit/<master key fingerprint>`. The server and the offline

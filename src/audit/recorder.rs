@@ -32,6 +32,8 @@ use fugo_log::store::{Append, Appended, RedbStore, Store, StoreError};
 use thiserror::Error;
 use tokio::sync::{oneshot, watch};
 
+use crate::histogram::Histogram;
+
 /// The store's file inside the data directory.
 pub const STORE_FILE: &str = "audit.redb";
 
@@ -119,6 +121,19 @@ enum Waiting {
     Detached,
 }
 
+/// The audit store's file size and the disk space of its folder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Disk {
+    /// Bytes of `audit.redb`.
+    pub store_bytes: u64,
+    /// Bytes free for fugo in the data directory (`None` if unknown).
+    pub free_bytes: Option<u64>,
+    /// Below this much free space writes stop (fail closed).
+    pub reserve_bytes: u64,
+    /// Below this much free space a warning is logged.
+    pub warn_bytes: u64,
+}
+
 /// A signed checkpoint as the service hands it out, encoded once when
 /// signed (not once per response).
 #[derive(Debug)]
@@ -150,6 +165,13 @@ struct Shared {
     health: watch::Sender<bool>,
     /// Commits that failed since the recorder started (for metrics).
     commit_failures: AtomicU64,
+    /// How long each commit took (write and fsync), for metrics.
+    commit_latency: Histogram,
+    /// Jobs (appends and reads) handed to the thread and not yet taken.
+    queued: AtomicU64,
+    /// The store's file and the disk-space settings (`None` for the
+    /// benchmark's discarding recorder).
+    disk: Option<(PathBuf, u64, u64)>,
 }
 
 /// The handle callers use; cheap to share behind an `Arc`.
@@ -221,6 +243,9 @@ impl Recorder {
             verifier,
             health,
             commit_failures: AtomicU64::new(0),
+            commit_latency: Histogram::default(),
+            queued: AtomicU64::new(0),
+            disk: Some((path.clone(), settings.reserve_bytes, settings.warn_bytes)),
         });
         let (jobs, queue) = mpsc::sync_channel(QUEUE);
         let timeout = settings.commit_timeout;
@@ -272,6 +297,9 @@ impl Recorder {
                 verifier: signer.verifier(),
                 health,
                 commit_failures: AtomicU64::new(0),
+                commit_latency: Histogram::default(),
+                queued: AtomicU64::new(0),
+                disk: None,
             }),
             timeout: Duration::from_secs(1),
             thread: None,
@@ -370,9 +398,17 @@ impl Recorder {
 
     fn submit(&self, job: Job) -> Result<(), RecorderError> {
         let jobs = self.jobs.as_ref().ok_or(RecorderError::Stopped)?;
-        jobs.try_send(job).map_err(|error| match error {
-            TrySendError::Full(_) => RecorderError::Unavailable("too many calls waiting".into()),
-            TrySendError::Disconnected(_) => RecorderError::Stopped,
+        // Counted before it is sent, so the thread never takes a job
+        // that is not counted yet.
+        self.shared.queued.fetch_add(1, Ordering::Relaxed);
+        jobs.try_send(job).map_err(|error| {
+            self.shared.queued.fetch_sub(1, Ordering::Relaxed);
+            match error {
+                TrySendError::Full(_) => {
+                    RecorderError::Unavailable("too many calls waiting".into())
+                }
+                TrySendError::Disconnected(_) => RecorderError::Stopped,
+            }
         })
     }
 
@@ -386,6 +422,34 @@ impl Recorder {
     /// its calls with UNAVAILABLE).
     pub fn commit_failures(&self) -> u64 {
         self.shared.commit_failures.load(Ordering::Relaxed)
+    }
+
+    /// How long commits took (write and fsync of each group commit).
+    pub(crate) fn commit_latency(&self) -> &Histogram {
+        &self.shared.commit_latency
+    }
+
+    /// Appends and reads waiting for the recorder's thread now.
+    pub fn queue_depth(&self) -> u64 {
+        self.shared.queued.load(Ordering::Relaxed)
+    }
+
+    /// The store's size and the disk space around it, read now (`None`
+    /// for a recorder that writes nothing).
+    pub fn disk(&self) -> Option<Disk> {
+        let (path, reserve_bytes, warn_bytes) = self.shared.disk.as_ref()?;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        Some(Disk {
+            store_bytes: std::fs::metadata(path).map_or(0, |meta| meta.len()),
+            free_bytes: fs4::available_space(dir).ok(),
+            reserve_bytes: *reserve_bytes,
+            warn_bytes: *warn_bytes,
+        })
+    }
+
+    /// Whether records can be written now (health).
+    pub fn serving(&self) -> bool {
+        *self.shared.health.borrow()
     }
 
     /// The latest signed checkpoint, if any.
@@ -573,6 +637,9 @@ impl Committer {
                     Err(_) => break,
                 }
             }
+            self.shared
+                .queued
+                .fetch_sub(jobs.len() as u64, Ordering::Relaxed);
             self.serve(jobs);
             self.look_after(idle);
         }
@@ -679,7 +746,10 @@ impl Committer {
         let result = self.space().and_then(|()| {
             let store = self.store()?;
             let before = store.size();
-            let result = store.append(all).map_err(|error| {
+            let started = Instant::now();
+            let result = store.append(all);
+            self.shared.commit_latency.observe(started.elapsed());
+            let result = result.map_err(|error| {
                 tracing::error!(error = %error, "audit commit failed; affected calls get UNAVAILABLE");
                 RecorderError::Unavailable(error.to_string())
             });

@@ -15,7 +15,7 @@ use fugo::keyfile::{self, KeySource};
 use fugo::keys::KeyHierarchy;
 use fugo::proto::fugo::v1::admin_client::AdminClient;
 use fugo::proto::fugo::v1::{
-    BackupRequest, AdminStatusRequest, ReloadCrlsRequest, ReloadPolicyRequest,
+    AdminStatusRequest, BackupRequest, ReloadCrlsRequest, ReloadPolicyRequest,
 };
 use fugo::service::{MasterKeySource, ServeConfig};
 use tonic::transport::Channel;

@@ -10,6 +10,7 @@ mod audit;
 mod client;
 mod derive;
 mod files;
+mod logging;
 mod serve;
 mod settings;
 

@@ -2,38 +2,39 @@
 //! policy and the CRLs on SIGHUP (on a thread of its own), stops gracefully on SIGTERM or
 //! SIGINT.
 
-use std::io::{self, IsTerminal, Write};
+use std::io::{self, Write};
 use std::path::Path;
 use std::sync::mpsc::{self, SyncSender, TrySendError};
 
 use tokio::signal::unix::{SignalKind, signal};
-use tracing_subscriber::EnvFilter;
 
 use super::{CliError, print_line};
-use fugo::service::{self, Reloader, ServeConfig};
+use fugo::service::{self, LogFormat, Reloader, ServeConfig};
 
 /// Runs the server until a stop signal; exit status 0 after a graceful stop.
 pub(crate) fn run(config_path: &Path) -> Result<(), CliError> {
-    // Logs go to stderr; RUST_LOG overrides the default level.
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(io::stderr)
-        .with_ansi(io::stderr().is_terminal())
-        .try_init();
     // Before any key is read and before the runtime's threads exist: no
     // core dumps, not dumpable (no ptrace, no /proc/PID/mem), and memory
     // locked where that is safe (D112, D113).
     fugo::hardening::disable_dumps()?;
     let memory = fugo::hardening::lock_memory();
-    let config = ServeConfig::load(config_path).map_err(service::ServeError::from)?;
+    let (config, log) = ServeConfig::load_all(config_path).map_err(service::ServeError::from)?;
+    // Logs go to stderr as [log] says; RUST_LOG overrides the level.
+    super::logging::init(&log);
     match memory {
         fugo::hardening::MemoryLock::Locked => {
             tracing::info!("memory locked against swapping (mlockall)");
         }
         fugo::hardening::MemoryLock::NotLocked(reason) => tracing::warn!("{reason}"),
     }
-    if config.dev_mode {
+    let json = log.format == LogFormat::Json;
+    if config.dev_mode && json {
+        // JSON lines stay JSON lines: the banner is a warning event.
+        tracing::warn!(
+            "DEV MODE: the public demo key is allowed and demo certificates are generated. \
+             Never use this configuration with real data."
+        );
+    } else if config.dev_mode {
         let _ = writeln!(
             io::stderr(),
             "fugo: ************************************************************\n\
@@ -52,7 +53,11 @@ pub(crate) fn run(config_path: &Path) -> Result<(), CliError> {
         let mut hangup = signal(SignalKind::hangup()).map_err(CliError::Runtime)?;
         let mut terminate = signal(SignalKind::terminate()).map_err(CliError::Runtime)?;
         let mut interrupt = signal(SignalKind::interrupt()).map_err(CliError::Runtime)?;
-        let running = service::start(config, &mut io::stderr()).await?;
+        let running = if json {
+            service::start(config, &mut super::logging::Warnings::default()).await?
+        } else {
+            service::start(config, &mut io::stderr()).await?
+        };
         // The one line on stdout: where to connect (tests start on port 0).
         print_line(&format!("fugo: listening on {}", running.addr))?;
         let reload = reload_thread(running.reloader()).map_err(CliError::Runtime)?;

@@ -24,7 +24,7 @@ use crate::admin::backup::{BackupHeader, CHUNK, Sealer};
 use crate::audit::entries::BatchFacts;
 use crate::proto::fugo::v1::admin_server::Admin;
 use crate::proto::fugo::v1::{
-    BackupChunk, BackupRequest, AdminStatusRequest, AdminStatusResponse, ReloadCrlsRequest,
+    AdminStatusRequest, AdminStatusResponse, BackupChunk, BackupRequest, ReloadCrlsRequest,
     ReloadCrlsResponse, ReloadPolicyRequest, ReloadPolicyResponse,
 };
 use fugo_log::record::{Entry, Group, Operation, Outcome};

@@ -331,112 +331,171 @@ impl Audit for AuditService {
         &self,
         request: Request<GetCheckpointRequest>,
     ) -> Result<Response<GetCheckpointResponse>, Status> {
-        let id = RequestId::of(&request);
-        self.caller(&request).map_err(|s| id.tag_status(s))?;
-        let recorder = &self.state.recorder;
-        Ok(self.respond(
-            &id,
-            GetCheckpointResponse {
-                checkpoint: recorder
-                    .checkpoint()
-                    .map(|signed| signed.note.to_string())
-                    .unwrap_or_default(),
-                verifier_key: recorder.verifier().to_string(),
-            },
-        ))
+        let started = std::time::Instant::now();
+        let call_id = RequestId::of(&request);
+        let agency = caller_of(&request, &self.state.policy()).ok();
+        let items = 1;
+        let result: Result<Response<GetCheckpointResponse>, Status> = async {
+            let id = RequestId::of(&request);
+            self.caller(&request).map_err(|s| id.tag_status(s))?;
+            let recorder = &self.state.recorder;
+            Ok(self.respond(
+                &id,
+                GetCheckpointResponse {
+                    checkpoint: recorder
+                        .checkpoint()
+                        .map(|signed| signed.note.to_string())
+                        .unwrap_or_default(),
+                    verifier_key: recorder.verifier().to_string(),
+                },
+            ))
+        }
+        .await;
+        observed(
+            &self.state,
+            "checkpoint",
+            &call_id,
+            agency.as_ref(),
+            items,
+            started,
+            &result,
+        );
+        result
     }
 
     async fn get_consistency_proof(
         &self,
         request: Request<GetConsistencyProofRequest>,
     ) -> Result<Response<GetConsistencyProofResponse>, Status> {
-        let id = RequestId::of(&request);
-        self.caller(&request).map_err(|s| id.tag_status(s))?;
-        let request = request.into_inner();
-        let (new_size, latest_size) =
-            signed_size(&self.state, request.new_size).map_err(|s| id.tag_status(s))?;
-        if request.old_size > new_size || new_size > latest_size {
-            return Err(id.tag_status(status::bad_field(
-                "old_size",
-                "sizes must satisfy old_size <= new_size <= the latest checkpoint's size",
-            )));
-        }
-        let old = request.old_size;
-        let (proof, note) = self
-            .state
-            .recorder
-            .read(move |store| {
-                let proof = store.consistency_proof(old, new_size)?;
-                let note = store.checkpoint(new_size)?;
-                Ok((proof, note))
-            })
-            .await
-            .map_err(|e| id.tag_status(unavailable(e)))?;
-        let checkpoint = note.ok_or_else(|| {
-            id.tag_status(Status::not_found(
-                "no signed checkpoint has this new_size; use 0 for the latest",
+        let started = std::time::Instant::now();
+        let call_id = RequestId::of(&request);
+        let agency = caller_of(&request, &self.state.policy()).ok();
+        let items = 1;
+        let result: Result<Response<GetConsistencyProofResponse>, Status> = async {
+            let id = RequestId::of(&request);
+            self.caller(&request).map_err(|s| id.tag_status(s))?;
+            let request = request.into_inner();
+            let (new_size, latest_size) =
+                signed_size(&self.state, request.new_size).map_err(|s| id.tag_status(s))?;
+            if request.old_size > new_size || new_size > latest_size {
+                return Err(id.tag_status(status::bad_field(
+                    "old_size",
+                    "sizes must satisfy old_size <= new_size <= the latest checkpoint's size",
+                )));
+            }
+            let old = request.old_size;
+            let (proof, note) = self
+                .state
+                .recorder
+                .read(move |store| {
+                    let proof = store.consistency_proof(old, new_size)?;
+                    let note = store.checkpoint(new_size)?;
+                    Ok((proof, note))
+                })
+                .await
+                .map_err(|e| id.tag_status(unavailable(e)))?;
+            let checkpoint = note.ok_or_else(|| {
+                id.tag_status(Status::not_found(
+                    "no signed checkpoint has this new_size; use 0 for the latest",
+                ))
+            })?;
+            Ok(self.respond(
+                &id,
+                GetConsistencyProofResponse {
+                    proof: wire_proof(&proof),
+                    checkpoint,
+                },
             ))
-        })?;
-        Ok(self.respond(
-            &id,
-            GetConsistencyProofResponse {
-                proof: wire_proof(&proof),
-                checkpoint,
-            },
-        ))
+        }
+        .await;
+        observed(
+            &self.state,
+            "consistency_proof",
+            &call_id,
+            agency.as_ref(),
+            items,
+            started,
+            &result,
+        );
+        result
     }
 
     async fn get_inclusion_proof(
         &self,
         request: Request<GetInclusionProofRequest>,
     ) -> Result<Response<GetInclusionProofResponse>, Status> {
-        let id = RequestId::of(&request);
-        self.portal(&request).map_err(|s| id.tag_status(s))?;
-        let request = request.into_inner();
-        let (size, latest_size) =
-            signed_size(&self.state, request.tree_size).map_err(|s| id.tag_status(s))?;
-        if request.sequence >= size || size > latest_size {
-            return Err(id.tag_status(status::bad_field(
-                "sequence",
-                "must lie inside a signed tree size",
-            )));
+        let started = std::time::Instant::now();
+        let call_id = RequestId::of(&request);
+        let agency = caller_of(&request, &self.state.policy()).ok();
+        let items = 1;
+        let result: Result<Response<GetInclusionProofResponse>, Status> = async {
+            let id = RequestId::of(&request);
+            self.portal(&request).map_err(|s| id.tag_status(s))?;
+            let request = request.into_inner();
+            let (size, latest_size) =
+                signed_size(&self.state, request.tree_size).map_err(|s| id.tag_status(s))?;
+            if request.sequence >= size || size > latest_size {
+                return Err(id.tag_status(status::bad_field(
+                    "sequence",
+                    "must lie inside a signed tree size",
+                )));
+            }
+            let seq = request.sequence;
+            let (leaf, proof, note) = self
+                .state
+                .recorder
+                .read(move |store| {
+                    let leaf = store.record(seq)?.map(|record| record.leaf_bytes());
+                    let proof = store.inclusion_proof(seq, size)?;
+                    let note = store.checkpoint(size)?;
+                    Ok((leaf, proof, note))
+                })
+                .await
+                .map_err(|e| id.tag_status(unavailable(e)))?;
+            let (Some(leaf), Some(checkpoint)) = (leaf, note) else {
+                return Err(id.tag_status(Status::not_found(
+                    "no such record body (purged) or no signed checkpoint of this size",
+                )));
+            };
+            Ok(self.respond(
+                &id,
+                GetInclusionProofResponse {
+                    leaf,
+                    proof: wire_proof(&proof),
+                    checkpoint,
+                },
+            ))
         }
-        let seq = request.sequence;
-        let (leaf, proof, note) = self
-            .state
-            .recorder
-            .read(move |store| {
-                let leaf = store.record(seq)?.map(|record| record.leaf_bytes());
-                let proof = store.inclusion_proof(seq, size)?;
-                let note = store.checkpoint(size)?;
-                Ok((leaf, proof, note))
-            })
-            .await
-            .map_err(|e| id.tag_status(unavailable(e)))?;
-        let (Some(leaf), Some(checkpoint)) = (leaf, note) else {
-            return Err(id.tag_status(Status::not_found(
-                "no such record body (purged) or no signed checkpoint of this size",
-            )));
-        };
-        Ok(self.respond(
-            &id,
-            GetInclusionProofResponse {
-                leaf,
-                proof: wire_proof(&proof),
-                checkpoint,
-            },
-        ))
+        .await;
+        observed(
+            &self.state,
+            "inclusion_proof",
+            &call_id,
+            agency.as_ref(),
+            items,
+            started,
+            &result,
+        );
+        result
     }
 
     async fn disclose(
         &self,
         request: Request<DiscloseRequest>,
     ) -> Result<Response<DiscloseResponse>, Status> {
+        let started = std::time::Instant::now();
+        let id = RequestId::of(&request);
+        let agency = caller_of(&request, &self.state.policy()).ok();
         let result = self.disclose_page(request).await;
-        let code = result
-            .as_ref()
-            .map_or_else(Status::code, |_| tonic::Code::Ok);
-        self.state.metrics.call("disclose", code, 1);
+        observed(
+            &self.state,
+            "disclose",
+            &id,
+            agency.as_ref(),
+            1,
+            started,
+            &result,
+        );
         result
     }
 
@@ -444,11 +503,19 @@ impl Audit for AuditService {
         &self,
         request: Request<ReadCopyRequest>,
     ) -> Result<Response<ReadCopyResponse>, Status> {
+        let started = std::time::Instant::now();
+        let id = RequestId::of(&request);
+        let agency = caller_of(&request, &self.state.policy()).ok();
         let result = self.read_copy_page(request).await;
-        let code = result
-            .as_ref()
-            .map_or_else(Status::code, |_| tonic::Code::Ok);
-        self.state.metrics.call("read_copy", code, 1);
+        observed(
+            &self.state,
+            "read_copy",
+            &id,
+            agency.as_ref(),
+            1,
+            started,
+            &result,
+        );
         result
     }
 
@@ -456,100 +523,117 @@ impl Audit for AuditService {
         &self,
         request: Request<ConfirmProvisionRequest>,
     ) -> Result<Response<ConfirmProvisionResponse>, Status> {
-        let id = RequestId::of(&request);
-        let (caller, policy) = self.caller(&request).map_err(|s| id.tag_status(s))?;
-        let confirmations = request.into_inner().confirmations;
-        if confirmations.len() > crate::exchange::MAX_BATCH {
-            return Err(id.tag_status(Status::resource_exhausted(format!(
-                "at most {} confirmations per call",
-                crate::exchange::MAX_BATCH
-            ))));
+        let started = std::time::Instant::now();
+        let call_id = RequestId::of(&request);
+        let agency = caller_of(&request, &self.state.policy()).ok();
+        let items = request.get_ref().confirmations.len();
+        let result: Result<Response<ConfirmProvisionResponse>, Status> = async {
+            let id = RequestId::of(&request);
+            let (caller, policy) = self.caller(&request).map_err(|s| id.tag_status(s))?;
+            let confirmations = request.into_inner().confirmations;
+            if confirmations.len() > crate::exchange::MAX_BATCH {
+                return Err(id.tag_status(Status::resource_exhausted(format!(
+                    "at most {} confirmations per call",
+                    crate::exchange::MAX_BATCH
+                ))));
+            }
+            let me = caller.as_str().to_owned();
+            let serials: Vec<Option<[u8; 16]>> = confirmations
+                .iter()
+                .map(|c| <[u8; 16]>::try_from(c.serial.as_slice()).ok())
+                .collect();
+            let lookups = serials.clone();
+            // For each serial: the redeem record it belongs to, and whether a
+            // confirmation exists already.
+            let found = self
+                .state
+                .recorder
+                .read(move |store| {
+                    let mut found = Vec::with_capacity(lookups.len());
+                    for serial in &lookups {
+                        let Some(serial) = serial else {
+                            found.push(None);
+                            continue;
+                        };
+                        let redeem = match store.redemption(serial)? {
+                            Some(redemption) if redemption.caller == me => {
+                                store.record(redemption.seq)?
+                            }
+                            _ => None,
+                        };
+                        let confirmed = store.provision(serial)?.is_some();
+                        found.push(redeem.map(|record| (record, confirmed)));
+                    }
+                    Ok(found)
+                })
+                .await
+                .map_err(|e| id.tag_status(unavailable(e)))?;
+            let facts = facts(&caller, &id, &policy);
+            let mut results = Vec::with_capacity(confirmations.len());
+            let mut groups: Vec<fugo_log::record::Group> = Vec::new();
+            let mut seen = std::collections::HashSet::new();
+            for (index, ((confirmation, serial), found)) in
+                confirmations.iter().zip(&serials).zip(found).enumerate()
+            {
+                let index = u32::try_from(index).unwrap_or(u32::MAX);
+                let (code, reason) = match (serial, found) {
+                    (None, _) => (RpcCode::InvalidArgument, "a serial is 16 bytes"),
+                    (Some(_), None) => (
+                        RpcCode::NotFound,
+                        "no token with this serial was redeemed by the caller",
+                    ),
+                    (Some(serial), Some((_, true))) | (Some(serial), Some(_))
+                        if !seen.insert(*serial) =>
+                    {
+                        (RpcCode::AlreadyExists, "this exchange is confirmed already")
+                    }
+                    (Some(_), Some((_, true))) => {
+                        (RpcCode::AlreadyExists, "this exchange is confirmed already")
+                    }
+                    (Some(serial), Some((redeem, false))) => {
+                        let mut header = facts.header(Operation::Provision);
+                        header.counterpart = redeem.header.counterpart.clone();
+                        header.affair = redeem.header.affair.clone();
+                        header.items = redeem.header.items.clone();
+                        header.non_disclosure_until = redeem.header.non_disclosure_until;
+                        groups.push(fugo_log::record::Group {
+                            header,
+                            entries: vec![Entry {
+                                outcome: if confirmation.provided {
+                                    Outcome::Provided
+                                } else {
+                                    Outcome::NotProvided
+                                },
+                                epoch: 0,
+                                serial: Some(*serial),
+                                person: redeem.entry.person,
+                            }],
+                        });
+                        (RpcCode::Ok, "")
+                    }
+                };
+                results.push(ConfirmResult {
+                    index,
+                    code: code as i32,
+                    reason: reason.to_owned(),
+                });
+            }
+            self.record(facts.append(groups))
+                .await
+                .map_err(|s| id.tag_status(s))?;
+            Ok(self.respond(&id, ConfirmProvisionResponse { results }))
         }
-        let me = caller.as_str().to_owned();
-        let serials: Vec<Option<[u8; 16]>> = confirmations
-            .iter()
-            .map(|c| <[u8; 16]>::try_from(c.serial.as_slice()).ok())
-            .collect();
-        let lookups = serials.clone();
-        // For each serial: the redeem record it belongs to, and whether a
-        // confirmation exists already.
-        let found = self
-            .state
-            .recorder
-            .read(move |store| {
-                let mut found = Vec::with_capacity(lookups.len());
-                for serial in &lookups {
-                    let Some(serial) = serial else {
-                        found.push(None);
-                        continue;
-                    };
-                    let redeem = match store.redemption(serial)? {
-                        Some(redemption) if redemption.caller == me => {
-                            store.record(redemption.seq)?
-                        }
-                        _ => None,
-                    };
-                    let confirmed = store.provision(serial)?.is_some();
-                    found.push(redeem.map(|record| (record, confirmed)));
-                }
-                Ok(found)
-            })
-            .await
-            .map_err(|e| id.tag_status(unavailable(e)))?;
-        let facts = facts(&caller, &id, &policy);
-        let mut results = Vec::with_capacity(confirmations.len());
-        let mut groups: Vec<fugo_log::record::Group> = Vec::new();
-        let mut seen = std::collections::HashSet::new();
-        for (index, ((confirmation, serial), found)) in
-            confirmations.iter().zip(&serials).zip(found).enumerate()
-        {
-            let index = u32::try_from(index).unwrap_or(u32::MAX);
-            let (code, reason) = match (serial, found) {
-                (None, _) => (RpcCode::InvalidArgument, "a serial is 16 bytes"),
-                (Some(_), None) => (
-                    RpcCode::NotFound,
-                    "no token with this serial was redeemed by the caller",
-                ),
-                (Some(serial), Some((_, true))) | (Some(serial), Some(_))
-                    if !seen.insert(*serial) =>
-                {
-                    (RpcCode::AlreadyExists, "this exchange is confirmed already")
-                }
-                (Some(_), Some((_, true))) => {
-                    (RpcCode::AlreadyExists, "this exchange is confirmed already")
-                }
-                (Some(serial), Some((redeem, false))) => {
-                    let mut header = facts.header(Operation::Provision);
-                    header.counterpart = redeem.header.counterpart.clone();
-                    header.affair = redeem.header.affair.clone();
-                    header.items = redeem.header.items.clone();
-                    header.non_disclosure_until = redeem.header.non_disclosure_until;
-                    groups.push(fugo_log::record::Group {
-                        header,
-                        entries: vec![Entry {
-                            outcome: if confirmation.provided {
-                                Outcome::Provided
-                            } else {
-                                Outcome::NotProvided
-                            },
-                            epoch: 0,
-                            serial: Some(*serial),
-                            person: redeem.entry.person,
-                        }],
-                    });
-                    (RpcCode::Ok, "")
-                }
-            };
-            results.push(ConfirmResult {
-                index,
-                code: code as i32,
-                reason: reason.to_owned(),
-            });
-        }
-        self.record(facts.append(groups))
-            .await
-            .map_err(|s| id.tag_status(s))?;
-        Ok(self.respond(&id, ConfirmProvisionResponse { results }))
+        .await;
+        observed(
+            &self.state,
+            "confirm_provision",
+            &call_id,
+            agency.as_ref(),
+            items,
+            started,
+            &result,
+        );
+        result
     }
 }
 
@@ -614,6 +698,45 @@ impl AuditService {
             non_disclosure_until: i64::try_from(header.non_disclosure_until).unwrap_or(i64::MAX),
             agent: header.agent.clone(),
         }
+    }
+}
+
+/// Counts and logs one Audit call: its id, agency, operation, code and
+/// time (never what it asked or answered).
+fn observed<T>(
+    state: &State,
+    operation: &'static str,
+    id: &RequestId,
+    agency: Option<&AgencyId>,
+    items: usize,
+    started: std::time::Instant,
+    result: &Result<Response<T>, Status>,
+) {
+    let elapsed = started.elapsed();
+    let code = result
+        .as_ref()
+        .map_or_else(Status::code, |_| tonic::Code::Ok);
+    state.metrics.call(operation, agency, code, items, elapsed);
+    let agency = agency.map_or("-", AgencyId::as_str);
+    let micros = elapsed.as_micros() as u64;
+    match result {
+        Ok(_) => tracing::info!(
+            request_id = id.as_str(),
+            agency,
+            operation,
+            items,
+            micros,
+            "call done"
+        ),
+        Err(status) => tracing::info!(
+            request_id = id.as_str(),
+            agency,
+            operation,
+            code = ?status.code(),
+            reason = status.message(),
+            micros,
+            "call refused"
+        ),
     }
 }
 

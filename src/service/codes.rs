@@ -20,6 +20,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
 
 use super::edge::Peer;
 use super::identity::PeerCertificate;
@@ -76,7 +77,7 @@ impl std::fmt::Debug for RequestId {
 
 impl RequestId {
     /// 16 random hex digits.
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let mut bytes = [0u8; 8];
         if SystemRandom::new().fill(&mut bytes).is_err() {
             // Only for logs: a clock value is an acceptable stand-in.
@@ -106,6 +107,14 @@ impl RequestId {
     pub(crate) fn tag_status(&self, mut status: Status) -> Status {
         self.tag(status.metadata_mut());
         status
+    }
+
+    /// The span of the call: every log line made inside it carries the
+    /// request id, whatever module writes it (D254). Its level is ERROR
+    /// so that it is on whenever any line of the call can be written,
+    /// whatever the level filter.
+    pub(crate) fn span(&self) -> tracing::Span {
+        tracing::error_span!("call", request_id = self.as_str())
     }
 }
 
@@ -147,7 +156,8 @@ pub(crate) fn caller_of<T>(request: &Request<T>, policy: &Policy) -> Result<Agen
 /// its request id and refuses a caller the policy in force does not know,
 /// so a stranger cannot make the server buffer its messages.
 pub(crate) fn admit(state: &State, mut request: Request<()>) -> Result<Request<()>, Status> {
-    let id = RequestId::new();
+    // Given by the framing layer, which opened the call's span with it.
+    let id = RequestId::of(&request);
     let certificate = certificate(&request).map_err(|status| id.tag_status(status))?;
     if let Err(status) = certificate.caller(&state.policy()) {
         refused(&id, &certificate, &status);
@@ -521,6 +531,13 @@ async fn run_batch<Req: Items + Send + 'static, Resp: Tally + Send + 'static>(
         Ok(caller) => caller,
         Err(status) => {
             refused(&batch.id, &batch.certificate, &status);
+            state.metrics.call(
+                batch.operation.name(),
+                None,
+                status.code(),
+                request.items(),
+                started.elapsed(),
+            );
             return Err(batch.id.tag_status(status));
         }
     };
@@ -536,9 +553,13 @@ async fn run_batch<Req: Items + Send + 'static, Resp: Tally + Send + 'static>(
         Ok(usage) => usage,
         Err(status) => {
             drop(turn);
-            state
-                .metrics
-                .call(batch.operation.name(), status.code(), items);
+            state.metrics.call(
+                batch.operation.name(),
+                Some(&agency),
+                status.code(),
+                items,
+                started.elapsed(),
+            );
             let mut status = batch.id.tag_status(status);
             tag_checkpoint(&state, status.metadata_mut());
             return Err(status);
@@ -550,7 +571,10 @@ async fn run_batch<Req: Items + Send + 'static, Resp: Tally + Send + 'static>(
     };
     let worker_state = Arc::clone(&state);
     let worker_policy = Arc::clone(&policy);
+    let span = tracing::Span::current();
     let work = move || {
+        // On the blocking pool too, lines carry the request id.
+        let _entered = span.enter();
         let facts = BatchFacts {
             agent: "",
             time_ms: now_millis(),
@@ -611,11 +635,14 @@ async fn run_batch<Req: Items + Send + 'static, Resp: Tally + Send + 'static>(
             Err(error) => Err(status::audit(&error)),
         },
     };
-    let micros = started.elapsed().as_micros() as u64;
+    let elapsed = started.elapsed();
+    let micros = elapsed.as_micros() as u64;
     let code = outcome
         .as_ref()
         .map_or_else(Status::code, |_| tonic::Code::Ok);
-    state.metrics.call(batch.operation.name(), code, items);
+    state
+        .metrics
+        .call(batch.operation.name(), Some(&agency), code, items, elapsed);
     match &outcome {
         Ok(response) => {
             let (ok, failed) = response.tally();
@@ -726,61 +753,62 @@ impl CodesService {
             mpsc::channel::<JoinHandle<Result<Resp, Status>>>(AWAITING_COMMIT);
         let computing = Arc::new(Semaphore::new(IN_FLIGHT));
         let stream_id = id.clone();
-        tokio::spawn(async move {
-            let mut index = 0;
-            while let Some(next) = incoming.next().await {
-                let mut over_quota = false;
-                let job = match next {
-                    Ok(request) => {
-                        // Counted here, in message order, not when its
-                        // work starts (batches compute out of order); a
-                        // batch short of tokens waits for them here, which
-                        // paces the stream (D122).
-                        let policy = state.policy();
-                        let quota = match certificate.caller(&policy) {
-                            Ok(caller) => Some(
-                                admit_paced(
-                                    &state,
-                                    &policy,
-                                    &caller,
-                                    operation,
-                                    request.items(),
-                                    &stream_id,
-                                )
-                                .await,
-                            ),
-                            Err(_) => None,
-                        };
-                        over_quota = matches!(quota, Some(Err(_)));
-                        let batch = Batch {
-                            id: stream_id.clone(),
-                            certificate: Arc::clone(&certificate),
-                            operation,
-                            index: Some(index),
-                        };
-                        let gate = Some(Arc::clone(&computing));
-                        tokio::spawn(run_batch(
-                            Arc::clone(&state),
-                            batch,
-                            request,
-                            handler,
-                            gate,
-                            quota,
-                        ))
+        // The tasks of a stream stay in its call's span (the framing
+        // layer's), so their lines carry the request id.
+        tokio::spawn(
+            async move {
+                let mut index = 0;
+                while let Some(next) = incoming.next().await {
+                    let mut over_quota = false;
+                    let job = match next {
+                        Ok(request) => {
+                            // Counted here, in message order, not when its
+                            // work starts (batches compute out of order); a
+                            // batch short of tokens waits for them here, which
+                            // paces the stream (D122).
+                            let policy = state.policy();
+                            let quota = match certificate.caller(&policy) {
+                                Ok(caller) => Some(
+                                    admit_paced(
+                                        &state,
+                                        &policy,
+                                        &caller,
+                                        operation,
+                                        request.items(),
+                                        &stream_id,
+                                    )
+                                    .await,
+                                ),
+                                Err(_) => None,
+                            };
+                            over_quota = matches!(quota, Some(Err(_)));
+                            let batch = Batch {
+                                id: stream_id.clone(),
+                                certificate: Arc::clone(&certificate),
+                                operation,
+                                index: Some(index),
+                            };
+                            let gate = Some(Arc::clone(&computing));
+                            tokio::spawn(
+                                run_batch(Arc::clone(&state), batch, request, handler, gate, quota)
+                                    .in_current_span(),
+                            )
+                        }
+                        Err(status) => {
+                            let status = stream_id.tag_status(status::incoming(status));
+                            tokio::spawn(async move { Err(status) })
+                        }
+                    };
+                    index += 1;
+                    // The stream ends with a refused batch: later ones are
+                    // neither counted nor run (their answers would never leave).
+                    if jobs.send(job).await.is_err() || over_quota {
+                        break;
                     }
-                    Err(status) => {
-                        let status = stream_id.tag_status(status::incoming(status));
-                        tokio::spawn(async move { Err(status) })
-                    }
-                };
-                index += 1;
-                // The stream ends with a refused batch: later ones are
-                // neither counted nor run (their answers would never leave).
-                if jobs.send(job).await.is_err() || over_quota {
-                    break;
                 }
             }
-        });
+            .in_current_span(),
+        );
         tokio::spawn(async move {
             while let Some(job) = started.recv().await {
                 let result = job

@@ -78,6 +78,83 @@ struct RawConfig {
     audit: RawAudit,
     metrics: Option<RawMetrics>,
     admin: Option<RawAdmin>,
+    #[serde(default)]
+    log: RawLog,
+}
+
+/// The `[log]` section: how the server's log lines are written (D253).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawLog {
+    format: String,
+    level: String,
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        RawLog {
+            format: "text".to_owned(),
+            level: "info".to_owned(),
+        }
+    }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LogFormat {
+    /// One line of text per event, for people.
+    #[default]
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// The `[log]` settings, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    /// Text or JSON lines.
+    pub format: LogFormat,
+    /// The level filter (`info`, `warn`, `fugo=debug,info`, …); the
+    /// `RUST_LOG` variable, when set, takes its place.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            level: "info".to_owned(),
+        }
+    }
+}
+
+impl RawLog {
+    fn check(self) -> Result<LogConfig, String> {
+        let format = match self.format.as_str() {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            _ => {
+                return Err(format!(
+                    "[log] format: '{}' is not \"text\" or \"json\"",
+                    self.format.escape_default()
+                ));
+            }
+        };
+        if tracing_subscriber::EnvFilter::builder()
+            .parse(&self.level)
+            .is_err()
+        {
+            return Err(format!(
+                "[log] level: '{}' is not a level filter like \"info\" or \"fugo=debug,warn\"",
+                self.level.escape_default()
+            ));
+        }
+        Ok(LogConfig {
+            format,
+            level: self.level,
+        })
+    }
 }
 
 /// The `[admin]` section: present means on (D230).
@@ -314,25 +391,61 @@ pub struct ServeConfig {
 }
 
 impl ServeConfig {
-    /// Reads and checks `path`.
+    /// Reads and checks `path`, with the process's `FUGO_` environment
+    /// variables applied (see [`ServeConfig::load_all`]).
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        Ok(ServeConfig::load_all(path)?.0)
+    }
+
+    /// Reads and checks `path` and its `[log]` section, with the
+    /// process's `FUGO_` environment variables applied over the file
+    /// (D252: `FUGO_LIMITS__MAX_CONNECTIONS=64`; settings of trust are
+    /// file-only).
+    pub fn load_all(path: &Path) -> Result<(Self, LogConfig), ConfigError> {
+        let vars = super::overrides::from_process().map_err(|message| ConfigError::Invalid {
+            path: path.display().to_string(),
+            message,
+        })?;
+        ServeConfig::load_with(path, vars)
+    }
+
+    /// [`load_all`](Self::load_all) with the variables given.
+    pub(crate) fn load_with(
+        path: &Path,
+        vars: Vec<(String, String)>,
+    ) -> Result<(Self, LogConfig), ConfigError> {
         let shown = path.display().to_string();
         let text =
             files::read_text(path, files::MAX_CONFIG).map_err(|source| ConfigError::Read {
                 path: shown.clone(),
                 source,
             })?;
-        let raw: RawConfig = toml::from_str(&text).map_err(|error| ConfigError::Parse {
+        let parse_error = |error: toml::de::Error| ConfigError::Parse {
             path: shown.clone(),
             line: error.span().map_or(0, |span| {
                 1 + text[..span.start.min(text.len())].matches('\n').count()
             }),
             message: error.message().trim().to_owned(),
-        })?;
+        };
         let invalid = |message: String| ConfigError::Invalid {
             path: shown.clone(),
             message,
         };
+        let mut table: toml::Table = toml::from_str(&text).map_err(parse_error)?;
+        let applied = super::overrides::apply(&mut table, vars).map_err(invalid)?;
+        let raw: RawConfig = if applied.is_empty() {
+            // From the text, so an error names its line.
+            toml::from_str(&text).map_err(parse_error)?
+        } else {
+            table.try_into().map_err(|error: toml::de::Error| {
+                invalid(format!(
+                    "{} (with the environment overrides {})",
+                    error.message().trim(),
+                    applied.join(", ")
+                ))
+            })?
+        };
+        let log = raw.log.check().map_err(invalid)?;
         let base = path.parent().unwrap_or(Path::new("."));
         let resolve = |relative: &Path| base.join(relative);
         let listen = raw.listen.parse().map_err(|_| {
@@ -436,7 +549,7 @@ impl ServeConfig {
                 })
             }
         };
-        Ok(ServeConfig {
+        let config = ServeConfig {
             admin,
             listen,
             policy: resolve(&raw.policy),
@@ -452,7 +565,8 @@ impl ServeConfig {
             limits: super::limits::Limits::check(raw.limits).map_err(invalid)?,
             audit: raw.audit.check().map_err(invalid)?,
             metrics,
-        })
+        };
+        Ok((config, log))
     }
 }
 
@@ -465,10 +579,22 @@ mod tests {
         master_key_fingerprint = \"34391a36deac07213d13a6753154bf16\"\n";
 
     fn load(text: &str) -> Result<ServeConfig, ConfigError> {
+        Ok(load_env(text, &[])?.0)
+    }
+
+    /// `text` loaded with exactly these environment variables.
+    fn load_env(
+        text: &str,
+        vars: &[(&str, &str)],
+    ) -> Result<(ServeConfig, LogConfig), ConfigError> {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("fugo.toml");
         std::fs::write(&path, text).unwrap();
-        ServeConfig::load(&path)
+        let vars = vars
+            .iter()
+            .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
+            .collect();
+        ServeConfig::load_with(&path, vars)
     }
 
     #[test]
@@ -683,5 +809,155 @@ mod tests {
         .unwrap();
         assert!(dev.ca.ends_with("data/certs/admin/ca.pem"), "{:?}", dev.ca);
         assert_eq!(dev.identities, vec![DEV_ADMIN.to_owned()]);
+    }
+
+    /// The fields a section accepts, read from serde's answer to an
+    /// unknown one ("unknown field `zz`, expected one of `a`, `b`").
+    fn accepted_fields(section: Option<&str>) -> Vec<String> {
+        let text = match section {
+            None => "zz_not_a_setting = 1\n".to_owned(),
+            Some(section) => format!("[{section}]\nzz_not_a_setting = 1\n"),
+        };
+        let message = load(&text).unwrap_err().to_string();
+        assert!(
+            message.contains("unknown field `zz_not_a_setting`"),
+            "{section:?}: {message}"
+        );
+        let (_, expected) = message.split_once("expected").unwrap();
+        expected
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Every section refuses a key it does not know, naming it and its
+    /// line; and the fields each section accepts are exactly the settings
+    /// the override list knows (D252), each documented in
+    /// fugo.example.toml.
+    #[test]
+    fn unknown_keys_are_errors_in_every_section_and_every_setting_is_documented() {
+        use crate::service::overrides::SETTINGS;
+        let mut sections: Vec<Option<&str>> = SETTINGS.iter().map(|s| s.section).collect();
+        sections.dedup();
+        let mut top: Vec<String> = Vec::new();
+        for section in sections {
+            let mut listed: Vec<String> = SETTINGS
+                .iter()
+                .filter(|s| s.section == section)
+                .map(|s| s.key.to_owned())
+                .collect();
+            let mut accepted = accepted_fields(section);
+            if section.is_none() {
+                // Sections are fields of the top level too.
+                top = accepted.clone();
+                accepted.retain(|field| !SETTINGS.iter().any(|s| s.section == Some(field)));
+            }
+            listed.sort();
+            accepted.sort();
+            assert_eq!(accepted, listed, "the settings of {section:?}");
+            if let Some(section) = section {
+                assert!(top.iter().any(|field| field == section), "{section}");
+                let message = load(&format!("{BASE}[{section}]\ntypo = 1\n"))
+                    .unwrap_err()
+                    .to_string();
+                assert!(
+                    message.contains("line 7") && message.contains("unknown field `typo`"),
+                    "{section}: {message}"
+                );
+            }
+        }
+        let example = include_str!("../../fugo.example.toml");
+        for setting in SETTINGS {
+            let header = setting.section.map(|section| format!("[{section}]"));
+            // The section's part of the example (commented out or not).
+            let part = match &header {
+                None => example.split("\n[").next().unwrap_or(example),
+                Some(header) => {
+                    let from = example
+                        .find(&format!("\n{header}\n"))
+                        .or_else(|| example.find(&format!("\n# {header}\n")))
+                        .unwrap_or_else(|| panic!("{header} is not in fugo.example.toml"));
+                    let rest = &example[from + header.len() + 2..];
+                    let end = rest.find("\n[").unwrap_or(rest.len());
+                    &rest[..end]
+                }
+            };
+            assert!(
+                part.lines().any(|line| {
+                    let line = line.trim_start_matches(['#', ' ']);
+                    line.starts_with(&format!("{} = ", setting.key))
+                }),
+                "{} is not documented in fugo.example.toml",
+                setting.shown()
+            );
+        }
+    }
+
+    #[test]
+    fn environment_variables_override_the_file() {
+        let dev = format!("{BASE}dev_mode = true\n[limits]\nmax_connections = 10\n");
+        let (config, log) = load_env(
+            &dev,
+            &[
+                ("FUGO_LIMITS__MAX_CONNECTIONS", "77"),
+                ("FUGO_METRICS__LISTEN", "127.0.0.1:9999"),
+                ("FUGO_LOG__FORMAT", "json"),
+                ("FUGO_SERVER", "https://127.0.0.1:1"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(config.limits.max_connections, 77);
+        assert_eq!(config.metrics, Some("127.0.0.1:9999".parse().unwrap()));
+        assert_eq!(log.format, LogFormat::Json);
+        // The same checks apply to a value from the environment.
+        let error = load_env(&dev, &[("FUGO_AUDIT__COMMIT_TIMEOUT_MS", "5")]).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("commit_timeout_ms must lie between"),
+            "{error}"
+        );
+        let error = load_env(&dev, &[("FUGO_DEV_MODE", "false")]).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("dev_mode may not be set from the environment"),
+            "{error}"
+        );
+        let error = load_env(&dev, &[("FUGO_LIMITS__MAX_CONNECTIONS", "x")]).unwrap_err();
+        assert!(error.to_string().contains("whole number"), "{error}");
+        // A value the target type cannot hold names the overrides.
+        let error = load_env(
+            &dev,
+            &[("FUGO_LIMITS__MAX_CONCURRENT_STREAMS", "99999999999")],
+        )
+        .unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("with the environment overrides FUGO_LIMITS__MAX_CONCURRENT_STREAMS"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn the_log_format_is_text_or_json_and_the_level_a_filter() {
+        let dev = format!("{BASE}dev_mode = true\n");
+        assert_eq!(load_env(&dev, &[]).unwrap().1, LogConfig::default());
+        let (_, log) = load_env(
+            &format!("{dev}[log]\nformat = \"json\"\nlevel = \"warn\"\n"),
+            &[],
+        )
+        .unwrap();
+        assert_eq!((log.format, log.level.as_str()), (LogFormat::Json, "warn"));
+        let error = load(&format!("{dev}[log]\nformat = \"xml\"\n")).unwrap_err();
+        assert!(
+            error.to_string().contains("[log] format: 'xml' is not"),
+            "{error}"
+        );
+        let error = load(&format!("{dev}[log]\nlevel = \"=[\"\n")).unwrap_err();
+        assert!(error.to_string().contains("[log] level"), "{error}");
     }
 }

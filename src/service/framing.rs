@@ -1,3 +1,5 @@
+//! Every call gets its request id here, and runs inside its span.
+//!
 //! A request that tonic cannot frame or decode before any fugo code runs
 //! gets the code the proto promises for a malformed request,
 //! INVALID_ARGUMENT, not tonic's INTERNAL: a last message cut short
@@ -19,6 +21,9 @@ use std::task::{Context, Poll};
 
 use tonic::codegen::{Service, http};
 use tonic::server::NamedService;
+use tracing::Instrument;
+
+use super::codes::RequestId;
 
 /// Wraps the `fugo.v1.Codes` service; see the module documentation.
 #[derive(Debug, Clone)]
@@ -63,19 +68,28 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: http::Request<Req>) -> Self::Future {
-        let answer = self.inner.call(request);
-        Box::pin(async move {
-            let mut response = answer.await?;
-            let headers = response.headers_mut();
-            // A trailers-only answer: 13 INTERNAL with one of tonic's
-            // framing or decoding messages → 3 INVALID_ARGUMENT.
-            if let Some(status) = tonic::Status::from_header_map(headers)
-                && malformed_request(&status)
-            {
-                headers.insert("grpc-status", http::HeaderValue::from_static("3"));
+    fn call(&mut self, mut request: http::Request<Req>) -> Self::Future {
+        // The call's request id is given here, and every log line made
+        // while the call runs (its interceptor, its handler, the tasks it
+        // starts in this span) carries it (D254).
+        let id = RequestId::new();
+        let span = id.span();
+        request.extensions_mut().insert(id);
+        let answer = span.in_scope(|| self.inner.call(request));
+        Box::pin(
+            async move {
+                let mut response = answer.await?;
+                let headers = response.headers_mut();
+                // A trailers-only answer: 13 INTERNAL with one of tonic's
+                // framing or decoding messages → 3 INVALID_ARGUMENT.
+                if let Some(status) = tonic::Status::from_header_map(headers)
+                    && malformed_request(&status)
+                {
+                    headers.insert("grpc-status", http::HeaderValue::from_static("3"));
+                }
+                Ok(response)
             }
-            Ok(response)
-        })
+            .instrument(span),
+        )
     }
 }

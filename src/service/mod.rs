@@ -29,6 +29,7 @@ mod framing;
 mod identity;
 pub mod limits;
 mod metrics;
+mod overrides;
 mod persons;
 mod quota;
 mod revocation;
@@ -37,6 +38,6 @@ pub mod server;
 mod status;
 
 pub use codes::{CHECKPOINT, Handlers};
-pub use config::{AdminConfig, AuditConfig, MasterKeySource, ServeConfig};
+pub use config::{AdminConfig, AuditConfig, LogConfig, LogFormat, MasterKeySource, ServeConfig};
 pub use limits::Limits;
 pub use server::{Reloader, Running, ServeError, start, start_unaudited_for_benchmarks};

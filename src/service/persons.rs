@@ -95,11 +95,21 @@ impl PersonsService {
     }
 
     /// Counts the call on `/metrics` (operation and status, as Codes calls).
-    fn count<T>(&self, operation: &'static str, result: &Result<T, Status>) {
+    /// `started` is when the call arrived; the agency is the certificate's,
+    /// if the policy knows it.
+    fn count<T>(
+        &self,
+        operation: &'static str,
+        agency: Option<AgencyId>,
+        started: std::time::Instant,
+        result: &Result<T, Status>,
+    ) {
         let code = result
             .as_ref()
             .map_or_else(Status::code, |_| tonic::Code::Ok);
-        self.state.metrics.call(operation, code, 1);
+        self.state
+            .metrics
+            .call(operation, agency.as_ref(), code, 1, started.elapsed());
     }
 
     fn respond<T>(&self, id: &RequestId, message: T) -> Response<T> {
@@ -274,8 +284,10 @@ impl Persons for PersonsService {
         request: Request<ReissueRequest>,
     ) -> Result<Response<ReissueResponse>, Status> {
         let id = RequestId::of(&request);
+        let started = std::time::Instant::now();
+        let agency = caller_of(&request, &self.state.policy()).ok();
         let answer = PersonsService::reissue(self, request).await;
-        self.count("reissue", &answer);
+        self.count("reissue", agency, started, &answer);
         Ok(self.respond(&id, answer.map_err(|s| id.tag_status(s))?))
     }
 
@@ -284,11 +296,13 @@ impl Persons for PersonsService {
         request: Request<SuspendRequest>,
     ) -> Result<Response<SuspendResponse>, Status> {
         let id = RequestId::of(&request);
+        let started = std::time::Instant::now();
+        let agency = caller_of(&request, &self.state.policy()).ok();
         let body = request.get_ref();
         let seq = self
             .change_suspension(&request, &body.number, Some(body.reason))
             .await;
-        self.count("suspend", &seq);
+        self.count("suspend", agency, started, &seq);
         Ok(self.respond(
             &id,
             SuspendResponse {
@@ -299,10 +313,12 @@ impl Persons for PersonsService {
 
     async fn lift(&self, request: Request<LiftRequest>) -> Result<Response<LiftResponse>, Status> {
         let id = RequestId::of(&request);
+        let started = std::time::Instant::now();
+        let agency = caller_of(&request, &self.state.policy()).ok();
         let seq = self
             .change_suspension(&request, &request.get_ref().number, None)
             .await;
-        self.count("lift", &seq);
+        self.count("lift", agency, started, &seq);
         Ok(self.respond(
             &id,
             LiftResponse {
@@ -316,8 +332,10 @@ impl Persons for PersonsService {
         request: Request<GetStatusRequest>,
     ) -> Result<Response<GetStatusResponse>, Status> {
         let id = RequestId::of(&request);
+        let started = std::time::Instant::now();
+        let agency = caller_of(&request, &self.state.policy()).ok();
         let answer = PersonsService::get_status(self, request).await;
-        self.count("get_status", &answer);
+        self.count("get_status", agency, started, &answer);
         Ok(self.respond(&id, answer.map_err(|s| id.tag_status(s))?))
     }
 }
