@@ -49,7 +49,7 @@
 
 use fugo_core::hex;
 pub use fugo_core::{
-    agency, batch, code, code_text, exchange, keys, link, mynumber, shamir, token,
+    agency, batch, code, code_text, exchange, generation, keys, link, mynumber, shamir, token,
 };
 
 pub mod audit;

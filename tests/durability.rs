@@ -353,10 +353,14 @@ fn check_store(setup: &Setup, acknowledged: &Acknowledged) -> StoreReport {
         Box::new(SystemRandomness::new()),
     );
     let caller = AgencyId::new(CALLER).unwrap();
+    let policy = fugo::policy::parse(
+        &std::fs::read_to_string(setup.dir.path().join("policy.toml")).unwrap(),
+    )
+    .unwrap();
     let code_of = |link: &fugo_log::record::PersonLink, epoch: u32| {
         let link = fugo::link::PersonLink::from_bytes(link.0);
         let code = exchange
-            .code_for_link(&caller, Epoch::new(epoch as u8).unwrap(), &link)
+            .code_for_link(&policy, &caller, Epoch::new(epoch as u8).unwrap(), &link)
             .unwrap();
         String::from_utf8(code.to_text().to_vec()).unwrap()
     };

@@ -295,12 +295,13 @@ fn debug_of_every_type_holding_a_secret_is_redacted() {
     ];
     let window = fugo::token::Window::new(20_000);
     let seal_key =
-        fugo::token::SealKey::new(&keys, &shinjuku, fugo::token::KeyName::indexed(window, 7));
+        fugo::token::SealKey::new(&keys, &shinjuku, fugo::token::KeyName::indexed(window, 7))
+            .unwrap();
     printed.push(format!("{seal_key:?}"));
     for number in &numbers {
         let parsed = MyNumber::parse(number.as_bytes()).unwrap();
         let handle = coder.handle(&parsed);
-        let link = linker.link(&handle);
+        let link = linker.link(&handle).unwrap();
         let code = coder.derive(&parsed);
         secrets.handle(number, *handle.expose_bytes());
         secrets.link(number, link.to_bytes());
@@ -1105,7 +1106,7 @@ fn every_rpc_and_command_at_full_tracing_leaks_nothing() {
     for number in &valid {
         let handle = coder.handle(&MyNumber::parse(number.as_bytes()).unwrap());
         secrets.handle(number, *handle.expose_bytes());
-        secrets.link(number, linker.link(&handle).to_bytes());
+        secrets.link(number, linker.link(&handle).unwrap().to_bytes());
     }
 
     // Seal: mhlw's codes, a Shinjuku code (not mhlw's), a mistyped code.

@@ -1037,6 +1037,7 @@ fn mark_repeats(
             && let Ok(first) = u8::try_from(first_epoch)
             && let Ok(first) = crate::agency::Epoch::new(first)
             && let Ok(code) = state.exchange.code_for_link(
+                &state.policy(),
                 caller,
                 first,
                 &crate::link::PersonLink::from_bytes(link.0),

@@ -216,8 +216,8 @@ fn token_fixture() -> &'static TokenFixture {
         let shinjuku = AgencyId::new("city-shinjuku").unwrap();
         let window = Window::new(WINDOW);
         let keys = [
-            SealKey::new(&hierarchy, &shinjuku, KeyName::indexed(window, 0x1234_5678)),
-            SealKey::new(&hierarchy, &shinjuku, KeyName::format1(window)),
+            SealKey::new(&hierarchy, &shinjuku, KeyName::indexed(window, 0x1234_5678)).unwrap(),
+            SealKey::new(&hierarchy, &shinjuku, KeyName::format1(window)).unwrap(),
         ];
         let coder = Coder::new(
             &hierarchy,

@@ -2,22 +2,36 @@
 //! capability).
 
 use super::{BatchError, Done, Exchange, ItemError, ItemFailure, check_size};
-use crate::agency::AgencyId;
+use crate::agency::{AgencyId, Epoch};
 use crate::batch::BatchDeriver;
 use crate::mynumber::ParseError;
 use crate::policy::{Capability, Policy};
 
 impl Exchange {
-    /// The caller's codes for `numbers` (ASCII digits), in its current epoch.
+    /// The caller's codes of its current epoch, one per number.
     pub fn derive(
         &self,
         policy: &Policy,
         caller: &AgencyId,
         numbers: &[&[u8]],
     ) -> Result<Done<String>, BatchError> {
+        self.derive_in(policy, caller, None, numbers)
+    }
+
+    /// The caller's codes of `epoch` (current or accepted; `None`: the
+    /// current one), one per number: an agency mid-rotation gets codes
+    /// matching its store. A rekey-only, destroyed or unknown epoch is
+    /// [`BatchError::Epoch`].
+    pub fn derive_in(
+        &self,
+        policy: &Policy,
+        caller: &AgencyId,
+        epoch: Option<Epoch>,
+        numbers: &[&[u8]],
+    ) -> Result<Done<String>, BatchError> {
         check_size(numbers.len())?;
         let agency = policy.require(caller, Capability::Derive)?;
-        let coder = self.coder(caller, agency.epoch);
+        let coder = self.making_coder(agency, epoch)?;
         let mut done = Done::with_capacity(numbers.len());
         BatchDeriver::new(&coder).derive_linked(
             &self.linker,
