@@ -180,6 +180,19 @@ impl Codes for Echo {
     ) -> Result<Response<Self::ReidentifyStreamStream>, Status> {
         Err(Status::unimplemented("baseline"))
     }
+    async fn rekey(
+        &self,
+        _: Request<fugo::proto::fugo::v1::RekeyRequest>,
+    ) -> Result<Response<fugo::proto::fugo::v1::RekeyResponse>, Status> {
+        Err(Status::unimplemented("baseline"))
+    }
+    type RekeyStreamStream = BoxStream<fugo::proto::fugo::v1::RekeyResponse>;
+    async fn rekey_stream(
+        &self,
+        _: Request<Streaming<fugo::proto::fugo::v1::RekeyRequest>>,
+    ) -> Result<Response<Self::RekeyStreamStream>, Status> {
+        Err(Status::unimplemented("baseline"))
+    }
 }
 
 struct Pki {
@@ -242,6 +255,7 @@ async fn unary(
             for i in 0..calls / in_flight {
                 let request = DeriveRequest {
                     numbers: vec![number((worker * calls + i) as u64)],
+                    epoch: 0,
                 };
                 let t = Instant::now();
                 client.derive(request).await.unwrap();
@@ -269,6 +283,7 @@ fn percentiles(mut latencies: Vec<Duration>) -> (Duration, Duration) {
 async fn latency(mut client: CodesClient<Channel>, items: usize, calls: usize) -> Vec<Duration> {
     let request = DeriveRequest {
         numbers: (0..items).map(|i| number(i as u64)).collect(),
+        epoch: 0,
     };
     let mut latencies = Vec::with_capacity(calls);
     for _ in 0..calls {
@@ -285,6 +300,7 @@ fn derive_batches(items: usize) -> impl Stream<Item = DeriveRequest> {
             numbers: (b * BATCH..((b + 1) * BATCH).min(items))
                 .map(|i| number(i as u64))
                 .collect(),
+            epoch: 0,
         }
     }))
 }
@@ -392,7 +408,9 @@ async fn stream_seal(
 async fn stream_redeem(mut client: CodesClient<Channel>, tokens: Vec<Vec<Vec<u8>>>) -> f64 {
     let items: usize = tokens.iter().map(Vec::len).sum();
     let started = Instant::now();
-    let requests = tokens.into_iter().map(|tokens| RedeemRequest { tokens });
+    let requests = tokens
+        .into_iter()
+        .map(|tokens| RedeemRequest { tokens, epoch: 0 });
     let mut responses = client
         .redeem_stream(tokio_stream::iter(requests))
         .await
@@ -438,7 +456,10 @@ async fn full_chain(
                     seal_result::Result::Error(e) => panic!("{e:?}"),
                 })
                 .collect();
-            redeem_tx.send(RedeemRequest { tokens }).await.unwrap();
+            redeem_tx
+                .send(RedeemRequest { tokens, epoch: 0 })
+                .await
+                .unwrap();
         }
     });
     let redeemer = tokio::spawn(async move {
@@ -543,6 +564,7 @@ fn main() {
             limits: service::Limits::default(),
             audit: service::AuditConfig::default(),
             metrics: None,
+            keyring: Vec::new(),
         };
         let limits = config.limits.clone();
         let mut bare_config = config.clone();

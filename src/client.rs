@@ -23,6 +23,8 @@
 //!   empty field in CSV) `[serial, requester, affair, items, expires_at,
 //!   non_disclosure_until]`
 //! - reidentify: `NUMBER`
+//! - rekey: `NEW_CODE OLD_CODE` `[old_code]` (the current-epoch code, then
+//!   the code it replaces)
 //!
 //! A redeem input item is read up to its first space, so seal output feeds
 //! redeem directly.
@@ -45,8 +47,8 @@ use crate::bulk::{BulkError, RowError, Work};
 use crate::hex;
 use crate::proto::fugo::v1::codes_client::CodesClient;
 use crate::proto::fugo::v1::{
-    DeriveRequest, ItemError, RedeemRequest, ReidentifyRequest, RequestContext, SealRequest,
-    derive_result, redeem_result, reidentify_result, seal_result,
+    DeriveRequest, ItemError, RedeemRequest, ReidentifyRequest, RekeyRequest, RequestContext,
+    SealRequest, derive_result, redeem_result, reidentify_result, rekey_result, seal_result,
 };
 
 /// Items per request message.
@@ -458,6 +460,8 @@ pub enum Operation {
     Redeem,
     /// The caller's codes → numbers.
     Reidentify,
+    /// The caller's old codes → its current-epoch codes.
+    Rekey,
 }
 
 /// The send side of the stream, taken by one chunk at a time.
@@ -687,6 +691,7 @@ impl Work for Remote {
         match self.operation {
             Operation::Derive | Operation::Reidentify => &[],
             Operation::Seal { .. } => &["serial"],
+            Operation::Rekey => &["old_code"],
             Operation::Redeem => &[
                 "serial",
                 "requester",
@@ -808,6 +813,7 @@ enum Responses {
     Seal(tonic::Streaming<crate::proto::fugo::v1::SealResponse>),
     Redeem(tonic::Streaming<crate::proto::fugo::v1::RedeemResponse>),
     Reidentify(tonic::Streaming<crate::proto::fugo::v1::ReidentifyResponse>),
+    Rekey(tonic::Streaming<crate::proto::fugo::v1::RekeyResponse>),
 }
 
 async fn open_stream(
@@ -820,7 +826,7 @@ async fn open_stream(
     Ok(match operation.clone() {
         Operation::Derive => Responses::Derive(
             client
-                .derive_stream(items.map(|numbers| DeriveRequest { numbers }))
+                .derive_stream(items.map(|numbers| DeriveRequest { numbers, epoch: 0 }))
                 .await?
                 .into_inner(),
         ),
@@ -854,6 +860,7 @@ async fn open_stream(
                                 URL_SAFE_NO_PAD.decode(token).unwrap_or_default()
                             })
                             .collect(),
+                        epoch: 0,
                     }
                 }))
                 .await?
@@ -862,6 +869,12 @@ async fn open_stream(
         Operation::Reidentify => Responses::Reidentify(
             client
                 .reidentify_stream(items.map(|codes| ReidentifyRequest { codes }))
+                .await?
+                .into_inner(),
+        ),
+        Operation::Rekey => Responses::Rekey(
+            client
+                .rekey_stream(items.map(|codes| RekeyRequest { codes }))
                 .await?
                 .into_inner(),
         ),
@@ -922,6 +935,19 @@ async fn next_results(responses: &mut Responses) -> Result<Option<Vec<ItemResult
                 .map(|r| match r.result {
                     Some(reidentify_result::Result::Number(n)) => Ok(n),
                     Some(reidentify_result::Result::Error(e)) => Err(e),
+                    None => Err(missing()),
+                })
+                .collect()
+        }),
+        Responses::Rekey(stream) => stream.message().await?.map(|response| {
+            response
+                .results
+                .into_iter()
+                .map(|r| match r.result {
+                    Some(rekey_result::Result::Rekeyed(k)) => {
+                        Ok(format!("{} {}", k.new_code, k.old_code))
+                    }
+                    Some(rekey_result::Result::Error(e)) => Err(e),
                     None => Err(missing()),
                 })
                 .collect()

@@ -161,6 +161,7 @@ async fn derive(agency: &mut Agency, numbers: &[String]) -> Vec<Option<String>> 
         .codes
         .derive(DeriveRequest {
             numbers: numbers.to_vec(),
+            epoch: 0,
         })
         .await
         .unwrap()
@@ -210,7 +211,7 @@ async fn seal(agency: &mut Agency, codes: &[String], non_disclosure_until: i64) 
 async fn redeem(agency: &mut Agency, tokens: Vec<Vec<u8>>) -> Vec<Redeemed> {
     let response = agency
         .codes
-        .redeem(RedeemRequest { tokens })
+        .redeem(RedeemRequest { tokens, epoch: 0 })
         .await
         .unwrap()
         .into_inner();
@@ -1032,6 +1033,7 @@ async fn checkpoints_cover_records_within_seconds_and_every_response_names_one()
         .codes
         .derive(DeriveRequest {
             numbers: people.clone(),
+            epoch: 0,
         })
         .await
         .unwrap();
@@ -1096,7 +1098,7 @@ async fn checkpoints_cover_records_within_seconds_and_every_response_names_one()
         .collect();
     let redeemed = shinjuku
         .codes
-        .redeem(RedeemRequest { tokens })
+        .redeem(RedeemRequest { tokens, epoch: 0 })
         .await
         .unwrap();
     named_checkpoint(redeemed.metadata(), &verifier);
@@ -1117,6 +1119,7 @@ async fn checkpoints_cover_records_within_seconds_and_every_response_names_one()
         .codes
         .derive_stream(tokio_stream::iter(vec![DeriveRequest {
             numbers: people.clone(),
+            epoch: 0,
         }]))
         .await
         .unwrap();
@@ -1398,6 +1401,7 @@ async fn every_policy_text_loaded_is_kept_by_version_and_its_loading_recorded() 
         .codes
         .derive(DeriveRequest {
             numbers: people.clone(),
+            epoch: 0,
         })
         .await
         .unwrap()
@@ -1414,6 +1418,7 @@ async fn every_policy_text_loaded_is_kept_by_version_and_its_loading_recorded() 
         .codes
         .derive(DeriveRequest {
             numbers: people.clone(),
+            epoch: 0,
         })
         .await
         .unwrap()
@@ -1468,6 +1473,7 @@ async fn policy_reload_during_a_write_failure_in_this_process() {
         .codes
         .derive(DeriveRequest {
             numbers: people.clone(),
+            epoch: 0,
         })
         .await
         .unwrap()
@@ -1490,6 +1496,7 @@ async fn policy_reload_during_a_write_failure_in_this_process() {
         .codes
         .derive(DeriveRequest {
             numbers: people.clone(),
+            epoch: 0,
         })
         .await
         .unwrap_err();
@@ -1518,6 +1525,7 @@ async fn policy_reload_during_a_write_failure_in_this_process() {
             .codes
             .derive(DeriveRequest {
                 numbers: people.clone(),
+                epoch: 0,
             })
             .await
         {

@@ -104,7 +104,10 @@ async fn write_store() -> Written {
         .unwrap();
     let mut client = CodesClient::new(channel);
     let mut derive = async |numbers: Vec<String>| {
-        let response = client.derive(DeriveRequest { numbers }).await.unwrap();
+        let response = client
+            .derive(DeriveRequest { numbers, epoch: 0 })
+            .await
+            .unwrap();
         response
             .metadata()
             .get(service::CHECKPOINT)
@@ -132,6 +135,7 @@ async fn write_store() -> Written {
     let codes: Vec<String> = client
         .derive(DeriveRequest {
             numbers: vec![common::valid_number(4000), common::valid_number(4001)],
+            epoch: 0,
         })
         .await
         .unwrap()
@@ -156,6 +160,7 @@ async fn write_store() -> Written {
     client
         .derive(DeriveRequest {
             numbers: vec![common::valid_number(3001)],
+            epoch: 0,
         })
         .await
         .unwrap();
@@ -883,6 +888,7 @@ async fn low_disk_space_is_warned_once_a_minute_and_calls_still_succeed() {
         let response = client
             .derive(DeriveRequest {
                 numbers: vec![common::valid_number(7000 + seed)],
+                epoch: 0,
             })
             .await
             .expect("below the warning level calls still succeed");

@@ -366,6 +366,7 @@ async fn derive(client: &mut CodesClient<Channel>, seed: u64) -> Result<usize, t
     client
         .derive(DeriveRequest {
             numbers: numbers(2, seed),
+            epoch: 0,
         })
         .await
         .map(|response| response.into_inner().results.len())
@@ -506,6 +507,7 @@ async fn a_reload_revokes_an_open_stream_and_a_broken_crl_keeps_the_old_one() {
     sender
         .send(DeriveRequest {
             numbers: numbers(2, 3),
+            epoch: 0,
         })
         .await
         .unwrap();
@@ -520,6 +522,7 @@ async fn a_reload_revokes_an_open_stream_and_a_broken_crl_keeps_the_old_one() {
     sender
         .send(DeriveRequest {
             numbers: numbers(2, 4),
+            epoch: 0,
         })
         .await
         .unwrap();

@@ -242,6 +242,7 @@ async fn derive(channel: &Channel) -> Result<(), (Code, String)> {
     CodesClient::new(channel.clone())
         .derive(DeriveRequest {
             numbers: vec![common::valid_number(1)],
+            epoch: 0,
         })
         .await
         .map(|_| ())

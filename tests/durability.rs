@@ -474,6 +474,7 @@ async fn a_store_that_cannot_grow_fails_calls_closed_and_recovers_without_a_rest
         let response = codes
             .derive(DeriveRequest {
                 numbers: derive(BATCH),
+                epoch: 0,
             })
             .await
             .unwrap();
@@ -496,6 +497,7 @@ async fn a_store_that_cannot_grow_fails_calls_closed_and_recovers_without_a_rest
         let answer = codes
             .derive(DeriveRequest {
                 numbers: batch.clone(),
+                epoch: 0,
             })
             .await;
         let took = started.elapsed();
@@ -531,7 +533,10 @@ async fn a_store_that_cannot_grow_fails_calls_closed_and_recovers_without_a_rest
         let batch = derive(BATCH);
         let started = Instant::now();
         let status = codes
-            .derive(DeriveRequest { numbers: batch })
+            .derive(DeriveRequest {
+                numbers: batch,
+                epoch: 0,
+            })
             .await
             .unwrap_err();
         let took = started.elapsed();
@@ -548,6 +553,7 @@ async fn a_store_that_cannot_grow_fails_calls_closed_and_recovers_without_a_rest
     let status = codes
         .derive(DeriveRequest {
             numbers: derive(BATCH),
+            epoch: 0,
         })
         .await
         .unwrap_err();
@@ -575,6 +581,7 @@ async fn a_store_that_cannot_grow_fails_calls_closed_and_recovers_without_a_rest
         match codes
             .derive(DeriveRequest {
                 numbers: derive(BATCH),
+                epoch: 0,
             })
             .await
         {
@@ -662,6 +669,7 @@ const CHECKPOINT_WAIT: Duration = Duration::from_millis(1_300);
 async fn derive_until_killed(channel: Channel, first: u64) -> Vec<String> {
     let requests = (0..STREAM_BATCHES).map(move |batch| DeriveRequest {
         numbers: numbers(first + batch * STREAM_BATCH, STREAM_BATCH),
+        epoch: 0,
     });
     let mut client = CodesClient::new(channel);
     let mut acknowledged = Vec::new();
@@ -736,6 +744,7 @@ async fn killing_the_server_at_random_loses_no_acknowledged_record_and_keeps_the
         let response = CodesClient::new(channel)
             .derive(DeriveRequest {
                 numbers: numbers(0, 2_000),
+                epoch: 0,
             })
             .await
             .unwrap();
@@ -799,6 +808,7 @@ async fn killing_the_server_at_random_loses_no_acknowledged_record_and_keeps_the
     let response = CodesClient::new(channel)
         .derive(DeriveRequest {
             numbers: numbers(500_000, 10),
+            epoch: 0,
         })
         .await
         .unwrap();
@@ -1104,6 +1114,7 @@ async fn every_acknowledged_call_is_fsynced_before_its_response_is_written() {
     codes
         .derive(DeriveRequest {
             numbers: numbers(1_000, 1),
+            epoch: 0,
         })
         .await
         .unwrap();
@@ -1113,6 +1124,7 @@ async fn every_acknowledged_call_is_fsynced_before_its_response_is_written() {
         let response = codes
             .derive(DeriveRequest {
                 numbers: numbers(call * 10, 10),
+                epoch: 0,
             })
             .await
             .unwrap();

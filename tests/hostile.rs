@@ -241,6 +241,7 @@ impl Edge {
             limits,
             audit: fugo::service::AuditConfig::default(),
             metrics: None,
+            keyring: Vec::new(),
         };
         let running = service::start(config, &mut std::io::sink()).await.unwrap();
         Edge {
@@ -466,6 +467,7 @@ async fn a_client_hello_sent_byte_by_byte_is_cut_at_the_handshake_timeout() {
     let answer = client
         .derive(DeriveRequest {
             numbers: numbers(1, 1),
+            epoch: 0,
         })
         .await
         .unwrap();
@@ -569,6 +571,7 @@ async fn a_connection_gets_at_most_max_concurrent_streams() {
         fifth
             .derive(DeriveRequest {
                 numbers: numbers(1, 9),
+                epoch: 0,
             })
             .await
     });
@@ -688,6 +691,7 @@ async fn refused(edge: &Edge, cert: Cert, reason: &str) {
         .await
         .derive(DeriveRequest {
             numbers: numbers(1, 2),
+            epoch: 0,
         })
         .await
         .unwrap_err();
@@ -755,6 +759,7 @@ async fn identity_is_one_plain_common_name_and_nothing_else() {
             .await
             .derive(DeriveRequest {
                 numbers: numbers(1, 3),
+                epoch: 0,
             })
             .await
             .unwrap();
@@ -819,6 +824,7 @@ async fn an_open_stream_loses_a_certificate_the_reload_removed() {
     sender
         .send(DeriveRequest {
             numbers: numbers(2, 4),
+            epoch: 0,
         })
         .await
         .unwrap();
@@ -835,6 +841,7 @@ async fn an_open_stream_loses_a_certificate_the_reload_removed() {
     sender
         .send(DeriveRequest {
             numbers: numbers(2, 5),
+            epoch: 0,
         })
         .await
         .unwrap();
@@ -857,6 +864,7 @@ async fn every_batch_is_logged_with_its_request_id_and_never_a_value() {
     let response = mhlw
         .derive(DeriveRequest {
             numbers: sent.clone(),
+            epoch: 0,
         })
         .await
         .unwrap();
@@ -913,6 +921,7 @@ async fn every_batch_is_logged_with_its_request_id_and_never_a_value() {
         sender
             .send(DeriveRequest {
                 numbers: numbers(2, 7 + batch),
+                epoch: 0,
             })
             .await
             .unwrap();
@@ -1210,6 +1219,7 @@ async fn a_message_over_the_size_limit_is_out_of_range() {
     // 10,000 numbers: a batch the exchange accepts, a message over 64 KiB.
     let big = DeriveRequest {
         numbers: vec!["123456789018".to_owned(); 10_000],
+        epoch: 0,
     };
     let unary = mhlw.derive(big.clone()).await.unwrap_err();
     assert_eq!(unary.code(), Code::OutOfRange, "{unary:?}");
@@ -1224,6 +1234,7 @@ async fn a_message_over_the_size_limit_is_out_of_range() {
     sender
         .send(DeriveRequest {
             numbers: numbers(1, 12),
+            epoch: 0,
         })
         .await
         .unwrap();
@@ -1236,6 +1247,7 @@ async fn a_message_over_the_size_limit_is_out_of_range() {
     let fits = mhlw
         .derive(DeriveRequest {
             numbers: numbers(100, 13),
+            epoch: 0,
         })
         .await
         .unwrap();
@@ -1263,6 +1275,7 @@ async fn unusable_tls_files_stop_the_server_naming_the_file() {
         limits: limits(),
         audit: fugo::service::AuditConfig::default(),
         metrics: None,
+        keyring: Vec::new(),
     };
     fs::write(dir.join("garbage.key"), "not a key\n").unwrap();
     #[cfg(unix)]
@@ -1517,6 +1530,7 @@ impl Honest {
                     Duration::from_secs(5),
                     client.derive(DeriveRequest {
                         numbers: numbers(4, seed),
+                        epoch: 0,
                     }),
                 )
                 .await
@@ -1563,6 +1577,7 @@ async fn derive_codes(client: &mut CodesClient<Channel>, numbers: &[String]) -> 
     let response = client
         .derive(DeriveRequest {
             numbers: numbers.to_vec(),
+            epoch: 0,
         })
         .await
         .unwrap()
@@ -1632,6 +1647,7 @@ async fn empty_batches_batches_over_the_limit_and_a_million_empty_strings() {
         let answers = [
             mhlw.derive(DeriveRequest {
                 numbers: strings(count),
+                epoch: 0,
             })
             .await
             .map(|_| ()),
@@ -1639,6 +1655,7 @@ async fn empty_batches_batches_over_the_limit_and_a_million_empty_strings() {
             shinjuku
                 .redeem(RedeemRequest {
                     tokens: bytes(count),
+                    epoch: 0,
                 })
                 .await
                 .map(|_| ()),
@@ -1683,6 +1700,7 @@ async fn empty_batches_batches_over_the_limit_and_a_million_empty_strings() {
     sender
         .send(DeriveRequest {
             numbers: numbers(2, 6),
+            epoch: 0,
         })
         .await
         .unwrap();
@@ -1690,6 +1708,7 @@ async fn empty_batches_batches_over_the_limit_and_a_million_empty_strings() {
     sender
         .send(DeriveRequest {
             numbers: strings(1_000_000),
+            epoch: 0,
         })
         .await
         .unwrap();
@@ -1706,6 +1725,7 @@ async fn empty_batches_batches_over_the_limit_and_a_million_empty_strings() {
         "10,000 empty numbers",
         mhlw.derive(DeriveRequest {
             numbers: strings(10_000),
+            epoch: 0,
         }),
     )
     .await
@@ -1753,6 +1773,7 @@ async fn control_characters_in_numbers_codes_and_fields_are_invalid_argument() {
         "dressed numbers",
         mhlw.derive(DeriveRequest {
             numbers: sent.clone(),
+            epoch: 0,
         }),
     )
     .await
@@ -1920,6 +1941,7 @@ async fn tampered_replayed_and_expired_tokens_are_refused_item_by_item() {
         "tampered tokens",
         shinjuku.redeem(RedeemRequest {
             tokens: batch.clone(),
+            epoch: 0,
         }),
     )
     .await
@@ -1973,6 +1995,7 @@ async fn tampered_replayed_and_expired_tokens_are_refused_item_by_item() {
             who,
             client.redeem(RedeemRequest {
                 tokens: vec![token.clone()],
+                epoch: 0,
             }),
         )
         .await
@@ -1993,6 +2016,7 @@ async fn tampered_replayed_and_expired_tokens_are_refused_item_by_item() {
         "replayed",
         shinjuku.redeem(RedeemRequest {
             tokens: vec![token.clone()],
+            epoch: 0,
         }),
     )
     .await
@@ -2013,16 +2037,23 @@ async fn tampered_replayed_and_expired_tokens_are_refused_item_by_item() {
     let first = shinjuku
         .redeem(RedeemRequest {
             tokens: quick[..1].to_vec(),
+            epoch: 0,
         })
         .await
         .unwrap()
         .into_inner();
     assert!(redeem_errors(&first.results)[0].is_none(), "{first:?}");
     tokio::time::sleep(Duration::from_millis(2100)).await;
-    let late = within_5s("expired", shinjuku.redeem(RedeemRequest { tokens: quick }))
-        .await
-        .unwrap()
-        .into_inner();
+    let late = within_5s(
+        "expired",
+        shinjuku.redeem(RedeemRequest {
+            tokens: quick,
+            epoch: 0,
+        }),
+    )
+    .await
+    .unwrap()
+    .into_inner();
     let items = item_codes(
         redeem_errors(&late.results),
         &[Code::FailedPrecondition],
@@ -2072,7 +2103,7 @@ async fn codes_of_every_other_agency_are_not_found() {
     let redeemed = clients
         .get_mut("moj")
         .unwrap()
-        .redeem(RedeemRequest { tokens })
+        .redeem(RedeemRequest { tokens, epoch: 0 })
         .await
         .unwrap()
         .into_inner();
@@ -2320,6 +2351,7 @@ async fn a_client_that_never_reads_its_responses_is_bounded_and_cut_when_idle() 
     // soak test and the note on capacity in docs/PROTOCOL.md.)
     let request = frame(&prost::Message::encode_to_vec(&DeriveRequest {
         numbers: numbers(100, 71),
+        epoch: 0,
     }));
     let mut held = Vec::new();
     for _ in 0..32 {
@@ -2428,6 +2460,7 @@ async fn thousands_of_idle_connections_are_bounded_by_max_connections() {
         "a new connection",
         fresh.derive(DeriveRequest {
             numbers: numbers(1, 81),
+            epoch: 0,
         }),
     )
     .await;
@@ -2472,6 +2505,7 @@ async fn a_policy_path_that_becomes_a_fifo_a_folder_or_a_device_does_not_hang_a_
             kind,
             client.derive(DeriveRequest {
                 numbers: numbers(1, 91),
+                epoch: 0,
             }),
         )
         .await;
@@ -2498,6 +2532,7 @@ async fn a_policy_path_that_becomes_a_fifo_a_folder_or_a_device_does_not_hang_a_
         let answer = osaka
             .derive(DeriveRequest {
                 numbers: numbers(1, 92),
+                epoch: 0,
             })
             .await;
         if answer.is_ok() {
@@ -2532,6 +2567,7 @@ async fn oversized_metadata_is_refused_with_http_431_which_clients_call_unknown(
     };
     let mut request = tonic::Request::new(DeriveRequest {
         numbers: numbers(1, 101),
+        epoch: 0,
     });
     request.metadata_mut().insert("x-padding", big());
     let refused = within_5s("big metadata", mhlw.derive(request))
@@ -2547,6 +2583,7 @@ async fn oversized_metadata_is_refused_with_http_431_which_clients_call_unknown(
         "after",
         mhlw.derive(DeriveRequest {
             numbers: numbers(1, 102),
+            epoch: 0,
         }),
     )
     .await;
@@ -2582,6 +2619,7 @@ async fn a_client_that_resets_every_call_at_once_does_not_stop_others() {
     let mut send = send;
     let payload = frame(&prost::Message::encode_to_vec(&DeriveRequest {
         numbers: numbers(16, 111),
+        epoch: 0,
     }));
     let started = Instant::now();
     let mut resets = 0;
@@ -2614,6 +2652,7 @@ async fn a_client_that_resets_every_call_at_once_does_not_stop_others() {
         "after resets",
         fresh.derive(DeriveRequest {
             numbers: numbers(1, 112),
+            epoch: 0,
         }),
     )
     .await;

@@ -1678,6 +1678,7 @@ async fn rpcs(
         .codes
         .derive(pb::DeriveRequest {
             numbers: numbers.clone(),
+            epoch: 0,
         })
         .await;
     let policy_version = answer.as_ref().unwrap().get_ref().policy_version.clone();
@@ -1705,27 +1706,39 @@ async fn rpcs(
         let mut caller = caller;
         let answer = caller
             .codes
-            .derive(pb::DeriveRequest { numbers: request })
+            .derive(pb::DeriveRequest {
+                numbers: request,
+                epoch: 0,
+            })
             .await;
         seen.answer(name, &answer, allowed);
     }
     // An empty batch; a batch over jps's day quota (5): RESOURCE_EXHAUSTED
     // with RetryInfo.
-    let answer = m.codes.derive(pb::DeriveRequest { numbers: vec![] }).await;
+    let answer = m
+        .codes
+        .derive(pb::DeriveRequest {
+            numbers: vec![],
+            epoch: 0,
+        })
+        .await;
     seen.answer("Derive empty", &answer, own("mhlw"));
     let answer = j
         .codes
         .derive(pb::DeriveRequest {
             numbers: numbers.clone(),
+            epoch: 0,
         })
         .await;
     seen.answer("Derive over quota", &answer, own("jps"));
     let batches = vec![
         pb::DeriveRequest {
             numbers: valid[..5].to_vec(),
+            epoch: 0,
         },
         pb::DeriveRequest {
             numbers: malformed.to_vec(),
+            epoch: 0,
         },
     ];
     let stream = m.codes.derive_stream(tokio_stream::iter(batches)).await;
@@ -1734,6 +1747,7 @@ async fn rpcs(
         .codes
         .derive_stream(tokio_stream::iter(vec![pb::DeriveRequest {
             numbers: vec![],
+            epoch: 0,
         }]))
         .await;
     collect_stream("DeriveStream empty", stream, own("mhlw"), seen).await;
@@ -1821,6 +1835,7 @@ async fn rpcs(
         .codes
         .redeem(pb::RedeemRequest {
             tokens: redeem_tokens.clone(),
+            epoch: 0,
         })
         .await;
     let serials: Vec<Vec<u8>> = answer
@@ -1840,19 +1855,28 @@ async fn rpcs(
         .codes
         .redeem(pb::RedeemRequest {
             tokens: tokens.clone(),
+            epoch: 0,
         })
         .await;
     seen.answer("Redeem not the addressee", &answer, own("portal"));
-    let answer = s.codes.redeem(pb::RedeemRequest { tokens: vec![] }).await;
+    let answer = s
+        .codes
+        .redeem(pb::RedeemRequest {
+            tokens: vec![],
+            epoch: 0,
+        })
+        .await;
     seen.answer("Redeem empty", &answer, own("city-shinjuku"));
     let stream = s
         .codes
         .redeem_stream(tokio_stream::iter(vec![
             pb::RedeemRequest {
                 tokens: tokens[..2].to_vec(),
+                epoch: 0,
             },
             pb::RedeemRequest {
                 tokens: redeem_tokens[8..].to_vec(),
+                epoch: 0,
             },
         ]))
         .await;

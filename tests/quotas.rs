@@ -173,6 +173,7 @@ async fn derive(
     client
         .derive(DeriveRequest {
             numbers: numbers(count, seed),
+            epoch: 0,
         })
         .await
 }
@@ -245,9 +246,11 @@ async fn the_day_limit_holds_across_connections_and_streams_and_refuses_whole_ba
     let batches = vec![
         DeriveRequest {
             numbers: numbers(8, 200),
+            epoch: 0,
         },
         DeriveRequest {
             numbers: numbers(5, 300),
+            epoch: 0,
         },
     ];
     let mut answers = third
@@ -294,6 +297,7 @@ async fn a_stream_is_paced_by_the_bucket_and_refused_when_the_wait_is_too_long()
     let batches: Vec<DeriveRequest> = (0..3)
         .map(|b| DeriveRequest {
             numbers: numbers(100, b * 1000),
+            epoch: 0,
         })
         .collect();
     let mut answers = paced
@@ -321,6 +325,7 @@ async fn a_stream_is_paced_by_the_bucket_and_refused_when_the_wait_is_too_long()
     let batches: Vec<DeriveRequest> = (0..2)
         .map(|b| DeriveRequest {
             numbers: numbers(100, b * 1000),
+            epoch: 0,
         })
         .collect();
     let mut answers = slow

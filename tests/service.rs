@@ -138,6 +138,7 @@ async fn derive(client: &mut CodesClient<Channel>, numbers: &[String]) -> Vec<St
     let response = client
         .derive(DeriveRequest {
             numbers: numbers.to_vec(),
+            epoch: 0,
         })
         .await
         .unwrap()
@@ -179,7 +180,7 @@ async fn redeem(
     tokens: Vec<Vec<u8>>,
 ) -> Vec<Result<String, ItemError>> {
     let response = client
-        .redeem(RedeemRequest { tokens })
+        .redeem(RedeemRequest { tokens, epoch: 0 })
         .await
         .unwrap()
         .into_inner();
@@ -250,6 +251,7 @@ async fn streams_answer_batch_by_batch_in_order() {
         .chunks(1000)
         .map(|chunk| DeriveRequest {
             numbers: chunk.to_vec(),
+            epoch: 0,
         })
         .collect();
     let mut responses = mhlw
@@ -285,6 +287,7 @@ async fn item_errors_carry_index_and_code_never_the_value() {
     let response = shinjuku
         .derive(DeriveRequest {
             numbers: vec![good[0].clone(), "123456789012".to_owned(), good[1].clone()],
+            epoch: 0,
         })
         .await
         .unwrap()
@@ -373,6 +376,7 @@ async fn whole_request_failures_have_their_status_codes() {
     let no_capability = moj
         .derive(DeriveRequest {
             numbers: numbers(1, 2),
+            epoch: 0,
         })
         .await
         .unwrap_err();
@@ -401,6 +405,7 @@ async fn whole_request_failures_have_their_status_codes() {
     let too_many = mhlw
         .derive(DeriveRequest {
             numbers: vec!["123456789018".to_owned(); 10_001],
+            epoch: 0,
         })
         .await
         .unwrap_err();
@@ -464,6 +469,7 @@ async fn other_cas_and_missing_certificates_are_refused() {
     let refused = client
         .derive(DeriveRequest {
             numbers: numbers(1, 1),
+            epoch: 0,
         })
         .await;
     assert!(
@@ -475,7 +481,8 @@ async fn other_cas_and_missing_certificates_are_refused() {
     assert!(
         anonymous
             .derive(DeriveRequest {
-                numbers: numbers(1, 1)
+                numbers: numbers(1, 1),
+                epoch: 0,
             })
             .await
             .is_err()
@@ -520,6 +527,7 @@ async fn policy_reload_takes_effect_and_a_bad_one_is_refused() {
     let response = mhlw
         .derive(DeriveRequest {
             numbers: numbers(1, 5),
+            epoch: 0,
         })
         .await
         .unwrap()
@@ -623,6 +631,7 @@ async fn a_small_unary_call_does_not_wait_for_delayed_acks() {
     let mut mhlw = harness.client("mhlw").await;
     let request = DeriveRequest {
         numbers: numbers(10, 11),
+        epoch: 0,
     };
     let mut latencies = Vec::new();
     for _ in 0..50 {
@@ -652,6 +661,7 @@ async fn a_stop_lets_an_in_flight_stream_finish() {
     sender
         .send(DeriveRequest {
             numbers: numbers(100, 1),
+            epoch: 0,
         })
         .await
         .unwrap();
@@ -667,6 +677,7 @@ async fn a_stop_lets_an_in_flight_stream_finish() {
         sender
             .send(DeriveRequest {
                 numbers: numbers(100, 10 + batch),
+                epoch: 0,
             })
             .await
             .unwrap();

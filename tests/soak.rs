@@ -301,6 +301,7 @@ async fn run_client(
             let answer = codes
                 .derive(DeriveRequest {
                     numbers: numbers(&mut rng, 1),
+                    epoch: 0,
                 })
                 .await;
             let code = answer.as_ref().err().map_or(Code::Ok, tonic::Status::code);
@@ -340,6 +341,7 @@ async fn run_one(
         let answer = codes
             .derive(DeriveRequest {
                 numbers: numbers(rng, size),
+                epoch: 0,
             })
             .await;
         return match answer {
@@ -413,7 +415,7 @@ async fn run_one(
                 let keep = waiting.len().saturating_sub(size);
                 waiting.split_off(keep)
             };
-            let answer = codes.redeem(RedeemRequest { tokens }).await;
+            let answer = codes.redeem(RedeemRequest { tokens, epoch: 0 }).await;
             match answer {
                 Ok(response) => {
                     seen.call("redeem", Code::Ok, &[Code::Ok], "");
@@ -458,7 +460,7 @@ async fn run_one(
                 let keep = waiting.len().saturating_sub(size);
                 waiting.split_off(keep)
             };
-            let answer = codes.redeem(RedeemRequest { tokens }).await;
+            let answer = codes.redeem(RedeemRequest { tokens, epoch: 0 }).await;
             let code = answer.as_ref().err().map_or(Code::Ok, tonic::Status::code);
             seen.call("redeem", code, &[Code::Ok], "");
             match answer {
@@ -477,6 +479,7 @@ async fn run_one(
             let answer = codes
                 .derive(DeriveRequest {
                     numbers: numbers(rng, size),
+                    epoch: 0,
                 })
                 .await;
             let code = answer.as_ref().err().map_or(Code::Ok, tonic::Status::code);
@@ -505,6 +508,7 @@ async fn invalid(
             let answer = codes
                 .derive(DeriveRequest {
                     numbers: numbers(rng, size),
+                    epoch: 0,
                 })
                 .await
                 .map(|_| ());
@@ -538,7 +542,12 @@ async fn invalid(
                     format!("{}{last}", &n[..11])
                 })
                 .collect();
-            let answer = codes.derive(DeriveRequest { numbers: bad }).await;
+            let answer = codes
+                .derive(DeriveRequest {
+                    numbers: bad,
+                    epoch: 0,
+                })
+                .await;
             match answer {
                 Ok(response) => {
                     seen.call("bad numbers", Code::Ok, &[Code::Ok], "");
@@ -573,7 +582,7 @@ async fn invalid(
                     token
                 })
                 .collect();
-            let answer = codes.redeem(RedeemRequest { tokens }).await;
+            let answer = codes.redeem(RedeemRequest { tokens, epoch: 0 }).await;
             match answer {
                 Ok(response) => {
                     seen.call("tampered tokens", Code::Ok, &[Code::Ok], "");

@@ -59,6 +59,7 @@ async fn start(dir: &std::path::Path) -> (Running, DevCa) {
         limits: service::Limits::default(),
         audit: service::AuditConfig::default(),
         metrics: None,
+        keyring: Vec::new(),
     };
     let running = service::start(config, &mut std::io::sink()).await.unwrap();
     (running, ca)
@@ -90,6 +91,7 @@ fn channel(running: &Running, tls: ClientTlsConfig) -> CodesClient<Channel> {
 fn one_number() -> DeriveRequest {
     DeriveRequest {
         numbers: vec!["123456789018".to_owned()],
+        epoch: 0,
     }
 }
 
@@ -144,6 +146,7 @@ async fn a_message_over_the_size_limit_is_out_of_range() {
     // tonic's default limit for a decoded message is 4 MiB.
     let oversized = DeriveRequest {
         numbers: vec!["1".repeat((4 << 20) + 1)],
+        epoch: 0,
     };
     let refused = client.derive(oversized).await.unwrap_err();
     assert_eq!(refused.code(), Code::OutOfRange, "{refused:?}");

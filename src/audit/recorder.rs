@@ -422,6 +422,11 @@ fn merge(all: &mut Append, mut append: Append) {
     all.refusals.extend(append.refusals);
     all.policies.extend(append.policies);
     all.usage.extend(append.usage);
+    // The store only raises marks, so their order within a commit is moot.
+    all.marks.epochs.extend(append.marks.epochs);
+    all.marks
+        .destroyed_generations
+        .extend(append.marks.destroyed_generations);
     all.now_ms = all.now_ms.max(append.now_ms);
 }
 

@@ -278,7 +278,7 @@ fn parse_epoch(text: &str) -> Result<Epoch, String> {
         .map_err(|e: fugo::agency::EpochError| e.to_string())
 }
 
-/// The four operations of the service.
+/// The operations of the service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub(crate) enum ClientOperation {
     /// My Numbers → this agency's codes.
@@ -290,6 +290,10 @@ pub(crate) enum ClientOperation {
     Redeem,
     /// This agency's codes → My Numbers.
     Reidentify,
+    /// This agency's codes of an earlier epoch (current, accepted or
+    /// rekey-only) → its current-epoch codes (`NEW_CODE OLD_CODE` a line;
+    /// in CSV the new code replaces the old, which goes to `old_code`).
+    Rekey,
 }
 
 #[derive(Debug, Args)]

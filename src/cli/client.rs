@@ -25,6 +25,7 @@ pub(crate) fn run(args: ClientArgs) -> Result<Summary, CliError> {
         },
         ClientOperation::Redeem => Operation::Redeem,
         ClientOperation::Reidentify => Operation::Reidentify,
+        ClientOperation::Rekey => Operation::Rekey,
     };
     let kept = args
         .checkpoint

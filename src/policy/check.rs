@@ -129,6 +129,8 @@ struct RawQuotaDefaults {
     reidentify: Option<RawLimit>,
     #[serde(default)]
     disclose: Option<RawLimit>,
+    #[serde(default)]
+    rekey: Option<RawLimit>,
 }
 
 /// An agency's `quota` table: what it changes of the defaults.
@@ -145,28 +147,32 @@ struct RawQuotas {
     reidentify: Option<RawLimit>,
     #[serde(default)]
     disclose: Option<RawLimit>,
+    #[serde(default)]
+    rekey: Option<RawLimit>,
 }
 
 impl RawQuotaDefaults {
-    fn limits(&self) -> [(Metered, Option<&RawLimit>); 5] {
+    fn limits(&self) -> [(Metered, Option<&RawLimit>); 6] {
         [
             (Metered::Derive, self.derive.as_ref()),
             (Metered::Seal, self.seal.as_ref()),
             (Metered::Redeem, self.redeem.as_ref()),
             (Metered::Reidentify, self.reidentify.as_ref()),
             (Metered::Disclose, self.disclose.as_ref()),
+            (Metered::Rekey, self.rekey.as_ref()),
         ]
     }
 }
 
 impl RawQuotas {
-    fn limits(&self) -> [(Metered, Option<&RawLimit>); 5] {
+    fn limits(&self) -> [(Metered, Option<&RawLimit>); 6] {
         [
             (Metered::Derive, self.derive.as_ref()),
             (Metered::Seal, self.seal.as_ref()),
             (Metered::Redeem, self.redeem.as_ref()),
             (Metered::Reidentify, self.reidentify.as_ref()),
             (Metered::Disclose, self.disclose.as_ref()),
+            (Metered::Rekey, self.rekey.as_ref()),
         ]
     }
 }

@@ -77,6 +77,31 @@ struct RawConfig {
     #[serde(default)]
     audit: RawAudit,
     metrics: Option<RawMetrics>,
+    /// Later master-key generations (`[[keyring]]`); generation 1 is
+    /// `master_key` or `[custody]`.
+    #[serde(default)]
+    keyring: Vec<RawGeneration>,
+}
+
+/// One `[[keyring]]` entry: a later master-key generation from a key file.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGeneration {
+    generation: u16,
+    key_file: PathBuf,
+    fingerprint: String,
+}
+
+/// A master-key generation after the first, and where its key comes from
+/// (a key file, mode 0600 outside dev mode, with its pinned fingerprint).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GenerationKey {
+    /// Its generation, 2 or more.
+    pub generation: crate::generation::Generation,
+    /// The key file.
+    pub key_file: PathBuf,
+    /// The fingerprint the file's key must have.
+    pub fingerprint: Fingerprint,
 }
 
 /// The `[metrics]` section: present means on (D127).
@@ -273,6 +298,8 @@ pub struct ServeConfig {
     /// Where `/metrics` is served (plain HTTP), if anywhere (`[metrics]`;
     /// off when the section is missing).
     pub metrics: Option<SocketAddr>,
+    /// Master-key generations after the first (`[[keyring]]`, SPEC §11).
+    pub keyring: Vec<GenerationKey>,
 }
 
 impl ServeConfig {
@@ -315,6 +342,34 @@ impl ServeConfig {
             })?),
         };
         let data_dir = resolve(&raw.data_dir);
+        let mut keyring: Vec<GenerationKey> = Vec::new();
+        for entry in &raw.keyring {
+            let generation = crate::generation::Generation::new(entry.generation)
+                .ok()
+                .filter(|g| g.get() >= 2)
+                .ok_or_else(|| {
+                    invalid(format!(
+                        "[[keyring]] generation {}: generations in [[keyring]] are 2 to 65535 \
+                         (generation 1 is master_key or [custody])",
+                        entry.generation
+                    ))
+                })?;
+            if keyring.iter().any(|k| k.generation == generation) {
+                return Err(invalid(format!(
+                    "[[keyring]] generation {generation} is listed twice"
+                )));
+            }
+            let fingerprint = Fingerprint::parse(&entry.fingerprint).map_err(|error| {
+                invalid(format!(
+                    "[[keyring]] generation {generation} fingerprint: {error}"
+                ))
+            })?;
+            keyring.push(GenerationKey {
+                generation,
+                key_file: resolve(&entry.key_file),
+                fingerprint,
+            });
+        }
         let master_key = match (raw.master_key, raw.custody) {
             (Some(path), None) => MasterKeySource::File(resolve(&path)),
             (None, Some(custody)) if custody.threshold >= 2 => MasterKeySource::Shares {
@@ -370,6 +425,7 @@ impl ServeConfig {
             limits: super::limits::Limits::check(raw.limits).map_err(invalid)?,
             audit: raw.audit.check().map_err(invalid)?,
             metrics,
+            keyring,
         })
     }
 }

@@ -26,6 +26,7 @@ pub mod config;
 pub mod edge;
 mod framing;
 mod identity;
+mod lifecycle;
 pub mod limits;
 mod metrics;
 mod quota;

@@ -223,6 +223,7 @@ pub fn server_config(
         limits: fugo::service::Limits::default(),
         audit: fugo::service::AuditConfig::default(),
         metrics: None,
+        keyring: Vec::new(),
     };
     (config, ca)
 }

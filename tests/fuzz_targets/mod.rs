@@ -508,6 +508,7 @@ fn service() -> &'static Service {
             .collect();
         let derive = pb::DeriveRequest {
             numbers: numbers.clone(),
+            epoch: 0,
         };
         let codes: Vec<String> = handlers
             .derive(&mhlw, derive.clone())
@@ -550,7 +551,7 @@ fn service() -> &'static Service {
         let valid = [
             derive.encode_to_vec(),
             seal.encode_to_vec(),
-            pb::RedeemRequest { tokens }.encode_to_vec(),
+            pb::RedeemRequest { tokens, epoch: 0 }.encode_to_vec(),
             pb::ReidentifyRequest {
                 codes: shinjuku_codes,
             }

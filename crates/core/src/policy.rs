@@ -266,16 +266,19 @@ pub enum Metered {
     Reidentify,
     /// Disclosure pages and copy pages read from the audit trail.
     Disclose,
+    /// Old codes turned into current-epoch codes (Rekey).
+    Rekey,
 }
 
 impl Metered {
     /// Every metered operation, in the order of [`Quotas`].
-    pub const ALL: [Metered; 5] = [
+    pub const ALL: [Metered; 6] = [
         Metered::Derive,
         Metered::Seal,
         Metered::Redeem,
         Metered::Reidentify,
         Metered::Disclose,
+        Metered::Rekey,
     ];
 
     /// Its name in the policy file, logs, metrics and the audit trail.
@@ -286,6 +289,7 @@ impl Metered {
             Metered::Redeem => "redeem",
             Metered::Reidentify => "reidentify",
             Metered::Disclose => "disclose",
+            Metered::Rekey => "rekey",
         }
     }
 
@@ -348,7 +352,7 @@ pub const DEFAULT_WARN_PERCENT: u8 = 80;
 
 /// An agency's limits, one per [`Metered`] operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Quotas([Limit; 5]);
+pub struct Quotas([Limit; 6]);
 
 impl Quotas {
     /// The limit of `operation`.
@@ -375,7 +379,7 @@ impl Default for Quotas {
             burst: DEFAULT_READS_BURST,
             per_day: DEFAULT_READS_PER_DAY,
         };
-        Quotas([items, items, items, items, reads])
+        Quotas([items, items, items, items, reads, items])
     }
 }
 

@@ -85,6 +85,7 @@ fn append(store: &mut RedbStore, count: u64) {
             policies: Vec::new(),
             prepared: Vec::new(),
             usage: Vec::new(),
+            marks: Default::default(),
         })
         .unwrap();
 }

@@ -79,11 +79,13 @@ pub enum Operation {
     PolicyLoaded = 8,
     /// A tally of refusals that opened no person (per agency, reason, minute).
     Refusals = 9,
+    /// Turned an agency's old codes into its current-epoch codes.
+    Rekey = 10,
 }
 
 impl Operation {
     /// Every operation, in code order.
-    pub const ALL: [Operation; 9] = [
+    pub const ALL: [Operation; 10] = [
         Operation::Derive,
         Operation::Seal,
         Operation::Redeem,
@@ -93,6 +95,7 @@ impl Operation {
         Operation::CopyPage,
         Operation::PolicyLoaded,
         Operation::Refusals,
+        Operation::Rekey,
     ];
 
     /// The stored code.
@@ -117,6 +120,7 @@ impl Operation {
             Operation::CopyPage => "copy_page",
             Operation::PolicyLoaded => "policy_loaded",
             Operation::Refusals => "refusals",
+            Operation::Rekey => "rekey",
         }
     }
 }

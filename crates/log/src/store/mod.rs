@@ -46,6 +46,22 @@ pub struct Append {
     /// Quota use to add to the durable daily counts, in the same commit as
     /// the records of the calls that used it (see [`Store::usage`]).
     pub usage: Vec<Usage>,
+    /// Epoch states and destroyed generations a policy put in force, in
+    /// the same commit as the record of its loading: the store's one-way
+    /// high-water mark (see [`Store::marks`]). A mark never goes down.
+    pub marks: Marks,
+}
+
+/// The one-way high-water mark of the key lifecycle: per (agency, epoch)
+/// the furthest state rank any policy in force gave it (0 in use,
+/// 1 rekey-only, 2 destroyed: fugo-core's `EpochState::rank`), and the
+/// master-key generations any policy destroyed. The store only raises it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Marks {
+    /// (agency id, epoch, rank).
+    pub epochs: Vec<(String, u8, u8)>,
+    /// Destroyed generation numbers.
+    pub destroyed_generations: Vec<u16>,
 }
 
 impl Append {
@@ -313,6 +329,9 @@ pub trait Store: Send {
     fn put_policy(&mut self, version: &Hash, text: &str) -> Result<bool, StoreError>;
     /// The policy text of `version`, if kept.
     fn policy(&mut self, version: &Hash) -> Result<Option<String>, StoreError>;
+    /// The high-water mark of epoch states and destroyed generations, as
+    /// raised by every [`Append::marks`] so far.
+    fn marks(&mut self) -> Result<Marks, StoreError>;
     /// The tree levels whose node hashes the store keeps, lowest first
     /// (level 0 = the leaf hashes). For verification, with
     /// [`Store::stored_nodes`].
