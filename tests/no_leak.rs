@@ -1202,6 +1202,18 @@ fn every_rpc_and_command_at_full_tracing_leaks_nothing() {
     let out = client("mhlw", &["reidentify", &at("in-mhlw-codes.txt")]);
     assert_eq!(out.status.code(), Some(1), "mhlw may not reidentify");
     seen.output("client reidentify, no capability", &out, Allowed::nothing());
+    // Rekey: mhlw's own codes, a Shinjuku code and a mistyped one.
+    let out = client(
+        "mhlw",
+        &[
+            "rekey",
+            &at("in-mhlw-codes.txt"),
+            "-o",
+            &at("out-mhlw-rekey.txt"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    seen.output("client rekey", &out, Allowed::nothing());
     let out = client(STRANGER, &["derive", &at("in-numbers.txt")]);
     assert_eq!(out.status.code(), Some(1), "an unknown certificate");
     seen.output(
@@ -1255,6 +1267,8 @@ fn every_rpc_and_command_at_full_tracing_leaks_nothing() {
         "SealStream mhlw message 1",
         "RedeemStream city-shinjuku message 1",
         "ReidentifyStream city-shinjuku message 1",
+        "Rekey city-shinjuku",
+        "RekeyStream city-shinjuku message 1",
     ] {
         assert_eq!(answered(name), (true, false), "{name} answered");
     }
@@ -1933,6 +1947,34 @@ async fn rpcs(
             numbers: true,
             ..Allowed::nothing()
         },
+        seen,
+    )
+    .await;
+
+    // Rekey: own, foreign and mistyped codes (no capability needed).
+    let answer = s
+        .codes
+        .rekey(pb::RekeyRequest {
+            codes: codes.clone(),
+        })
+        .await;
+    assert!(answer.is_ok());
+    seen.answer("Rekey city-shinjuku", &answer, own("city-shinjuku"));
+    let stream = s
+        .codes
+        .rekey_stream(tokio_stream::iter(vec![
+            pb::RekeyRequest {
+                codes: shinjuku[..2].to_vec(),
+            },
+            pb::RekeyRequest {
+                codes: vec![mhlw[0].clone(), portal[0].clone()],
+            },
+        ]))
+        .await;
+    collect_stream(
+        "RekeyStream city-shinjuku",
+        stream,
+        own("city-shinjuku"),
         seen,
     )
     .await;

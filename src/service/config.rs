@@ -495,6 +495,49 @@ mod tests {
     /// The key is a file, or shares with a threshold of at least 2; not
     /// both, not neither (D110).
     #[test]
+    fn later_key_generations_are_keyring_entries() {
+        let entry = |generation: &str, fingerprint: &str| {
+            format!(
+                "[[keyring]]\ngeneration = {generation}\nkey_file = \"k{generation}.key\"\n\
+                 fingerprint = \"{fingerprint}\"\n"
+            )
+        };
+        let fp = "0123456789abcdef0123456789abcdef";
+        let config = load(&format!(
+            "{BASE}dev_mode = true\n{}{}",
+            entry("2", fp),
+            entry("3", fp)
+        ))
+        .unwrap();
+        assert_eq!(config.keyring.len(), 2);
+        assert_eq!(config.keyring[1].generation.get(), 3);
+        assert!(config.keyring[0].key_file.ends_with("k2.key"));
+        assert!(
+            load(&format!("{BASE}dev_mode = true\n"))
+                .unwrap()
+                .keyring
+                .is_empty()
+        );
+        let refused = |text: String| load(&text).unwrap_err().to_string();
+        let message = refused(format!("{BASE}dev_mode = true\n{}", entry("1", fp)));
+        assert!(
+            message.contains("generation 1 is master_key or [custody]"),
+            "{message}"
+        );
+        let message = refused(format!(
+            "{BASE}dev_mode = true\n{}{}",
+            entry("2", fp),
+            entry("2", fp)
+        ));
+        assert!(
+            message.contains("generation 2 is listed twice"),
+            "{message}"
+        );
+        let message = refused(format!("{BASE}dev_mode = true\n{}", entry("2", "abc")));
+        assert!(message.contains("generation 2 fingerprint"), "{message}");
+    }
+
+    #[test]
     fn the_master_key_is_a_file_or_custody_shares() {
         let config = load(&format!("{BASE}dev_mode = true\n")).unwrap();
         assert!(

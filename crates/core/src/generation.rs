@@ -17,7 +17,7 @@
 //! The audit trail's own keys (K_link and the log's signing seed) come
 //! from [`AUDIT_GENERATION`] alone, whatever generation codes are made
 //! under: a person is the same person in the log across rotations, and
-//! the log's public key never changes (SPEC §10 says what a leak of it
+//! the log's public key never changes (SPEC §11 says what a leak of it
 //! exposes).
 
 use std::collections::BTreeMap;
