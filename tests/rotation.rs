@@ -402,3 +402,43 @@ fn client_status<T>(result: Result<T, tonic::Status>) -> (Code, String) {
         Err(status) => (status.code(), status.message().to_owned()),
     }
 }
+
+/// A policy that binds an epoch in use to a generation the keyring does
+/// not hold stops the start, naming the generation; so does a keyring
+/// entry whose key file has another fingerprint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_generation_missing_from_the_keyring_or_a_wrong_key_stops_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let three = r#"{ epoch = 1, generation = 1, state = "accepted" }, { epoch = 2, generation = 3, state = "current" }"#;
+    let error = match start(dir.path(), &policy(three, ONE, ONE, "")).await {
+        Ok(_) => panic!("started without generation 3's key"),
+        Err(error) => error.to_string(),
+    };
+    assert!(
+        error.contains("key generation 3 is not in the keyring"),
+        "{error}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let (mut config, _ca) = common::server_config(dir.path(), &policy(ONE, ONE, ONE, ""), GEN1);
+    let key2 = dir.path().join("generation-2.key");
+    std::fs::write(
+        &key2,
+        MasterKey::from_bytes([0x33; 32])
+            .to_file_contents()
+            .as_bytes(),
+    )
+    .unwrap();
+    std::fs::set_permissions(&key2, std::fs::Permissions::from_mode(0o600)).unwrap();
+    config.keyring = vec![GenerationKey {
+        generation: fugo::generation::Generation::new(2).unwrap(),
+        key_file: key2,
+        fingerprint: KeyHierarchy::new(&MasterKey::from_bytes(GEN2)).fingerprint(),
+    }];
+    let error = match fugo::service::start(config, &mut std::io::sink()).await {
+        Ok(_) => panic!("started with the wrong key for generation 2"),
+        Err(error) => error.to_string(),
+    };
+    assert!(error.contains("generation-2.key"), "{error}");
+    assert!(error.to_lowercase().contains("fingerprint"), "{error}");
+}
