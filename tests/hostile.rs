@@ -1910,10 +1910,11 @@ async fn tampered_replayed_and_expired_tokens_are_refused_item_by_item() {
     )
     .await
     .remove(0);
-    // format 2 (1) ‖ window (4) ‖ key index (4) ‖ len (1) ‖ "city-shinjuku"
-    let header = 1 + 4 + 4 + 1 + "city-shinjuku".len();
-    assert_eq!(token[0], 2);
-    assert_eq!(&token[10..header], b"city-shinjuku");
+    // format 3 (1) ‖ generation (2) ‖ window (4) ‖ key index (4) ‖ len (1)
+    // ‖ "city-shinjuku"
+    let header = 1 + 2 + 4 + 4 + 1 + "city-shinjuku".len();
+    assert_eq!(token[0], 3);
+    assert_eq!(&token[12..header], b"city-shinjuku");
 
     // One batch: the token cut at every length, every bit flipped, other
     // format versions, one byte more, and the token itself last.
@@ -1925,9 +1926,9 @@ async fn tampered_replayed_and_expired_tokens_are_refused_item_by_item() {
         batch.push(flipped);
     }
     let flipped = truncated.end..batch.len();
-    // Formats 1 and 2 are known (a format-1 reading of a format-2 header
-    // fails otherwise); every other byte is an unknown format.
-    for version in [0x00, 0x03, 0x7f, 0xff] {
+    // Formats 1, 2 and 3 are known (another format's reading of a format-3
+    // header fails otherwise); every other byte is an unknown format.
+    for version in [0x00, 0x04, 0x7f, 0xff] {
         let mut changed = token.clone();
         changed[0] = version;
         batch.push(changed);
@@ -1967,7 +1968,7 @@ async fn tampered_replayed_and_expired_tokens_are_refused_item_by_item() {
                 (invalid, "token failed authentication"),
                 "bit {n}"
             );
-        } else if n / 8 == 0 {
+        } else if n / 8 == 0 && !matches!(token[0] ^ (1 << (n % 8)), 1 | 2) {
             assert_eq!(
                 (code, reason.as_str()),
                 (invalid, "unknown token format"),
