@@ -193,6 +193,19 @@ impl Codes for Echo {
     ) -> Result<Response<Self::MigrateStreamStream>, Status> {
         Err(Status::unimplemented("baseline"))
     }
+    async fn rekey(
+        &self,
+        _: Request<fugo::proto::fugo::v1::RekeyRequest>,
+    ) -> Result<Response<fugo::proto::fugo::v1::RekeyResponse>, Status> {
+        Err(Status::unimplemented("baseline"))
+    }
+    type RekeyStreamStream = BoxStream<fugo::proto::fugo::v1::RekeyResponse>;
+    async fn rekey_stream(
+        &self,
+        _: Request<Streaming<fugo::proto::fugo::v1::RekeyRequest>>,
+    ) -> Result<Response<Self::RekeyStreamStream>, Status> {
+        Err(Status::unimplemented("baseline"))
+    }
 }
 
 struct Pki {
@@ -256,6 +269,7 @@ async fn unary(
                 let request = DeriveRequest {
                     numbers: vec![number((worker * calls + i) as u64)],
                     on_behalf_of: String::new(),
+                    epoch: 0,
                 };
                 let t = Instant::now();
                 client.derive(request).await.unwrap();
@@ -284,6 +298,7 @@ async fn latency(mut client: CodesClient<Channel>, items: usize, calls: usize) -
     let request = DeriveRequest {
         numbers: (0..items).map(|i| number(i as u64)).collect(),
         on_behalf_of: String::new(),
+        epoch: 0,
     };
     let mut latencies = Vec::with_capacity(calls);
     for _ in 0..calls {
@@ -301,6 +316,7 @@ fn derive_batches(items: usize) -> impl Stream<Item = DeriveRequest> {
                 .map(|i| number(i as u64))
                 .collect(),
             on_behalf_of: String::new(),
+            epoch: 0,
         }
     }))
 }
@@ -410,6 +426,7 @@ async fn stream_redeem(mut client: CodesClient<Channel>, tokens: Vec<Vec<Vec<u8>
     let items: usize = tokens.iter().map(Vec::len).sum();
     let started = Instant::now();
     let requests = tokens.into_iter().map(|tokens| RedeemRequest {
+        epoch: 0,
         tokens,
         on_behalf_of: String::new(),
     });
@@ -460,6 +477,7 @@ async fn full_chain(
                 .collect();
             redeem_tx
                 .send(RedeemRequest {
+                    epoch: 0,
                     tokens,
                     on_behalf_of: String::new(),
                 })
@@ -571,6 +589,7 @@ fn main() {
             audit: service::AuditConfig::default(),
             metrics: None,
             admin: None,
+            keyring: Vec::new(),
         };
         let limits = config.limits.clone();
         let mut bare_config = config.clone();

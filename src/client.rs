@@ -23,6 +23,8 @@
 //!   empty field in CSV) `[serial, requester, affair, items, expires_at,
 //!   non_disclosure_until]`
 //! - reidentify: `NUMBER`
+//! - rekey: `NEW_CODE OLD_CODE` `[old_code]` (the current-epoch code, then
+//!   the code it replaces)
 //!
 //! A redeem input item is read up to its first space, so seal output feeds
 //! redeem directly.
@@ -45,8 +47,9 @@ use crate::bulk::{BulkError, RowError, Work};
 use crate::hex;
 use crate::proto::fugo::v1::codes_client::CodesClient;
 use crate::proto::fugo::v1::{
-    DeriveRequest, ItemError, MigrateRequest, RedeemRequest, ReidentifyRequest, RequestContext,
-    SealRequest, derive_result, migrate_result, redeem_result, reidentify_result, seal_result,
+    DeriveRequest, ItemError, MigrateRequest, RedeemRequest, ReidentifyRequest, RekeyRequest,
+    RequestContext, SealRequest, derive_result, migrate_result, redeem_result, reidentify_result,
+    rekey_result, seal_result,
 };
 
 /// Items per request message.
@@ -497,6 +500,8 @@ pub enum Operation {
         /// The merged agency.
         merged: String,
     },
+    /// The caller's old codes → its current-epoch codes.
+    Rekey,
 }
 
 /// The send side of the stream, taken by one chunk at a time.
@@ -726,6 +731,7 @@ impl Work for Remote {
         match self.operation {
             Operation::Derive { .. } | Operation::Reidentify | Operation::Migrate { .. } => &[],
             Operation::Seal { .. } => &["serial"],
+            Operation::Rekey => &["old_code"],
             Operation::Redeem { .. } => &[
                 "serial",
                 "requester",
@@ -848,6 +854,7 @@ enum Responses {
     Redeem(tonic::Streaming<crate::proto::fugo::v1::RedeemResponse>),
     Reidentify(tonic::Streaming<crate::proto::fugo::v1::ReidentifyResponse>),
     Migrate(tonic::Streaming<crate::proto::fugo::v1::MigrateResponse>),
+    Rekey(tonic::Streaming<crate::proto::fugo::v1::RekeyResponse>),
 }
 
 async fn open_stream(
@@ -863,6 +870,7 @@ async fn open_stream(
                 .derive_stream(items.map(move |numbers| DeriveRequest {
                     numbers,
                     on_behalf_of: on_behalf_of.clone(),
+                    epoch: 0,
                 }))
                 .await?
                 .into_inner(),
@@ -900,6 +908,7 @@ async fn open_stream(
                             })
                             .collect(),
                         on_behalf_of: on_behalf_of.clone(),
+                        epoch: 0,
                     }
                 }))
                 .await?
@@ -917,6 +926,12 @@ async fn open_stream(
                     merged: merged.clone(),
                     codes,
                 }))
+                .await?
+                .into_inner(),
+        ),
+        Operation::Rekey => Responses::Rekey(
+            client
+                .rekey_stream(items.map(|codes| RekeyRequest { codes }))
                 .await?
                 .into_inner(),
         ),
@@ -988,6 +1003,19 @@ async fn next_results(responses: &mut Responses) -> Result<Option<Vec<ItemResult
                 .map(|r| match r.result {
                     Some(migrate_result::Result::Migrated(m)) => Ok(m.new_code),
                     Some(migrate_result::Result::Error(e)) => Err(e),
+                    None => Err(missing()),
+                })
+                .collect()
+        }),
+        Responses::Rekey(stream) => stream.message().await?.map(|response| {
+            response
+                .results
+                .into_iter()
+                .map(|r| match r.result {
+                    Some(rekey_result::Result::Rekeyed(k)) => {
+                        Ok(format!("{} {}", k.new_code, k.old_code))
+                    }
+                    Some(rekey_result::Result::Error(e)) => Err(e),
                     None => Err(missing()),
                 })
                 .collect()

@@ -99,6 +99,17 @@ pub fn load_with_state(
     load_checked(source, warnings).map(|(_, keys, state)| (keys, state))
 }
 
+/// Like [`load_with_state`], for master-key generation `generation` of the
+/// keyring (the hierarchy names its generation; the labels are the same).
+pub fn load_generation(
+    source: &KeySource,
+    generation: crate::generation::Generation,
+    warnings: &mut dyn Write,
+) -> Result<(KeyHierarchy, KeyFileState), KeyLoadError> {
+    load_checked(source, warnings)
+        .map(|(master, _, state)| (KeyHierarchy::of_generation(&master, generation), state))
+}
+
 /// Like [`load`], also giving the master key itself (`fugo keys split`
 /// splits it). It is wiped on drop.
 pub fn load_master(

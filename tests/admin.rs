@@ -146,6 +146,7 @@ async fn derive_some(setup: &Setup, running: &Running, seed: u64) {
     let numbers = (0..5).map(|i| common::valid_number(seed + i * 7)).collect();
     CodesClient::new(channel)
         .derive(DeriveRequest {
+            epoch: 0,
             numbers,
             on_behalf_of: String::new(),
         })
@@ -588,6 +589,7 @@ async fn the_admin_listener_takes_only_listed_admin_certificates() {
     if let Ok(channel) = ops {
         let error = CodesClient::new(channel)
             .derive(DeriveRequest {
+                epoch: 0,
                 numbers: vec![common::valid_number(1)],
                 on_behalf_of: String::new(),
             })
@@ -754,6 +756,7 @@ async fn a_backup_under_traffic_is_consistent() {
                 .collect();
             client
                 .derive(DeriveRequest {
+                    epoch: 0,
                     numbers,
                     on_behalf_of: String::new(),
                 })

@@ -165,6 +165,7 @@ async fn derive(
 ) -> Result<Vec<String>, tonic::Status> {
     let response = client
         .derive(DeriveRequest {
+            epoch: 0,
             numbers: numbers.to_vec(),
             on_behalf_of: for_agency.to_owned(),
         })
@@ -266,6 +267,7 @@ async fn an_agent_derives_seals_and_redeems_for_the_agencies_it_acts_for() {
         .collect();
     let redeemed = city
         .redeem(RedeemRequest {
+            epoch: 0,
             tokens,
             on_behalf_of: String::new(),
         })
@@ -322,6 +324,7 @@ async fn an_agent_derives_seals_and_redeems_for_the_agencies_it_acts_for() {
     // Not as B (the tokens are addressed to A).
     let as_b = agent
         .redeem(RedeemRequest {
+            epoch: 0,
             tokens: tokens.clone(),
             on_behalf_of: "insurer-b".into(),
         })
@@ -336,6 +339,7 @@ async fn an_agent_derives_seals_and_redeems_for_the_agencies_it_acts_for() {
     );
     let opened = agent
         .redeem(RedeemRequest {
+            epoch: 0,
             tokens,
             on_behalf_of: "insurer-a".into(),
         })
@@ -566,6 +570,7 @@ async fn an_agent_that_is_the_provider_of_its_seal_reads_it_as_counterpart() {
         .collect();
     let redeemed = agent
         .redeem(RedeemRequest {
+            epoch: 0,
             tokens,
             on_behalf_of: String::new(),
         })

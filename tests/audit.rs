@@ -162,6 +162,7 @@ async fn derive(agency: &mut Agency, numbers: &[String]) -> Vec<Option<String>> 
         .derive(DeriveRequest {
             numbers: numbers.to_vec(),
             on_behalf_of: String::new(),
+            epoch: 0,
         })
         .await
         .unwrap()
@@ -213,6 +214,7 @@ async fn redeem(agency: &mut Agency, tokens: Vec<Vec<u8>>) -> Vec<Redeemed> {
     let response = agency
         .codes
         .redeem(RedeemRequest {
+            epoch: 0,
             tokens,
             on_behalf_of: String::new(),
         })
@@ -1038,6 +1040,7 @@ async fn checkpoints_cover_records_within_seconds_and_every_response_names_one()
         .derive(DeriveRequest {
             numbers: people.clone(),
             on_behalf_of: String::new(),
+            epoch: 0,
         })
         .await
         .unwrap();
@@ -1104,6 +1107,7 @@ async fn checkpoints_cover_records_within_seconds_and_every_response_names_one()
     let redeemed = shinjuku
         .codes
         .redeem(RedeemRequest {
+            epoch: 0,
             tokens,
             on_behalf_of: String::new(),
         })
@@ -1128,6 +1132,7 @@ async fn checkpoints_cover_records_within_seconds_and_every_response_names_one()
         .derive_stream(tokio_stream::iter(vec![DeriveRequest {
             numbers: people.clone(),
             on_behalf_of: String::new(),
+            epoch: 0,
         }]))
         .await
         .unwrap();
@@ -1411,6 +1416,7 @@ async fn every_policy_text_loaded_is_kept_by_version_and_its_loading_recorded() 
         .derive(DeriveRequest {
             numbers: people.clone(),
             on_behalf_of: String::new(),
+            epoch: 0,
         })
         .await
         .unwrap()
@@ -1428,6 +1434,7 @@ async fn every_policy_text_loaded_is_kept_by_version_and_its_loading_recorded() 
         .derive(DeriveRequest {
             numbers: people.clone(),
             on_behalf_of: String::new(),
+            epoch: 0,
         })
         .await
         .unwrap()
@@ -1483,6 +1490,7 @@ async fn policy_reload_during_a_write_failure_in_this_process() {
         .derive(DeriveRequest {
             numbers: people.clone(),
             on_behalf_of: String::new(),
+            epoch: 0,
         })
         .await
         .unwrap()
@@ -1506,6 +1514,7 @@ async fn policy_reload_during_a_write_failure_in_this_process() {
         .derive(DeriveRequest {
             numbers: people.clone(),
             on_behalf_of: String::new(),
+            epoch: 0,
         })
         .await
         .unwrap_err();
@@ -1535,6 +1544,7 @@ async fn policy_reload_during_a_write_failure_in_this_process() {
             .derive(DeriveRequest {
                 numbers: people.clone(),
                 on_behalf_of: String::new(),
+                epoch: 0,
             })
             .await
         {

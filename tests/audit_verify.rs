@@ -106,6 +106,7 @@ async fn write_store() -> Written {
     let mut derive = async |numbers: Vec<String>| {
         let response = client
             .derive(DeriveRequest {
+                epoch: 0,
                 numbers,
                 on_behalf_of: String::new(),
             })
@@ -139,6 +140,7 @@ async fn write_store() -> Written {
         .derive(DeriveRequest {
             numbers: vec![common::valid_number(4000), common::valid_number(4001)],
             on_behalf_of: String::new(),
+            epoch: 0,
         })
         .await
         .unwrap()
@@ -165,6 +167,7 @@ async fn write_store() -> Written {
         .derive(DeriveRequest {
             numbers: vec![common::valid_number(3001)],
             on_behalf_of: String::new(),
+            epoch: 0,
         })
         .await
         .unwrap();
@@ -894,6 +897,7 @@ async fn low_disk_space_is_warned_once_a_minute_and_calls_still_succeed() {
             .derive(DeriveRequest {
                 numbers: vec![common::valid_number(7000 + seed)],
                 on_behalf_of: String::new(),
+                epoch: 0,
             })
             .await
             .expect("below the warning level calls still succeed");

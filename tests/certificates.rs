@@ -367,6 +367,7 @@ async fn derive(client: &mut CodesClient<Channel>, seed: u64) -> Result<usize, t
         .derive(DeriveRequest {
             numbers: numbers(2, seed),
             on_behalf_of: String::new(),
+            epoch: 0,
         })
         .await
         .map(|response| response.into_inner().results.len())
@@ -508,6 +509,7 @@ async fn a_reload_revokes_an_open_stream_and_a_broken_crl_keeps_the_old_one() {
         .send(DeriveRequest {
             numbers: numbers(2, 3),
             on_behalf_of: String::new(),
+            epoch: 0,
         })
         .await
         .unwrap();
@@ -523,6 +525,7 @@ async fn a_reload_revokes_an_open_stream_and_a_broken_crl_keeps_the_old_one() {
         .send(DeriveRequest {
             numbers: numbers(2, 4),
             on_behalf_of: String::new(),
+            epoch: 0,
         })
         .await
         .unwrap();

@@ -548,8 +548,8 @@ fn policy_check_accepts_the_example_and_names_every_problem() {
     assert_eq!(
         errors(&out),
         format!(
-            "{shown}:63: accepted_epochs must include the current epoch 5\n\
-             {shown}:158: rule names unknown agency jsp\n\
+            "{shown}:72: accepted_epochs must include the current epoch 5\n\
+             {shown}:167: rule names unknown agency jsp\n\
              fugo: error: {shown}: 2 problem(s); the policy is not valid\n"
         )
     );

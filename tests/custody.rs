@@ -243,6 +243,7 @@ async fn derive(channel: &Channel) -> Result<(), (Code, String)> {
         .derive(DeriveRequest {
             numbers: vec![common::valid_number(1)],
             on_behalf_of: String::new(),
+            epoch: 0,
         })
         .await
         .map(|_| ())

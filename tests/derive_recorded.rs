@@ -90,7 +90,7 @@ fn a_real_key_records_one_entry_per_derived_person() {
         .iter()
         .map(|n| {
             let handle = coder.handle(&MyNumber::parse(n.as_bytes()).unwrap());
-            linker.link(&handle).to_bytes()
+            linker.link(&handle).unwrap().to_bytes()
         })
         .collect();
     let mut store = RedbStore::open(data.join(STORE_FILE)).unwrap();

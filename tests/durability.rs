@@ -353,10 +353,14 @@ fn check_store(setup: &Setup, acknowledged: &Acknowledged) -> StoreReport {
         Box::new(SystemRandomness::new()),
     );
     let caller = AgencyId::new(CALLER).unwrap();
+    let policy = fugo::policy::parse(
+        &std::fs::read_to_string(setup.dir.path().join("policy.toml")).unwrap(),
+    )
+    .unwrap();
     let code_of = |link: &fugo_log::record::PersonLink, epoch: u32| {
         let link = fugo::link::PersonLink::from_bytes(link.0);
         let code = exchange
-            .code_for_link(&caller, Epoch::new(epoch as u8).unwrap(), &link)
+            .code_for_link(&policy, &caller, Epoch::new(epoch as u8).unwrap(), &link)
             .unwrap();
         String::from_utf8(code.to_text().to_vec()).unwrap()
     };
@@ -471,6 +475,7 @@ async fn a_store_that_cannot_grow_fails_calls_closed_and_recovers_without_a_rest
             .derive(DeriveRequest {
                 numbers: derive(BATCH),
                 on_behalf_of: String::new(),
+                epoch: 0,
             })
             .await
             .unwrap();
@@ -494,6 +499,7 @@ async fn a_store_that_cannot_grow_fails_calls_closed_and_recovers_without_a_rest
             .derive(DeriveRequest {
                 numbers: batch.clone(),
                 on_behalf_of: String::new(),
+                epoch: 0,
             })
             .await;
         let took = started.elapsed();
@@ -532,6 +538,7 @@ async fn a_store_that_cannot_grow_fails_calls_closed_and_recovers_without_a_rest
             .derive(DeriveRequest {
                 numbers: batch,
                 on_behalf_of: String::new(),
+                epoch: 0,
             })
             .await
             .unwrap_err();
@@ -550,6 +557,7 @@ async fn a_store_that_cannot_grow_fails_calls_closed_and_recovers_without_a_rest
         .derive(DeriveRequest {
             numbers: derive(BATCH),
             on_behalf_of: String::new(),
+            epoch: 0,
         })
         .await
         .unwrap_err();
@@ -578,6 +586,7 @@ async fn a_store_that_cannot_grow_fails_calls_closed_and_recovers_without_a_rest
             .derive(DeriveRequest {
                 numbers: derive(BATCH),
                 on_behalf_of: String::new(),
+                epoch: 0,
             })
             .await
         {
@@ -666,6 +675,7 @@ async fn derive_until_killed(channel: Channel, first: u64) -> Vec<String> {
     let requests = (0..STREAM_BATCHES).map(move |batch| DeriveRequest {
         numbers: numbers(first + batch * STREAM_BATCH, STREAM_BATCH),
         on_behalf_of: String::new(),
+        epoch: 0,
     });
     let mut client = CodesClient::new(channel);
     let mut acknowledged = Vec::new();
@@ -742,6 +752,7 @@ async fn killing_the_server_at_random_loses_no_acknowledged_record_and_keeps_the
             .derive(DeriveRequest {
                 numbers: numbers(0, 2_000),
                 on_behalf_of: String::new(),
+                epoch: 0,
             })
             .await
             .unwrap();
@@ -806,6 +817,7 @@ async fn killing_the_server_at_random_loses_no_acknowledged_record_and_keeps_the
         .derive(DeriveRequest {
             numbers: numbers(500_000, 10),
             on_behalf_of: String::new(),
+            epoch: 0,
         })
         .await
         .unwrap();
@@ -1112,6 +1124,7 @@ async fn every_acknowledged_call_is_fsynced_before_its_response_is_written() {
         .derive(DeriveRequest {
             numbers: numbers(1_000, 1),
             on_behalf_of: String::new(),
+            epoch: 0,
         })
         .await
         .unwrap();
@@ -1122,6 +1135,7 @@ async fn every_acknowledged_call_is_fsynced_before_its_response_is_written() {
             .derive(DeriveRequest {
                 numbers: numbers(call * 10, 10),
                 on_behalf_of: String::new(),
+                epoch: 0,
             })
             .await
             .unwrap();

@@ -440,6 +440,7 @@ fn every_operation_names_the_person_it_opened_by_one_link() {
     );
     let shown = exchange
         .code_for_link(
+            &policy,
             &id("city-shinjuku"),
             fugo::agency::Epoch::new(2).unwrap(),
             &link,
@@ -453,6 +454,7 @@ fn every_operation_names_the_person_it_opened_by_one_link() {
     assert_eq!(
         exchange
             .code_for_link(
+                &policy,
                 &id("city-shinjuku"),
                 fugo::agency::Epoch::new(2).unwrap(),
                 &forged
@@ -684,10 +686,11 @@ fn a_token_whose_key_index_was_changed_is_forged() {
     let tokens = seal_batches(&exchange, &policy, &codes, &[150]);
     let per_key = tokens_per_key(&tokens);
     let (first, second) = (per_key[0].0.index().unwrap(), per_key[1].0.index().unwrap());
-    // Byte 5..9 is the index (after the format byte and the window).
+    // Byte 7..11 is the index (after the format byte, the generation and
+    // the window: format 3).
     let with_index = |token: &[u8], index: u32| {
         let mut changed = token.to_vec();
-        changed[5..9].copy_from_slice(&index.to_be_bytes());
+        changed[7..11].copy_from_slice(&index.to_be_bytes());
         changed
     };
     let altered = [
@@ -714,7 +717,7 @@ fn a_token_whose_key_index_was_changed_is_forged() {
 }
 
 /// Tokens of format 1 (window only, sealed before key indices) redeem as
-/// before, next to format-2 tokens in the same batch.
+/// before, next to format-3 tokens in the same batch.
 #[test]
 fn format_one_tokens_still_redeem() {
     use fugo::token::{Claims, KeyName, SealKey, Serial, Window};
@@ -737,14 +740,15 @@ fn format_one_tokens_still_redeem() {
         &keys,
         &id("city-shinjuku"),
         KeyName::format1(Window::containing(NOW)),
-    );
+    )
+    .unwrap();
     let old = old_key.seal(&claims, [1; 12]).unwrap().as_bytes().to_vec();
     assert_eq!(old[0], 1);
     let codes = ok(exchange
         .derive(&policy, &id("mhlw"), &bytes(&numbers[1..]))
         .unwrap());
     let new = seal_batches(&exchange, &policy, &codes, &[1]);
-    assert_eq!(new[0][0], 2);
+    assert_eq!(new[0][0], 3);
     assert_all_redeem(&exchange, &policy, &[old.clone(), new[0].clone()], &numbers);
     // Format 1 is still authenticated: a changed tag byte opens nothing.
     let mut changed = old.clone();

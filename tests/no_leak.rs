@@ -296,12 +296,13 @@ fn debug_of_every_type_holding_a_secret_is_redacted() {
     ];
     let window = fugo::token::Window::new(20_000);
     let seal_key =
-        fugo::token::SealKey::new(&keys, &shinjuku, fugo::token::KeyName::indexed(window, 7));
+        fugo::token::SealKey::new(&keys, &shinjuku, fugo::token::KeyName::indexed(window, 7))
+            .unwrap();
     printed.push(format!("{seal_key:?}"));
     for number in &numbers {
         let parsed = MyNumber::parse(number.as_bytes()).unwrap();
         let handle = coder.handle(&parsed);
-        let link = linker.link(&handle);
+        let link = linker.link(&handle).unwrap();
         let code = coder.derive(&parsed);
         secrets.handle(number, *handle.expose_bytes());
         secrets.link(number, link.to_bytes());
@@ -1149,7 +1150,7 @@ fn every_rpc_and_command_at_full_tracing_leaks_nothing() {
     for number in &valid {
         let handle = coder.handle(&MyNumber::parse(number.as_bytes()).unwrap());
         secrets.handle(number, *handle.expose_bytes());
-        secrets.link(number, linker.link(&handle).to_bytes());
+        secrets.link(number, linker.link(&handle).unwrap().to_bytes());
     }
 
     // Seal: mhlw's codes, a Shinjuku code (not mhlw's), a mistyped code.
@@ -1327,6 +1328,18 @@ fn every_rpc_and_command_at_full_tracing_leaks_nothing() {
         Allowed::nothing(),
     );
 
+    // Rekey: mhlw's own codes, a Shinjuku code and a mistyped one.
+    let out = client(
+        "mhlw",
+        &[
+            "rekey",
+            &at("in-mhlw-codes.txt"),
+            "-o",
+            &at("out-mhlw-rekey.txt"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    seen.output("client rekey", &out, Allowed::nothing());
     let out = client(STRANGER, &["derive", &at("in-numbers.txt")]);
     assert_eq!(out.status.code(), Some(1), "an unknown certificate");
     seen.output(
@@ -1395,6 +1408,8 @@ fn every_rpc_and_command_at_full_tracing_leaks_nothing() {
         "Derive nta for mhlw",
         "Migrate city-shinjuku",
         "MigrateStream city-shinjuku message 1",
+        "Rekey city-shinjuku",
+        "RekeyStream city-shinjuku message 1",
     ] {
         assert_eq!(answered(name), (true, false), "{name} answered");
     }
@@ -1925,6 +1940,7 @@ async fn rpcs(
         .derive(pb::DeriveRequest {
             numbers: numbers.clone(),
             on_behalf_of: String::new(),
+            epoch: 0,
         })
         .await;
     let policy_version = answer.as_ref().unwrap().get_ref().policy_version.clone();
@@ -1955,6 +1971,7 @@ async fn rpcs(
             .derive(pb::DeriveRequest {
                 numbers: request,
                 on_behalf_of: String::new(),
+                epoch: 0,
             })
             .await;
         seen.answer(name, &answer, allowed);
@@ -1978,6 +1995,7 @@ async fn rpcs(
         let answer = caller
             .codes
             .derive(pb::DeriveRequest {
+                epoch: 0,
                 numbers: numbers.clone(),
                 on_behalf_of,
             })
@@ -2047,6 +2065,7 @@ async fn rpcs(
         .derive(pb::DeriveRequest {
             numbers: vec![],
             on_behalf_of: String::new(),
+            epoch: 0,
         })
         .await;
     seen.answer("Derive empty", &answer, own("mhlw"));
@@ -2055,15 +2074,18 @@ async fn rpcs(
         .derive(pb::DeriveRequest {
             numbers: numbers.clone(),
             on_behalf_of: String::new(),
+            epoch: 0,
         })
         .await;
     seen.answer("Derive over quota", &answer, own("jps"));
     let batches = vec![
         pb::DeriveRequest {
+            epoch: 0,
             numbers: valid[..5].to_vec(),
             on_behalf_of: String::new(),
         },
         pb::DeriveRequest {
+            epoch: 0,
             numbers: malformed.to_vec(),
             on_behalf_of: String::new(),
         },
@@ -2075,6 +2097,7 @@ async fn rpcs(
         .derive_stream(tokio_stream::iter(vec![pb::DeriveRequest {
             numbers: vec![],
             on_behalf_of: String::new(),
+            epoch: 0,
         }]))
         .await;
     collect_stream("DeriveStream empty", stream, own("mhlw"), seen).await;
@@ -2164,6 +2187,7 @@ async fn rpcs(
         .redeem(pb::RedeemRequest {
             tokens: redeem_tokens.clone(),
             on_behalf_of: String::new(),
+            epoch: 0,
         })
         .await;
     let serials: Vec<Vec<u8>> = answer
@@ -2184,6 +2208,7 @@ async fn rpcs(
         .redeem(pb::RedeemRequest {
             tokens: tokens.clone(),
             on_behalf_of: String::new(),
+            epoch: 0,
         })
         .await;
     seen.answer("Redeem not the addressee", &answer, own("portal"));
@@ -2192,6 +2217,7 @@ async fn rpcs(
         .redeem(pb::RedeemRequest {
             tokens: vec![],
             on_behalf_of: String::new(),
+            epoch: 0,
         })
         .await;
     seen.answer("Redeem empty", &answer, own("city-shinjuku"));
@@ -2199,10 +2225,12 @@ async fn rpcs(
         .codes
         .redeem_stream(tokio_stream::iter(vec![
             pb::RedeemRequest {
+                epoch: 0,
                 tokens: tokens[..2].to_vec(),
                 on_behalf_of: String::new(),
             },
             pb::RedeemRequest {
+                epoch: 0,
                 tokens: redeem_tokens[8..].to_vec(),
                 on_behalf_of: String::new(),
             },
@@ -2261,6 +2289,34 @@ async fn rpcs(
             numbers: true,
             ..Allowed::nothing()
         },
+        seen,
+    )
+    .await;
+
+    // Rekey: own, foreign and mistyped codes (no capability needed).
+    let answer = s
+        .codes
+        .rekey(pb::RekeyRequest {
+            codes: codes.clone(),
+        })
+        .await;
+    assert!(answer.is_ok());
+    seen.answer("Rekey city-shinjuku", &answer, own("city-shinjuku"));
+    let stream = s
+        .codes
+        .rekey_stream(tokio_stream::iter(vec![
+            pb::RekeyRequest {
+                codes: shinjuku[..2].to_vec(),
+            },
+            pb::RekeyRequest {
+                codes: vec![mhlw[0].clone(), portal[0].clone()],
+            },
+        ]))
+        .await;
+    collect_stream(
+        "RekeyStream city-shinjuku",
+        stream,
+        own("city-shinjuku"),
         seen,
     )
     .await;

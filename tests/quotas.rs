@@ -174,6 +174,7 @@ async fn derive(
         .derive(DeriveRequest {
             numbers: numbers(count, seed),
             on_behalf_of: String::new(),
+            epoch: 0,
         })
         .await
 }
@@ -245,10 +246,12 @@ async fn the_day_limit_holds_across_connections_and_streams_and_refuses_whole_ba
     let mut third = CodesClient::new(connect(&running, &ca, "daily").await);
     let batches = vec![
         DeriveRequest {
+            epoch: 0,
             numbers: numbers(8, 200),
             on_behalf_of: String::new(),
         },
         DeriveRequest {
+            epoch: 0,
             numbers: numbers(5, 300),
             on_behalf_of: String::new(),
         },
@@ -298,6 +301,7 @@ async fn a_stream_is_paced_by_the_bucket_and_refused_when_the_wait_is_too_long()
         .map(|b| DeriveRequest {
             numbers: numbers(100, b * 1000),
             on_behalf_of: String::new(),
+            epoch: 0,
         })
         .collect();
     let mut answers = paced
@@ -326,6 +330,7 @@ async fn a_stream_is_paced_by_the_bucket_and_refused_when_the_wait_is_too_long()
         .map(|b| DeriveRequest {
             numbers: numbers(100, b * 1000),
             on_behalf_of: String::new(),
+            epoch: 0,
         })
         .collect();
     let mut answers = slow

@@ -139,6 +139,7 @@ async fn derive(client: &mut CodesClient<Channel>, numbers: &[String]) -> Vec<St
         .derive(DeriveRequest {
             numbers: numbers.to_vec(),
             on_behalf_of: String::new(),
+            epoch: 0,
         })
         .await
         .unwrap()
@@ -182,6 +183,7 @@ async fn redeem(
 ) -> Vec<Result<String, ItemError>> {
     let response = client
         .redeem(RedeemRequest {
+            epoch: 0,
             tokens,
             on_behalf_of: String::new(),
         })
@@ -256,6 +258,7 @@ async fn streams_answer_batch_by_batch_in_order() {
         .map(|chunk| DeriveRequest {
             numbers: chunk.to_vec(),
             on_behalf_of: String::new(),
+            epoch: 0,
         })
         .collect();
     let mut responses = mhlw
@@ -292,6 +295,7 @@ async fn item_errors_carry_index_and_code_never_the_value() {
         .derive(DeriveRequest {
             numbers: vec![good[0].clone(), "123456789012".to_owned(), good[1].clone()],
             on_behalf_of: String::new(),
+            epoch: 0,
         })
         .await
         .unwrap()
@@ -381,6 +385,7 @@ async fn whole_request_failures_have_their_status_codes() {
         .derive(DeriveRequest {
             numbers: numbers(1, 2),
             on_behalf_of: String::new(),
+            epoch: 0,
         })
         .await
         .unwrap_err();
@@ -410,6 +415,7 @@ async fn whole_request_failures_have_their_status_codes() {
         .derive(DeriveRequest {
             numbers: vec!["123456789018".to_owned(); 10_001],
             on_behalf_of: String::new(),
+            epoch: 0,
         })
         .await
         .unwrap_err();
@@ -474,6 +480,7 @@ async fn other_cas_and_missing_certificates_are_refused() {
         .derive(DeriveRequest {
             numbers: numbers(1, 1),
             on_behalf_of: String::new(),
+            epoch: 0,
         })
         .await;
     assert!(
@@ -485,6 +492,7 @@ async fn other_cas_and_missing_certificates_are_refused() {
     assert!(
         anonymous
             .derive(DeriveRequest {
+                epoch: 0,
                 numbers: numbers(1, 1),
                 on_behalf_of: String::new()
             })
@@ -532,6 +540,7 @@ async fn policy_reload_takes_effect_and_a_bad_one_is_refused() {
         .derive(DeriveRequest {
             numbers: numbers(1, 5),
             on_behalf_of: String::new(),
+            epoch: 0,
         })
         .await
         .unwrap()
@@ -638,6 +647,7 @@ async fn a_small_unary_call_does_not_wait_for_delayed_acks() {
     let request = DeriveRequest {
         numbers: numbers(10, 11),
         on_behalf_of: String::new(),
+        epoch: 0,
     };
     let mut latencies = Vec::new();
     for _ in 0..50 {
@@ -668,6 +678,7 @@ async fn a_stop_lets_an_in_flight_stream_finish() {
         .send(DeriveRequest {
             numbers: numbers(100, 1),
             on_behalf_of: String::new(),
+            epoch: 0,
         })
         .await
         .unwrap();
@@ -684,6 +695,7 @@ async fn a_stop_lets_an_in_flight_stream_finish() {
             .send(DeriveRequest {
                 numbers: numbers(100, 10 + batch),
                 on_behalf_of: String::new(),
+                epoch: 0,
             })
             .await
             .unwrap();

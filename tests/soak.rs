@@ -302,6 +302,7 @@ async fn run_client(
                 .derive(DeriveRequest {
                     numbers: numbers(&mut rng, 1),
                     on_behalf_of: String::new(),
+                    epoch: 0,
                 })
                 .await;
             let code = answer.as_ref().err().map_or(Code::Ok, tonic::Status::code);
@@ -342,6 +343,7 @@ async fn run_one(
             .derive(DeriveRequest {
                 numbers: numbers(rng, size),
                 on_behalf_of: String::new(),
+                epoch: 0,
             })
             .await;
         return match answer {
@@ -418,6 +420,7 @@ async fn run_one(
             };
             let answer = codes
                 .redeem(RedeemRequest {
+                    epoch: 0,
                     tokens,
                     on_behalf_of: String::new(),
                 })
@@ -468,6 +471,7 @@ async fn run_one(
             };
             let answer = codes
                 .redeem(RedeemRequest {
+                    epoch: 0,
                     tokens,
                     on_behalf_of: String::new(),
                 })
@@ -491,6 +495,7 @@ async fn run_one(
                 .derive(DeriveRequest {
                     numbers: numbers(rng, size),
                     on_behalf_of: String::new(),
+                    epoch: 0,
                 })
                 .await;
             let code = answer.as_ref().err().map_or(Code::Ok, tonic::Status::code);
@@ -520,6 +525,7 @@ async fn invalid(
                 .derive(DeriveRequest {
                     numbers: numbers(rng, size),
                     on_behalf_of: String::new(),
+                    epoch: 0,
                 })
                 .await
                 .map(|_| ());
@@ -557,6 +563,7 @@ async fn invalid(
                 .derive(DeriveRequest {
                     numbers: bad,
                     on_behalf_of: String::new(),
+                    epoch: 0,
                 })
                 .await;
             match answer {
@@ -595,6 +602,7 @@ async fn invalid(
                 .collect();
             let answer = codes
                 .redeem(RedeemRequest {
+                    epoch: 0,
                     tokens,
                     on_behalf_of: String::new(),
                 })

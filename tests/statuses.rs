@@ -60,6 +60,7 @@ async fn start(dir: &std::path::Path) -> (Running, DevCa) {
         audit: service::AuditConfig::default(),
         metrics: None,
         admin: None,
+        keyring: Vec::new(),
     };
     let running = service::start(config, &mut std::io::sink()).await.unwrap();
     (running, ca)
@@ -92,6 +93,7 @@ fn one_number() -> DeriveRequest {
     DeriveRequest {
         numbers: vec!["123456789018".to_owned()],
         on_behalf_of: String::new(),
+        epoch: 0,
     }
 }
 
@@ -147,6 +149,7 @@ async fn a_message_over_the_size_limit_is_out_of_range() {
     let oversized = DeriveRequest {
         numbers: vec!["1".repeat((4 << 20) + 1)],
         on_behalf_of: String::new(),
+        epoch: 0,
     };
     let refused = client.derive(oversized).await.unwrap_err();
     assert_eq!(refused.code(), Code::OutOfRange, "{refused:?}");

@@ -280,6 +280,7 @@ fn seal_key(
         &AgencyId::new(addressee).unwrap(),
         key_name(window, index),
     )
+    .unwrap()
 }
 
 fn key_name(window: u32, index: Option<u32>) -> KeyName {
@@ -458,12 +459,113 @@ fn audit_keys_and_person_links_match_the_spec() {
         );
         let handle = coder.handle(&MyNumber::parse(vector.number.as_bytes()).unwrap());
         assert_eq!(common::to_hex(handle.expose_bytes()), vector.handle);
-        let link = fugo::link::Linker::new(&keys).link(&handle);
+        let link = fugo::link::Linker::new(&keys).link(&handle).unwrap();
         assert_eq!(
             common::to_hex(&link.to_bytes()),
             vector.link,
             "{}",
             vector.number
         );
+    }
+}
+
+/// The format-3 key of a vector: its key as generation `generation`.
+fn seal_key3(
+    v: &common::Vectors,
+    key: &str,
+    addressee: &str,
+    window: u32,
+    index: Option<u32>,
+    generation: Option<u16>,
+) -> SealKey {
+    match generation {
+        None => seal_key(v, key, addressee, window, index),
+        Some(generation) => SealKey::new(
+            &v.keys_of_generation(key, generation),
+            &AgencyId::new(addressee).unwrap(),
+            KeyName::generational(
+                fugo::generation::Generation::new(generation).unwrap(),
+                Window::new(window),
+                index.unwrap(),
+            ),
+        )
+        .unwrap(),
+    }
+}
+
+/// SPEC §7.4: format 3, frozen before it shipped. Every positive vector
+/// seals to its bytes under its key as its generation, opens to a handle of
+/// that generation, and peeks to its generation; formats 1 and 2 peek as
+/// generation 1.
+#[test]
+fn every_format_three_vector_seals_to_its_bytes_and_opens() {
+    let v = vectors();
+    let t = &v.tokens3;
+    assert!(t.positive.len() >= 7, "{}", t.positive.len());
+    assert!(t.negative.len() >= 25, "{}", t.negative.len());
+    for error in [
+        "Malformed",
+        "UnknownFormat",
+        "WrongAddressee",
+        "WrongWindow",
+        "Forged",
+    ] {
+        assert!(t.negative.iter().any(|n| n.error == error), "{error}");
+    }
+    for p in &t.positive {
+        let generation = p.generation.unwrap();
+        let keys = v.keys_of_generation(&p.key, generation);
+        let addressee = AgencyId::new(&p.addressee).unwrap();
+        assert_eq!(
+            to_hex(&*keys.seal_key_bytes(&addressee, p.window, p.index)),
+            p.k_seal,
+            "{}",
+            p.description
+        );
+        let number = MyNumber::parse(p.number.as_bytes()).unwrap();
+        let coder = fugo::code::Coder::new(
+            &keys,
+            AgencyId::new("nta").unwrap(),
+            fugo::agency::Epoch::new(1).unwrap(),
+        );
+        let handle = coder.handle(&number);
+        assert_eq!(to_hex(handle.expose_bytes()), p.handle, "{}", p.description);
+        let items: Vec<ItemId> = p.items.iter().map(|i| ItemId::new(i).unwrap()).collect();
+        let shared = SharedClaims::new(
+            &AgencyId::new(&p.requester).unwrap(),
+            &AffairId::new(&p.affair).unwrap(),
+            &items,
+            p.expires_at,
+            p.non_disclosure_until,
+        )
+        .unwrap();
+        let serial = Serial::from_bytes(hex(&p.serial).try_into().unwrap());
+        let nonce: [u8; NONCE_LEN] = hex(&p.nonce).try_into().unwrap();
+        let key = seal_key3(&v, &p.key, &p.addressee, p.window, p.index, p.generation);
+        let token = key.seal_person(&handle, serial, &shared, nonce).unwrap();
+        assert_eq!(to_hex(token.as_bytes()), p.token, "{}", p.description);
+        assert_eq!(token.as_bytes()[0], fugo::token::FORMAT_GENERATIONAL);
+        let (name, _) = peek(token.as_bytes()).unwrap();
+        assert_eq!(name.generation().get(), generation, "{}", p.description);
+        let claims = key.open_bytes(&hex(&p.token)).unwrap();
+        assert_eq!(claims.handle.generation().get(), generation);
+        assert_eq!(to_hex(claims.handle.expose_bytes()), p.handle);
+    }
+    for p in &v.tokens.positive {
+        let (name, _) = peek(&hex(&p.token)).unwrap();
+        assert_eq!(name.generation(), fugo::generation::Generation::FIRST);
+    }
+}
+
+#[test]
+fn every_negative_format_three_vector_fails_as_expected() {
+    let v = vectors();
+    for n in &v.tokens3.negative {
+        let key = seal_key3(&v, &n.key, &n.addressee, n.window, n.index, n.generation);
+        let outcome = match key.open_bytes(&hex(&n.token)) {
+            Ok(_) => "accepted".to_owned(),
+            Err(e) => format!("{e:?}"),
+        };
+        assert_eq!(outcome, n.error, "{}", n.description);
     }
 }

@@ -554,6 +554,11 @@ fn merge(all: &mut Append, mut append: Append) {
     all.policies.extend(append.policies);
     all.usage.extend(append.usage);
     all.persons.extend(append.persons);
+    // The store only raises marks, so their order within a commit is moot.
+    all.marks.epochs.extend(append.marks.epochs);
+    all.marks
+        .destroyed_generations
+        .extend(append.marks.destroyed_generations);
     all.now_ms = all.now_ms.max(append.now_ms);
 }
 

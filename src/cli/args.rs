@@ -371,6 +371,10 @@ pub(crate) enum ClientOperation {
     /// Codes of an agency merged into this one (--merged) → this agency's
     /// codes; with --csv --append-column, (old, new) pairs.
     Migrate,
+    /// This agency's codes of an earlier epoch (current, accepted or
+    /// rekey-only) → its current-epoch codes (`NEW_CODE OLD_CODE` a line;
+    /// in CSV the new code replaces the old, which goes to `old_code`).
+    Rekey,
 }
 
 #[derive(Debug, Args)]

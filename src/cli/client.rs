@@ -48,6 +48,7 @@ pub(crate) fn run(args: ClientArgs) -> Result<Summary, CliError> {
         ClientOperation::Migrate => Operation::Migrate {
             merged: args.merged.unwrap_or_default(),
         },
+        ClientOperation::Rekey => Operation::Rekey,
     };
     let kept = args
         .checkpoint

@@ -11,10 +11,12 @@ use toml::Spanned;
 
 use super::{
     Affair, Agency, Capability, DEFAULT_NON_DISCLOSURE_MAX_DAYS, DEFAULT_WARN_PERCENT, Delegation,
-    MAX_BURST, MAX_PER_DAY, MAX_PER_SECOND, MAX_TOKEN_LIFETIME, Merger, Metered,
-    NON_DISCLOSURE_MAX_DAYS_LIMIT, Policy, PolicyError, PolicyVersion, Problem, Quotas, Rule,
+    EpochBinding, EpochState, MAX_BURST, MAX_PER_DAY, MAX_PER_SECOND, MAX_TOKEN_LIFETIME, Merger,
+    Metered, NON_DISCLOSURE_MAX_DAYS_LIMIT, Policy, PolicyError, PolicyVersion, Problem, Quotas,
+    Rule, epochs_of_generation_one,
 };
 use crate::agency::{AffairId, AgencyId, Epoch, ItemId};
+use crate::generation::Generation;
 
 /// Longest certificate identity, in characters: 64, the X.520 upper bound
 /// for a Common Name.
@@ -110,6 +112,9 @@ pub(super) struct RawPolicy {
     delegation: Vec<Spanned<RawDelegation>>,
     #[serde(default)]
     merger: Vec<Spanned<RawMerger>>,
+    /// Master-key generations whose keys are destroyed (SPEC §11).
+    #[serde(default)]
+    destroyed_generations: Option<Spanned<Vec<Spanned<i64>>>>,
 }
 
 /// A `[[delegation]]`: an agent and the agencies it acts for.
@@ -149,6 +154,7 @@ struct RawQuotaDefaults {
     disclose: Option<RawLimit>,
     #[serde(default)]
     migrate: Option<RawLimit>,
+    rekey: Option<RawLimit>,
 }
 
 /// An agency's `quota` table: what it changes of the defaults.
@@ -167,10 +173,11 @@ struct RawQuotas {
     disclose: Option<RawLimit>,
     #[serde(default)]
     migrate: Option<RawLimit>,
+    rekey: Option<RawLimit>,
 }
 
 impl RawQuotaDefaults {
-    fn limits(&self) -> [(Metered, Option<&RawLimit>); 6] {
+    fn limits(&self) -> [(Metered, Option<&RawLimit>); 7] {
         [
             (Metered::Derive, self.derive.as_ref()),
             (Metered::Seal, self.seal.as_ref()),
@@ -178,12 +185,13 @@ impl RawQuotaDefaults {
             (Metered::Reidentify, self.reidentify.as_ref()),
             (Metered::Disclose, self.disclose.as_ref()),
             (Metered::Migrate, self.migrate.as_ref()),
+            (Metered::Rekey, self.rekey.as_ref()),
         ]
     }
 }
 
 impl RawQuotas {
-    fn limits(&self) -> [(Metered, Option<&RawLimit>); 6] {
+    fn limits(&self) -> [(Metered, Option<&RawLimit>); 7] {
         [
             (Metered::Derive, self.derive.as_ref()),
             (Metered::Seal, self.seal.as_ref()),
@@ -191,6 +199,7 @@ impl RawQuotas {
             (Metered::Reidentify, self.reidentify.as_ref()),
             (Metered::Disclose, self.disclose.as_ref()),
             (Metered::Migrate, self.migrate.as_ref()),
+            (Metered::Rekey, self.rekey.as_ref()),
         ]
     }
 }
@@ -216,11 +225,24 @@ struct RawAgency {
     certificates: Vec<Spanned<String>>,
     #[serde(default)]
     capabilities: Vec<Spanned<String>>,
-    epoch: Spanned<i64>,
+    #[serde(default)]
+    epoch: Option<Spanned<i64>>,
     #[serde(default)]
     accepted_epochs: Option<Vec<Spanned<i64>>>,
+    /// The generations form: every epoch with its generation and state.
+    #[serde(default)]
+    epochs: Option<Spanned<Vec<Spanned<RawEpoch>>>>,
     #[serde(default)]
     quota: Option<RawQuotas>,
+}
+
+/// One entry of an agency's `epochs`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEpoch {
+    epoch: Spanned<i64>,
+    generation: Spanned<i64>,
+    state: Spanned<String>,
 }
 
 #[derive(Deserialize)]
@@ -297,6 +319,126 @@ impl<'t> Checker<'t> {
         epoch
     }
 
+    /// An agency's current epoch and epoch table, from either form: the
+    /// old `epoch` + `accepted_epochs` (all generation 1) or `epochs`
+    /// (each with its generation and state, exactly one current).
+    fn epoch_table(&mut self, entry: &RawAgency) -> Option<(Epoch, BTreeMap<Epoch, EpochBinding>)> {
+        let agency = shown_identity(entry.id.get_ref());
+        let Some(list) = &entry.epochs else {
+            let Some(raw_epoch) = &entry.epoch else {
+                self.report(
+                    &entry.id,
+                    format!("agency {agency}: give `epoch` (and `accepted_epochs`) or `epochs`"),
+                );
+                return None;
+            };
+            let epoch = self.epoch(raw_epoch);
+            let accepted: Option<BTreeSet<Epoch>> = match &entry.accepted_epochs {
+                None => epoch.map(|e| BTreeSet::from([e])),
+                Some(list) => list.iter().map(|e| self.epoch(e)).collect(),
+            };
+            if let (Some(epoch), Some(accepted)) = (epoch, &accepted)
+                && !accepted.contains(&epoch)
+            {
+                self.report(
+                    raw_epoch,
+                    format!("accepted_epochs must include the current epoch {epoch}"),
+                );
+            }
+            let (epoch, accepted) = (epoch?, accepted?);
+            return Some((epoch, epochs_of_generation_one(epoch, &accepted)));
+        };
+        if entry.epoch.is_some() || entry.accepted_epochs.is_some() {
+            self.report(
+                list,
+                format!(
+                    "agency {agency}: `epochs` replaces `epoch` and `accepted_epochs`; give one form"
+                ),
+            );
+            return None;
+        }
+        let mut table = BTreeMap::new();
+        let mut current = Vec::new();
+        let mut complete = true;
+        for raw in list.get_ref() {
+            let raw = raw.get_ref();
+            let epoch = self.epoch(&raw.epoch);
+            let generation = u16::try_from(*raw.generation.get_ref())
+                .ok()
+                .and_then(|g| Generation::new(g).ok());
+            if generation.is_none() {
+                self.report(
+                    &raw.generation,
+                    format!(
+                        "generation {} is outside 1 to 65535",
+                        raw.generation.get_ref()
+                    ),
+                );
+            }
+            let state = EpochState::from_name(raw.state.get_ref());
+            if state.is_none() {
+                self.report(
+                    &raw.state,
+                    format!(
+                        "unknown epoch state '{}' (known: current, accepted, rekey-only, destroyed)",
+                        raw.state.get_ref().escape_debug()
+                    ),
+                );
+            }
+            let (Some(epoch), Some(generation), Some(state)) = (epoch, generation, state) else {
+                complete = false;
+                continue;
+            };
+            if table
+                .insert(epoch, EpochBinding { generation, state })
+                .is_some()
+            {
+                self.report(
+                    &raw.epoch,
+                    format!("agency {agency}: epoch {epoch} is listed twice"),
+                );
+            }
+            if state == EpochState::Current {
+                current.push(epoch);
+            }
+        }
+        match current.as_slice() {
+            [epoch] if complete => Some((*epoch, table)),
+            // An entry was refused above: counting the rest says nothing.
+            _ if !complete => None,
+            _ => {
+                self.report(
+                    list,
+                    format!(
+                        "agency {agency}: exactly one epoch must be in state current ({} are)",
+                        current.len()
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    /// The policy's `destroyed_generations`.
+    fn destroyed_generations(&mut self, raw: &RawPolicy) -> BTreeSet<Generation> {
+        let mut out = BTreeSet::new();
+        for raw in raw.destroyed_generations.iter().flat_map(|l| l.get_ref()) {
+            match u16::try_from(*raw.get_ref())
+                .ok()
+                .and_then(|g| Generation::new(g).ok())
+            {
+                Some(generation) => {
+                    out.insert(generation);
+                }
+                None => self.report(
+                    raw,
+                    format!("generation {} is outside 1 to 65535", raw.get_ref()),
+                ),
+            }
+        }
+        out
+    }
+
     pub(super) fn check(
         mut self,
         raw: RawPolicy,
@@ -311,6 +453,40 @@ impl<'t> Checker<'t> {
             .map(|merger| merger.get_ref().merged.get_ref().clone())
             .collect();
         let agencies = self.agencies(&raw.agency, &defaults, &retired);
+        let destroyed = self.destroyed_generations(&raw);
+        for agency in agencies.values() {
+            for (epoch, binding) in &agency.epochs {
+                if destroyed.contains(&binding.generation) && binding.state != EpochState::Destroyed
+                {
+                    let at = raw
+                        .agency
+                        .iter()
+                        .find(|a| a.get_ref().id.get_ref() == agency.id.as_str());
+                    // Located at the epoch's entry (or the agency's id).
+                    let entry = at
+                        .and_then(|a| a.get_ref().epochs.as_ref())
+                        .and_then(|list| {
+                            list.get_ref()
+                                .iter()
+                                .find(|e| *e.get_ref().epoch.get_ref() == i64::from(epoch.get()))
+                        });
+                    let line_of_at = match (entry, at) {
+                        (Some(entry), _) => Some(entry.span().start),
+                        (None, Some(at)) => Some(at.get_ref().id.span().start),
+                        (None, None) => None,
+                    };
+                    if let Some(start) = line_of_at {
+                        self.problems.push(Problem {
+                            line: line_of(self.text, start),
+                            message: format!(
+                                "agency {}: epoch {epoch} is bound to generation {}, which is destroyed; the epoch must be destroyed too",
+                                agency.id, binding.generation
+                            ),
+                        });
+                    }
+                }
+            }
+        }
         let affairs = self.affairs(&raw.affair);
         let rules = self.rules(&raw.rule, &agencies, &affairs);
         let mergers = self.mergers(&raw.merger, &agencies);
@@ -351,6 +527,7 @@ impl<'t> Checker<'t> {
         )
         .and_then(|policy| policy.with_relations(delegations, mergers))
         .map(|policy| policy.with_warn_percent(warn_percent))
+        .and_then(|policy| policy.with_destroyed_generations(destroyed))
         .map_err(|inconsistent| {
             PolicyError(vec![Problem {
                 line: 0,
@@ -468,20 +645,8 @@ impl<'t> Checker<'t> {
                     self.quotas(defaults, raw.limits(), &prefix)
                 }
             };
-            let epoch = self.epoch(&entry.epoch);
-            let accepted: Option<BTreeSet<Epoch>> = match &entry.accepted_epochs {
-                None => epoch.map(|e| BTreeSet::from([e])),
-                Some(list) => list.iter().map(|e| self.epoch(e)).collect(),
-            };
-            if let (Some(epoch), Some(accepted)) = (epoch, &accepted)
-                && !accepted.contains(&epoch)
-            {
-                self.report(
-                    &entry.epoch,
-                    format!("accepted_epochs must include the current epoch {epoch}"),
-                );
-            }
-            let (Some(id), Some(epoch), Some(accepted_epochs)) = (id, epoch, accepted) else {
+            let table = self.epoch_table(entry);
+            let (Some(id), Some((epoch, epochs))) = (id, table) else {
                 continue;
             };
             if agencies.contains_key(&id) {
@@ -501,7 +666,7 @@ impl<'t> Checker<'t> {
                     certificates,
                     capabilities,
                     epoch,
-                    accepted_epochs,
+                    epochs,
                     quotas,
                 },
             );

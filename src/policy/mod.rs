@@ -166,7 +166,7 @@ token_lifetime_seconds = 3600
                 .to_string(),
             "agency mhlw does not have the reidentify capability"
         );
-        assert_eq!(policy.agency(&mhlw).unwrap().accepted_epochs.len(), 2);
+        assert_eq!(policy.agency(&mhlw).unwrap().accepted_epochs().count(), 2);
         assert_eq!(policy.longest_token_lifetime(), 3600);
     }
 
@@ -175,5 +175,91 @@ token_lifetime_seconds = 3600
         let a = parse(GOOD).unwrap();
         let b = parse(&format!("{GOOD}\n# comment\n")).unwrap();
         assert_ne!(a.version(), b.version());
+    }
+
+    /// The generations form: each epoch bound to a generation and in a
+    /// state; the old form means generation 1; the file's mistakes are
+    /// named with their lines.
+    #[test]
+    fn epochs_bind_generations_and_states() {
+        use crate::agency::Epoch;
+        use crate::generation::Generation;
+        let text = GOOD.replace(
+            "epoch = 2\naccepted_epochs = [1, 2]",
+            "epochs = [\n  { epoch = 1, generation = 1, state = \"rekey-only\" },\n  \
+             { epoch = 2, generation = 2, state = \"current\" },\n]",
+        );
+        let policy = parse(&text).unwrap();
+        let mhlw = policy.agency(&id("mhlw")).unwrap();
+        assert_eq!(mhlw.epoch, Epoch::new(2).unwrap());
+        assert_eq!(mhlw.current_generation(), Generation::new(2).unwrap());
+        assert_eq!(
+            mhlw.binding(Epoch::new(1).unwrap()).unwrap().state,
+            EpochState::RekeyOnly
+        );
+        // The old form: generation 1, the current epoch current.
+        let old = parse(GOOD).unwrap();
+        let old_mhlw = old.agency(&id("mhlw")).unwrap();
+        assert_eq!(
+            old_mhlw.binding(Epoch::new(1).unwrap()),
+            Some(EpochBinding {
+                generation: Generation::FIRST,
+                state: EpochState::Accepted
+            })
+        );
+        assert_eq!(old_mhlw.current_generation(), Generation::FIRST);
+
+        let problems = |text: &str| {
+            let error = parse(text).unwrap_err();
+            let lines: Vec<String> = error.0.iter().map(ToString::to_string).collect();
+            lines.join("\n")
+        };
+        // (An agency whose epochs are refused is left out, so a rule
+        // naming it is reported too: only the first line is compared.)
+        let assert_starts = |got: &str, want: &str| assert!(got.starts_with(want), "{got}");
+        assert_starts(
+            &problems(&text.replace("\"rekey-only\"", "\"retired\"")),
+            "line 8: unknown epoch state 'retired' (known: current, accepted, rekey-only, destroyed)",
+        );
+        assert_starts(
+            &problems(&text.replace("\"rekey-only\"", "\"current\"")),
+            "line 7: agency mhlw: exactly one epoch must be in state current (2 are)",
+        );
+        assert_starts(
+            &problems(&text.replace("generation = 2", "generation = 0")),
+            "line 9: generation 0 is outside 1 to 65535",
+        );
+        assert_starts(
+            &problems(&text.replace("epochs = [", "epoch = 2\nepochs = [")),
+            "line 8: agency mhlw: `epochs` replaces `epoch` and `accepted_epochs`; give one form",
+        );
+        assert_eq!(
+            problems(&format!("destroyed_generations = [1]\n{text}")),
+            "line 9: agency mhlw: epoch 1 is bound to generation 1, which is destroyed; \
+             the epoch must be destroyed too\n\
+             line 14: agency city-shinjuku: epoch 1 is bound to generation 1, which is destroyed; \
+             the epoch must be destroyed too"
+        );
+        let destroyed = format!(
+            "destroyed_generations = [1]\n{}",
+            text.replace("\"rekey-only\"", "\"destroyed\"").replace(
+                "epoch = 1\n",
+                "epochs = [{ epoch = 1, generation = 1, state = \"destroyed\" }, \
+                 { epoch = 3, generation = 2, state = \"current\" }]\n"
+            )
+        );
+        let policy = parse(&destroyed).unwrap();
+        assert_eq!(
+            policy
+                .destroyed_generations()
+                .iter()
+                .copied()
+                .collect::<Vec<_>>(),
+            [Generation::FIRST]
+        );
+        assert_eq!(
+            policy.generations_in_use().into_iter().collect::<Vec<_>>(),
+            [Generation::new(2).unwrap()]
+        );
     }
 }

@@ -278,7 +278,7 @@ impl AuditService {
             .map_err(|denied| id.tag_status(status::denied(denied)))?;
         let copy: Vec<CopyRecord> = records
             .iter()
-            .map(|record| self.copy_record(&caller, epoch, record))
+            .map(|record| self.copy_record(&policy, &caller, epoch, record))
             .collect();
         // Paging through one's copy is an access too: one record per page.
         let facts = facts(&caller, &id, &policy);
@@ -642,6 +642,7 @@ impl AuditService {
     /// other party's id, and nothing of the other party's call.
     fn copy_record(
         &self,
+        policy: &Policy,
         reader: &AgencyId,
         epoch: crate::agency::Epoch,
         record: &Record,
@@ -662,7 +663,12 @@ impl AuditService {
             .and_then(|link| {
                 self.state
                     .exchange
-                    .code_for_link(reader, epoch, &crate::link::PersonLink::from_bytes(link.0))
+                    .code_for_link(
+                        policy,
+                        reader,
+                        epoch,
+                        &crate::link::PersonLink::from_bytes(link.0),
+                    )
                     .ok()
             })
             .map(|code| String::from_utf8_lossy(&code.to_text()).into_owned())

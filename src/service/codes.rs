@@ -10,7 +10,7 @@
 //! whole-batch failure ends the stream with that status.
 
 use std::pin::Pin;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ring::rand::{SecureRandom, SystemRandom};
@@ -36,8 +36,9 @@ use crate::proto::fugo::v1::codes_server::Codes;
 use crate::proto::fugo::v1::{
     DeriveRequest, DeriveResponse, DeriveResult, MigrateRequest, MigrateResponse, MigrateResult,
     Migrated, RedeemRequest, RedeemResponse, RedeemResult, Redeemed, ReidentifyRequest,
-    ReidentifyResponse, ReidentifyResult, RequestContext, SealRequest, SealResponse, SealResult,
-    Sealed, derive_result, migrate_result, redeem_result, reidentify_result, seal_result,
+    ReidentifyResponse, ReidentifyResult, RekeyRequest, RekeyResponse, RekeyResult, Rekeyed,
+    RequestContext, SealRequest, SealResponse, SealResult, Sealed, derive_result, migrate_result,
+    redeem_result, reidentify_result, rekey_result, seal_result,
 };
 use fugo_log::record::{Entry, Operation, Outcome, PersonLink};
 use fugo_log::store::{Append, Appended, Usage};
@@ -52,6 +53,9 @@ pub(crate) struct State {
     pub(crate) quotas: Quotas,
     /// Counters for `/metrics`.
     pub(crate) metrics: Metrics,
+    /// The store's high-water mark of epoch states as of the policy in
+    /// force (`lifecycle`): a reload that moves one backwards is refused.
+    pub(crate) marks: Mutex<fugo_log::store::Marks>,
 }
 
 impl State {
@@ -447,6 +451,12 @@ impl Items for MigrateRequest {
     }
 }
 
+impl Items for RekeyRequest {
+    fn items(&self) -> usize {
+        self.codes.len()
+    }
+}
+
 /// A response that can say how many of its items succeeded and failed.
 trait Tally {
     /// (succeeded, failed)
@@ -486,6 +496,14 @@ impl Tally for MigrateResponse {
     fn tally(&self) -> (usize, usize) {
         tally(&self.results, |r| {
             matches!(r.result, Some(migrate_result::Result::Error(_)) | None)
+        })
+    }
+}
+
+impl Tally for RekeyResponse {
+    fn tally(&self) -> (usize, usize) {
+        tally(&self.results, |r| {
+            matches!(r.result, Some(rekey_result::Result::Error(_)) | None)
         })
     }
 }
@@ -855,6 +873,30 @@ fn principal<'p>(
         .map_err(status::denied)
 }
 
+/// The epoch a derive or redeem names: 0 for the current one.
+fn named_epoch(value: u32) -> Result<Option<crate::agency::Epoch>, Status> {
+    if value == 0 {
+        return Ok(None);
+    }
+    u8::try_from(value)
+        .ok()
+        .and_then(|e| crate::agency::Epoch::new(e).ok())
+        .map(Some)
+        .ok_or_else(|| status::bad_field("epoch", "an epoch is 0 (current) or 1 to 31"))
+}
+
+/// The epoch a batch's codes are made in, for its audit records.
+fn made_in(policy: &Policy, caller: &AgencyId, named: Option<crate::agency::Epoch>) -> u32 {
+    named.map_or_else(
+        || {
+            policy
+                .agency(caller)
+                .map_or(0, |agency| u32::from(agency.epoch.get()))
+        },
+        |epoch| u32::from(epoch.get()),
+    )
+}
+
 fn derive(
     state: &State,
     policy: &Policy,
@@ -871,13 +913,12 @@ fn derive(
         }
     };
     let numbers: Vec<&[u8]> = request.numbers.iter().map(String::as_bytes).collect();
+    let named = named_epoch(request.epoch)?;
     let done = state
         .exchange
-        .derive(policy, caller, &numbers)
+        .derive_in(policy, caller, named, &numbers)
         .map_err(status::batch)?;
-    let epoch = policy
-        .agency(caller)
-        .map_or(0, |agency| u32::from(agency.epoch.get()));
+    let epoch = made_in(policy, caller, named);
     let mut collector = Collector::new();
     let group = collector.group(facts.header(Operation::Derive));
     collector.items(group, &done, |_| (None, epoch));
@@ -982,13 +1023,12 @@ fn redeem(
         }
     };
     let tokens: Vec<&[u8]> = request.tokens.iter().map(Vec::as_slice).collect();
+    let named = named_epoch(request.epoch)?;
     let done = state
         .exchange
-        .redeem(policy, caller, &tokens, now())
+        .redeem_in(policy, caller, named, &tokens, now())
         .map_err(status::batch)?;
-    let epoch = policy
-        .agency(caller)
-        .map_or(0, |agency| u32::from(agency.epoch.get()));
+    let epoch = made_in(policy, caller, named);
     // Each distinct context goes into the response once (the exchange hands
     // the tokens of one seal the same shared context) and is one group of
     // records; refusals after opening a token share one group without it.
@@ -1124,6 +1164,7 @@ fn mark_repeats(
             && let Ok(first) = u8::try_from(first_epoch)
             && let Ok(first) = crate::agency::Epoch::new(first)
             && let Ok(code) = state.exchange.code_for_link(
+                &state.policy(),
                 caller,
                 first,
                 &crate::link::PersonLink::from_bytes(link.0),
@@ -1211,8 +1252,65 @@ fn reidentify(
     ))
 }
 
+fn rekey(
+    state: &State,
+    policy: &Policy,
+    caller: &AgencyId,
+    facts: &BatchFacts<'_>,
+    request: RekeyRequest,
+) -> Result<Pending<RekeyResponse>, Status> {
+    let codes: Vec<&[u8]> = request.codes.iter().map(String::as_bytes).collect();
+    let done = state
+        .exchange
+        .rekey(policy, caller, &codes)
+        .map_err(status::batch)?;
+    let epoch = made_in(policy, caller, None);
+    let mut collector = Collector::new();
+    let mut header = facts.header(Operation::Rekey);
+    header.note = format!("to epoch {epoch}");
+    let group = collector.group(header);
+    collector.items(group, &done, |_| (None, epoch));
+    let append = collector.finish(facts);
+    let results = done
+        .into_iter()
+        .zip(request.codes)
+        .map(|(result, old_code)| RekeyResult {
+            result: Some(match result {
+                Ok(rekeyed) => rekey_result::Result::Rekeyed(Rekeyed {
+                    old_code,
+                    new_code: String::from_utf8_lossy(&rekeyed.code.to_text()).into_owned(),
+                }),
+                Err(failure) => rekey_result::Result::Error(status::item(failure)),
+            }),
+        })
+        .collect();
+    Ok(Pending::new(
+        RekeyResponse {
+            results,
+            policy_version: policy.version().to_string(),
+        },
+        append,
+    ))
+}
+
 #[tonic::async_trait]
 impl Codes for CodesService {
+    async fn rekey(
+        &self,
+        request: Request<RekeyRequest>,
+    ) -> Result<Response<RekeyResponse>, Status> {
+        self.unary(request, Metered::Rekey, rekey).await
+    }
+
+    type RekeyStreamStream = BoxStream<RekeyResponse>;
+
+    async fn rekey_stream(
+        &self,
+        request: Request<Streaming<RekeyRequest>>,
+    ) -> Result<Response<Self::RekeyStreamStream>, Status> {
+        self.stream(request, Metered::Rekey, rekey)
+    }
+
     async fn derive(
         &self,
         request: Request<DeriveRequest>,
@@ -1320,6 +1418,7 @@ impl Handlers {
                 recorder: Arc::new(crate::audit::Recorder::discarding_for_benchmarks(&signer)),
                 quotas: Quotas::new(),
                 metrics: Metrics::new(),
+                marks: Mutex::default(),
             },
         })
     }

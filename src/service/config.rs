@@ -80,6 +80,31 @@ struct RawConfig {
     admin: Option<RawAdmin>,
     #[serde(default)]
     log: RawLog,
+    /// Later master-key generations (`[[keyring]]`); generation 1 is
+    /// `master_key` or `[custody]`.
+    #[serde(default)]
+    keyring: Vec<RawGeneration>,
+}
+
+/// One `[[keyring]]` entry: a later master-key generation from a key file.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGeneration {
+    generation: u16,
+    key_file: PathBuf,
+    fingerprint: String,
+}
+
+/// A master-key generation after the first, and where its key comes from
+/// (a key file, mode 0600 outside dev mode, with its pinned fingerprint).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GenerationKey {
+    /// Its generation, 2 or more.
+    pub generation: crate::generation::Generation,
+    /// The key file.
+    pub key_file: PathBuf,
+    /// The fingerprint the file's key must have.
+    pub fingerprint: Fingerprint,
 }
 
 /// The `[log]` section: how the server's log lines are written (D253).
@@ -388,6 +413,8 @@ pub struct ServeConfig {
     pub metrics: Option<SocketAddr>,
     /// The admin listener (`[admin]`; off when the section is missing).
     pub admin: Option<AdminConfig>,
+    /// Master-key generations after the first (`[[keyring]]`, SPEC §11).
+    pub keyring: Vec<GenerationKey>,
 }
 
 impl ServeConfig {
@@ -466,6 +493,34 @@ impl ServeConfig {
             })?),
         };
         let data_dir = resolve(&raw.data_dir);
+        let mut keyring: Vec<GenerationKey> = Vec::new();
+        for entry in &raw.keyring {
+            let generation = crate::generation::Generation::new(entry.generation)
+                .ok()
+                .filter(|g| g.get() >= 2)
+                .ok_or_else(|| {
+                    invalid(format!(
+                        "[[keyring]] generation {}: generations in [[keyring]] are 2 to 65535 \
+                         (generation 1 is master_key or [custody])",
+                        entry.generation
+                    ))
+                })?;
+            if keyring.iter().any(|k| k.generation == generation) {
+                return Err(invalid(format!(
+                    "[[keyring]] generation {generation} is listed twice"
+                )));
+            }
+            let fingerprint = Fingerprint::parse(&entry.fingerprint).map_err(|error| {
+                invalid(format!(
+                    "[[keyring]] generation {generation} fingerprint: {error}"
+                ))
+            })?;
+            keyring.push(GenerationKey {
+                generation,
+                key_file: resolve(&entry.key_file),
+                fingerprint,
+            });
+        }
         let master_key = match (raw.master_key, raw.custody) {
             (Some(path), None) => MasterKeySource::File(resolve(&path)),
             (None, Some(custody)) if custody.threshold >= 2 => MasterKeySource::Shares {
@@ -565,6 +620,7 @@ impl ServeConfig {
             limits: super::limits::Limits::check(raw.limits).map_err(invalid)?,
             audit: raw.audit.check().map_err(invalid)?,
             metrics,
+            keyring,
         };
         Ok((config, log))
     }
@@ -646,6 +702,49 @@ mod tests {
 
     /// The key is a file, or shares with a threshold of at least 2; not
     /// both, not neither (D110).
+    #[test]
+    fn later_key_generations_are_keyring_entries() {
+        let entry = |generation: &str, fingerprint: &str| {
+            format!(
+                "[[keyring]]\ngeneration = {generation}\nkey_file = \"k{generation}.key\"\n\
+                 fingerprint = \"{fingerprint}\"\n"
+            )
+        };
+        let fp = "0123456789abcdef0123456789abcdef";
+        let config = load(&format!(
+            "{BASE}dev_mode = true\n{}{}",
+            entry("2", fp),
+            entry("3", fp)
+        ))
+        .unwrap();
+        assert_eq!(config.keyring.len(), 2);
+        assert_eq!(config.keyring[1].generation.get(), 3);
+        assert!(config.keyring[0].key_file.ends_with("k2.key"));
+        assert!(
+            load(&format!("{BASE}dev_mode = true\n"))
+                .unwrap()
+                .keyring
+                .is_empty()
+        );
+        let refused = |text: String| load(&text).unwrap_err().to_string();
+        let message = refused(format!("{BASE}dev_mode = true\n{}", entry("1", fp)));
+        assert!(
+            message.contains("generation 1 is master_key or [custody]"),
+            "{message}"
+        );
+        let message = refused(format!(
+            "{BASE}dev_mode = true\n{}{}",
+            entry("2", fp),
+            entry("2", fp)
+        ));
+        assert!(
+            message.contains("generation 2 is listed twice"),
+            "{message}"
+        );
+        let message = refused(format!("{BASE}dev_mode = true\n{}", entry("2", "abc")));
+        assert!(message.contains("generation 2 fingerprint"), "{message}");
+    }
+
     #[test]
     fn the_master_key_is_a_file_or_custody_shares() {
         let config = load(&format!("{BASE}dev_mode = true\n")).unwrap();
@@ -811,12 +910,22 @@ mod tests {
         assert_eq!(dev.identities, vec![DEV_ADMIN.to_owned()]);
     }
 
+    /// A section's header line: `[[keyring]]` for the array of tables,
+    /// `[name]` for the others.
+    fn header_of(section: &str) -> String {
+        if crate::service::overrides::TABLE_ARRAYS.contains(&section) {
+            format!("[[{section}]]")
+        } else {
+            format!("[{section}]")
+        }
+    }
+
     /// The fields a section accepts, read from serde's answer to an
     /// unknown one ("unknown field `zz`, expected one of `a`, `b`").
     fn accepted_fields(section: Option<&str>) -> Vec<String> {
         let text = match section {
             None => "zz_not_a_setting = 1\n".to_owned(),
-            Some(section) => format!("[{section}]\nzz_not_a_setting = 1\n"),
+            Some(section) => format!("{}\nzz_not_a_setting = 1\n", header_of(section)),
         };
         let message = load(&text).unwrap_err().to_string();
         assert!(
@@ -859,7 +968,7 @@ mod tests {
             assert_eq!(accepted, listed, "the settings of {section:?}");
             if let Some(section) = section {
                 assert!(top.iter().any(|field| field == section), "{section}");
-                let message = load(&format!("{BASE}[{section}]\ntypo = 1\n"))
+                let message = load(&format!("{BASE}{}\ntypo = 1\n", header_of(section)))
                     .unwrap_err()
                     .to_string();
                 assert!(
@@ -870,7 +979,7 @@ mod tests {
         }
         let example = include_str!("../../fugo.example.toml");
         for setting in SETTINGS {
-            let header = setting.section.map(|section| format!("[{section}]"));
+            let header = setting.section.map(header_of);
             // The section's part of the example (commented out or not).
             let part = match &header {
                 None => example.split("\n[").next().unwrap_or(example),

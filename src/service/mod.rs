@@ -27,6 +27,7 @@ pub mod config;
 pub mod edge;
 mod framing;
 mod identity;
+mod lifecycle;
 pub mod limits;
 mod metrics;
 mod overrides;

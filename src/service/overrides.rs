@@ -92,6 +92,9 @@ pub(crate) const SETTINGS: &[Setting] = &[
     in_section("audit", "commit_timeout_ms", Kind::Whole),
     in_section("audit", "origin", Kind::FileOnly(TRAIL)),
     in_section("metrics", "listen", Kind::Text),
+    in_section("keyring", "generation", Kind::FileOnly(TRUST)),
+    in_section("keyring", "key_file", Kind::FileOnly(TRUST)),
+    in_section("keyring", "fingerprint", Kind::FileOnly(TRUST)),
     in_section("admin", "listen", Kind::FileOnly(TRUST)),
     in_section("admin", "ca", Kind::FileOnly(TRUST)),
     in_section("admin", "identities", Kind::FileOnly(TRUST)),
@@ -99,6 +102,10 @@ pub(crate) const SETTINGS: &[Setting] = &[
     in_section("log", "format", Kind::Text),
     in_section("log", "level", Kind::Text),
 ];
+
+/// Sections that are arrays of tables (`[[keyring]]`, one per later
+/// master-key generation); their settings are file-only.
+pub(crate) const TABLE_ARRAYS: &[&str] = &["keyring"];
 
 /// The prefix of every override.
 pub(crate) const PREFIX: &str = "FUGO_";

@@ -7,7 +7,7 @@
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 
 use thiserror::Error;
 use tokio::net::TcpListener;
@@ -41,7 +41,7 @@ use crate::proto::fugo::v1::persons_server::PersonsServer;
 use crate::random::SystemRandomness;
 use fugo_log::checkpoint::LogSigner;
 use fugo_log::record::{Entry, Group, Operation, Outcome};
-use fugo_log::store::{Append, Store};
+use fugo_log::store::{Append, Marks, Store};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Why the server could not start (or reload).
@@ -144,6 +144,18 @@ pub enum ServeError {
     /// The audit log's signing key could not be made.
     #[error("audit log signing key: {0}")]
     LogKey(String),
+    /// The keyring's later generations could not be loaded or do not fit.
+    #[error("keyring: {0}")]
+    Keyring(String),
+    /// The policy would move a key epoch backwards, or binds an epoch in
+    /// use to a generation the keyring lacks.
+    #[error("policy {path}: {reason}")]
+    Lifecycle {
+        /// The policy file.
+        path: String,
+        /// What it would do, naming agency and epoch (or generation).
+        reason: String,
+    },
 }
 
 /// Reads and checks a policy file: a regular file of at most
@@ -197,6 +209,35 @@ fn open_recorder(
     )?)
 }
 
+/// The keyring: generation 1 (`keys`, from the key file or the custodians'
+/// shares; the audit trail's keys come from it) and every `[[keyring]]`
+/// generation, each key file read now, checked against its pinned
+/// fingerprint, and refused outside dev mode if it is the demo key or
+/// readable by others.
+fn keyring(
+    config: &ServeConfig,
+    keys: crate::keys::KeyHierarchy,
+) -> Result<crate::generation::Keyring, ServeError> {
+    let mut hierarchies = vec![keys];
+    for entry in &config.keyring {
+        let source = KeySource {
+            path: entry.key_file.clone(),
+            expect: Some(entry.fingerprint),
+        };
+        let (keys, state) =
+            keyfile::load_generation(&source, entry.generation, &mut std::io::sink())?;
+        let shown = entry.key_file.display().to_string();
+        if !config.dev_mode && (state.demo || entry.fingerprint.is_demo()) {
+            return Err(ServeError::DemoKey(shown));
+        }
+        if !config.dev_mode && state.readable_by_others {
+            return Err(ServeError::KeyFileOpen(shown));
+        }
+        hierarchies.push(keys);
+    }
+    crate::generation::Keyring::new(hierarchies).map_err(|e| ServeError::Keyring(e.to_string()))
+}
+
 /// The record of loading a policy: its text stored once under its
 /// version, and one record saying it came into force.
 fn policy_loaded(policy: &Policy, text: &str) -> Append {
@@ -224,6 +265,7 @@ fn policy_loaded(policy: &Policy, text: &str) -> Append {
         }],
         policies: vec![(digest, text.to_owned())],
         now_ms: facts.time_ms,
+        marks: super::lifecycle::marks_of(policy),
         ..Append::default()
     }
 }
@@ -499,6 +541,14 @@ pub(crate) fn reload(
     };
     let loaded = load_policy_text(path).and_then(|(policy, text)| {
         succeeds(&policy, &state.policy(), path)?;
+        let lifecycle = |reason| ServeError::Lifecycle {
+            path: path.display().to_string(),
+            reason,
+        };
+        super::lifecycle::check_keyring(&state.exchange, &policy).map_err(lifecycle)?;
+        let mut marks = state.marks.lock().unwrap_or_else(PoisonError::into_inner);
+        super::lifecycle::check(&policy, &marks).map_err(lifecycle)?;
+        super::lifecycle::raise(&mut marks, &super::lifecycle::marks_of(&policy));
         Ok((policy, text))
     });
     match loaded {
@@ -645,13 +695,33 @@ impl Opening {
             key: keys.backup_key(),
             fingerprint: keys.fingerprint().to_string(),
         });
+        let keyring = keyring(config, keys)?;
         let state = Arc::new(State {
-            exchange: Exchange::new(keys, Box::new(SystemRandomness::new())),
+            exchange: Exchange::with_keyring(keyring, Box::new(SystemRandomness::new())),
             policy: RwLock::new(Arc::new(policy)),
             recorder: Arc::new(recorder),
             quotas: Quotas::new(),
             metrics: Metrics::new(),
+            marks: Mutex::new(Marks::default()),
         });
+        // The policy may not move an epoch backwards or need a key the
+        // keyring lacks: checked before anything is decided under it.
+        let lifecycle = |reason| ServeError::Lifecycle {
+            path: config.policy.display().to_string(),
+            reason,
+        };
+        super::lifecycle::check_keyring(&state.exchange, &state.policy()).map_err(lifecycle)?;
+        if self.audited {
+            let stored = state
+                .recorder
+                .read(|store| store.marks())
+                .await
+                .map_err(ServeError::Audit)?;
+            super::lifecycle::check(&state.policy(), &stored).map_err(lifecycle)?;
+            let mut marks = state.marks.lock().unwrap_or_else(PoisonError::into_inner);
+            *marks = stored;
+            super::lifecycle::raise(&mut marks, &super::lifecycle::marks_of(&state.policy()));
+        }
         // Today's quota counts survive a restart: read back from the store
         // (the benchmarks' unaudited server has no store to read).
         if self.audited {

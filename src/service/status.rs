@@ -34,6 +34,9 @@ pub(crate) fn batch(error: BatchError) -> Status {
             bad_field("non_disclosure_until", &message)
         }
         BatchError::Random(_) => Status::internal("the server could not draw random numbers"),
+        BatchError::Epoch { .. } | BatchError::Generation(_) => {
+            Status::failed_precondition(message)
+        }
         _ => Status::internal(message),
     }
 }
@@ -150,9 +153,13 @@ fn item_code(error: &ItemError) -> RpcCode {
     match error {
         ItemError::Number(_) | ItemError::CodeText(_) => RpcCode::InvalidArgument,
         ItemError::UnknownCode => RpcCode::NotFound,
-        ItemError::RetiredEpoch(_) | ItemError::StaleWindow | ItemError::Expired => {
-            RpcCode::FailedPrecondition
-        }
+        ItemError::RetiredEpoch(_)
+        | ItemError::RekeyOnlyEpoch(_)
+        | ItemError::DestroyedEpoch(_)
+        | ItemError::DestroyedGeneration(_)
+        | ItemError::Generation(_)
+        | ItemError::StaleWindow
+        | ItemError::Expired => RpcCode::FailedPrecondition,
         ItemError::Token(TokenError::WrongAddressee | TokenError::WrongWindow) => {
             RpcCode::FailedPrecondition
         }

@@ -33,6 +33,8 @@ pub struct Vectors {
     pub positive: Vec<Positive>,
     pub negative: Vec<Negative>,
     pub tokens: TokenVectors,
+    /// Format 3 (SPEC §7.4): the generation in the header.
+    pub tokens3: TokenVectors,
     pub audit: AuditVectors,
 }
 
@@ -104,6 +106,8 @@ pub struct TokenPositive {
     pub window: u32,
     /// The key index (format 2); `None` for format 1.
     pub index: Option<u32>,
+    /// The master-key generation (format 3); absent before.
+    pub generation: Option<u16>,
     pub serial: String,
     pub nonce: String,
     pub requester: String,
@@ -125,6 +129,8 @@ pub struct TokenNegative {
     pub window: u32,
     /// The key index of the key it is opened with; `None`: format 1's key.
     pub index: Option<u32>,
+    /// The generation of the key it is opened with (format 3); absent before.
+    pub generation: Option<u16>,
     pub token: String,
     pub error: String,
 }
@@ -138,6 +144,15 @@ impl Vectors {
     pub fn keys(&self, name: &str) -> KeyHierarchy {
         let key = self.keys.iter().find(|k| k.name == name).unwrap();
         KeyHierarchy::new(&MasterKey::from_file_contents(key.master_key.as_bytes()).unwrap())
+    }
+
+    /// The hierarchy of key `name` as master-key generation `generation`.
+    pub fn keys_of_generation(&self, name: &str, generation: u16) -> KeyHierarchy {
+        let key = self.keys.iter().find(|k| k.name == name).unwrap();
+        KeyHierarchy::of_generation(
+            &MasterKey::from_file_contents(key.master_key.as_bytes()).unwrap(),
+            fugo::generation::Generation::new(generation).unwrap(),
+        )
     }
 
     pub fn coder(&self, key: &str, agency: &str, epoch: u8) -> Coder {
@@ -209,6 +224,7 @@ pub fn server_config(
         audit: fugo::service::AuditConfig::default(),
         metrics: None,
         admin: None,
+        keyring: Vec::new(),
     };
     (config, ca)
 }

@@ -22,9 +22,10 @@ and every Python version: no clocks, no `random`; every pseudo-random choice
 is taken from SHA-256 of a fixed ASCII seed.
 
 Besides the code vectors of §3 it writes the sealed-token vectors of §7
-(the "tokens" section), of both token formats (1: the window names the key;
-2: the window and a key index): AES-256-GCM is the `cryptography` package's
-AESGCM.
+(the "tokens" section), of token formats 1 (the window names the key) and 2
+(the window and a key index), and (the "tokens3" section) of format 3 (the
+master-key generation, the window and a key index; §7.4): AES-256-GCM is the
+`cryptography` package's AESGCM.
 
 Before anything is written the script asserts the known answers of SPEC.md §6
 and the demo-key fingerprint; if they do not reproduce it fails loudly.
@@ -729,6 +730,8 @@ def negative_vectors() -> list[dict]:
 
 FORMAT_WINDOW = 0x01                   # §7.1 format 1: the window names the key
 FORMAT_INDEXED = 0x02                  # §7.1 format 2: the window and a key index
+FORMAT_GENERATIONAL = 0x03             # §7.4 format 3: generation, window and key index
+GENERATION_MAX = 2**16 - 1             # the generation is a uint16 in the header, 0 is none
 TOKEN_AAD_LABEL = b"fugo/v1/token"
 NONCE_LEN = 12
 TAG_LEN = 16
@@ -762,10 +765,16 @@ def short_string(raw: bytes) -> bytes:
     return bytes([len(raw)]) + raw
 
 
-def token_header(addressee: str, window: int, index: int | None = None) -> bytes:
+def token_header(addressee: str, window: int, index: int | None = None,
+                 generation: int | None = None) -> bytes:
     """§7: format 1 (index None): header = 0x01 ‖ uint32_be(w) ‖ uint8(len(b)) ‖ b;
-    format 2: header = 0x02 ‖ uint32_be(w) ‖ uint32_be(k) ‖ uint8(len(b)) ‖ b."""
+    format 2: header = 0x02 ‖ uint32_be(w) ‖ uint32_be(k) ‖ uint8(len(b)) ‖ b;
+    §7.4 format 3 (generation given): header = 0x03 ‖ uint16_be(g) ‖ uint32_be(w) ‖ uint32_be(k) ‖ uint8(len(b)) ‖ b."""
     assert 0 <= window <= WINDOW_MAX
+    if generation is not None:
+        assert 1 <= generation <= GENERATION_MAX and index is not None and 0 <= index <= INDEX_MAX
+        return (bytes([FORMAT_GENERATIONAL]) + generation.to_bytes(2, "big") + window.to_bytes(4, "big")
+                + index.to_bytes(4, "big") + short_string(check_id(addressee)))
     if index is None:
         return bytes([FORMAT_WINDOW]) + window.to_bytes(4, "big") + short_string(check_id(addressee))
     assert 0 <= index <= INDEX_MAX
@@ -808,16 +817,22 @@ class TokenError(Exception):
 
 
 def peek_header(token: bytes) -> tuple[int, int | None, bytes]:
-    """§7.2 steps 1-2: read a header: (window, key index or None, addressee bytes) or a refusal."""
+    """§7.2 steps 1-2: read a header: (window, key index or None, addressee bytes) or a refusal.
+    A format-3 header (§7.4) is read the same way after its generation, which must not be 0."""
     if len(token) < 1:
         raise TokenError("Malformed")
-    if token[0] not in (FORMAT_WINDOW, FORMAT_INDEXED):
+    if token[0] not in (FORMAT_WINDOW, FORMAT_INDEXED, FORMAT_GENERATIONAL):
         raise TokenError("UnknownFormat")
-    fixed = 6 if token[0] == FORMAT_WINDOW else 10     # bytes before the addressee
+    fixed = {FORMAT_WINDOW: 6, FORMAT_INDEXED: 10, FORMAT_GENERATIONAL: 12}[token[0]]  # bytes before the addressee
     if len(token) < fixed:
         raise TokenError("Malformed")
-    window = int.from_bytes(token[1:5], "big")
-    index = None if token[0] == FORMAT_WINDOW else int.from_bytes(token[5:9], "big")
+    at = 1
+    if token[0] == FORMAT_GENERATIONAL:
+        if int.from_bytes(token[1:3], "big") == 0:
+            raise TokenError("Malformed")
+        at = 3
+    window = int.from_bytes(token[at:at + 4], "big")
+    index = None if token[0] == FORMAT_WINDOW else int.from_bytes(token[at + 4:at + 8], "big")
     length = token[fixed - 1]
     if len(token) < fixed + length:
         raise TokenError("Malformed")
@@ -856,9 +871,11 @@ def parse_claims(plain: bytes) -> dict:
             "non_disclosure_until": until if until != 0 else None}
 
 
-def open_token(keys: Keys, addressee: str, window: int, token: bytes, index: int | None = None) -> dict:
-    """§7.2: open `token` with K_seal(addressee, window[, index]); the claims or a TokenError."""
-    expected = token_header(addressee, window, index)
+def open_token(keys: Keys, addressee: str, window: int, token: bytes, index: int | None = None,
+               generation: int | None = None) -> dict:
+    """§7.2: open `token` with K_seal(addressee, window[, index]) (§7.4: of generation `generation`,
+    whose master key `keys` is); the claims or a TokenError."""
+    expected = token_header(addressee, window, index, generation)
     # Steps 1-2: the token must start with exactly the key's own header H.
     if token[:len(expected)] != expected:
         got_window, got_index, got_addressee = peek_header(token)
@@ -866,8 +883,7 @@ def open_token(keys: Keys, addressee: str, window: int, token: bytes, index: int
             raise TokenError("Malformed")
         if got_addressee != addressee.encode("ascii"):
             raise TokenError("WrongAddressee")
-        # Only the key name differs: the window, the index, or the format.
-        assert (got_window, got_index, token[0]) != (window, index, expected[0])
+        # Only the key name differs: the generation, the window, the index, or the format.
         raise TokenError("WrongWindow")
     rest = token[len(expected):]
     # Step 3: room for a nonce and a tag after H.
@@ -884,9 +900,9 @@ def open_token(keys: Keys, addressee: str, window: int, token: bytes, index: int
 
 
 def token_error_of(keys: Keys, addressee: str, window: int, token: bytes,
-                   index: int | None = None) -> str | None:
+                   index: int | None = None, generation: int | None = None) -> str | None:
     try:
-        open_token(keys, addressee, window, token, index)
+        open_token(keys, addressee, window, token, index, generation)
     except TokenError as e:
         return e.kind
     return None
@@ -1009,9 +1025,9 @@ def token_negative_vectors(positive: list[dict]) -> list[dict]:
     # --- §7.2 step 1: format byte ---------------------------------------------
     neg("empty token", b"", "Malformed")
     neg("format byte 0x00", bytes([0x00]) + T[1:], "UnknownFormat")
-    neg("format byte 0x03", bytes([0x03]) + T[1:], "UnknownFormat")
+    neg("format byte 0x04", bytes([0x04]) + T[1:], "UnknownFormat")
     neg("format byte with its top bit flipped (0x81)", flip(0, 7), "UnknownFormat")
-    neg("a lone format byte 0x03: the format is checked before the length", bytes([0x03]), "UnknownFormat")
+    neg("a lone format byte 0x04: the format is checked before the length", bytes([0x04]), "UnknownFormat")
     neg("a lone format byte 0x02 (format 2, known): too short", bytes([0x02]), "Malformed")
     neg("format byte 0x02 on a format-1 token: the window and the next four bytes are read as "
         "window and key index, the addressee length from the nonce", bytes([0x02]) + T[1:], "Malformed")
@@ -1133,7 +1149,7 @@ def token2_negative_vectors(positive: list[dict]) -> list[dict]:
         return bytes(changed)
 
     # --- steps 1-2: format and header ----------------------------------------
-    neg("format 2: format byte 0x03", bytes([0x03]) + T[1:], "UnknownFormat")
+    neg("format 2: format byte 0x04", bytes([0x04]) + T[1:], "UnknownFormat")
     neg("format 2: truncated inside the key index (window and 3 of 4 index bytes)", T[:8], "Malformed")
     neg("format 2: truncated before the addressee length byte", T[:9], "Malformed")
     neg("format 2: truncated inside the addressee", T[:H - 1], "Malformed")
@@ -1182,6 +1198,138 @@ def token2_negative_vectors(positive: list[dict]) -> list[dict]:
 
 
 # ---------------------------------------------------------------------------
+# §7.4 Format 3: the master-key generation in the authenticated header
+# ---------------------------------------------------------------------------
+
+# (description, key, generation, number, addressee, window, index, requester,
+# affair, items, expires_at, non_disclosure_until). The key is the master key
+# of that generation: "demo" is generation 1 (the key of formats 1 and 2),
+# "second" a later one.
+TOKEN3_CASES = [
+    ("format 3: generation 1 (the demo key), one item, key index 0", "demo", 1, "123456789018", "nta",
+     20000, 0, "city-shinjuku", "local-tax.assessment", ["income"], 20000 * DAY + 3600, None),
+    ("format 3: generation 2 (the second key), same inputs", "second", 2, "123456789018", "nta",
+     20000, 0, "city-shinjuku", "local-tax.assessment", ["income"], 20000 * DAY + 3600, None),
+    ("format 3: generation 2, three items, non-disclosure date, a random-looking index", "second", 2,
+     "983205673214", "city-shinjuku", 20001, 0x9E3779B9, "mhlw", "health-insurance-benefit",
+     ["local-tax", "resident", "household"], 20001 * DAY + 7 * DAY, 20001 * DAY + 180 * DAY),
+    ("format 3: largest generation, one-byte ids, window 0, largest index", "second", GENERATION_MAX,
+     "000000000000", "0", 0, INDEX_MAX, "1", "2", ["3"], 1, 2),
+    ("format 3: generation 2, 63-byte ids, largest window", "second", 2, "000000000019",
+     "a" * 63, WINDOW_MAX, 2**31, "z" * 63, "9" * 63, ["m" * 63, "x"], 2**64 - 1, 2**64 - 1),
+    ("format 3: generation 2, 64 items", "second", 2, "123456789018", "jps.pension", 20500, 42,
+     "moj_family-register", "family-register.check", [f"item-{i:02d}" for i in range(64)],
+     20500 * DAY + 86399, None),
+    ("format 3: generation 258 (both header bytes in use)", "second", 258, "983205673214", "mhlw",
+     20001, 7, "a.b_c-d", "x-y.z_0", ["p_q", "r.s", "t-u", "v"], 20001 * DAY + 1, None),
+]
+
+
+def token3_vector(i: int, case: tuple) -> dict:
+    (description, key, generation, number, addressee, window, index, requester, affair, items,
+     expires_at, until) = case
+    keys = KEYS[key]
+    h = person_handle(keys, parse_my_number(number))
+    serial = seeded(f"token3/serial/{i}")[:16]
+    nonce = seeded(f"token3/nonce/{i}")[:NONCE_LEN]
+    key_bytes = k_seal(keys, addressee, window, index)
+    header = token_header(addressee, window, index, generation)
+    claims = token_claims(h, serial, requester, affair, items, expires_at, until)
+    token = seal_raw(key_bytes, header, nonce, claims)
+    opened = open_token(keys, addressee, window, token, index, generation)
+    assert opened["handle"] == h.hex() and opened["serial"] == serial.hex(), description
+    return {"description": description, "key": key, "generation": generation, "number": number,
+            "handle": h.hex(), "addressee": addressee, "window": window, "index": index,
+            "serial": serial.hex(), "nonce": nonce.hex(),
+            "requester": requester, "affair": affair, "items": items,
+            "expires_at": expires_at, "non_disclosure_until": until,
+            "k_seal": key_bytes.hex(), "header": header.hex(), "claims": claims.hex(),
+            "token": token.hex()}
+
+
+def token3_positive_vectors(format2: list[dict]) -> list[dict]:
+    out = [token3_vector(i, case) for i, case in enumerate(TOKEN3_CASES)]
+    # Generation 1's key of (nta, 20000, 0) is format 2's: the label is the same and the
+    # master key names the generation; the header (bound as AAD) tells the tokens apart.
+    f2 = next(v for v in format2 if v["index"] == 0 and v["key"] == "demo" and v["addressee"] == "nta")
+    assert out[0]["k_seal"] == f2["k_seal"] and out[0]["header"] != f2["header"]
+    # Another generation is another key, and another handle of the same person.
+    assert out[0]["k_seal"] != out[1]["k_seal"] and out[0]["handle"] != out[1]["handle"]
+    return out
+
+
+def token3_negative_vectors(positive: list[dict], legacy: list[dict]) -> list[dict]:
+    """§7.2 for format 3 (§7.4): the generation is part of the key name and of the AAD."""
+    out = []
+    base = positive[1]                        # second key as generation 2, nta, 20000, index 0
+    T = bytes.fromhex(base["token"])
+    H = len(bytes.fromhex(base["header"]))    # 12 + len("nta") = 15
+    addressee, window, index, generation = base["addressee"], base["window"], base["index"], base["generation"]
+    v2 = bytes.fromhex(next(v for v in legacy if v["index"] == 0 and v["key"] == "demo"
+                            and v["addressee"] == "nta")["token"])
+    v1 = bytes.fromhex(legacy[0]["token"])    # format 1, demo, nta, 20000
+
+    def neg(description: str, token: bytes, expected: str, key: str = "second",
+            addressee: str = addressee, window: int = window, index: int | None = index,
+            generation: int | None = generation) -> None:
+        got = token_error_of(KEYS[key], addressee, window, token, index, generation)
+        assert got == expected, f"{description}: expected {expected}, got {got}"
+        out.append({"description": description, "key": key, "addressee": addressee,
+                    "window": window, "index": index, "generation": generation,
+                    "token": token.hex(), "error": got})
+
+    def flip(at: int, bit: int) -> bytes:
+        changed = bytearray(T)
+        changed[at] ^= 1 << bit
+        return bytes(changed)
+
+    # --- steps 1-2: format and header ----------------------------------------
+    neg("format 3: format byte 0x04", bytes([0x04]) + T[1:], "UnknownFormat")
+    neg("format 3: a lone format byte 0x03", bytes([0x03]), "Malformed")
+    neg("format 3: truncated inside the generation", T[:2], "Malformed")
+    neg("format 3: truncated inside the key index", T[:10], "Malformed")
+    neg("format 3: truncated inside the addressee", T[:H - 1], "Malformed")
+    neg("format 3: generation 0 (no generation)", T[:1] + b"\x00\x00" + T[3:], "Malformed")
+    neg("format 3: generation 2 -> 3 (lowest bit flipped)", flip(2, 0), "WrongWindow")
+    neg("format 3: generation 2 -> 258 (high byte)", flip(1, 0), "WrongWindow")
+    neg("format 3: lowest bit of the window flipped", flip(6, 0), "WrongWindow")
+    neg("format 3: lowest bit of the key index flipped", flip(10, 0), "WrongWindow")
+    neg("format 3: addressee byte 'n' -> 'o'", flip(12, 0), "WrongAddressee")
+    neg("format 3: opened by another addressee's key (mhlw)", T, "WrongAddressee", addressee="mhlw")
+    neg("format 3: opened as generation 3 (the same master key named otherwise)", T, "WrongWindow",
+        generation=3)
+    neg("format 3: opened with the format-2 key of its window and index", T, "WrongWindow",
+        generation=None)
+    neg("format 2 token opened with the generation-1 format-3 key of its window and index", v2,
+        "WrongWindow", key="demo", generation=1)
+    neg("format 1 token relabelled format 3 (window bytes read as generation and window)",
+        bytes([0x03]) + v1[1:], "Malformed", key="demo", generation=1)
+    neg("format 2 token relabelled format 3", bytes([0x03]) + v2[1:], "Malformed", key="demo",
+        generation=1)
+
+    # --- step 3 -------------------------------------------------------------
+    neg("format 3: header only", T[:H], "Malformed")
+    neg("format 3: header, nonce and 15 bytes", T[:H + NONCE_LEN + TAG_LEN - 1], "Malformed")
+
+    # --- step 4: the generation is authenticated ---------------------------------
+    neg("format 3: header rewritten to generation 3, opened as generation 3 with the same key",
+        token_header(addressee, window, index, 3) + T[H:], "Forged", generation=3)
+    neg("format 3: header rewritten to format 2, opened with the format-2 key",
+        token_header(addressee, window, index) + T[H:], "Forged", generation=None)
+    f3g1 = bytes.fromhex(positive[0]["token"])
+    neg("format 3: a generation-1 token's body under a generation-2 header",
+        T[:H] + f3g1[H:], "Forged")
+    neg("format 3: a generation-1 token relabelled generation 2, opened with generation 2's key",
+        f3g1[:1] + (2).to_bytes(2, "big") + f3g1[3:], "Forged")
+    neg("format 3: sealed under generation 1's key, opened with generation 2's", f3g1[:1] + T[1:H] + f3g1[H:],
+        "Forged")
+    neg("format 3: first tag byte flipped", flip(len(T) - TAG_LEN, 0), "Forged")
+    neg("format 3: first nonce byte flipped", flip(H, 0), "Forged")
+    neg("format 3: extra trailing zero byte", T + b"\x00", "Forged")
+    return out
+
+
+# ---------------------------------------------------------------------------
 
 def audit_vectors(positive: list[dict]) -> dict:
     """§8: each key's K_link, log seed and Ed25519 public key (RFC 8032,
@@ -1205,6 +1353,7 @@ def audit_vectors(positive: list[dict]) -> dict:
 def main() -> None:
     self_check()
     tokens = token_positive_vectors()
+    tokens3 = token3_positive_vectors(tokens)
     keys = [{"name": name, "master_key": k.master_key.hex(), "fingerprint": k.fingerprint()}
             for name, k in KEYS.items()]
     positive = positive_vectors()
@@ -1216,6 +1365,7 @@ def main() -> None:
         "negative": negative_vectors(),
         "tokens": {"positive": tokens,
                    "negative": token_negative_vectors(tokens) + token2_negative_vectors(tokens)},
+        "tokens3": {"positive": tokens3, "negative": token3_negative_vectors(tokens3, tokens)},
         "audit": audit_vectors(positive),
     }
     sys.stdout.buffer.write((json.dumps(doc, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))

@@ -136,11 +136,24 @@ impl<'c> BatchDeriver<'c> {
                 let removed = persons.resolve_blocks(&mut self.blocks, &mut self.scratch);
                 refuse(&mut outcomes, &removed, superseded);
             }
-            self.coder.person_layer(&mut self.blocks);
-            if let Some(linker) = linker {
-                self.links.clear();
-                self.links.extend_from_slice(&self.blocks);
-                linker.link_blocks(&mut self.links);
+            match linker {
+                // Codes of the audit trail's generation: link their handles.
+                Some(linker) if linker.generation() == self.coder.generation() => {
+                    self.coder.person_layer(&mut self.blocks);
+                    self.links.clear();
+                    self.links.extend_from_slice(&self.blocks);
+                    linker.link_blocks(&mut self.links);
+                }
+                // Codes of another generation: the link is of the audit
+                // generation's handle, made from the number itself (both
+                // copies are encrypted in place before anything else).
+                Some(linker) => {
+                    self.links.clear();
+                    self.links.extend_from_slice(&self.blocks);
+                    linker.link_person_blocks(&mut self.links);
+                    self.coder.person_layer(&mut self.blocks);
+                }
+                None => self.coder.person_layer(&mut self.blocks),
             }
             self.coder.agency_layer(&mut self.blocks);
             let epoch = self.coder.epoch();
@@ -223,5 +236,35 @@ mod tests {
                 assert_eq!(*result, Ok(expected));
             }
         }
+    }
+
+    /// A person's link is the same whichever generation their codes are
+    /// derived under: the audit trail sees one person across a rotation.
+    #[test]
+    fn links_are_of_the_audit_generation_whatever_the_codes() {
+        let one = KeyHierarchy::new(&MasterKey::from_bytes([7; 32]));
+        let two = KeyHierarchy::of_generation(
+            &MasterKey::from_bytes([8; 32]),
+            crate::generation::Generation::new(2).unwrap(),
+        );
+        let linker = Linker::new(&one);
+        let nta = AgencyId::new("nta").unwrap();
+        let mut links = Vec::new();
+        for keys in [&one, &two] {
+            let coder = Coder::new(keys, nta.clone(), Epoch::new(1).unwrap());
+            let mut got = Vec::new();
+            BatchDeriver::new(&coder).derive_linked(
+                &linker,
+                [Ok::<_, ParseError>(b"123456789018".as_slice())],
+                |r| got.push(r.map(|(text, link)| (*text, link)).unwrap()),
+            );
+            let number = MyNumber::parse(b"123456789018").unwrap();
+            assert_eq!(got[0].0, coder.derive(&number).to_text());
+            links.push(got[0].1);
+        }
+        assert_eq!(links[0], links[1]);
+        let number = MyNumber::parse(b"123456789018").unwrap();
+        let handle = Coder::new(&one, nta, Epoch::new(1).unwrap()).handle(&number);
+        assert_eq!(linker.link(&handle).unwrap(), links[0]);
     }
 }

@@ -19,6 +19,7 @@ use zeroize::{Zeroize, ZeroizeOnDrop};
 
 use crate::agency::{AgencyId, Epoch};
 use crate::code_text::{self, CodeTextError, TEXT_LEN};
+use crate::generation::{Generation, GenerationError};
 use crate::keys::{AgencyKey, KeyHierarchy, PersonKey};
 use crate::mynumber::{LIMIT, MyNumber};
 
@@ -49,11 +50,18 @@ pub fn person_block(value: u64) -> [u8; 16] {
 /// ```compile_fail
 /// let forged = fugo_core::code::PersonHandle::from_bytes([0; 16]);
 /// ```
-pub struct PersonHandle([u8; 16]);
+///
+/// A handle names the master-key generation whose K_person made it: a
+/// handle of generation 1 given to a coder of generation 2 is
+/// [`GenerationError::Mismatch`], never a wrong code.
+pub struct PersonHandle {
+    generation: Generation,
+    bytes: [u8; 16],
+}
 
 impl Drop for PersonHandle {
     fn drop(&mut self) {
-        self.0.zeroize();
+        self.bytes.zeroize();
     }
 }
 
@@ -63,25 +71,47 @@ impl PersonHandle {
     /// The 16 handle bytes (the next layer's input).
     #[cfg(not(feature = "vectors"))]
     pub(crate) fn expose_bytes(&self) -> &[u8; 16] {
-        &self.0
+        &self.bytes
     }
 
     /// The 16 handle bytes. Only with the `vectors` feature: for test
     /// vectors and benchmarks.
     #[cfg(feature = "vectors")]
     pub fn expose_bytes(&self) -> &[u8; 16] {
-        &self.0
+        &self.bytes
     }
 
-    /// A handle from its 16 bytes (out of an authenticated token).
-    pub(crate) fn from_bytes(bytes: [u8; 16]) -> Self {
-        PersonHandle(bytes)
+    /// A handle of `generation` from its 16 bytes (out of an authenticated
+    /// token, whose key names the generation).
+    pub(crate) fn from_bytes(generation: Generation, bytes: [u8; 16]) -> Self {
+        PersonHandle { generation, bytes }
+    }
+
+    /// The generation whose K_person made this handle.
+    pub fn generation(&self) -> Generation {
+        self.generation
+    }
+
+    /// Checks that this handle is of `expected`'s generation.
+    pub(crate) fn check_generation(&self, expected: Generation) -> Result<(), GenerationError> {
+        if self.generation == expected {
+            Ok(())
+        } else {
+            Err(GenerationError::Mismatch {
+                expected,
+                found: self.generation,
+            })
+        }
     }
 }
 
 impl fmt::Debug for PersonHandle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("PersonHandle([REDACTED])")
+        write!(
+            f,
+            "PersonHandle(generation {}, [REDACTED])",
+            self.generation
+        )
     }
 }
 
@@ -129,18 +159,17 @@ impl fmt::Debug for AgencyCode {
     }
 }
 
-/// h = AES-256(K_person, B).
-fn handle_of(person: &PersonKey, number: &MyNumber) -> PersonHandle {
+/// h = AES-256(K_person, B), of K_person's generation.
+pub(crate) fn handle_of(
+    person: &PersonKey,
+    generation: Generation,
+    number: &MyNumber,
+) -> PersonHandle {
     let mut blocks = [person_block(number.expose_value())];
     person.encrypt_blocks(&mut blocks);
-    let handle = PersonHandle(blocks[0]);
+    let handle = PersonHandle::from_bytes(generation, blocks[0]);
     blocks.zeroize();
     handle
-}
-
-/// h = AES-256(K_person, B), for the crate's other layers (`persons`).
-pub(crate) fn handle_with(person: &PersonKey, number: &MyNumber) -> PersonHandle {
-    handle_of(person, number)
 }
 
 /// The number behind a handle, for the crate's other layers (`persons`).
@@ -153,8 +182,11 @@ pub(crate) fn number_with(
 
 /// Inverts [`handle_of`], accepting only a well-formed block: the
 /// `fugo-pn1` label and a valid 12-digit number.
-fn number_of(person: &PersonKey, handle: &PersonHandle) -> Result<MyNumber, UnknownCode> {
-    let mut blocks = [handle.0];
+pub(crate) fn number_of(
+    person: &PersonKey,
+    handle: &PersonHandle,
+) -> Result<MyNumber, UnknownCode> {
+    let mut blocks = [handle.bytes];
     person.decrypt_blocks(&mut blocks);
     let mut high = [0u8; 8];
     high.copy_from_slice(&blocks[0][..8]);
@@ -173,39 +205,52 @@ fn number_of(person: &PersonKey, handle: &PersonHandle) -> Result<MyNumber, Unkn
 
 /// c = AES-256(K_agency, h).
 fn code_bytes_of(agency: &AgencyKey, handle: &PersonHandle) -> [u8; 16] {
-    let mut blocks = [handle.0];
+    let mut blocks = [handle.bytes];
     agency.encrypt_blocks(&mut blocks);
     blocks[0]
 }
 
 /// h = AES-256⁻¹(K_agency, c), unchecked: only [`number_of`] can tell
 /// whether it is a real handle.
-fn unchecked_handle_of(agency: &AgencyKey, code: &[u8; 16]) -> PersonHandle {
+fn unchecked_handle_of(
+    agency: &AgencyKey,
+    generation: Generation,
+    code: &[u8; 16],
+) -> PersonHandle {
     let mut blocks = [*code];
     agency.decrypt_blocks(&mut blocks);
-    let handle = PersonHandle(blocks[0]);
+    let handle = PersonHandle::from_bytes(generation, blocks[0]);
     blocks.zeroize();
     handle
 }
 
-/// Derives and opens the codes of one agency in one epoch. Build it once per
-/// (agency, epoch) and reuse it: it holds both AES key schedules.
+/// Derives and opens the codes of one agency in one epoch under one
+/// master-key generation. Build it once per (generation, agency, epoch) and
+/// reuse it: it holds both AES key schedules.
 pub struct Coder {
     agency: AgencyId,
     epoch: Epoch,
+    generation: Generation,
     person: PersonKey,
     agency_key: AgencyKey,
 }
 
 impl Coder {
-    /// Expands K_person and K_agency(agency, epoch) from `keys`.
+    /// Expands K_person and K_agency(agency, epoch) from `keys`, in the
+    /// generation of `keys`.
     pub fn new(keys: &KeyHierarchy, agency: AgencyId, epoch: Epoch) -> Self {
         Coder {
             agency_key: keys.agency_key(&agency, epoch),
             person: keys.person_key(),
+            generation: keys.generation(),
             agency,
             epoch,
         }
+    }
+
+    /// The master-key generation of this coder's keys.
+    pub fn generation(&self) -> Generation {
+        self.generation
     }
 
     /// The agency whose codes this makes.
@@ -221,19 +266,19 @@ impl Coder {
     /// The person handle of `number` (for this crate's tests).
     #[cfg(all(test, not(feature = "vectors")))]
     pub(crate) fn handle(&self, number: &MyNumber) -> PersonHandle {
-        handle_of(&self.person, number)
+        handle_of(&self.person, self.generation, number)
     }
 
     /// The person handle of `number`. Only with the `vectors` feature: for
     /// test vectors and benchmarks.
     #[cfg(feature = "vectors")]
     pub fn handle(&self, number: &MyNumber) -> PersonHandle {
-        handle_of(&self.person, number)
+        handle_of(&self.person, self.generation, number)
     }
 
     /// The agency code of `number`.
     pub fn derive(&self, number: &MyNumber) -> AgencyCode {
-        let handle = handle_of(&self.person, number);
+        let handle = handle_of(&self.person, self.generation, number);
         AgencyCode {
             epoch: self.epoch,
             bytes: code_bytes_of(&self.agency_key, &handle),
@@ -241,12 +286,14 @@ impl Coder {
     }
 
     /// The agency code of a person handle (conversion from another agency's
-    /// code goes code → handle → this).
-    pub fn code_of(&self, handle: &PersonHandle) -> AgencyCode {
-        AgencyCode {
+    /// code goes code → handle → this), or [`GenerationError::Mismatch`] if
+    /// the handle is of another generation than this coder.
+    pub fn code_of(&self, handle: &PersonHandle) -> Result<AgencyCode, GenerationError> {
+        handle.check_generation(self.generation)?;
+        Ok(AgencyCode {
             epoch: self.epoch,
             bytes: code_bytes_of(&self.agency_key, handle),
-        }
+        })
     }
 
     /// Opens `code` to the person handle, or [`UnknownCode`] if it is not a
@@ -268,7 +315,11 @@ impl Coder {
         if code.epoch != self.epoch {
             return Err(UnknownCode);
         }
-        Ok(unchecked_handle_of(&self.agency_key, &code.bytes))
+        Ok(unchecked_handle_of(
+            &self.agency_key,
+            self.generation,
+            &code.bytes,
+        ))
     }
 
     /// Turns person blocks B into code blocks c in place, both layers batched
@@ -289,8 +340,11 @@ impl Coder {
     }
 
     /// Checks that `handle` is a handle of a valid number under this key
-    /// (a link or a token could hold any 16 bytes).
+    /// (a link or a token could hold any 16 bytes) and of this generation.
     pub(crate) fn check_handle(&self, handle: &PersonHandle) -> Result<(), UnknownCode> {
+        handle
+            .check_generation(self.generation)
+            .map_err(|_| UnknownCode)?;
         number_of(&self.person, handle).map(drop)
     }
 }
@@ -299,8 +353,8 @@ impl fmt::Debug for Coder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "Coder({}, epoch {}, [REDACTED])",
-            self.agency, self.epoch
+            "Coder({}, epoch {}, generation {}, [REDACTED])",
+            self.agency, self.epoch, self.generation
         )
     }
 }
@@ -342,6 +396,38 @@ mod tests {
             UnknownCode
         );
         assert_eq!(coder("nta", 1).reidentify(&code).unwrap_err(), UnknownCode);
+    }
+
+    /// A handle of generation 1 given to a coder of generation 2 is a typed
+    /// error, not a wrong code; the same person's codes differ by generation.
+    #[test]
+    fn handles_carry_their_generation() {
+        let number = MyNumber::parse(b"123456789018").unwrap();
+        let one = coder("city-shinjuku", 1);
+        let two_keys = KeyHierarchy::of_generation(
+            &MasterKey::from_bytes([9; 32]),
+            Generation::new(2).unwrap(),
+        );
+        let two = Coder::new(
+            &two_keys,
+            AgencyId::new("city-shinjuku").unwrap(),
+            Epoch::new(2).unwrap(),
+        );
+        let handle = one.handle(&number);
+        assert_eq!(handle.generation(), Generation::FIRST);
+        assert_eq!(
+            two.code_of(&handle).unwrap_err(),
+            GenerationError::Mismatch {
+                expected: Generation::new(2).unwrap(),
+                found: Generation::FIRST
+            }
+        );
+        assert_eq!(two.check_handle(&handle).unwrap_err(), UnknownCode);
+        let code = one.code_of(&handle).unwrap();
+        assert_eq!(code, one.derive(&number));
+        let moved = two.handle(&number);
+        assert_eq!(two.code_of(&moved).unwrap(), two.derive(&number));
+        assert!(format!("{moved:?}").contains("generation 2, [REDACTED]"));
     }
 
     #[test]

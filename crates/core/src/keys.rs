@@ -33,6 +33,7 @@ use thiserror::Error;
 use zeroize::{Zeroize, Zeroizing};
 
 use crate::agency::{AgencyId, Epoch};
+use crate::generation::Generation;
 use crate::hex;
 
 /// HKDF-Extract salt of version 1.
@@ -190,19 +191,33 @@ impl fmt::Debug for Fingerprint {
     }
 }
 
-/// The HKDF pseudorandom key, from which every working key is expanded.
+/// The HKDF pseudorandom key of one master-key generation, from which
+/// every working key of that generation is expanded.
 pub struct KeyHierarchy {
     prk: Zeroizing<[u8; KEY_LEN]>,
+    generation: Generation,
 }
 
 impl KeyHierarchy {
-    /// Runs HKDF-Extract over the master key.
+    /// Runs HKDF-Extract over the master key, as generation 1 (the key of
+    /// before generations).
     pub fn new(master: &MasterKey) -> Self {
+        Self::of_generation(master, Generation::FIRST)
+    }
+
+    /// Runs HKDF-Extract over the master key of `generation`. The labels
+    /// are the same in every generation: the master key tells them apart.
+    pub fn of_generation(master: &MasterKey, generation: Generation) -> Self {
         let (mut output, _) = Hkdf::<Sha256>::extract(Some(SALT_V1), master.0.as_slice());
         let mut prk = Zeroizing::new([0u8; KEY_LEN]);
         prk.copy_from_slice(output.as_slice());
         output.as_mut_slice().zeroize();
-        KeyHierarchy { prk }
+        KeyHierarchy { prk, generation }
+    }
+
+    /// The generation this hierarchy's master key is.
+    pub fn generation(&self) -> Generation {
+        self.generation
     }
 
     /// HKDF-Expand with `info` into `okm`.
@@ -309,7 +324,11 @@ impl KeyHierarchy {
 
 impl fmt::Debug for KeyHierarchy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("KeyHierarchy([REDACTED])")
+        write!(
+            f,
+            "KeyHierarchy(generation {}, [REDACTED])",
+            self.generation
+        )
     }
 }
 

@@ -55,6 +55,7 @@ pub mod batch;
 pub mod code;
 pub mod code_text;
 pub mod exchange;
+pub mod generation;
 pub mod hex;
 pub mod keys;
 pub mod link;

@@ -14,7 +14,8 @@
 use std::fmt;
 
 use crate::code::PersonHandle;
-use crate::keys::{KeyHierarchy, LinkKey};
+use crate::generation::{Generation, GenerationError};
+use crate::keys::{KeyHierarchy, LinkKey, PersonKey};
 
 /// A person as the audit trail knows them. `Debug` is redacted: a link is
 /// as personal as a code.
@@ -40,36 +41,67 @@ impl fmt::Debug for PersonLink {
 }
 
 /// Makes person links from handles and back (holds K_link).
+/// Makes and opens person links with K_link. It holds the K_person of its
+/// own generation too, so derive can link people straight from their
+/// numbers when codes are made under another generation.
 #[derive(Debug)]
 pub struct Linker {
     key: LinkKey,
+    person: PersonKey,
+    generation: Generation,
 }
 
 impl Linker {
-    /// Expands K_link from `keys`.
+    /// Expands K_link (and K_person) from `keys`: the audit trail's
+    /// generation ([`crate::generation::Keyring::audit`]).
     pub fn new(keys: &KeyHierarchy) -> Self {
         Linker {
             key: keys.link_key(),
+            person: keys.person_key(),
+            generation: keys.generation(),
         }
     }
 
-    /// The link of one handle.
-    pub fn link(&self, handle: &PersonHandle) -> PersonLink {
-        let mut block = [*handle.expose_bytes()];
-        self.key.encrypt_blocks(&mut block);
-        PersonLink(block[0])
+    /// The generation whose handles this links.
+    pub fn generation(&self) -> Generation {
+        self.generation
     }
 
-    /// Turns handles into links in place, batched (the derive hot path).
+    /// The link of a handle of this linker's generation, or
+    /// [`GenerationError::Mismatch`] (a handle of another generation must
+    /// cross over first: handle → number → handle of this generation).
+    pub fn link(&self, handle: &PersonHandle) -> Result<PersonLink, GenerationError> {
+        handle.check_generation(self.generation)?;
+        let mut block = [*handle.expose_bytes()];
+        self.key.encrypt_blocks(&mut block);
+        Ok(PersonLink(block[0]))
+    }
+
+    /// Handles of this generation into links, in place.
     pub(crate) fn link_blocks(&self, blocks: &mut [[u8; 16]]) {
         self.key.encrypt_blocks(blocks);
     }
 
-    /// The (unchecked) handle behind a link.
+    /// Person blocks B (numbers) into links, in place: this generation's
+    /// person layer, then K_link.
+    pub(crate) fn link_person_blocks(&self, blocks: &mut [[u8; 16]]) {
+        self.person.encrypt_blocks(blocks);
+        self.key.encrypt_blocks(blocks);
+    }
+
+    /// The link of the person whose (original) number is `number`: this
+    /// generation's handle of it, linked.
+    pub(crate) fn link_number(&self, number: &crate::mynumber::MyNumber) -> PersonLink {
+        let mut block = [crate::code::person_block(number.expose_value())];
+        self.link_person_blocks(&mut block);
+        PersonLink(block[0])
+    }
+
+    /// The (unchecked) handle of this generation behind a link.
     pub(crate) fn handle(&self, link: &PersonLink) -> PersonHandle {
         let mut block = [link.0];
         self.key.decrypt_blocks(&mut block);
-        PersonHandle::from_bytes(block[0])
+        PersonHandle::from_bytes(self.generation, block[0])
     }
 }
 
@@ -89,12 +121,18 @@ mod tests {
         let a = coder.handle(&MyNumber::parse(b"123456789018").unwrap());
         let b = coder.handle(&MyNumber::parse(b"000000000019").unwrap());
         let linker = Linker::new(&keys);
-        assert_eq!(linker.link(&a), linker.link(&a));
-        assert_ne!(linker.link(&a), linker.link(&b));
-        assert_ne!(linker.link(&a).to_bytes(), *a.expose_bytes());
-        assert_ne!(Linker::new(&other).link(&a), linker.link(&a));
-        let back = linker.handle(&linker.link(&a));
+        assert_eq!(linker.link(&a).unwrap(), linker.link(&a).unwrap());
+        assert_ne!(linker.link(&a).unwrap(), linker.link(&b).unwrap());
+        assert_ne!(linker.link(&a).unwrap().to_bytes(), *a.expose_bytes());
+        assert_ne!(
+            Linker::new(&other).link(&a).unwrap(),
+            linker.link(&a).unwrap()
+        );
+        let back = linker.handle(&linker.link(&a).unwrap());
         assert_eq!(back.expose_bytes(), a.expose_bytes());
-        assert_eq!(format!("{:?}", linker.link(&a)), "PersonLink([REDACTED])");
+        assert_eq!(
+            format!("{:?}", linker.link(&a).unwrap()),
+            "PersonLink([REDACTED])"
+        );
     }
 }

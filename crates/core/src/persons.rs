@@ -37,7 +37,7 @@ use aes_gcm::{Aes256Gcm, Nonce};
 use thiserror::Error;
 use zeroize::{Zeroize, Zeroizing};
 
-use crate::code::{PersonHandle, handle_with, number_with, person_block};
+use crate::code::{PersonHandle, number_with, person_block};
 use crate::keys::{KeyHierarchy, PersonKey};
 use crate::mynumber::MyNumber;
 
@@ -321,6 +321,8 @@ impl State {
 pub struct Persons {
     reference: Aes256,
     seal: Aes256Gcm,
+    /// K_person of the generation the tables are keyed from (the audit
+    /// trail's): suspension checks open handles of that generation.
     person: PersonKey,
     state: RwLock<State>,
 }
@@ -472,11 +474,6 @@ impl Persons {
             }) => Err(Unavailable),
             _ => Ok(()),
         }
-    }
-
-    /// The handle `number` has (for the history check of a re-issue).
-    pub(crate) fn handle(&self, number: &MyNumber) -> PersonHandle {
-        handle_with(&self.person, number)
     }
 
     /// What a holder of `suspend` or `reissue` may read about `number`.
@@ -873,7 +870,8 @@ mod tests {
         for entry in &entries {
             for n in [&n0, &n1] {
                 let value = n.expose_value().to_be_bytes();
-                let handle = *persons.handle(n).expose_bytes();
+                let handle = *crate::code::handle_of(&keys7.person_key(), keys7.generation(), n)
+                    .expose_bytes();
                 for needle in [&value[3..], &handle[..], &n.expose_digits()[..]] {
                     let mut stored = entry.key.to_vec();
                     stored.extend_from_slice(&entry.value);
@@ -930,7 +928,8 @@ mod tests {
         let keys = keys(7);
         let persons = Persons::new(&keys);
         let (n0, n1, other) = (number(21), number(22), number(23));
-        let handle = |n: &MyNumber| persons.handle(n);
+        let handle =
+            |n: &MyNumber| crate::code::handle_of(&keys.person_key(), keys.generation(), n);
         assert_eq!(persons.check_available(&handle(&n0)), Ok(()));
         let hold = Some(Suspension {
             reason: Reason::Deceased,

@@ -19,6 +19,9 @@
 //! capabilities = ["derive", "reidentify"]
 //! epoch = 1                            # current key epoch
 //! accepted_epochs = [1]                # epochs still accepted on input
+//! # or, with key generations and epoch states (SPEC §11):
+//! # epochs = [{ epoch = 1, generation = 1, state = "rekey-only" },
+//! #           { epoch = 2, generation = 2, state = "current" }]
 //!
 //! [[affair]]
 //! id = "health-insurance-benefit"
@@ -42,6 +45,7 @@ use sha2::{Digest, Sha256};
 use thiserror::Error;
 
 use crate::agency::{AffairId, AgencyId, Epoch, ItemId};
+use crate::generation::Generation;
 use crate::hex;
 
 /// Longest token lifetime a rule may set: 30 days.
@@ -98,6 +102,113 @@ impl fmt::Display for Capability {
     }
 }
 
+/// Where an epoch of an agency is in its life. The order is the one-way
+/// order of the store's high-water mark: an epoch only moves forward
+/// (current → accepted → rekey-only → destroyed); a new epoch may start as
+/// current or accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum EpochState {
+    /// New codes are made in it; one per agency.
+    Current,
+    /// Its codes work everywhere; derive and redeem make them when named.
+    Accepted,
+    /// Its codes open only in Rekey (quota'd, audited), to move people over.
+    RekeyOnly,
+    /// Its codes open nowhere (FAILED_PRECONDITION naming the epoch).
+    Destroyed,
+}
+
+impl EpochState {
+    /// Every state, in life order.
+    pub const ALL: [EpochState; 4] = [
+        EpochState::Current,
+        EpochState::Accepted,
+        EpochState::RekeyOnly,
+        EpochState::Destroyed,
+    ];
+
+    /// The policy file's name of the state.
+    pub fn name(self) -> &'static str {
+        match self {
+            EpochState::Current => "current",
+            EpochState::Accepted => "accepted",
+            EpochState::RekeyOnly => "rekey-only",
+            EpochState::Destroyed => "destroyed",
+        }
+    }
+
+    /// The state of a policy file name.
+    pub fn from_name(text: &str) -> Option<Self> {
+        EpochState::ALL.into_iter().find(|s| s.name() == text)
+    }
+
+    /// A number for the store's high-water mark: later states are larger.
+    /// (Current and accepted both count as "in use": a current epoch may
+    /// become accepted and an accepted one current again, e.g. rolling a
+    /// rotation back before anyone lost anything.)
+    pub fn rank(self) -> u8 {
+        match self {
+            EpochState::Current | EpochState::Accepted => 0,
+            EpochState::RekeyOnly => 1,
+            EpochState::Destroyed => 2,
+        }
+    }
+
+    /// The state of that rank's first name (for messages).
+    pub fn of_rank(rank: u8) -> Self {
+        match rank {
+            0 => EpochState::Accepted,
+            1 => EpochState::RekeyOnly,
+            _ => EpochState::Destroyed,
+        }
+    }
+
+    /// Whether codes of this state work in derive, seal, redeem, reidentify.
+    pub fn is_usable(self) -> bool {
+        matches!(self, EpochState::Current | EpochState::Accepted)
+    }
+}
+
+impl fmt::Display for EpochState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One epoch of an agency: the master-key generation its codes are made
+/// under, and its state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EpochBinding {
+    /// The generation of K_agency(a, e) and of the handles behind its codes.
+    pub generation: Generation,
+    /// Where the epoch is in its life.
+    pub state: EpochState,
+}
+
+/// The epoch table of the old policy form (`epoch` and `accepted_epochs`):
+/// every epoch in generation 1, the current one current, the rest accepted.
+pub fn epochs_of_generation_one(
+    current: Epoch,
+    accepted: &BTreeSet<Epoch>,
+) -> BTreeMap<Epoch, EpochBinding> {
+    accepted
+        .iter()
+        .chain([&current])
+        .map(|epoch| {
+            let state = if *epoch == current {
+                EpochState::Current
+            } else {
+                EpochState::Accepted
+            };
+            let binding = EpochBinding {
+                generation: Generation::FIRST,
+                state,
+            };
+            (*epoch, binding)
+        })
+        .collect()
+}
+
 /// An agency as the policy knows it.
 #[derive(Debug, Clone)]
 pub struct Agency {
@@ -109,10 +220,11 @@ pub struct Agency {
     pub certificates: Vec<String>,
     /// Capabilities beyond rule-based exchange.
     pub capabilities: BTreeSet<Capability>,
-    /// The epoch new codes are made in.
+    /// The epoch new codes are made in (the one in state current).
     pub epoch: Epoch,
-    /// Epochs whose codes are still accepted (the current one included).
-    pub accepted_epochs: BTreeSet<Epoch>,
+    /// Every epoch the policy knows for this agency, bound to a generation
+    /// and in a state; epochs not listed are unknown (retired long ago).
+    pub epochs: BTreeMap<Epoch, EpochBinding>,
     /// How much it may do per second and per day.
     pub quotas: Quotas,
 }
@@ -121,6 +233,31 @@ impl Agency {
     /// Whether the agency has `capability`.
     pub fn can(&self, capability: Capability) -> bool {
         self.capabilities.contains(&capability)
+    }
+
+    /// The binding of `epoch`, if the policy lists it.
+    pub fn binding(&self, epoch: Epoch) -> Option<EpochBinding> {
+        self.epochs.get(&epoch).copied()
+    }
+
+    /// Whether codes of `epoch` work in every operation (current or
+    /// accepted).
+    pub fn accepts(&self, epoch: Epoch) -> bool {
+        self.binding(epoch).is_some_and(|b| b.state.is_usable())
+    }
+
+    /// The epochs whose codes work everywhere (current and accepted).
+    pub fn accepted_epochs(&self) -> impl Iterator<Item = Epoch> + '_ {
+        self.epochs
+            .iter()
+            .filter(|(_, b)| b.state.is_usable())
+            .map(|(e, _)| *e)
+    }
+
+    /// The generation of the current epoch.
+    pub fn current_generation(&self) -> Generation {
+        self.binding(self.epoch)
+            .map_or(Generation::FIRST, |b| b.generation)
     }
 }
 
@@ -141,17 +278,20 @@ pub enum Metered {
     Disclose,
     /// A merged agency's codes converted into the surviving agency's.
     Migrate,
+    /// Old codes turned into current-epoch codes (Rekey).
+    Rekey,
 }
 
 impl Metered {
     /// Every metered operation, in the order of [`Quotas`].
-    pub const ALL: [Metered; 6] = [
+    pub const ALL: [Metered; 7] = [
         Metered::Derive,
         Metered::Seal,
         Metered::Redeem,
         Metered::Reidentify,
         Metered::Disclose,
         Metered::Migrate,
+        Metered::Rekey,
     ];
 
     /// Its name in the policy file, logs, metrics and the audit trail.
@@ -163,6 +303,7 @@ impl Metered {
             Metered::Reidentify => "reidentify",
             Metered::Disclose => "disclose",
             Metered::Migrate => "migrate",
+            Metered::Rekey => "rekey",
         }
     }
 
@@ -225,7 +366,7 @@ pub const DEFAULT_WARN_PERCENT: u8 = 80;
 
 /// An agency's limits, one per [`Metered`] operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Quotas([Limit; 6]);
+pub struct Quotas([Limit; 7]);
 
 impl Quotas {
     /// The limit of `operation`.
@@ -252,7 +393,7 @@ impl Default for Quotas {
             burst: DEFAULT_READS_BURST,
             per_day: DEFAULT_READS_PER_DAY,
         };
-        Quotas([items, items, items, items, reads, items])
+        Quotas([items, items, items, items, reads, items, items])
     }
 }
 
@@ -356,6 +497,21 @@ pub enum Inconsistent {
     /// An agency's current epoch is not among its accepted epochs.
     #[error("agency {0}: the current epoch must be among the accepted epochs")]
     EpochNotAccepted(AgencyId),
+    /// Not exactly one epoch in state current, or it is not `epoch`.
+    #[error("agency {0}: exactly one epoch must be in state current")]
+    NotOneCurrent(AgencyId),
+    /// An epoch bound to a destroyed generation that is not destroyed.
+    #[error(
+        "agency {agency}: epoch {epoch} is bound to generation {generation}, which is destroyed; the epoch must be destroyed too"
+    )]
+    DestroyedGeneration {
+        /// The agency.
+        agency: AgencyId,
+        /// Its epoch.
+        epoch: Epoch,
+        /// The destroyed generation.
+        generation: Generation,
+    },
     /// A rule names an agency or affair the policy does not list.
     #[error("rule {requester} → {provider} under {affair}: names an unknown {missing}")]
     UnknownReference {
@@ -509,6 +665,7 @@ pub struct Policy {
     delegations: BTreeMap<AgencyId, BTreeSet<AgencyId>>,
     /// Merged agency → its merger.
     mergers: BTreeMap<AgencyId, Merger>,
+    destroyed_generations: BTreeSet<Generation>,
 }
 
 impl Policy {
@@ -532,8 +689,17 @@ impl Policy {
         let mut by_id = BTreeMap::new();
         let mut certificates = HashMap::new();
         for agency in agencies {
-            if !agency.accepted_epochs.contains(&agency.epoch) {
+            let currents: Vec<Epoch> = agency
+                .epochs
+                .iter()
+                .filter(|(_, b)| b.state == EpochState::Current)
+                .map(|(e, _)| *e)
+                .collect();
+            if !agency.epochs.contains_key(&agency.epoch) {
                 return Err(Inconsistent::EpochNotAccepted(agency.id));
+            }
+            if currents != [agency.epoch] {
+                return Err(Inconsistent::NotOneCurrent(agency.id));
             }
             for identity in &agency.certificates {
                 if certificates
@@ -615,6 +781,7 @@ impl Policy {
             warn_percent: DEFAULT_WARN_PERCENT,
             delegations: BTreeMap::new(),
             mergers: BTreeMap::new(),
+            destroyed_generations: BTreeSet::new(),
         })
     }
 
@@ -773,6 +940,45 @@ impl Policy {
         }
     }
 
+    /// The same policy with `generations` destroyed: no epoch bound to one
+    /// may be in another state than destroyed, and no token of one opens.
+    pub fn with_destroyed_generations(
+        mut self,
+        generations: BTreeSet<Generation>,
+    ) -> Result<Self, Inconsistent> {
+        for agency in self.agencies.values() {
+            for (epoch, binding) in &agency.epochs {
+                if generations.contains(&binding.generation)
+                    && binding.state != EpochState::Destroyed
+                {
+                    return Err(Inconsistent::DestroyedGeneration {
+                        agency: agency.id.clone(),
+                        epoch: *epoch,
+                        generation: binding.generation,
+                    });
+                }
+            }
+        }
+        self.destroyed_generations = generations;
+        Ok(self)
+    }
+
+    /// The generations the policy says are destroyed.
+    pub fn destroyed_generations(&self) -> &BTreeSet<Generation> {
+        &self.destroyed_generations
+    }
+
+    /// Every generation an epoch that is not destroyed is bound to: the
+    /// keyring must hold each.
+    pub fn generations_in_use(&self) -> BTreeSet<Generation> {
+        self.agencies
+            .values()
+            .flat_map(|a| a.epochs.values())
+            .filter(|b| b.state != EpochState::Destroyed)
+            .map(|b| b.generation)
+            .collect()
+    }
+
     /// This policy with quota warnings at `percent` (1 to 100) of a daily
     /// limit instead of [`DEFAULT_WARN_PERCENT`]; other values are clamped.
     pub fn with_warn_percent(mut self, percent: u8) -> Self {
@@ -913,7 +1119,7 @@ mod tests {
             certificates: vec![certificate.to_owned()],
             capabilities: BTreeSet::new(),
             epoch,
-            accepted_epochs: BTreeSet::from([epoch]),
+            epochs: epochs_of_generation_one(epoch, &BTreeSet::new()),
             quotas: Quotas::default(),
         }
     }
@@ -983,11 +1189,68 @@ mod tests {
             Err(Inconsistent::BadRule { .. })
         ));
         let mut drifting = agency("mhlw", "mhlw");
-        drifting.accepted_epochs.clear();
+        drifting.epochs.clear();
         assert!(matches!(
             build(vec![drifting], vec![]),
             Err(Inconsistent::EpochNotAccepted(_))
         ));
+    }
+
+    /// One current epoch per agency, and it is `epoch`; an epoch bound to a
+    /// destroyed generation must be destroyed.
+    #[test]
+    fn epoch_states_are_consistent() {
+        let two = Generation::new(2).unwrap();
+        let bound = |generation, state| EpochBinding { generation, state };
+        let mut rotating = agency("mhlw", "mhlw");
+        rotating.epoch = Epoch::new(2).unwrap();
+        rotating.epochs = BTreeMap::from([
+            (
+                Epoch::new(1).unwrap(),
+                bound(Generation::FIRST, EpochState::RekeyOnly),
+            ),
+            (Epoch::new(2).unwrap(), bound(two, EpochState::Current)),
+        ]);
+        let policy = build(vec![rotating.clone()], vec![]).unwrap();
+        let found = policy.agency(&id("mhlw")).unwrap();
+        assert_eq!(found.current_generation(), two);
+        assert!(!found.accepts(Epoch::new(1).unwrap()));
+        assert_eq!(
+            found.accepted_epochs().collect::<Vec<_>>(),
+            [Epoch::new(2).unwrap()]
+        );
+        assert_eq!(
+            policy.generations_in_use(),
+            BTreeSet::from([Generation::FIRST, two])
+        );
+        assert!(matches!(
+            policy.clone().with_destroyed_generations(BTreeSet::from([Generation::FIRST])),
+            Err(Inconsistent::DestroyedGeneration { epoch, .. }) if epoch.get() == 1
+        ));
+        let mut destroyed = rotating.clone();
+        destroyed.epochs.insert(
+            Epoch::new(1).unwrap(),
+            bound(Generation::FIRST, EpochState::Destroyed),
+        );
+        let policy = build(vec![destroyed], vec![])
+            .unwrap()
+            .with_destroyed_generations(BTreeSet::from([Generation::FIRST]))
+            .unwrap();
+        assert_eq!(policy.generations_in_use(), BTreeSet::from([two]));
+        let mut two_current = rotating;
+        two_current.epochs.insert(
+            Epoch::new(1).unwrap(),
+            bound(Generation::FIRST, EpochState::Current),
+        );
+        assert!(matches!(
+            build(vec![two_current], vec![]),
+            Err(Inconsistent::NotOneCurrent(_))
+        ));
+        assert_eq!(
+            EpochState::from_name("rekey-only"),
+            Some(EpochState::RekeyOnly)
+        );
+        assert!(EpochState::Accepted.rank() < EpochState::RekeyOnly.rank());
     }
 
     #[test]

@@ -11,11 +11,16 @@
 //! token  = header ‖ nonce (12) ‖ AES-256-GCM(K_seal, nonce, claims, AAD) ‖ tag (16)
 //! AAD    = "fugo/v1/token" ‖ header (every byte before the nonce)
 //!
-//! format 2 (sealed today):
-//! header = 0x02 ‖ window w (u32 BE) ‖ key index k (u32 BE) ‖ len(b) (1) ‖ b
-//! K_seal(b, w, k) = HKDF-Expand(PRK, "fugo/v1/seal/" ‖ b ‖ "/" ‖ decimal(w) ‖ "/" ‖ decimal(k), 32)
+//! format 3 (sealed today):
+//! header = 0x03 ‖ generation g (u16 BE, ≥ 1) ‖ window w (u32 BE) ‖ key index k (u32 BE) ‖ len(b) (1) ‖ b
+//! K_seal(g, b, w, k) = HKDF-Expand(PRK_g, "fugo/v1/seal/" ‖ b ‖ "/" ‖ decimal(w) ‖ "/" ‖ decimal(k), 32)
+//!   (PRK_g: the PRK of master-key generation g; the label is format 2's)
 //!
-//! format 1 (opened only: tokens sealed before format 2):
+//! format 2 (opened only, as generation 1: tokens sealed before format 3):
+//! header = 0x02 ‖ window w (u32 BE) ‖ key index k (u32 BE) ‖ len(b) (1) ‖ b
+//! K_seal(b, w, k) = HKDF-Expand(PRK_1, "fugo/v1/seal/" ‖ b ‖ "/" ‖ decimal(w) ‖ "/" ‖ decimal(k), 32)
+//!
+//! format 1 (opened only, as generation 1: tokens sealed before format 2):
 //! header = 0x01 ‖ window w (u32 BE) ‖ len(b) (1) ‖ b
 //! K_seal(b, w) = HKDF-Expand(PRK, "fugo/v1/seal/" ‖ b ‖ "/" ‖ decimal(w), 32)
 //! ```
@@ -44,16 +49,20 @@ use zeroize::Zeroizing;
 
 use crate::agency::{AffairId, AgencyId, ItemId};
 use crate::code::PersonHandle;
+use crate::generation::{Generation, GenerationError};
 use crate::hex;
 use crate::keys::KeyHierarchy;
 
-/// The token format sealing writes: window and key index in the header.
-pub const TOKEN_FORMAT: u8 = FORMAT_INDEXED;
+/// The token format sealing writes: generation, window and key index in the
+/// header.
+pub const TOKEN_FORMAT: u8 = FORMAT_GENERATIONAL;
 /// Format 1: the window alone names the key. Opened, never sealed, so
 /// tokens sealed before format 2 still redeem.
 pub const FORMAT_WINDOW: u8 = 1;
-/// Format 2: the window and a key index name the key.
+/// Format 2: the window and a key index name the key (generation 1).
 pub const FORMAT_INDEXED: u8 = 2;
+/// Format 3: the generation, the window and a key index name the key.
+pub const FORMAT_GENERATIONAL: u8 = 3;
 /// Most tokens one sealing key may seal: 2^31, half NIST SP 800-38D's 2^32
 /// for random 96-bit nonces, so that even two processes that drew the same
 /// key index (SPEC §7.3) stay within 2^32 messages under that key together.
@@ -91,29 +100,55 @@ impl Window {
     }
 }
 
-/// Which key of an addressee sealed a token: its window and, from format 2
-/// on, its key index within the window. Public (it is in the token header).
+/// Which key of an addressee sealed a token: its master-key generation
+/// (named from format 3 on; formats 1 and 2 are generation 1), its window
+/// and, from format 2 on, its key index within the window. Public (it is
+/// in the token header).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct KeyName {
+    format: u8,
+    generation: Generation,
     window: Window,
     index: Option<u32>,
 }
 
 impl KeyName {
-    /// Key `index` of `window`: the keys sealing uses (format 2).
-    pub fn indexed(window: Window, index: u32) -> Self {
+    /// Key `index` of `window` in `generation`: the keys sealing uses
+    /// (format 3).
+    pub fn generational(generation: Generation, window: Window, index: u32) -> Self {
         KeyName {
+            format: FORMAT_GENERATIONAL,
+            generation,
             window,
             index: Some(index),
         }
     }
 
-    /// The one key of `window` that format-1 tokens were sealed with.
+    /// Key `index` of `window` as format-2 tokens name it (generation 1;
+    /// opened only).
+    pub fn indexed(window: Window, index: u32) -> Self {
+        KeyName {
+            format: FORMAT_INDEXED,
+            generation: Generation::FIRST,
+            window,
+            index: Some(index),
+        }
+    }
+
+    /// The one key of `window` that format-1 tokens were sealed with
+    /// (generation 1; opened only).
     pub fn format1(window: Window) -> Self {
         KeyName {
+            format: FORMAT_WINDOW,
+            generation: Generation::FIRST,
             window,
             index: None,
         }
+    }
+
+    /// The master-key generation of the key.
+    pub fn generation(self) -> Generation {
+        self.generation
     }
 
     /// The key window.
@@ -128,10 +163,7 @@ impl KeyName {
 
     /// The token format whose header names this key.
     pub fn format(self) -> u8 {
-        match self.index {
-            None => FORMAT_WINDOW,
-            Some(_) => FORMAT_INDEXED,
-        }
+        self.format
     }
 }
 
@@ -250,6 +282,9 @@ impl TokenHeader {
 
     fn write(&self, out: &mut Vec<u8>) {
         out.push(self.format());
+        if self.format() == FORMAT_GENERATIONAL {
+            out.extend_from_slice(&self.key.generation.get().to_be_bytes());
+        }
         out.extend_from_slice(&self.key.window.0.to_be_bytes());
         if let Some(index) = self.key.index {
             out.extend_from_slice(&index.to_be_bytes());
@@ -394,8 +429,8 @@ impl fmt::Debug for SealKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "SealKey({}, window {}, index {:?}, [REDACTED])",
-            self.addressee, self.name.window.0, self.name.index
+            "SealKey({}, generation {}, window {}, index {:?}, [REDACTED])",
+            self.addressee, self.name.generation, self.name.window.0, self.name.index
         )
     }
 }
@@ -403,7 +438,20 @@ impl fmt::Debug for SealKey {
 impl SealKey {
     /// K_seal(addressee, name), ready to seal and open. A format-1 name
     /// gives the key of format-1 tokens (which the exchange only opens).
-    pub fn new(keys: &KeyHierarchy, addressee: &AgencyId, name: KeyName) -> SealKey {
+    ///
+    /// `keys` must be the hierarchy of the generation `name` names, or the
+    /// answer is [`GenerationError::Mismatch`].
+    pub fn new(
+        keys: &KeyHierarchy,
+        addressee: &AgencyId,
+        name: KeyName,
+    ) -> Result<SealKey, GenerationError> {
+        if keys.generation() != name.generation {
+            return Err(GenerationError::Mismatch {
+                expected: name.generation,
+                found: keys.generation(),
+            });
+        }
         let key = keys.seal_key_bytes(addressee, name.window.0, name.index);
         let mut header =
             Vec::with_capacity(fixed_header_len(name.format()) + addressee.as_str().len());
@@ -412,13 +460,13 @@ impl SealKey {
             addressee: addressee.clone(),
         }
         .write(&mut header);
-        SealKey {
+        Ok(SealKey {
             addressee: addressee.clone(),
             name,
             cipher: Aes256Gcm::new((&*key).into()),
             aad: associated_data(&header),
             header,
-        }
+        })
     }
 }
 
@@ -523,7 +571,10 @@ impl SealKey {
         // Authentic bytes that do not split can only come from a bug or a
         // stolen key; either way the token is refused the same way.
         let mut fields = Fields(&plaintext);
-        let handle = PersonHandle::from_bytes(fields.array().ok_or(TokenError::Forged)?);
+        let handle = PersonHandle::from_bytes(
+            self.name.generation,
+            fields.array().ok_or(TokenError::Forged)?,
+        );
         let serial = Serial(fields.array().ok_or(TokenError::Forged)?);
         Ok(OpenedToken {
             handle,
@@ -538,20 +589,33 @@ impl SealKey {
 /// Reads formats 1 and 2; any other first byte is [`TokenError::UnknownFormat`].
 pub fn peek(token: &[u8]) -> Result<(KeyName, &[u8]), TokenError> {
     let (&format, mut rest) = token.split_first().ok_or(TokenError::Malformed)?;
-    if format != FORMAT_WINDOW && format != FORMAT_INDEXED {
+    if !(FORMAT_WINDOW..=FORMAT_GENERATIONAL).contains(&format) {
         return Err(TokenError::UnknownFormat);
     }
-    let window = Window(read_u32(&mut rest)?);
-    let index = if format == FORMAT_INDEXED {
-        Some(read_u32(&mut rest)?)
+    let generation = if format == FORMAT_GENERATIONAL {
+        let (head, tail) = rest.split_first_chunk::<2>().ok_or(TokenError::Malformed)?;
+        rest = tail;
+        Generation::new(u16::from_be_bytes(*head)).map_err(|_| TokenError::Malformed)?
     } else {
+        Generation::FIRST
+    };
+    let window = Window(read_u32(&mut rest)?);
+    let index = if format == FORMAT_WINDOW {
         None
+    } else {
+        Some(read_u32(&mut rest)?)
     };
     let (&length, rest) = rest.split_first().ok_or(TokenError::Malformed)?;
     let addressee = rest
         .get(..usize::from(length))
         .ok_or(TokenError::Malformed)?;
-    Ok((KeyName { window, index }, addressee))
+    let name = KeyName {
+        format,
+        generation,
+        window,
+        index,
+    };
+    Ok((name, addressee))
 }
 
 /// A big-endian u32 from the front of `bytes`, which then start after it.
@@ -566,7 +630,11 @@ fn read_u32(bytes: &mut &[u8]) -> Result<u32, TokenError> {
 /// Header bytes before the addressee's: format, window, index if any, and
 /// the addressee's length byte.
 fn fixed_header_len(format: u8) -> usize {
-    if format == FORMAT_INDEXED { 10 } else { 6 }
+    match format {
+        FORMAT_WINDOW => 6,
+        FORMAT_INDEXED => 10,
+        _ => 12,
+    }
 }
 
 fn associated_data(header: &[u8]) -> Vec<u8> {
@@ -640,8 +708,8 @@ mod tests {
         let keys = keys();
         let b = AgencyId::new("city-shinjuku").unwrap();
         let window = Window::containing(1_790_000_000);
-        let name = KeyName::indexed(window, 0xdead_beef);
-        let key = SealKey::new(&keys, &b, name);
+        let name = KeyName::generational(Generation::FIRST, window, 0xdead_beef);
+        let key = SealKey::new(&keys, &b, name).unwrap();
         let original = claims(&keys);
         let token = key.seal(&original, [1; 12]).unwrap();
         let header = token.header().unwrap();
@@ -654,8 +722,8 @@ mod tests {
         );
         assert_eq!(header.format(), TOKEN_FORMAT);
         assert_eq!(
-            &token.as_bytes()[..10],
-            &[2, 0, 0, 0x50, 0xed, 0xde, 0xad, 0xbe, 0xef, 13]
+            &token.as_bytes()[..12],
+            &[3, 0, 1, 0, 0, 0x50, 0xed, 0xde, 0xad, 0xbe, 0xef, 13]
         );
         let opened = key.open(&token).unwrap();
         assert_eq!(opened.handle.expose_bytes(), original.handle.expose_bytes());
@@ -671,7 +739,7 @@ mod tests {
     fn fresh_nonces_make_tokens_unlinkable() {
         let keys = keys();
         let name = KeyName::indexed(Window::new(20_000), 7);
-        let key = SealKey::new(&keys, &AgencyId::new("nta").unwrap(), name);
+        let key = SealKey::new(&keys, &AgencyId::new("nta").unwrap(), name).unwrap();
         let claims = claims(&keys);
         let a = key.seal(&claims, [1; 12]).unwrap();
         let b = key.seal(&claims, [2; 12]).unwrap();
@@ -695,10 +763,14 @@ mod tests {
         let window = Window::new(20_000);
         let name = KeyName::indexed(window, 1);
         let token = SealKey::new(&keys, &b, name)
+            .unwrap()
             .seal(&claims(&keys), [3; 12])
             .unwrap();
         assert_eq!(
-            SealKey::new(&keys, &c, name).open(&token).unwrap_err(),
+            SealKey::new(&keys, &c, name)
+                .unwrap()
+                .open(&token)
+                .unwrap_err(),
             TokenError::WrongAddressee
         );
         for other_key in [
@@ -707,14 +779,20 @@ mod tests {
             KeyName::format1(window),
         ] {
             assert_eq!(
-                SealKey::new(&keys, &b, other_key).open(&token).unwrap_err(),
+                SealKey::new(&keys, &b, other_key)
+                    .unwrap()
+                    .open(&token)
+                    .unwrap_err(),
                 TokenError::WrongWindow,
                 "{other_key:?}"
             );
         }
         let other = KeyHierarchy::new(&MasterKey::from_bytes([5; 32]));
         assert_eq!(
-            SealKey::new(&other, &b, name).open(&token).unwrap_err(),
+            SealKey::new(&other, &b, name)
+                .unwrap()
+                .open(&token)
+                .unwrap_err(),
             TokenError::Forged
         );
     }
@@ -723,7 +801,7 @@ mod tests {
     fn any_altered_byte_is_refused() {
         let keys = keys();
         let b = AgencyId::new("city-shinjuku").unwrap();
-        let key = SealKey::new(&keys, &b, KeyName::indexed(Window::new(20_000), 3));
+        let key = SealKey::new(&keys, &b, KeyName::indexed(Window::new(20_000), 3)).unwrap();
         let token = key.seal(&claims(&keys), [4; 12]).unwrap();
         for index in 0..token.as_bytes().len() {
             let mut bytes = token.as_bytes().to_vec();
@@ -748,6 +826,7 @@ mod tests {
         let b = AgencyId::new("city-shinjuku").unwrap();
         let window = Window::new(20_000);
         let token = SealKey::new(&keys, &b, KeyName::indexed(window, 5))
+            .unwrap()
             .seal(&claims(&keys), [6; 12])
             .unwrap();
         for changed in [4, 6, 5 ^ 0x8000_0000, 0, u32::MAX] {
@@ -757,6 +836,7 @@ mod tests {
             assert_eq!(name, KeyName::indexed(window, changed));
             assert_eq!(
                 SealKey::new(&keys, &b, name)
+                    .unwrap()
                     .open_bytes(&bytes)
                     .unwrap_err(),
                 TokenError::Forged,
@@ -776,7 +856,7 @@ mod tests {
         let keys = keys();
         let b = AgencyId::new("nta").unwrap();
         let name = KeyName::format1(Window::new(20_000));
-        let key = SealKey::new(&keys, &b, name);
+        let key = SealKey::new(&keys, &b, name).unwrap();
         let token = key.seal(&claims(&keys), [8; 12]).unwrap();
         assert_eq!(
             &token.as_bytes()[..9],
@@ -786,7 +866,7 @@ mod tests {
         assert_eq!(peek(token.as_bytes()).unwrap(), (name, &b"nta"[..]));
         assert!(key.open(&token).is_ok());
         let mut other = token.as_bytes().to_vec();
-        other[0] = 3;
+        other[0] = 4;
         assert_eq!(
             key.open_bytes(&other).unwrap_err(),
             TokenError::UnknownFormat
@@ -798,7 +878,48 @@ mod tests {
         let keys = keys();
         let claims = claims(&keys);
         let text = format!("{claims:?}");
-        assert!(text.contains("PersonHandle([REDACTED])"));
+        assert!(text.contains("PersonHandle(generation 1, [REDACTED])"));
         assert!(!text.contains(&hex::encode(claims.handle.expose_bytes())));
+    }
+
+    /// Format 3 names the generation in the authenticated header: the key
+    /// of another generation is a typed mismatch, a changed generation
+    /// byte opens nothing, and the opened handle is of the named generation.
+    #[test]
+    fn format_three_names_the_generation() {
+        let one = keys();
+        let two_number = Generation::new(2).unwrap();
+        let two = KeyHierarchy::of_generation(&MasterKey::from_bytes([5; 32]), two_number);
+        let b = AgencyId::new("nta").unwrap();
+        let window = Window::new(20_000);
+        let name = KeyName::generational(two_number, window, 9);
+        assert_eq!(
+            SealKey::new(&one, &b, name).unwrap_err(),
+            GenerationError::Mismatch {
+                expected: two_number,
+                found: Generation::FIRST
+            }
+        );
+        let key = SealKey::new(&two, &b, name).unwrap();
+        let coder = Coder::new(&two, AgencyId::new("mhlw").unwrap(), Epoch::new(1).unwrap());
+        let mut claims = claims(&one);
+        claims.handle = coder.handle(&MyNumber::parse(b"123456789018").unwrap());
+        let token = key.seal(&claims, [7; 12]).unwrap();
+        assert_eq!(&token.as_bytes()[..3], &[3, 0, 2]);
+        assert_eq!(peek(token.as_bytes()).unwrap(), (name, &b"nta"[..]));
+        let opened = key.open(&token).unwrap();
+        assert_eq!(opened.handle.generation(), two_number);
+        // Generation 0 is no generation; another generation is another key.
+        let mut zero = token.as_bytes().to_vec();
+        zero[2] = 0;
+        assert_eq!(key.open_bytes(&zero).unwrap_err(), TokenError::Malformed);
+        let mut three = token.as_bytes().to_vec();
+        three[2] = 3;
+        assert_eq!(key.open_bytes(&three).unwrap_err(), TokenError::WrongWindow);
+        // Same window and index under generation 1: a different key.
+        assert_ne!(
+            *one.seal_key_bytes(&b, 20_000, Some(9)),
+            *two.seal_key_bytes(&b, 20_000, Some(9))
+        );
     }
 }

@@ -87,6 +87,7 @@ fn append(store: &mut RedbStore, count: u64) {
             prepared: Vec::new(),
             usage: Vec::new(),
             persons: Vec::new(),
+            marks: Default::default(),
         })
         .unwrap();
 }

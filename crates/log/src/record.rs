@@ -94,6 +94,8 @@ pub enum Operation {
     PolicyLoaded = 8,
     /// A tally of refusals that opened no person (per agency, reason, minute).
     Refusals = 9,
+    /// Turned an agency's old codes into its current-epoch codes.
+    Rekey = 10,
     /// A person's My Number was re-issued (old → new); the record is
     /// about the person (their link stays the same).
     Reissue = 11,
@@ -103,7 +105,6 @@ pub enum Operation {
     /// The surviving agency of a merger converted the merged agency's
     /// codes into its own (the counterpart is the merged agency).
     Migrate = 13,
-
     /// An administrator acted through the admin plane (caller
     /// `admin:<identity>`, note: what was done).
     Admin = 14,
@@ -115,7 +116,7 @@ pub enum Operation {
 
 impl Operation {
     /// Every operation, in code order.
-    pub const ALL: [Operation; 14] = [
+    pub const ALL: [Operation; 15] = [
         Operation::Derive,
         Operation::Seal,
         Operation::Redeem,
@@ -125,6 +126,7 @@ impl Operation {
         Operation::CopyPage,
         Operation::PolicyLoaded,
         Operation::Refusals,
+        Operation::Rekey,
         Operation::Reissue,
         Operation::Suspension,
         Operation::Migrate,
@@ -154,10 +156,10 @@ impl Operation {
             Operation::CopyPage => "copy_page",
             Operation::PolicyLoaded => "policy_loaded",
             Operation::Refusals => "refusals",
+            Operation::Rekey => "rekey",
             Operation::Reissue => "reissue",
             Operation::Suspension => "suspension",
             Operation::Migrate => "migrate",
-
             Operation::Admin => "admin",
             Operation::Restored => "restored",
         }

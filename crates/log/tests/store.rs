@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 
 use fugo_log::merkle::{self, Frontier, Hash};
 use fugo_log::record::{Entry, Group, Header, Operation, Outcome, PersonLink, leaf_bytes};
-use fugo_log::store::{Append, RedbStore, Refusal, Store, StoreError, StoredRecord};
+use fugo_log::store::{Append, Marks, RedbStore, Refusal, Store, StoreError, StoredRecord};
 
 fn header(operation: Operation, caller: &str, counterpart: &str, time_ms: u64) -> Header {
     Header {
@@ -49,6 +49,7 @@ fn append(groups: Vec<Group>) -> Append {
         prepared: Vec::new(),
         usage: Vec::new(),
         persons: Vec::new(),
+        marks: Marks::default(),
     }
 }
 
@@ -305,6 +306,7 @@ fn tallies_become_refusals_records_when_the_minute_changes() {
             prepared: Vec::new(),
             usage: Vec::new(),
             persons: Vec::new(),
+            marks: Default::default(),
         })
         .unwrap();
     assert_eq!((done.tallied, done.size), (0, 0));
@@ -325,6 +327,7 @@ fn tallies_become_refusals_records_when_the_minute_changes() {
             prepared: Vec::new(),
             usage: Vec::new(),
             persons: Vec::new(),
+            marks: Default::default(),
         })
         .unwrap();
     assert_eq!(store.size(), 1);
@@ -343,6 +346,7 @@ fn tallies_become_refusals_records_when_the_minute_changes() {
             prepared: Vec::new(),
             usage: Vec::new(),
             persons: Vec::new(),
+            marks: Default::default(),
         })
         .unwrap();
     assert_eq!(done.tallied, 2);
@@ -719,4 +723,44 @@ fn a_new_store_file_is_private() {
         .permissions()
         .mode();
     assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+}
+
+/// The key lifecycle's high-water mark only rises: a later append with a
+/// lower rank or without a generation changes nothing, and the marks
+/// survive a reopen.
+#[test]
+fn the_epoch_high_water_mark_only_rises() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(&dir);
+    assert_eq!(store.marks().unwrap(), Marks::default());
+    let mark = |epochs: &[(&str, u8, u8)], generations: &[u16]| {
+        let mut append = append(Vec::new());
+        append.marks = Marks {
+            epochs: epochs
+                .iter()
+                .map(|(a, e, r)| ((*a).to_owned(), *e, *r))
+                .collect(),
+            destroyed_generations: generations.to_vec(),
+        };
+        append
+    };
+    store
+        .append(mark(&[("city", 1, 1), ("city", 2, 0), ("nta", 1, 2)], &[]))
+        .unwrap();
+    store
+        .append(mark(&[("city", 1, 0), ("nta", 1, 0), ("city", 2, 2)], &[1]))
+        .unwrap();
+    store.append(mark(&[], &[])).unwrap();
+    drop(store);
+    let mut store = open(&dir);
+    let marks = store.marks().unwrap();
+    assert_eq!(
+        marks.epochs,
+        [
+            ("city".to_owned(), 1, 1),
+            ("city".to_owned(), 2, 2),
+            ("nta".to_owned(), 1, 2)
+        ]
+    );
+    assert_eq!(marks.destroyed_generations, [1]);
 }

@@ -2,7 +2,7 @@
 //! capability).
 
 use super::{BatchError, Done, Exchange, ItemError, ItemFailure, check_size};
-use crate::agency::AgencyId;
+use crate::agency::{AgencyId, Epoch};
 use crate::batch::BatchDeriver;
 use crate::policy::{Capability, Policy};
 
@@ -17,9 +17,23 @@ impl Exchange {
         caller: &AgencyId,
         numbers: &[&[u8]],
     ) -> Result<Done<String>, BatchError> {
+        self.derive_in(policy, caller, None, numbers)
+    }
+
+    /// The caller's codes of `epoch` (current or accepted; `None`: the
+    /// current one), one per number: an agency mid-rotation gets codes
+    /// matching its store. A rekey-only, destroyed or unknown epoch is
+    /// [`BatchError::Epoch`].
+    pub fn derive_in(
+        &self,
+        policy: &Policy,
+        caller: &AgencyId,
+        epoch: Option<Epoch>,
+        numbers: &[&[u8]],
+    ) -> Result<Done<String>, BatchError> {
         check_size(numbers.len())?;
         let agency = policy.require(caller, Capability::Derive)?;
-        let coder = self.coder(caller, agency.epoch);
+        let coder = self.making_coder(agency, epoch)?;
         let mut done = Done::with_capacity(numbers.len());
         BatchDeriver::new(&coder).derive_linked_resolved(
             &self.persons,

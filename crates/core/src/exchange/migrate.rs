@@ -1,11 +1,12 @@
 //! Migrate: after a merger, a merged agency's codes → the surviving
 //! agency's codes in its current epoch (D215).
 //!
-//! The conversion is one step on a person handle: open the old code with
+//! The conversion is Rekey's (`Exchange::convert`): open the old code with
 //! the merged agency's key of its epoch, make the survivor's code from the
-//! handle. No My Number is involved and none is returned.
+//! handle (crossing generations inside the exchange if their epochs are
+//! bound to different ones). No My Number is returned.
 
-use super::{BatchError, Done, Exchange, OwnCodes, check_size, per_item};
+use super::{BatchError, Done, Exchange, OwnCodes, check_size};
 use crate::agency::AgencyId;
 use crate::policy::Policy;
 
@@ -22,13 +23,18 @@ impl Exchange {
         check_size(codes.len())?;
         let from = policy.merger(survivor, merged)?;
         let to = policy.agency(survivor)?;
-        let coder = self.coder(survivor, to.epoch);
-        let mut old = OwnCodes::new(self, from);
-        Ok(per_item(codes, |text, person| {
-            let handle = old.open(text)?;
-            *person = Some(self.linker.link(&handle));
-            Ok(String::from_utf8_lossy(&coder.code_of(&handle).to_text()).into_owned())
-        }))
+        let target = self.making_coder(to, None)?;
+        let done = self.convert(OwnCodes::new(self, from), &target, codes);
+        Ok(Done {
+            results: done
+                .results
+                .into_iter()
+                .map(|result| {
+                    result.map(|moved| String::from_utf8_lossy(&moved.code.to_text()).into_owned())
+                })
+                .collect(),
+            people: done.people,
+        })
     }
 }
 
@@ -67,7 +73,10 @@ mod tests {
             certificates: vec![name.to_owned()],
             capabilities: BTreeSet::new(),
             epoch: epoch(current),
-            accepted_epochs: accepted.iter().map(|&e| epoch(e)).collect(),
+            epochs: crate::policy::epochs_of_generation_one(
+                epoch(current),
+                &accepted.iter().map(|&e| epoch(e)).collect(),
+            ),
             quotas: Default::default(),
         }
     }
@@ -105,7 +114,11 @@ mod tests {
         let number = MyNumber::parse(b"123456789018").unwrap();
         let code = |agency: &str, e: u8| {
             let coder = Coder::new(&keys, id(agency), epoch(e));
-            coder.code_of(&coder.handle(&number)).to_text().to_vec()
+            coder
+                .code_of(&coder.handle(&number))
+                .unwrap()
+                .to_text()
+                .to_vec()
         };
         let expected = String::from_utf8(code("city", 3)).unwrap();
         let (old1, old2, stale, foreign) = (

@@ -7,6 +7,7 @@ use thiserror::Error;
 
 use crate::agency::Epoch;
 use crate::code_text::CodeTextError;
+use crate::generation::{Generation, GenerationError};
 use crate::link::PersonLink;
 use crate::mynumber::ParseError;
 use crate::policy::Denied;
@@ -86,6 +87,19 @@ pub enum ItemError {
     /// A code of an epoch the caller's agency no longer accepts.
     #[error("code of epoch {0}, which is no longer accepted")]
     RetiredEpoch(Epoch),
+    /// A code of an epoch in state rekey-only: it opens only in Rekey.
+    #[error("code of epoch {0}, which opens only in Rekey (rekey-only)")]
+    RekeyOnlyEpoch(Epoch),
+    /// A code of a destroyed epoch: it opens nowhere.
+    #[error("code of epoch {0}, which is destroyed")]
+    DestroyedEpoch(Epoch),
+    /// A token sealed under a destroyed master-key generation.
+    #[error("token sealed under key generation {0}, which is destroyed")]
+    DestroyedGeneration(Generation),
+    /// A key generation the operation needs is not in the keyring (or a
+    /// handle met a key of another generation).
+    #[error(transparent)]
+    Generation(GenerationError),
     /// A token that is malformed, forged, or addressed to someone else.
     #[error(transparent)]
     Token(#[from] TokenError),
@@ -171,4 +185,18 @@ pub enum BatchError {
     /// The random number source failed.
     #[error(transparent)]
     Random(#[from] RandomFailed),
+    /// The epoch the caller named (or the current one) cannot make codes:
+    /// unknown, rekey-only or destroyed.
+    #[error("agency {agency}: epoch {epoch} {why}")]
+    Epoch {
+        /// The caller.
+        agency: crate::agency::AgencyId,
+        /// The epoch named.
+        epoch: Epoch,
+        /// "is not in the policy", "is rekey-only", "is destroyed".
+        why: &'static str,
+    },
+    /// A key generation the batch needs is not in the keyring.
+    #[error(transparent)]
+    Generation(GenerationError),
 }

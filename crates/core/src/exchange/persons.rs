@@ -48,7 +48,7 @@ impl Exchange {
     /// every record about them carries.
     pub fn person_link(&self, number: &MyNumber) -> PersonLink {
         let original = self.persons.original(number);
-        self.linker.link(&self.persons.handle(&original))
+        self.linker.link_number(&original)
     }
 
     /// Plans the re-issue of `old` (the person's current number) as `new`.
@@ -56,10 +56,10 @@ impl Exchange {
         let mut nonces = [0u8; 3 * NONCE_LEN];
         self.random.fill(&mut nonces)?;
         let change = self.persons.plan_reissue(old, new, &nonces)?;
-        let person = self.linker.link(&self.persons.handle(change.original()));
+        let person = self.linker.link_number(change.original());
         let new_number = change
             .new_number()
-            .map(|number| self.linker.link(&self.persons.handle(number)));
+            .map(|number| self.linker.link_number(number));
         Ok(Planned {
             change,
             person,
@@ -77,7 +77,7 @@ impl Exchange {
         let mut nonce = [0u8; NONCE_LEN];
         self.random.fill(&mut nonce)?;
         let change = self.persons.plan_suspension(number, suspension, &nonce)?;
-        let person = self.linker.link(&self.persons.handle(change.original()));
+        let person = self.linker.link_number(change.original());
         Ok(Planned {
             change,
             person,

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use super::{BatchError, Done, Exchange, ItemError, check_size, per_item};
-use crate::agency::AgencyId;
+use crate::agency::{AgencyId, Epoch};
 use crate::code::AgencyCode;
 use crate::policy::Policy;
 use crate::token::{self, RequestContext, SealKey, Serial, SharedClaims, TokenError, Window};
@@ -31,8 +31,8 @@ pub struct Redeemed {
 type Verdict = Result<Arc<RequestContext>, ItemError>;
 
 impl Exchange {
-    /// The caller's codes, in its current epoch, and the request context for
-    /// tokens addressed to it, checked at `now` (unix seconds).
+    /// The caller's codes (of its current epoch) for the people in
+    /// `tokens`, checked at `now` (unix seconds).
     pub fn redeem(
         &self,
         policy: &Policy,
@@ -40,9 +40,24 @@ impl Exchange {
         tokens: &[&[u8]],
         now: u64,
     ) -> Result<Done<Redeemed>, BatchError> {
+        self.redeem_in(policy, caller, None, tokens, now)
+    }
+
+    /// The same, answering codes of `epoch` (current or accepted; `None`:
+    /// the current one). Tokens sealed under any generation the keyring
+    /// holds and the policy has not destroyed open: a token in flight
+    /// across a rotation still redeems.
+    pub fn redeem_in(
+        &self,
+        policy: &Policy,
+        caller: &AgencyId,
+        epoch: Option<Epoch>,
+        tokens: &[&[u8]],
+        now: u64,
+    ) -> Result<Done<Redeemed>, BatchError> {
         check_size(tokens.len())?;
         let agency = policy.agency(caller)?;
-        let coder = self.coder(caller, agency.epoch);
+        let coder = self.making_coder(agency, epoch)?;
         // Tokens from windows older than the longest lifetime cannot be valid.
         let oldest = Window::containing(now.saturating_sub(policy.longest_token_lifetime()));
         let current = Window::containing(now);
@@ -56,11 +71,16 @@ impl Exchange {
             if name.window() < oldest || name.window() > current {
                 return Err(ItemError::StaleWindow);
             }
+            if policy.destroyed_generations().contains(&name.generation()) {
+                return Err(ItemError::DestroyedGeneration(name.generation()));
+            }
             // The key the header names (format 1: its window's; format 2:
             // that window's key index), so a changed name opens nothing.
             let (key, cached) = match &last_key {
                 Some((key, cached)) if key.name() == name => (Arc::clone(key), *cached),
-                _ => self.opening_key(caller, name),
+                _ => self
+                    .opening_key(caller, name)
+                    .map_err(ItemError::Generation)?,
             };
             last_key = Some((Arc::clone(&key), cached));
             let opened = key.open_parts(bytes)?;
@@ -72,8 +92,7 @@ impl Exchange {
             }
             // From here on the token is authentic: its person is known, so
             // a refusal (withdrawn rule, expired) is recorded for them.
-            *person = Some(self.linker.link(&opened.handle));
-            self.persons.check_available(&opened.handle)?;
+            *person = Some(self.available_link(&opened.handle)?);
             let verdict = match &last_context {
                 Some((shared, verdict)) if *shared == opened.shared => verdict.clone(),
                 _ => {
@@ -87,7 +106,9 @@ impl Exchange {
                 return Err(ItemError::Expired);
             }
             Ok(Redeemed {
-                code: coder.code_of(&opened.handle),
+                code: coder
+                    .code_of(&self.cross(&opened.handle, coder.generation())?)
+                    .map_err(ItemError::Generation)?,
                 serial: opened.serial,
                 context,
             })

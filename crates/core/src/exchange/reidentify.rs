@@ -23,7 +23,7 @@ impl Exchange {
         Ok(per_item(codes, |text, person| {
             let (code, coder) = own.read(text)?;
             let handle = coder.open(&code).map_err(|_| ItemError::UnknownCode)?;
-            *person = Some(self.linker.link(&handle));
+            *person = Some(self.link(&handle)?);
             let number = coder
                 .reidentify(&code)
                 .map_err(|_| ItemError::UnknownCode)?;

@@ -86,9 +86,13 @@ impl Exchange {
         check_size(codes.len())?;
         let agency = policy.agency(caller)?;
         // Named by the caller: refused without repeating it (D152).
-        policy
+        let provider = policy
             .agency(&context.provider)
             .map_err(|_| crate::policy::Denied::NotInPolicy { field: "provider" })?;
+        // Tokens are sealed under the provider's current generation and
+        // carry a handle of it, so the provider's redemption stays in one
+        // generation unless the provider rotates while tokens are in flight.
+        let generation = provider.current_generation();
         context.check_items()?;
         let rule = policy.authorize(
             caller,
@@ -111,8 +115,12 @@ impl Exchange {
         let mut random = vec![0u8; FRESH * codes.len()];
         self.random.fill(&mut random)?;
         // Every item is counted against its key, sealed or not.
-        let reservation =
-            self.reserve_seals(&context.provider, Window::containing(now), codes.len())?;
+        let reservation = self.reserve_seals(
+            &context.provider,
+            generation,
+            Window::containing(now),
+            codes.len(),
+        )?;
         let mut own = OwnCodes::new(self, agency);
         // Every item has its share, sealed or not, so an item's serial and
         // nonce depend only on its position in the batch.
@@ -123,8 +131,8 @@ impl Exchange {
         Ok(per_item(shares, |((text, share), key), person| {
             let (serial, nonce) = split_share(share);
             let handle = own.open(text)?;
-            *person = Some(self.linker.link(&handle));
-            self.persons.check_available(&handle)?;
+            *person = Some(self.available_link(&handle)?);
+            let handle = self.cross(&handle, generation)?;
             let token = key.seal_person(&handle, serial, &shared, nonce)?;
             Ok(Sealed {
                 token,

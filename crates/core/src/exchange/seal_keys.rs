@@ -23,8 +23,10 @@ use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use super::{Exchange, RandomFailed};
+use super::{BatchError, Exchange, RandomFailed};
 use crate::agency::AgencyId;
+use crate::generation::Generation;
+use crate::keys::KeyHierarchy;
 use crate::token::{KeyName, MAX_SEALS_PER_KEY, SealKey, Window};
 
 /// Draws of a key index that may land on an index this process already
@@ -32,10 +34,11 @@ use crate::token::{KeyName, MAX_SEALS_PER_KEY, SealKey, Window};
 /// broken. (A sound source repeats a 32-bit draw with chance about 2^-32.)
 const INDEX_DRAWS: usize = 8;
 
-/// The key each (addressee, window) seals under now, and its count.
+/// The key each (addressee, generation, window) seals under now, and its
+/// count.
 pub(super) struct SealingKeys {
     bound: u64,
-    current: Mutex<HashMap<(AgencyId, Window), Current>>,
+    current: Mutex<HashMap<(AgencyId, Generation, Window), Current>>,
 }
 
 /// One (addressee, window)'s sealing state.
@@ -85,9 +88,14 @@ impl Exchange {
     pub(super) fn reserve_seals(
         &self,
         addressee: &AgencyId,
+        generation: Generation,
         window: Window,
         count: usize,
-    ) -> Result<Reservation, RandomFailed> {
+    ) -> Result<Reservation, BatchError> {
+        let keys = self
+            .keyring
+            .get(generation)
+            .map_err(BatchError::Generation)?;
         let bound = self.sealing.bound;
         let mut left = u64::try_from(count).unwrap_or(u64::MAX);
         let mut segments = Vec::with_capacity(1);
@@ -101,17 +109,18 @@ impl Exchange {
             // The state is updated by plain assignments that cannot panic
             // half-way, so a poisoned lock holds consistent counts.
             .unwrap_or_else(PoisonError::into_inner);
-        let slot = (addressee.clone(), window);
+        let slot = (addressee.clone(), generation, window);
         if !map.contains_key(&slot) {
             // Keys of days before yesterday seal nothing more; their counts
             // can go (a late batch for such a day starts a fresh index).
-            map.retain(|(_, w), _| w.get().saturating_add(1) >= window.get());
+            map.retain(|(_, _, w), _| w.get().saturating_add(1) >= window.get());
         }
         let current = match map.entry(slot) {
             Entry::Occupied(entry) => entry.into_mut(),
             Entry::Vacant(entry) => {
                 let index = self.draw_key_index(&HashSet::new())?;
-                let key = self.new_sealing_key(addressee, KeyName::indexed(window, index));
+                let name = KeyName::generational(generation, window, index);
+                let key = self.new_sealing_key(keys, addressee, name)?;
                 entry.insert(Current {
                     key,
                     used: 0,
@@ -123,7 +132,8 @@ impl Exchange {
             let room = bound - current.used;
             if room == 0 {
                 let index = self.draw_key_index(&current.spent)?;
-                current.key = self.new_sealing_key(addressee, KeyName::indexed(window, index));
+                let name = KeyName::generational(generation, window, index);
+                current.key = self.new_sealing_key(keys, addressee, name)?;
                 current.used = 0;
                 current.spent.insert(index);
                 continue;
@@ -152,11 +162,17 @@ impl Exchange {
         Err(RandomFailed)
     }
 
-    /// A new sealing key, also made known to redemption in this process.
-    fn new_sealing_key(&self, addressee: &AgencyId, name: KeyName) -> Arc<SealKey> {
-        let key = Arc::new(SealKey::new(&self.keys, addressee, name));
+    /// A new sealing key (of the generation of `keys`, which `name` names),
+    /// also made known to redemption in this process.
+    fn new_sealing_key(
+        &self,
+        keys: &KeyHierarchy,
+        addressee: &AgencyId,
+        name: KeyName,
+    ) -> Result<Arc<SealKey>, BatchError> {
+        let key = Arc::new(SealKey::new(keys, addressee, name).map_err(BatchError::Generation)?);
         self.keep_opening_key(addressee, Arc::clone(&key));
-        key
+        Ok(key)
     }
 }
 
@@ -169,7 +185,7 @@ mod tests {
     use crate::agency::{AffairId, Epoch, ItemId};
     use crate::code::Coder;
     use crate::exchange::{ItemError, RandomSource};
-    use crate::keys::{KeyHierarchy, MasterKey};
+    use crate::keys::MasterKey;
     use crate::mynumber::MyNumber;
     use crate::policy::{Affair, Agency, Policy, PolicyVersion, Rule};
     use crate::token::{Claims, Serial, TokenError};
@@ -188,6 +204,8 @@ mod tests {
         }
     }
 
+    const G1: Generation = Generation::FIRST;
+
     fn keys() -> KeyHierarchy {
         KeyHierarchy::new(&MasterKey::from_bytes([7; 32]))
     }
@@ -205,34 +223,37 @@ mod tests {
     fn reservations_split_at_the_bound_and_never_reuse_an_index() {
         let exchange = Exchange::new(keys(), Box::new(Counting::default())).with_seal_bound(100);
         let (b, w) = (id("nta"), Window::new(20_000));
-        assert!(counts(&exchange.reserve_seals(&b, w, 0).unwrap()).is_empty());
+        assert!(counts(&exchange.reserve_seals(&b, G1, w, 0).unwrap()).is_empty());
         assert_eq!(
-            counts(&exchange.reserve_seals(&b, w, 30).unwrap()),
+            counts(&exchange.reserve_seals(&b, G1, w, 30).unwrap()),
             [(Some(0), 30)]
         );
         assert_eq!(
-            counts(&exchange.reserve_seals(&b, w, 120).unwrap()),
+            counts(&exchange.reserve_seals(&b, G1, w, 120).unwrap()),
             [(Some(0), 70), (Some(1), 50)]
         );
         assert_eq!(
-            counts(&exchange.reserve_seals(&b, w, 250).unwrap()),
+            counts(&exchange.reserve_seals(&b, G1, w, 250).unwrap()),
             [(Some(1), 50), (Some(2), 100), (Some(3), 100)]
         );
         // Exactly full: the next batch starts a new key, not an empty segment.
         assert_eq!(
-            counts(&exchange.reserve_seals(&b, w, 1).unwrap()),
+            counts(&exchange.reserve_seals(&b, G1, w, 1).unwrap()),
             [(Some(4), 1)]
         );
         // Another addressee and another day have keys and counts of their own.
         assert_eq!(
-            counts(&exchange.reserve_seals(&id("mhlw"), w, 100).unwrap()),
+            counts(&exchange.reserve_seals(&id("mhlw"), G1, w, 100).unwrap()),
             [(Some(5), 100)]
         );
         let tomorrow = Window::new(20_001);
-        let next_day = exchange.reserve_seals(&b, tomorrow, 1).unwrap();
-        assert_eq!(next_day.0[0].0.name(), KeyName::indexed(tomorrow, 6));
+        let next_day = exchange.reserve_seals(&b, G1, tomorrow, 1).unwrap();
+        assert_eq!(
+            next_day.0[0].0.name(),
+            KeyName::generational(G1, tomorrow, 6)
+        );
         // Each item of a batch gets the key of its segment, in order.
-        let batch = exchange.reserve_seals(&b, w, 101).unwrap();
+        let batch = exchange.reserve_seals(&b, G1, w, 101).unwrap();
         let per_item: Vec<_> = batch.keys().map(|k| k.name().index()).collect();
         assert_eq!(per_item.len(), 101);
         assert!(per_item[..99].iter().all(|i| *i == Some(4)));
@@ -255,11 +276,14 @@ mod tests {
         let exchange = exchange.with_seal_bound(2);
         let (b, w) = (id("nta"), Window::new(20_000));
         assert_eq!(
-            counts(&exchange.reserve_seals(&b, w, 4).unwrap()),
+            counts(&exchange.reserve_seals(&b, G1, w, 4).unwrap()),
             [(Some(5), 2), (Some(9), 2)]
         );
         // Only 9 is left to draw now: spent, eight times over.
-        assert_eq!(exchange.reserve_seals(&b, w, 1).unwrap_err(), RandomFailed);
+        assert_eq!(
+            exchange.reserve_seals(&b, G1, w, 1).unwrap_err(),
+            BatchError::Random(RandomFailed)
+        );
     }
 
     fn policy() -> Policy {
@@ -269,7 +293,10 @@ mod tests {
             certificates: vec![name.to_owned()],
             capabilities: BTreeSet::new(),
             epoch: Epoch::new(1).unwrap(),
-            accepted_epochs: [Epoch::new(1).unwrap()].into(),
+            epochs: crate::policy::epochs_of_generation_one(
+                Epoch::new(1).unwrap(),
+                &Default::default(),
+            ),
             quotas: Default::default(),
         };
         Policy::new(
@@ -312,6 +339,7 @@ mod tests {
         // Sealed by another process under its key index 77.
         let name = KeyName::indexed(Window::containing(now), 77);
         let token = SealKey::new(&keys, &id("nta"), name)
+            .unwrap()
             .seal(&claims, [2; 12])
             .unwrap();
         let exchange = Exchange::new(keys, Box::new(Counting::default()));

@@ -51,6 +51,22 @@ pub struct Append {
     /// records of the call that made them. The store holds them as given:
     /// keyed references and sealed values (see `fugo_core::persons`).
     pub persons: Vec<PersonsEntry>,
+    /// Epoch states and destroyed generations a policy put in force, in
+    /// the same commit as the record of its loading: the store's one-way
+    /// high-water mark (see [`Store::marks`]). A mark never goes down.
+    pub marks: Marks,
+}
+
+/// The one-way high-water mark of the key lifecycle: per (agency, epoch)
+/// the furthest state rank any policy in force gave it (0 in use,
+/// 1 rekey-only, 2 destroyed: fugo-core's `EpochState::rank`), and the
+/// master-key generations any policy destroyed. The store only raises it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Marks {
+    /// (agency id, epoch, rank).
+    pub epochs: Vec<(String, u8, u8)>,
+    /// Destroyed generation numbers.
+    pub destroyed_generations: Vec<u16>,
 }
 
 /// One entry of the re-issue and suspension tables, as stored: the table's
@@ -339,6 +355,9 @@ pub trait Store: Send {
     fn put_policy(&mut self, version: &Hash, text: &str) -> Result<bool, StoreError>;
     /// The policy text of `version`, if kept.
     fn policy(&mut self, version: &Hash) -> Result<Option<String>, StoreError>;
+    /// The high-water mark of epoch states and destroyed generations, as
+    /// raised by every [`Append::marks`] so far.
+    fn marks(&mut self) -> Result<Marks, StoreError>;
     /// The tree levels whose node hashes the store keeps, lowest first
     /// (level 0 = the leaf hashes). For verification, with
     /// [`Store::stored_nodes`].

@@ -47,6 +47,11 @@ const PROBE: TableDefinition<u64, &[u8]> = TableDefinition::new("probe");
 const PROBE_CHUNK: usize = 3_072;
 /// serial -> (time ms, outcome code) of its provision confirmation.
 const PROVISIONS: TableDefinition<&[u8; 16], (u64, u8)> = TableDefinition::new("provisions");
+/// (agency, epoch) -> the furthest state rank a policy gave it (one-way).
+const EPOCH_MARKS: TableDefinition<(&str, u8), u8> = TableDefinition::new("epoch_marks");
+/// Destroyed master-key generations (one-way).
+const DESTROYED_GENERATIONS: TableDefinition<u16, ()> =
+    TableDefinition::new("destroyed_generations");
 
 /// redb's page cache. redb's default is 1 GiB, which an append-only log
 /// fills with pages it never reads again: the server's resident memory grew
@@ -72,6 +77,8 @@ const CACHE_BYTES: usize = 16 << 20;
 /// | `redeemed`    | serial `[u8; 16]`             | seq `u64` ‖ epoch `u32` ‖ caller (UTF-8)        |
 /// | `tallies`     | (minute, agency, reason)      | count `u64`                                     |
 /// | `probe`       | chunk `u64`                   | scratch bytes, empty except during [`Store::probe`](super::Store::probe) |
+/// | `epoch_marks` | (agency `&str`, epoch `u8`)   | furthest state rank `u8` (only ever raised)     |
+/// | `destroyed_generations` | generation `u16`    | `()` (only ever added)                          |
 ///
 /// All integers in values are big-endian. `by_person` and `redeemed` are
 /// built from the log by [`Store::index_people`](super::Store::index_people)
@@ -264,6 +271,10 @@ impl RedbStore {
         txn.open_table(REDEEMED).map_err(|e| backend("open", e))?;
         txn.open_table(TALLIES).map_err(|e| backend("open", e))?;
         txn.open_table(USAGE).map_err(|e| backend("open", e))?;
+        txn.open_table(EPOCH_MARKS)
+            .map_err(|e| backend("open", e))?;
+        txn.open_table(DESTROYED_GENERATIONS)
+            .map_err(|e| backend("open", e))?;
         txn.open_table(PROVISIONS).map_err(|e| backend("open", e))?;
         txn.open_table(PERSONS).map_err(|e| backend("open", e))?;
         txn.commit().map_err(|e| backend("open", e))?;
@@ -413,6 +424,7 @@ impl Store for RedbStore {
             && append.refusals.is_empty()
             && append.usage.is_empty()
             && append.persons.is_empty()
+            && append.marks == super::Marks::default()
             && !self.tallies_due(&append)?
         {
             // Nothing to write: no commit, no fsync.
@@ -795,6 +807,26 @@ impl Store for RedbStore {
         })
     }
 
+    fn marks(&mut self) -> Result<super::Marks, StoreError> {
+        let op = "marks";
+        let txn = self.read(op)?;
+        let mut marks = super::Marks::default();
+        let epochs = txn.open_table(EPOCH_MARKS).map_err(|e| backend(op, e))?;
+        for row in epochs.iter().map_err(|e| backend(op, e))? {
+            let (key, rank) = row.map_err(|e| backend(op, e))?;
+            let (agency, epoch) = key.value();
+            marks.epochs.push((agency.to_owned(), epoch, rank.value()));
+        }
+        let generations = txn
+            .open_table(DESTROYED_GENERATIONS)
+            .map_err(|e| backend(op, e))?;
+        for row in generations.iter().map_err(|e| backend(op, e))? {
+            let (generation, _) = row.map_err(|e| backend(op, e))?;
+            marks.destroyed_generations.push(generation.value());
+        }
+        Ok(marks)
+    }
+
     fn policy(&mut self, version: &Hash) -> Result<Option<String>, StoreError> {
         let txn = self.read("policy")?;
         let table = txn.open_table(POLICIES).map_err(|e| backend("policy", e))?;
@@ -973,6 +1005,33 @@ fn first_redemption(
     ))
 }
 
+/// Raises the high-water mark: a rank only goes up, a generation once
+/// destroyed stays so, whatever `marks` says.
+fn raise_marks(txn: &WriteTransaction, marks: &super::Marks) -> Result<(), StoreError> {
+    let op = "marks";
+    let mut epochs = txn.open_table(EPOCH_MARKS).map_err(|e| backend(op, e))?;
+    for (agency, epoch, rank) in &marks.epochs {
+        let stored = epochs
+            .get((agency.as_str(), *epoch))
+            .map_err(|e| backend(op, e))?
+            .map(|v| v.value());
+        if stored.is_none_or(|stored| stored < *rank) {
+            epochs
+                .insert((agency.as_str(), *epoch), *rank)
+                .map_err(|e| backend(op, e))?;
+        }
+    }
+    let mut generations = txn
+        .open_table(DESTROYED_GENERATIONS)
+        .map_err(|e| backend(op, e))?;
+    for generation in &marks.destroyed_generations {
+        generations
+            .insert(*generation, ())
+            .map_err(|e| backend(op, e))?;
+    }
+    Ok(())
+}
+
 /// The body of one append's write transaction. `next` is a copy of the
 /// frontier that the caller keeps only if the commit succeeds.
 fn write_append(
@@ -992,6 +1051,7 @@ fn write_append(
                 .map_err(|e| backend(op, e))?;
         }
     }
+    raise_marks(txn, &append.marks)?;
     let rolled = roll_tallies(txn, &append)?;
     let tallied = rolled.len() as u64;
 
@@ -1819,6 +1879,7 @@ mod tests {
             prepared: Vec::new(),
             usage: Vec::new(),
             persons: Vec::new(),
+            marks: Default::default(),
         }
     }
 
