@@ -105,6 +105,7 @@ pub(crate) const SETTINGS: &[Setting] = &[
 
 /// Sections that are arrays of tables (`[[keyring]]`, one per later
 /// master-key generation); their settings are file-only.
+#[cfg(test)]
 pub(crate) const TABLE_ARRAYS: &[&str] = &["keyring"];
 
 /// The prefix of every override.
