@@ -345,4 +345,68 @@ mod tests {
             "key generation 2 is not in the keyring"
         );
     }
+
+    /// A suspended person is unavailable to seal and redeem whichever
+    /// generation made the code or sealed the token (the tables are keyed
+    /// from the audit generation, D179); a re-issued number derives the
+    /// original codes in generation 2 too.
+    #[test]
+    fn suspension_and_re_issue_hold_across_generations() {
+        use crate::mynumber::MyNumber;
+        use crate::persons::{Reason, Suspension};
+        // A second exchange records no re-issue: the original's codes.
+        let fresh = exchange();
+        let exchange = exchange();
+        let rotated = policy(&[(2, 2, Current)], &[(2, 2, Current)], &[]);
+        let mhlw_code = one_code(&exchange, &rotated, "mhlw", None);
+        let context = SealContext {
+            provider: id("city"),
+            affair: AffairId::new("health").unwrap(),
+            items: vec![ItemId::new("income").unwrap()],
+            non_disclosure_until: None,
+        };
+        let seal = |exchange: &Exchange| {
+            exchange
+                .seal(
+                    &rotated,
+                    &id("mhlw"),
+                    &context,
+                    &[mhlw_code.as_bytes()],
+                    NOW,
+                )
+                .unwrap()
+        };
+        let token = seal(&exchange).results[0].as_ref().unwrap().token.clone();
+        assert_eq!(token.header().unwrap().key.generation(), g(2));
+
+        let number = MyNumber::parse(NUMBER).unwrap();
+        let hold = Suspension {
+            reason: Reason::FraudHold,
+            since_ms: 1,
+        };
+        let planned = exchange.plan_suspension(&number, Some(hold)).unwrap();
+        exchange.persons().apply(planned.change);
+        assert_eq!(item_error(&seal(&exchange)), ItemError::Unavailable);
+        let redeemed = exchange
+            .redeem(&rotated, &id("city"), &[token.as_bytes()], NOW)
+            .unwrap();
+        assert_eq!(item_error(&redeemed), ItemError::Unavailable);
+        let lifted = exchange.plan_suspension(&number, None).unwrap();
+        exchange.persons().apply(lifted.change);
+        assert!(seal(&exchange).results[0].is_ok());
+
+        // Re-issue: the new number derives the original's generation-2 code.
+        let new = MyNumber::parse(b"000000000019").unwrap();
+        let planned = exchange.plan_reissue(&number, &new).unwrap();
+        exchange.persons().apply(planned.change);
+        let derived = exchange
+            .derive(&rotated, &id("city"), &[new.expose_digits().as_slice()])
+            .unwrap();
+        assert_eq!(
+            derived.results[0].as_ref().unwrap(),
+            &one_code(&fresh, &rotated, "city", None)
+        );
+        let old = exchange.derive(&rotated, &id("city"), &[NUMBER]).unwrap();
+        assert_eq!(item_error(&old), ItemError::Superseded);
+    }
 }
