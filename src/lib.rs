@@ -49,8 +49,8 @@
 
 use fugo_core::hex;
 pub use fugo_core::{
-    agency, batch, code, code_text, exchange, generation, keys, link, mynumber, persons, shamir,
-    token,
+    agency, batch, code, code_text, exchange, generation, keyring, keys, link, mynumber, persons,
+    shamir, token,
 };
 
 pub mod admin;

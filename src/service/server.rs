@@ -217,7 +217,7 @@ fn open_recorder(
 fn keyring(
     config: &ServeConfig,
     keys: crate::keys::KeyHierarchy,
-) -> Result<crate::generation::Keyring, ServeError> {
+) -> Result<crate::keyring::Keyring, ServeError> {
     let mut hierarchies = vec![keys];
     for entry in &config.keyring {
         let source = KeySource {
@@ -235,7 +235,7 @@ fn keyring(
         }
         hierarchies.push(keys);
     }
-    crate::generation::Keyring::new(hierarchies).map_err(|e| ServeError::Keyring(e.to_string()))
+    crate::keyring::Keyring::new(hierarchies).map_err(|e| ServeError::Keyring(e.to_string()))
 }
 
 /// The record of loading a policy: its text stored once under its

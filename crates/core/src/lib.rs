@@ -4,13 +4,18 @@
 //! under the policy (別表第二 as data).
 //!
 //! ```text
-//!   exchange: derive / seal / redeem / reidentify on batches, typed outcomes
-//!      │  (time and randomness come in from the caller)
-//!      ├─► policy (agencies, affairs, rules; who may ask whom for what)
-//!      ├─► token (AES-256-GCM per addressee, key window and key index)
+//!   exchange: derive / seal / redeem / reidentify / rekey / migrate on
+//!      │  batches, typed outcomes (time and randomness come in from the caller)
+//!      ├─► policy (agencies, epochs bound to generations, affairs, rules,
+//!      │           delegations, mergers; who may ask whom for what)
+//!      ├─► persons (re-issued numbers and suspensions: keyed references,
+//!      │            sealed values)
+//!      ├─► token (AES-256-GCM per addressee, generation, key window, key index)
+//!      ├─► link (the audit trail's person links, audit generation)
+//!      ├─► keyring (the master keys held, one hierarchy per generation)
 //!      └─► batch ─► code ─► code_text (29-character base32 + Luhn mod 32)
 //!                    │
-//!          mynumber ─┴─ keys (HKDF-SHA256 hierarchy) ─ agency (ids, epochs)
+//!          mynumber ─┴─ keys (HKDF-SHA256 hierarchy) ─ generation ─ agency (ids, epochs)
 //!                         └─► shamir (GF(256) secret sharing: custodians' shares)
 //!
 //!   number ──parse──► B = n ‖ "fugo-pn1" ──AES(K_person)──► handle h
@@ -57,6 +62,7 @@ pub mod code_text;
 pub mod exchange;
 pub mod generation;
 pub mod hex;
+pub mod keyring;
 pub mod keys;
 pub mod link;
 pub mod mynumber;

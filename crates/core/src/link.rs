@@ -53,7 +53,7 @@ pub struct Linker {
 
 impl Linker {
     /// Expands K_link (and K_person) from `keys`: the audit trail's
-    /// generation ([`crate::generation::Keyring::audit`]).
+    /// generation ([`crate::keyring::Keyring::audit`]).
     pub fn new(keys: &KeyHierarchy) -> Self {
         Linker {
             key: keys.link_key(),

@@ -40,7 +40,8 @@ use std::sync::{Arc, PoisonError, RwLock};
 
 use crate::agency::{AgencyId, Epoch};
 use crate::code::{self, AgencyCode, Coder, PersonHandle};
-use crate::generation::{Generation, GenerationError, Keyring};
+use crate::generation::{Generation, GenerationError};
+use crate::keyring::Keyring;
 use crate::keys::{KeyHierarchy, PersonKey};
 use crate::link::{Linker, PersonLink};
 use crate::persons::Persons;

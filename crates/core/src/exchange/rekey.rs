@@ -65,7 +65,8 @@ mod tests {
     use super::*;
     use crate::agency::{AffairId, ItemId};
     use crate::exchange::{RandomFailed, RandomSource, SealContext};
-    use crate::generation::{Generation, Keyring};
+    use crate::generation::Generation;
+    use crate::keyring::Keyring;
     use crate::keys::{KeyHierarchy, MasterKey};
     use crate::policy::{
         Affair, Agency, Capability, EpochBinding, EpochState, Policy, PolicyVersion, Rule,
