@@ -1190,9 +1190,7 @@ fn migrate(
         .exchange
         .migrate(policy, caller, &merged, &codes)
         .map_err(status::batch)?;
-    let epoch = policy
-        .agency(caller)
-        .map_or(0, |agency| u32::from(agency.epoch.get()));
+    let epoch = made_in(policy, caller, None);
     let mut collector = Collector::new();
     let mut header = facts.header(Operation::Migrate);
     header.counterpart = merged.to_string();
@@ -1204,7 +1202,10 @@ fn migrate(
         .zip(request.codes)
         .map(|(result, old_code)| MigrateResult {
             result: Some(match result {
-                Ok(new_code) => migrate_result::Result::Migrated(Migrated { old_code, new_code }),
+                Ok(migrated) => migrate_result::Result::Migrated(Migrated {
+                    old_code,
+                    new_code: String::from_utf8_lossy(&migrated.code.to_text()).into_owned(),
+                }),
                 Err(failure) => migrate_result::Result::Error(status::item(failure)),
             }),
         })

@@ -6,7 +6,7 @@
 //! handle (crossing generations inside the exchange if their epochs are
 //! bound to different ones). No My Number is returned.
 
-use super::{BatchError, Done, Exchange, OwnCodes, check_size};
+use super::{BatchError, Done, Exchange, OwnCodes, Rekeyed, check_size};
 use crate::agency::AgencyId;
 use crate::policy::Policy;
 
@@ -19,22 +19,12 @@ impl Exchange {
         survivor: &AgencyId,
         merged: &AgencyId,
         codes: &[&[u8]],
-    ) -> Result<Done<String>, BatchError> {
+    ) -> Result<Done<Rekeyed>, BatchError> {
         check_size(codes.len())?;
         let from = policy.merger(survivor, merged)?;
         let to = policy.agency(survivor)?;
         let target = self.making_coder(to, None)?;
-        let done = self.convert(OwnCodes::new(self, from), &target, codes);
-        Ok(Done {
-            results: done
-                .results
-                .into_iter()
-                .map(|result| {
-                    result.map(|moved| String::from_utf8_lossy(&moved.code.to_text()).into_owned())
-                })
-                .collect(),
-            people: done.people,
-        })
+        Ok(self.convert(OwnCodes::new(self, from), &target, codes))
     }
 }
 
@@ -120,7 +110,10 @@ mod tests {
                 .to_text()
                 .to_vec()
         };
-        let expected = String::from_utf8(code("city", 3)).unwrap();
+        let expected = code("city", 3);
+        let migrated = |done: &Done<Rekeyed>, i: usize| {
+            done.results[i].as_ref().unwrap().code.to_text().to_vec()
+        };
         let (old1, old2, stale, foreign) = (
             code("town", 1),
             code("town", 2),
@@ -135,8 +128,8 @@ mod tests {
                 &[&old1, &old2, &stale, &foreign],
             )
             .unwrap();
-        assert_eq!(done.results[0].as_ref().unwrap(), &expected);
-        assert_eq!(done.results[1].as_ref().unwrap(), &expected);
+        assert_eq!(migrated(&done, 0), expected);
+        assert_eq!(migrated(&done, 1), expected);
         assert!(matches!(
             done.results[2].as_ref().unwrap_err().error,
             ItemError::RetiredEpoch(_)
