@@ -209,6 +209,28 @@ fn open_recorder(
     )?)
 }
 
+/// Outside dev mode, a key file that holds the public demo key or that
+/// others may read stops the start (the master key's and every keyring
+/// entry's). The fingerprint pinned in the configuration was checked when
+/// the file was read, so a demo key is caught by its contents either way.
+fn refuse_unsafe_key(
+    config: &ServeConfig,
+    path: &Path,
+    state: &keyfile::KeyFileState,
+) -> Result<(), ServeError> {
+    if config.dev_mode {
+        return Ok(());
+    }
+    let shown = path.display().to_string();
+    if state.demo {
+        return Err(ServeError::DemoKey(shown));
+    }
+    if state.readable_by_others {
+        return Err(ServeError::KeyFileOpen(shown));
+    }
+    Ok(())
+}
+
 /// The keyring: generation 1 (`keys`, from the key file or the custodians'
 /// shares; the audit trail's keys come from it) and every `[[keyring]]`
 /// generation, each key file read now, checked against its pinned
@@ -226,13 +248,7 @@ fn keyring(
         };
         let (keys, state) =
             keyfile::load_generation(&source, entry.generation, &mut std::io::sink())?;
-        let shown = entry.key_file.display().to_string();
-        if !config.dev_mode && (state.demo || entry.fingerprint.is_demo()) {
-            return Err(ServeError::DemoKey(shown));
-        }
-        if !config.dev_mode && state.readable_by_others {
-            return Err(ServeError::KeyFileOpen(shown));
-        }
+        refuse_unsafe_key(config, &entry.key_file, &state)?;
         hierarchies.push(keys);
     }
     crate::keyring::Keyring::new(hierarchies).map_err(|e| ServeError::Keyring(e.to_string()))
@@ -871,13 +887,7 @@ async fn start_with(
                 expect: Some(config.fingerprint),
             };
             let (keys, key_state) = keyfile::load_with_state(&source, warnings)?;
-            let shown = path.display().to_string();
-            if !config.dev_mode && key_state.demo {
-                return Err(ServeError::DemoKey(shown));
-            }
-            if !config.dev_mode && key_state.readable_by_others {
-                return Err(ServeError::KeyFileOpen(shown));
-            }
+            refuse_unsafe_key(&config, path, &key_state)?;
             Some(keys)
         }
         MasterKeySource::Shares { .. } => None,
