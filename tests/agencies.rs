@@ -761,7 +761,7 @@ async fn agency_ids_are_immutable_across_reloads_and_restarts() {
     std::fs::write(&policy, &dropped).unwrap();
     let refused = running.reload_policy().unwrap_err().to_string();
     assert!(
-        refused.contains("agency insurer-c is in the policy in force and may not be removed"),
+        refused.contains("agency insurer-c was listed by a policy in force and may not be removed"),
         "{refused}"
     );
     // The old policy stays in force.
@@ -777,12 +777,28 @@ async fn agency_ids_are_immutable_across_reloads_and_restarts() {
     std::fs::write(&policy, POLICY).unwrap();
     let revived = running.reload_policy().unwrap_err().to_string();
     assert!(
-        revived.contains("agency town is retired in the policy in force and stays retired"),
+        revived.contains("agency town was retired by a policy in force and stays retired"),
         "{revived}"
     );
     running.stop().await.unwrap();
 
-    // At start, the policy must follow the one last recorded in force.
+    // At start too, even after retention has purged every record of a
+    // policy's loading: the store keeps the agency ids apart from the log
+    // (D217).
+    let store_path = dir.path().join("data").join(fugo::audit::STORE_FILE);
+    let purged = loop {
+        match fugo_log::store::RedbStore::open(&store_path) {
+            Ok(mut store) => {
+                use fugo_log::store::Store;
+                break store.purge_before(u64::MAX).unwrap();
+            }
+            Err(fugo_log::store::StoreError::Locked { .. }) => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(error) => panic!("{error}"),
+        }
+    };
+    assert!(purged > 0, "nothing was purged");
     let (config, _) = common::server_config(dir.path(), &retired_policy().replace(
         "[[agency]]\nid = \"insurer-c\"\nname = \"健康保険組合 C\"\ncertificates = [\"insurer-c\"]\ncapabilities = [\"derive\"]\nepoch = 1\n",
         "",
@@ -792,7 +808,7 @@ async fn agency_ids_are_immutable_across_reloads_and_restarts() {
     };
     let error = error.to_string();
     assert!(
-        error.contains("agency insurer-c is in the policy in force and may not be removed"),
+        error.contains("agency insurer-c was listed by a policy in force and may not be removed"),
         "{error}"
     );
     let (config, _) = common::server_config(dir.path(), &retired_policy(), [9; 32]);

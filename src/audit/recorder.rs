@@ -105,8 +105,10 @@ type Reply = oneshot::Sender<Result<Appended, RecorderError>>;
 /// Who waits for a snapshot: its checkpoint (size, signed note).
 type SnapshotReply = oneshot::Sender<Result<(u64, String), RecorderError>>;
 
+/// A job for the writer thread. The append is boxed: it is far larger
+/// than the others, and the channel's slots are as large as the largest.
 enum Job {
-    Append(Append, Reply, Waiting),
+    Append(Box<Append>, Reply, Waiting),
     Read(ReadJob),
     Snapshot(PathBuf, SnapshotReply),
 }
@@ -313,7 +315,7 @@ impl Recorder {
             return Ok(discarded(&append));
         }
         let (reply, answer) = oneshot::channel();
-        self.submit(Job::Append(append, reply, Waiting::Caller))?;
+        self.submit(Job::Append(Box::new(append), reply, Waiting::Caller))?;
         match tokio::time::timeout(self.timeout, answer).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(RecorderError::Stopped),
@@ -331,7 +333,7 @@ impl Recorder {
             return Ok(discarded(&append));
         }
         let (reply, answer) = oneshot::channel();
-        self.submit(Job::Append(append, reply, Waiting::Caller))?;
+        self.submit(Job::Append(Box::new(append), reply, Waiting::Caller))?;
         answer.blocking_recv().map_err(|_| RecorderError::Stopped)?
     }
 
@@ -341,7 +343,7 @@ impl Recorder {
     /// disk after all); a failure to queue it is logged.
     pub fn record_detached(&self, append: Append) {
         let (reply, _) = oneshot::channel();
-        if let Err(error) = self.submit(Job::Append(append, reply, Waiting::Detached)) {
+        if let Err(error) = self.submit(Job::Append(Box::new(append), reply, Waiting::Detached)) {
             tracing::error!(error = %error, "a record could not be queued");
         }
     }
@@ -559,6 +561,7 @@ fn merge(all: &mut Append, mut append: Append) {
     all.marks
         .destroyed_generations
         .extend(append.marks.destroyed_generations);
+    all.marks.agencies.extend(append.marks.agencies);
     all.now_ms = all.now_ms.max(append.now_ms);
 }
 
@@ -660,7 +663,7 @@ impl Committer {
         let mut snapshots = Vec::new();
         for job in jobs {
             match job {
-                Job::Append(append, reply, waiting) => appends.push((append, reply, waiting)),
+                Job::Append(append, reply, waiting) => appends.push((*append, reply, waiting)),
                 Job::Read(read) => reads.push(read),
                 Job::Snapshot(to, reply) => snapshots.push((to, reply)),
             }

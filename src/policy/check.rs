@@ -1332,7 +1332,7 @@ retired = true
         let refused = dropped.may_follow(&before).unwrap_err();
         assert_eq!(refused.len(), 1);
         assert!(
-            refused[0].starts_with("agency insurer-a is in the policy in force"),
+            refused[0].starts_with("agency insurer-a was listed by a policy in force"),
             "{refused:?}"
         );
         let revived = parse(&RELATIONS.replace("retired = true\n", "").replace(
@@ -1342,7 +1342,7 @@ retired = true
         .unwrap();
         assert_eq!(
             revived.may_follow(&before).unwrap_err(),
-            vec!["agency town is retired in the policy in force and stays retired"]
+            vec!["agency town was retired by a policy in force and stays retired"]
         );
         // Retiring is a step forward.
         assert_eq!(before.may_follow(&revived), Ok(()));

@@ -8,6 +8,12 @@
 //! forget a destroyed generation — is refused, naming the agency and the
 //! epoch, and the policy in force stays. An epoch the policy no longer
 //! lists at all is not a move backwards: its codes open nowhere.
+//!
+//! The same marks hold every agency id a policy in force listed, and
+//! whether it was retired: ids are inside the keys, so a later policy must
+//! list each and keep a retired one retired (D211). Kept in the store
+//! rather than read back from the last recorded policy, so the check holds
+//! after retention has purged every record of a policy's loading (D217).
 
 use std::collections::BTreeSet;
 
@@ -33,12 +39,29 @@ pub(crate) fn marks_of(policy: &Policy) -> Marks {
             .iter()
             .map(|g| g.get())
             .collect(),
+        agencies: policy
+            .agencies()
+            .map(|agency| {
+                let retired = policy.retired(&agency.id).is_some();
+                (agency.id.to_string(), u8::from(retired))
+            })
+            .collect(),
     }
 }
 
 /// Checks `policy` against the stored high-water mark; the error names
-/// every agency and epoch (or generation) it would move backwards.
+/// every agency and epoch (or generation) it would move backwards, and
+/// every agency id it would drop or retired agency it would revive.
 pub(crate) fn check(policy: &Policy, stored: &Marks) -> Result<(), String> {
+    let agencies = policy.keeps_agencies(
+        stored
+            .agencies
+            .iter()
+            .map(|(agency, rank)| (agency.as_str(), *rank > 0)),
+    );
+    if let Err(problems) = agencies {
+        return Err(problems.join("; "));
+    }
     let mut problems = Vec::new();
     for (agency, epoch, rank) in &stored.epochs {
         let Some(found) = policy.agencies().find(|a| a.id.as_str() == agency.as_str()) else {
@@ -102,6 +125,12 @@ pub(crate) fn raise(stored: &mut Marks, new: &Marks) {
     for generation in &new.destroyed_generations {
         if !stored.destroyed_generations.contains(generation) {
             stored.destroyed_generations.push(*generation);
+        }
+    }
+    for (agency, rank) in &new.agencies {
+        match stored.agencies.iter_mut().find(|(a, _)| a == agency) {
+            Some((_, old)) => *old = (*old).max(*rank),
+            None => stored.agencies.push((agency.clone(), *rank)),
         }
     }
 }

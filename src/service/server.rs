@@ -147,8 +147,9 @@ pub enum ServeError {
     /// The keyring's later generations could not be loaded or do not fit.
     #[error("keyring: {0}")]
     Keyring(String),
-    /// The policy would move a key epoch backwards, or binds an epoch in
-    /// use to a generation the keyring lacks.
+    /// The policy would move a key epoch backwards, drop an agency id or
+    /// revive a retired agency, or binds an epoch in use to a generation
+    /// the keyring lacks.
     #[error("policy {path}: {reason}")]
     Lifecycle {
         /// The policy file.
@@ -556,7 +557,8 @@ pub(crate) fn reload(
         return Err(ServeError::Sealed);
     };
     let loaded = load_policy_text(path).and_then(|(policy, text)| {
-        succeeds(&policy, &state.policy(), path)?;
+        // The marks hold every agency and epoch state of the policies in
+        // force so far, the current one included (D211, D217).
         let lifecycle = |reason| ServeError::Lifecycle {
             path: path.display().to_string(),
             reason,
@@ -584,53 +586,6 @@ pub(crate) fn reload(
             Err(error)
         }
     }
-}
-
-/// Refuses `policy` when it may not follow `previous` (D211: an agency id
-/// removed or renamed, a retired agency revived), naming each problem.
-fn succeeds(policy: &Policy, previous: &Policy, path: &Path) -> Result<(), ServeError> {
-    policy
-        .may_follow(previous)
-        .map_err(|problems| ServeError::Policy {
-            path: path.display().to_string(),
-            problems: crate::policy::PolicyError(
-                problems
-                    .into_iter()
-                    .map(|message| crate::policy::Problem { line: 0, message })
-                    .collect(),
-            ),
-        })
-}
-
-/// The policy last recorded in force in the store (the latest
-/// `policy_loaded` record, whose text is stored under its version), if the
-/// store has one that still reads: what a starting server's policy must
-/// follow (D211).
-fn last_policy(
-    store: &mut fugo_log::store::RedbStore,
-) -> Result<Option<Policy>, fugo_log::store::StoreError> {
-    use fugo_log::store::Store;
-    let mut after = None;
-    let mut last = None;
-    loop {
-        let page = store.agency_records("fugo", after, 1000)?;
-        let Some(end) = page.last() else { break };
-        after = Some(end.seq);
-        if let Some(loaded) = page
-            .iter()
-            .rev()
-            .find(|record| record.header.operation == Operation::PolicyLoaded)
-        {
-            last = Some(loaded.header.policy_version);
-        }
-        if page.len() < 1000 {
-            break;
-        }
-    }
-    let Some(version) = last else { return Ok(None) };
-    Ok(store
-        .policy(&version)?
-        .and_then(|text| crate::policy::parse(&text).ok()))
 }
 
 /// Checks everything, binds `config.listen`, and serves until stopped.
@@ -727,6 +682,8 @@ impl Opening {
             reason,
         };
         super::lifecycle::check_keyring(&state.exchange, &state.policy()).map_err(lifecycle)?;
+        // Nor drop an agency id or revive a retired agency of any policy in
+        // force before (D211): the store's marks hold them all (D217).
         if self.audited {
             let stored = state
                 .recorder
@@ -734,8 +691,10 @@ impl Opening {
                 .await
                 .map_err(ServeError::Audit)?;
             super::lifecycle::check(&state.policy(), &stored).map_err(lifecycle)?;
+            *state.marks.lock().unwrap_or_else(PoisonError::into_inner) = stored;
+        }
+        {
             let mut marks = state.marks.lock().unwrap_or_else(PoisonError::into_inner);
-            *marks = stored;
             super::lifecycle::raise(&mut marks, &super::lifecycle::marks_of(&state.policy()));
         }
         // Today's quota counts survive a restart: read back from the store
@@ -762,18 +721,6 @@ impl Opening {
             let loaded = crate::audit::persons::load_entries(entries, state.exchange.persons())?;
             if loaded > 0 {
                 tracing::info!(entries = loaded, "re-issue and suspension tables loaded");
-            }
-        }
-        // Agency ids are immutable: the policy must follow the one last in
-        // force (D211).
-        if self.audited {
-            let previous = state
-                .recorder
-                .read(last_policy)
-                .await
-                .map_err(ServeError::Audit)?;
-            if let Some(previous) = previous {
-                succeeds(&state.policy(), &previous, &config.policy)?;
             }
         }
         // The policy in force is stored and its loading recorded before any

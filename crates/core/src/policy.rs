@@ -920,16 +920,35 @@ impl Policy {
     /// `previous` must still be listed, and a retired one stays retired.
     /// Each problem is one message.
     pub fn may_follow(&self, previous: &Policy) -> Result<(), Vec<String>> {
+        self.keeps_agencies(
+            previous
+                .agencies
+                .keys()
+                .map(|id| (id.as_str(), previous.retired(id).is_some())),
+        )
+    }
+
+    /// Whether this policy keeps every agency id of `listed` (id, retired)
+    /// — what earlier policies in force listed — and keeps the retired ones
+    /// retired (D211). Each problem is one message.
+    pub fn keeps_agencies<'a>(
+        &self,
+        listed: impl IntoIterator<Item = (&'a str, bool)>,
+    ) -> Result<(), Vec<String>> {
         let mut problems = Vec::new();
-        for id in previous.agencies.keys() {
-            if !self.agencies.contains_key(id) {
+        for (id, retired) in listed {
+            let listed = AgencyId::new(id).ok();
+            let Some(agency) = listed.as_ref().and_then(|id| self.agencies.get(id)) else {
                 problems.push(format!(
-                    "agency {id} is in the policy in force and may not be removed or renamed \
-                     (ids are inside the keys); change its name, or retire it with a [[merger]]"
+                    "agency {id} was listed by a policy in force and may not be removed or \
+                     renamed (ids are inside the keys); change its name, or retire it with a \
+                     [[merger]]"
                 ));
-            } else if previous.retired(id).is_some() && self.retired(id).is_none() {
+                continue;
+            };
+            if retired && self.retired(&agency.id).is_none() {
                 problems.push(format!(
-                    "agency {id} is retired in the policy in force and stays retired"
+                    "agency {id} was retired by a policy in force and stays retired"
                 ));
             }
         }

@@ -726,14 +726,14 @@ fn a_new_store_file_is_private() {
 }
 
 /// The key lifecycle's high-water mark only rises: a later append with a
-/// lower rank or without a generation changes nothing, and the marks
-/// survive a reopen.
+/// lower rank or without a generation or an agency changes nothing, and the
+/// marks survive a reopen.
 #[test]
 fn the_epoch_high_water_mark_only_rises() {
     let dir = tempfile::tempdir().unwrap();
     let mut store = open(&dir);
     assert_eq!(store.marks().unwrap(), Marks::default());
-    let mark = |epochs: &[(&str, u8, u8)], generations: &[u16]| {
+    let mark = |epochs: &[(&str, u8, u8)], generations: &[u16], agencies: &[(&str, u8)]| {
         let mut append = append(Vec::new());
         append.marks = Marks {
             epochs: epochs
@@ -741,16 +741,28 @@ fn the_epoch_high_water_mark_only_rises() {
                 .map(|(a, e, r)| ((*a).to_owned(), *e, *r))
                 .collect(),
             destroyed_generations: generations.to_vec(),
+            agencies: agencies
+                .iter()
+                .map(|(a, r)| ((*a).to_owned(), *r))
+                .collect(),
         };
         append
     };
     store
-        .append(mark(&[("city", 1, 1), ("city", 2, 0), ("nta", 1, 2)], &[]))
+        .append(mark(
+            &[("city", 1, 1), ("city", 2, 0), ("nta", 1, 2)],
+            &[],
+            &[("city", 0), ("town", 1)],
+        ))
         .unwrap();
     store
-        .append(mark(&[("city", 1, 0), ("nta", 1, 0), ("city", 2, 2)], &[1]))
+        .append(mark(
+            &[("city", 1, 0), ("nta", 1, 0), ("city", 2, 2)],
+            &[1],
+            &[("city", 0), ("town", 0), ("nta", 0)],
+        ))
         .unwrap();
-    store.append(mark(&[], &[])).unwrap();
+    store.append(mark(&[], &[], &[])).unwrap();
     drop(store);
     let mut store = open(&dir);
     let marks = store.marks().unwrap();
@@ -763,4 +775,12 @@ fn the_epoch_high_water_mark_only_rises() {
         ]
     );
     assert_eq!(marks.destroyed_generations, [1]);
+    assert_eq!(
+        marks.agencies,
+        [
+            ("city".to_owned(), 0),
+            ("nta".to_owned(), 0),
+            ("town".to_owned(), 1)
+        ]
+    );
 }

@@ -51,7 +51,7 @@ pub struct Append {
     /// records of the call that made them. The store holds them as given:
     /// keyed references and sealed values (see `fugo_core::persons`).
     pub persons: Vec<PersonsEntry>,
-    /// Epoch states and destroyed generations a policy put in force, in
+    /// Epoch states, destroyed generations and agency ids a policy put in force, in
     /// the same commit as the record of its loading: the store's one-way
     /// high-water mark (see [`Store::marks`]). A mark never goes down.
     pub marks: Marks,
@@ -60,13 +60,17 @@ pub struct Append {
 /// The one-way high-water mark of the key lifecycle: per (agency, epoch)
 /// the furthest state rank any policy in force gave it (0 in use,
 /// 1 rekey-only, 2 destroyed: fugo-core's `EpochState::rank`), and the
-/// master-key generations any policy destroyed. The store only raises it.
+/// master-key generations any policy destroyed, and every agency id any
+/// policy listed (0 listed, 1 retired). The store only raises it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Marks {
     /// (agency id, epoch, rank).
     pub epochs: Vec<(String, u8, u8)>,
     /// Destroyed generation numbers.
     pub destroyed_generations: Vec<u16>,
+    /// (agency id, rank): 0 listed, 1 retired. Agency ids are immutable,
+    /// so a later policy must list each and keep a retired one retired.
+    pub agencies: Vec<(String, u8)>,
 }
 
 /// One entry of the re-issue and suspension tables, as stored: the table's

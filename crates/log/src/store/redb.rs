@@ -52,6 +52,8 @@ const EPOCH_MARKS: TableDefinition<(&str, u8), u8> = TableDefinition::new("epoch
 /// Destroyed master-key generations (one-way).
 const DESTROYED_GENERATIONS: TableDefinition<u16, ()> =
     TableDefinition::new("destroyed_generations");
+/// Every agency id a policy in force listed: 0 listed, 1 retired.
+const AGENCY_MARKS: TableDefinition<&str, u8> = TableDefinition::new("agency_marks");
 
 /// redb's page cache. redb's default is 1 GiB, which an append-only log
 /// fills with pages it never reads again: the server's resident memory grew
@@ -79,6 +81,7 @@ const CACHE_BYTES: usize = 16 << 20;
 /// | `probe`       | chunk `u64`                   | scratch bytes, empty except during [`Store::probe`](super::Store::probe) |
 /// | `epoch_marks` | (agency `&str`, epoch `u8`)   | furthest state rank `u8` (only ever raised)     |
 /// | `destroyed_generations` | generation `u16`    | `()` (only ever added)                          |
+/// | `agency_marks` | agency `&str`                | 0 listed, 1 retired `u8` (only ever added or raised) |
 ///
 /// All integers in values are big-endian. `by_person` and `redeemed` are
 /// built from the log by [`Store::index_people`](super::Store::index_people)
@@ -274,6 +277,8 @@ impl RedbStore {
         txn.open_table(EPOCH_MARKS)
             .map_err(|e| backend("open", e))?;
         txn.open_table(DESTROYED_GENERATIONS)
+            .map_err(|e| backend("open", e))?;
+        txn.open_table(AGENCY_MARKS)
             .map_err(|e| backend("open", e))?;
         txn.open_table(PROVISIONS).map_err(|e| backend("open", e))?;
         txn.open_table(PERSONS).map_err(|e| backend("open", e))?;
@@ -824,6 +829,13 @@ impl Store for RedbStore {
             let (generation, _) = row.map_err(|e| backend(op, e))?;
             marks.destroyed_generations.push(generation.value());
         }
+        let agencies = txn.open_table(AGENCY_MARKS).map_err(|e| backend(op, e))?;
+        for row in agencies.iter().map_err(|e| backend(op, e))? {
+            let (agency, rank) = row.map_err(|e| backend(op, e))?;
+            marks
+                .agencies
+                .push((agency.value().to_owned(), rank.value()));
+        }
         Ok(marks)
     }
 
@@ -1028,6 +1040,18 @@ fn raise_marks(txn: &WriteTransaction, marks: &super::Marks) -> Result<(), Store
         generations
             .insert(*generation, ())
             .map_err(|e| backend(op, e))?;
+    }
+    let mut agencies = txn.open_table(AGENCY_MARKS).map_err(|e| backend(op, e))?;
+    for (agency, rank) in &marks.agencies {
+        let stored = agencies
+            .get(agency.as_str())
+            .map_err(|e| backend(op, e))?
+            .map(|v| v.value());
+        if stored.is_none_or(|stored| stored < *rank) {
+            agencies
+                .insert(agency.as_str(), *rank)
+                .map_err(|e| backend(op, e))?;
+        }
     }
     Ok(())
 }
