@@ -113,7 +113,10 @@ impl Drop for Server {
 fn a_python_grpcio_client_works_against_openssl_certificates() {
     let dir = tempfile::tempdir().unwrap();
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    openssl_pki(dir.path(), &["mhlw", "city-shinjuku", "hellowork-shinjuku"]);
+    openssl_pki(
+        dir.path(),
+        &["mhlw", "city-shinjuku", "hellowork-shinjuku", "jps"],
+    );
     run(FUGO, &["keygen", "--out", "master.key"], dir.path());
     let fingerprint = run(FUGO, &["keys", "fingerprint", "master.key"], dir.path());
     // The example policy, with a low derive quota for Hello Work, whose
@@ -124,6 +127,13 @@ fn a_python_grpcio_client_works_against_openssl_certificates() {
     let policy = policy.replace(
         agency,
         &format!("{agency}quota.derive = {{ per_second = 1, burst = 2, per_day = 100 }}\n"),
+    );
+    // The Japan Pension Service may also suspend a person (fugo.v1.Persons).
+    let jps = "certificates = [\"jps\"]\ncapabilities = [\"derive\"]\n";
+    assert!(policy.contains(jps));
+    let policy = policy.replace(
+        jps,
+        "certificates = [\"jps\"]\ncapabilities = [\"derive\", \"suspend\"]\n",
     );
     fs::write(dir.path().join("policy.toml"), policy).unwrap();
     fs::write(
@@ -188,7 +198,7 @@ fn a_python_grpcio_client_works_against_openssl_certificates() {
     );
     assert_eq!(
         stdout.lines().filter(|l| l.starts_with("ok: ")).count(),
-        18,
+        24,
         "{stdout}"
     );
     for number in &numbers {

@@ -6,8 +6,9 @@ Driven by tests/interop.rs, which starts the server and passes:
 
     client.py ADDR CERT_DIR NUMBER NUMBER
 
-CERT_DIR holds ca.pem and NAME.pem / NAME.key for the agencies mhlw and
-city-shinjuku. Every check prints one line "ok: ..."; the first failed check
+CERT_DIR holds ca.pem and NAME.pem / NAME.key for the agencies mhlw,
+city-shinjuku, hellowork-shinjuku and jps (which the test's policy lets
+suspend a person). Every check prints one line "ok: ..."; the first failed check
 raises, so the exit status is the verdict. Nothing printed carries a number
 or a code.
 
@@ -42,8 +43,8 @@ def generate_stubs(out):
             f"-I{include}",
             f"--python_out={out}",
             f"--grpc_python_out={out}",
-            str(ROOT / "proto/fugo/v1/codes.proto"),
-            str(ROOT / "proto/fugo/v1/audit.proto"),
+            # Every service fugo publishes, so a new one is compiled here too.
+            *sorted(str(p) for p in (ROOT / "proto/fugo/v1").glob("*.proto")),
             str(ROOT / "proto/google/rpc/code.proto"),
         ]
     )
@@ -302,6 +303,83 @@ def main():
             "MHLW's copy holds its derives, seals and Shinjuku's redeems, with MHLW's own codes",
         )
 
+        # Key epochs (docs/SPEC.md §11): Shinjuku is on epoch 2 and still
+        # accepts epoch 1. Codes of epoch 1, asked for by name, rekey into
+        # the epoch-2 codes derive gives.
+        old_epoch = shinjuku.Derive(pb.DeriveRequest(numbers=numbers, epoch=1), timeout=10)
+        old_codes = [r.code for r in old_epoch.results]
+        check(
+            all(len(c) == 29 for c in old_codes) and old_codes != shinjuku_codes,
+            "derive makes codes of an accepted epoch when asked by name (DeriveRequest.epoch)",
+        )
+        rekeyed = shinjuku.Rekey(pb.RekeyRequest(codes=old_codes), timeout=10)
+        check(
+            [(r.rekeyed.old_code, r.rekeyed.new_code) for r in rekeyed.results]
+            == list(zip(old_codes, shinjuku_codes)),
+            "rekey turns epoch-1 codes into the current epoch's, as (old, new) pairs",
+        )
+
+        # Suspension (fugo.v1.Persons): the Japan Pension Service may
+        # suspend; seal then answers a generic "person unavailable", and
+        # only a holder of `suspend` reads the reason.
+        from fugo.v1 import persons_pb2 as persons_pb
+        from fugo.v1 import persons_pb2_grpc as persons_rpc
+
+        jps = persons_rpc.PersonsStub(channel(addr, certs, "jps"))
+        jps.Suspend(
+            persons_pb.SuspendRequest(
+                number=numbers[1], reason=persons_pb.SUSPENSION_REASON_FRAUD_HOLD
+            ),
+            timeout=10,
+        )
+        refused = mhlw.Seal(
+            pb.SealRequest(
+                provider="city-shinjuku",
+                affair="health-insurance-benefit",
+                items=["local-tax"],
+                codes=mhlw_codes,
+            ),
+            timeout=10,
+        )
+        kinds = [r.WhichOneof("result") for r in refused.results]
+        reason = refused.results[1].error.reason
+        check(
+            kinds == ["sealed", "error"]
+            and refused.results[1].error.code == grpc.StatusCode.FAILED_PRECONDITION.value[0]
+            and "unavailable" in reason
+            and "fraud" not in reason.lower(),
+            "seal for a suspended person answers a generic 'person unavailable'",
+        )
+        try:
+            persons_rpc.PersonsStub(channel(addr, certs, "mhlw")).GetStatus(
+                persons_pb.GetStatusRequest(number=numbers[1]), timeout=10
+            )
+            check(False, "an agency without suspend or reissue cannot read a suspension")
+        except grpc.RpcError as denied:
+            check(
+                denied.code() == grpc.StatusCode.PERMISSION_DENIED,
+                "an agency without suspend or reissue cannot read a suspension",
+            )
+        status = jps.GetStatus(persons_pb.GetStatusRequest(number=numbers[1]), timeout=10)
+        check(
+            status.suspension == persons_pb.SUSPENSION_REASON_FRAUD_HOLD
+            and status.suspended_since_ms > 0,
+            "the suspending agency reads the reason",
+        )
+        jps.Lift(persons_pb.LiftRequest(number=numbers[1]), timeout=10)
+        lifted = mhlw.Seal(
+            pb.SealRequest(
+                provider="city-shinjuku",
+                affair="health-insurance-benefit",
+                items=["local-tax"],
+                codes=mhlw_codes,
+            ),
+            timeout=10,
+        )
+        check(
+            [r.WhichOneof("result") for r in lifted.results] == ["sealed", "sealed"],
+            "seal works again once the suspension is lifted",
+        )
 
         # Quotas: Hello Work's policy entry allows 2 derives at once, 1 a
         # second; the third is refused with a RetryInfo delay (D124).
