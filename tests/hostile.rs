@@ -41,6 +41,7 @@
 
 mod common;
 
+use std::collections::BTreeSet;
 use std::fs;
 use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -2252,6 +2253,33 @@ const METHODS: [&str; 24] = [
     "/grpc.health.v1.Health/Check",
     "/grpc.health.v1.Health/Watch",
 ];
+
+/// METHODS holds every method of every service the agencies' listener
+/// serves: a method added to a .proto joins the hostile tests or fails here.
+#[test]
+fn the_hostile_methods_are_every_served_method() {
+    use prost::Message;
+    let set = prost_types::FileDescriptorSet::decode(fugo::proto::FILE_DESCRIPTOR_SET).unwrap();
+    let served: BTreeSet<String> = set
+        .file
+        .iter()
+        .flat_map(|file| {
+            file.service.iter().flat_map(move |service| {
+                service.method.iter().map(move |method| {
+                    format!("/{}.{}/{}", file.package(), service.name(), method.name())
+                })
+            })
+        })
+        // The admin plane has a listener of its own (tests/admin.rs).
+        .filter(|path| !path.starts_with("/fugo.v1.Admin/"))
+        .collect();
+    let listed: BTreeSet<String> = METHODS
+        .iter()
+        .filter(|path| path.starts_with("/fugo."))
+        .map(|path| (*path).to_owned())
+        .collect();
+    assert_eq!(listed, served);
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn undecodable_and_misframed_requests_to_every_method_are_invalid_argument() {

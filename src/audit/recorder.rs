@@ -182,6 +182,8 @@ pub struct Recorder {
     shared: Arc<Shared>,
     timeout: Duration,
     thread: Option<JoinHandle<()>>,
+    /// Turns true once the thread has ended and the store file is closed.
+    closed: watch::Receiver<bool>,
     /// Benchmarks only: appends are dropped, not written.
     discard: bool,
 }
@@ -272,15 +274,22 @@ impl Recorder {
             // idle moment.
             tallies_until: Some(0),
         };
+        let (closing, closed) = watch::channel(false);
         let thread = std::thread::Builder::new()
             .name("fugo-audit".into())
-            .spawn(move || committer.run(&queue))
+            .spawn(move || {
+                committer.run(&queue);
+                // The store (and its file lock) goes with the committer.
+                drop(committer);
+                let _ = closing.send(true);
+            })
             .map_err(|error| RecorderError::Unavailable(format!("cannot start: {error}")))?;
         Ok(Recorder {
             jobs: Some(jobs),
             shared,
             timeout,
             thread: Some(thread),
+            closed,
             discard: false,
         })
     }
@@ -305,8 +314,16 @@ impl Recorder {
             }),
             timeout: Duration::from_secs(1),
             thread: None,
+            closed: watch::channel(true).1,
             discard: true,
         }
+    }
+
+    /// Turns true once the recorder is dropped, its queued commits are
+    /// done and the store file is closed (so another process, or a
+    /// restarted server, can open it). A server's `stop` waits for it.
+    pub fn closed(&self) -> watch::Receiver<bool> {
+        self.closed.clone()
     }
 
     /// Writes `append` durably; returns once it is committed (fsync'd).

@@ -487,33 +487,58 @@ impl Running {
     }
 
     /// Stops accepting, lets in-flight calls finish within the grace
-    /// period, then returns.
+    /// period, then waits (again at most the grace period) until the
+    /// audit store is closed, so the data directory can be opened by the
+    /// next server or by `fugo admin` as soon as this returns.
     pub async fn stop(self) -> Result<(), ServeError> {
-        if let Some(task) = &self.metrics_task {
+        let Running {
+            metrics_task,
+            unseal,
+            admin,
+            stop,
+            task,
+            state,
+            grace,
+            ..
+        } = self;
+        let closed = state.get().map(|state| state.recorder.closed());
+        if let Some(task) = metrics_task {
             task.abort();
+            let _ = task.await;
         }
-        if let Some((task, path)) = self.unseal {
+        if let Some((task, path)) = unseal {
             task.abort();
             let _ = std::fs::remove_file(path);
         }
-        if let Some(admin) = self.admin {
+        if let Some(admin) = admin {
             let _ = admin.stop.send(());
             let mut task = admin.task;
-            if tokio::time::timeout(self.grace, &mut task).await.is_err() {
+            if tokio::time::timeout(grace, &mut task).await.is_err() {
                 task.abort();
             }
         }
-        let _ = self.stop.send(());
-        let mut task = self.task;
-        match tokio::time::timeout(self.grace, &mut task).await {
+        let _ = stop.send(());
+        let mut task = task;
+        let served = match tokio::time::timeout(grace, &mut task).await {
             Ok(Ok(result)) => result.map_err(ServeError::from),
             Ok(Err(_)) => Err(ServeError::Task),
             Err(_) => {
                 tracing::warn!("grace period over; closing the remaining calls");
                 task.abort();
+                let _ = task.await;
                 Ok(())
             }
+        };
+        // The last holders of the state (a stream's task, a metrics
+        // answer being written) let go of it shortly after their calls.
+        drop(state);
+        if let Some(mut closed) = closed {
+            let wait = closed.wait_for(|closed| *closed);
+            if tokio::time::timeout(grace, wait).await.is_err() {
+                tracing::warn!("the audit store is still open after the grace period");
+            }
         }
+        served
     }
 }
 
