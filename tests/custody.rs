@@ -341,7 +341,7 @@ async fn a_sealed_server_waits_for_its_shares_then_serves() {
     assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
     assert_eq!(
         text(&output.stdout),
-        "accepted: share 1; 1 of 3 shares supplied\n"
+        "accepted: share 1 for generation 1; 1 of 3 shares supplied\n"
     );
     assert_sealed(&channel, 1, 3).await;
 
@@ -382,7 +382,7 @@ async fn a_sealed_server_waits_for_its_shares_then_serves() {
     let output = setup.unseal(&shares[3]);
     assert_eq!(
         text(&output.stdout),
-        "accepted: share 4; 2 of 3 shares supplied\n"
+        "accepted: share 4 for generation 1; 2 of 3 shares supplied\n"
     );
     let output = setup.unseal(&shares[4]);
     assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));

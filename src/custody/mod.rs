@@ -12,4 +12,7 @@ pub mod share;
 pub mod unseal;
 
 pub use share::{ShareError, ShareFile, SplitError, split_key, write_shares};
-pub use unseal::{SealProgress, SendError, Supplied, UnsealError, Unsealer, send_share};
+pub use unseal::{
+    KeyringSupplied, KeyringUnsealer, SealProgress, SealStatus, SendError, Supplied, UnsealError,
+    Unsealer, send_share,
+};
