@@ -804,7 +804,10 @@ fn rotate_mhlw(setup: &Setup) {
     let path = setup.path("policy.toml");
     let policy = fs::read_to_string(&path).unwrap();
     let before = "certificates = [\"mhlw\"]\ncapabilities = [\"derive\"]\nepoch = 1\n";
-    assert!(policy.contains(before), "the example policy's mhlw entry changed");
+    assert!(
+        policy.contains(before),
+        "the example policy's mhlw entry changed"
+    );
     let after = "certificates = [\"mhlw\"]\ncapabilities = [\"derive\"]\n\
                  epochs = [{ epoch = 1, generation = 1, state = \"accepted\" }, \
                  { epoch = 2, generation = 2, state = \"current\" }]\n";
@@ -860,7 +863,11 @@ async fn reference_codes(setup: &Setup, key2: &Path, fingerprint2: &str) -> [Vec
     let channel = setup.client(&server).await;
     let epoch1 = codes(&channel, 1).await.unwrap();
     let epoch2 = codes(&channel, 2).await.unwrap();
-    assert_eq!(codes(&channel, 0).await.unwrap(), epoch2, "epoch 2 is current");
+    assert_eq!(
+        codes(&channel, 0).await.unwrap(),
+        epoch2,
+        "epoch 2 is current"
+    );
     assert_ne!(epoch1, epoch2);
     let (code, logs) = server.stop();
     assert_eq!(code, Some(0), "{logs}");
