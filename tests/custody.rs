@@ -1075,6 +1075,16 @@ fn keyring_key_sources_are_checked_before_listening() {
         ));
         assert!(stderr.contains(says), "{says}: {stderr}");
     }
+    // A generation held by custodians pinned to the public demo key.
+    let stderr = refused(&with_generation_2(
+        &setup.config(&key1, TLS),
+        common::DEMO_FINGERPRINT,
+        "[keyring.custody]\nthreshold = 2",
+    ));
+    assert!(
+        stderr.contains("[[keyring]] generation 2 fingerprint is the public demo key"),
+        "{stderr}"
+    );
     // Sealed generation 1, generation 2 from a key file pinned to another
     // fingerprint: refused at start, no socket made.
     let wrong = "0123456789abcdef0123456789abcdef";

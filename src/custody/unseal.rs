@@ -197,10 +197,13 @@ pub enum UnsealError {
     },
     /// The share's threshold is not the configured one.
     #[error(
-        "share {index} needs {share} shares, but [custody] threshold is {configured}: \
-         fix the configuration or use shares of the right split"
+        "share {index} needs {share} shares, but {} threshold is {configured}: \
+         fix the configuration or use shares of the right split",
+        custody_section(*generation)
     )]
     Threshold {
+        /// The generation the share is for.
+        generation: Generation,
         /// The share's index.
         index: u8,
         /// Its threshold.
@@ -233,6 +236,17 @@ pub enum UnsealError {
     /// passed the checks above; kept typed rather than unwrapped).
     #[error("combining the shares: {0}")]
     Combine(#[from] crate::shamir::ShamirError),
+}
+
+/// Where a generation's threshold is configured: `[custody]` for
+/// generation 1, `[keyring.custody]` of its `[[keyring]]` entry for the
+/// others.
+fn custody_section(generation: Generation) -> String {
+    if generation == Generation::FIRST {
+        "[custody]".to_owned()
+    } else {
+        format!("generation {generation}'s [keyring.custody]")
+    }
 }
 
 /// What supplying a share achieved.
@@ -316,6 +330,7 @@ impl Unsealer {
         let threshold = self.progress.threshold();
         if file.threshold != threshold {
             return Err(UnsealError::Threshold {
+                generation: self.progress.generation(),
                 index,
                 share: file.threshold,
                 configured: threshold,
@@ -1031,9 +1046,22 @@ mod tests {
         let foreign = split_key(&key(3), 2, 2).unwrap();
         let error = unsealer.supply(&foreign[0].to_text()).unwrap_err();
         assert!(matches!(error, UnsealError::ForeignKey { .. }), "{error}");
-        // A later generation sealed alone is named.
+        let wider = split_key(&one, 3, 3).unwrap();
+        let error = unsealer.supply(&wider[0].to_text()).unwrap_err();
+        assert!(
+            error.to_string().contains("but [custody] threshold is 2"),
+            "{error}"
+        );
         let mut later =
             KeyringUnsealer::new(&[(Generation::new(2).unwrap(), fingerprint(&one), 2)]);
+        let error = later.supply(&wider[0].to_text()).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("but generation 2's [keyring.custody] threshold is 2"),
+            "{error}"
+        );
+        // A later generation sealed alone is named.
         let error = later.supply(&foreign[0].to_text()).unwrap_err();
         assert!(error.to_string().contains("generation 2: key"), "{error}");
     }

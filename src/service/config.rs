@@ -520,6 +520,7 @@ impl ServeConfig {
         })?;
         let fingerprint = Fingerprint::parse(&raw.master_key_fingerprint)
             .map_err(|error| invalid(format!("master_key_fingerprint: {error}")))?;
+        let master_fingerprint = fingerprint;
         let metrics = match &raw.metrics {
             None => None,
             Some(section) => Some(section.listen.parse().map_err(|_| {
@@ -552,6 +553,20 @@ impl ServeConfig {
                     "[[keyring]] generation {generation} fingerprint: {error}"
                 ))
             })?;
+            // Routing a share by its key's fingerprint needs one generation
+            // per key; the keyring refuses two anyway, but only once both
+            // keys are there (D185).
+            if let Some(other) = keyring
+                .iter()
+                .find(|k| k.fingerprint == fingerprint)
+                .map(|k| k.generation.get())
+                .or((fingerprint == master_fingerprint).then_some(1))
+            {
+                return Err(invalid(format!(
+                    "[[keyring]] generation {generation} fingerprint {fingerprint} is generation \
+                     {other}'s: each generation is a different key"
+                )));
+            }
             let source = match (&entry.key_file, &entry.custody) {
                 (Some(path), None) => MasterKeySource::File(resolve(path)),
                 (None, Some(custody)) if custody.threshold >= 2 => MasterKeySource::Shares {
@@ -777,7 +792,7 @@ mod tests {
         let config = load(&format!(
             "{BASE}dev_mode = true\n{}{}",
             entry("2", fp),
-            entry("3", fp)
+            entry("3", "1123456789abcdef0123456789abcdef")
         ))
         .unwrap();
         assert_eq!(config.keyring.len(), 2);
@@ -815,9 +830,14 @@ mod tests {
     /// names the entry.
     #[test]
     fn a_keyring_generation_names_one_key_source() {
-        let fp = "0123456789abcdef0123456789abcdef";
+        // Each generation its own key: 0N23456789abcdef… for generation N.
+        let fp = "0223456789abcdef0123456789abcdef";
+        let fp_of = |generation: u16| format!("0{generation}{}", &fp[2..]);
         let entry = |generation: u16, source: &str| {
-            format!("[[keyring]]\ngeneration = {generation}\nfingerprint = \"{fp}\"\n{source}")
+            format!(
+                "[[keyring]]\ngeneration = {generation}\nfingerprint = \"{}\"\n{source}",
+                fp_of(generation)
+            )
         };
         let custody = |threshold: u8| format!("[keyring.custody]\nthreshold = {threshold}\n");
         let config = load(&format!(
@@ -852,6 +872,23 @@ mod tests {
                 && message.contains("[keyring.custody]"),
             "{message}"
         );
+        // One key, two generations: shares could not be routed.
+        let message = refused(format!(
+            "{BASE}dev_mode = true\n{}{}",
+            entry(2, &custody(2)),
+            entry(3, &custody(2)).replace(&fp_of(3), fp)
+        ));
+        assert!(
+            message.contains(&format!(
+                "[[keyring]] generation 3 fingerprint {fp} is generation 2's"
+            )),
+            "{message}"
+        );
+        let message = refused(
+            format!("{BASE}dev_mode = true\n{}", entry(2, &custody(2)))
+                .replace(fp, "34391a36deac07213d13a6753154bf16"),
+        );
+        assert!(message.contains("is generation 1's"), "{message}");
         let message = refused(format!("{BASE}dev_mode = true\n{}", entry(6, &custody(1))));
         assert!(
             message.contains(
