@@ -341,7 +341,7 @@ async fn a_sealed_server_waits_for_its_shares_then_serves() {
     assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
     assert_eq!(
         text(&output.stdout),
-        "accepted: share 1; 1 of 3 shares supplied\n"
+        "accepted: share 1 for generation 1; 1 of 3 shares supplied\n"
     );
     assert_sealed(&channel, 1, 3).await;
 
@@ -382,7 +382,7 @@ async fn a_sealed_server_waits_for_its_shares_then_serves() {
     let output = setup.unseal(&shares[3]);
     assert_eq!(
         text(&output.stdout),
-        "accepted: share 4; 2 of 3 shares supplied\n"
+        "accepted: share 4 for generation 1; 2 of 3 shares supplied\n"
     );
     let output = setup.unseal(&shares[4]);
     assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
@@ -767,4 +767,331 @@ async fn scrape(addr: std::net::SocketAddr) -> String {
     .unwrap()
     .unwrap();
     page
+}
+
+/// `fugo keys split` of `key` into `out`; the share files' paths.
+fn split_file(key: &Path, shares: u8, threshold: u8, out: &Path) -> Vec<PathBuf> {
+    let output = fugo(&[
+        "keys",
+        "split",
+        "--shares",
+        &shares.to_string(),
+        "--threshold",
+        &threshold.to_string(),
+        key.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    text(&output.stdout)
+        .lines()
+        .take(usize::from(shares))
+        .map(PathBuf::from)
+        .collect()
+}
+
+/// A second master key for the keyring: its file (mode 0600) in the
+/// setup's folder and its fingerprint.
+fn second_key(setup: &Setup) -> (PathBuf, String) {
+    let path = setup.path("master-2.key");
+    let keys = fugo::keyfile::generate(&path).unwrap();
+    (path, keys.fingerprint().to_string())
+}
+
+/// The example policy with mhlw rotated onto generation 2: epoch 1 of
+/// generation 1 still accepted, epoch 2 of generation 2 current.
+fn rotate_mhlw(setup: &Setup) {
+    let path = setup.path("policy.toml");
+    let policy = fs::read_to_string(&path).unwrap();
+    let before = "certificates = [\"mhlw\"]\ncapabilities = [\"derive\"]\nepoch = 1\n";
+    assert!(
+        policy.contains(before),
+        "the example policy's mhlw entry changed"
+    );
+    let after = "certificates = [\"mhlw\"]\ncapabilities = [\"derive\"]\n\
+                 epochs = [{ epoch = 1, generation = 1, state = \"accepted\" }, \
+                 { epoch = 2, generation = 2, state = \"current\" }]\n";
+    fs::write(&path, policy.replace(before, after)).unwrap();
+}
+
+/// `config` with a `[[keyring]]` entry for generation 2 appended: `source`
+/// is its `key_file` line or `[keyring.custody]` sub-table (or both, or
+/// neither).
+fn with_generation_2(config: &Path, fingerprint: &str, source: &str) -> PathBuf {
+    let mut text = fs::read_to_string(config).unwrap();
+    text.push_str(&format!(
+        "\n[[keyring]]\ngeneration = 2\nfingerprint = \"{fingerprint}\"\n{source}\n"
+    ));
+    fs::write(config, text).unwrap();
+    config.to_path_buf()
+}
+
+const NUMBERS: std::ops::Range<u64> = 1..4;
+
+/// mhlw's codes of a few numbers in `epoch` (0: its current one).
+async fn codes(channel: &Channel, epoch: u32) -> Result<Vec<String>, (Code, String)> {
+    use fugo::proto::fugo::v1::derive_result;
+    let response = CodesClient::new(channel.clone())
+        .derive(DeriveRequest {
+            numbers: NUMBERS.map(common::valid_number).collect(),
+            on_behalf_of: String::new(),
+            epoch,
+        })
+        .await
+        .map_err(|status| (status.code(), status.message().to_owned()))?;
+    Ok(response
+        .into_inner()
+        .results
+        .into_iter()
+        .map(|r| match r.result {
+            Some(derive_result::Result::Code(code)) => code,
+            other => panic!("{other:?}"),
+        })
+        .collect())
+}
+
+/// mhlw's codes in epochs 1 and 2 from a server reading both generations'
+/// key files: what the sealed servers must give once unsealed.
+async fn reference_codes(setup: &Setup, key2: &Path, fingerprint2: &str) -> [Vec<String>; 2] {
+    let key1 = setup.path("master.key");
+    let config = with_generation_2(
+        &setup.config(&format!("master_key = \"{}\"", key1.display()), TLS),
+        fingerprint2,
+        &format!("key_file = \"{}\"", key2.display()),
+    );
+    let server = Server::start(&config);
+    let channel = setup.client(&server).await;
+    let epoch1 = codes(&channel, 1).await.unwrap();
+    let epoch2 = codes(&channel, 2).await.unwrap();
+    assert_eq!(
+        codes(&channel, 0).await.unwrap(),
+        epoch2,
+        "epoch 2 is current"
+    );
+    assert_ne!(epoch1, epoch2);
+    let (code, logs) = server.stop();
+    assert_eq!(code, Some(0), "{logs}");
+    [epoch1, epoch2]
+}
+
+/// Generation 1 from a key file, generation 2 held by custodians
+/// (`[keyring.custody]`, D181, D182): the server reads generation 1's file,
+/// listens sealed with today's reason, refuses a share of a key it does not
+/// wait for (naming generation 2's fingerprint), counts generation 2's
+/// shares for generation 2, and once they are in derives in the epoch bound
+/// to generation 2 exactly the codes a server reading generation 2's key
+/// file gives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_later_generation_held_by_custodians_seals_the_start_until_its_shares_arrive() {
+    let setup = Setup::new();
+    rotate_mhlw(&setup);
+    let (key2, fingerprint2) = second_key(&setup);
+    let [epoch1, epoch2] = reference_codes(&setup, &key2, &fingerprint2).await;
+    let shares = split_file(&key2, 3, 2, &setup.path("shares-2"));
+    let shares1 = split_file(&setup.path("master.key"), 2, 2, &setup.path("shares-1"));
+    // The custodians hold generation 2; its key file is gone.
+    fs::remove_file(&key2).unwrap();
+    let key1 = setup.path("master.key");
+    let config = with_generation_2(
+        &setup.config(&format!("master_key = \"{}\"", key1.display()), TLS),
+        &fingerprint2,
+        "[keyring.custody]\nthreshold = 2",
+    );
+    let server = Server::start(&config);
+    let channel = setup.client(&server).await;
+    assert_sealed(&channel, 0, 2).await;
+    // Generation 1 is read from its file: its shares are for nothing here.
+    let output = setup.unseal(&shares1[0]);
+    assert_refused(
+        &output,
+        &shares1[0],
+        &format!(
+            "no sealed generation expects it: the sealed generations expect generation 2: key \
+             {fingerprint2}"
+        ),
+    );
+    let output = setup.unseal(&shares[2]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    assert_eq!(
+        text(&output.stdout),
+        "accepted: share 3 for generation 2; 1 of 2 shares supplied\n"
+    );
+    assert_sealed(&channel, 1, 2).await;
+    let output = setup.unseal(&shares[0]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    assert_eq!(
+        text(&output.stdout),
+        format!("unsealed: key {fingerprint2} rebuilt; the server is serving\n")
+    );
+    assert_eq!(codes(&channel, 2).await, Ok(epoch2.clone()));
+    assert_eq!(codes(&channel, 0).await, Ok(epoch2));
+    assert_eq!(codes(&channel, 1).await, Ok(epoch1));
+    let (code, logs) = server.stop();
+    assert_eq!(code, Some(0), "{logs}");
+}
+
+/// Both generations held by custodians: the reason names each generation's
+/// progress, shares arrive interleaved and each counts for the generation
+/// whose key it names, a generation already rebuilt takes no more shares, a
+/// share of an unknown key is refused naming both expected fingerprints,
+/// and the server opens on the last share of the last generation with the
+/// same codes as from key files (D182, D183).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_generations_under_custody_unseal_with_interleaved_shares() {
+    let setup = Setup::new();
+    rotate_mhlw(&setup);
+    let (key2, fingerprint2) = second_key(&setup);
+    let [epoch1, epoch2] = reference_codes(&setup, &key2, &fingerprint2).await;
+    let fingerprint1 = setup.fingerprint.clone();
+    let shares1 = setup.split(5, 3, "shares-1");
+    let shares2 = split_file(&key2, 2, 2, &setup.path("shares-2"));
+    let foreign_dir = tempfile::tempdir().unwrap();
+    let foreign_key = foreign_dir.path().join("other.key");
+    fugo::keyfile::generate(&foreign_key).unwrap();
+    let foreign = split_file(&foreign_key, 2, 2, &foreign_dir.path().join("s"));
+    fs::remove_file(setup.path("master.key")).unwrap();
+    fs::remove_file(&key2).unwrap();
+    let config = with_generation_2(
+        &setup.sealed_config(3),
+        &fingerprint2,
+        "[keyring.custody]\nthreshold = 2",
+    );
+    let server = Server::start(&config);
+    let channel = setup.client(&server).await;
+    let sealed = |reason: &str| (Code::Unavailable, format!("sealed: {reason}"));
+    assert_eq!(
+        codes(&channel, 0).await,
+        Err(sealed(
+            "generation 1: 0 of 3 shares supplied; generation 2: 0 of 2 shares supplied"
+        ))
+    );
+    let said = |share: &Path| {
+        let output = setup.unseal(share);
+        assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+        text(&output.stdout)
+    };
+    assert_eq!(
+        said(&shares1[0]),
+        "accepted: share 1 for generation 1; 1 of 3 shares supplied\n"
+    );
+    assert_eq!(
+        said(&shares2[1]),
+        "accepted: share 2 for generation 2; 1 of 2 shares supplied\n"
+    );
+    assert_eq!(
+        said(&shares1[3]),
+        "accepted: share 4 for generation 1; 2 of 3 shares supplied\n"
+    );
+    assert_refused(
+        &setup.unseal(&foreign[0]),
+        &foreign[0],
+        &format!(
+            "no sealed generation expects it: the sealed generations expect generation 1: key \
+             {fingerprint1}, generation 2: key {fingerprint2}"
+        ),
+    );
+    assert_eq!(
+        said(&shares2[0]),
+        format!(
+            "accepted: share 1 for generation 2; its key {fingerprint2} is rebuilt; still \
+             sealed: generation 1: 2 of 3 shares supplied; generation 2: key rebuilt\n"
+        )
+    );
+    let reason = "generation 1: 2 of 3 shares supplied; generation 2: key rebuilt";
+    assert_eq!(codes(&channel, 0).await, Err(sealed(reason)));
+    assert_eq!(
+        health(&channel).await,
+        (ServingStatus::NotServing, Some(format!("sealed: {reason}")))
+    );
+    assert_refused(
+        &setup.unseal(&shares2[1]),
+        &shares2[1],
+        "share 2 is of generation 2, whose key is already rebuilt",
+    );
+    assert_eq!(
+        said(&shares1[4]),
+        format!(
+            "unsealed: key {fingerprint1} rebuilt for generation 1, the last sealed \
+             generation; the server is serving\n"
+        )
+    );
+    assert_eq!(codes(&channel, 0).await, Ok(epoch2));
+    assert_eq!(codes(&channel, 1).await, Ok(epoch1));
+    assert_eq!(health(&channel).await, (ServingStatus::Serving, None));
+    let (code, logs) = server.stop();
+    assert_eq!(code, Some(0), "{logs}");
+}
+
+/// A `[[keyring]]` entry with both sources, with none, or with a custody
+/// threshold below 2 stops `fugo serve` naming the entry; and with
+/// generation 1 sealed, generation 2's key file is still read and checked
+/// at start, before listening (D181, D182).
+#[test]
+fn keyring_key_sources_are_checked_before_listening() {
+    let setup = Setup::new();
+    rotate_mhlw(&setup);
+    let (key2, fingerprint2) = second_key(&setup);
+    // Bounded: a server that does start is killed and reported.
+    let refused = |config: &Path| {
+        let mut child = Command::new(FUGO)
+            .args(["serve", "--config", config.to_str().unwrap()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let started = Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            if started.elapsed() > Duration::from_secs(20) {
+                let _ = child.kill();
+                let output = child.wait_with_output().unwrap();
+                panic!("it started: {}", text(&output.stdout));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let output = child.wait_with_output().unwrap();
+        assert_eq!(output.status.code(), Some(1), "{}", text(&output.stderr));
+        assert!(output.stdout.is_empty(), "it never listened");
+        text(&output.stderr)
+    };
+    let file = format!("key_file = \"{}\"", key2.display());
+    let key1 = format!("master_key = \"{}\"", setup.path("master.key").display());
+    let cases = [
+        (
+            format!("{file}\n[keyring.custody]\nthreshold = 2"),
+            "[[keyring]] generation 2: both key_file and [keyring.custody] are set",
+        ),
+        (String::new(), "[[keyring]] generation 2: no key source"),
+        (
+            "[keyring.custody]\nthreshold = 1".to_owned(),
+            "[[keyring]] generation 2: [keyring.custody] threshold must be at least 2",
+        ),
+    ];
+    for (source, says) in &cases {
+        let stderr = refused(&with_generation_2(
+            &setup.config(&key1, TLS),
+            &fingerprint2,
+            source,
+        ));
+        assert!(stderr.contains(says), "{says}: {stderr}");
+    }
+    // A generation held by custodians pinned to the public demo key.
+    let stderr = refused(&with_generation_2(
+        &setup.config(&key1, TLS),
+        common::DEMO_FINGERPRINT,
+        "[keyring.custody]\nthreshold = 2",
+    ));
+    assert!(
+        stderr.contains("[[keyring]] generation 2 fingerprint is the public demo key"),
+        "{stderr}"
+    );
+    // Sealed generation 1, generation 2 from a key file pinned to another
+    // fingerprint: refused at start, no socket made.
+    let wrong = "0123456789abcdef0123456789abcdef";
+    let stderr = refused(&with_generation_2(&setup.sealed_config(2), wrong, &file));
+    assert!(
+        stderr.contains(&key2.display().to_string()) && stderr.contains(wrong),
+        "{stderr}"
+    );
+    assert!(!setup.data_dir().join("unseal.sock").exists());
 }

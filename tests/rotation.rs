@@ -97,7 +97,7 @@ async fn start(
     std::fs::set_permissions(&key2, std::fs::Permissions::from_mode(0o600)).unwrap();
     config.keyring = vec![GenerationKey {
         generation: fugo::generation::Generation::new(2).unwrap(),
-        key_file: key2,
+        source: fugo::service::config::MasterKeySource::File(key2),
         fingerprint: KeyHierarchy::new(&MasterKey::from_bytes(GEN2)).fingerprint(),
     }];
     let running = fugo::service::start(config, &mut std::io::sink()).await?;
@@ -437,7 +437,7 @@ async fn a_generation_missing_from_the_keyring_or_a_wrong_key_stops_the_start() 
     std::fs::set_permissions(&key2, std::fs::Permissions::from_mode(0o600)).unwrap();
     config.keyring = vec![GenerationKey {
         generation: fugo::generation::Generation::new(2).unwrap(),
-        key_file: key2,
+        source: fugo::service::config::MasterKeySource::File(key2),
         fingerprint: KeyHierarchy::new(&MasterKey::from_bytes(GEN2)).fingerprint(),
     }];
     let error = match fugo::service::start(config, &mut std::io::sink()).await {

@@ -32,7 +32,8 @@ pub(crate) enum Command {
     #[command(long_about = DERIVE_ABOUT)]
     Derive(DeriveArgs),
     /// Hand one custodian's share to a sealed server (same host and user,
-    /// through DIR/unseal.sock) and print how many shares it has.
+    /// through DIR/unseal.sock) and print which key generation it counted
+    /// for and how many shares that generation has.
     Unseal {
         /// The sealed server's data directory.
         #[arg(long, value_name = "DIR")]
@@ -315,7 +316,9 @@ refused by name.
 
 Give each share to one custodian, start the server with [custody] threshold = M
 and no master_key (it waits sealed), and have M custodians run
-`fugo unseal --data-dir DIR SHAREFILE`. Then keep the key file offline or
+`fugo unseal --data-dir DIR SHAREFILE`. A later key generation is held the same
+way: its [[keyring]] entry gets a [keyring.custody] sub-table with the threshold
+instead of key_file, and each share counts for the generation whose key it names. Then keep the key file offline or
 destroy it: whoever holds it can start the server alone.";
 
 #[derive(Debug, Args)]

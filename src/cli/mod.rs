@@ -353,7 +353,10 @@ fn split_key(
     }
     print_line(&format!(
         "# fugo.toml for a sealed start (no master_key line):\n\
-         master_key_fingerprint = \"{fingerprint}\"\n[custody]\nthreshold = {threshold}"
+         master_key_fingerprint = \"{fingerprint}\"\n[custody]\nthreshold = {threshold}\n\
+         # or, if it is a later generation N of the keyring (no key_file line):\n\
+         # [[keyring]]\n# generation = N\n# fingerprint = \"{fingerprint}\"\n\
+         # [keyring.custody]\n# threshold = {threshold}"
     ))
 }
 

@@ -3,13 +3,18 @@
 //!
 //! `fugo keys split` turns a key file into share files ([`share`]); a
 //! server configured with `[custody] threshold = M` and no `master_key`
-//! starts sealed and rebuilds the key from M shares that custodians hand it
-//! with `fugo unseal` over a Unix-domain socket ([`unseal`]). No single
-//! custodian can start it, and shares of another key or of another split
-//! are refused by name.
+//! (or a `[[keyring]]` generation with `[keyring.custody]`) starts sealed
+//! and rebuilds each such generation's key from its shares, which
+//! custodians hand it with `fugo unseal` over a Unix-domain socket
+//! ([`unseal`]); each share goes to the generation whose key it names
+//! ([`KeyringUnsealer`]). No single custodian can start it, and shares of
+//! another key or of another split are refused by name.
 
 pub mod share;
 pub mod unseal;
 
 pub use share::{ShareError, ShareFile, SplitError, split_key, write_shares};
-pub use unseal::{SealProgress, SendError, Supplied, UnsealError, Unsealer, send_share};
+pub use unseal::{
+    KeyringSupplied, KeyringUnsealer, SealProgress, SealStatus, SendError, Supplied, UnsealError,
+    Unsealer, send_share,
+};

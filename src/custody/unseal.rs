@@ -15,7 +15,7 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::Duration;
 
 use thiserror::Error;
@@ -23,6 +23,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 
 use super::share::{MAX_SHARE_FILE, ShareError, ShareFile, SplitId};
+use crate::generation::Generation;
 use crate::keys::{Fingerprint, KeyHierarchy, MasterKey};
 use crate::shamir::SecretShare;
 
@@ -37,21 +38,35 @@ pub fn socket_path(data_dir: &Path) -> PathBuf {
     data_dir.join(SOCKET_NAME)
 }
 
-/// How far unsealing has come: read by every call answered while sealed
-/// ("sealed: 1 of 3 shares supplied").
+/// How far unsealing one generation's key has come: read by every call
+/// answered while sealed ("sealed: 1 of 3 shares supplied").
 #[derive(Debug)]
 pub struct SealProgress {
+    generation: Generation,
     threshold: u8,
     supplied: AtomicU8,
+    rebuilt: AtomicBool,
 }
 
 impl SealProgress {
-    /// No share supplied yet.
+    /// Generation 1's key, no share supplied yet.
     pub fn new(threshold: u8) -> Self {
+        Self::of_generation(Generation::FIRST, threshold)
+    }
+
+    /// The key of `generation`, no share supplied yet.
+    pub fn of_generation(generation: Generation, threshold: u8) -> Self {
         SealProgress {
+            generation,
             threshold,
             supplied: AtomicU8::new(0),
+            rebuilt: AtomicBool::new(false),
         }
+    }
+
+    /// The generation whose key this counts shares of.
+    pub fn generation(&self) -> Generation {
+        self.generation
     }
 
     /// Shares supplied and accepted so far.
@@ -64,13 +79,59 @@ impl SealProgress {
         self.threshold
     }
 
+    /// Whether this generation's key is rebuilt (and waits for the other
+    /// sealed generations).
+    pub fn is_rebuilt(&self) -> bool {
+        self.rebuilt.load(Ordering::Relaxed)
+    }
+
     /// The reason a sealed server gives: `sealed: N of M shares supplied`.
     pub fn reason(&self) -> String {
-        format!(
-            "sealed: {} of {} shares supplied",
-            self.supplied(),
-            self.threshold
-        )
+        format!("sealed: {}", self.state())
+    }
+
+    /// `N of M shares supplied`, or `key rebuilt`.
+    fn state(&self) -> String {
+        if self.is_rebuilt() {
+            "key rebuilt".to_owned()
+        } else {
+            format!("{} of {} shares supplied", self.supplied(), self.threshold)
+        }
+    }
+}
+
+/// How far unsealing has come for every sealed generation (D183).
+#[derive(Debug)]
+pub struct SealStatus {
+    generations: Vec<Arc<SealProgress>>,
+}
+
+impl SealStatus {
+    /// The progress of each sealed generation, in generation order.
+    pub fn new(generations: Vec<Arc<SealProgress>>) -> Self {
+        SealStatus { generations }
+    }
+
+    /// Each sealed generation's progress.
+    pub fn generations(&self) -> &[Arc<SealProgress>] {
+        &self.generations
+    }
+
+    /// The reason a sealed server gives. With one sealed generation it is
+    /// that generation's (`sealed: 1 of 3 shares supplied`); with several
+    /// it names each: `sealed: generation 1: 1 of 3 shares supplied;
+    /// generation 2: key rebuilt`.
+    pub fn reason(&self) -> String {
+        match self.generations.as_slice() {
+            [one] => one.reason(),
+            many => {
+                let each: Vec<String> = many
+                    .iter()
+                    .map(|g| format!("generation {}: {}", g.generation(), g.state()))
+                    .collect();
+                format!("sealed: {}", each.join("; "))
+            }
+        }
     }
 }
 
@@ -94,6 +155,33 @@ pub enum UnsealError {
         /// The configured fingerprint.
         expected: Fingerprint,
     },
+    /// The share is of a key no sealed generation expects (with several
+    /// generations sealed, or one that is not generation 1).
+    #[error(
+        "share {index} is a share of key {key}, but no sealed generation expects it: \
+         the sealed generations expect {expected}"
+    )]
+    UnexpectedKey {
+        /// The share's index.
+        index: u8,
+        /// The key it names.
+        key: Fingerprint,
+        /// `generation N: key F` for every sealed generation.
+        expected: String,
+    },
+    /// The share is of a generation whose key is already rebuilt.
+    #[error(
+        "share {index} is of generation {generation}, whose key is already rebuilt; \
+         the server waits for the shares of {waiting}"
+    )]
+    AlreadyRebuilt {
+        /// The share's index.
+        index: u8,
+        /// Its generation.
+        generation: Generation,
+        /// The generations still sealed.
+        waiting: String,
+    },
     /// The share is from another split than the shares supplied before.
     #[error(
         "share {index} is from split {split}, but the shares supplied so far are from split \
@@ -109,10 +197,13 @@ pub enum UnsealError {
     },
     /// The share's threshold is not the configured one.
     #[error(
-        "share {index} needs {share} shares, but [custody] threshold is {configured}: \
-         fix the configuration or use shares of the right split"
+        "share {index} needs {share} shares, but {} threshold is {configured}: \
+         fix the configuration or use shares of the right split",
+        custody_section(*generation)
     )]
     Threshold {
+        /// The generation the share is for.
+        generation: Generation,
         /// The share's index.
         index: u8,
         /// Its threshold.
@@ -145,6 +236,17 @@ pub enum UnsealError {
     /// passed the checks above; kept typed rather than unwrapped).
     #[error("combining the shares: {0}")]
     Combine(#[from] crate::shamir::ShamirError),
+}
+
+/// Where a generation's threshold is configured: `[custody]` for
+/// generation 1, `[keyring.custody]` of its `[[keyring]]` entry for the
+/// others.
+fn custody_section(generation: Generation) -> String {
+    if generation == Generation::FIRST {
+        "[custody]".to_owned()
+    } else {
+        format!("generation {generation}'s [keyring.custody]")
+    }
 }
 
 /// What supplying a share achieved.
@@ -212,7 +314,11 @@ impl Unsealer {
     /// Checks one share's text and keeps it; with the threshold reached,
     /// combines the key and checks its fingerprint.
     pub fn supply(&mut self, text: &str) -> Result<Supplied, UnsealError> {
-        let file = ShareFile::parse(text)?;
+        self.supply_file(ShareFile::parse(text)?)
+    }
+
+    /// [`Unsealer::supply`] of a share file already read.
+    fn supply_file(&mut self, file: ShareFile) -> Result<Supplied, UnsealError> {
         let index = file.share.index();
         if file.key != self.expected {
             return Err(UnsealError::ForeignKey {
@@ -224,6 +330,7 @@ impl Unsealer {
         let threshold = self.progress.threshold();
         if file.threshold != threshold {
             return Err(UnsealError::Threshold {
+                generation: self.progress.generation(),
                 index,
                 share: file.threshold,
                 configured: threshold,
@@ -254,7 +361,7 @@ impl Unsealer {
         }
         let combined = MasterKey::combine(&self.shares, threshold);
         self.reset();
-        let keys = KeyHierarchy::new(&combined?);
+        let keys = KeyHierarchy::of_generation(&combined?, self.progress.generation());
         let actual = keys.fingerprint();
         if actual != self.expected {
             return Err(UnsealError::WrongKey {
@@ -271,6 +378,224 @@ impl Unsealer {
         self.shares.clear();
         self.split = None;
         self.progress.supplied.store(0, Ordering::Relaxed);
+    }
+}
+
+/// What supplying a share to a [`KeyringUnsealer`] achieved.
+pub enum KeyringSupplied {
+    /// Accepted for `generation`; more of its shares are needed.
+    Accepted {
+        /// The generation the share counted for.
+        generation: Generation,
+        /// The share's index.
+        index: u8,
+        /// Accepted so far for that generation.
+        supplied: u8,
+        /// Needed for that generation.
+        threshold: u8,
+    },
+    /// The last share of `generation`: its key is rebuilt, and other
+    /// sealed generations still wait for shares.
+    Rebuilt {
+        /// The generation the share completed.
+        generation: Generation,
+        /// The share's index.
+        index: u8,
+        /// The rebuilt key's fingerprint.
+        fingerprint: Fingerprint,
+    },
+    /// The last share of the last sealed generation: every sealed
+    /// generation's key, in generation order.
+    Complete {
+        /// The generation the last share completed.
+        generation: Generation,
+        /// Its key's fingerprint.
+        fingerprint: Fingerprint,
+        /// Every sealed generation's key.
+        keys: Vec<KeyHierarchy>,
+    },
+}
+
+impl fmt::Debug for KeyringSupplied {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeyringSupplied::Accepted {
+                generation,
+                index,
+                supplied,
+                threshold,
+            } => write!(
+                f,
+                "Accepted(generation {generation}, share {index}, {supplied} of {threshold})"
+            ),
+            KeyringSupplied::Rebuilt { generation, .. } => {
+                write!(f, "Rebuilt(generation {generation})")
+            }
+            KeyringSupplied::Complete { keys, .. } => {
+                write!(f, "Complete({} keys, [REDACTED])", keys.len())
+            }
+        }
+    }
+}
+
+/// One sealed generation: its unsealer, and its key once rebuilt.
+struct SealedGeneration {
+    unsealer: Unsealer,
+    progress: Arc<SealProgress>,
+    keys: Option<KeyHierarchy>,
+}
+
+/// Collects shares for every sealed generation of the keyring (D182): each
+/// share is routed by its `key` fingerprint to the generation expecting
+/// that key; the keys are handed over once every sealed generation is
+/// rebuilt. Shares and rebuilt keys are wiped when it is dropped or reset.
+pub struct KeyringUnsealer {
+    sealed: Vec<SealedGeneration>,
+    status: Arc<SealStatus>,
+}
+
+impl fmt::Debug for KeyringUnsealer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyringUnsealer")
+            .field("reason", &self.status.reason())
+            .field("keys", &"[REDACTED]")
+            .finish()
+    }
+}
+
+impl KeyringUnsealer {
+    /// Waits for the shares of each `(generation, fingerprint, threshold)`.
+    pub fn new(generations: &[(Generation, Fingerprint, u8)]) -> Self {
+        let mut sorted = generations.to_vec();
+        sorted.sort_by_key(|(generation, _, _)| *generation);
+        let sealed: Vec<SealedGeneration> = sorted
+            .iter()
+            .map(|&(generation, fingerprint, threshold)| {
+                let progress = Arc::new(SealProgress::of_generation(generation, threshold));
+                SealedGeneration {
+                    unsealer: Unsealer::new(fingerprint, Arc::clone(&progress)),
+                    progress,
+                    keys: None,
+                }
+            })
+            .collect();
+        let status = Arc::new(SealStatus::new(
+            sealed.iter().map(|g| Arc::clone(&g.progress)).collect(),
+        ));
+        KeyringUnsealer { sealed, status }
+    }
+
+    /// The progress every sealed call reports.
+    pub fn status(&self) -> Arc<SealStatus> {
+        Arc::clone(&self.status)
+    }
+
+    /// `generation N (key F)` for each generation still waiting.
+    fn waiting(&self) -> String {
+        let waiting: Vec<String> = self
+            .sealed
+            .iter()
+            .filter(|g| g.keys.is_none())
+            .map(|g| {
+                format!(
+                    "generation {} (key {})",
+                    g.progress.generation(),
+                    g.unsealer.expected
+                )
+            })
+            .collect();
+        waiting.join(", ")
+    }
+
+    /// Checks one share's text and hands it to the generation whose key it
+    /// names; once every sealed generation is rebuilt, gives all the keys.
+    pub fn supply(&mut self, text: &str) -> Result<KeyringSupplied, UnsealError> {
+        let file = ShareFile::parse(text)?;
+        let index = file.share.index();
+        let at = match self
+            .sealed
+            .iter()
+            .position(|g| g.unsealer.expected == file.key)
+        {
+            Some(at) => at,
+            // One sealed generation 1: today's refusal, naming
+            // master_key_fingerprint.
+            None if self.sealed.len() == 1
+                && self.sealed[0].progress.generation() == Generation::FIRST =>
+            {
+                0
+            }
+            None => {
+                let expected: Vec<String> = self
+                    .sealed
+                    .iter()
+                    .map(|g| {
+                        format!(
+                            "generation {}: key {}",
+                            g.progress.generation(),
+                            g.unsealer.expected
+                        )
+                    })
+                    .collect();
+                return Err(UnsealError::UnexpectedKey {
+                    index,
+                    key: file.key,
+                    expected: expected.join(", "),
+                });
+            }
+        };
+        if self.sealed[at].keys.is_some() {
+            return Err(UnsealError::AlreadyRebuilt {
+                index,
+                generation: self.sealed[at].progress.generation(),
+                waiting: self.waiting(),
+            });
+        }
+        let entry = &mut self.sealed[at];
+        let generation = entry.progress.generation();
+        match entry.unsealer.supply_file(file)? {
+            Supplied::Accepted {
+                index,
+                supplied,
+                threshold,
+            } => Ok(KeyringSupplied::Accepted {
+                generation,
+                index,
+                supplied,
+                threshold,
+            }),
+            Supplied::Complete(keys) => {
+                let fingerprint = keys.fingerprint();
+                entry.keys = Some(keys);
+                entry.progress.rebuilt.store(true, Ordering::Relaxed);
+                if self.sealed.iter().any(|g| g.keys.is_none()) {
+                    return Ok(KeyringSupplied::Rebuilt {
+                        generation,
+                        index,
+                        fingerprint,
+                    });
+                }
+                let keys = self
+                    .sealed
+                    .iter_mut()
+                    .filter_map(|g| g.keys.take())
+                    .collect();
+                Ok(KeyringSupplied::Complete {
+                    generation,
+                    fingerprint,
+                    keys,
+                })
+            }
+        }
+    }
+
+    /// Forgets every share supplied and every key rebuilt (wiping them).
+    pub fn reset(&mut self) {
+        for generation in &mut self.sealed {
+            generation.unsealer.reset();
+            generation.keys = None;
+            generation.progress.rebuilt.store(false, Ordering::Relaxed);
+        }
     }
 }
 
@@ -302,17 +627,18 @@ pub fn bind(data_dir: &Path) -> io::Result<UnixListener> {
     Ok(listener)
 }
 
-/// Answers custodians on `listener` until the key is rebuilt and `open`
-/// succeeds with it; then removes the socket file and returns. `open`
-/// failing (the audit store cannot be opened, say) discards the shares:
-/// the server stays sealed and the custodians may try again.
+/// Answers custodians on `listener` until every sealed generation's key is
+/// rebuilt and `open` succeeds with them; then removes the socket file and
+/// returns. `open` failing (the audit store cannot be opened, say)
+/// discards the shares and keys of every generation: the server stays
+/// sealed and the custodians may try again.
 pub async fn serve<F, Fut>(
     listener: UnixListener,
     path: PathBuf,
-    mut unsealer: Unsealer,
+    mut unsealer: KeyringUnsealer,
     mut open: F,
 ) where
-    F: FnMut(KeyHierarchy) -> Fut,
+    F: FnMut(Vec<KeyHierarchy>) -> Fut,
     Fut: Future<Output = Result<(), String>>,
 {
     let own_uid = rustix::process::geteuid().as_raw();
@@ -376,42 +702,77 @@ async fn read_share(stream: &mut UnixStream) -> Result<zeroize::Zeroizing<String
 }
 
 async fn answer<F, Fut>(
-    unsealer: &mut Unsealer,
+    unsealer: &mut KeyringUnsealer,
     text: &str,
     open: &mut F,
 ) -> Result<(String, bool), String>
 where
-    F: FnMut(KeyHierarchy) -> Fut,
+    F: FnMut(Vec<KeyHierarchy>) -> Fut,
     Fut: Future<Output = Result<(), String>>,
 {
+    let several = unsealer.sealed.len() > 1;
     match unsealer.supply(text).map_err(|error| error.to_string())? {
-        Supplied::Accepted {
+        KeyringSupplied::Accepted {
+            generation,
             index,
             supplied,
             threshold,
         } => {
-            tracing::info!(index, supplied, threshold, "unseal: share accepted");
+            tracing::info!(
+                %generation,
+                index,
+                supplied,
+                threshold,
+                "unseal: share accepted"
+            );
             Ok((
-                format!("accepted: share {index}; {supplied} of {threshold} shares supplied"),
+                format!(
+                    "accepted: share {index} for generation {generation}; {supplied} of \
+                     {threshold} shares supplied"
+                ),
                 false,
             ))
         }
-        Supplied::Complete(keys) => {
-            let fingerprint = keys.fingerprint();
-            match open(keys).await {
-                Ok(()) => {
-                    tracing::info!(%fingerprint, "unsealed: the master key is rebuilt; serving");
-                    Ok((
-                        format!("unsealed: key {fingerprint} rebuilt; the server is serving"),
-                        true,
-                    ))
-                }
-                Err(message) => Err(format!(
+        KeyringSupplied::Rebuilt {
+            generation,
+            index,
+            fingerprint,
+        } => {
+            tracing::info!(%generation, %fingerprint, "unseal: a generation's key is rebuilt");
+            Ok((
+                format!(
+                    "accepted: share {index} for generation {generation}; its key \
+                     {fingerprint} is rebuilt; still {}",
+                    unsealer.status.reason()
+                ),
+                false,
+            ))
+        }
+        KeyringSupplied::Complete {
+            generation,
+            fingerprint,
+            keys,
+        } => match open(keys).await {
+            Ok(()) => {
+                tracing::info!(%fingerprint, "unsealed: the master keys are rebuilt; serving");
+                let line = if several {
+                    format!(
+                        "unsealed: key {fingerprint} rebuilt for generation {generation}, the \
+                         last sealed generation; the server is serving"
+                    )
+                } else {
+                    format!("unsealed: key {fingerprint} rebuilt; the server is serving")
+                };
+                Ok((line, true))
+            }
+            Err(message) => {
+                unsealer.reset();
+                Err(format!(
                     "the key {fingerprint} is right, but the server could not open with it: \
                      {message}; the shares were discarded, supply them again once fixed"
-                )),
+                ))
             }
-        }
+        },
     }
 }
 
@@ -601,5 +962,107 @@ mod tests {
         assert!(!shown.contains(&value[..8]));
         let complete = unsealer.supply(&shares[1].to_text()).unwrap();
         assert_eq!(format!("{complete:?}"), "Complete([REDACTED])");
+    }
+
+    /// Shares of two sealed generations, interleaved, are routed by the
+    /// key they name; a generation's key is held until the last sealed
+    /// generation is rebuilt; a share of a key no generation expects is
+    /// refused naming the expected ones (D182, D183).
+    #[test]
+    fn a_keyring_unsealer_routes_shares_to_their_generation() {
+        let (one, two, other) = (key(1), key(2), key(3));
+        let g = |n| Generation::new(n).unwrap();
+        let mut unsealer =
+            KeyringUnsealer::new(&[(g(2), fingerprint(&two), 2), (g(1), fingerprint(&one), 3)]);
+        let status = unsealer.status();
+        assert_eq!(
+            status.reason(),
+            "sealed: generation 1: 0 of 3 shares supplied; generation 2: 0 of 2 shares supplied"
+        );
+        let ones = split_key(&one, 3, 3).unwrap();
+        let twos = split_key(&two, 2, 2).unwrap();
+        let foreign = split_key(&other, 2, 2).unwrap();
+        assert!(matches!(
+            unsealer.supply(&twos[0].to_text()).unwrap(),
+            KeyringSupplied::Accepted { generation, supplied: 1, threshold: 2, .. } if generation == g(2)
+        ));
+        assert!(matches!(
+            unsealer.supply(&ones[1].to_text()).unwrap(),
+            KeyringSupplied::Accepted { generation, supplied: 1, threshold: 3, .. } if generation == g(1)
+        ));
+        let error = unsealer.supply(&foreign[0].to_text()).unwrap_err();
+        let message = error.to_string();
+        assert!(
+            matches!(error, UnsealError::UnexpectedKey { .. })
+                && message.contains(&format!("generation 1: key {}", fingerprint(&one)))
+                && message.contains(&format!("generation 2: key {}", fingerprint(&two))),
+            "{message}"
+        );
+        match unsealer.supply(&twos[1].to_text()).unwrap() {
+            KeyringSupplied::Rebuilt {
+                generation,
+                fingerprint: f,
+                ..
+            } => {
+                assert_eq!((generation, f), (g(2), fingerprint(&two)));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            status.reason(),
+            "sealed: generation 1: 1 of 3 shares supplied; generation 2: key rebuilt"
+        );
+        let error = unsealer.supply(&twos[0].to_text()).unwrap_err();
+        assert!(
+            matches!(error, UnsealError::AlreadyRebuilt { .. }),
+            "{error}"
+        );
+        unsealer.supply(&ones[0].to_text()).unwrap();
+        match unsealer.supply(&ones[2].to_text()).unwrap() {
+            KeyringSupplied::Complete {
+                generation, keys, ..
+            } => {
+                assert_eq!(generation, g(1));
+                let got: Vec<(Generation, Fingerprint)> = keys
+                    .iter()
+                    .map(|k| (k.generation(), k.fingerprint()))
+                    .collect();
+                assert_eq!(
+                    got,
+                    vec![(g(1), fingerprint(&one)), (g(2), fingerprint(&two))]
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// With only generation 1 sealed, the reason and the refusal of a
+    /// foreign share keep their single-key form.
+    #[test]
+    fn one_sealed_generation_keeps_the_single_key_wording() {
+        let one = key(1);
+        let mut unsealer = KeyringUnsealer::new(&[(Generation::FIRST, fingerprint(&one), 2)]);
+        assert_eq!(unsealer.status().reason(), "sealed: 0 of 2 shares supplied");
+        let foreign = split_key(&key(3), 2, 2).unwrap();
+        let error = unsealer.supply(&foreign[0].to_text()).unwrap_err();
+        assert!(matches!(error, UnsealError::ForeignKey { .. }), "{error}");
+        let wider = split_key(&one, 3, 3).unwrap();
+        let error = unsealer.supply(&wider[0].to_text()).unwrap_err();
+        assert!(
+            error.to_string().contains("but [custody] threshold is 2"),
+            "{error}"
+        );
+        let mut later =
+            KeyringUnsealer::new(&[(Generation::new(2).unwrap(), fingerprint(&one), 2)]);
+        let error = later.supply(&wider[0].to_text()).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("but generation 2's [keyring.custody] threshold is 2"),
+            "{error}"
+        );
+        // A later generation sealed alone is named.
+        let error = later.supply(&foreign[0].to_text()).unwrap_err();
+        assert!(error.to_string().contains("generation 2: key"), "{error}");
     }
 }

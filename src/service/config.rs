@@ -86,24 +86,42 @@ struct RawConfig {
     keyring: Vec<RawGeneration>,
 }
 
-/// One `[[keyring]]` entry: a later master-key generation from a key file.
+/// One `[[keyring]]` entry: a later master-key generation, from a key
+/// file (`key_file`) or from custodians' shares (`[keyring.custody]`),
+/// exactly one of the two (D181).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawGeneration {
     generation: u16,
-    key_file: PathBuf,
+    key_file: Option<PathBuf>,
+    custody: Option<RawCustody>,
     fingerprint: String,
 }
 
-/// A master-key generation after the first, and where its key comes from
-/// (a key file, mode 0600 outside dev mode, with its pinned fingerprint).
+/// A master-key generation after the first, and where its key comes from:
+/// the same [`MasterKeySource`] as generation 1's, with its pinned
+/// fingerprint.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GenerationKey {
     /// Its generation, 2 or more.
     pub generation: crate::generation::Generation,
-    /// The key file.
-    pub key_file: PathBuf,
-    /// The fingerprint the file's key must have.
+    /// Where its key comes from: a key file (mode 0600 outside dev mode)
+    /// or custodians' shares (the server starts sealed).
+    pub source: MasterKeySource,
+    /// The fingerprint its key must have.
+    pub fingerprint: Fingerprint,
+}
+
+/// One generation the server needs a key for, and where that key comes
+/// from: generation 1 (`master_key` or `[custody]`) and every `[[keyring]]`
+/// entry alike (see [`ServeConfig::generations`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GenerationSource<'a> {
+    /// The generation.
+    pub generation: crate::generation::Generation,
+    /// Where its key comes from.
+    pub source: &'a MasterKeySource,
+    /// The fingerprint its key must have.
     pub fingerprint: Fingerprint,
 }
 
@@ -361,7 +379,9 @@ const NO_KEY: &str = "no master key: name the key file (master_key = \"/etc/fugo
 mode 0600), or hold the key split among custodians and start sealed with\n[custody]\n\
 threshold = 3\n(the threshold of `fugo keys split`; custodians then run `fugo unseal`)";
 
-/// Where the master key comes from.
+/// Where a master key comes from: generation 1's and every `[[keyring]]`
+/// generation's alike (D181). Non-exhaustive: a KMS or HSM source can join
+/// later without changing the generations that use it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum MasterKeySource {
@@ -418,6 +438,23 @@ pub struct ServeConfig {
 }
 
 impl ServeConfig {
+    /// Every generation the server holds a key of, in order: generation 1
+    /// (`master_key` or `[custody]`), then the `[[keyring]]` entries.
+    pub fn generations(&self) -> Vec<GenerationSource<'_>> {
+        let first = GenerationSource {
+            generation: crate::generation::Generation::FIRST,
+            source: &self.master_key,
+            fingerprint: self.fingerprint,
+        };
+        std::iter::once(first)
+            .chain(self.keyring.iter().map(|entry| GenerationSource {
+                generation: entry.generation,
+                source: &entry.source,
+                fingerprint: entry.fingerprint,
+            }))
+            .collect()
+    }
+
     /// Reads and checks `path`, with the process's `FUGO_` environment
     /// variables applied (see [`ServeConfig::load_all`]).
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -483,6 +520,7 @@ impl ServeConfig {
         })?;
         let fingerprint = Fingerprint::parse(&raw.master_key_fingerprint)
             .map_err(|error| invalid(format!("master_key_fingerprint: {error}")))?;
+        let master_fingerprint = fingerprint;
         let metrics = match &raw.metrics {
             None => None,
             Some(section) => Some(section.listen.parse().map_err(|_| {
@@ -515,9 +553,49 @@ impl ServeConfig {
                     "[[keyring]] generation {generation} fingerprint: {error}"
                 ))
             })?;
+            // Routing a share by its key's fingerprint needs one generation
+            // per key; the keyring refuses two anyway, but only once both
+            // keys are there (D185).
+            if let Some(other) = keyring
+                .iter()
+                .find(|k| k.fingerprint == fingerprint)
+                .map(|k| k.generation.get())
+                .or((fingerprint == master_fingerprint).then_some(1))
+            {
+                return Err(invalid(format!(
+                    "[[keyring]] generation {generation} fingerprint {fingerprint} is generation \
+                     {other}'s: each generation is a different key"
+                )));
+            }
+            let source = match (&entry.key_file, &entry.custody) {
+                (Some(path), None) => MasterKeySource::File(resolve(path)),
+                (None, Some(custody)) if custody.threshold >= 2 => MasterKeySource::Shares {
+                    threshold: custody.threshold,
+                },
+                (None, Some(_)) => {
+                    return Err(invalid(format!(
+                        "[[keyring]] generation {generation}: [keyring.custody] threshold must \
+                         be at least 2: one custodian alone must not be able to unseal it"
+                    )));
+                }
+                (Some(_), Some(_)) => {
+                    return Err(invalid(format!(
+                        "[[keyring]] generation {generation}: both key_file and \
+                         [keyring.custody] are set: name exactly one source for its key"
+                    )));
+                }
+                (None, None) => {
+                    return Err(invalid(format!(
+                        "[[keyring]] generation {generation}: no key source: name its key file \
+                         (key_file = \"/etc/fugo/master-{generation}.key\", mode 0600) or hold \
+                         it split among custodians with a [keyring.custody] sub-table \
+                         (threshold = 3) after this entry"
+                    )));
+                }
+            };
             keyring.push(GenerationKey {
                 generation,
-                key_file: resolve(&entry.key_file),
+                source,
                 fingerprint,
             });
         }
@@ -714,12 +792,14 @@ mod tests {
         let config = load(&format!(
             "{BASE}dev_mode = true\n{}{}",
             entry("2", fp),
-            entry("3", fp)
+            entry("3", "1123456789abcdef0123456789abcdef")
         ))
         .unwrap();
         assert_eq!(config.keyring.len(), 2);
         assert_eq!(config.keyring[1].generation.get(), 3);
-        assert!(config.keyring[0].key_file.ends_with("k2.key"));
+        assert!(
+            matches!(&config.keyring[0].source, MasterKeySource::File(path) if path.ends_with("k2.key"))
+        );
         assert!(
             load(&format!("{BASE}dev_mode = true\n"))
                 .unwrap()
@@ -743,6 +823,79 @@ mod tests {
         );
         let message = refused(format!("{BASE}dev_mode = true\n{}", entry("2", "abc")));
         assert!(message.contains("generation 2 fingerprint"), "{message}");
+    }
+
+    /// A `[[keyring]]` generation names exactly one key source: a key file
+    /// or a `[keyring.custody]` threshold of at least 2 (D181); the error
+    /// names the entry.
+    #[test]
+    fn a_keyring_generation_names_one_key_source() {
+        // Each generation its own key: 0N23456789abcdef… for generation N.
+        let fp = "0223456789abcdef0123456789abcdef";
+        let fp_of = |generation: u16| format!("0{generation}{}", &fp[2..]);
+        let entry = |generation: u16, source: &str| {
+            format!(
+                "[[keyring]]\ngeneration = {generation}\nfingerprint = \"{}\"\n{source}",
+                fp_of(generation)
+            )
+        };
+        let custody = |threshold: u8| format!("[keyring.custody]\nthreshold = {threshold}\n");
+        let config = load(&format!(
+            "{BASE}dev_mode = true\n{}{}",
+            entry(2, &custody(3)),
+            entry(3, "key_file = \"k3.key\"\n")
+        ))
+        .unwrap();
+        assert_eq!(
+            config.keyring[0].source,
+            MasterKeySource::Shares { threshold: 3 }
+        );
+        assert!(matches!(config.keyring[1].source, MasterKeySource::File(_)));
+        let generations: Vec<u16> = config
+            .generations()
+            .iter()
+            .map(|g| g.generation.get())
+            .collect();
+        assert_eq!(generations, vec![1, 2, 3]);
+        let refused = |text: String| load(&text).unwrap_err().to_string();
+        let message = refused(format!(
+            "{BASE}dev_mode = true\n{}",
+            entry(4, &format!("key_file = \"k4.key\"\n{}", custody(2)))
+        ));
+        assert!(
+            message.contains("[[keyring]] generation 4: both key_file and [keyring.custody]"),
+            "{message}"
+        );
+        let message = refused(format!("{BASE}dev_mode = true\n{}", entry(5, "")));
+        assert!(
+            message.contains("[[keyring]] generation 5: no key source")
+                && message.contains("[keyring.custody]"),
+            "{message}"
+        );
+        // One key, two generations: shares could not be routed.
+        let message = refused(format!(
+            "{BASE}dev_mode = true\n{}{}",
+            entry(2, &custody(2)),
+            entry(3, &custody(2)).replace(&fp_of(3), fp)
+        ));
+        assert!(
+            message.contains(&format!(
+                "[[keyring]] generation 3 fingerprint {fp} is generation 2's"
+            )),
+            "{message}"
+        );
+        let message = refused(
+            format!("{BASE}dev_mode = true\n{}", entry(2, &custody(2)))
+                .replace(fp, "34391a36deac07213d13a6753154bf16"),
+        );
+        assert!(message.contains("is generation 1's"), "{message}");
+        let message = refused(format!("{BASE}dev_mode = true\n{}", entry(6, &custody(1))));
+        assert!(
+            message.contains(
+                "[[keyring]] generation 6: [keyring.custody] threshold must be at least 2"
+            ),
+            "{message}"
+        );
     }
 
     #[test]
@@ -911,7 +1064,7 @@ mod tests {
     }
 
     /// A section's header line: `[[keyring]]` for the array of tables,
-    /// `[name]` for the others.
+    /// `[name]` for the others (`[keyring.custody]` for a sub-table).
     fn header_of(section: &str) -> String {
         if crate::service::overrides::TABLE_ARRAYS.contains(&section) {
             format!("[[{section}]]")
@@ -920,12 +1073,21 @@ mod tests {
         }
     }
 
+    /// The lines that open a section: a sub-table of an array of tables
+    /// (`[keyring.custody]`) needs its entry's header first.
+    fn opening_of(section: &str) -> String {
+        match section.split_once('.') {
+            Some((parent, _)) => format!("{}\n{}", header_of(parent), header_of(section)),
+            None => header_of(section),
+        }
+    }
+
     /// The fields a section accepts, read from serde's answer to an
     /// unknown one ("unknown field `zz`, expected one of `a`, `b`").
     fn accepted_fields(section: Option<&str>) -> Vec<String> {
         let text = match section {
             None => "zz_not_a_setting = 1\n".to_owned(),
-            Some(section) => format!("{}\nzz_not_a_setting = 1\n", header_of(section)),
+            Some(section) => format!("{}\nzz_not_a_setting = 1\n", opening_of(section)),
         };
         let message = load(&text).unwrap_err().to_string();
         assert!(
@@ -958,21 +1120,30 @@ mod tests {
                 .map(|s| s.key.to_owned())
                 .collect();
             let mut accepted = accepted_fields(section);
+            // Sections (and sub-tables) are fields of what holds them too.
             if section.is_none() {
-                // Sections are fields of the top level too.
                 top = accepted.clone();
-                accepted.retain(|field| !SETTINGS.iter().any(|s| s.section == Some(field)));
             }
+            accepted.retain(|field| {
+                let inner = match section {
+                    None => field.clone(),
+                    Some(section) => format!("{section}.{field}"),
+                };
+                !SETTINGS.iter().any(|s| s.section == Some(inner.as_str()))
+            });
             listed.sort();
             accepted.sort();
             assert_eq!(accepted, listed, "the settings of {section:?}");
             if let Some(section) = section {
-                assert!(top.iter().any(|field| field == section), "{section}");
-                let message = load(&format!("{BASE}{}\ntypo = 1\n", header_of(section)))
+                let outer = section.split('.').next().unwrap_or(section);
+                assert!(top.iter().any(|field| field == outer), "{section}");
+                let opening = opening_of(section);
+                let message = load(&format!("{BASE}{opening}\ntypo = 1\n"))
                     .unwrap_err()
                     .to_string();
+                let line = format!("line {}", 6 + opening.lines().count());
                 assert!(
-                    message.contains("line 7") && message.contains("unknown field `typo`"),
+                    message.contains(&line) && message.contains("unknown field `typo`"),
                     "{section}: {message}"
                 );
             }

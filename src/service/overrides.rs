@@ -95,6 +95,7 @@ pub(crate) const SETTINGS: &[Setting] = &[
     in_section("keyring", "generation", Kind::FileOnly(TRUST)),
     in_section("keyring", "key_file", Kind::FileOnly(TRUST)),
     in_section("keyring", "fingerprint", Kind::FileOnly(TRUST)),
+    in_section("keyring.custody", "threshold", Kind::FileOnly(TRUST)),
     in_section("admin", "listen", Kind::FileOnly(TRUST)),
     in_section("admin", "ca", Kind::FileOnly(TRUST)),
     in_section("admin", "identities", Kind::FileOnly(TRUST)),

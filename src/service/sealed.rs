@@ -17,7 +17,7 @@ use tonic::body::Body;
 use tonic::codegen::{Body as HttpBody, Bytes, Service, StdError, http};
 use tonic::server::NamedService;
 
-use crate::custody::SealProgress;
+use crate::custody::SealStatus;
 
 /// The response header in which health answers carry why the server is
 /// not serving.
@@ -28,7 +28,7 @@ type BoxFuture<T> = Pin<Box<dyn Future<Output = Result<T, Infallible>> + Send>>;
 /// A service that exists once the server is unsealed.
 pub(crate) struct Gate<S> {
     slot: Arc<OnceLock<S>>,
-    progress: Option<Arc<SealProgress>>,
+    progress: Option<Arc<SealStatus>>,
 }
 
 impl<S> Clone for Gate<S> {
@@ -42,7 +42,7 @@ impl<S> Clone for Gate<S> {
 
 impl<S> Gate<S> {
     /// A gate on `slot`; `progress` words the answer while it is empty.
-    pub(crate) fn new(slot: Arc<OnceLock<S>>, progress: Option<Arc<SealProgress>>) -> Self {
+    pub(crate) fn new(slot: Arc<OnceLock<S>>, progress: Option<Arc<SealStatus>>) -> Self {
         Gate { slot, progress }
     }
 }
@@ -99,7 +99,7 @@ where
 pub(crate) struct HealthReason<S> {
     inner: S,
     open: Arc<OnceLock<()>>,
-    progress: Option<Arc<SealProgress>>,
+    progress: Option<Arc<SealStatus>>,
 }
 
 impl<S> HealthReason<S> {
@@ -107,7 +107,7 @@ impl<S> HealthReason<S> {
     pub(crate) fn new(
         inner: S,
         open: Arc<OnceLock<()>>,
-        progress: Option<Arc<SealProgress>>,
+        progress: Option<Arc<SealStatus>>,
     ) -> Self {
         HealthReason {
             inner,

@@ -18,7 +18,7 @@ use zeroize::Zeroizing;
 
 use super::audit::AuditService;
 use super::codes::{self, CodesService, State};
-use super::config::{ConfigError, MasterKeySource, ServeConfig};
+use super::config::{ConfigError, GenerationSource, MasterKeySource, ServeConfig};
 use super::edge;
 use super::framing::FramingStatus;
 use super::metrics::{self, Metrics};
@@ -29,7 +29,7 @@ use super::sealed::{Gate, HealthReason};
 use crate::audit::entries::{BatchFacts, policy_digest};
 use crate::audit::{Recorder, RecorderError};
 use crate::certs::{self, CertError};
-use crate::custody::{SealProgress, Unsealer};
+use crate::custody::KeyringUnsealer;
 use crate::exchange::Exchange;
 use crate::files::{self, ReadError};
 use crate::keyfile::{self, KeyLoadError, KeySource};
@@ -232,27 +232,58 @@ fn refuse_unsafe_key(
     Ok(())
 }
 
-/// The keyring: generation 1 (`keys`, from the key file or the custodians'
-/// shares; the audit trail's keys come from it) and every `[[keyring]]`
-/// generation, each key file read now, checked against its pinned
-/// fingerprint, and refused outside dev mode if it is the demo key or
-/// readable by others.
+/// Reads the key file of `generation` (generation 1's with the key file
+/// warnings to `warnings`), checks it against its pinned fingerprint, and
+/// refuses it outside dev mode if it is the demo key or readable by others.
+fn load_key_file(
+    config: &ServeConfig,
+    generation: &GenerationSource<'_>,
+    path: &Path,
+    warnings: &mut dyn Write,
+) -> Result<crate::keys::KeyHierarchy, ServeError> {
+    let source = KeySource {
+        path: path.to_path_buf(),
+        expect: Some(generation.fingerprint),
+    };
+    let (keys, state) = if generation.generation == crate::generation::Generation::FIRST {
+        keyfile::load_with_state(&source, warnings)?
+    } else {
+        keyfile::load_generation(&source, generation.generation, warnings)?
+    };
+    refuse_unsafe_key(config, path, &state)?;
+    Ok(keys)
+}
+
+/// The keyring: the keys in `held` (rebuilt from custodians' shares, or
+/// read at start) and the key file of every other generation of the
+/// configuration, each read now and checked as at start.
 fn keyring(
     config: &ServeConfig,
-    keys: crate::keys::KeyHierarchy,
+    mut held: Vec<crate::keys::KeyHierarchy>,
 ) -> Result<crate::keyring::Keyring, ServeError> {
-    let mut hierarchies = vec![keys];
-    for entry in &config.keyring {
-        let source = KeySource {
-            path: entry.key_file.clone(),
-            expect: Some(entry.fingerprint),
-        };
-        let (keys, state) =
-            keyfile::load_generation(&source, entry.generation, &mut std::io::sink())?;
-        refuse_unsafe_key(config, &entry.key_file, &state)?;
-        hierarchies.push(keys);
+    for generation in config.generations() {
+        if held.iter().any(|k| k.generation() == generation.generation) {
+            continue;
+        }
+        match generation.source {
+            MasterKeySource::File(path) => {
+                held.push(load_key_file(
+                    config,
+                    &generation,
+                    path,
+                    &mut std::io::sink(),
+                )?);
+            }
+            _ => {
+                return Err(ServeError::Keyring(format!(
+                    "generation {}'s key is held by custodians and was not supplied",
+                    generation.generation
+                )));
+            }
+        }
     }
-    crate::keyring::Keyring::new(hierarchies).map_err(|e| ServeError::Keyring(e.to_string()))
+    held.sort_by_key(|keys| keys.generation());
+    crate::keyring::Keyring::new(held).map_err(|e| ServeError::Keyring(e.to_string()))
 }
 
 /// The record of loading a policy: its text stored once under its
@@ -669,12 +700,14 @@ struct Opening {
 }
 
 impl Opening {
-    /// Opens with `keys`: reads the policy (unless `loaded` holds it, read
-    /// at start), opens the audit trail, records the policy in force,
-    /// builds the services and reports serving.
+    /// Opens with `held` (the keys read at start, or rebuilt from shares;
+    /// the key files of the other generations are read now): reads the
+    /// policy (unless `loaded` holds it, read at start), opens the audit
+    /// trail, records the policy in force, builds the services and reports
+    /// serving.
     async fn open(
         &self,
-        keys: crate::keys::KeyHierarchy,
+        held: Vec<crate::keys::KeyHierarchy>,
         loaded: Option<(Policy, String)>,
     ) -> Result<(), ServeError> {
         let config = &self.config;
@@ -682,16 +715,20 @@ impl Opening {
             Some(loaded) => loaded,
             None => load_policy_text(&config.policy)?,
         };
+        let keyring = keyring(config, held)?;
+        // The audit trail's keys come from generation 1 (D173).
+        let keys = keyring
+            .get(crate::generation::Generation::FIRST)
+            .map_err(|e| ServeError::Keyring(e.to_string()))?;
         let recorder = if self.audited {
-            open_recorder(config, &keys)?
+            open_recorder(config, keys)?
         } else {
-            Recorder::discarding_for_benchmarks(&log_signer(config.audit.origin.as_deref(), &keys)?)
+            Recorder::discarding_for_benchmarks(&log_signer(config.audit.origin.as_deref(), keys)?)
         };
         let _ = self.backup_key.set(super::admin::BackupKey {
             key: keys.backup_key(),
             fingerprint: keys.fingerprint().to_string(),
         });
-        let keyring = keyring(config, keys)?;
         let state = Arc::new(State {
             exchange: Exchange::with_keyring(keyring, Box::new(SystemRandomness::new())),
             policy: RwLock::new(Arc::new(policy)),
@@ -852,18 +889,26 @@ async fn start_with(
     if !config.dev_mode && config.fingerprint.is_demo() {
         return Err(ServeError::DemoKey("master_key_fingerprint".to_owned()));
     }
-    let keys = match &config.master_key {
-        MasterKeySource::File(path) => {
-            let source = KeySource {
-                path: path.clone(),
-                expect: Some(config.fingerprint),
-            };
-            let (keys, key_state) = keyfile::load_with_state(&source, warnings)?;
-            refuse_unsafe_key(&config, path, &key_state)?;
-            Some(keys)
+    // Every generation's key file is read and checked before listening;
+    // the generations held by custodians are sealed (D182).
+    let mut held = Vec::new();
+    let mut sealed = Vec::new();
+    for generation in config.generations() {
+        match generation.source {
+            MasterKeySource::File(path) => {
+                held.push(load_key_file(&config, &generation, path, warnings)?);
+            }
+            MasterKeySource::Shares { threshold } => {
+                if !config.dev_mode && generation.fingerprint.is_demo() {
+                    return Err(ServeError::DemoKey(format!(
+                        "[[keyring]] generation {} fingerprint",
+                        generation.generation
+                    )));
+                }
+                sealed.push((generation.generation, generation.fingerprint, *threshold));
+            }
         }
-        MasterKeySource::Shares { .. } => None,
-    };
+    }
     // The policy and the certificates (with the CRLs) are checked before
     // listening, sealed or not; a sealed server reads the policy again when
     // it is unsealed, one with its key opens with this reading.
@@ -873,10 +918,8 @@ async fn start_with(
     let mut loaded = Some((policy, policy_text));
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    let progress = match config.master_key {
-        MasterKeySource::Shares { threshold } => Some(Arc::new(SealProgress::new(threshold))),
-        MasterKeySource::File(_) => None,
-    };
+    let unsealer = (!sealed.is_empty()).then(|| KeyringUnsealer::new(&sealed));
+    let progress = unsealer.as_ref().map(KeyringUnsealer::status);
     let opening = Arc::new(Opening {
         config: config.clone(),
         audited,
@@ -889,9 +932,12 @@ async fn start_with(
         backup_key: Arc::new(OnceLock::new()),
     });
     let mut unseal = None;
-    match (keys, &progress) {
-        (Some(keys), _) => opening.open(keys, loaded.take()).await?,
-        (None, Some(progress)) => {
+    match unsealer {
+        None => opening.open(held, loaded.take()).await?,
+        Some(unsealer) => {
+            // The keys read now are read again on opening (the shares may
+            // take days to arrive); nothing of them is kept meanwhile.
+            drop(held);
             set_health(&health, tonic_health::ServingStatus::NotServing).await;
             create_data_dir(&config)?;
             let path = crate::custody::unseal::socket_path(&config.data_dir);
@@ -901,7 +947,6 @@ async fn start_with(
                     source,
                 }
             })?;
-            let unsealer = Unsealer::new(config.fingerprint, Arc::clone(progress));
             let opener = Arc::clone(&opening);
             let task = tokio::spawn(crate::custody::unseal::serve(
                 listener,
@@ -919,12 +964,11 @@ async fn start_with(
             ));
             tracing::warn!(
                 socket = %path.display(),
-                reason = %progress.reason(),
+                reason = %progress.as_ref().map(|status| status.reason()).unwrap_or_default(),
                 "SEALED: waiting for the master key's shares (custodians run `fugo unseal`)"
             );
             unseal = Some((task, path));
         }
-        (None, None) => return Err(ServeError::Task),
     }
 
     let listener = TcpListener::bind(config.listen)
