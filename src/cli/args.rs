@@ -264,8 +264,12 @@ Exit status: 0 all good, 3 some lines rejected, 1 fatal error.
 
 This offline tool holds the whole master key and bypasses the server's
 controls (policy, identity). It is for test vectors, demos and an operator's
-controlled key ceremony, not for agencies. It does not yet honour
-re-issued numbers.
+controlled key ceremony, not for agencies. Re-issued and superseded numbers
+resolve as on the server, from the re-issue tables of --data-dir.
+
+The key file is taken as key generation 1: use it only for epochs the policy
+binds to generation 1. An epoch bound to a later generation must be derived
+through the server (D199).
 
 With any key but the public demo key, every derived person is recorded in
 the audit trail of --data-dir (the server's data directory; required), one
