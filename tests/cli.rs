@@ -407,7 +407,13 @@ fn help_says_what_the_offline_tool_bypasses() {
     // Stale before D199: D193 made the tool honour re-issues.
     assert!(!help.contains("does not yet honour"), "{help}");
     assert!(help.contains("Re-issued and superseded numbers\nresolve as on the server"));
-    assert!(help.contains("taken as key generation 1"));
+    // D200: the epoch's generation is read, never guessed.
+    assert!(
+        help.contains("--master-key FILE (key generation 1)"),
+        "{help}"
+    );
+    assert!(help.contains("--config fugo.toml"), "{help}");
+    assert!(help.contains("never guessed"), "{help}");
     assert!(help.contains("through the server"));
     assert!(help.contains("every derived person is recorded"));
     assert!(help.contains("demo key (development only) nothing is recorded"));

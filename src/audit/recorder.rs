@@ -573,12 +573,23 @@ fn merge(all: &mut Append, mut append: Append) {
     all.policies.extend(append.policies);
     all.usage.extend(append.usage);
     all.persons.extend(append.persons);
-    // The store only raises marks, so their order within a commit is moot.
-    all.marks.epochs.extend(append.marks.epochs);
+    // The store only raises marks, and keeps the first binding and key of
+    // each: appended in order, so the earlier append's come first. Taken
+    // apart field by field, so a new kind of mark cannot be left out.
+    let fugo_log::store::Marks {
+        epochs,
+        destroyed_generations,
+        agencies,
+        bindings,
+        generation_keys,
+    } = append.marks;
+    all.marks.epochs.extend(epochs);
     all.marks
         .destroyed_generations
-        .extend(append.marks.destroyed_generations);
-    all.marks.agencies.extend(append.marks.agencies);
+        .extend(destroyed_generations);
+    all.marks.agencies.extend(agencies);
+    all.marks.bindings.extend(bindings);
+    all.marks.generation_keys.extend(generation_keys);
     all.now_ms = all.now_ms.max(append.now_ms);
 }
 

@@ -267,9 +267,14 @@ controls (policy, identity). It is for test vectors, demos and an operator's
 controlled key ceremony, not for agencies. Re-issued and superseded numbers
 resolve as on the server, from the re-issue tables of --data-dir.
 
-The key file is taken as key generation 1: use it only for epochs the policy
-binds to generation 1. An epoch bound to a later generation must be derived
-through the server (D199).
+Keys come from --master-key FILE (key generation 1) or from the server's
+configuration, --config fugo.toml: its key files of every generation, its
+policy and its data directory. The epoch's key generation is never guessed
+(D200): --config takes it from the policy (and the agency's current epoch
+when --epoch is not given); --master-key takes it from the marks of the
+store in --data-dir and refuses an epoch bound to a later generation. An
+epoch that is rekey-only or destroyed is refused, naming it. A generation
+held by custodians is derived through the server.
 
 With any key but the public demo key, every derived person is recorded in
 the audit trail of --data-dir (the server's data directory; required), one
@@ -327,18 +332,32 @@ destroy it: whoever holds it can start the server alone.";
 
 #[derive(Debug, Args)]
 pub(crate) struct DeriveArgs {
-    /// The master key file (64 hex characters).
-    #[arg(long, value_name = "FILE")]
-    pub(crate) master_key: PathBuf,
+    /// The master key file (64 hex characters): key generation 1.
+    #[arg(
+        long,
+        value_name = "FILE",
+        required_unless_present = "config",
+        conflicts_with = "config"
+    )]
+    pub(crate) master_key: Option<PathBuf>,
+    /// The server's configuration: its keyring, policy and data directory.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["expect_fingerprint", "data_dir"])]
+    pub(crate) config: Option<PathBuf>,
     /// Refuse to run unless the key has this fingerprint.
     #[arg(long, value_name = "HEX", value_parser = parse_fingerprint)]
     pub(crate) expect_fingerprint: Option<Fingerprint>,
     /// The agency whose codes to derive.
     #[arg(long, value_name = "ID", value_parser = parse_agency)]
     pub(crate) agency: AgencyId,
-    /// The agency's key epoch, 1 to 31.
-    #[arg(long, value_name = "N", value_parser = parse_epoch)]
-    pub(crate) epoch: Epoch,
+    /// The agency's key epoch, 1 to 31 (with --config, the agency's
+    /// current epoch by default).
+    #[arg(
+        long,
+        value_name = "N",
+        value_parser = parse_epoch,
+        required_unless_present = "config"
+    )]
+    pub(crate) epoch: Option<Epoch>,
     #[command(flatten)]
     pub(crate) files: FileArgs,
     /// Worker threads; every core by default.

@@ -3,68 +3,82 @@
 
 use std::fmt;
 use std::io::{self, IsTerminal, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 
 use super::CliError;
-use super::settings::DeriveSettings;
+use super::settings::{DeriveKeys, DeriveSettings};
 use fugo::audit::persons as load_persons;
 use fugo::audit::{Recorder, RecorderError, STORE_FILE, Settings, default_origin};
 use fugo::bulk::{LocalDerive, Recording, Summary};
 use fugo::code::Coder;
+use fugo::generation::Generation;
 use fugo::keyfile;
+use fugo::keyring::Keyring;
 use fugo::keys::KeyHierarchy;
 use fugo::link::Linker;
 use fugo::persons::Persons;
+use fugo::policy::Policy;
+use fugo::service::{offline, offline_epoch};
 use fugo_log::checkpoint::{LogSigner, LogVerifier};
-use fugo_log::store::{RedbStore, Store, StoreError};
+use fugo_log::store::{Marks, RedbStore, Store, StoreError};
 
 /// Runs `fugo derive`; returns the run's counts.
 ///
 /// With the demo key nothing is recorded. With any other key the run is
-/// recorded in the audit trail of `--data-dir` (required): the store is
-/// opened (and locked) before the input is read, every chunk's records are
-/// committed before its codes are written, and the output file is renamed
-/// into place only after the last commit.
+/// recorded in the audit trail of the data directory (`--data-dir`,
+/// required, or the configuration's): the store is opened (and locked)
+/// before the input is read, every chunk's records are committed before
+/// its codes are written, and the output file is renamed into place only
+/// after the last commit.
+///
+/// The epoch's key generation is never guessed (D200): from the policy
+/// with `--config`, else from the store's marks (an epoch no policy in
+/// force has bound is generation 1's, the key file's).
 pub(crate) fn run(settings: DeriveSettings) -> Result<Summary, CliError> {
-    let (keys, state) = keyfile::load_with_state(&settings.key, &mut io::stderr())?;
-    let coder = Coder::new(&keys, settings.agency.clone(), settings.epoch);
+    let keys = Keys::load(&settings)?;
     // Re-issued and superseded numbers resolve as on the server: from the
-    // tables of the store in --data-dir (D193).
-    let persons = Persons::new(&keys);
-    if state.demo {
-        // Development only (the help text says so); the demo key's warning
-        // is already on stderr. A demo run records nothing, but a data
-        // directory given is read for its re-issues.
-        if let Some(data_dir) = settings.data_dir.as_deref() {
-            load_persons_of(data_dir, &persons)?;
+    // tables of the store in the data directory (D193). Resolution is by
+    // number, so generation 1's tables serve every generation (D190).
+    let audit = keys.keyring.audit();
+    let persons = Persons::new(audit);
+    let Some(data_dir) = keys.data_dir.as_deref() else {
+        if !keys.demo {
+            return Err(CliError::BadArgument(
+                "a derivation with a real key is recorded in the audit trail: give --data-dir \
+                 DIR (the server's data directory, with the server stopped)"
+                    .to_owned(),
+            ));
         }
-        drop(keys);
+        // Development only (the help text says so); the demo key's
+        // warning is already on stderr. Nothing is recorded.
+        let coder = keys.coder(&settings, &Marks::default())?;
+        let work = LocalDerive::new(&coder, settings.threads).resolving(&persons);
+        return super::files::run(&work, &settings.files);
+    };
+    if keys.demo {
+        // A demo run records nothing, but a data directory given is read
+        // for its re-issues and its marks.
+        let marks = read_store_of(data_dir, &persons)?;
+        let coder = keys.coder(&settings, &marks)?;
         let work = LocalDerive::new(&coder, settings.threads).resolving(&persons);
         return super::files::run(&work, &settings.files);
     }
-    let data_dir = settings.data_dir.as_deref().ok_or_else(|| {
-        CliError::BadArgument(
-            "a derivation with a real key is recorded in the audit trail: give --data-dir DIR \
-             (the server's data directory, with the server stopped)"
-                .to_owned(),
-        )
-    })?;
-    let recorder = open_recorder(&keys, data_dir)?;
-    let entries = recorder
-        .read_blocking(|store| store.persons())
+    let recorder = open_recorder(audit, data_dir, keys.origin.as_deref())?;
+    let (entries, marks) = recorder
+        .read_blocking(|store| Ok((store.persons()?, store.marks()?)))
         .map_err(CliError::Recorder)?;
     load_persons::load_entries(entries, &persons)
         .map_err(|error| persons_error(data_dir, &error))?;
-    let linker = Linker::new(&keys);
-    drop(keys);
+    let coder = keys.coder(&settings, &marks)?;
+    let linker = Linker::new(audit);
     let recording = Recording {
         recorder: &recorder,
         linker: &linker,
         caller: settings.agency.as_str().to_owned(),
-        epoch: u32::from(settings.epoch.get()),
+        epoch: u32::from(coder.epoch().get()),
         batch_id: format!("fugo-derive/{}/{}", now_ms(), std::process::id()),
     };
     let summary = super::files::run(
@@ -76,12 +90,77 @@ pub(crate) fn run(settings: DeriveSettings) -> Result<Summary, CliError> {
     Ok(summary)
 }
 
+/// The keys of one run and where they came from.
+struct Keys {
+    keyring: Keyring,
+    /// Generations the configuration leaves to custodians.
+    custodied: Vec<Generation>,
+    /// The configured policy (`--config` only).
+    policy: Option<Policy>,
+    data_dir: Option<PathBuf>,
+    origin: Option<String>,
+    /// The public demo key (`--master-key` only): nothing is recorded.
+    demo: bool,
+}
+
+impl Keys {
+    fn load(settings: &DeriveSettings) -> Result<Keys, CliError> {
+        match &settings.keys {
+            DeriveKeys::File(key) => {
+                let (keys, state) = keyfile::load_with_state(key, &mut io::stderr())?;
+                Ok(Keys {
+                    keyring: Keyring::single(keys),
+                    custodied: Vec::new(),
+                    policy: None,
+                    data_dir: settings.data_dir.clone(),
+                    origin: None,
+                    demo: state.demo,
+                })
+            }
+            DeriveKeys::Config(path) => {
+                let setup = offline::load(path, &mut io::stderr())?;
+                Ok(Keys {
+                    keyring: setup.keyring,
+                    custodied: setup.custodied,
+                    policy: Some(setup.policy),
+                    data_dir: Some(setup.data_dir),
+                    origin: setup.origin,
+                    demo: false,
+                })
+            }
+        }
+    }
+
+    /// The coder of the run's epoch, in the generation the policy or the
+    /// store's marks bind it to.
+    fn coder(&self, settings: &DeriveSettings, marks: &Marks) -> Result<Coder, CliError> {
+        let agency = &settings.agency;
+        let (epoch, generation) =
+            offline_epoch(self.policy.as_ref(), marks, agency, settings.epoch)
+                .map_err(CliError::BadArgument)?;
+        let keys = self.keyring.get(generation).map_err(|_| {
+            let advice = if self.custodied.contains(&generation) {
+                "its key is held by custodians: derive through the server"
+            } else if self.policy.is_none() {
+                "--master-key is generation 1's key: give --config fugo.toml (its [[keyring]] \
+                 holds the others), or derive through the server"
+            } else {
+                "the configuration has no key for it"
+            };
+            CliError::BadArgument(format!(
+                "agency {agency}: epoch {epoch} is bound to key generation {generation}; {advice}"
+            ))
+        })?;
+        Ok(Coder::new(keys, agency.clone(), epoch))
+    }
+}
+
 /// Loads the re-issue tables of the store in `data_dir` (if there is one)
-/// without recording anything.
-fn load_persons_of(data_dir: &Path, persons: &Persons) -> Result<(), CliError> {
+/// and returns its marks, without recording anything.
+fn read_store_of(data_dir: &Path, persons: &Persons) -> Result<Marks, CliError> {
     let path = data_dir.join(STORE_FILE);
     if !path.exists() {
-        return Ok(());
+        return Ok(Marks::default());
     }
     let mut store = match RedbStore::open(&path) {
         Ok(store) => store,
@@ -98,7 +177,10 @@ fn load_persons_of(data_dir: &Path, persons: &Persons) -> Result<(), CliError> {
         }
     };
     load_persons::load(&mut store, persons).map_err(|error| persons_error(data_dir, &error))?;
-    Ok(())
+    store.marks().map_err(|source| CliError::AuditStore {
+        path: path.display().to_string(),
+        source,
+    })
 }
 
 fn persons_error(data_dir: &Path, error: &load_persons::LoadError) -> CliError {
@@ -116,8 +198,12 @@ fn now_ms() -> u64 {
 
 /// Opens the audit trail of `data_dir` as the server would: the log keeps
 /// its name (origin) if it has one, and must be this master key's log; a
-/// new log gets the server's default name.
-fn open_recorder(keys: &KeyHierarchy, data_dir: &Path) -> Result<Recorder, CliError> {
+/// new log gets `origin` (the configured one) or the server's default name.
+fn open_recorder(
+    keys: &KeyHierarchy,
+    data_dir: &Path,
+    origin: Option<&str>,
+) -> Result<Recorder, CliError> {
     let locked =
         |path: &Path| CliError::Recorder(RecorderError::Locked(path.display().to_string()));
     // Private, as the server makes it (mode 0700 when new).
@@ -170,8 +256,11 @@ fn open_recorder(keys: &KeyHierarchy, data_dir: &Path) -> Result<Recorder, CliEr
             }
             signer
         }
-        None => LogSigner::from_seed(&default_origin(&keys.fingerprint()), &seed)
-            .map_err(|error| CliError::BadArgument(format!("log key: {error}")))?,
+        None => {
+            let name = origin.map_or_else(|| default_origin(&keys.fingerprint()), str::to_owned);
+            LogSigner::from_seed(&name, &seed)
+                .map_err(|error| CliError::BadArgument(format!("log key: {error}")))?
+        }
     };
     Recorder::open(data_dir, signer, Settings::default()).map_err(|error| match error {
         RecorderError::Locked(_) => locked(&path),

@@ -47,12 +47,22 @@ impl From<FileArgs> for FileSettings {
 /// Everything `fugo derive` needs, decided.
 #[derive(Debug, Clone)]
 pub(crate) struct DeriveSettings {
-    pub(crate) key: KeySource,
+    pub(crate) keys: DeriveKeys,
     pub(crate) agency: AgencyId,
-    pub(crate) epoch: Epoch,
+    /// `None`: the agency's current epoch in the configured policy.
+    pub(crate) epoch: Option<Epoch>,
     pub(crate) files: FileSettings,
     pub(crate) threads: usize,
     pub(crate) data_dir: Option<PathBuf>,
+}
+
+/// Where `fugo derive` takes its keys from.
+#[derive(Debug, Clone)]
+pub(crate) enum DeriveKeys {
+    /// One key file, generation 1's (`--master-key`).
+    File(KeySource),
+    /// The server's configuration file (`--config`).
+    Config(PathBuf),
 }
 
 impl From<DeriveArgs> for DeriveSettings {
@@ -61,11 +71,16 @@ impl From<DeriveArgs> for DeriveSettings {
             .threads
             .or_else(|| thread::available_parallelism().ok())
             .map_or(1, NonZeroUsize::get);
-        DeriveSettings {
-            key: KeySource {
-                path: args.master_key,
+        let keys = match (args.config, args.master_key) {
+            (Some(config), _) => DeriveKeys::Config(config),
+            // clap requires one of the two.
+            (None, path) => DeriveKeys::File(KeySource {
+                path: path.unwrap_or_default(),
                 expect: args.expect_fingerprint,
-            },
+            }),
+        };
+        DeriveSettings {
+            keys,
             agency: args.agency,
             epoch: args.epoch,
             files: args.files.into(),

@@ -14,18 +14,41 @@
 //! list each and keep a retired one retired (D211). Kept in the store
 //! rather than read back from the last recorded policy, so the check holds
 //! after retention has purged every record of a policy's loading (D217).
+//!
+//! And they hold, as first stored, the generation each epoch is bound to
+//! and the fingerprint of each generation's key: a policy that would bind
+//! an epoch to another generation, or a keyring whose key for a generation
+//! is another than the one first used, would change every code of those
+//! epochs without a word, so both are refused (D200). The offline
+//! `fugo derive` reads the same marks to refuse an epoch its key cannot
+//! make (see [`offline_epoch`]).
 
 use std::collections::BTreeSet;
 
 use fugo_log::store::Marks;
 
-use crate::agency::Epoch;
+use crate::agency::{AgencyId, Epoch};
 use crate::exchange::Exchange;
+use crate::generation::Generation;
+use crate::keyring::Keyring;
 use crate::policy::{EpochState, Policy};
 
-/// The marks `policy` puts in force.
-pub(crate) fn marks_of(policy: &Policy) -> Marks {
+/// The marks `policy` puts in force with `keyring` (the generations it
+/// holds, by fingerprint).
+pub(crate) fn marks_of(policy: &Policy, keyring: &Keyring) -> Marks {
     Marks {
+        bindings: policy
+            .agencies()
+            .flat_map(|agency| {
+                agency.epochs.iter().map(|(epoch, binding)| {
+                    (agency.id.to_string(), epoch.get(), binding.generation.get())
+                })
+            })
+            .collect(),
+        generation_keys: keyring
+            .fingerprints()
+            .map(|(generation, fingerprint)| (generation.get(), fingerprint.to_string()))
+            .collect(),
         epochs: policy
             .agencies()
             .flat_map(|agency| {
@@ -63,6 +86,23 @@ pub(crate) fn check(policy: &Policy, stored: &Marks) -> Result<(), String> {
         return Err(problems.join("; "));
     }
     let mut problems = Vec::new();
+    for (agency, epoch, generation) in &stored.bindings {
+        let bound = policy
+            .agencies()
+            .find(|a| a.id.as_str() == agency.as_str())
+            .zip(Epoch::new(*epoch).ok())
+            .and_then(|(found, epoch)| found.binding(epoch));
+        if let Some(binding) = bound
+            && binding.generation.get() != *generation
+        {
+            problems.push(format!(
+                "agency {agency}: epoch {epoch} is bound to key generation {generation} and may \
+                 not be bound to generation {} (its codes would change); rekey onto a new epoch \
+                 instead",
+                binding.generation
+            ));
+        }
+    }
     for (agency, epoch, rank) in &stored.epochs {
         let Some(found) = policy.agencies().find(|a| a.id.as_str() == agency.as_str()) else {
             continue;
@@ -110,6 +150,111 @@ pub(crate) fn check_keyring(exchange: &Exchange, policy: &Policy) -> Result<(), 
     })
 }
 
+/// Checks the keys of `keyring` against the fingerprints the store keeps
+/// for their generations: a generation's key is the one first used for it.
+pub(crate) fn check_generation_keys(keyring: &Keyring, stored: &Marks) -> Result<(), String> {
+    let problems: Vec<String> = keyring
+        .fingerprints()
+        .filter_map(|(generation, fingerprint)| {
+            let (_, kept) = stored
+                .generation_keys
+                .iter()
+                .find(|(g, _)| *g == generation.get())?;
+            (*kept != fingerprint.to_string()).then(|| {
+                format!(
+                    "key generation {generation} was the key with fingerprint {kept}, and the key \
+                     configured for it now has fingerprint {fingerprint}: every code of its \
+                     epochs would change; configure the original key, or add the new key as a \
+                     new generation and rekey onto it"
+                )
+            })
+        })
+        .collect();
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("; "))
+    }
+}
+
+/// Which key generation the offline `fugo derive` must use for `agency`'s
+/// `epoch`, and a refusal naming the epoch when codes may not be made in
+/// it: from the policy when one is given (`--config`), else from the
+/// store's marks. `epoch` defaults to the agency's current epoch in the
+/// policy. An epoch the store has marked rekey-only or destroyed is
+/// refused whatever the policy file says; an epoch neither knows is taken
+/// as generation 1 (no policy in force has bound it: the test-vector and
+/// demo use).
+pub fn offline_epoch(
+    policy: Option<&Policy>,
+    stored: &Marks,
+    agency: &AgencyId,
+    epoch: Option<Epoch>,
+) -> Result<(Epoch, Generation), String> {
+    let listed = match policy {
+        Some(policy) => Some(
+            policy
+                .agency(agency)
+                .map_err(|_| format!("agency {agency} is not in the policy"))?,
+        ),
+        None => None,
+    };
+    let epoch = match (epoch, listed) {
+        (Some(epoch), _) => epoch,
+        (None, Some(listed)) => listed.epoch,
+        (None, None) => {
+            return Err("give --epoch N (or --config, to take the current epoch)".into());
+        }
+    };
+    let rank = stored
+        .epochs
+        .iter()
+        .find(|(a, e, _)| a == agency.as_str() && *e == epoch.get())
+        .map_or(0, |(_, _, rank)| *rank);
+    let state = match listed {
+        Some(listed) => listed
+            .binding(epoch)
+            .map(|binding| binding.state)
+            .ok_or_else(|| format!("agency {agency} has no epoch {epoch} in the policy"))?,
+        None => EpochState::Current,
+    };
+    let state = if rank > state.rank() {
+        EpochState::of_rank(rank)
+    } else {
+        state
+    };
+    match state {
+        EpochState::Current | EpochState::Accepted => {}
+        EpochState::RekeyOnly => {
+            return Err(format!(
+                "agency {agency}: epoch {epoch} is rekey-only: no new codes are made in it; \
+                 derive in the current epoch and move stored codes with `fugo client rekey`"
+            ));
+        }
+        EpochState::Destroyed => {
+            return Err(format!(
+                "agency {agency}: epoch {epoch} is destroyed: its keys are gone"
+            ));
+        }
+    }
+    let kept = stored
+        .bindings
+        .iter()
+        .find(|(a, e, _)| a == agency.as_str() && *e == epoch.get())
+        .and_then(|(_, _, g)| Generation::new(*g).ok());
+    let bound = listed
+        .and_then(|listed| listed.binding(epoch))
+        .map(|b| b.generation);
+    match (bound, kept) {
+        (Some(bound), Some(kept)) if bound != kept => Err(format!(
+            "agency {agency}: the policy binds epoch {epoch} to key generation {bound}, but it \
+             is bound to generation {kept} in the store; the server refuses this policy too"
+        )),
+        (Some(generation), _) | (None, Some(generation)) => Ok((epoch, generation)),
+        (None, None) => Ok((epoch, Generation::FIRST)),
+    }
+}
+
 /// Raises `stored` by `new` (what the store does in the commit).
 pub(crate) fn raise(stored: &mut Marks, new: &Marks) {
     for (agency, epoch, rank) in &new.epochs {
@@ -131,6 +276,22 @@ pub(crate) fn raise(stored: &mut Marks, new: &Marks) {
         match stored.agencies.iter_mut().find(|(a, _)| a == agency) {
             Some((_, old)) => *old = (*old).max(*rank),
             None => stored.agencies.push((agency.clone(), *rank)),
+        }
+    }
+    for (agency, epoch, generation) in &new.bindings {
+        if !stored
+            .bindings
+            .iter()
+            .any(|(a, e, _)| a == agency && e == epoch)
+        {
+            stored.bindings.push((agency.clone(), *epoch, *generation));
+        }
+    }
+    for (generation, fingerprint) in &new.generation_keys {
+        if !stored.generation_keys.iter().any(|(g, _)| g == generation) {
+            stored
+                .generation_keys
+                .push((*generation, fingerprint.clone()));
         }
     }
 }

@@ -30,6 +30,7 @@ mod identity;
 mod lifecycle;
 pub mod limits;
 mod metrics;
+pub mod offline;
 mod overrides;
 mod persons;
 mod quota;
@@ -40,5 +41,6 @@ mod status;
 
 pub use codes::{CHECKPOINT, Handlers};
 pub use config::{AdminConfig, AuditConfig, LogConfig, LogFormat, MasterKeySource, ServeConfig};
+pub use lifecycle::offline_epoch;
 pub use limits::Limits;
 pub use server::{Reloader, Running, ServeError, start, start_unaudited_for_benchmarks};

@@ -167,7 +167,7 @@ pub fn load_policy(path: &Path) -> Result<Policy, ServeError> {
 }
 
 /// [`load_policy`], also giving the text (the audit trail stores it).
-fn load_policy_text(path: &Path) -> Result<(Policy, String), ServeError> {
+pub(crate) fn load_policy_text(path: &Path) -> Result<(Policy, String), ServeError> {
     let shown = path.display().to_string();
     let text =
         files::read_text(path, files::MAX_POLICY).map_err(|source| ServeError::PolicyRead {
@@ -235,7 +235,7 @@ fn refuse_unsafe_key(
 /// Reads the key file of `generation` (generation 1's with the key file
 /// warnings to `warnings`), checks it against its pinned fingerprint, and
 /// refuses it outside dev mode if it is the demo key or readable by others.
-fn load_key_file(
+pub(crate) fn load_key_file(
     config: &ServeConfig,
     generation: &GenerationSource<'_>,
     path: &Path,
@@ -288,7 +288,7 @@ fn keyring(
 
 /// The record of loading a policy: its text stored once under its
 /// version, and one record saying it came into force.
-fn policy_loaded(policy: &Policy, text: &str) -> Append {
+fn policy_loaded(policy: &Policy, text: &str, keyring: &crate::keyring::Keyring) -> Append {
     let digest = policy_digest(policy);
     let facts = BatchFacts {
         agent: "",
@@ -313,7 +313,7 @@ fn policy_loaded(policy: &Policy, text: &str) -> Append {
         }],
         policies: vec![(digest, text.to_owned())],
         now_ms: facts.time_ms,
-        marks: super::lifecycle::marks_of(policy),
+        marks: super::lifecycle::marks_of(policy, keyring),
         ..Append::default()
     }
 }
@@ -622,7 +622,10 @@ pub(crate) fn reload(
         super::lifecycle::check_keyring(&state.exchange, &policy).map_err(lifecycle)?;
         let mut marks = state.marks.lock().unwrap_or_else(PoisonError::into_inner);
         super::lifecycle::check(&policy, &marks).map_err(lifecycle)?;
-        super::lifecycle::raise(&mut marks, &super::lifecycle::marks_of(&policy));
+        super::lifecycle::raise(
+            &mut marks,
+            &super::lifecycle::marks_of(&policy, state.exchange.keyring()),
+        );
         Ok((policy, text))
     });
     match loaded {
@@ -632,7 +635,7 @@ pub(crate) fn reload(
             // first call decided under the new policy.
             state
                 .recorder
-                .record_detached(policy_loaded(&policy, &text));
+                .record_detached(policy_loaded(&policy, &text, state.exchange.keyring()));
             *state.policy.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(policy);
             tracing::info!(version = %version, "policy reloaded");
             Ok(version)
@@ -753,11 +756,17 @@ impl Opening {
                 .await
                 .map_err(ServeError::Audit)?;
             super::lifecycle::check(&state.policy(), &stored).map_err(lifecycle)?;
+            // Each generation's key is the one first used for it (D200).
+            super::lifecycle::check_generation_keys(state.exchange.keyring(), &stored)
+                .map_err(ServeError::Keyring)?;
             *state.marks.lock().unwrap_or_else(PoisonError::into_inner) = stored;
         }
         {
             let mut marks = state.marks.lock().unwrap_or_else(PoisonError::into_inner);
-            super::lifecycle::raise(&mut marks, &super::lifecycle::marks_of(&state.policy()));
+            super::lifecycle::raise(
+                &mut marks,
+                &super::lifecycle::marks_of(&state.policy(), state.exchange.keyring()),
+            );
         }
         // Today's quota counts survive a restart: read back from the store
         // (the benchmarks' unaudited server has no store to read).
@@ -789,7 +798,11 @@ impl Opening {
         // call is decided under it.
         state
             .recorder
-            .record(policy_loaded(&state.policy(), &policy_text))
+            .record(policy_loaded(
+                &state.policy(),
+                &policy_text,
+                state.exchange.keyring(),
+            ))
             .await
             .map_err(ServeError::Audit)?;
         let limits = &config.limits;

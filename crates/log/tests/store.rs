@@ -745,6 +745,7 @@ fn the_epoch_high_water_mark_only_rises() {
                 .iter()
                 .map(|(a, r)| ((*a).to_owned(), *r))
                 .collect(),
+            ..Marks::default()
         };
         append
     };
@@ -781,6 +782,56 @@ fn the_epoch_high_water_mark_only_rises() {
             ("city".to_owned(), 0),
             ("nta".to_owned(), 0),
             ("town".to_owned(), 1)
+        ]
+    );
+}
+
+/// An epoch's generation and a generation's key fingerprint stay as first
+/// stored: a later append naming others changes nothing, across a reopen.
+#[test]
+fn epoch_bindings_and_generation_keys_keep_their_first_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(&dir);
+    let mark = |bindings: &[(&str, u8, u16)], keys: &[(u16, &str)]| {
+        let mut append = append(Vec::new());
+        append.marks = Marks {
+            bindings: bindings
+                .iter()
+                .map(|(a, e, g)| ((*a).to_owned(), *e, *g))
+                .collect(),
+            generation_keys: keys.iter().map(|(g, f)| (*g, (*f).to_owned())).collect(),
+            ..Marks::default()
+        };
+        append
+    };
+    store
+        .append(mark(
+            &[("nta", 1, 1), ("nta", 2, 2)],
+            &[(1, "aa"), (2, "bb")],
+        ))
+        .unwrap();
+    store
+        .append(mark(
+            &[("nta", 2, 1), ("city", 1, 2)],
+            &[(2, "cc"), (3, "dd")],
+        ))
+        .unwrap();
+    drop(store);
+    let marks = open(&dir).marks().unwrap();
+    assert_eq!(
+        marks.bindings,
+        [
+            ("city".to_owned(), 1, 2),
+            ("nta".to_owned(), 1, 1),
+            ("nta".to_owned(), 2, 2)
+        ]
+    );
+    assert_eq!(
+        marks.generation_keys,
+        [
+            (1, "aa".to_owned()),
+            (2, "bb".to_owned()),
+            (3, "dd".to_owned())
         ]
     );
 }

@@ -61,7 +61,10 @@ pub struct Append {
 /// the furthest state rank any policy in force gave it (0 in use,
 /// 1 rekey-only, 2 destroyed: fugo-core's `EpochState::rank`), and the
 /// master-key generations any policy destroyed, and every agency id any
-/// policy listed (0 listed, 1 retired). The store only raises it.
+/// policy listed (0 listed, 1 retired). It also keeps, first come first
+/// kept, the generation each epoch was bound to and the fingerprint each
+/// generation's key had: an epoch's codes change with either, so neither
+/// may change later. The store only raises or adds.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Marks {
     /// (agency id, epoch, rank).
@@ -71,6 +74,12 @@ pub struct Marks {
     /// (agency id, rank): 0 listed, 1 retired. Agency ids are immutable,
     /// so a later policy must list each and keep a retired one retired.
     pub agencies: Vec<(String, u8)>,
+    /// (agency id, epoch, generation): the master-key generation a policy
+    /// in force first bound the epoch to. Never changed once stored.
+    pub bindings: Vec<(String, u8, u16)>,
+    /// (generation, fingerprint hex): the fingerprint of the key a server
+    /// first held for the generation. Never changed once stored.
+    pub generation_keys: Vec<(u16, String)>,
 }
 
 /// One entry of the re-issue and suspension tables, as stored: the table's

@@ -54,6 +54,12 @@ const DESTROYED_GENERATIONS: TableDefinition<u16, ()> =
     TableDefinition::new("destroyed_generations");
 /// Every agency id a policy in force listed: 0 listed, 1 retired.
 const AGENCY_MARKS: TableDefinition<&str, u8> = TableDefinition::new("agency_marks");
+/// (agency, epoch) -> the generation it was first bound to (kept as first
+/// stored).
+const EPOCH_GENERATIONS: TableDefinition<(&str, u8), u16> =
+    TableDefinition::new("epoch_generations");
+/// Generation -> the fingerprint of its key, hex (kept as first stored).
+const GENERATION_KEYS: TableDefinition<u16, &str> = TableDefinition::new("generation_keys");
 
 /// redb's page cache. redb's default is 1 GiB, which an append-only log
 /// fills with pages it never reads again: the server's resident memory grew
@@ -82,6 +88,8 @@ const CACHE_BYTES: usize = 16 << 20;
 /// | `epoch_marks` | (agency `&str`, epoch `u8`)   | furthest state rank `u8` (only ever raised)     |
 /// | `destroyed_generations` | generation `u16`    | `()` (only ever added)                          |
 /// | `agency_marks` | agency `&str`                | 0 listed, 1 retired `u8` (only ever added or raised) |
+/// | `epoch_generations` | (agency `&str`, epoch `u8`) | generation `u16` (the first stored stays)     |
+/// | `generation_keys` | generation `u16`          | key fingerprint, hex `&str` (the first stored stays) |
 ///
 /// All integers in values are big-endian. `by_person` and `redeemed` are
 /// built from the log by [`Store::index_people`](super::Store::index_people)
@@ -279,6 +287,10 @@ impl RedbStore {
         txn.open_table(DESTROYED_GENERATIONS)
             .map_err(|e| backend("open", e))?;
         txn.open_table(AGENCY_MARKS)
+            .map_err(|e| backend("open", e))?;
+        txn.open_table(EPOCH_GENERATIONS)
+            .map_err(|e| backend("open", e))?;
+        txn.open_table(GENERATION_KEYS)
             .map_err(|e| backend("open", e))?;
         txn.open_table(PROVISIONS).map_err(|e| backend("open", e))?;
         txn.open_table(PERSONS).map_err(|e| backend("open", e))?;
@@ -836,6 +848,25 @@ impl Store for RedbStore {
                 .agencies
                 .push((agency.value().to_owned(), rank.value()));
         }
+        let bindings = txn
+            .open_table(EPOCH_GENERATIONS)
+            .map_err(|e| backend(op, e))?;
+        for row in bindings.iter().map_err(|e| backend(op, e))? {
+            let (key, generation) = row.map_err(|e| backend(op, e))?;
+            let (agency, epoch) = key.value();
+            marks
+                .bindings
+                .push((agency.to_owned(), epoch, generation.value()));
+        }
+        let keys = txn
+            .open_table(GENERATION_KEYS)
+            .map_err(|e| backend(op, e))?;
+        for row in keys.iter().map_err(|e| backend(op, e))? {
+            let (generation, fingerprint) = row.map_err(|e| backend(op, e))?;
+            marks
+                .generation_keys
+                .push((generation.value(), fingerprint.value().to_owned()));
+        }
         Ok(marks)
     }
 
@@ -1018,7 +1049,8 @@ fn first_redemption(
 }
 
 /// Raises the high-water mark: a rank only goes up, a generation once
-/// destroyed stays so, whatever `marks` says.
+/// destroyed stays so, an epoch's generation and a generation's key
+/// fingerprint stay as first stored, whatever `marks` says.
 fn raise_marks(txn: &WriteTransaction, marks: &super::Marks) -> Result<(), StoreError> {
     let op = "marks";
     let mut epochs = txn.open_table(EPOCH_MARKS).map_err(|e| backend(op, e))?;
@@ -1050,6 +1082,26 @@ fn raise_marks(txn: &WriteTransaction, marks: &super::Marks) -> Result<(), Store
         if stored.is_none_or(|stored| stored < *rank) {
             agencies
                 .insert(agency.as_str(), *rank)
+                .map_err(|e| backend(op, e))?;
+        }
+    }
+    let mut bindings = txn
+        .open_table(EPOCH_GENERATIONS)
+        .map_err(|e| backend(op, e))?;
+    for (agency, epoch, generation) in &marks.bindings {
+        let key = (agency.as_str(), *epoch);
+        if bindings.get(key).map_err(|e| backend(op, e))?.is_none() {
+            bindings
+                .insert(key, *generation)
+                .map_err(|e| backend(op, e))?;
+        }
+    }
+    let mut keys = txn
+        .open_table(GENERATION_KEYS)
+        .map_err(|e| backend(op, e))?;
+    for (generation, fingerprint) in &marks.generation_keys {
+        if keys.get(*generation).map_err(|e| backend(op, e))?.is_none() {
+            keys.insert(*generation, fingerprint.as_str())
                 .map_err(|e| backend(op, e))?;
         }
     }
