@@ -16,7 +16,6 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output};
-use std::time::Duration;
 
 use fugo::certs::DevCa;
 use fugo::keys::{KeyHierarchy, MasterKey};
@@ -25,7 +24,7 @@ use fugo::proto::fugo::v1::persons_client::PersonsClient;
 use fugo::proto::fugo::v1::{DeriveRequest, ReissueRequest, derive_result};
 use fugo::service::Running;
 use fugo::service::config::{GenerationKey, MasterKeySource};
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::Channel;
 
 const GEN1: [u8; 32] = [0x31; 32];
 const GEN2: [u8; 32] = [0x32; 32];
@@ -110,19 +109,7 @@ async fn start(dir: &Path, policy_text: &str, gen2: [u8; 32]) -> Result<(Running
 }
 
 async fn channel(running: &Running, ca: &DevCa, identity: &str) -> Channel {
-    let pem = ca.client(identity).unwrap();
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(ca.cert_pem()))
-        .domain_name("localhost")
-        .identity(Identity::from_pem(pem.cert, pem.key));
-    Endpoint::from_shared(format!("https://{}", running.addr))
-        .unwrap()
-        .tls_config(tls)
-        .unwrap()
-        .connect_timeout(Duration::from_secs(5))
-        .connect()
-        .await
-        .unwrap()
+    common::channel(running.addr, ca, identity).await
 }
 
 async fn derive(channel: &Channel, numbers: &[String], epoch: u32) -> Vec<String> {

@@ -366,3 +366,26 @@ pub fn assert_item_status(code: i32, expected: &[tonic::Code], what: &str) {
         "{what}: item answered {name}, expected one of {expected:?}"
     );
 }
+
+/// A TLS channel to a test server at `addr`, as agency `identity` of `ca`.
+/// (Older test files carry their own copy of this; new ones use it.)
+pub async fn channel(
+    addr: std::net::SocketAddr,
+    ca: &fugo::certs::DevCa,
+    identity: &str,
+) -> tonic::transport::Channel {
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+    let pem = ca.client(identity).unwrap();
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca.cert_pem()))
+        .domain_name("localhost")
+        .identity(Identity::from_pem(pem.cert, pem.key));
+    Endpoint::from_shared(format!("https://{addr}"))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .connect()
+        .await
+        .unwrap()
+}
