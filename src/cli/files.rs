@@ -11,7 +11,7 @@ use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use super::CliError;
-use super::derive::{AboveProgress, progress_bar};
+use super::progress::{AboveProgress, progress_bar};
 use super::settings::FileSettings;
 use fugo::bulk::{self, EncodeWriter, Sinks, Summary, Work};
 

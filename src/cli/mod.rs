@@ -11,6 +11,7 @@ mod client;
 mod derive;
 mod files;
 mod logging;
+mod progress;
 mod serve;
 mod settings;
 
