@@ -446,4 +446,47 @@ async fn a_generation_missing_from_the_keyring_or_a_wrong_key_stops_the_start() 
     };
     assert!(error.contains("generation-2.key"), "{error}");
     assert!(error.to_lowercase().contains("fingerprint"), "{error}");
+
+    // Outside dev mode a keyring key file holding the demo key, or one
+    // others may read, stops the start; the advice names the entry.
+    let dir = tempfile::tempdir().unwrap();
+    let (mut config, _ca) = common::server_config(dir.path(), &policy(ONE, ONE, ONE, ""), GEN1);
+    let demo = dir.path().join("generation-2.key");
+    std::fs::copy(common::demo_key_path(), &demo).unwrap();
+    std::fs::set_permissions(&demo, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let demo_keys =
+        KeyHierarchy::new(&MasterKey::from_file_contents(&std::fs::read(&demo).unwrap()).unwrap());
+    config.keyring = vec![GenerationKey {
+        generation: fugo::generation::Generation::new(2).unwrap(),
+        source: fugo::service::config::MasterKeySource::File(demo.clone()),
+        fingerprint: demo_keys.fingerprint(),
+    }];
+    let refused = |config| async {
+        match fugo::service::start(config, &mut std::io::sink()).await {
+            Ok(_) => panic!("started with an unsafe generation 2 key"),
+            Err(error) => error.to_string(),
+        }
+    };
+    let error = refused(config.clone()).await;
+    assert!(
+        error.contains("generation-2.key is the public demo key"),
+        "{error}"
+    );
+    assert!(
+        error.contains("key_file and fingerprint of the [[keyring]] entry of generation 2"),
+        "{error}"
+    );
+    let key2 = dir.path().join("generation-2.key");
+    std::fs::write(
+        &key2,
+        MasterKey::from_bytes(GEN2).to_file_contents().as_bytes(),
+    )
+    .unwrap();
+    std::fs::set_permissions(&key2, std::fs::Permissions::from_mode(0o644)).unwrap();
+    config.keyring[0].fingerprint = KeyHierarchy::new(&MasterKey::from_bytes(GEN2)).fingerprint();
+    let error = refused(config).await;
+    assert!(
+        error.contains("generation-2.key can be read by group or others"),
+        "{error}"
+    );
 }

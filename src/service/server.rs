@@ -61,11 +61,16 @@ pub enum ServeError {
     Key(#[from] KeyLoadError),
     /// The public demo key outside dev mode.
     #[error(
-        "{0} is the public demo key; it is refused outside dev mode: make a key of your own \
-         with `fugo keygen --out /etc/fugo/master.key` and set master_key and \
-         master_key_fingerprint to it and the fingerprint it prints"
+        "{what} is the public demo key; it is refused outside dev mode: make a key of your own \
+         with `fugo keygen --out /etc/fugo/master.key` and set {settings} to it and the \
+         fingerprint it prints"
     )]
-    DemoKey(String),
+    DemoKey {
+        /// The key file or setting that holds the demo key.
+        what: String,
+        /// The settings to change (generation 1's or a keyring entry's).
+        settings: String,
+    },
     /// A key file others can read, outside dev mode.
     #[error(
         "key file {0} can be read by group or others; run `chmod 600` on it \
@@ -216,6 +221,7 @@ fn open_recorder(
 /// the file was read, so a demo key is caught by its contents either way.
 fn refuse_unsafe_key(
     config: &ServeConfig,
+    generation: crate::generation::Generation,
     path: &Path,
     state: &keyfile::KeyFileState,
 ) -> Result<(), ServeError> {
@@ -224,12 +230,24 @@ fn refuse_unsafe_key(
     }
     let shown = path.display().to_string();
     if state.demo {
-        return Err(ServeError::DemoKey(shown));
+        return Err(ServeError::DemoKey {
+            what: shown,
+            settings: key_settings(generation),
+        });
     }
     if state.readable_by_others {
         return Err(ServeError::KeyFileOpen(shown));
     }
     Ok(())
+}
+
+/// The settings that name `generation`'s key, for advice.
+fn key_settings(generation: crate::generation::Generation) -> String {
+    if generation == crate::generation::Generation::FIRST {
+        "master_key and master_key_fingerprint".to_owned()
+    } else {
+        format!("key_file and fingerprint of the [[keyring]] entry of generation {generation}")
+    }
 }
 
 /// Reads the key file of `generation` (generation 1's with the key file
@@ -250,7 +268,7 @@ pub(crate) fn load_key_file(
     } else {
         keyfile::load_generation(&source, generation.generation, warnings)?
     };
-    refuse_unsafe_key(config, path, &state)?;
+    refuse_unsafe_key(config, generation.generation, path, &state)?;
     Ok(keys)
 }
 
@@ -900,7 +918,10 @@ async fn start_with(
     audited: bool,
 ) -> Result<Running, ServeError> {
     if !config.dev_mode && config.fingerprint.is_demo() {
-        return Err(ServeError::DemoKey("master_key_fingerprint".to_owned()));
+        return Err(ServeError::DemoKey {
+            what: "master_key_fingerprint".to_owned(),
+            settings: key_settings(crate::generation::Generation::FIRST),
+        });
     }
     // Every generation's key file is read and checked before listening;
     // the generations held by custodians are sealed (D182).
@@ -913,10 +934,13 @@ async fn start_with(
             }
             MasterKeySource::Shares { threshold } => {
                 if !config.dev_mode && generation.fingerprint.is_demo() {
-                    return Err(ServeError::DemoKey(format!(
-                        "[[keyring]] generation {} fingerprint",
-                        generation.generation
-                    )));
+                    return Err(ServeError::DemoKey {
+                        what: format!(
+                            "[[keyring]] generation {} fingerprint",
+                            generation.generation
+                        ),
+                        settings: key_settings(generation.generation),
+                    });
                 }
                 sealed.push((generation.generation, generation.fingerprint, *threshold));
             }
