@@ -178,9 +178,9 @@ fn the_seeds_are_valid_inputs() {
     for policy in targets::seeds("policy").iter().take(2) {
         assert!(fugo::policy::parse(std::str::from_utf8(policy).unwrap()).is_ok());
     }
-    // 4 with numbers for names, 3 on behalf of others, and each of the 5
+    // 4 with numbers for names, 3 on behalf of others, and each of the 6
     // operations' valid requests, 2 forms, from each of the 4 callers.
-    assert_eq!(targets::seeds("request").len(), 4 + 3 + 5 * 4 * 2);
+    assert_eq!(targets::seeds("request").len(), 4 + 3 + 6 * 4 * 2);
 }
 
 /// The properties can fail: an echoed number is caught, a genuine token

@@ -244,6 +244,25 @@ async fn the_offline_derive_takes_each_epochs_generation_from_the_policy_or_the_
     let (output, codes) = offline(dir, &master, Some("1"), &numbers[1..]);
     assert!(output.status.success(), "{}", stderr(&output));
     assert_eq!(codes, served_old[1..]);
+    // The demo key meets this store (a server's, of another master key):
+    // named as such, not as corrupt tables.
+    let demo = [
+        "--master-key".to_owned(),
+        common::demo_key_path().display().to_string(),
+        "--data-dir".to_owned(),
+        path(dir, "data"),
+    ];
+    let demo: Vec<&str> = demo.iter().map(String::as_str).collect();
+    let (output, _) = offline(dir, &demo, Some("1"), &numbers[1..]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains(&format!(
+            "belongs to the master key with fingerprint {} (generation 1)",
+            fingerprint(GEN1)
+        )),
+        "{}",
+        stderr(&output)
+    );
     // Without --config there is no current epoch to default to.
     let (output, _) = offline(dir, &master, None, &numbers[1..]);
     assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));

@@ -57,7 +57,7 @@ pub(crate) fn run(settings: DeriveSettings) -> Result<Summary, CliError> {
     if keys.demo {
         // A demo run records nothing, but a data directory given is read
         // for its re-issues and its marks.
-        let marks = read_store_of(data_dir, &persons)?;
+        let marks = read_store_of(data_dir, audit, &persons)?;
         let coder = keys.coder(&settings, &marks)?;
         let work = LocalDerive::new(&coder, settings.threads).resolving(&persons);
         return super::files::run(&work, &settings.files);
@@ -153,7 +153,11 @@ impl Keys {
 
 /// Loads the re-issue tables of the store in `data_dir` (if there is one)
 /// and returns its marks, without recording anything.
-fn read_store_of(data_dir: &Path, persons: &Persons) -> Result<Marks, CliError> {
+fn read_store_of(
+    data_dir: &Path,
+    keys: &KeyHierarchy,
+    persons: &Persons,
+) -> Result<Marks, CliError> {
     let path = data_dir.join(STORE_FILE);
     if !path.exists() {
         return Ok(Marks::default());
@@ -172,11 +176,24 @@ fn read_store_of(data_dir: &Path, persons: &Persons) -> Result<Marks, CliError> 
             });
         }
     };
-    load_persons::load(&mut store, persons).map_err(|error| persons_error(data_dir, &error))?;
-    store.marks().map_err(|source| CliError::AuditStore {
+    let marks = store.marks().map_err(|source| CliError::AuditStore {
         path: path.display().to_string(),
         source,
-    })
+    })?;
+    // A store of another master key: say so, before its tables fail to
+    // open under this one.
+    let key = keys.fingerprint().to_string();
+    if let Some((_, kept)) = marks.generation_keys.iter().find(|(g, _)| *g == 1)
+        && *kept != key
+    {
+        return Err(CliError::BadArgument(format!(
+            "the data directory {} belongs to the master key with fingerprint {kept} \
+             (generation 1), not to this key ({key}); use that key or another data directory",
+            data_dir.display()
+        )));
+    }
+    load_persons::load(&mut store, persons).map_err(|error| persons_error(data_dir, &error))?;
+    Ok(marks)
 }
 
 fn persons_error(data_dir: &Path, error: &load_persons::LoadError) -> CliError {

@@ -1465,6 +1465,11 @@ impl Handlers {
         self.answer(caller, request, migrate)
     }
 
+    /// `Rekey` for `caller`.
+    pub fn rekey(&self, caller: &AgencyId, request: RekeyRequest) -> Result<RekeyResponse, Status> {
+        self.answer(caller, request, rekey)
+    }
+
     /// What `run_batch` does between deciding the caller and committing.
     fn answer<Req: Items, Resp>(
         &self,

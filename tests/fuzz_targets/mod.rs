@@ -484,8 +484,8 @@ pub fn csv(data: &[u8]) {
 struct Service {
     handlers: fugo::service::Handlers,
     /// One valid request of each operation, encoded: derive, seal,
-    /// redeem, reidentify, migrate.
-    valid: [Vec<u8>; 5],
+    /// redeem, reidentify, migrate, rekey.
+    valid: [Vec<u8>; 6],
 }
 
 /// Randomness for the fixtures: a counter, never the OS.
@@ -533,6 +533,9 @@ fn service() -> &'static Service {
             merged: "mhlw".to_owned(),
             codes: codes.clone(),
         };
+        let rekey = pb::RekeyRequest {
+            codes: codes.clone(),
+        };
         let seal = pb::SealRequest {
             provider: "city-shinjuku".to_owned(),
             affair: "health".to_owned(),
@@ -576,6 +579,7 @@ fn service() -> &'static Service {
             }
             .encode_to_vec(),
             migrate.encode_to_vec(),
+            rekey.encode_to_vec(),
         ];
         Service { handlers, valid }
     })
@@ -640,7 +644,7 @@ fn check_results<R>(
 
 /// Protobuf request decoding and the service's own handling: the first
 /// byte picks the operation (bits 0-1: derive, seal, redeem, reidentify;
-/// bit 5 set: migrate), the caller (bits 2-3), and whether the rest is
+/// bit 5 set: migrate; bit 6 set: rekey), the caller (bits 2-3), and whether the rest is
 /// appended to a valid request of that operation (bit 4:
 /// protobuf merges, so valid tokens and codes stay in play); the rest is
 /// decoded as the service's codec decodes (`INVALID_ARGUMENT` if it cannot
@@ -653,7 +657,9 @@ pub fn request(data: &[u8]) {
         return;
     };
     let service = service();
-    let operation = if mode & 0x20 != 0 {
+    let operation = if mode & 0x40 != 0 {
+        5
+    } else if mode & 0x20 != 0 {
         4
     } else {
         usize::from(mode & 3)
@@ -737,6 +743,21 @@ pub fn request(data: &[u8]) {
                         r.result.as_ref().map(|r| match r {
                             pb::migrate_result::Result::Error(e) => Some(e),
                             pb::migrate_result::Result::Migrated(_) => None,
+                        })
+                    }),
+                    Err(status) => assert_request_status(&status),
+                }
+            }
+        },
+        5 => match decode::<pb::RekeyRequest>(&message[..]) {
+            Err(status) => decoded_error(status),
+            Ok(request) => {
+                let items = request.codes.len();
+                match handlers.rekey(&caller, request) {
+                    Ok(response) => check_results(&response.results, items, |r| {
+                        r.result.as_ref().map(|r| match r {
+                            pb::rekey_result::Result::Error(e) => Some(e),
+                            pb::rekey_result::Result::Rekeyed(_) => None,
                         })
                     }),
                     Err(status) => assert_request_status(&status),
@@ -857,10 +878,10 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
             }
             for (operation, valid) in service.valid.iter().enumerate() {
                 for caller in 0..4u8 {
-                    let op = if operation == 4 {
-                        0x20
-                    } else {
-                        operation as u8
+                    let op = match operation {
+                        4 => 0x20,
+                        5 => 0x40,
+                        other => other as u8,
                     };
                     let mode = op | (caller << 2);
                     seeds.push([&[mode][..], valid].concat());
