@@ -28,3 +28,16 @@ pub use recorder::{Disk, Recorder, RecorderError, STORE_FILE, Settings, Signed};
 pub fn default_origin(fingerprint: &crate::keys::Fingerprint) -> String {
     format!("fugo.local/audit/{fingerprint}")
 }
+
+/// The log's signing key, from the master key (so it needs no file and is
+/// as safe as the master key), named `origin` or by [`default_origin`].
+pub fn log_signer(
+    origin: Option<&str>,
+    keys: &crate::keys::KeyHierarchy,
+) -> Result<fugo_log::checkpoint::LogSigner, fugo_log::checkpoint::NoteError> {
+    let origin = match origin {
+        Some(origin) => origin.to_owned(),
+        None => default_origin(&keys.fingerprint()),
+    };
+    fugo_log::checkpoint::LogSigner::from_seed(&origin, &keys.log_signing_seed())
+}

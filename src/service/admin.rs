@@ -17,8 +17,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use zeroize::Zeroizing;
 
-use super::codes::{RequestId, State};
 use super::edge::Peer;
+use super::request_id::RequestId;
+use super::state::State;
 use super::status;
 use crate::admin::backup::{BackupHeader, CHUNK, Sealer};
 use crate::audit::entries::BatchFacts;
@@ -89,7 +90,7 @@ impl tonic::service::Interceptor for AdminAdmit {
 
 /// Reloads the agencies' CRLs (the server's TLS setup); the count of
 /// revoked serial numbers.
-pub(crate) type CrlReload = Arc<dyn Fn() -> Result<usize, super::ServeError> + Send + Sync>;
+pub(crate) type CrlReload = Arc<dyn Fn() -> Result<usize, super::error::ServeError> + Send + Sync>;
 
 /// The Admin service.
 pub(crate) struct AdminService {
@@ -190,7 +191,7 @@ impl Admin for AdminService {
         let id = RequestId::of(&request);
         let admin = admin_of(&request)?;
         let state = self.state().map_err(|s| id.tag_status(s))?;
-        match super::server::reload(&self.state, &self.policy_path) {
+        match super::policy_file::reload(&self.state, &self.policy_path) {
             Ok(version) => {
                 record(
                     state,

@@ -16,7 +16,9 @@ use fugo_log::record::{Entry, Header, Operation, Outcome, PersonLink, Record};
 use fugo_log::store::{Append, Store};
 use tonic::{Request, Response, Status};
 
-use super::codes::{RequestId, State, caller_of, charge};
+use super::codes::{caller_of, charge};
+use super::request_id::RequestId;
+use super::state::State;
 use super::status;
 use crate::agency::{AffairId, AgencyId};
 use crate::audit::entries::BatchFacts;

@@ -10,10 +10,9 @@
 //! whole-batch failure ends the stream with that status.
 
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use ring::rand::{SecureRandom, SystemRandom};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
@@ -26,9 +25,10 @@ use super::edge::Peer;
 use super::identity::PeerCertificate;
 use super::metrics::Metrics;
 use super::quota::{Exceeded, Moment, Quotas};
+use super::request_id::RequestId;
+use super::state::State;
 use super::status;
 use crate::agency::{AffairId, AgencyId, ItemId};
-use crate::audit::Recorder;
 use crate::audit::entries::{BatchFacts, Collector, outcome_of};
 use crate::exchange::{Done, Exchange, SealContext};
 use crate::policy::{Metered, Policy};
@@ -42,91 +42,6 @@ use crate::proto::fugo::v1::{
 };
 use fugo_log::record::{Entry, Operation, Outcome, PersonLink};
 use fugo_log::store::{Append, Appended, Usage};
-
-/// Everything the service shares between calls.
-pub(crate) struct State {
-    pub(crate) exchange: Exchange,
-    pub(crate) policy: RwLock<Arc<Policy>>,
-    /// Where every batch is recorded before its response leaves.
-    pub(crate) recorder: Arc<Recorder>,
-    /// Every agency's quota use (one state for all its connections).
-    pub(crate) quotas: Quotas,
-    /// Counters for `/metrics`.
-    pub(crate) metrics: Metrics,
-    /// The store's high-water mark of epoch states as of the policy in
-    /// force (`lifecycle`): a reload that moves one backwards is refused.
-    pub(crate) marks: Mutex<fugo_log::store::Marks>,
-}
-
-impl State {
-    /// The policy in force now (a reload swaps it atomically).
-    pub(crate) fn policy(&self) -> Arc<Policy> {
-        Arc::clone(&self.policy.read().unwrap_or_else(PoisonError::into_inner))
-    }
-}
-
-/// The metadata key of the request id, in responses and errors.
-const REQUEST_ID: &str = "x-request-id";
-
-/// The id of one call: in every log line about it and in its response
-/// metadata, so an agency's report and the server's log meet.
-#[derive(Clone)]
-pub(crate) struct RequestId(Arc<str>);
-
-impl std::fmt::Debug for RequestId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl RequestId {
-    /// 16 random hex digits.
-    pub(crate) fn new() -> Self {
-        let mut bytes = [0u8; 8];
-        if SystemRandom::new().fill(&mut bytes).is_err() {
-            // Only for logs: a clock value is an acceptable stand-in.
-            bytes = now_nanos().to_be_bytes();
-        }
-        RequestId(crate::hex::encode(&bytes).into())
-    }
-
-    pub(crate) fn of<T>(request: &Request<T>) -> Self {
-        request
-            .extensions()
-            .get::<RequestId>()
-            .cloned()
-            .unwrap_or_else(RequestId::new)
-    }
-
-    pub(crate) fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    pub(crate) fn tag(&self, metadata: &mut tonic::metadata::MetadataMap) {
-        if let Ok(value) = MetadataValue::try_from(self.as_str()) {
-            metadata.insert(REQUEST_ID, value);
-        }
-    }
-
-    pub(crate) fn tag_status(&self, mut status: Status) -> Status {
-        self.tag(status.metadata_mut());
-        status
-    }
-
-    /// The span of the call: every log line made inside it carries the
-    /// request id, whatever module writes it (D254). Its level is ERROR
-    /// so that it is on whenever any line of the call can be written,
-    /// whatever the level filter.
-    pub(crate) fn span(&self) -> tracing::Span {
-        tracing::error_span!("call", request_id = self.as_str())
-    }
-}
-
-fn now_nanos() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_nanos() as u64)
-}
 
 /// The client certificate of the request's connection.
 fn certificate<T>(request: &Request<T>) -> Result<Arc<PeerCertificate>, Status> {
@@ -1410,8 +1325,8 @@ impl Handlers {
         keys: crate::keys::KeyHierarchy,
         random: Box<dyn crate::exchange::RandomSource>,
         policy: Policy,
-    ) -> Result<Self, super::ServeError> {
-        let signer = super::server::log_signer(None, &keys)?;
+    ) -> Result<Self, fugo_log::checkpoint::NoteError> {
+        let signer = crate::audit::log_signer(None, &keys)?;
         Ok(Handlers {
             state: State {
                 exchange: Exchange::new(keys, random),

@@ -23,7 +23,7 @@ use tonic::codegen::{Service, http};
 use tonic::server::NamedService;
 use tracing::Instrument;
 
-use super::codes::RequestId;
+use super::request_id::RequestId;
 
 /// Wraps the `fugo.v1.Codes` service; see the module documentation.
 #[derive(Debug, Clone)]

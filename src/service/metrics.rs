@@ -37,7 +37,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -45,8 +45,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tonic::Code;
 
-use super::codes::State;
+use super::quota::Quotas;
 use crate::agency::AgencyId;
+use crate::audit::Recorder;
 use crate::histogram::{BOUNDS_MICROS, Histogram, Snapshot};
 use crate::policy::Metered;
 
@@ -257,7 +258,7 @@ impl Metrics {
 
     /// The text format page: these counters, the quota counts of today and
     /// the recorder's commits, queue and disk.
-    pub(crate) fn render(&self, state: &State) -> String {
+    pub(crate) fn render(&self, quotas: &Quotas, recorder: &Recorder) -> String {
         let mut page = String::new();
         let all: Vec<(&'static str, String, Arc<Series>)> = self
             .series
@@ -333,8 +334,7 @@ impl Metrics {
         family(
             &mut page,
             &QUOTA_USED,
-            state
-                .quotas
+            quotas
                 .used_today(now_ms)
                 .into_iter()
                 .map(|(agency, operation, used)| {
@@ -347,7 +347,6 @@ impl Metrics {
                     )
                 }),
         );
-        let recorder = &state.recorder;
         family(
             &mut page,
             &COMMIT_FAILURES,
@@ -463,9 +462,13 @@ const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
 /// Serves `GET /metrics` on `listener` until the task is dropped: plain
 /// HTTP/1.1, one request per connection, `Connection: close`.
 ///
-/// `state` is empty while the server is sealed: the answer is then
-/// 503 "sealed" (there is nothing to count yet).
-pub(crate) async fn serve(listener: TcpListener, state: Arc<OnceLock<Arc<State>>>) {
+/// `page` gives the page, or `None` while the server is sealed: the
+/// answer is then 503 "sealed" (there is nothing to count yet).
+pub(crate) async fn serve<P>(listener: TcpListener, page: P)
+where
+    P: Fn() -> Option<String> + Send + Sync + 'static,
+{
+    let page = Arc::new(page);
     let slots = Arc::new(Semaphore::new(CONNECTIONS));
     loop {
         let Ok((stream, _)) = listener.accept().await else {
@@ -476,16 +479,19 @@ pub(crate) async fn serve(listener: TcpListener, state: Arc<OnceLock<Arc<State>>
             drop(stream);
             continue;
         };
-        let state = state.get().cloned();
+        let page = Arc::clone(&page);
         tokio::spawn(async move {
-            let _ = tokio::time::timeout(HEAD_TIMEOUT * 2, answer(stream, state.as_deref())).await;
+            let _ = tokio::time::timeout(HEAD_TIMEOUT * 2, answer(stream, &*page)).await;
             drop(slot);
         });
     }
 }
 
 /// Reads one request head and answers it.
-async fn answer(mut stream: TcpStream, state: Option<&State>) -> std::io::Result<()> {
+async fn answer(
+    mut stream: TcpStream,
+    page: &(dyn Fn() -> Option<String> + Send + Sync),
+) -> std::io::Result<()> {
     let mut head = Vec::with_capacity(512);
     let mut chunk = [0u8; 1024];
     let read = async {
@@ -506,12 +512,8 @@ async fn answer(mut stream: TcpStream, state: Option<&State>) -> std::io::Result
     let mut words = line.split_whitespace();
     let (method, target) = (words.next(), words.next());
     let (status, kind, body) = match (method, target) {
-        (Some("GET"), Some("/metrics")) => match state {
-            Some(state) => (
-                "200 OK",
-                "text/plain; version=0.0.4; charset=utf-8",
-                state.metrics.render(state),
-            ),
+        (Some("GET"), Some("/metrics")) => match page() {
+            Some(page) => ("200 OK", "text/plain; version=0.0.4; charset=utf-8", page),
             None => (
                 "503 Service Unavailable",
                 "text/plain",

@@ -8,10 +8,21 @@
 //!                              └─► codes (fugo.v1.Codes: decode with codec, agency
 //!                                    decided per batch, run, encode, log)
 //!                                    └─► exchange (derive / seal / redeem / reidentify)
+//!  audit, persons, admin: the other services, beside codes
+//!  state: what every call shares (exchange, policy, recorder, quotas, metrics)
+//!  request_id: the id of one call, in its span and its response
 //!  status: the one place errors become gRPC codes (framing: tonic's own answers)
-//!  server: checks key, policy and certificates, then serves; reload; graceful stop
+//!  server: checks key, policy and certificates, then serves; graceful stop
+//!  policy_file: reads a policy and puts it in force (start, SIGHUP, admin)
+//!  lifecycle: the store's one-way marks a policy may not move backwards
+//!  error: why a start or reload failed (ServeError)
 //!  sealed: started without the key, UNAVAILABLE until `fugo unseal` supplies the shares
+//!  offline: the server's keys and policy for `fugo derive --config`
 //! ```
+//!
+//! Imports run one way: server imports the services, the services import
+//! state, status, request_id and policy_file, and none of those imports a
+//! service or the server.
 //!
 //! `edge` is public so that another service can be served on fugo's exact
 //! transport: the benchmark's baseline is (D70).
@@ -25,6 +36,7 @@ pub mod codec;
 mod codes;
 pub mod config;
 pub mod edge;
+mod error;
 mod framing;
 mod identity;
 mod lifecycle;
@@ -33,10 +45,13 @@ mod metrics;
 pub mod offline;
 mod overrides;
 mod persons;
+mod policy_file;
 mod quota;
+mod request_id;
 mod revocation;
 pub mod sealed;
 pub mod server;
+mod state;
 mod status;
 
 pub use codes::{CHECKPOINT, Handlers};

@@ -15,7 +15,9 @@ use crate::keyring::Keyring;
 use crate::policy::Policy;
 
 use super::config::{MasterKeySource, ServeConfig};
-use super::server::{ServeError, load_key_file, load_policy_text};
+use super::error::ServeError;
+use super::policy_file::load_policy_text;
+use super::server::load_key_file;
 
 /// The server's keys, policy and data directory, for an offline run.
 pub struct OfflineSetup {

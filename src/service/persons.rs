@@ -15,7 +15,9 @@ use fugo_log::record::{Entry, Group, Operation, Outcome, PersonLink};
 use tokio::sync::Mutex;
 use tonic::{Request, Response, Status};
 
-use super::codes::{RequestId, State, caller_of};
+use super::codes::caller_of;
+use super::request_id::RequestId;
+use super::state::State;
 use super::status;
 use crate::agency::AgencyId;
 use crate::audit::entries::BatchFacts;

@@ -9,7 +9,6 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 
-use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -17,187 +16,43 @@ use tonic::service::interceptor::InterceptedService;
 use zeroize::Zeroizing;
 
 use super::audit::AuditService;
-use super::codes::{self, CodesService, State};
-use super::config::{ConfigError, GenerationSource, MasterKeySource, ServeConfig};
+use super::codes::{self, CodesService};
+use super::config::{GenerationSource, MasterKeySource, ServeConfig};
 use super::edge;
+pub use super::error::ServeError;
 use super::framing::FramingStatus;
 use super::metrics::{self, Metrics};
 use super::persons::PersonsService;
+pub use super::policy_file::load_policy;
+use super::policy_file::load_policy_text;
+use super::policy_file::{policy_loaded, reload};
 use super::quota::Quotas;
 use super::revocation::Crls;
 use super::sealed::{Gate, HealthReason};
-use crate::audit::entries::{BatchFacts, policy_digest};
+use super::state::State;
 use crate::audit::{Recorder, RecorderError};
-use crate::certs::{self, CertError};
+use crate::certs;
 use crate::custody::KeyringUnsealer;
 use crate::exchange::Exchange;
-use crate::files::{self, ReadError};
-use crate::keyfile::{self, KeyLoadError, KeySource};
-use crate::policy::{Policy, PolicyError, PolicyVersion};
+use crate::files;
+use crate::keyfile::{self, KeySource};
+use crate::policy::{Policy, PolicyVersion};
 use crate::proto::FILE_DESCRIPTOR_SET;
 use crate::proto::fugo::v1::audit_server::AuditServer;
 use crate::proto::fugo::v1::codes_server::CodesServer;
 use crate::proto::fugo::v1::persons_server::PersonsServer;
 use crate::random::SystemRandomness;
 use fugo_log::checkpoint::LogSigner;
-use fugo_log::record::{Entry, Group, Operation, Outcome};
-use fugo_log::store::{Append, Marks, Store};
+use fugo_log::store::{Marks, Store};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// Why the server could not start (or reload).
-#[derive(Debug, Error)]
-#[non_exhaustive]
-pub enum ServeError {
-    /// The re-issue and suspension tables of the data directory do not
-    /// open under this master key (the server does not start without them:
-    /// derive would give a superseded number codes).
-    #[error("the data directory's re-issue and suspension tables: {0}")]
-    Persons(#[from] crate::audit::persons::LoadError),
-    /// The configuration file is wrong.
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    /// The master key could not be loaded or is not the pinned one.
-    #[error(transparent)]
-    Key(#[from] KeyLoadError),
-    /// The public demo key outside dev mode.
-    #[error(
-        "{what} is the public demo key; it is refused outside dev mode: make a key of your own \
-         with `fugo keygen --out /etc/fugo/master.key` and set {settings} to it and the \
-         fingerprint it prints"
-    )]
-    DemoKey {
-        /// The key file or setting that holds the demo key.
-        what: String,
-        /// The settings to change (generation 1's or a keyring entry's).
-        settings: String,
-    },
-    /// A key file others can read, outside dev mode.
-    #[error(
-        "key file {0} can be read by group or others; run `chmod 600` on it \
-         (allowed only in dev mode)"
-    )]
-    KeyFileOpen(String),
-    /// The unseal socket could not be made.
-    #[error("cannot open the unseal socket {path}: {source}")]
-    UnsealSocket {
-        /// The socket file.
-        path: String,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
-    /// A policy reload while sealed: the policy is read when the server
-    /// unseals.
-    #[error("the server is sealed; the policy file is read when it unseals")]
-    Sealed,
-    /// A TLS private key others can read, outside dev mode.
-    #[error(
-        "TLS private key {0} can be read by group or others; run `chmod 600` on it \
-         (allowed only in dev mode)"
-    )]
-    TlsKeyOpen(String),
-    /// The policy file could not be read.
-    #[error("cannot read policy {path}: {source}")]
-    PolicyRead {
-        /// The file.
-        path: String,
-        /// Why.
-        #[source]
-        source: ReadError,
-    },
-    /// The policy file is invalid; every problem is listed.
-    #[error("policy {path}: {problems}")]
-    Policy {
-        /// The file.
-        path: String,
-        /// Every problem with its line.
-        problems: PolicyError,
-    },
-    /// A certificate or TLS key file could not be read.
-    #[error("cannot read {path}: {source}")]
-    TlsFile {
-        /// The file.
-        path: String,
-        /// Why.
-        #[source]
-        source: ReadError,
-    },
-    /// The TLS files are not a usable certificate, key or CA.
-    #[error("TLS: {0}")]
-    Tls(String),
-    /// Dev certificates could not be made.
-    #[error(transparent)]
-    Certs(#[from] CertError),
-    /// The listening address could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        /// The address.
-        addr: SocketAddr,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The transport failed.
-    #[error("transport: {0}")]
-    Transport(#[from] tonic::transport::Error),
-    /// The server task ended abnormally.
-    #[error("the server task failed")]
-    Task,
-    /// The audit trail could not be opened or written.
-    #[error("audit trail: {0}")]
-    Audit(#[from] RecorderError),
-    /// The audit log's signing key could not be made.
-    #[error("audit log signing key: {0}")]
-    LogKey(String),
-    /// The keyring's later generations could not be loaded or do not fit.
-    #[error("keyring: {0}")]
-    Keyring(String),
-    /// The policy would move a key epoch backwards, drop an agency id or
-    /// revive a retired agency, or binds an epoch in use to a generation
-    /// the keyring lacks.
-    #[error("policy {path}: {reason}")]
-    Lifecycle {
-        /// The policy file.
-        path: String,
-        /// What it would do, naming agency and epoch (or generation).
-        reason: String,
-    },
-}
-
-/// Reads and checks a policy file: a regular file of at most
-/// [`files::MAX_POLICY`] bytes (a named pipe or a device is refused at once,
-/// not waited on).
-pub fn load_policy(path: &Path) -> Result<Policy, ServeError> {
-    load_policy_text(path).map(|(policy, _)| policy)
-}
-
-/// [`load_policy`], also giving the text (the audit trail stores it).
-pub(crate) fn load_policy_text(path: &Path) -> Result<(Policy, String), ServeError> {
-    let shown = path.display().to_string();
-    let text =
-        files::read_text(path, files::MAX_POLICY).map_err(|source| ServeError::PolicyRead {
-            path: shown.clone(),
-            source,
-        })?;
-    let policy = crate::policy::parse(&text).map_err(|problems| ServeError::Policy {
-        path: shown,
-        problems,
-    })?;
-    Ok((policy, text.to_string()))
-}
-
-/// The log's signing key, from the master key (so it needs no file and is
-/// as safe as the master key), named by the configured origin.
-pub(crate) fn log_signer(
+/// The log's signing key, named by the configured origin
+/// ([`crate::audit::log_signer`]).
+fn log_signer(
     origin: Option<&str>,
     keys: &crate::keys::KeyHierarchy,
 ) -> Result<LogSigner, ServeError> {
-    let origin = match origin {
-        Some(origin) => origin.to_owned(),
-        None => crate::audit::default_origin(&keys.fingerprint()),
-    };
-    LogSigner::from_seed(&origin, &keys.log_signing_seed())
-        .map_err(|error| ServeError::LogKey(error.to_string()))
+    crate::audit::log_signer(origin, keys).map_err(|error| ServeError::LogKey(error.to_string()))
 }
 
 fn open_recorder(
@@ -302,38 +157,6 @@ fn keyring(
     }
     held.sort_by_key(|keys| keys.generation());
     crate::keyring::Keyring::new(held).map_err(|e| ServeError::Keyring(e.to_string()))
-}
-
-/// The record of loading a policy: its text stored once under its
-/// version, and one record saying it came into force.
-fn policy_loaded(policy: &Policy, text: &str, keyring: &crate::keyring::Keyring) -> Append {
-    let digest = policy_digest(policy);
-    let facts = BatchFacts {
-        agent: "",
-        time_ms: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |elapsed| elapsed.as_millis() as u64),
-        caller: "fugo",
-        batch_id: String::new(),
-        policy,
-    };
-    let mut header = facts.header(Operation::PolicyLoaded);
-    header.note = format!("policy {} in force", policy.version());
-    Append {
-        groups: vec![Group {
-            header,
-            entries: vec![Entry {
-                outcome: Outcome::Done,
-                epoch: 0,
-                serial: None,
-                person: None,
-            }],
-        }],
-        policies: vec![(digest, text.to_owned())],
-        now_ms: facts.time_ms,
-        marks: super::lifecycle::marks_of(policy, keyring),
-        ..Append::default()
-    }
 }
 
 fn read_tls(path: &Path, limit: u64) -> Result<files::Contents, ServeError> {
@@ -619,49 +442,6 @@ impl Reloader {
         let agencies = self.tls.reload();
         let admins = self.admin_tls.as_ref().map_or(Ok(0), TlsSetup::reload);
         Ok(agencies? + admins?)
-    }
-}
-
-pub(crate) fn reload(
-    state: &OnceLock<Arc<State>>,
-    path: &Path,
-) -> Result<PolicyVersion, ServeError> {
-    let Some(state) = state.get() else {
-        tracing::warn!("sealed: the policy file is read when the server unseals");
-        return Err(ServeError::Sealed);
-    };
-    let loaded = load_policy_text(path).and_then(|(policy, text)| {
-        // The marks hold every agency and epoch state of the policies in
-        // force so far, the current one included (D211, D217).
-        let lifecycle = |reason| ServeError::Lifecycle {
-            path: path.display().to_string(),
-            reason,
-        };
-        super::lifecycle::check_keyring(&state.exchange, &policy).map_err(lifecycle)?;
-        let mut marks = state.marks.lock().unwrap_or_else(PoisonError::into_inner);
-        super::lifecycle::check(&policy, &marks).map_err(lifecycle)?;
-        super::lifecycle::raise(
-            &mut marks,
-            &super::lifecycle::marks_of(&policy, state.exchange.keyring()),
-        );
-        Ok((policy, text))
-    });
-    match loaded {
-        Ok((policy, text)) => {
-            let version = policy.version().clone();
-            // Queued before the swap, so it commits before (or with) the
-            // first call decided under the new policy.
-            state
-                .recorder
-                .record_detached(policy_loaded(&policy, &text, state.exchange.keyring()));
-            *state.policy.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(policy);
-            tracing::info!(version = %version, "policy reloaded");
-            Ok(version)
-        }
-        Err(error) => {
-            tracing::error!(error = %error, "policy reload refused; the old policy stays in force");
-            Err(error)
-        }
     }
 }
 
@@ -1064,7 +844,12 @@ async fn start_with(
             tracing::info!(addr = %bound, "metrics served at /metrics");
             Some((
                 bound,
-                tokio::spawn(metrics::serve(listener, Arc::clone(&opening.state))),
+                tokio::spawn({
+                    let state = Arc::clone(&opening.state);
+                    metrics::serve(listener, move || {
+                        state.get().map(|state| state.metrics_page())
+                    })
+                }),
             ))
         }
     };

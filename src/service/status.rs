@@ -124,7 +124,7 @@ pub(crate) fn admin_sealed() -> Status {
 
 /// A policy reload refused (the policy in force stays): FAILED_PRECONDITION
 /// naming the problem.
-pub(crate) fn reload_refused(error: &super::ServeError) -> Status {
+pub(crate) fn reload_refused(error: &super::error::ServeError) -> Status {
     Status::failed_precondition(format!(
         "policy reload refused, the policy in force stays: {error}"
     ))
@@ -132,7 +132,7 @@ pub(crate) fn reload_refused(error: &super::ServeError) -> Status {
 
 /// A CRL reload refused (the lists in force stay): FAILED_PRECONDITION
 /// naming the file and the problem.
-pub(crate) fn crl_reload_refused(error: &super::ServeError) -> Status {
+pub(crate) fn crl_reload_refused(error: &super::error::ServeError) -> Status {
     Status::failed_precondition(format!(
         "CRL reload refused, the lists in force stay: {error}"
     ))
