@@ -7,7 +7,8 @@
 //! generation the tool has no key for, is refused by name. The store also
 //! keeps each epoch's generation and each generation's key as first used:
 //! a policy that rebinds an epoch, or a keyring with another key for a
-//! generation, is refused.
+//! generation, is refused. On the way, `fugo client rekey` moves an
+//! agency's CSV of old codes to the generation-2 epoch.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
 
 mod common;
@@ -186,6 +187,41 @@ async fn the_offline_derive_takes_each_epochs_generation_from_the_policy_or_the_
         })
         .await
         .unwrap();
+    // `fugo client rekey` on an agency's CSV (BOM, CRLF): each old code
+    // is replaced by its current-epoch code, generation 2, as served; the
+    // old code goes to `old_code`.
+    let pem = ca.client("city").unwrap();
+    fs::write(dir.join("city.pem"), &pem.cert).unwrap();
+    fs::write(dir.join("city.key"), &pem.key).unwrap();
+    fs::write(
+        dir.join("stored.csv"),
+        format!(
+            "\u{feff}id,code\r\n1,{}\r\n2,{}\r\n",
+            served_old[1], served_old[2]
+        ),
+    )
+    .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_fugo"))
+        .args(["client", "rekey", "--server"])
+        .arg(format!("https://{}", running.addr))
+        .args(["--server-name", "localhost", "--ca"])
+        .arg(dir.join("ca.pem"))
+        .arg("--cert")
+        .arg(dir.join("city.pem"))
+        .arg("--key")
+        .arg(dir.join("city.key"))
+        .args(["--csv", "--column", "code"])
+        .arg(dir.join("stored.csv"))
+        .arg("-o")
+        .arg(dir.join("rekeyed.csv"))
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    let rekeyed = fs::read_to_string(dir.join("rekeyed.csv")).unwrap();
+    assert!(rekeyed.contains(&served_new[1]), "{rekeyed}");
+    assert!(rekeyed.contains(&served_new[2]), "{rekeyed}");
+    assert!(rekeyed.contains("old_code"), "{rekeyed}");
+    assert!(rekeyed.contains(&served_old[1]), "{rekeyed}");
     drop(city);
     running.stop().await.unwrap();
 
