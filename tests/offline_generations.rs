@@ -370,4 +370,16 @@ async fn the_offline_derive_takes_each_epochs_generation_from_the_policy_or_the_
         )),
         "{error}"
     );
+    // The offline tool, given that configuration, refuses as well.
+    let (output, codes) = offline(dir, &config, Some("2"), &numbers[1..]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains(&format!(
+            "keeps key generation 2 as the key with fingerprint {}",
+            fingerprint(GEN2)
+        )),
+        "{}",
+        stderr(&output)
+    );
+    assert!(codes.is_empty());
 }

@@ -17,7 +17,7 @@ use fugo::keys::KeyHierarchy;
 use fugo::link::Linker;
 use fugo::persons::Persons;
 use fugo::policy::Policy;
-use fugo::service::{offline, offline_epoch};
+use fugo::service::{generation_key_mismatches, offline, offline_epoch};
 use fugo_log::checkpoint::{LogSigner, LogVerifier};
 use fugo_log::store::{Marks, RedbStore, Store, StoreError};
 
@@ -40,32 +40,30 @@ pub(crate) fn run(settings: DeriveSettings) -> Result<Summary, CliError> {
     // number, so generation 1's tables serve every generation (D190).
     let audit = keys.keyring.audit();
     let persons = Persons::new(audit);
-    let Some(data_dir) = keys.data_dir.as_deref() else {
-        if !keys.demo {
-            return Err(CliError::BadArgument(
-                "a derivation with a real key is recorded in the audit trail: give --data-dir \
-                 DIR (the server's data directory, with the server stopped)"
-                    .to_owned(),
-            ));
-        }
-        // Development only (the help text says so); the demo key's
-        // warning is already on stderr. Nothing is recorded.
-        let coder = keys.coder(&settings, &Marks::default())?;
-        let work = LocalDerive::new(&coder, settings.threads).resolving(&persons);
-        return super::files::run(&work, &settings.files);
-    };
     if keys.demo {
-        // A demo run records nothing, but a data directory given is read
-        // for its re-issues and its marks.
-        let marks = read_store_of(data_dir, audit, &persons)?;
+        // Development only (the help text says so); the demo key's
+        // warning is already on stderr. A demo run records nothing, but a
+        // data directory given is read for its re-issues and its marks.
+        let marks = match keys.data_dir.as_deref() {
+            Some(data_dir) => read_store_of(data_dir, &keys.keyring, &persons)?,
+            None => Marks::default(),
+        };
         let coder = keys.coder(&settings, &marks)?;
         let work = LocalDerive::new(&coder, settings.threads).resolving(&persons);
         return super::files::run(&work, &settings.files);
     }
+    let data_dir = keys.data_dir.as_deref().ok_or_else(|| {
+        CliError::BadArgument(
+            "a derivation with a real key is recorded in the audit trail: give --data-dir DIR \
+             (the server's data directory, with the server stopped)"
+                .to_owned(),
+        )
+    })?;
     let recorder = open_recorder(audit, data_dir, keys.origin.as_deref())?;
     let (entries, marks) = recorder
         .read_blocking(|store| Ok((store.persons()?, store.marks()?)))
         .map_err(CliError::Recorder)?;
+    check_store_keys(data_dir, &keys.keyring, &marks)?;
     load_persons::load_entries(entries, &persons)
         .map_err(|error| persons_error(data_dir, &error))?;
     let coder = keys.coder(&settings, &marks)?;
@@ -153,11 +151,7 @@ impl Keys {
 
 /// Loads the re-issue tables of the store in `data_dir` (if there is one)
 /// and returns its marks, without recording anything.
-fn read_store_of(
-    data_dir: &Path,
-    keys: &KeyHierarchy,
-    persons: &Persons,
-) -> Result<Marks, CliError> {
+fn read_store_of(data_dir: &Path, keyring: &Keyring, persons: &Persons) -> Result<Marks, CliError> {
     let path = data_dir.join(STORE_FILE);
     if !path.exists() {
         return Ok(Marks::default());
@@ -180,20 +174,35 @@ fn read_store_of(
         path: path.display().to_string(),
         source,
     })?;
-    // A store of another master key: say so, before its tables fail to
+    // A store of another master key: said so before its tables fail to
     // open under this one.
-    let key = keys.fingerprint().to_string();
-    if let Some((_, kept)) = marks.generation_keys.iter().find(|(g, _)| *g == 1)
-        && *kept != key
-    {
-        return Err(CliError::BadArgument(format!(
-            "the data directory {} belongs to the master key with fingerprint {kept} \
-             (generation 1), not to this key ({key}); use that key or another data directory",
-            data_dir.display()
-        )));
-    }
+    check_store_keys(data_dir, keyring, &marks)?;
     load_persons::load(&mut store, persons).map_err(|error| persons_error(data_dir, &error))?;
     Ok(marks)
+}
+
+/// Refuses keys other than the ones the store in `data_dir` keeps for
+/// their generations (as the server does at start, D200): generation 1's
+/// names whose data directory it is; a later one's would make other codes.
+fn check_store_keys(data_dir: &Path, keyring: &Keyring, marks: &Marks) -> Result<(), CliError> {
+    let Some((generation, kept, key)) =
+        generation_key_mismatches(keyring, marks).into_iter().next()
+    else {
+        return Ok(());
+    };
+    let dir = data_dir.display();
+    Err(CliError::BadArgument(if generation == Generation::FIRST {
+        format!(
+            "the data directory {dir} belongs to the master key with fingerprint {kept} \
+             (generation 1), not to this key ({key}); use that key or another data directory"
+        )
+    } else {
+        format!(
+            "the data directory {dir} keeps key generation {generation} as the key with \
+             fingerprint {kept}, not the configured one ({key}): its codes would differ; \
+             configure the original key"
+        )
+    }))
 }
 
 fn persons_error(data_dir: &Path, error: &load_persons::LoadError) -> CliError {

@@ -31,31 +31,31 @@ use crate::agency::{AgencyId, Epoch};
 use crate::exchange::Exchange;
 use crate::generation::Generation;
 use crate::keyring::Keyring;
+use crate::keys::Fingerprint;
 use crate::policy::{EpochState, Policy};
 
 /// The marks `policy` puts in force with `keyring` (the generations it
 /// holds, by fingerprint).
 pub(crate) fn marks_of(policy: &Policy, keyring: &Keyring) -> Marks {
-    Marks {
-        bindings: policy
-            .agencies()
-            .flat_map(|agency| {
-                agency.epochs.iter().map(|(epoch, binding)| {
-                    (agency.id.to_string(), epoch.get(), binding.generation.get())
-                })
+    // Per epoch: its state's rank, and the generation it is bound to.
+    let (epochs, bindings) = policy
+        .agencies()
+        .flat_map(|agency| {
+            agency.epochs.iter().map(|(epoch, binding)| {
+                let id = agency.id.to_string();
+                (
+                    (id.clone(), epoch.get(), binding.state.rank()),
+                    (id, epoch.get(), binding.generation.get()),
+                )
             })
-            .collect(),
+        })
+        .unzip();
+    Marks {
+        epochs,
+        bindings,
         generation_keys: keyring
             .fingerprints()
             .map(|(generation, fingerprint)| (generation.get(), fingerprint.to_string()))
-            .collect(),
-        epochs: policy
-            .agencies()
-            .flat_map(|agency| {
-                agency.epochs.iter().map(|(epoch, binding)| {
-                    (agency.id.to_string(), epoch.get(), binding.state.rank())
-                })
-            })
             .collect(),
         destroyed_generations: policy
             .destroyed_generations()
@@ -150,24 +150,38 @@ pub(crate) fn check_keyring(exchange: &Exchange, policy: &Policy) -> Result<(), 
     })
 }
 
-/// Checks the keys of `keyring` against the fingerprints the store keeps
-/// for their generations: a generation's key is the one first used for it.
-pub(crate) fn check_generation_keys(keyring: &Keyring, stored: &Marks) -> Result<(), String> {
-    let problems: Vec<String> = keyring
+/// The generations of `keyring` whose key is not the one the store keeps
+/// for them (a generation's key is the one first used for it): each with
+/// the fingerprint kept and the fingerprint of the key given. The server
+/// refuses to start on any ([`check_generation_keys`]); the offline
+/// `fugo derive` refuses to run.
+pub fn generation_key_mismatches(
+    keyring: &Keyring,
+    stored: &Marks,
+) -> Vec<(Generation, String, Fingerprint)> {
+    keyring
         .fingerprints()
         .filter_map(|(generation, fingerprint)| {
             let (_, kept) = stored
                 .generation_keys
                 .iter()
                 .find(|(g, _)| *g == generation.get())?;
-            (*kept != fingerprint.to_string()).then(|| {
-                format!(
-                    "key generation {generation} was the key with fingerprint {kept}, and the key \
-                     configured for it now has fingerprint {fingerprint}: every code of its \
-                     epochs would change; configure the original key, or add the new key as a \
-                     new generation and rekey onto it"
-                )
-            })
+            (*kept != fingerprint.to_string()).then(|| (generation, kept.clone(), fingerprint))
+        })
+        .collect()
+}
+
+/// [`generation_key_mismatches`] as the server's start refusal.
+pub(crate) fn check_generation_keys(keyring: &Keyring, stored: &Marks) -> Result<(), String> {
+    let problems: Vec<String> = generation_key_mismatches(keyring, stored)
+        .into_iter()
+        .map(|(generation, kept, fingerprint)| {
+            format!(
+                "key generation {generation} was the key with fingerprint {kept}, and the key \
+                 configured for it now has fingerprint {fingerprint}: every code of its \
+                 epochs would change; configure the original key, or add the new key as a \
+                 new generation and rekey onto it"
+            )
         })
         .collect();
     if problems.is_empty() {
@@ -211,19 +225,16 @@ pub fn offline_epoch(
         .iter()
         .find(|(a, e, _)| a == agency.as_str() && *e == epoch.get())
         .map_or(0, |(_, _, rank)| *rank);
-    let state = match listed {
-        Some(listed) => listed
-            .binding(epoch)
-            .map(|binding| binding.state)
-            .ok_or_else(|| format!("agency {agency} has no epoch {epoch} in the policy"))?,
-        None => EpochState::Current,
-    };
-    let state = if rank > state.rank() {
-        EpochState::of_rank(rank)
-    } else {
-        state
-    };
-    match state {
+    let binding = listed
+        .map(|listed| {
+            listed
+                .binding(epoch)
+                .ok_or_else(|| format!("agency {agency} has no epoch {epoch} in the policy"))
+        })
+        .transpose()?;
+    // The store's mark wins over a policy file edited backwards.
+    let in_policy = binding.map_or(EpochState::Current, |binding| binding.state);
+    match EpochState::of_rank(rank.max(in_policy.rank())) {
         EpochState::Current | EpochState::Accepted => {}
         EpochState::RekeyOnly => {
             return Err(format!(
@@ -242,10 +253,7 @@ pub fn offline_epoch(
         .iter()
         .find(|(a, e, _)| a == agency.as_str() && *e == epoch.get())
         .and_then(|(_, _, g)| Generation::new(*g).ok());
-    let bound = listed
-        .and_then(|listed| listed.binding(epoch))
-        .map(|b| b.generation);
-    match (bound, kept) {
+    match (binding.map(|binding| binding.generation), kept) {
         (Some(bound), Some(kept)) if bound != kept => Err(format!(
             "agency {agency}: the policy binds epoch {epoch} to key generation {bound}, but it \
              is bound to generation {kept} in the store; the server refuses this policy too"

@@ -56,6 +56,6 @@ mod status;
 
 pub use codes::{CHECKPOINT, Handlers};
 pub use config::{AdminConfig, AuditConfig, LogConfig, LogFormat, MasterKeySource, ServeConfig};
-pub use lifecycle::offline_epoch;
+pub use lifecycle::{generation_key_mismatches, offline_epoch};
 pub use limits::Limits;
 pub use server::{Reloader, Running, ServeError, start, start_unaudited_for_benchmarks};
