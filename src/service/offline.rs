@@ -14,10 +14,10 @@ use crate::generation::Generation;
 use crate::keyring::Keyring;
 use crate::policy::Policy;
 
-use super::config::{MasterKeySource, ServeConfig};
+use super::config::ServeConfig;
 use super::error::ServeError;
 use super::policy_file::load_policy_text;
-use super::server::load_key_file;
+use super::server::read_key_files;
 
 /// The server's keys, policy and data directory, for an offline run.
 pub struct OfflineSetup {
@@ -41,28 +41,25 @@ pub struct OfflineSetup {
 /// from it, and only the server can gather its shares.
 pub fn load(config_path: &Path, warnings: &mut dyn Write) -> Result<OfflineSetup, ServeError> {
     let config = ServeConfig::load(config_path)?;
-    let mut held = Vec::new();
-    let mut custodied = Vec::new();
-    for generation in config.generations() {
-        match generation.source {
-            MasterKeySource::File(path) => {
-                held.push(load_key_file(&config, &generation, path, warnings)?);
-            }
-            _ if generation.generation == Generation::FIRST => {
-                return Err(ServeError::Keyring(
-                    "generation 1's key is held by custodians: the offline tool cannot open the \
-                     audit trail; derive through the server"
-                        .to_owned(),
-                ));
-            }
-            _ => custodied.push(generation.generation),
-        }
+    let (held, custodied) = read_key_files(&config, warnings)?;
+    if custodied
+        .iter()
+        .any(|(generation, ..)| *generation == Generation::FIRST)
+    {
+        return Err(ServeError::Keyring(
+            "generation 1's key is held by custodians: the offline tool cannot open the \
+             audit trail; derive through the server"
+                .to_owned(),
+        ));
     }
     let keyring = Keyring::new(held).map_err(|e| ServeError::Keyring(e.to_string()))?;
     let (policy, _) = load_policy_text(&config.policy)?;
     Ok(OfflineSetup {
         keyring,
-        custodied,
+        custodied: custodied
+            .iter()
+            .map(|(generation, ..)| *generation)
+            .collect(),
         policy,
         data_dir: config.data_dir,
         origin: config.audit.origin,

@@ -24,8 +24,7 @@ use super::framing::FramingStatus;
 use super::metrics::{self, Metrics};
 use super::persons::PersonsService;
 pub use super::policy_file::load_policy;
-use super::policy_file::load_policy_text;
-use super::policy_file::{policy_loaded, reload};
+use super::policy_file::{load_policy_text, policy_loaded, reload};
 use super::quota::Quotas;
 use super::revocation::Crls;
 use super::sealed::{Gate, HealthReason};
@@ -108,7 +107,7 @@ fn key_settings(generation: crate::generation::Generation) -> String {
 /// Reads the key file of `generation` (generation 1's with the key file
 /// warnings to `warnings`), checks it against its pinned fingerprint, and
 /// refuses it outside dev mode if it is the demo key or readable by others.
-pub(crate) fn load_key_file(
+fn load_key_file(
     config: &ServeConfig,
     generation: &GenerationSource<'_>,
     path: &Path,
@@ -125,6 +124,42 @@ pub(crate) fn load_key_file(
     };
     refuse_unsafe_key(config, generation.generation, path, &state)?;
     Ok(keys)
+}
+
+/// A generation held by custodians: its number, pinned fingerprint and
+/// threshold.
+pub(crate) type Custodied = (crate::generation::Generation, crate::keys::Fingerprint, u8);
+
+/// Reads and checks the key file of every generation of `config`
+/// ([`load_key_file`]), and lists the generations held by custodians
+/// (outside dev mode, one pinned to the demo key is refused). The server
+/// does this before listening; the offline `fugo derive --config` too.
+pub(crate) fn read_key_files(
+    config: &ServeConfig,
+    warnings: &mut dyn Write,
+) -> Result<(Vec<crate::keys::KeyHierarchy>, Vec<Custodied>), ServeError> {
+    let mut held = Vec::new();
+    let mut custodied = Vec::new();
+    for generation in config.generations() {
+        match generation.source {
+            MasterKeySource::File(path) => {
+                held.push(load_key_file(config, &generation, path, warnings)?);
+            }
+            MasterKeySource::Shares { threshold } => {
+                if !config.dev_mode && generation.fingerprint.is_demo() {
+                    return Err(ServeError::DemoKey {
+                        what: format!(
+                            "[[keyring]] generation {} fingerprint",
+                            generation.generation
+                        ),
+                        settings: key_settings(generation.generation),
+                    });
+                }
+                custodied.push((generation.generation, generation.fingerprint, *threshold));
+            }
+        }
+    }
+    Ok((held, custodied))
 }
 
 /// The keyring: the keys in `held` (rebuilt from custodians' shares, or
@@ -705,27 +740,7 @@ async fn start_with(
     }
     // Every generation's key file is read and checked before listening;
     // the generations held by custodians are sealed (D182).
-    let mut held = Vec::new();
-    let mut sealed = Vec::new();
-    for generation in config.generations() {
-        match generation.source {
-            MasterKeySource::File(path) => {
-                held.push(load_key_file(&config, &generation, path, warnings)?);
-            }
-            MasterKeySource::Shares { threshold } => {
-                if !config.dev_mode && generation.fingerprint.is_demo() {
-                    return Err(ServeError::DemoKey {
-                        what: format!(
-                            "[[keyring]] generation {} fingerprint",
-                            generation.generation
-                        ),
-                        settings: key_settings(generation.generation),
-                    });
-                }
-                sealed.push((generation.generation, generation.fingerprint, *threshold));
-            }
-        }
-    }
+    let (held, sealed) = read_key_files(&config, warnings)?;
     // The policy and the certificates (with the CRLs) are checked before
     // listening, sealed or not; a sealed server reads the policy again when
     // it is unsealed, one with its key opens with this reading.
