@@ -1404,6 +1404,49 @@ async fn recorder_fails_closed_and_recovers_in_this_process() {
     assert_eq!(people.last(), Some(&4));
 }
 
+/// D202: `close` closes the store while others still hold the recorder:
+/// what was queued is committed, later jobs are refused, and the file is
+/// free (and whole) once `closed` says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_the_recorder_closes_the_store_while_others_hold_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let signer = fugo_log::checkpoint::LogSigner::from_seed("test.local/audit", &[7; 32]).unwrap();
+    let recorder = std::sync::Arc::new(
+        fugo::audit::Recorder::open(dir.path(), signer, fugo::audit::Settings::default()).unwrap(),
+    );
+    recorder.record(a_derive_record(1)).await.unwrap();
+    let held = std::sync::Arc::clone(&recorder);
+    let mut closed = recorder.closed();
+    recorder.close();
+    tokio::time::timeout(Duration::from_secs(5), closed.wait_for(|closed| *closed))
+        .await
+        .expect("the store closes while a holder remains")
+        .unwrap();
+    assert!(
+        matches!(
+            held.record(a_derive_record(2)).await,
+            Err(fugo::audit::RecorderError::Stopped)
+        ),
+        "a record after close is refused"
+    );
+    let mut store = RedbStore::open_checked(dir.path().join(fugo::audit::STORE_FILE)).unwrap();
+    let people: Vec<u8> = store
+        .agency_records("mhlw", None, 100)
+        .unwrap()
+        .iter()
+        .map(|r| r.entry.person.unwrap().0[0])
+        .collect();
+    assert_eq!(people, vec![1]);
+    assert!(
+        store
+            .latest_checkpoint()
+            .unwrap()
+            .is_some_and(|(size, _)| size == store.size()),
+        "the close signed what was recorded"
+    );
+    drop(held);
+}
+
 // ── 7. policy versions ───────────────────────────────────────────────────
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -244,7 +244,13 @@ impl Server {
             );
             std::thread::sleep(Duration::from_millis(20));
         };
-        (status.code(), self.logs.take().unwrap().join().unwrap())
+        let logs = self.logs.take().unwrap().join().unwrap();
+        // A stop that leaves the store open may exit mid-commit (D202).
+        assert!(
+            !logs.contains("still open after the grace period"),
+            "the stop left the audit store open: {logs}"
+        );
+        (status.code(), logs)
     }
 }
 

@@ -459,6 +459,48 @@ fn sighup_reloads_the_policy_and_keeps_the_old_one_when_broken() {
     assert!(stderr.contains("policy reloaded"), "{stderr}");
 }
 
+/// D202: SIGTERM closes the audit store before the process exits, at
+/// once, although the SIGHUP thread still holds a handle on the server's
+/// state: no wait for the grace period, and no commit cut off by the exit
+/// (which `fugo audit verify` would refuse as a torn last commit).
+#[test]
+fn a_clean_stop_closes_the_audit_store_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&config(dir.path(), true, common::DEMO_FINGERPRINT));
+    let numbers = dir.path().join("n");
+    fs::write(&numbers, "123456789018\n").unwrap();
+    let out = client(
+        &server,
+        dir.path(),
+        "mhlw",
+        &["derive", numbers.to_str().unwrap()],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    server.signal("HUP");
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    let (code, logs) = server.stop();
+    let took = started.elapsed();
+    assert_eq!(code, 0, "{logs}");
+    assert!(
+        !logs.contains("still open after the grace period"),
+        "the store was left open: {logs}"
+    );
+    // The configured grace is 5 s; a stop with nothing in flight waits
+    // for nothing.
+    assert!(took < Duration::from_secs(3), "the stop took {took:?}");
+    let verify = output_within(
+        Command::new(FUGO).args([
+            "audit",
+            "verify",
+            "--data-dir",
+            dir.path().join("data").to_str().unwrap(),
+        ]),
+        Duration::from_secs(30),
+    );
+    assert_eq!(verify.status.code(), Some(0), "{}", text(&verify.stderr));
+}
+
 #[test]
 fn production_mode_refuses_the_demo_key_and_a_wrong_fingerprint() {
     let dir = tempfile::tempdir().unwrap();

@@ -21,7 +21,7 @@
 //! loading) is kept after a failed commit and written with the next one.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, TrySendError};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::thread::JoinHandle;
@@ -111,6 +111,8 @@ enum Job {
     Append(Box<Append>, Reply, Waiting),
     Read(ReadJob),
     Snapshot(PathBuf, SnapshotReply),
+    /// Wakes the thread to close the store ([`Recorder::close`]).
+    Close,
 }
 
 /// Whether a caller waits for an append's commit.
@@ -174,6 +176,9 @@ struct Shared {
     /// The store's file and the disk-space settings (`None` for the
     /// benchmark's discarding recorder).
     disk: Option<(PathBuf, u64, u64)>,
+    /// Set by [`Recorder::close`]: no job is taken any more, and the thread
+    /// closes the store once the queued ones are done.
+    closing: AtomicBool,
 }
 
 /// The handle callers use; cheap to share behind an `Arc`.
@@ -250,6 +255,7 @@ impl Recorder {
             commit_latency: Histogram::default(),
             queued: AtomicU64::new(0),
             disk: Some((path.clone(), settings.reserve_bytes, settings.warn_bytes)),
+            closing: AtomicBool::new(false),
         });
         let (jobs, queue) = mpsc::sync_channel(QUEUE);
         let timeout = settings.commit_timeout;
@@ -311,6 +317,7 @@ impl Recorder {
                 commit_latency: Histogram::default(),
                 queued: AtomicU64::new(0),
                 disk: None,
+                closing: AtomicBool::new(false),
             }),
             timeout: Duration::from_secs(1),
             thread: None,
@@ -415,8 +422,32 @@ impl Recorder {
         answer.blocking_recv().map_err(|_| RecorderError::Stopped)?
     }
 
+    /// Closes the store although callers still hold the recorder: jobs
+    /// already queued are done (appends committed, reads answered), a
+    /// last checkpoint is signed, the store file is closed, and every job
+    /// after this fails with [`RecorderError::Stopped`]. Returns at once;
+    /// [`closed`](Self::closed) says when the file is closed.
+    ///
+    /// A server's stop calls it: a process that exits while the thread
+    /// commits can leave a torn last commit, which redb rolls back at the
+    /// next start but `fugo audit verify` refuses (D202), and the last
+    /// holder of the recorder may be a thread that never lets go.
+    pub fn close(&self) {
+        self.shared.closing.store(true, Ordering::SeqCst);
+        if let Some(jobs) = &self.jobs {
+            self.shared.queued.fetch_add(1, Ordering::Relaxed);
+            if jobs.try_send(Job::Close).is_err() {
+                // A full queue wakes the thread anyway; it sees the flag.
+                self.shared.queued.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+
     fn submit(&self, job: Job) -> Result<(), RecorderError> {
         let jobs = self.jobs.as_ref().ok_or(RecorderError::Stopped)?;
+        if self.shared.closing.load(Ordering::SeqCst) {
+            return Err(RecorderError::Stopped);
+        }
         // Counted before it is sent, so the thread never takes a job
         // that is not counted yet.
         self.shared.queued.fetch_add(1, Ordering::Relaxed);
@@ -677,11 +708,33 @@ impl Committer {
                 .queued
                 .fetch_sub(jobs.len() as u64, Ordering::Relaxed);
             self.serve(jobs);
+            if self.shared.closing.load(Ordering::SeqCst) {
+                self.finish_queued(queue);
+                break;
+            }
             self.look_after(idle);
         }
         // Shutting down: sign what was recorded, so the last records are
         // covered by a checkpoint.
         self.sign(true);
+    }
+
+    /// Closing: does the jobs queued before [`Recorder::close`] (none is
+    /// queued after it: `submit` refuses), so no caller that got in is
+    /// left without an answer.
+    fn finish_queued(&mut self, queue: &mpsc::Receiver<Job>) {
+        loop {
+            let jobs: Vec<Job> = std::iter::from_fn(|| queue.try_recv().ok())
+                .take(MAX_APPENDS_PER_COMMIT)
+                .collect();
+            if jobs.is_empty() {
+                return;
+            }
+            self.shared
+                .queued
+                .fetch_sub(jobs.len() as u64, Ordering::Relaxed);
+            self.serve(jobs);
+        }
     }
 
     /// One commit for every append in `jobs`, then the reads.
@@ -694,6 +747,8 @@ impl Committer {
                 Job::Append(append, reply, waiting) => appends.push((*append, reply, waiting)),
                 Job::Read(read) => reads.push(read),
                 Job::Snapshot(to, reply) => snapshots.push((to, reply)),
+                // The flag it goes with is what the thread acts on.
+                Job::Close => {}
             }
         }
         if !appends.is_empty() {

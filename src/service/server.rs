@@ -408,7 +408,7 @@ impl Running {
             grace,
             ..
         } = self;
-        let closed = state.get().map(|state| state.recorder.closed());
+        let recorder = state.get().map(|state| Arc::clone(&state.recorder));
         if let Some(task) = metrics_task {
             task.abort();
             let _ = task.await;
@@ -436,10 +436,15 @@ impl Running {
                 Ok(())
             }
         };
-        // The last holders of the state (a stream's task, a metrics
-        // answer being written) let go of it shortly after their calls.
+        // The store is closed now, not when the last holder of the state
+        // lets go of it: one may never (the SIGHUP thread holds a
+        // reloader), and a process that exits while the recorder commits
+        // can leave a torn last commit (D202).
         drop(state);
-        if let Some(mut closed) = closed {
+        if let Some(recorder) = recorder {
+            recorder.close();
+            let mut closed = recorder.closed();
+            drop(recorder);
             let wait = closed.wait_for(|closed| *closed);
             if tokio::time::timeout(grace, wait).await.is_err() {
                 tracing::warn!("the audit store is still open after the grace period");
