@@ -613,6 +613,10 @@ async fn a_store_that_cannot_grow_fails_calls_closed_and_recovers_without_a_rest
         logs.contains("audit commit failed"),
         "the failure is logged: {logs}"
     );
+    assert!(
+        logs.contains("the audit store was not closed") || logs.contains("was rolled back"),
+        "the reopen after the failure says how it found the store: {logs}"
+    );
     let report = check_store(&setup, &acknowledged);
     eprintln!(
         "fail closed: pid {pid}, limit {limit} bytes, {accepted_under_limit} calls fit under it, \
@@ -799,7 +803,12 @@ async fn killing_the_server_at_random_loses_no_acknowledged_record_and_keeps_the
 
     // One last life: the store opens, the records of the killed lives are
     // signed soon after the start, the server serves and stops cleanly.
-    let size_before = RedbStore::open(setup.store_path()).unwrap().size();
+    let size_before = {
+        let store = RedbStore::open(setup.store_path()).unwrap();
+        // A killed server never closed the file, and the open says so (D202).
+        assert_ne!(store.recovery(), fugo_log::store::Recovery::Clean);
+        store.size()
+    };
     let server = setup.start();
     let channel = setup.client(&server).await;
     let restarted = Instant::now();

@@ -28,7 +28,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fugo_log::checkpoint::{Checkpoint, LogSigner, LogVerifier};
-use fugo_log::store::{Append, Appended, RedbStore, Store, StoreError};
+use fugo_log::store::{Append, Appended, Recovery, RedbStore, Store, StoreError};
 use thiserror::Error;
 use tokio::sync::{oneshot, watch};
 
@@ -564,13 +564,25 @@ fn restored_origin(store: &mut RedbStore, signer: LogSigner) -> Result<LogSigner
 }
 
 fn open_store(path: &Path) -> Result<RedbStore, RecorderError> {
-    RedbStore::open(path).map_err(|source| match source {
+    let store = RedbStore::open(path).map_err(|source| match source {
         StoreError::Locked { .. } => RecorderError::Locked(path.display().to_string()),
         source => RecorderError::Open {
             path: path.display().to_string(),
             source,
         },
-    })
+    })?;
+    match store.recovery() {
+        Recovery::Clean => {}
+        Recovery::Rebuilt => tracing::info!(
+            size = store.size(),
+            "the audit store was not closed (the last run was killed, or a write failed);              every commit is there"
+        ),
+        Recovery::RolledBack => tracing::warn!(
+            size = store.size(),
+            "the audit store's last commit was cut off during its write and was rolled back:              it was never acknowledged (a commit is answered only after its fsync). If no run              ended and no write failed then, the file was changed: verify it against a              checkpoint a client holds"
+        ),
+    }
+    Ok(store)
 }
 
 /// What a discarding recorder answers: every group placed nowhere.

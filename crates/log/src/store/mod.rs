@@ -24,7 +24,7 @@ use std::path::PathBuf;
 use crate::merkle::{Hash, MerkleError};
 use crate::record::{Group, Outcome, PersonLink, Record};
 
-pub use self::redb::RedbStore;
+pub use self::redb::{Recovery, RedbStore};
 
 /// One durable commit's worth of work for [`Store::append`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -3,6 +3,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering as AtomicOrdering};
 
 use ::redb::{
     Database, DatabaseError, Durability, ReadableDatabase, ReadableTable, TableDefinition,
@@ -135,12 +137,32 @@ pub struct RedbStore {
     purged: u64,
     /// Set when a write transaction failed: redb needs a reopen.
     needs_reopen: bool,
+    /// How the open found the file.
+    recovery: Recovery,
     /// First redemptions in records not yet indexed (seq ≥ `indexed`): the
     /// `redeemed` table is built with the person index, in sorted batches,
     /// off the path of a response — a random-key insert per redeemed token
     /// in the commit dirtied a page per token and made redeem ten times
     /// slower. Rebuilt from the log on open; bounded by the index's lag.
     recent: HashMap<[u8; 16], Redemption>,
+}
+
+/// How [`RedbStore::open`] found the file the last run left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recovery {
+    /// Closed cleanly (or new).
+    Clean,
+    /// Not closed (the process was killed, or the machine stopped): redb
+    /// rebuilt its free-page map from the committed trees. Every commit is
+    /// there.
+    Rebuilt,
+    /// The last commit was cut off while it was written, and redb rolled
+    /// the file back to the commit before it. A commit is acknowledged
+    /// only after its fsync, so a run that ended during a write lost
+    /// nothing it acknowledged; a file changed behind the server's back
+    /// looks the same, which is why the recorder logs it as a warning and
+    /// `open_checked` (the verifier's open) refuses it.
+    RolledBack,
 }
 
 impl std::fmt::Debug for RedbStore {
@@ -215,7 +237,11 @@ impl RedbStore {
             DatabaseError::RepairAborted => StoreError::Damaged {
                 op: "open",
                 detail: "the last commit fails its checksum (the file was changed, or \
-                         damaged during a write); refusing to roll it back"
+                         damaged during a write); refusing to roll it back. If the server \
+                         was killed or the machine stopped during a write, that commit was \
+                         never acknowledged: start the server once (it rolls the commit \
+                         back and logs a warning saying so) and verify again; if not, keep \
+                         this file for investigation and restore from a backup"
                     .into(),
             },
             other => open_error(path, other),
@@ -224,12 +250,37 @@ impl RedbStore {
     }
 
     fn open_with(path: &Path, check: bool) -> Result<Self, StoreError> {
+        // What redb's repair steps say (see `open_checked`): 0.0 when the
+        // file was not closed cleanly, 0.3 only when its last commit fails
+        // its checksum and is rolled back.
+        let found = Arc::new(AtomicU8::new(Recovery::Clean as u8));
+        let seen = Arc::clone(&found);
         let db = Database::builder()
             .set_check_integrity_on_open(check)
             .set_cache_size(CACHE_BYTES)
+            .set_repair_callback(move |session| {
+                let step = if session.progress() > 0.1 && session.progress() < 0.5 {
+                    Recovery::RolledBack
+                } else {
+                    Recovery::Rebuilt
+                };
+                seen.fetch_max(step as u8, AtomicOrdering::SeqCst);
+            })
             .create(path)
             .map_err(|e| open_error(path, e))?;
-        Self::from_database(db, path)
+        let mut store = Self::from_database(db, path)?;
+        store.recovery = match found.load(AtomicOrdering::SeqCst) {
+            n if n == Recovery::RolledBack as u8 => Recovery::RolledBack,
+            n if n == Recovery::Rebuilt as u8 => Recovery::Rebuilt,
+            _ => Recovery::Clean,
+        };
+        Ok(store)
+    }
+
+    /// How the open found the file: closed cleanly, left open by a run
+    /// that ended, or with its last commit cut off and rolled back.
+    pub fn recovery(&self) -> Recovery {
+        self.recovery
     }
 
     /// Creates the tables if needed and restores the state from `meta`.
@@ -313,6 +364,7 @@ impl RedbStore {
             indexed,
             purged,
             needs_reopen: false,
+            recovery: Recovery::Clean,
             recent: HashMap::new(),
         };
         // The last leaf must be in its tile: meta and tiles are one commit.
@@ -2028,6 +2080,19 @@ mod tests {
         let intact = dir.path().join("intact.redb");
         std::fs::write(&intact, &crashed).unwrap();
         assert_eq!(RedbStore::open_checked(&intact).unwrap().size(), 20);
+        // A plain open of a crash's copy rebuilds, and says so; once
+        // closed, the file opens clean.
+        std::fs::write(&intact, &crashed).unwrap();
+        let reopened = RedbStore::open(&intact).unwrap();
+        assert_eq!(
+            (reopened.size(), reopened.recovery()),
+            (20, Recovery::Rebuilt)
+        );
+        drop(reopened);
+        assert_eq!(
+            RedbStore::open(&intact).unwrap().recovery(),
+            Recovery::Clean
+        );
 
         let mut flipped = crashed.clone();
         flipped[at] ^= 1;
@@ -2040,9 +2105,13 @@ mod tests {
             "{refused:?}"
         );
         // What a plain open does with the same file: the last commit is
-        // gone without a word.
+        // gone, and the store says it rolled back.
         std::fs::write(&damaged, &flipped).unwrap();
-        assert_eq!(RedbStore::open(&damaged).unwrap().size(), 10);
+        let rolled = RedbStore::open(&damaged).unwrap();
+        assert_eq!(
+            (rolled.size(), rolled.recovery()),
+            (10, Recovery::RolledBack)
+        );
         assert!(matches!(
             RedbStore::open_checked(dir.path().join("none.redb")),
             Err(StoreError::Missing { .. })
