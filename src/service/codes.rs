@@ -40,7 +40,7 @@ use crate::proto::fugo::v1::{
     RequestContext, SealRequest, SealResponse, SealResult, Sealed, derive_result, migrate_result,
     redeem_result, reidentify_result, rekey_result, seal_result,
 };
-use fugo_log::record::{Entry, Operation, Outcome, PersonLink};
+use fugo_log::record::{Entry, Header, Operation, Outcome, PersonLink};
 use fugo_log::store::{Append, Appended, Usage};
 
 /// The client certificate of the request's connection.
@@ -1105,26 +1105,22 @@ fn migrate(
         .exchange
         .migrate(policy, caller, &merged, &codes)
         .map_err(status::batch)?;
-    let epoch = made_in(policy, caller, None);
-    let mut collector = Collector::new();
     let mut header = facts.header(Operation::Migrate);
     header.counterpart = merged.to_string();
-    let group = collector.group(header);
-    collector.items(group, &done, |_| (None, epoch));
-    let append = collector.finish(facts);
-    let results = done
-        .into_iter()
-        .zip(request.codes)
-        .map(|(result, old_code)| MigrateResult {
-            result: Some(match result {
-                Ok(migrated) => migrate_result::Result::Migrated(Migrated {
-                    old_code,
-                    new_code: String::from_utf8_lossy(&migrated.code.to_text()).into_owned(),
-                }),
-                Err(failure) => migrate_result::Result::Error(status::item(failure)),
+    let (results, append) = converted(
+        policy,
+        caller,
+        facts,
+        header,
+        done,
+        request.codes,
+        |old_code, new_code| MigrateResult {
+            result: Some(match new_code {
+                Ok(new_code) => migrate_result::Result::Migrated(Migrated { old_code, new_code }),
+                Err(error) => migrate_result::Result::Error(error),
             }),
-        })
-        .collect();
+        },
+    );
     Ok(Pending::new(
         MigrateResponse {
             results,
@@ -1132,6 +1128,39 @@ fn migrate(
         },
         append,
     ))
+}
+
+/// What Rekey and Migrate share once the exchange has converted: one
+/// audit group under `header` (every item made in the caller's current
+/// epoch), and each old code paired with its new code or its error, in
+/// the request's order.
+fn converted<R>(
+    policy: &Policy,
+    caller: &AgencyId,
+    facts: &BatchFacts<'_>,
+    header: Header,
+    done: Done<crate::exchange::Rekeyed>,
+    old_codes: Vec<String>,
+    result: impl Fn(String, Result<String, crate::proto::fugo::v1::ItemError>) -> R,
+) -> (Vec<R>, Append) {
+    let epoch = made_in(policy, caller, None);
+    let mut collector = Collector::new();
+    let group = collector.group(header);
+    collector.items(group, &done, |_| (None, epoch));
+    let append = collector.finish(facts);
+    let results = done
+        .into_iter()
+        .zip(old_codes)
+        .map(|(converted, old_code)| {
+            result(
+                old_code,
+                converted
+                    .map(|rekeyed| String::from_utf8_lossy(&rekeyed.code.to_text()).into_owned())
+                    .map_err(status::item),
+            )
+        })
+        .collect();
+    (results, append)
 }
 
 fn reidentify(
@@ -1180,26 +1209,22 @@ fn rekey(
         .exchange
         .rekey(policy, caller, &codes)
         .map_err(status::batch)?;
-    let epoch = made_in(policy, caller, None);
-    let mut collector = Collector::new();
     let mut header = facts.header(Operation::Rekey);
-    header.note = format!("to epoch {epoch}");
-    let group = collector.group(header);
-    collector.items(group, &done, |_| (None, epoch));
-    let append = collector.finish(facts);
-    let results = done
-        .into_iter()
-        .zip(request.codes)
-        .map(|(result, old_code)| RekeyResult {
-            result: Some(match result {
-                Ok(rekeyed) => rekey_result::Result::Rekeyed(Rekeyed {
-                    old_code,
-                    new_code: String::from_utf8_lossy(&rekeyed.code.to_text()).into_owned(),
-                }),
-                Err(failure) => rekey_result::Result::Error(status::item(failure)),
+    header.note = format!("to epoch {}", made_in(policy, caller, None));
+    let (results, append) = converted(
+        policy,
+        caller,
+        facts,
+        header,
+        done,
+        request.codes,
+        |old_code, new_code| RekeyResult {
+            result: Some(match new_code {
+                Ok(new_code) => rekey_result::Result::Rekeyed(Rekeyed { old_code, new_code }),
+                Err(error) => rekey_result::Result::Error(error),
             }),
-        })
-        .collect();
+        },
+    );
     Ok(Pending::new(
         RekeyResponse {
             results,
