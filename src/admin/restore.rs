@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use fugo_log::checkpoint::{Checkpoint, LogSigner};
-use fugo_log::record::{Entry, Group, Header, Operation, Outcome};
+use fugo_log::record::{Group, Header, Operation, Outcome};
 use fugo_log::restore::{RestoreNote, base_origin, restored_origin};
 use fugo_log::store::{Append, RedbStore, Store, StoreError};
 use thiserror::Error;
@@ -281,8 +281,8 @@ fn decrypt_and_seal(
         checkpoint: size,
         previous_origin: header.origin.clone(),
     };
-    let group = Group {
-        header: Header {
+    let group = Group::single(
+        Header {
             time_ms,
             operation: Operation::Restored,
             caller: format!("admin:{}", request.admin),
@@ -296,13 +296,9 @@ fn decrypt_and_seal(
             count: 0,
             agent: String::new(),
         },
-        entries: vec![Entry {
-            outcome: Outcome::Done,
-            epoch: 0,
-            serial: None,
-            person: None,
-        }],
-    };
+        Outcome::Done,
+        None,
+    );
     // now_ms 0: no tally is rolled into records here, so the Restored
     // record is record N exactly (tallies roll on the server's next commit).
     let appended = store.append(Append {

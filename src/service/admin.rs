@@ -28,7 +28,7 @@ use crate::proto::fugo::v1::{
     AdminStatusRequest, AdminStatusResponse, BackupChunk, BackupRequest, ReloadCrlsRequest,
     ReloadCrlsResponse, ReloadPolicyRequest, ReloadPolicyResponse,
 };
-use fugo_log::record::{Entry, Group, Operation, Outcome};
+use fugo_log::record::{Group, Operation, Outcome};
 
 /// The backup key and the master key's fingerprint, set when the server
 /// opens (a sealed server has neither).
@@ -156,15 +156,7 @@ async fn record(
     };
     let mut header = facts.header(Operation::Admin);
     header.note = note;
-    let append = facts.append(vec![Group {
-        header,
-        entries: vec![Entry {
-            outcome,
-            epoch: 0,
-            serial: None,
-            person: None,
-        }],
-    }]);
+    let append = facts.append(vec![Group::single(header, outcome, None)]);
     state
         .recorder
         .record(append)

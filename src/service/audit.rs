@@ -223,15 +223,11 @@ impl AuditService {
         let facts = facts(&caller, &id, &policy);
         let mut header = facts.header(Operation::Disclosure);
         header.note = format!("{} records", shown.len());
-        let mut append = facts.append(vec![fugo_log::record::Group {
+        let mut append = facts.append(vec![fugo_log::record::Group::single(
             header,
-            entries: vec![Entry {
-                outcome: Outcome::Done,
-                epoch: 0,
-                serial: None,
-                person: Some(person),
-            }],
-        }]);
+            Outcome::Done,
+            Some(person),
+        )]);
         append.usage.extend(usage);
         self.record(append).await.map_err(|s| id.tag_status(s))?;
         let records = shown
@@ -289,15 +285,11 @@ impl AuditService {
             Some(after) => format!("after {after}, {} records", copy.len()),
             None => format!("from the start, {} records", copy.len()),
         };
-        let mut append = facts.append(vec![fugo_log::record::Group {
+        let mut append = facts.append(vec![fugo_log::record::Group::single(
             header,
-            entries: vec![Entry {
-                outcome: Outcome::Done,
-                epoch: 0,
-                serial: None,
-                person: None,
-            }],
-        }]);
+            Outcome::Done,
+            None,
+        )]);
         append.usage.extend(usage);
         self.record(append).await.map_err(|s| id.tag_status(s))?;
         Ok(self.respond(

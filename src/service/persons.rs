@@ -11,7 +11,7 @@
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use fugo_log::record::{Entry, Group, Operation, Outcome, PersonLink};
+use fugo_log::record::{Group, Operation, Outcome, PersonLink};
 use tokio::sync::Mutex;
 use tonic::{Request, Response, Status};
 
@@ -76,15 +76,11 @@ impl PersonsService {
         let facts = facts(caller, id, policy);
         let mut header = facts.header(operation);
         header.note = note.to_owned();
-        let mut append = facts.append(vec![Group {
+        let mut append = facts.append(vec![Group::single(
             header,
-            entries: vec![Entry {
-                outcome: Outcome::Done,
-                epoch: 0,
-                serial: None,
-                person: Some(PersonLink(planned.person.to_bytes())),
-            }],
-        }]);
+            Outcome::Done,
+            Some(PersonLink(planned.person.to_bytes())),
+        )]);
         append.persons = crate::audit::persons::stored(&planned.change);
         let appended = self
             .state
@@ -180,15 +176,7 @@ impl PersonsService {
         header.note = "status read".to_owned();
         let person_link =
             known.then(|| PersonLink(self.state.exchange.person_link(&person).to_bytes()));
-        let append = facts.append(vec![Group {
-            header,
-            entries: vec![Entry {
-                outcome: Outcome::Done,
-                epoch: 0,
-                serial: None,
-                person: person_link,
-            }],
-        }]);
+        let append = facts.append(vec![Group::single(header, Outcome::Done, person_link)]);
         self.state
             .recorder
             .record(append)

@@ -13,7 +13,7 @@ use super::state::State;
 use crate::audit::entries::{BatchFacts, policy_digest};
 use crate::files;
 use crate::policy::{Policy, PolicyVersion};
-use fugo_log::record::{Entry, Group, Operation, Outcome};
+use fugo_log::record::{Group, Operation, Outcome};
 use fugo_log::store::Append;
 
 /// Reads and checks a policy file: a regular file of at most
@@ -58,15 +58,7 @@ pub(crate) fn policy_loaded(
     let mut header = facts.header(Operation::PolicyLoaded);
     header.note = format!("policy {} in force", policy.version());
     Append {
-        groups: vec![Group {
-            header,
-            entries: vec![Entry {
-                outcome: Outcome::Done,
-                epoch: 0,
-                serial: None,
-                person: None,
-            }],
-        }],
+        groups: vec![Group::single(header, Outcome::Done, None)],
         policies: vec![(digest, text.to_owned())],
         now_ms: facts.time_ms,
         marks: super::lifecycle::marks_of(policy, keyring),

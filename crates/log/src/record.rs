@@ -303,6 +303,23 @@ pub struct Group {
     pub entries: Vec<Entry>,
 }
 
+impl Group {
+    /// A group of one record that ended `outcome`, about `person` if any,
+    /// with no code and no serial: what an administrative act (a policy's
+    /// loading, a backup, a suspension, a refused call) records.
+    pub fn single(header: Header, outcome: Outcome, person: Option<PersonLink>) -> Group {
+        Group {
+            header,
+            entries: vec![Entry {
+                outcome,
+                epoch: 0,
+                serial: None,
+                person,
+            }],
+        }
+    }
+}
+
 /// One record as read back from the log.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Record {

@@ -1443,8 +1443,8 @@ fn roll_tallies(txn: &WriteTransaction, append: &Append) -> Result<Vec<Group>, S
         tallies
             .remove((minute, agency.as_str(), reason.as_str()))
             .map_err(|e| backend(op, e))?;
-        groups.push(Group {
-            header: Header {
+        groups.push(Group::single(
+            Header {
                 time_ms: minute.saturating_mul(60_000),
                 operation: Operation::Refusals,
                 caller: agency,
@@ -1458,13 +1458,9 @@ fn roll_tallies(txn: &WriteTransaction, append: &Append) -> Result<Vec<Group>, S
                 count,
                 agent: String::new(),
             },
-            entries: vec![Entry {
-                outcome: Outcome::Refused,
-                epoch: 0,
-                serial: None,
-                person: None,
-            }],
-        });
+            Outcome::Refused,
+            None,
+        ));
     }
     Ok(groups)
 }
