@@ -25,6 +25,8 @@
 //! - reidentify: `NUMBER`
 //! - rekey: `NEW_CODE OLD_CODE` `[old_code]` (the current-epoch code, then
 //!   the code it replaces)
+//! - migrate: `NEW_CODE OLD_CODE` `[old_code]` (the survivor's code, then
+//!   the merged agency's code it replaces)
 //!
 //! A redeem input item is read up to its first space, so seal output feeds
 //! redeem directly.
@@ -729,9 +731,9 @@ impl Work for Remote {
 
     fn extra_columns(&self) -> &[&'static str] {
         match self.operation {
-            Operation::Derive { .. } | Operation::Reidentify | Operation::Migrate { .. } => &[],
+            Operation::Derive { .. } | Operation::Reidentify => &[],
             Operation::Seal { .. } => &["serial"],
-            Operation::Rekey => &["old_code"],
+            Operation::Rekey | Operation::Migrate { .. } => &["old_code"],
             Operation::Redeem { .. } => &[
                 "serial",
                 "requester",
@@ -1001,7 +1003,9 @@ async fn next_results(responses: &mut Responses) -> Result<Option<Vec<ItemResult
                 .results
                 .into_iter()
                 .map(|r| match r.result {
-                    Some(migrate_result::Result::Migrated(m)) => Ok(m.new_code),
+                    Some(migrate_result::Result::Migrated(m)) => {
+                        Ok(format!("{} {}", m.new_code, m.old_code))
+                    }
                     Some(migrate_result::Result::Error(e)) => Err(e),
                     None => Err(missing()),
                 })

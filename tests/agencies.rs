@@ -878,8 +878,6 @@ async fn fugo_client_migrate_turns_a_csv_of_old_codes_into_pairs() {
         "--csv",
         "--column",
         "code",
-        "--append-column",
-        "city_code",
         at("town.csv").to_str().unwrap(),
         "-o",
         at("city.csv").to_str().unwrap(),
@@ -889,20 +887,46 @@ async fn fugo_client_migrate_turns_a_csv_of_old_codes_into_pairs() {
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     let written = std::fs::read_to_string(at("city.csv")).unwrap();
     let lines: Vec<&str> = written.lines().collect();
+    // As Rekey's (D218): the new code in the code column, the old one
+    // beside it, so each row keeps its pair.
     assert!(
-        lines[0].ends_with("住民ID,code,city_code"),
+        lines[0].ends_with("住民ID,code,old_code"),
         "{written}\n{stderr}"
     );
     for (i, line) in lines[1..=30].iter().enumerate() {
         assert_eq!(
             *line,
-            format!("{i},{},{}", town_codes[i], city_codes[i]),
+            format!("{i},{},{}", city_codes[i], town_codes[i]),
             "{stderr}"
         );
     }
     let rejects = std::fs::read_to_string(at("rejects.txt")).unwrap();
     assert_eq!(rejects.lines().count(), 2, "{rejects}");
     assert!(!rejects.contains("not-a-code"), "{rejects}");
+    // One code a line: `NEW_CODE OLD_CODE`, and an empty line where the
+    // input's line was rejected, as for every operation.
+    let mut plain = town_codes[..3].join("\n");
+    plain.push_str("\nnot-a-code\n");
+    std::fs::write(at("town.txt"), plain).unwrap();
+    let out = run(&[
+        "--merged",
+        "town",
+        at("town.txt").to_str().unwrap(),
+        "-o",
+        at("city.txt").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let mut expected: Vec<String> = (0..3)
+        .map(|i| format!("{} {}", city_codes[i], town_codes[i]))
+        .collect();
+    expected.push(String::new());
+    assert_eq!(
+        std::fs::read_to_string(at("city.txt"))
+            .unwrap()
+            .lines()
+            .collect::<Vec<_>>(),
+        expected
+    );
     // --merged is required; --on-behalf-of is not for migrate.
     let missing = run(&[at("town.csv").to_str().unwrap()]);
     assert!(!missing.status.success());

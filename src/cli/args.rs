@@ -395,7 +395,8 @@ pub(crate) enum ClientOperation {
     /// This agency's codes → My Numbers.
     Reidentify,
     /// Codes of an agency merged into this one (--merged) → this agency's
-    /// codes; with --csv --append-column, (old, new) pairs.
+    /// current-epoch codes (`NEW_CODE OLD_CODE` a line; in CSV the new
+    /// code replaces the old, which goes to `old_code`).
     Migrate,
     /// This agency's codes of an earlier epoch (current, accepted or
     /// rekey-only) → its current-epoch codes (`NEW_CODE OLD_CODE` a line;
