@@ -1394,14 +1394,20 @@ async fn recorder_fails_closed_and_recovers_in_this_process() {
 
     // The log holds the records that were acknowledged.
     let mut store = RedbStore::open(dir.path().join(fugo::audit::STORE_FILE)).unwrap();
-    let people: Vec<u8> = store
+    let people = mhlw_people(&mut store);
+    assert_eq!(people.first(), Some(&1));
+    assert_eq!(people.last(), Some(&4));
+}
+
+/// The first byte of each person mhlw's records name, in log order (the
+/// records of [`a_derive_record`]).
+fn mhlw_people(store: &mut RedbStore) -> Vec<u8> {
+    store
         .agency_records("mhlw", None, 100)
         .unwrap()
         .iter()
         .map(|r| r.entry.person.unwrap().0[0])
-        .collect();
-    assert_eq!(people.first(), Some(&1));
-    assert_eq!(people.last(), Some(&4));
+        .collect()
 }
 
 /// D202: `close` closes the store while others still hold the recorder:
@@ -1430,12 +1436,7 @@ async fn closing_the_recorder_closes_the_store_while_others_hold_it() {
         "a record after close is refused"
     );
     let mut store = RedbStore::open_checked(dir.path().join(fugo::audit::STORE_FILE)).unwrap();
-    let people: Vec<u8> = store
-        .agency_records("mhlw", None, 100)
-        .unwrap()
-        .iter()
-        .map(|r| r.entry.person.unwrap().0[0])
-        .collect();
+    let people = mhlw_people(&mut store);
     assert_eq!(people, vec![1]);
     assert!(
         store

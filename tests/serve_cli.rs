@@ -198,6 +198,14 @@ fn client(server: &Server, dir: &Path, agency: &str, args: &[&str]) -> Output {
     )
 }
 
+/// mhlw derives one number through `fugo client`, which must succeed.
+fn derive_one(server: &Server, dir: &Path) {
+    let numbers = dir.join("n");
+    fs::write(&numbers, "123456789018\n").unwrap();
+    let out = client(server, dir, "mhlw", &["derive", numbers.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+}
+
 /// `fugo client` with the certificates in `certs`; fails after 30 s.
 fn client_with(server: &Server, certs: &Path, agency: &str, args: &[&str]) -> Output {
     output_within(
@@ -467,15 +475,7 @@ fn sighup_reloads_the_policy_and_keeps_the_old_one_when_broken() {
 fn a_clean_stop_closes_the_audit_store_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&config(dir.path(), true, common::DEMO_FINGERPRINT));
-    let numbers = dir.path().join("n");
-    fs::write(&numbers, "123456789018\n").unwrap();
-    let out = client(
-        &server,
-        dir.path(),
-        "mhlw",
-        &["derive", numbers.to_str().unwrap()],
-    );
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    derive_one(&server, dir.path());
     server.signal("HUP");
     std::thread::sleep(Duration::from_millis(300));
     let started = Instant::now();
@@ -692,15 +692,7 @@ fn a_named_pipe_at_the_policy_path_is_refused_on_sighup_and_the_server_keeps_goi
     assert!(made.success());
     server.signal("HUP");
     std::thread::sleep(Duration::from_millis(500));
-    let numbers = dir.path().join("n");
-    fs::write(&numbers, "123456789018\n").unwrap();
-    let out = client(
-        &server,
-        dir.path(),
-        "mhlw",
-        &["derive", numbers.to_str().unwrap()],
-    );
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    derive_one(&server, dir.path());
     // A second SIGHUP is handled too: nothing is stuck.
     server.signal("HUP");
     std::thread::sleep(Duration::from_millis(300));

@@ -30,7 +30,7 @@ use super::state::State;
 use super::status;
 use crate::agency::{AffairId, AgencyId, ItemId};
 use crate::audit::entries::{BatchFacts, Collector, outcome_of};
-use crate::exchange::{Done, Exchange, SealContext};
+use crate::exchange::{BatchError, Done, Exchange, SealContext};
 use crate::policy::{Metered, Policy};
 use crate::proto::fugo::v1::codes_server::Codes;
 use crate::proto::fugo::v1::{
@@ -1100,11 +1100,6 @@ fn migrate(
     request: MigrateRequest,
 ) -> Result<Pending<MigrateResponse>, Status> {
     let merged = parse_field("merged", &request.merged, AgencyId::new)?;
-    let codes: Vec<&[u8]> = request.codes.iter().map(String::as_bytes).collect();
-    let done = state
-        .exchange
-        .migrate(policy, caller, &merged, &codes)
-        .map_err(status::batch)?;
     let mut header = facts.header(Operation::Migrate);
     header.counterpart = merged.to_string();
     let (results, append) = converted(
@@ -1112,15 +1107,15 @@ fn migrate(
         caller,
         facts,
         header,
-        done,
         request.codes,
+        |codes| state.exchange.migrate(policy, caller, &merged, codes),
         |old_code, new_code| MigrateResult {
             result: Some(match new_code {
                 Ok(new_code) => migrate_result::Result::Migrated(Migrated { old_code, new_code }),
                 Err(error) => migrate_result::Result::Error(error),
             }),
         },
-    );
+    )?;
     Ok(Pending::new(
         MigrateResponse {
             results,
@@ -1130,19 +1125,21 @@ fn migrate(
     ))
 }
 
-/// What Rekey and Migrate share once the exchange has converted: one
-/// audit group under `header` (every item made in the caller's current
-/// epoch), and each old code paired with its new code or its error, in
-/// the request's order.
+/// What Rekey and Migrate share: `convert` turns the old codes into the
+/// caller's current-epoch codes; the conversion is one audit group under
+/// `header`, and each old code is paired with its new code or its error,
+/// in the request's order.
 fn converted<R>(
     policy: &Policy,
     caller: &AgencyId,
     facts: &BatchFacts<'_>,
     header: Header,
-    done: Done<crate::exchange::Rekeyed>,
     old_codes: Vec<String>,
+    convert: impl FnOnce(&[&[u8]]) -> Result<Done<crate::exchange::Rekeyed>, BatchError>,
     result: impl Fn(String, Result<String, crate::proto::fugo::v1::ItemError>) -> R,
-) -> (Vec<R>, Append) {
+) -> Result<(Vec<R>, Append), Status> {
+    let codes: Vec<&[u8]> = old_codes.iter().map(String::as_bytes).collect();
+    let done = convert(&codes).map_err(status::batch)?;
     let epoch = made_in(policy, caller, None);
     let mut collector = Collector::new();
     let group = collector.group(header);
@@ -1160,7 +1157,7 @@ fn converted<R>(
             )
         })
         .collect();
-    (results, append)
+    Ok((results, append))
 }
 
 fn reidentify(
@@ -1204,11 +1201,6 @@ fn rekey(
     facts: &BatchFacts<'_>,
     request: RekeyRequest,
 ) -> Result<Pending<RekeyResponse>, Status> {
-    let codes: Vec<&[u8]> = request.codes.iter().map(String::as_bytes).collect();
-    let done = state
-        .exchange
-        .rekey(policy, caller, &codes)
-        .map_err(status::batch)?;
     let mut header = facts.header(Operation::Rekey);
     header.note = format!("to epoch {}", made_in(policy, caller, None));
     let (results, append) = converted(
@@ -1216,15 +1208,15 @@ fn rekey(
         caller,
         facts,
         header,
-        done,
         request.codes,
+        |codes| state.exchange.rekey(policy, caller, codes),
         |old_code, new_code| RekeyResult {
             result: Some(match new_code {
                 Ok(new_code) => rekey_result::Result::Rekeyed(Rekeyed { old_code, new_code }),
                 Err(error) => rekey_result::Result::Error(error),
             }),
         },
-    );
+    )?;
     Ok(Pending::new(
         RekeyResponse {
             results,

@@ -49,6 +49,9 @@ pub struct Allowed {
     pub links: bool,
     /// This agency's codes (its own outputs and responses).
     pub codes_of: Option<String>,
+    /// The codes of an agency merged into the caller: the caller sent them
+    /// and gets each back beside its own code (migrate's `old_code`).
+    pub merged_codes_of: Option<String>,
 }
 
 impl Allowed {
@@ -77,7 +80,10 @@ impl Allowed {
         match kind {
             Kind::Number => self.numbers,
             Kind::Link => self.links,
-            Kind::Code(agency) => self.codes_of.as_deref() == Some(agency),
+            Kind::Code(agency) => {
+                self.codes_of.as_deref() == Some(agency)
+                    || self.merged_codes_of.as_deref() == Some(agency)
+            }
             Kind::Handle | Kind::Key => false,
         }
     }
