@@ -27,6 +27,8 @@ pub const MAX_KEY_FILE: u64 = 1 << 10;
 pub const MAX_CERTIFICATES: u64 = 1 << 20;
 /// Largest TLS private key file: 64 KiB.
 pub const MAX_TLS_KEY: u64 = 64 << 10;
+/// Largest CRL file: 64 MiB (a list of a million serial numbers is about 40 MB).
+pub const MAX_CRL: u64 = 64 << 20;
 
 /// Why a file could not be read. The caller names the file.
 #[derive(Debug, Error)]

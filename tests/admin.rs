@@ -194,6 +194,15 @@ fn admin_args<'a>(dir: &'a Path, running: &Running, rest: &[&'a str]) -> Vec<Str
     args
 }
 
+/// The ops admin's certificate and key files, as `fugo admin restore`
+/// takes them.
+fn ops_files(dir: &Path) -> (String, String) {
+    (
+        dir.join("ops.pem").display().to_string(),
+        dir.join("ops.key").display().to_string(),
+    )
+}
+
 fn run_fugo(args: Vec<String>) -> Output {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     fugo(&args)
@@ -203,6 +212,7 @@ fn run_fugo(args: Vec<String>) -> Output {
 async fn backup_then_traffic_then_restore_keeps_the_log_honest() {
     let setup = setup();
     let dir = setup.dir.path().to_path_buf();
+    let ops = ops_files(&dir);
     let data = setup.config.data_dir.clone();
     let running = start(&setup.config).await;
     derive_some(&setup, &running, 1_000).await;
@@ -254,8 +264,10 @@ async fn backup_then_traffic_then_restore_keeps_the_log_honest() {
         dir.join("fugo.toml").to_str().unwrap(),
         "--from",
         out.to_str().unwrap(),
-        "--admin",
-        "ops",
+        "--cert",
+        ops.0.as_str(),
+        "--key",
+        ops.1.as_str(),
         "--force",
     ]);
     assert!(!live.status.success());
@@ -310,8 +322,10 @@ async fn backup_then_traffic_then_restore_keeps_the_log_honest() {
         dir.join("fugo.toml").to_str().unwrap(),
         "--from",
         damaged.to_str().unwrap(),
-        "--admin",
-        "ops",
+        "--cert",
+        ops.0.as_str(),
+        "--key",
+        ops.1.as_str(),
         "--force",
     ]);
     assert!(!refused.status.success());
@@ -330,6 +344,61 @@ async fn backup_then_traffic_then_restore_keeps_the_log_honest() {
     // Restore over the store that is there: refused without --force.
     let config = dir.join("fugo.toml");
     let from = out.to_str().unwrap();
+
+    // Who restores is proven as the admin listener proves an admin (D203):
+    // an agency's certificate, an admin CA certificate not in [admin]
+    // identities, ops's certificate with another key, and a configuration
+    // with no [admin] are all refused, the store untouched.
+    let no_admin = dir.join("no-admin.toml");
+    let text_config = fs::read_to_string(&config).unwrap();
+    let without = &text_config[..text_config.find("[admin]").unwrap()];
+    fs::write(&no_admin, without).unwrap();
+    for (config, cert, key, says) in [
+        (
+            &config,
+            "mhlw.pem",
+            "mhlw.key",
+            "not accepted by the admin CA",
+        ),
+        (
+            &config,
+            "intruder.pem",
+            "intruder.key",
+            "'intruder' is not one of the admins in [admin] identities",
+        ),
+        (
+            &config,
+            "ops.pem",
+            "intruder.key",
+            "not the private key of the certificate",
+        ),
+        (&no_admin, "ops.pem", "ops.key", "configure [admin]"),
+    ] {
+        let refused = fugo(&[
+            "admin",
+            "restore",
+            "--config",
+            config.to_str().unwrap(),
+            "--from",
+            from,
+            "--cert",
+            dir.join(cert).to_str().unwrap(),
+            "--key",
+            dir.join(key).to_str().unwrap(),
+            "--force",
+        ]);
+        assert!(!refused.status.success(), "{cert} {key}");
+        assert!(
+            text(&refused.stderr).contains(says),
+            "{cert} {key}: {}",
+            text(&refused.stderr)
+        );
+        assert_eq!(
+            open_store(&data).size(),
+            later_size,
+            "the store is untouched"
+        );
+    }
     let restore = [
         "admin",
         "restore",
@@ -337,8 +406,10 @@ async fn backup_then_traffic_then_restore_keeps_the_log_honest() {
         config.to_str().unwrap(),
         "--from",
         from,
-        "--admin",
-        "ops",
+        "--cert",
+        ops.0.as_str(),
+        "--key",
+        ops.1.as_str(),
     ];
     let refused = fugo(&restore);
     assert!(!refused.status.success());
@@ -427,8 +498,10 @@ async fn backup_then_traffic_then_restore_keeps_the_log_honest() {
             dir.join("custody.toml").display().to_string(),
             "--from".to_owned(),
             out.display().to_string(),
-            "--admin".to_owned(),
-            "ops".to_owned(),
+            "--cert".to_owned(),
+            ops.0.clone(),
+            "--key".to_owned(),
+            ops.1.clone(),
         ];
         for share in shares {
             args.extend(["--share".to_owned(), share.clone()]);
@@ -746,6 +819,7 @@ async fn the_agencies_ca_is_refused_as_the_admin_ca() {
 async fn a_backup_under_traffic_is_consistent() {
     let setup = setup();
     let dir = setup.dir.path().to_path_buf();
+    let ops = ops_files(&dir);
     let running = start(&setup.config).await;
     let channel = agency_channel(&setup, &running).await;
     let traffic = tokio::spawn(async move {
@@ -794,8 +868,10 @@ async fn a_backup_under_traffic_is_consistent() {
         dir.join("restored.toml").to_str().unwrap(),
         "--from",
         out.to_str().unwrap(),
-        "--admin",
-        "ops",
+        "--cert",
+        ops.0.as_str(),
+        "--key",
+        ops.1.as_str(),
     ]);
     assert!(restored.status.success(), "{}", text(&restored.stderr));
     let key = text(&restored.stdout)

@@ -1520,8 +1520,10 @@ fn every_rpc_and_command_at_full_tracing_leaks_nothing() {
         restore_config.to_str().unwrap(),
         "--from",
         &at("admin-backup"),
-        "--admin",
-        "ops",
+        "--cert",
+        &format!("{}/ops.pem", at("pki-admin")),
+        "--key",
+        &format!("{}/ops.key", at("pki-admin")),
     ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     seen.output("admin restore", &out, Allowed::nothing());

@@ -1,6 +1,7 @@
 //! `fugo admin backup | reload-policy | status | restore`: the first three
 //! call the server's admin listener with an admin certificate; restore
-//! works on the data directory with the server stopped.
+//! works on the data directory with the server stopped, its admin proven
+//! by the same certificate and key.
 
 use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
@@ -72,10 +73,11 @@ pub(crate) fn run(command: AdminCommand) -> Result<u8, CliError> {
         AdminCommand::Restore {
             config,
             from,
-            admin,
+            cert,
+            key,
             shares,
             force,
-        } => restore(&config, &from, &admin, &shares, force),
+        } => restore(&config, &from, (&cert, &key), &shares, force),
     }
 }
 
@@ -209,14 +211,24 @@ fn master_key(config: &ServeConfig, shares: &[PathBuf]) -> Result<KeyHierarchy, 
     }
 }
 
+/// Restores with the server stopped; the admin is proven by their admin
+/// certificate and key, as the admin listener would prove them (D203).
 fn restore(
     config: &Path,
     from: &Path,
-    admin: &str,
+    (cert, key): (&Path, &Path),
     shares: &[PathBuf],
     force: bool,
 ) -> Result<u8, CliError> {
     let config = ServeConfig::load(config).map_err(fugo::service::ServeError::from)?;
+    let Some(admin_plane) = &config.admin else {
+        return Err(CliError::BadArgument(
+            "a restore is recorded under the admin who does it, proven by an admin \
+             certificate: configure [admin] (ca, identities) as for the admin listener"
+                .into(),
+        ));
+    };
+    let admin = fugo::service::prove_admin(admin_plane, cert, key)?;
     let keys = master_key(&config, shares)?;
     let origin = match &config.audit.origin {
         Some(origin) => origin.clone(),
@@ -227,7 +239,7 @@ fn restore(
         origin: &origin,
         data_dir: &config.data_dir,
         backup: &from.join(BACKUP_FILE),
-        admin,
+        admin: &admin,
         force,
     })?;
     if let Some(kept) = &restored.kept {

@@ -134,9 +134,14 @@ pub(crate) enum AdminCommand {
         /// The folder holding fugo.backup (as `fugo admin backup --out`).
         #[arg(long, value_name = "DIR")]
         from: PathBuf,
-        /// Who restores: recorded in the Restored record as admin:NAME.
-        #[arg(long, value_name = "NAME")]
-        admin: String,
+        /// The admin certificate of who restores (as for the admin
+        /// listener): checked against `[admin] ca`, `crl` and
+        /// `identities`; its name is recorded in the Restored record.
+        #[arg(long, value_name = "FILE")]
+        cert: PathBuf,
+        /// The private key of --cert.
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
         /// With the key held by custodians (`[custody]`): a share file
         /// (`fugo keys split`); give as many as the threshold.
         #[arg(long = "share", value_name = "SHAREFILE")]

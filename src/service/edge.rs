@@ -57,9 +57,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::{Instant, Sleep};
 use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls::crypto::CryptoProvider;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::rustls::server::WebPkiClientVerifier;
+use tokio_rustls::rustls::server::danger::ClientCertVerifier;
 use tokio_rustls::rustls::{RootCertStore, ServerConfig};
 use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
@@ -107,29 +109,7 @@ pub(crate) fn tls_setup(
 ) -> Result<(Arc<ServerConfig>, Crls), String> {
     let shown = |path: &Path, what: &str| format!("{}: {what}", path.display());
     let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
-    let mut roots = RootCertStore::empty();
-    let mut anchors = Vec::new();
-    for certificate in CertificateDer::pem_slice_iter(client_ca.1) {
-        let certificate =
-            certificate.map_err(|error| shown(client_ca.0, &format!("not PEM: {error}")))?;
-        roots
-            .add(certificate.clone())
-            .map_err(|error| shown(client_ca.0, &format!("not a CA certificate: {error}")))?;
-        anchors.push(certificate);
-    }
-    let crls = Crls::load(crls, (client_ca.0, &anchors), &provider)?;
-    let mut verifier =
-        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
-    if !crls.is_empty() {
-        // The whole chain, unknown status refused (the default), an expired
-        // list refused too: fail closed, as OpenSSL and nginx do (D132).
-        verifier = verifier
-            .with_crls(crls.ders())
-            .enforce_revocation_expiration();
-    }
-    let verifier = verifier
-        .build()
-        .map_err(|error| shown(client_ca.0, &format!("unusable client CA: {error}")))?;
+    let (verifier, crls) = client_verifier(client_ca, crls, &provider)?;
     let chain = CertificateDer::pem_slice_iter(server_cert.1)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|error| shown(server_cert.0, &format!("not PEM: {error}")))?;
@@ -143,6 +123,43 @@ pub(crate) fn tls_setup(
         .map_err(|error| shown(server_cert.0, &format!("unusable with its key: {error}")))?;
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok((Arc::new(config), crls))
+}
+
+/// What a handshake checks of a client certificate: signed by
+/// `client_ca` (its path and PEM text), for client authentication, and,
+/// with revocation lists, not revoked by its CA's list, which must be
+/// there and current. Also how `fugo admin restore` checks its admin's
+/// certificate with no connection (D203).
+pub(crate) fn client_verifier(
+    client_ca: (&Path, &[u8]),
+    crls: &[(&Path, &[u8])],
+    provider: &Arc<CryptoProvider>,
+) -> Result<(Arc<dyn ClientCertVerifier>, Crls), String> {
+    let shown = |path: &Path, what: &str| format!("{}: {what}", path.display());
+    let mut roots = RootCertStore::empty();
+    let mut anchors = Vec::new();
+    for certificate in CertificateDer::pem_slice_iter(client_ca.1) {
+        let certificate =
+            certificate.map_err(|error| shown(client_ca.0, &format!("not PEM: {error}")))?;
+        roots
+            .add(certificate.clone())
+            .map_err(|error| shown(client_ca.0, &format!("not a CA certificate: {error}")))?;
+        anchors.push(certificate);
+    }
+    let crls = Crls::load(crls, (client_ca.0, &anchors), provider)?;
+    let mut verifier =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(provider));
+    if !crls.is_empty() {
+        // The whole chain, unknown status refused (the default), an expired
+        // list refused too: fail closed, as OpenSSL and nginx do (D132).
+        verifier = verifier
+            .with_crls(crls.ders())
+            .enforce_revocation_expiration();
+    }
+    let verifier = verifier
+        .build()
+        .map_err(|error| shown(client_ca.0, &format!("unusable client CA: {error}")))?;
+    Ok((verifier, crls))
 }
 
 /// The TLS setup in force, replaceable while the server runs: each

@@ -95,6 +95,16 @@ pub enum ServeError {
     /// The TLS files are not a usable certificate, key or CA.
     #[error("TLS: {0}")]
     Tls(String),
+
+    /// An admin certificate or key that proves no admin (`fugo admin
+    /// restore`, D203).
+    #[error("{path}: {reason}")]
+    NotAnAdmin {
+        /// The certificate or key file.
+        path: String,
+        /// What it fails.
+        reason: String,
+    },
     /// Dev certificates could not be made.
     #[error(transparent)]
     Certs(#[from] CertError),

@@ -31,6 +31,7 @@
 //! never a number, a code or a token.
 
 mod admin;
+mod admin_proof;
 mod audit;
 pub mod codec;
 mod codes;
@@ -54,6 +55,7 @@ pub mod server;
 mod state;
 mod status;
 
+pub use admin_proof::prove_admin;
 pub use codes::{CHECKPOINT, Handlers};
 pub use config::{AdminConfig, AuditConfig, LogConfig, LogFormat, MasterKeySource, ServeConfig};
 pub use lifecycle::{generation_key_mismatches, offline_epoch};

@@ -246,9 +246,6 @@ pub(crate) fn tls_material(
     })
 }
 
-/// Largest CRL file: 64 MiB (a list of a million serial numbers is about 40 MB).
-const MAX_CRL: u64 = 64 << 20;
-
 /// The TLS setup and what rebuilding it takes: the files read at start
 /// (the client CA, the server's certificate and key, kept in memory) and
 /// the CRL files, which a reload reads again.
@@ -322,7 +319,7 @@ fn build_tls(
 ) -> Result<(Arc<tokio_rustls::rustls::ServerConfig>, Crls), ServeError> {
     let mut crls = Vec::new();
     for path in crl_paths {
-        crls.push((path.as_path(), read_tls(path, MAX_CRL)?));
+        crls.push((path.as_path(), read_tls(path, files::MAX_CRL)?));
     }
     let crls: Vec<(&Path, &[u8])> = crls
         .iter()
