@@ -18,6 +18,7 @@
 //!  error: why a start or reload failed (ServeError)
 //!  sealed: started without the key, UNAVAILABLE until `fugo unseal` supplies the shares
 //!  offline: the server's keys and policy for `fugo derive --config`
+//!  admin_proof: an admin certificate checked with no connection (`fugo admin restore`)
 //! ```
 //!
 //! Imports run one way: server imports the services, the services import
