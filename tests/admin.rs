@@ -194,13 +194,34 @@ fn admin_args<'a>(dir: &'a Path, running: &Running, rest: &[&'a str]) -> Vec<Str
     args
 }
 
-/// The ops admin's certificate and key files, as `fugo admin restore`
-/// takes them.
-fn ops_files(dir: &Path) -> (String, String) {
-    (
-        dir.join("ops.pem").display().to_string(),
-        dir.join("ops.key").display().to_string(),
-    )
+/// `fugo admin restore --config CONFIG --from FROM`, as the admin of the
+/// certificate and key `DIR/CERT` and `DIR/KEY` (D203), with `extra`
+/// arguments.
+fn restore(
+    config: &Path,
+    from: &Path,
+    (dir, cert, key): (&Path, &str, &str),
+    extra: &[&str],
+) -> Output {
+    let mut args = vec![
+        "admin".to_owned(),
+        "restore".to_owned(),
+        "--config".to_owned(),
+        config.display().to_string(),
+        "--from".to_owned(),
+        from.display().to_string(),
+        "--cert".to_owned(),
+        dir.join(cert).display().to_string(),
+        "--key".to_owned(),
+        dir.join(key).display().to_string(),
+    ];
+    args.extend(extra.iter().map(|arg| (*arg).to_owned()));
+    run_fugo(args)
+}
+
+/// The listed admin's certificate and key, for [`restore`].
+fn ops(dir: &Path) -> (&Path, &'static str, &'static str) {
+    (dir, "ops.pem", "ops.key")
 }
 
 fn run_fugo(args: Vec<String>) -> Output {
@@ -212,7 +233,6 @@ fn run_fugo(args: Vec<String>) -> Output {
 async fn backup_then_traffic_then_restore_keeps_the_log_honest() {
     let setup = setup();
     let dir = setup.dir.path().to_path_buf();
-    let ops = ops_files(&dir);
     let data = setup.config.data_dir.clone();
     let running = start(&setup.config).await;
     derive_some(&setup, &running, 1_000).await;
@@ -257,19 +277,7 @@ async fn backup_then_traffic_then_restore_keeps_the_log_honest() {
     );
 
     // Restore refuses while the server holds the store, even with --force.
-    let live = fugo(&[
-        "admin",
-        "restore",
-        "--config",
-        dir.join("fugo.toml").to_str().unwrap(),
-        "--from",
-        out.to_str().unwrap(),
-        "--cert",
-        ops.0.as_str(),
-        "--key",
-        ops.1.as_str(),
-        "--force",
-    ]);
+    let live = restore(&dir.join("fugo.toml"), &out, ops(&dir), &["--force"]);
     assert!(!live.status.success());
     assert!(
         text(&live.stderr).contains("is in use (a running server?)"),
@@ -315,19 +323,7 @@ async fn backup_then_traffic_then_restore_keeps_the_log_honest() {
     let last = bytes.len() - 3;
     bytes[last] ^= 0x20;
     fs::write(damaged.join("fugo.backup"), &bytes).unwrap();
-    let refused = fugo(&[
-        "admin",
-        "restore",
-        "--config",
-        dir.join("fugo.toml").to_str().unwrap(),
-        "--from",
-        damaged.to_str().unwrap(),
-        "--cert",
-        ops.0.as_str(),
-        "--key",
-        ops.1.as_str(),
-        "--force",
-    ]);
+    let refused = restore(&dir.join("fugo.toml"), &damaged, ops(&dir), &["--force"]);
     assert!(!refused.status.success());
     assert!(
         text(&refused.stderr).contains("damaged or was changed"),
@@ -343,7 +339,6 @@ async fn backup_then_traffic_then_restore_keeps_the_log_honest() {
 
     // Restore over the store that is there: refused without --force.
     let config = dir.join("fugo.toml");
-    let from = out.to_str().unwrap();
 
     // Who restores is proven as the admin listener proves an admin (D203):
     // an agency's certificate, an admin CA certificate not in [admin]
@@ -374,19 +369,7 @@ async fn backup_then_traffic_then_restore_keeps_the_log_honest() {
         ),
         (&no_admin, "ops.pem", "ops.key", "configure [admin]"),
     ] {
-        let refused = fugo(&[
-            "admin",
-            "restore",
-            "--config",
-            config.to_str().unwrap(),
-            "--from",
-            from,
-            "--cert",
-            dir.join(cert).to_str().unwrap(),
-            "--key",
-            dir.join(key).to_str().unwrap(),
-            "--force",
-        ]);
+        let refused = restore(config, &out, (&dir, cert, key), &["--force"]);
         assert!(!refused.status.success(), "{cert} {key}");
         assert!(
             text(&refused.stderr).contains(says),
@@ -399,28 +382,14 @@ async fn backup_then_traffic_then_restore_keeps_the_log_honest() {
             "the store is untouched"
         );
     }
-    let restore = [
-        "admin",
-        "restore",
-        "--config",
-        config.to_str().unwrap(),
-        "--from",
-        from,
-        "--cert",
-        ops.0.as_str(),
-        "--key",
-        ops.1.as_str(),
-    ];
-    let refused = fugo(&restore);
+    let refused = restore(&config, &out, ops(&dir), &[]);
     assert!(!refused.status.success());
     assert!(
         text(&refused.stderr).contains("already holds an audit store"),
         "{}",
         text(&refused.stderr)
     );
-    let mut forced = restore.to_vec();
-    forced.push("--force");
-    let restored = fugo(&forced);
+    let restored = restore(&config, &out, ops(&dir), &["--force"]);
     assert!(restored.status.success(), "{}", text(&restored.stderr));
     let said = text(&restored.stdout);
     assert!(
@@ -491,22 +460,11 @@ async fn backup_then_traffic_then_restore_keeps_the_log_honest() {
         + "[custody]\nthreshold = 2\n";
     fs::write(dir.join("custody.toml"), custody).unwrap();
     let with_shares = |shares: &[String]| {
-        let mut args = vec![
-            "admin".to_owned(),
-            "restore".to_owned(),
-            "--config".to_owned(),
-            dir.join("custody.toml").display().to_string(),
-            "--from".to_owned(),
-            out.display().to_string(),
-            "--cert".to_owned(),
-            ops.0.clone(),
-            "--key".to_owned(),
-            ops.1.clone(),
-        ];
-        for share in shares {
-            args.extend(["--share".to_owned(), share.clone()]);
-        }
-        run_fugo(args)
+        let args: Vec<&str> = shares
+            .iter()
+            .flat_map(|share| ["--share", share.as_str()])
+            .collect();
+        restore(&dir.join("custody.toml"), &out, ops(&dir), &args)
     };
     let short = with_shares(&shares[..1]);
     assert!(!short.status.success());
@@ -819,7 +777,6 @@ async fn the_agencies_ca_is_refused_as_the_admin_ca() {
 async fn a_backup_under_traffic_is_consistent() {
     let setup = setup();
     let dir = setup.dir.path().to_path_buf();
-    let ops = ops_files(&dir);
     let running = start(&setup.config).await;
     let channel = agency_channel(&setup, &running).await;
     let traffic = tokio::spawn(async move {
@@ -861,18 +818,7 @@ async fn a_backup_under_traffic_is_consistent() {
         .unwrap()
         .replace("data_dir = \"data\"", "data_dir = \"restored\"");
     fs::write(dir.join("restored.toml"), config).unwrap();
-    let restored = fugo(&[
-        "admin",
-        "restore",
-        "--config",
-        dir.join("restored.toml").to_str().unwrap(),
-        "--from",
-        out.to_str().unwrap(),
-        "--cert",
-        ops.0.as_str(),
-        "--key",
-        ops.1.as_str(),
-    ]);
+    let restored = restore(&dir.join("restored.toml"), &out, ops(&dir), &[]);
     assert!(restored.status.success(), "{}", text(&restored.stderr));
     let key = text(&restored.stdout)
         .lines()
