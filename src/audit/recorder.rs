@@ -575,11 +575,15 @@ fn open_store(path: &Path) -> Result<RedbStore, RecorderError> {
         Recovery::Clean => {}
         Recovery::Rebuilt => tracing::info!(
             size = store.size(),
-            "the audit store was not closed (the last run was killed, or a write failed);              every commit is there"
+            "the audit store was not closed (the last run was killed, or a write failed); \
+             every commit is there"
         ),
         Recovery::RolledBack => tracing::warn!(
             size = store.size(),
-            "the audit store's last commit was cut off during its write and was rolled back:              it was never acknowledged (a commit is answered only after its fsync). If no run              ended and no write failed then, the file was changed: verify it against a              checkpoint a client holds"
+            "the audit store's last commit was cut off during its write and was rolled back: \
+             it was never acknowledged (a commit is answered only after its fsync). If no run \
+             ended and no write failed then, the file was changed: verify it against a \
+             checkpoint a client holds"
         ),
     }
     Ok(store)
