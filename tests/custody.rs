@@ -1095,3 +1095,179 @@ fn keyring_key_sources_are_checked_before_listening() {
     );
     assert!(!setup.data_dir().join("unseal.sock").exists());
 }
+
+/// D204: custodians hand their shares to a sealed server over the admin
+/// listener, with admin certificates, from wherever that listener is
+/// reachable. A refused share is FAILED_PRECONDITION naming why, a
+/// certificate of no listed admin is refused, the share that completes the
+/// key opens the server (and closes the unseal socket), and every share's
+/// admin is in the audit trail once it opens, without the share.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn custodians_unseal_over_the_admin_plane_and_each_share_is_recorded() {
+    use fugo::proto::fugo::v1::UnsealRequest;
+    use fugo::proto::fugo::v1::admin_client::AdminClient;
+    use fugo_log::record::{Operation, Outcome};
+
+    let dir = tempfile::tempdir().unwrap();
+    let policy =
+        fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("policy.example.toml"))
+            .unwrap();
+    let (mut config, ca) = common::server_config(dir.path(), &policy, [9; 32]);
+    fs::remove_file(dir.path().join("master.key")).unwrap();
+    config.master_key = fugo::service::MasterKeySource::Shares { threshold: 2 };
+    let admin_ca = fugo::certs::DevCa::new("admin CA").unwrap();
+    fs::write(dir.path().join("admin-ca.pem"), admin_ca.cert_pem()).unwrap();
+    config.admin = Some(fugo::service::AdminConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ca: dir.path().join("admin-ca.pem"),
+        identities: vec!["custodian-a".to_owned(), "custodian-b".to_owned()],
+        crls: Vec::new(),
+    });
+    let data_dir = config.data_dir.clone();
+    let running = fugo::service::start(config, &mut std::io::sink())
+        .await
+        .unwrap();
+    assert!(running.is_sealed());
+    let addr = running.admin_addr.unwrap();
+    let mut a = AdminClient::new(common::channel_with(addr, &ca, &admin_ca, "custodian-a").await);
+    let mut b = AdminClient::new(common::channel_with(addr, &ca, &admin_ca, "custodian-b").await);
+    let shares: Vec<String> = fugo::custody::split_key(&MasterKey::from_bytes([9; 32]), 3, 2)
+        .unwrap()
+        .iter()
+        .map(|share| share.to_text().to_string())
+        .collect();
+    let unseal = |share: &str| UnsealRequest {
+        share: share.to_owned(),
+    };
+
+    // A damaged share: refused, naming why, and it does not count.
+    let at = shares[0].find("value: ").unwrap() + 7;
+    let mut damaged = shares[0].clone().into_bytes();
+    damaged[at] = if damaged[at] == b'a' { b'b' } else { b'a' };
+    let refused = a
+        .unseal(unseal(std::str::from_utf8(&damaged).unwrap()))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert!(
+        refused
+            .message()
+            .contains("share 1: the checksum does not match"),
+        "{refused:?}"
+    );
+    let first = a.unseal(unseal(&shares[0])).await.unwrap().into_inner();
+    assert_eq!(
+        first.outcome,
+        "accepted: share 1 for generation 1; 1 of 2 shares supplied"
+    );
+    assert!(!first.unsealed && running.is_sealed());
+
+    // An admin CA certificate of no listed admin.
+    let mut intruder =
+        AdminClient::new(common::channel_with(addr, &ca, &admin_ca, "intruder").await);
+    let denied = intruder.unseal(unseal(&shares[1])).await.unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
+    assert!(running.is_sealed(), "the intruder's share did not count");
+
+    // The last share by `fugo admin unseal`, from its share file.
+    let pem = admin_ca.client("custodian-b").unwrap();
+    for (name, body) in [
+        ("b.pem", pem.cert.as_bytes()),
+        ("b.key", pem.key.as_bytes()),
+        ("ca.pem", ca.cert_pem().as_bytes()),
+        ("share-3.txt", shares[2].as_bytes()),
+    ] {
+        fs::write(dir.path().join(name), body).unwrap();
+        fs::set_permissions(dir.path().join(name), fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let at = |name: &str| dir.path().join(name).display().to_string();
+    let args = [
+        "admin".to_owned(),
+        "unseal".to_owned(),
+        "--server".to_owned(),
+        format!("https://{addr}"),
+        "--server-name".to_owned(),
+        "localhost".to_owned(),
+        "--ca".to_owned(),
+        at("ca.pem"),
+        "--cert".to_owned(),
+        at("b.pem"),
+        "--key".to_owned(),
+        at("b.key"),
+        at("share-3.txt"),
+    ];
+    let output = tokio::task::spawn_blocking(move || Command::new(FUGO).args(args).output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    let said = text(&output.stdout);
+    assert!(
+        said.starts_with("unsealed: key ") && said.ends_with("the server is serving\n"),
+        "{said}"
+    );
+    assert!(!running.is_sealed());
+    let socket = data_dir.join("unseal.sock");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while socket.exists() {
+        assert!(Instant::now() < deadline, "the unseal socket is closed too");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let again = b.unseal(unseal(&shares[1])).await.unwrap_err();
+    assert_eq!(again.code(), Code::FailedPrecondition, "{again:?}");
+    assert!(again.message().contains("not sealed"), "{again:?}");
+    running.stop().await.unwrap();
+
+    // Every share, refused or not, is a record naming its admin.
+    use fugo_log::store::Store;
+    let mut store =
+        fugo_log::store::RedbStore::open(data_dir.join(fugo::audit::STORE_FILE)).unwrap();
+    let unseals: Vec<(String, String, Outcome)> = store
+        .records(0, 1_000)
+        .unwrap()
+        .into_iter()
+        .filter_map(|record| match record {
+            fugo_log::store::StoredRecord::Body(record)
+                if record.header.operation == Operation::Admin =>
+            {
+                Some((
+                    record.header.caller.clone(),
+                    record.header.note.clone(),
+                    record.entry.outcome,
+                ))
+            }
+            _ => None,
+        })
+        .collect();
+    let callers: Vec<(&str, Outcome)> = unseals
+        .iter()
+        .map(|(caller, _, outcome)| (caller.as_str(), *outcome))
+        .collect();
+    assert_eq!(
+        callers,
+        [
+            ("admin:custodian-a", Outcome::Refused),
+            ("admin:custodian-a", Outcome::Done),
+            ("admin:custodian-b", Outcome::Done),
+            ("admin:custodian-b", Outcome::Refused),
+        ],
+        "{unseals:?}"
+    );
+    assert!(
+        unseals[1].1.contains("share 1 for generation 1"),
+        "{unseals:?}"
+    );
+    assert!(
+        unseals[2].1.starts_with("unseal: unsealed: key "),
+        "{unseals:?}"
+    );
+    for share in &shares {
+        let value = share.lines().find(|l| l.starts_with("value: ")).unwrap();
+        assert!(
+            unseals
+                .iter()
+                .all(|(_, note, _)| !note.contains(&value[7..])),
+            "a share in the trail"
+        );
+    }
+}

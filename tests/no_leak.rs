@@ -1495,6 +1495,29 @@ fn every_rpc_and_command_at_full_tracing_leaks_nothing() {
         &["admin", "status"],
     );
     assert!(!out.status.success(), "an agency is no admin");
+    // A custodian's share over the admin plane (D204), to a server that is
+    // not sealed: refused, and the share is nowhere.
+    let shares = fugo::custody::split_key(&master, 3, 2).unwrap();
+    for (i, share) in shares.iter().enumerate() {
+        secrets.key(&format!("server share {i}"), share.share.expose_value());
+    }
+    fs::write(at("share-1.txt"), shares[0].to_text().as_bytes()).unwrap();
+    fs::set_permissions(
+        at("share-1.txt"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let out = admin(
+        "admin unseal, not sealed",
+        "ops",
+        &["admin", "unseal", &at("share-1.txt")],
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("did not start sealed"),
+        "{}",
+        text(&out.stderr)
+    );
 
     let (code, stdout, stderr) = server.stop();
     assert_eq!(code, Some(0), "{}", text(&stderr));

@@ -16,7 +16,7 @@ use fugo::keyfile::{self, KeySource};
 use fugo::keys::KeyHierarchy;
 use fugo::proto::fugo::v1::admin_client::AdminClient;
 use fugo::proto::fugo::v1::{
-    AdminStatusRequest, BackupRequest, ReloadCrlsRequest, ReloadPolicyRequest,
+    AdminStatusRequest, BackupRequest, ReloadCrlsRequest, ReloadPolicyRequest, UnsealRequest,
 };
 use fugo::service::{MasterKeySource, ServeConfig};
 use tonic::transport::Channel;
@@ -70,6 +70,13 @@ pub(crate) fn run(command: AdminCommand) -> Result<u8, CliError> {
                 Ok(0)
             })
         }),
+        AdminCommand::Unseal { connection, share } => {
+            let text = super::read_share_file(&share)?;
+            let shown = share.display().to_string();
+            call(connection, move |client| {
+                Box::pin(unseal(client, text, shown))
+            })
+        }
         AdminCommand::Restore {
             config,
             from,
@@ -103,6 +110,35 @@ fn call(
         let channel = fugo::client::channel(&connection).await?;
         work(AdminClient::new(channel)).await
     })
+}
+
+/// Hands the share over; a refused share is named by its file.
+async fn unseal(
+    mut client: AdminClient<Channel>,
+    share: zeroize::Zeroizing<String>,
+    shown: String,
+) -> Result<u8, CliError> {
+    let request = UnsealRequest {
+        share: share.as_str().to_owned(),
+    };
+    drop(share);
+    match client.unseal(request).await {
+        Ok(response) => {
+            print_line(&response.into_inner().outcome)?;
+            Ok(0)
+        }
+        Err(status) if status.code() == tonic::Code::FailedPrecondition => {
+            Err(CliError::UnsealRefused {
+                path: shown,
+                message: status
+                    .message()
+                    .strip_prefix("share refused: ")
+                    .unwrap_or(status.message())
+                    .to_owned(),
+            })
+        }
+        Err(status) => Err(ClientError::Refused(status).into()),
+    }
 }
 
 /// Streams the backup into `out/fugo.backup.part`, then renames it.

@@ -123,6 +123,16 @@ pub(crate) enum AdminCommand {
         #[command(flatten)]
         connection: AdminConnection,
     },
+    /// Hand one custodian's share to a sealed server over the admin
+    /// listener (recorded under your name once the server opens) and print
+    /// which key generation it counted for.
+    Unseal {
+        #[command(flatten)]
+        connection: AdminConnection,
+        /// The share file (from `fugo keys split`).
+        #[arg(value_name = "SHAREFILE")]
+        share: PathBuf,
+    },
     /// Restore DIR/fugo.backup as the audit store of the configuration's
     /// data directory, the server STOPPED. The log continues under a new
     /// origin whose first record says "restored from checkpoint N; records

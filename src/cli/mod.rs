@@ -364,7 +364,21 @@ fn split_key(
 /// `fugo unseal`: checks the share file here (naming it), sends it, and
 /// prints the server's answer.
 fn unseal(data_dir: &std::path::Path, share: &std::path::Path) -> Result<(), CliError> {
-    // A share is in memory: no core file may catch it.
+    let text = read_share_file(share)?;
+    let shown = share.display().to_string();
+    let reply = fugo::custody::send_share(data_dir, &text)?;
+    match reply.strip_prefix("refused: ") {
+        Some(message) => Err(CliError::UnsealRefused {
+            path: shown,
+            message: message.to_owned(),
+        }),
+        None => print_line(&reply),
+    }
+}
+
+/// Reads and checks one custodian's share file (`fugo unseal`, `fugo admin
+/// unseal`), core dumps off first: a share is in memory.
+fn read_share_file(share: &std::path::Path) -> Result<zeroize::Zeroizing<String>, CliError> {
     fugo::hardening::disable_dumps()?;
     let shown = share.display().to_string();
     let contents =
@@ -391,14 +405,7 @@ fn unseal(data_dir: &std::path::Path, share: &std::path::Path) -> Result<(), Cli
         path: shown.clone(),
         source,
     })?;
-    let reply = fugo::custody::send_share(data_dir, text)?;
-    match reply.strip_prefix("refused: ") {
-        Some(message) => Err(CliError::UnsealRefused {
-            path: shown,
-            message: message.to_owned(),
-        }),
-        None => print_line(&reply),
-    }
+    Ok(zeroize::Zeroizing::new(text.to_owned()))
 }
 
 /// The one place that prints a result line on standard output.

@@ -15,6 +15,6 @@ pub mod unseal;
 
 pub use share::{ShareError, ShareFile, SplitError, split_key, write_shares};
 pub use unseal::{
-    KeyringSupplied, KeyringUnsealer, SealProgress, SealStatus, SendError, Supplied, UnsealError,
-    Unsealer, send_share,
+    Answer, KeyringSupplied, KeyringUnsealer, Open, SealProgress, SealStatus, SendError, Supplied,
+    UnsealError, Unsealer, Unsealing, send_share,
 };

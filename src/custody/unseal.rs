@@ -14,6 +14,7 @@ use std::future::Future;
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::Duration;
@@ -627,23 +628,94 @@ pub fn bind(data_dir: &Path) -> io::Result<UnixListener> {
     Ok(listener)
 }
 
-/// Answers custodians on `listener` until every sealed generation's key is
-/// rebuilt and `open` succeeds with them; then removes the socket file and
-/// returns. `open` failing (the audit store cannot be opened, say)
-/// discards the shares and keys of every generation: the server stays
-/// sealed and the custodians may try again.
-pub async fn serve<F, Fut>(
-    listener: UnixListener,
-    path: PathBuf,
-    mut unsealer: KeyringUnsealer,
-    mut open: F,
-) where
-    F: FnMut(Vec<KeyHierarchy>) -> Fut,
-    Fut: Future<Output = Result<(), String>>,
-{
+/// How the key is opened once rebuilt: the server's opening, which fails
+/// (the audit store cannot be opened, say) with a reason.
+pub type Open = Box<
+    dyn Fn(Vec<KeyHierarchy>) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// The unsealing of one sealed start, shared by every way a share arrives:
+/// the unseal socket (`fugo unseal`) and the admin plane (`Admin.Unseal`,
+/// D204). One share is taken at a time, in the order they come.
+pub struct Unsealing {
+    state: tokio::sync::Mutex<KeyringUnsealer>,
+    open: Open,
+    status: Arc<SealStatus>,
+    unsealed: tokio::sync::watch::Sender<bool>,
+}
+
+/// The answer to one share: the line the custodian reads (`accepted: …`
+/// or `unsealed: …`), and whether the server is now open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    /// What the custodian is told.
+    pub line: String,
+    /// The server opened with this share.
+    pub unsealed: bool,
+}
+
+impl Unsealing {
+    /// Takes shares for `unsealer`; `open` opens the server with the keys.
+    pub fn new(unsealer: KeyringUnsealer, open: Open) -> Arc<Self> {
+        let status = unsealer.status();
+        Arc::new(Unsealing {
+            state: tokio::sync::Mutex::new(unsealer),
+            open,
+            status,
+            unsealed: tokio::sync::watch::channel(false).0,
+        })
+    }
+
+    /// Whether the server has opened.
+    pub fn is_unsealed(&self) -> bool {
+        *self.unsealed.borrow()
+    }
+
+    /// Turns true when the server opens.
+    pub fn unsealed(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.unsealed.subscribe()
+    }
+
+    /// How far unsealing has come ("sealed: 1 of 3 shares supplied").
+    pub fn status(&self) -> Arc<SealStatus> {
+        Arc::clone(&self.status)
+    }
+
+    /// Takes one share file's text; the answer, or why it was refused.
+    /// Once every sealed generation is rebuilt, opens the server: if that
+    /// fails, every share supplied is discarded and the server stays
+    /// sealed.
+    pub async fn supply(&self, text: &str) -> Result<Answer, String> {
+        let mut unsealer = self.state.lock().await;
+        if self.is_unsealed() {
+            return Err("the server is not sealed".to_owned());
+        }
+        let answer = answer(&mut unsealer, text, &self.open).await;
+        match &answer {
+            Ok(Answer { unsealed: true, .. }) => {
+                self.unsealed.send_replace(true);
+            }
+            Ok(_) => {}
+            Err(message) => tracing::warn!(reason = %message, "unseal: share refused"),
+        }
+        answer
+    }
+}
+
+/// Answers custodians on `listener` until the server is unsealed (by a
+/// share sent here or on the admin plane); then removes the socket file
+/// and returns.
+pub async fn serve(listener: UnixListener, path: PathBuf, unsealing: Arc<Unsealing>) {
     let own_uid = rustix::process::geteuid().as_raw();
+    let mut unsealed = unsealing.unsealed();
     loop {
-        let mut stream = match listener.accept().await {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = unsealed.wait_for(|unsealed| *unsealed) => break,
+        };
+        let mut stream = match accepted {
             Ok((stream, _)) => stream,
             Err(error) => {
                 tracing::warn!(%error, "unseal socket: accept failed");
@@ -656,7 +728,7 @@ pub async fn serve<F, Fut>(
         let share = read_share(&mut stream).await;
         let reply = match stream.peer_cred().map(|cred| cred.uid()) {
             Ok(uid) if uid == own_uid => match share {
-                Ok(text) => answer(&mut unsealer, &text, &mut open).await,
+                Ok(text) => unsealing.supply(&text).await,
                 Err(message) => Err(message),
             },
             Ok(uid) => Err(format!(
@@ -665,20 +737,17 @@ pub async fn serve<F, Fut>(
             Err(error) => Err(format!("cannot read the peer's credentials: {error}")),
         };
         let (line, done) = match reply {
-            Ok((line, done)) => (line, done),
-            Err(message) => {
-                tracing::warn!(reason = %message, "unseal: share refused");
-                (format!("refused: {message}"), false)
-            }
+            Ok(answer) => (answer.line, answer.unsealed),
+            Err(message) => (format!("refused: {message}"), false),
         };
         // A custodian who hung up misses the answer; the state is kept.
         let _ = stream.write_all(format!("{line}\n").as_bytes()).await;
         let _ = stream.shutdown().await;
         if done {
-            let _ = std::fs::remove_file(&path);
-            return;
+            break;
         }
     }
+    let _ = std::fs::remove_file(&path);
 }
 
 async fn read_share(stream: &mut UnixStream) -> Result<zeroize::Zeroizing<String>, String> {
@@ -701,15 +770,7 @@ async fn read_share(stream: &mut UnixStream) -> Result<zeroize::Zeroizing<String
     Ok(zeroize::Zeroizing::new(text))
 }
 
-async fn answer<F, Fut>(
-    unsealer: &mut KeyringUnsealer,
-    text: &str,
-    open: &mut F,
-) -> Result<(String, bool), String>
-where
-    F: FnMut(Vec<KeyHierarchy>) -> Fut,
-    Fut: Future<Output = Result<(), String>>,
-{
+async fn answer(unsealer: &mut KeyringUnsealer, text: &str, open: &Open) -> Result<Answer, String> {
     let several = unsealer.sealed.len() > 1;
     match unsealer.supply(text).map_err(|error| error.to_string())? {
         KeyringSupplied::Accepted {
@@ -725,13 +786,13 @@ where
                 threshold,
                 "unseal: share accepted"
             );
-            Ok((
-                format!(
+            Ok(Answer {
+                line: format!(
                     "accepted: share {index} for generation {generation}; {supplied} of \
                      {threshold} shares supplied"
                 ),
-                false,
-            ))
+                unsealed: false,
+            })
         }
         KeyringSupplied::Rebuilt {
             generation,
@@ -739,14 +800,14 @@ where
             fingerprint,
         } => {
             tracing::info!(%generation, %fingerprint, "unseal: a generation's key is rebuilt");
-            Ok((
-                format!(
+            Ok(Answer {
+                line: format!(
                     "accepted: share {index} for generation {generation}; its key \
                      {fingerprint} is rebuilt; still {}",
                     unsealer.status.reason()
                 ),
-                false,
-            ))
+                unsealed: false,
+            })
         }
         KeyringSupplied::Complete {
             generation,
@@ -763,7 +824,10 @@ where
                 } else {
                     format!("unsealed: key {fingerprint} rebuilt; the server is serving")
                 };
-                Ok((line, true))
+                Ok(Answer {
+                    line,
+                    unsealed: true,
+                })
             }
             Err(message) => {
                 unsealer.reset();

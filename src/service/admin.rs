@@ -9,7 +9,7 @@
 //! answer leaves, like every agency call.
 
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use ring::rand::{SecureRandom, SystemRandom};
@@ -23,10 +23,11 @@ use super::state::State;
 use super::status;
 use crate::admin::backup::{BackupHeader, CHUNK, Sealer};
 use crate::audit::entries::BatchFacts;
+use crate::custody::Unsealing;
 use crate::proto::fugo::v1::admin_server::Admin;
 use crate::proto::fugo::v1::{
     AdminStatusRequest, AdminStatusResponse, BackupChunk, BackupRequest, ReloadCrlsRequest,
-    ReloadCrlsResponse, ReloadPolicyRequest, ReloadPolicyResponse,
+    ReloadCrlsResponse, ReloadPolicyRequest, ReloadPolicyResponse, UnsealRequest, UnsealResponse,
 };
 use fugo_log::record::{Group, Operation, Outcome};
 
@@ -99,6 +100,11 @@ pub(crate) struct AdminService {
     key: Arc<OnceLock<BackupKey>>,
     policy_path: PathBuf,
     data_dir: PathBuf,
+    /// A sealed start's unsealing (D204); `None` for a server that started
+    /// with its keys.
+    unsealing: Option<Arc<Unsealing>>,
+    /// Unseal calls not yet in the audit trail.
+    unsealed_by: Mutex<Vec<Act>>,
 }
 
 impl AdminService {
@@ -108,6 +114,7 @@ impl AdminService {
         key: Arc<OnceLock<BackupKey>>,
         policy_path: PathBuf,
         data_dir: PathBuf,
+        unsealing: Option<Arc<Unsealing>>,
     ) -> Self {
         AdminService {
             state,
@@ -115,6 +122,8 @@ impl AdminService {
             key,
             policy_path,
             data_dir,
+            unsealing,
+            unsealed_by: Mutex::new(Vec::new()),
         }
     }
 
@@ -382,5 +391,82 @@ impl Admin for AdminService {
         });
         id.tag(response.metadata_mut());
         Ok(response)
+    }
+
+    async fn unseal(
+        &self,
+        request: Request<UnsealRequest>,
+    ) -> Result<Response<UnsealResponse>, Status> {
+        let id = RequestId::of(&request);
+        let admin = admin_of(&request)?;
+        let share = Zeroizing::new(request.into_inner().share);
+        let answer = match &self.unsealing {
+            Some(unsealing) => unsealing.supply(&share).await,
+            None => Err("the server did not start sealed".to_owned()),
+        };
+        drop(share);
+        let (note, outcome) = match &answer {
+            Ok(answer) => (format!("unseal: {}", answer.line), Outcome::Done),
+            Err(reason) => (format!("unseal: refused: {reason}"), Outcome::Refused),
+        };
+        tracing::info!(request_id = id.as_str(), admin = %admin, note = %note, "admin: unseal");
+        // Recorded as soon as the trail can be written: at once on an open
+        // server, else by the share that opens it (D204).
+        self.acts_waiting().push(Act {
+            admin,
+            id: id.clone(),
+            note,
+            outcome,
+        });
+        if let Ok(state) = self.state() {
+            self.record_unseals(state)
+                .await
+                .map_err(|s| id.tag_status(s))?;
+        }
+        let mut response = match answer {
+            Ok(answer) => Response::new(UnsealResponse {
+                outcome: answer.line,
+                unsealed: answer.unsealed,
+            }),
+            Err(reason) => return Err(id.tag_status(status::unseal_refused(&reason))),
+        };
+        id.tag(response.metadata_mut());
+        Ok(response)
+    }
+}
+
+/// One admin act waiting for the audit trail (a share supplied while the
+/// server was sealed).
+struct Act {
+    admin: Arc<str>,
+    id: RequestId,
+    note: String,
+    outcome: Outcome,
+}
+
+impl AdminService {
+    /// Records the unseal acts waiting, in the order they came; those not
+    /// recorded (the trail failed) wait for the next unseal call.
+    async fn record_unseals(&self, state: &State) -> Result<(), Status> {
+        let waiting = std::mem::take(&mut *self.acts_waiting());
+        let mut acts = waiting.into_iter();
+        while let Some(act) = acts.next() {
+            if let Err(status) =
+                record(state, &act.admin, &act.id, act.note.clone(), act.outcome).await
+            {
+                // Back in front of any that came meanwhile.
+                let mut waiting = self.acts_waiting();
+                let newer = std::mem::take(&mut *waiting);
+                *waiting = std::iter::once(act).chain(acts).chain(newer).collect();
+                return Err(status);
+            }
+        }
+        Ok(())
+    }
+
+    fn acts_waiting(&self) -> std::sync::MutexGuard<'_, Vec<Act>> {
+        self.unsealed_by
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 }

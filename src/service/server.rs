@@ -31,7 +31,7 @@ use super::sealed::{Gate, HealthReason};
 use super::state::State;
 use crate::audit::{Recorder, RecorderError};
 use crate::certs;
-use crate::custody::KeyringUnsealer;
+use crate::custody::{KeyringUnsealer, Unsealing};
 use crate::exchange::Exchange;
 use crate::files;
 use crate::keyfile::{self, KeySource};
@@ -766,6 +766,7 @@ async fn start_with(
         backup_key: Arc::new(OnceLock::new()),
     });
     let mut unseal = None;
+    let mut unsealing = None;
     match unsealer {
         None => opening.open(held, loaded.take()).await?,
         Some(unsealer) => {
@@ -782,20 +783,24 @@ async fn start_with(
                 }
             })?;
             let opener = Arc::clone(&opening);
-            let task = tokio::spawn(crate::custody::unseal::serve(
-                listener,
-                path.clone(),
+            let shared = Unsealing::new(
                 unsealer,
-                move |keys| {
+                Box::new(move |keys| {
                     let opener = Arc::clone(&opener);
-                    async move {
+                    Box::pin(async move {
                         opener
                             .open(keys, None)
                             .await
                             .map_err(|error| error.to_string())
-                    }
-                },
+                    })
+                }),
+            );
+            let task = tokio::spawn(crate::custody::unseal::serve(
+                listener,
+                path.clone(),
+                Arc::clone(&shared),
             ));
+            unsealing = Some(shared);
             tracing::warn!(
                 socket = %path.display(),
                 reason = %progress.as_ref().map(|status| status.reason()).unwrap_or_default(),
@@ -844,7 +849,7 @@ async fn start_with(
         .add_service(persons);
     let admin = match &config.admin {
         None => None,
-        Some(admin) => Some(start_admin(admin, &config, &tls, &opening).await?),
+        Some(admin) => Some(start_admin(admin, &config, &tls, &opening, unsealing).await?),
     };
     let metrics_task = match config.metrics {
         None => None,
@@ -924,6 +929,7 @@ async fn start_admin(
     config: &ServeConfig,
     tls: &TlsSetup,
     opening: &Opening,
+    unsealing: Option<Arc<Unsealing>>,
 ) -> Result<AdminTask, ServeError> {
     use crate::proto::fugo::v1::admin_server::AdminServer;
     if config.dev_mode && !admin.ca.exists() {
@@ -981,6 +987,7 @@ async fn start_admin(
         Arc::clone(&opening.backup_key),
         config.policy.clone(),
         config.data_dir.clone(),
+        unsealing,
     );
     let service = InterceptedService::new(
         AdminServer::new(service).max_decoding_message_size(config.limits.max_message_bytes),

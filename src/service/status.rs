@@ -122,6 +122,12 @@ pub(crate) fn admin_sealed() -> Status {
     Status::unavailable("the server is sealed: admin calls work once it is unsealed")
 }
 
+/// A share the unsealing refused, or a share for a server that is not
+/// sealed: FAILED_PRECONDITION saying why (never the share).
+pub(crate) fn unseal_refused(reason: &str) -> Status {
+    Status::failed_precondition(format!("share refused: {reason}"))
+}
+
 /// A policy reload refused (the policy in force stays): FAILED_PRECONDITION
 /// naming the problem.
 pub(crate) fn reload_refused(error: &super::error::ServeError) -> Status {

@@ -374,10 +374,23 @@ pub async fn channel(
     ca: &fugo::certs::DevCa,
     identity: &str,
 ) -> tonic::transport::Channel {
+    channel_with(addr, ca, ca, identity).await
+}
+
+/// [`channel`] where the server's certificate is checked against
+/// `server_ca` and `identity`'s certificate is made by `client_ca` (an
+/// admin CA, say).
+#[allow(dead_code)] // not every test binary uses it
+pub async fn channel_with(
+    addr: std::net::SocketAddr,
+    server_ca: &fugo::certs::DevCa,
+    client_ca: &fugo::certs::DevCa,
+    identity: &str,
+) -> tonic::transport::Channel {
     use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
-    let pem = ca.client(identity).unwrap();
+    let pem = client_ca.client(identity).unwrap();
     let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(ca.cert_pem()))
+        .ca_certificate(Certificate::from_pem(server_ca.cert_pem()))
         .domain_name("localhost")
         .identity(Identity::from_pem(pem.cert, pem.key));
     Endpoint::from_shared(format!("https://{addr}"))
