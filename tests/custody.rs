@@ -1155,6 +1155,13 @@ async fn custodians_unseal_over_the_admin_plane_and_each_share_is_recorded() {
             .contains("share 1: the checksum does not match"),
         "{refused:?}"
     );
+    // More than a share file can be: refused unread, as on the socket.
+    let oversized = a.unseal(unseal(&"x".repeat(5_000))).await.unwrap_err();
+    assert_eq!(oversized.code(), Code::FailedPrecondition, "{oversized:?}");
+    assert!(
+        oversized.message().contains("not a share file"),
+        "{oversized:?}"
+    );
     let first = a.unseal(unseal(&shares[0])).await.unwrap().into_inner();
     assert_eq!(
         first.outcome,
@@ -1247,6 +1254,7 @@ async fn custodians_unseal_over_the_admin_plane_and_each_share_is_recorded() {
         callers,
         [
             ("admin:custodian-a", Outcome::Refused),
+            ("admin:custodian-a", Outcome::Refused),
             ("admin:custodian-a", Outcome::Done),
             ("admin:custodian-b", Outcome::Done),
             ("admin:custodian-b", Outcome::Refused),
@@ -1254,11 +1262,11 @@ async fn custodians_unseal_over_the_admin_plane_and_each_share_is_recorded() {
         "{unseals:?}"
     );
     assert!(
-        unseals[1].1.contains("share 1 for generation 1"),
+        unseals[2].1.contains("share 1 for generation 1"),
         "{unseals:?}"
     );
     assert!(
-        unseals[2].1.starts_with("unseal: unsealed: key "),
+        unseals[3].1.starts_with("unseal: unsealed: key "),
         "{unseals:?}"
     );
     for share in &shares {

@@ -692,7 +692,13 @@ impl Unsealing {
         if self.is_unsealed() {
             return Err("the server is not sealed".to_owned());
         }
-        let answer = answer(&mut unsealer, text, &self.open).await;
+        let answer = if text.len() as u64 > MAX_SHARE_FILE {
+            Err(format!(
+                "more than {MAX_SHARE_FILE} bytes: not a share file"
+            ))
+        } else {
+            answer(&mut unsealer, text, &self.open).await
+        };
         match &answer {
             Ok(Answer { unsealed: true, .. }) => {
                 self.unsealed.send_replace(true);

@@ -412,12 +412,22 @@ impl Admin for AdminService {
         tracing::info!(request_id = id.as_str(), admin = %admin, note = %note, "admin: unseal");
         // Recorded as soon as the trail can be written: at once on an open
         // server, else by the share that opens it (D204).
-        self.acts_waiting().push(Act {
-            admin,
-            id: id.clone(),
-            note,
-            outcome,
-        });
+        let waits = wait_for_the_trail(
+            &mut self.acts_waiting(),
+            Act {
+                admin,
+                id: id.clone(),
+                note,
+                outcome,
+            },
+        );
+        if !waits {
+            tracing::warn!(
+                request_id = id.as_str(),
+                "admin: unseal: {MAX_WAITING_ACTS} calls already wait for the audit trail; \
+                 this one is in the log only"
+            );
+        }
         if let Ok(state) = self.state() {
             self.record_unseals(state)
                 .await
@@ -433,6 +443,21 @@ impl Admin for AdminService {
         id.tag(response.metadata_mut());
         Ok(response)
     }
+}
+
+/// Unseal calls that may wait for a sealed server's audit trail: bounds
+/// the memory a stream of refused shares can hold (far more than any
+/// threshold needs).
+const MAX_WAITING_ACTS: usize = 1_000;
+
+/// Queues `act` for the trail unless [`MAX_WAITING_ACTS`] already wait;
+/// whether it was queued.
+fn wait_for_the_trail(waiting: &mut Vec<Act>, act: Act) -> bool {
+    if waiting.len() >= MAX_WAITING_ACTS {
+        return false;
+    }
+    waiting.push(act);
+    true
 }
 
 /// One admin act waiting for the audit trail (a share supplied while the
@@ -468,5 +493,33 @@ impl AdminService {
         self.unsealed_by
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn act(n: usize) -> Act {
+        Act {
+            admin: Arc::from("custodian"),
+            id: RequestId::new(),
+            note: format!("unseal: refused: {n}"),
+            outcome: Outcome::Refused,
+        }
+    }
+
+    #[test]
+    fn at_most_a_thousand_unseal_calls_wait_for_the_trail() {
+        let mut waiting = Vec::new();
+        for n in 0..MAX_WAITING_ACTS {
+            assert!(wait_for_the_trail(&mut waiting, act(n)));
+        }
+        assert!(!wait_for_the_trail(&mut waiting, act(MAX_WAITING_ACTS)));
+        assert_eq!(waiting.len(), MAX_WAITING_ACTS);
+        assert_eq!(
+            waiting[0].note, "unseal: refused: 0",
+            "the first ones are kept"
+        );
     }
 }
