@@ -6,7 +6,8 @@
 //! (or a `[[keyring]]` generation with `[keyring.custody]`) starts sealed
 //! and rebuilds each such generation's key from its shares, which
 //! custodians hand it with `fugo unseal` over a Unix-domain socket
-//! ([`unseal`]); each share goes to the generation whose key it names
+//! ([`unseal`]) or, as admins, with `fugo admin unseal` over the admin
+//! listener; each share goes to the generation whose key it names
 //! ([`KeyringUnsealer`]). No single custodian can start it, and shares of
 //! another key or of another split are refused by name.
 

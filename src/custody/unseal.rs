@@ -8,6 +8,9 @@
 //! the share file's text (at most [`MAX_SHARE_FILE`] bytes) and closes its
 //! writing side; the server answers one line starting with `accepted:`,
 //! `unsealed:` or `refused:` and closes.
+//!
+//! Shares may also come over the admin plane (`Admin.Unseal`, D204): both
+//! ways feed one [`Unsealing`], which takes one share at a time.
 
 use std::fmt;
 use std::future::Future;

@@ -153,7 +153,7 @@ pub(crate) fn check_keyring(exchange: &Exchange, policy: &Policy) -> Result<(), 
 /// The generations of `keyring` whose key is not the one the store keeps
 /// for them (a generation's key is the one first used for it): each with
 /// the fingerprint kept and the fingerprint of the key given. The server
-/// refuses to start on any ([`check_generation_keys`]); the offline
+/// refuses to start on any; the offline
 /// `fugo derive` refuses to run.
 pub fn generation_key_mismatches(
     keyring: &Keyring,

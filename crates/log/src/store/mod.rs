@@ -119,7 +119,7 @@ impl Append {
 /// whose header has `time_ms` = the minute's start, `caller` = the agency,
 /// `note` = the reason, `count` = the count, no counterpart, affair, items or
 /// batch id, a zero `policy_version` (a minute of refusals may span policy
-/// loads), and one entry with [`Outcome::Refused`](crate::record::Outcome::Refused)
+/// loads), and one entry with [`Outcome::Refused`]
 /// and no person.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Refusal {
@@ -168,7 +168,7 @@ pub struct AppendedGroup {
     /// The seq of its first record; the others follow contiguously.
     pub first_seq: u64,
     /// Its Redeem entries whose serial had been redeemed before: they were
-    /// stored as [`Outcome::Repeat`](crate::record::Outcome::Repeat) with the
+    /// stored as [`Outcome::Repeat`] with the
     /// first redemption's epoch.
     pub repeats: Vec<Repeat>,
 }
