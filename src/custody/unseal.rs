@@ -645,7 +645,6 @@ pub type Open = Box<
 pub struct Unsealing {
     state: tokio::sync::Mutex<KeyringUnsealer>,
     open: Open,
-    status: Arc<SealStatus>,
     unsealed: tokio::sync::watch::Sender<bool>,
 }
 
@@ -662,11 +661,9 @@ pub struct Answer {
 impl Unsealing {
     /// Takes shares for `unsealer`; `open` opens the server with the keys.
     pub fn new(unsealer: KeyringUnsealer, open: Open) -> Arc<Self> {
-        let status = unsealer.status();
         Arc::new(Unsealing {
             state: tokio::sync::Mutex::new(unsealer),
             open,
-            status,
             unsealed: tokio::sync::watch::channel(false).0,
         })
     }
@@ -679,11 +676,6 @@ impl Unsealing {
     /// Turns true when the server opens.
     pub fn unsealed(&self) -> tokio::sync::watch::Receiver<bool> {
         self.unsealed.subscribe()
-    }
-
-    /// How far unsealing has come ("sealed: 1 of 3 shares supplied").
-    pub fn status(&self) -> Arc<SealStatus> {
-        Arc::clone(&self.status)
     }
 
     /// Takes one share file's text; the answer, or why it was refused.
@@ -735,15 +727,20 @@ pub async fn serve(listener: UnixListener, path: PathBuf, unsealing: Arc<Unseali
         // Read (bounded in size and time) before judging the peer, so that
         // a refused client gets its answer instead of a reset connection.
         let share = read_share(&mut stream).await;
-        let reply = match stream.peer_cred().map(|cred| cred.uid()) {
-            Ok(uid) if uid == own_uid => match share {
-                Ok(text) => unsealing.supply(&text).await,
-                Err(message) => Err(message),
-            },
+        let peer = match stream.peer_cred().map(|cred| cred.uid()) {
+            Ok(uid) if uid == own_uid => share,
             Ok(uid) => Err(format!(
                 "the unseal socket takes shares only from uid {own_uid} (the server's), not {uid}"
             )),
             Err(error) => Err(format!("cannot read the peer's credentials: {error}")),
+        };
+        let reply = match peer {
+            Ok(text) => unsealing.supply(&text).await,
+            // `supply` logs the refusals it makes; these it never saw.
+            Err(message) => {
+                tracing::warn!(reason = %message, "unseal: share refused");
+                Err(message)
+            }
         };
         let (line, done) = match reply {
             Ok(answer) => (answer.line, answer.unsealed),
