@@ -3,8 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering as AtomicOrdering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use ::redb::{
     Database, DatabaseError, Durability, ReadableDatabase, ReadableTable, TableDefinition,
@@ -147,8 +146,19 @@ pub struct RedbStore {
     recent: HashMap<[u8; 16], Redemption>,
 }
 
-/// How [`RedbStore::open`] found the file the last run left.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Whether redb's repair step `session` is the fallback from a last
+/// commit that fails its checksum to the commit before it. redb reports
+/// its steps by progress: 0.0 (the check starts), 0.3 ONLY for that
+/// fallback, then 0.6 and 0.9 (the allocator state is rebuilt from the
+/// verified trees).
+fn rolls_back(session: &::redb::RepairSession) -> bool {
+    let progress = session.progress();
+    progress > 0.1 && progress < 0.5
+}
+
+/// How [`RedbStore::open`] found the file the last run left, in rising
+/// order of what the open had to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Recovery {
     /// Closed cleanly (or new).
     Clean,
@@ -222,14 +232,9 @@ impl RedbStore {
         let mut builder = Database::builder();
         builder.set_check_integrity_on_open(true);
         builder.set_cache_size(CACHE_BYTES);
-        // redb reports its repair steps by progress: 0.0 (the check
-        // starts), 0.3 ONLY when the last commit is corrupt and redb is
-        // about to fall back to the one before, then 0.6 and 0.9 (the
-        // allocator state is rebuilt from the verified trees). Refuse the
-        // fallback; let the check itself run.
+        // Refuse the fallback to the commit before; let the check run.
         builder.set_repair_callback(|session| {
-            let progress = session.progress();
-            if progress > 0.1 && progress < 0.5 {
+            if rolls_back(session) {
                 session.abort();
             }
         });
@@ -250,30 +255,26 @@ impl RedbStore {
     }
 
     fn open_with(path: &Path, check: bool) -> Result<Self, StoreError> {
-        // What redb's repair steps say (see `open_checked`): 0.0 when the
-        // file was not closed cleanly, 0.3 only when its last commit fails
-        // its checksum and is rolled back.
-        let found = Arc::new(AtomicU8::new(Recovery::Clean as u8));
+        // redb calls back only when it repairs: the file was not closed
+        // cleanly, and, further, its last commit may be rolled back.
+        let found = Arc::new(Mutex::new(Recovery::Clean));
         let seen = Arc::clone(&found);
         let db = Database::builder()
             .set_check_integrity_on_open(check)
             .set_cache_size(CACHE_BYTES)
             .set_repair_callback(move |session| {
-                let step = if session.progress() > 0.1 && session.progress() < 0.5 {
+                let step = if rolls_back(session) {
                     Recovery::RolledBack
                 } else {
                     Recovery::Rebuilt
                 };
-                seen.fetch_max(step as u8, AtomicOrdering::SeqCst);
+                let mut seen = seen.lock().unwrap_or_else(PoisonError::into_inner);
+                *seen = (*seen).max(step);
             })
             .create(path)
             .map_err(|e| open_error(path, e))?;
         let mut store = Self::from_database(db, path)?;
-        store.recovery = match found.load(AtomicOrdering::SeqCst) {
-            n if n == Recovery::RolledBack as u8 => Recovery::RolledBack,
-            n if n == Recovery::Rebuilt as u8 => Recovery::Rebuilt,
-            _ => Recovery::Clean,
-        };
+        store.recovery = *found.lock().unwrap_or_else(PoisonError::into_inner);
         Ok(store)
     }
 
