@@ -713,16 +713,7 @@ impl Committer {
                 Err(RecvTimeoutError::Disconnected) => break,
             };
             let idle = first.is_none();
-            let mut jobs: Vec<Job> = first.into_iter().collect();
-            while jobs.len() < MAX_APPENDS_PER_COMMIT {
-                match queue.try_recv() {
-                    Ok(job) => jobs.push(job),
-                    Err(_) => break,
-                }
-            }
-            self.shared
-                .queued
-                .fetch_sub(jobs.len() as u64, Ordering::Relaxed);
+            let jobs = self.take_queued(first, queue);
             self.serve(jobs);
             if self.shared.closing.load(Ordering::SeqCst) {
                 self.finish_queued(queue);
@@ -740,17 +731,26 @@ impl Committer {
     /// left without an answer.
     fn finish_queued(&mut self, queue: &mpsc::Receiver<Job>) {
         loop {
-            let jobs: Vec<Job> = std::iter::from_fn(|| queue.try_recv().ok())
-                .take(MAX_APPENDS_PER_COMMIT)
-                .collect();
+            let jobs = self.take_queued(None, queue);
             if jobs.is_empty() {
                 return;
             }
-            self.shared
-                .queued
-                .fetch_sub(jobs.len() as u64, Ordering::Relaxed);
             self.serve(jobs);
         }
+    }
+
+    /// `first` and the jobs waiting behind it, up to one commit's worth;
+    /// no longer counted as queued.
+    fn take_queued(&self, first: Option<Job>, queue: &mpsc::Receiver<Job>) -> Vec<Job> {
+        let jobs: Vec<Job> = first
+            .into_iter()
+            .chain(std::iter::from_fn(|| queue.try_recv().ok()))
+            .take(MAX_APPENDS_PER_COMMIT)
+            .collect();
+        self.shared
+            .queued
+            .fetch_sub(jobs.len() as u64, Ordering::Relaxed);
+        jobs
     }
 
     /// One commit for every append in `jobs`, then the reads.
