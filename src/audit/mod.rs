@@ -29,15 +29,20 @@ pub fn default_origin(fingerprint: &crate::keys::Fingerprint) -> String {
     format!("fugo.local/audit/{fingerprint}")
 }
 
+/// The log's name: `configured` (`[audit] origin`), or the
+/// [`default_origin`] of `keys`.
+pub fn origin(configured: Option<&str>, keys: &crate::keys::KeyHierarchy) -> String {
+    configured.map_or_else(|| default_origin(&keys.fingerprint()), str::to_owned)
+}
+
 /// The log's signing key, from the master key (so it needs no file and is
 /// as safe as the master key), named `origin` or by [`default_origin`].
 pub fn log_signer(
     origin: Option<&str>,
     keys: &crate::keys::KeyHierarchy,
 ) -> Result<fugo_log::checkpoint::LogSigner, fugo_log::checkpoint::NoteError> {
-    let origin = match origin {
-        Some(origin) => origin.to_owned(),
-        None => default_origin(&keys.fingerprint()),
-    };
-    fugo_log::checkpoint::LogSigner::from_seed(&origin, &keys.log_signing_seed())
+    fugo_log::checkpoint::LogSigner::from_seed(
+        &self::origin(origin, keys),
+        &keys.log_signing_seed(),
+    )
 }

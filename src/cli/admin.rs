@@ -266,10 +266,7 @@ fn restore(
     };
     let admin = fugo::service::prove_admin(admin_plane, cert, key)?;
     let keys = master_key(&config, shares)?;
-    let origin = match &config.audit.origin {
-        Some(origin) => origin.clone(),
-        None => fugo::audit::default_origin(&keys.fingerprint()),
-    };
+    let origin = fugo::audit::origin(config.audit.origin.as_deref(), &keys);
     let restored = restore::restore(&RestoreRequest {
         keys: &keys,
         origin: &origin,

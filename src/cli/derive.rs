@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use super::CliError;
 use super::settings::{DeriveKeys, DeriveSettings};
 use fugo::audit::persons as load_persons;
-use fugo::audit::{Recorder, RecorderError, STORE_FILE, Settings, default_origin};
+use fugo::audit::{Recorder, RecorderError, STORE_FILE, Settings};
 use fugo::bulk::{LocalDerive, Recording, Summary};
 use fugo::code::Coder;
 use fugo::generation::Generation;
@@ -18,7 +18,7 @@ use fugo::link::Linker;
 use fugo::persons::Persons;
 use fugo::policy::Policy;
 use fugo::service::{generation_key_mismatches, offline, offline_epoch};
-use fugo_log::checkpoint::{LogSigner, LogVerifier};
+use fugo_log::checkpoint::LogVerifier;
 use fugo_log::store::{Marks, RedbStore, Store, StoreError};
 
 /// Runs `fugo derive`; returns the run's counts.
@@ -256,7 +256,10 @@ fn open_recorder(
             });
         }
     };
-    let seed = keys.log_signing_seed();
+    let log_key = |name: Option<&str>| {
+        fugo::audit::log_signer(name, keys)
+            .map_err(|error| CliError::BadArgument(format!("log key: {error}")))
+    };
     let signer = match &stored {
         Some(text) => {
             let name = LogVerifier::parse(text)
@@ -267,8 +270,7 @@ fn open_recorder(
                         path.display()
                     ))
                 })?;
-            let signer = LogSigner::from_seed(&name, &seed)
-                .map_err(|error| CliError::BadArgument(format!("log key: {error}")))?;
+            let signer = log_key(Some(&name))?;
             if signer.verifier().to_string() != *text {
                 return Err(CliError::BadArgument(format!(
                     "the audit store {} is the log of another master key; use that key or \
@@ -278,11 +280,7 @@ fn open_recorder(
             }
             signer
         }
-        None => {
-            let name = origin.map_or_else(|| default_origin(&keys.fingerprint()), str::to_owned);
-            LogSigner::from_seed(&name, &seed)
-                .map_err(|error| CliError::BadArgument(format!("log key: {error}")))?
-        }
+        None => log_key(origin)?,
     };
     Recorder::open(data_dir, signer, Settings::default()).map_err(|error| match error {
         RecorderError::Locked(_) => locked(&path),
