@@ -26,6 +26,7 @@ use super::edge;
 use super::error::ServeError;
 use super::identity::PeerCertificate;
 use super::revocation::Revocations;
+use super::tls_files::{crl_texts, read_crls, read_tls};
 use crate::files;
 
 /// The admin identity that `certificate` (PEM, its chain) and `key` (its
@@ -39,26 +40,14 @@ pub fn prove_admin(
         path: certificate.display().to_string(),
         reason,
     };
-    let read = |path: &Path, limit: u64| {
-        files::read(path, limit).map_err(|source| ServeError::TlsFile {
-            path: path.display().to_string(),
-            source,
-        })
-    };
-    let ca = read(&admin.ca, files::MAX_CERTIFICATES)?;
-    let mut crl_files = Vec::new();
-    for path in &admin.crls {
-        crl_files.push((path.as_path(), read(path, files::MAX_CRL)?));
-    }
-    let crls: Vec<(&Path, &[u8])> = crl_files
-        .iter()
-        .map(|(path, contents)| (*path, contents.bytes.as_slice()))
-        .collect();
+    let ca = read_tls(&admin.ca, files::MAX_CERTIFICATES)?;
+    let crl_files = read_crls(&admin.crls)?;
+    let crls = crl_texts(&crl_files);
     let provider = Arc::new(ring::default_provider());
     let (verifier, _) =
         edge::client_verifier((&admin.ca, &ca.bytes), &crls, &provider).map_err(ServeError::Tls)?;
 
-    let pem = read(certificate, files::MAX_CERTIFICATES)?;
+    let pem = read_tls(certificate, files::MAX_CERTIFICATES)?;
     let chain = CertificateDer::pem_slice_iter(&pem.bytes)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|error| refused(format!("not PEM: {error}")))?;
@@ -82,7 +71,7 @@ pub fn prove_admin(
         )));
     }
 
-    let key_file = read(key, files::MAX_TLS_KEY)?;
+    let key_file = read_tls(key, files::MAX_TLS_KEY)?;
     let not_its_key = |reason: &str| ServeError::NotAnAdmin {
         path: key.display().to_string(),
         reason: reason.to_owned(),

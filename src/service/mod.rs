@@ -19,6 +19,7 @@
 //!  sealed: started without the key, UNAVAILABLE until `fugo unseal` supplies the shares
 //!  offline: the server's keys and policy for `fugo derive --config`
 //!  admin_proof: an admin certificate checked with no connection (`fugo admin restore`)
+//!  tls_files: reading certificates, keys and CRLs with the server's limits
 //! ```
 //!
 //! Imports run one way: server imports the services, the services import
@@ -55,6 +56,7 @@ pub mod sealed;
 pub mod server;
 mod state;
 mod status;
+mod tls_files;
 
 pub use admin_proof::prove_admin;
 pub use codes::{CHECKPOINT, Handlers};

@@ -14,7 +14,7 @@ use crate::audit::entries::{BatchFacts, policy_digest};
 use crate::files;
 use crate::policy::{Policy, PolicyVersion};
 use fugo_log::record::{Group, Operation, Outcome};
-use fugo_log::store::Append;
+use fugo_log::store::{Append, Marks};
 
 /// Reads and checks a policy file: a regular file of at most
 /// [`files::MAX_POLICY`] bytes (a named pipe or a device is refused at once,
@@ -39,12 +39,9 @@ pub(crate) fn load_policy_text(path: &Path) -> Result<(Policy, String), ServeErr
 }
 
 /// The record of loading a policy: its text stored once under its
-/// version, and one record saying it came into force.
-pub(crate) fn policy_loaded(
-    policy: &Policy,
-    text: &str,
-    keyring: &crate::keyring::Keyring,
-) -> Append {
+/// version, one record saying it came into force, and the store's `marks`
+/// it raises ([`super::lifecycle::marks_of`]), in one commit.
+pub(crate) fn policy_loaded(policy: &Policy, text: &str, marks: Marks) -> Append {
     let digest = policy_digest(policy);
     let facts = BatchFacts {
         agent: "",
@@ -61,7 +58,7 @@ pub(crate) fn policy_loaded(
         groups: vec![Group::single(header, Outcome::Done, None)],
         policies: vec![(digest, text.to_owned())],
         now_ms: facts.time_ms,
-        marks: super::lifecycle::marks_of(policy, keyring),
+        marks,
         ..Append::default()
     }
 }
@@ -84,20 +81,18 @@ pub(crate) fn reload(
         super::lifecycle::check_keyring(&state.exchange, &policy).map_err(lifecycle)?;
         let mut marks = state.marks.lock().unwrap_or_else(PoisonError::into_inner);
         super::lifecycle::check(&policy, &marks).map_err(lifecycle)?;
-        super::lifecycle::raise(
-            &mut marks,
-            &super::lifecycle::marks_of(&policy, state.exchange.keyring()),
-        );
-        Ok((policy, text))
+        let new = super::lifecycle::marks_of(&policy, state.exchange.keyring());
+        super::lifecycle::raise(&mut marks, &new);
+        Ok((policy, text, new))
     });
     match loaded {
-        Ok((policy, text)) => {
+        Ok((policy, text, marks)) => {
             let version = policy.version().clone();
             // Queued before the swap, so it commits before (or with) the
             // first call decided under the new policy.
             state
                 .recorder
-                .record_detached(policy_loaded(&policy, &text, state.exchange.keyring()));
+                .record_detached(policy_loaded(&policy, &text, marks));
             *state.policy.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(policy);
             tracing::info!(version = %version, "policy reloaded");
             Ok(version)

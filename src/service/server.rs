@@ -29,6 +29,7 @@ use super::quota::Quotas;
 use super::revocation::Crls;
 use super::sealed::{Gate, HealthReason};
 use super::state::State;
+use super::tls_files::{crl_texts, read_crls, read_tls};
 use crate::audit::{Recorder, RecorderError};
 use crate::certs;
 use crate::custody::{KeyringUnsealer, Unsealing};
@@ -194,13 +195,6 @@ fn keyring(
     crate::keyring::Keyring::new(held).map_err(|e| ServeError::Keyring(e.to_string()))
 }
 
-fn read_tls(path: &Path, limit: u64) -> Result<files::Contents, ServeError> {
-    files::read(path, limit).map_err(|source| ServeError::TlsFile {
-        path: path.display().to_string(),
-        source,
-    })
-}
-
 /// The server's TLS files, read and checked (PEM text).
 pub(crate) struct TlsMaterial {
     /// The CA(s) that sign client certificates.
@@ -317,14 +311,8 @@ fn build_tls(
     (client_ca, server_cert, server_key): (&PathBuf, &PathBuf, &PathBuf),
     crl_paths: &[PathBuf],
 ) -> Result<(Arc<tokio_rustls::rustls::ServerConfig>, Crls), ServeError> {
-    let mut crls = Vec::new();
-    for path in crl_paths {
-        crls.push((path.as_path(), read_tls(path, files::MAX_CRL)?));
-    }
-    let crls: Vec<(&Path, &[u8])> = crls
-        .iter()
-        .map(|(path, contents)| (*path, contents.bytes.as_slice()))
-        .collect();
+    let read = read_crls(crl_paths)?;
+    let crls = crl_texts(&read);
     edge::tls_setup(
         (client_ca, &material.client_ca),
         (server_cert, &material.server_cert),
@@ -596,13 +584,11 @@ impl Opening {
                 .map_err(ServeError::Keyring)?;
             *state.marks.lock().unwrap_or_else(PoisonError::into_inner) = stored;
         }
-        {
-            let mut marks = state.marks.lock().unwrap_or_else(PoisonError::into_inner);
-            super::lifecycle::raise(
-                &mut marks,
-                &super::lifecycle::marks_of(&state.policy(), state.exchange.keyring()),
-            );
-        }
+        let policy_marks = super::lifecycle::marks_of(&state.policy(), state.exchange.keyring());
+        super::lifecycle::raise(
+            &mut state.marks.lock().unwrap_or_else(PoisonError::into_inner),
+            &policy_marks,
+        );
         // Today's quota counts survive a restart: read back from the store
         // (the benchmarks' unaudited server has no store to read).
         if self.audited {
@@ -633,11 +619,7 @@ impl Opening {
         // call is decided under it.
         state
             .recorder
-            .record(policy_loaded(
-                &state.policy(),
-                &policy_text,
-                state.exchange.keyring(),
-            ))
+            .record(policy_loaded(&state.policy(), &policy_text, policy_marks))
             .await
             .map_err(ServeError::Audit)?;
         let limits = &config.limits;
@@ -804,7 +786,7 @@ async fn start_with(
             tracing::warn!(
                 socket = %path.display(),
                 reason = %progress.as_ref().map(|status| status.reason()).unwrap_or_default(),
-                "SEALED: waiting for the master key's shares (custodians run `fugo unseal`)"
+                "SEALED: waiting for the master key's shares (custodians run `fugo unseal`, or `fugo admin unseal` as admins)"
             );
             unseal = Some((task, path));
         }
