@@ -701,18 +701,29 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// An in-process server's configuration in `dir` with the example policy,
+/// its key `master` held by custodians (threshold 2, the key file gone),
+/// and the CA of its certificates.
+fn sealed_in_process(
+    dir: &Path,
+    master: [u8; 32],
+) -> (fugo::service::ServeConfig, fugo::certs::DevCa) {
+    let policy =
+        fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("policy.example.toml"))
+            .unwrap();
+    let (mut config, ca) = common::server_config(dir, &policy, master);
+    fs::remove_file(dir.join("master.key")).unwrap();
+    config.master_key = fugo::service::MasterKeySource::Shares { threshold: 2 };
+    (config, ca)
+}
+
 /// The library's sealed start, in process: `Running::is_sealed`, a policy
 /// reload refused while sealed (the file is read at unsealing), and
 /// serving after the shares arrive through the real socket.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sealed_start_refuses_policy_reloads_until_unsealed() {
     let dir = tempfile::tempdir().unwrap();
-    let policy =
-        fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("policy.example.toml"))
-            .unwrap();
-    let (mut config, _ca) = common::server_config(dir.path(), &policy, [7; 32]);
-    fs::remove_file(dir.path().join("master.key")).unwrap();
-    config.master_key = fugo::service::MasterKeySource::Shares { threshold: 2 };
+    let (mut config, _ca) = sealed_in_process(dir.path(), [7; 32]);
     config.metrics = Some("127.0.0.1:0".parse().unwrap());
     let data_dir = config.data_dir.clone();
     let running = fugo::service::start(config, &mut std::io::sink())
@@ -1109,12 +1120,7 @@ async fn custodians_unseal_over_the_admin_plane_and_each_share_is_recorded() {
     use fugo_log::record::{Operation, Outcome};
 
     let dir = tempfile::tempdir().unwrap();
-    let policy =
-        fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("policy.example.toml"))
-            .unwrap();
-    let (mut config, ca) = common::server_config(dir.path(), &policy, [9; 32]);
-    fs::remove_file(dir.path().join("master.key")).unwrap();
-    config.master_key = fugo::service::MasterKeySource::Shares { threshold: 2 };
+    let (mut config, ca) = sealed_in_process(dir.path(), [9; 32]);
     let admin_ca = fugo::certs::DevCa::new("admin CA").unwrap();
     fs::write(dir.path().join("admin-ca.pem"), admin_ca.cert_pem()).unwrap();
     config.admin = Some(fugo::service::AdminConfig {

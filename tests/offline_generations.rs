@@ -20,9 +20,9 @@ use std::process::{Command, Output};
 
 use fugo::certs::DevCa;
 use fugo::keys::{KeyHierarchy, MasterKey};
+use fugo::proto::fugo::v1::ReissueRequest;
 use fugo::proto::fugo::v1::codes_client::CodesClient;
 use fugo::proto::fugo::v1::persons_client::PersonsClient;
-use fugo::proto::fugo::v1::{DeriveRequest, ReissueRequest, derive_result};
 use fugo::service::Running;
 use fugo::service::config::{GenerationKey, MasterKeySource};
 use tonic::transport::Channel;
@@ -114,23 +114,7 @@ async fn channel(running: &Running, ca: &DevCa, identity: &str) -> Channel {
 }
 
 async fn derive(channel: &Channel, numbers: &[String], epoch: u32) -> Vec<String> {
-    let response = CodesClient::new(channel.clone())
-        .derive(DeriveRequest {
-            on_behalf_of: String::new(),
-            numbers: numbers.to_vec(),
-            epoch,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    response
-        .results
-        .into_iter()
-        .map(|result| match result.result {
-            Some(derive_result::Result::Code(code)) => code,
-            other => panic!("derive failed: {other:?}"),
-        })
-        .collect()
+    common::derive_codes(&mut CodesClient::new(channel.clone()), numbers, epoch).await
 }
 
 /// `fugo derive` with `keys` (the key arguments) and `epoch` (if any)

@@ -10,6 +10,8 @@
 
 mod common;
 
+use common::derive_codes as derive;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
@@ -18,8 +20,8 @@ use fugo::certs::DevCa;
 use fugo::keys::{KeyHierarchy, MasterKey};
 use fugo::proto::fugo::v1::codes_client::CodesClient;
 use fugo::proto::fugo::v1::{
-    DeriveRequest, RedeemRequest, RekeyRequest, SealRequest, derive_result, redeem_result,
-    rekey_result, seal_result,
+    DeriveRequest, RedeemRequest, RekeyRequest, SealRequest, redeem_result, rekey_result,
+    seal_result,
 };
 use fugo::service::Running;
 use fugo::service::config::GenerationKey;
@@ -124,26 +126,6 @@ async fn connect(running: &Running, ca: &DevCa, identity: &str) -> CodesClient<C
 fn reload(dir: &Path, running: &Running, text: &str) -> Result<(), String> {
     std::fs::write(dir.join("policy.toml"), text).unwrap();
     running.reload_policy().map(drop).map_err(|e| e.to_string())
-}
-
-async fn derive(client: &mut CodesClient<Channel>, numbers: &[String], epoch: u32) -> Vec<String> {
-    let response = client
-        .derive(DeriveRequest {
-            on_behalf_of: String::new(),
-            numbers: numbers.to_vec(),
-            epoch,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    response
-        .results
-        .into_iter()
-        .map(|r| match r.result {
-            Some(derive_result::Result::Code(code)) => code,
-            other => panic!("{other:?}"),
-        })
-        .collect()
 }
 
 async fn seal(client: &mut CodesClient<Channel>, provider: &str, codes: &[String]) -> Vec<Vec<u8>> {

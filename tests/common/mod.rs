@@ -367,6 +367,34 @@ pub fn assert_item_status(code: i32, expected: &[tonic::Code], what: &str) {
     );
 }
 
+/// `numbers`' codes from `client`'s Derive in `epoch` (0: the current
+/// one); every number must get a code.
+#[allow(dead_code)] // not every test binary uses it
+pub async fn derive_codes(
+    client: &mut fugo::proto::fugo::v1::codes_client::CodesClient<tonic::transport::Channel>,
+    numbers: &[String],
+    epoch: u32,
+) -> Vec<String> {
+    use fugo::proto::fugo::v1::{DeriveRequest, derive_result};
+    let response = client
+        .derive(DeriveRequest {
+            on_behalf_of: String::new(),
+            numbers: numbers.to_vec(),
+            epoch,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    response
+        .results
+        .into_iter()
+        .map(|result| match result.result {
+            Some(derive_result::Result::Code(code)) => code,
+            other => panic!("derive failed: {other:?}"),
+        })
+        .collect()
+}
+
 /// A TLS channel to a test server at `addr`, as agency `identity` of `ca`.
 /// (Older test files carry their own copy of this; new ones use it.)
 pub async fn channel(
