@@ -1399,6 +1399,86 @@ async fn recorder_fails_closed_and_recovers_in_this_process() {
     assert_eq!(people.last(), Some(&4));
 }
 
+/// A step of the person index that fails (the file cannot grow) leaves the
+/// calls alone: the next commit is tried on a store opened again, not
+/// refused untried, and health stays serving (D255; the CI failure of
+/// durability's fail-closed test, where an index step hit the limit first).
+#[test]
+fn a_failed_index_step_refuses_no_commit() {
+    run_alone("failed_index_step_in_this_process");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "run by a_failed_index_step_refuses_no_commit in a process of its own"]
+async fn failed_index_step_in_this_process() {
+    use fugo_log::record::{Entry, PersonLink};
+    let seen = alone_with_file_size_signal_handled();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(fugo::audit::STORE_FILE);
+    // 50,000 people in records the index has not taken yet, and some free
+    // pages in the file: room for a small commit, not for an index step.
+    {
+        let mut many = a_derive_record(0);
+        many.groups[0].entries = (0..50_000u32)
+            .map(|person| {
+                let mut link = [0xa5; 16];
+                link[..4].copy_from_slice(&person.to_be_bytes());
+                Entry {
+                    outcome: Outcome::Done,
+                    epoch: 1,
+                    serial: None,
+                    person: Some(PersonLink(link)),
+                }
+            })
+            .collect();
+        let mut store = RedbStore::open(&path).unwrap();
+        store.append(many).unwrap();
+        store.probe(256 << 10).unwrap();
+    }
+    let pid = std::process::id();
+    let original = fsize_soft_limit(pid);
+    fsize_limit(pid, &format!("{}:", fs::metadata(&path).unwrap().len()));
+
+    let signer = fugo_log::checkpoint::LogSigner::from_seed("test.local/audit", &[7; 32]).unwrap();
+    let settings = fugo::audit::Settings {
+        reserve_bytes: 0,
+        warn_bytes: 0,
+        ..fugo::audit::Settings::default()
+    };
+    let recorder = fugo::audit::Recorder::open(dir.path(), signer, settings).unwrap();
+    let health = recorder.health();
+    // The idle thread takes an index step within a tick; it fails.
+    let started = Instant::now();
+    while !seen.load(std::sync::atomic::Ordering::Relaxed) {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "no index step hit the limit"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Past the store's reopening (at most twice a second).
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    assert!(
+        *health.borrow(),
+        "a failed index step is no reason to stop serving"
+    );
+    let answered = recorder.record(a_derive_record(1)).await;
+    assert!(
+        answered.is_ok(),
+        "a commit that fits was refused: {answered:?}"
+    );
+    assert!(*health.borrow());
+
+    fsize_limit(pid, &format!("{original}:"));
+    drop(recorder);
+    let store = RedbStore::open(&path).unwrap();
+    assert_eq!(
+        store.size(),
+        50_001,
+        "the acknowledged record is in the log"
+    );
+}
+
 /// The first byte of each person mhlw's records name, in log order (the
 /// records of [`a_derive_record`]).
 fn mhlw_people(store: &mut RedbStore) -> Vec<u8> {

@@ -19,6 +19,9 @@
 //! most [`Settings::commit_timeout`].
 //! An append no caller waits for ([`Recorder::record_detached`]: a policy's
 //! loading) is kept after a failed commit and written with the next one.
+//! A write that fails between commits (an index step, a purge) only
+//! reopens the store before the next commit (D255); a failed index step
+//! waits [`INDEX_RETRY`] before the next.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -215,6 +218,11 @@ const BUSY_INDEX_STEP: usize = 2_000;
 /// step anyway (disclosure trails the log by about this much, while the
 /// records come no faster than `BUSY_INDEX_STEP` per `INDEX_LAG`).
 const INDEX_LAG: Duration = Duration::from_millis(100);
+/// How long the person index waits after a failed step (a full disk, a
+/// file that cannot grow) before it tries again: each failure costs a
+/// reopen of the store, and a step retried every tick would keep the
+/// store reopening while calls wait to commit.
+const INDEX_RETRY: Duration = Duration::from_secs(10);
 /// How often the thread probes the store while not healthy.
 const PROBE_EVERY: Duration = Duration::from_secs(1);
 /// The low-disk-space warning repeats at most this often (D103).
@@ -270,6 +278,7 @@ impl Recorder {
             last_open_attempt: Instant::now(),
             last_purge: None,
             last_index: Instant::now(),
+            index_failed: None,
             retry: Vec::new(),
             written_from: 0,
             last_space_check: None,
@@ -687,6 +696,8 @@ struct Committer {
     last_purge: Option<Instant>,
     /// When the person index last took a step.
     last_index: Instant,
+    /// When a step of the person index last failed, until one succeeds.
+    index_failed: Option<Instant>,
     /// Detached appends whose commit failed, for the next commit.
     retry: Vec<Append>,
     /// The store's size before the last commit tried.
@@ -914,8 +925,14 @@ impl Committer {
     }
 
     /// The open store, opening it again after a failure (at most twice a
-    /// second).
+    /// second). A handle whose write failed in a step between commits (the
+    /// person index, a purge) is opened again here too, so the next commit
+    /// is tried on a fresh handle instead of refused untried.
     fn store(&mut self) -> Result<&mut RedbStore, RecorderError> {
+        if self.store.as_ref().is_some_and(RedbStore::needs_reopen) {
+            tracing::warn!("a write between commits failed: the audit store is opened again");
+            self.store = None;
+        }
         if self.store.is_none() {
             if self.last_open_attempt.elapsed() < Duration::from_millis(500) {
                 return Err(RecorderError::Unavailable(
@@ -1042,7 +1059,7 @@ impl Committer {
     /// Between commits: reopen a failed store, probe it while not healthy,
     /// sign, index, purge.
     fn look_after(&mut self, idle: bool) {
-        if self.store.is_none() {
+        if self.store.as_ref().is_none_or(RedbStore::needs_reopen) {
             // Open it again; the next commit or probe decides health.
             let _ = self.store();
         }
@@ -1053,7 +1070,12 @@ impl Committer {
         // never leaves the thread idle) every `INDEX_LAG`, in smaller
         // steps so the commits waiting meanwhile stay well inside their
         // timeout.
-        let step = if idle {
+        let step = if self
+            .index_failed
+            .is_some_and(|failed| failed.elapsed() < INDEX_RETRY)
+        {
+            None
+        } else if idle {
             Some(INDEX_STEP)
         } else if self.last_index.elapsed() >= INDEX_LAG {
             Some(BUSY_INDEX_STEP)
@@ -1063,10 +1085,18 @@ impl Committer {
         if let Some(step) = step
             && let Ok(store) = self.store()
         {
-            if store.indexed() < store.size()
-                && let Err(error) = store.index_people(step)
-            {
-                tracing::warn!(error = %error, "building the person index failed; will retry");
+            if store.indexed() < store.size() {
+                match store.index_people(step) {
+                    Ok(_) => self.index_failed = None,
+                    Err(error) => {
+                        tracing::warn!(
+                            error = %error,
+                            retry_in_s = INDEX_RETRY.as_secs(),
+                            "building the person index failed; will retry"
+                        );
+                        self.index_failed = Some(Instant::now());
+                    }
+                }
             }
             self.last_index = Instant::now();
         }

@@ -284,6 +284,12 @@ impl RedbStore {
         self.recovery
     }
 
+    /// Whether a write on this handle failed, so it refuses every further
+    /// write until the store is opened again (see "Failures" above).
+    pub fn needs_reopen(&self) -> bool {
+        self.needs_reopen
+    }
+
     /// Creates the tables if needed and restores the state from `meta`.
     fn from_database(db: Database, path: &Path) -> Result<Self, StoreError> {
         let txn = begin_write(&db, "open")?;
