@@ -691,8 +691,13 @@ const STREAM_BATCHES: u64 = 2_000;
 const CHECKPOINT_WAIT: Duration = Duration::from_millis(1_300);
 
 /// Streams derive batches of fresh numbers until the server dies; returns
-/// the codes of every batch whose response arrived.
-async fn derive_until_killed(channel: Channel, first: u64) -> Vec<String> {
+/// the codes of every batch whose response arrived. `answering` hears of
+/// the first response.
+async fn derive_until_killed(
+    channel: Channel,
+    first: u64,
+    answering: tokio::sync::oneshot::Sender<()>,
+) -> Vec<String> {
     let requests = (0..STREAM_BATCHES).map(move |batch| DeriveRequest {
         numbers: numbers(first + batch * STREAM_BATCH, STREAM_BATCH),
         on_behalf_of: String::new(),
@@ -704,8 +709,12 @@ async fn derive_until_killed(channel: Channel, first: u64) -> Vec<String> {
         return acknowledged;
     };
     let mut responses = response.into_inner();
+    let mut answering = Some(answering);
     while let Ok(Some(response)) = responses.message().await {
         acknowledged.extend(codes_of(&response));
+        if let Some(answering) = answering.take() {
+            let _ = answering.send(());
+        }
     }
     acknowledged
 }
@@ -792,9 +801,25 @@ async fn killing_the_server_at_random_loses_no_acknowledged_record_and_keeps_the
             tokio::time::sleep(CHECKPOINT_WAIT).await;
         }
         let first = 1_000_000 + life * STREAM_BATCH * STREAM_BATCHES;
-        let derive = tokio::spawn(derive_until_killed(channel.clone(), first));
+        let (answering, answered) = tokio::sync::oneshot::channel();
+        let derive = tokio::spawn(derive_until_killed(channel.clone(), first, answering));
         let seal = tokio::spawn(seal_until_killed(channel, own_codes.clone()));
-        let delay = random.between(50, 500);
+        // Three lives in four are killed at random while the streams are
+        // answered: from the derive stream's first answer, which a start
+        // with records of the last life to index takes a few hundred ms to
+        // give in a debug build (a delay from the start alone left a
+        // changing share of lives, often near half, with nothing answered).
+        // Every fourth is killed at random from its start, start-up
+        // included.
+        let delay = if life % 4 == 1 {
+            random.between(50, 500)
+        } else {
+            tokio::time::timeout(Duration::from_secs(10), answered)
+                .await
+                .expect("the derive stream answers within 10 s of the start")
+                .expect("the derive stream answers");
+            random.between(0, 450)
+        };
         tokio::time::sleep(Duration::from_millis(delay)).await;
         server.kill();
         let derived = tokio::time::timeout(Duration::from_secs(10), derive)
