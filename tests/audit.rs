@@ -1303,6 +1303,18 @@ fn fsize_soft_limit(pid: u32) -> String {
     String::from_utf8(output.stdout).unwrap().trim().to_owned()
 }
 
+/// A recorder on `dir` that writes whatever the free space, so that only
+/// the file-size limit stops its writes.
+fn recorder_with_no_disk_reserve(dir: &std::path::Path) -> fugo::audit::Recorder {
+    let signer = fugo_log::checkpoint::LogSigner::from_seed("test.local/audit", &[7; 32]).unwrap();
+    let settings = fugo::audit::Settings {
+        reserve_bytes: 0,
+        warn_bytes: 0,
+        ..fugo::audit::Settings::default()
+    };
+    fugo::audit::Recorder::open(dir, signer, settings).unwrap()
+}
+
 fn a_derive_record(person: u8) -> Append {
     use fugo_log::record::{Entry, Group, Header, PersonLink};
     let time_ms = SystemTime::now()
@@ -1342,13 +1354,7 @@ fn a_derive_record(person: u8) -> Append {
 async fn recorder_fails_closed_and_recovers_in_this_process() {
     let seen = alone_with_file_size_signal_handled();
     let dir = tempfile::tempdir().unwrap();
-    let signer = fugo_log::checkpoint::LogSigner::from_seed("test.local/audit", &[7; 32]).unwrap();
-    let settings = fugo::audit::Settings {
-        reserve_bytes: 0,
-        warn_bytes: 0,
-        ..fugo::audit::Settings::default()
-    };
-    let recorder = fugo::audit::Recorder::open(dir.path(), signer, settings).unwrap();
+    let recorder = recorder_with_no_disk_reserve(dir.path());
     let health = recorder.health();
     recorder.record(a_derive_record(1)).await.unwrap();
     assert!(*health.borrow());
@@ -1439,13 +1445,7 @@ async fn failed_index_step_in_this_process() {
     let original = fsize_soft_limit(pid);
     fsize_limit(pid, &format!("{}:", fs::metadata(&path).unwrap().len()));
 
-    let signer = fugo_log::checkpoint::LogSigner::from_seed("test.local/audit", &[7; 32]).unwrap();
-    let settings = fugo::audit::Settings {
-        reserve_bytes: 0,
-        warn_bytes: 0,
-        ..fugo::audit::Settings::default()
-    };
-    let recorder = fugo::audit::Recorder::open(dir.path(), signer, settings).unwrap();
+    let recorder = recorder_with_no_disk_reserve(dir.path());
     let health = recorder.health();
     // The idle thread takes an index step within a tick; it fails.
     let started = Instant::now();
