@@ -21,7 +21,7 @@
 //! loading) is kept after a failed commit and written with the next one.
 //! A write that fails between commits (an index step, a purge) only
 //! reopens the store before the next commit (D255); a failed index step
-//! waits [`INDEX_RETRY`] before the next.
+//! waits 10 s before the next.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
