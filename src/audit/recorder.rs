@@ -930,7 +930,6 @@ impl Committer {
     /// is tried on a fresh handle instead of refused untried.
     fn store(&mut self) -> Result<&mut RedbStore, RecorderError> {
         if self.store.as_ref().is_some_and(RedbStore::needs_reopen) {
-            tracing::warn!("a write between commits failed: the audit store is opened again");
             self.store = None;
         }
         if self.store.is_none() {
@@ -1059,10 +1058,9 @@ impl Committer {
     /// Between commits: reopen a failed store, probe it while not healthy,
     /// sign, index, purge.
     fn look_after(&mut self, idle: bool) {
-        if self.store.as_ref().is_none_or(RedbStore::needs_reopen) {
-            // Open it again; the next commit or probe decides health.
-            let _ = self.store();
-        }
+        // A failed store is opened again here; the next commit or probe
+        // decides health.
+        let _ = self.store();
         self.probe();
         self.roll_tallies();
         self.sign(false);
