@@ -892,9 +892,12 @@ async fn killing_the_server_at_random_loses_no_acknowledged_record_and_keeps_the
         report.checkpoints,
         started.elapsed().as_secs_f64()
     );
+    // Three lives in four waited for an answer before their kill (or the
+    // test failed there); seals must have been answered too, or their half
+    // of the check shows nothing.
     assert!(
-        lives_with_answers * 2 >= kills as usize,
-        "most lives must answer before their kill, or the test shows nothing: {answered_before_kill:?}"
+        !acknowledged.serials.is_empty(),
+        "no seal was answered before a kill: {answered_before_kill:?}"
     );
 }
 
