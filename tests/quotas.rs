@@ -3,7 +3,8 @@
 //! RESOURCE_EXHAUSTED with google.rpc.RetryInfo, one state across an
 //! agency's connections and streams, day counts that survive a restart,
 //! the refusal in the audit trail and in /metrics, the warning at the
-//! policy's share of the day limit, and the disclosure reads' quota.
+//! policy's share of the day limit, the disclosure reads' quota, and
+//! Rekey's own quota.
 //! Policies here set low limits; a test's agency is its own, so tests
 //! running at once do not share counts.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
@@ -18,7 +19,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use fugo::certs::DevCa;
 use fugo::proto::fugo::v1::audit_client::AuditClient;
 use fugo::proto::fugo::v1::codes_client::CodesClient;
-use fugo::proto::fugo::v1::{DeriveRequest, DiscloseRequest, ReadCopyRequest};
+use fugo::proto::fugo::v1::{
+    DeriveRequest, DiscloseRequest, ReadCopyRequest, RekeyRequest, rekey_result,
+};
 use fugo::service::{self, Running};
 use fugo_log::record::{Operation, Outcome};
 use fugo_log::store::{Append, RedbStore, Store};
@@ -78,6 +81,14 @@ certificates = ["slow"]
 capabilities = ["derive"]
 epoch = 1
 quota.derive = { per_second = 5, burst = 100, per_day = 10000 }
+
+[[agency]]
+id = "mover"
+name = "rekeys its codes from epoch 1 to epoch 2"
+certificates = ["mover"]
+capabilities = ["derive"]
+epochs = [{ epoch = 1, generation = 1, state = "accepted" }, { epoch = 2, generation = 1, state = "current" }]
+quota.rekey = { per_second = 1000, burst = 100, per_day = 3 }
 
 [[agency]]
 id = "portal"
@@ -286,6 +297,50 @@ async fn the_day_limit_holds_across_connections_and_streams_and_refuses_whole_ba
         over.get_details_quota_failure().unwrap().violations[0].description,
         "day limit"
     );
+    running.stop().await.unwrap();
+}
+
+/// Rekey, the way out of a closing epoch, has a quota of its own (issue 9:
+/// "rekey-only epochs open only in Rekey, with quota and audit"): a day
+/// limit of 3 codes passes 3 and refuses the next batch whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rekey_has_its_own_quota() {
+    let dir = tempfile::tempdir().unwrap();
+    let (running, ca) = start(dir.path()).await;
+    let mut mover = CodesClient::new(connect(&running, &ca, "mover").await);
+    let old_codes: Vec<String> = mover
+        .derive(DeriveRequest {
+            numbers: numbers(4, 7),
+            on_behalf_of: String::new(),
+            epoch: 1,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .results
+        .into_iter()
+        .map(|result| match result.result {
+            Some(fugo::proto::fugo::v1::derive_result::Result::Code(code)) => code,
+            other => panic!("a derive in the accepted epoch failed: {other:?}"),
+        })
+        .collect();
+    let rekey = |codes: &[String]| RekeyRequest {
+        codes: codes.to_vec(),
+    };
+    let passed = mover.rekey(rekey(&old_codes[..3])).await.unwrap();
+    for result in &passed.get_ref().results {
+        assert!(
+            matches!(result.result, Some(rekey_result::Result::Rekeyed(_))),
+            "{result:?}"
+        );
+    }
+    let over = mover.rekey(rekey(&old_codes[3..])).await.unwrap_err();
+    assert_eq!(over.code(), Code::ResourceExhausted, "{over:?}");
+    assert_eq!(
+        over.get_details_quota_failure().unwrap().violations[0].description,
+        "day limit"
+    );
+    assert!(over.message().contains("rekey"), "{}", over.message());
     running.stop().await.unwrap();
 }
 
